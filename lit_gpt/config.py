@@ -1,0 +1,211 @@
+"""Model hyperparameters: one `Config` dataclass and named presets that mirror Hugging Face repos."""
+
+import difflib
+import json
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+
+@dataclass
+class Config:
+    name: str = ""
+    hf_config: dict = field(default_factory=dict)  # {"org": ..., "name": ...} of the mirrored HF repo
+    block_size: int = 4096
+    vocab_size: int = 50254
+    padding_multiple: int = 512
+    padded_vocab_size: Optional[int] = None
+    n_layer: int = 16
+    n_head: int = 32
+    n_embd: int = 4096
+    head_size: Optional[int] = None
+    n_query_groups: Optional[int] = None  # == n_head: MHA, 1: MQA, in between: GQA
+    rotary_percentage: float = 0.25
+    rope_base: int = 10000
+    parallel_residual: bool = True
+    shared_attention_norm: bool = False  # parallel residual with one norm feeding attention and MLP (Falcon)
+    bias: bool = True
+    lm_head_bias: bool = False
+    tie_embeddings: bool = False
+    norm_class_name: Literal["LayerNorm", "RMSNorm"] = "LayerNorm"
+    norm_eps: float = 1e-5
+    mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP"] = "GptNeoxMLP"
+    gelu_approximate: str = "none"
+    intermediate_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.hf_config.get("name", self.name)
+        if self.head_size is None:
+            assert self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
+            self.head_size = self.n_embd // self.n_head
+        if self.padded_vocab_size is None:
+            m = self.padding_multiple
+            self.padded_vocab_size = (self.vocab_size + m - 1) // m * m
+        if self.n_query_groups is None:
+            self.n_query_groups = self.n_head
+        assert self.n_head % self.n_query_groups == 0, "n_head must be a multiple of n_query_groups"
+        if self.intermediate_size is None:
+            if self.mlp_class_name == "LLaMAMLP":
+                raise ValueError(f"{self.name!r}: the LLaMAMLP needs `intermediate_size`")
+            self.intermediate_size = 4 * self.n_embd
+        self.rope_n_elem = int(self.rotary_percentage * self.head_size)
+
+    @classmethod
+    def from_name(cls, name: str, **kwargs: Any) -> "Config":
+        if name not in name_to_config:
+            close = difflib.get_close_matches(name, list(name_to_config), n=5, cutoff=0.4)
+            hint = f" Close matches: {', '.join(close)}." if close else ""
+            raise ValueError(f"No preset named {name!r}.{hint} `python scripts/download.py --repo_id list` lists all.")
+        return cls(**{**deepcopy(name_to_config[name]), **kwargs})
+
+    @classmethod
+    def from_json(cls, path: Union[str, Path], **kwargs: Any) -> "Config":
+        with open(path, encoding="utf-8") as fp:
+            data = json.load(fp)
+        data.pop("rope_n_elem", None)
+        return cls(**{**data, **kwargs})
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: Union[str, Path], **kwargs: Any) -> "Config":
+        checkpoint_dir = Path(checkpoint_dir)
+        if (checkpoint_dir / "lit_config.json").is_file():
+            return cls.from_json(checkpoint_dir / "lit_config.json", **kwargs)
+        if checkpoint_dir.name in name_to_config:
+            return cls.from_name(checkpoint_dir.name, **kwargs)
+        if (checkpoint_dir / "config.json").is_file():
+            return cls.from_hf_config(json.loads((checkpoint_dir / "config.json").read_text()), **kwargs)
+        raise FileNotFoundError(f"No 'lit_config.json' or 'config.json' in {str(checkpoint_dir)!r}")
+
+    @classmethod
+    def from_hf_config(cls, hf: dict, **kwargs: Any) -> "Config":
+        """A config from a transformers `config.json` of a supported family (llama, mistral, gpt_neox, falcon)."""
+        model_type = hf.get("model_type")
+        name = hf.get("_name_or_path", "").rstrip("/").split("/")[-1] or model_type
+        common = dict(name=name, block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
+                      padding_multiple=1, n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
+                      n_head=hf["num_attention_heads"])
+        if model_type in ("llama", "mistral"):
+            if hf.get("rope_scaling"):
+                raise ValueError(f"{name!r} uses rope_scaling={hf['rope_scaling']}, which is not supported")
+            head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+            rope_base = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000))
+            cfg = dict(common, head_size=head_dim, n_query_groups=hf.get("num_key_value_heads"),
+                       rotary_percentage=1.0, rope_base=rope_base, parallel_residual=False,
+                       bias=hf.get("attention_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False),
+                       norm_class_name="RMSNorm", norm_eps=hf["rms_norm_eps"], mlp_class_name="LLaMAMLP",
+                       intermediate_size=hf["intermediate_size"])
+            if hf.get("mlp_bias"):
+                raise ValueError(f"{name!r} uses mlp_bias, which is not supported")
+        elif model_type == "gpt_neox":
+            rope_base = hf.get("rotary_emb_base", (hf.get("rope_parameters") or {}).get("rope_theta", 10000))
+            rotary_pct = hf.get("rotary_pct", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 0.25))
+            cfg = dict(common, rotary_percentage=rotary_pct, rope_base=rope_base,
+                       parallel_residual=hf.get("use_parallel_residual", True), bias=hf.get("attention_bias", True),
+                       tie_embeddings=hf.get("tie_word_embeddings", False), norm_class_name="LayerNorm",
+                       norm_eps=hf["layer_norm_eps"], mlp_class_name="GptNeoxMLP",
+                       intermediate_size=hf["intermediate_size"], gelu_approximate=_gelu(hf["hidden_act"]))
+        elif model_type == "falcon":
+            if hf.get("new_decoder_architecture") or hf.get("alibi") or not hf.get("parallel_attn", True):
+                raise ValueError(f"{name!r}: only the falcon-7b layout (multi-query, parallel attention) is supported")
+            rope_base = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000))
+            cfg = dict(common, n_query_groups=1 if hf.get("multi_query", True) else hf["num_attention_heads"],
+                       rotary_percentage=1.0, rope_base=rope_base, parallel_residual=True,
+                       shared_attention_norm=True, bias=hf.get("bias", False),
+                       tie_embeddings=hf.get("tie_word_embeddings", True), norm_class_name="LayerNorm",
+                       norm_eps=hf["layer_norm_epsilon"], mlp_class_name="GptNeoxMLP",
+                       intermediate_size=hf.get("ffn_hidden_size") or 4 * hf["hidden_size"])
+        else:
+            raise ValueError(f"Unsupported model_type {model_type!r}: supported are llama, mistral, gpt_neox, falcon")
+        return cls(**{**cfg, **kwargs})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write `lit_config.json` (atomically)."""
+        from lit_gpt.utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+def _gelu(hidden_act: str) -> str:
+    if hidden_act in ("gelu", "gelu_python"):
+        return "none"
+    if hidden_act in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
+        return "tanh"
+    raise ValueError(f"Unsupported hidden_act {hidden_act!r}")
+
+
+configs: list = []
+
+############
+# Pythia (GPT-NeoX): parallel residual, 25% rotary, LayerNorm, GELU MLP, biases
+############
+for _name, _n_layer, _n_embd, _n_head, _multiple in [
+    ("pythia-14m", 6, 128, 4, 128),
+    ("pythia-31m", 6, 256, 8, 128),
+    ("pythia-70m", 6, 512, 8, 128),
+    ("pythia-160m", 12, 768, 12, 128),
+    ("pythia-410m", 24, 1024, 16, 128),
+    ("pythia-1b", 16, 2048, 8, 128),
+    ("pythia-1.4b", 24, 2048, 16, 128),
+    ("pythia-2.8b", 32, 2560, 32, 128),
+    ("pythia-6.9b", 32, 4096, 32, 256),
+    ("pythia-12b", 36, 5120, 40, 512),
+]:
+    configs.append(dict(name=_name, hf_config=dict(org="EleutherAI", name=_name), block_size=2048, vocab_size=50254,
+                        padding_multiple=_multiple, n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head,
+                        rotary_percentage=0.25, parallel_residual=True, bias=True))
+
+############
+# StableLM base alpha (GPT-NeoX)
+############
+for _name, _n_embd, _n_head in [("stablelm-base-alpha-3b", 4096, 32), ("stablelm-base-alpha-7b", 6144, 48)]:
+    configs.append(dict(name=_name, hf_config=dict(org="stabilityai", name=_name), block_size=4096, vocab_size=50254,
+                        padded_vocab_size=50688, n_layer=16, n_embd=_n_embd, n_head=_n_head, rotary_percentage=0.25,
+                        parallel_residual=True, bias=True))
+
+############
+# Llama family: RMSNorm, SwiGLU, full rotary, GQA, optional tied embeddings
+############
+_llama = dict(rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm",
+              mlp_class_name="LLaMAMLP", padding_multiple=64)
+for _kind in ("", "-chat"):
+    for _size, _n_layer, _n_embd, _n_head, _groups, _inter in [
+        ("7b", 32, 4096, 32, 32, 11008),
+        ("13b", 40, 5120, 40, 40, 13824),
+        ("70b", 80, 8192, 64, 8, 28672),
+    ]:
+        _name = f"Llama-2-{_size}{_kind}-hf"
+        configs.append(dict(_llama, name=_name, hf_config=dict(org="meta-llama", name=_name), block_size=4096,
+                            vocab_size=32000, n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head,
+                            n_query_groups=_groups, intermediate_size=_inter))
+for _name in ("TinyLlama-1.1B-intermediate-step-1431k-3T", "TinyLlama-1.1B-Chat-v1.0"):
+    configs.append(dict(_llama, name=_name, hf_config=dict(org="TinyLlama", name=_name), block_size=2048,
+                        vocab_size=32000, n_layer=22, n_embd=2048, n_head=32, n_query_groups=4,
+                        intermediate_size=5632))
+configs.append(dict(_llama, name="Mistral-7B-v0.1", hf_config=dict(org="mistralai", name="Mistral-7B-v0.1"),
+                    block_size=4096, vocab_size=32000, n_layer=32, n_embd=4096, n_head=32, n_query_groups=8,
+                    intermediate_size=14336))
+for _size, _n_layer, _n_embd, _n_head, _groups, _inter, _rope in [
+    ("135M", 30, 576, 9, 3, 1536, 100000),
+    ("360M", 32, 960, 15, 5, 2560, 100000),
+    ("1.7B", 24, 2048, 32, 32, 8192, 130000),
+]:
+    for _kind in ("", "-Instruct"):
+        _name = f"SmolLM2-{_size}{_kind}"
+        configs.append(dict(_llama, name=_name, hf_config=dict(org="HuggingFaceTB", name=_name), block_size=8192,
+                            vocab_size=49152, padding_multiple=1, n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head,
+                            n_query_groups=_groups, intermediate_size=_inter, rope_base=_rope, tie_embeddings=True))
+
+############
+# Falcon: parallel attention + MLP with one shared norm, multi-query attention
+############
+for _name in ("falcon-7b", "falcon-7b-instruct"):
+    configs.append(dict(name=_name, hf_config=dict(org="tiiuae", name=_name), block_size=2048, vocab_size=65024,
+                        padded_vocab_size=65024, n_layer=32, n_embd=4544, n_head=71, n_query_groups=1,
+                        rotary_percentage=1.0, parallel_residual=True, shared_attention_norm=True, bias=False))
+
+name_to_config = {c["name"]: c for c in configs}

@@ -1,0 +1,135 @@
+"""Checkpoint loading, atomic writes, user-facing errors, parameter counts and a chunked cross-entropy."""
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+
+class UserError(Exception):
+    """A mistake the user can fix: scripts print its one-line message and exit with status 1."""
+
+
+def fail(message: str) -> None:
+    raise UserError(message)
+
+
+def cli(function: Any, **kwargs: Any) -> Any:
+    """`jsonargparse.CLI(function)` that turns a `UserError` into a one-line message and exit status 1."""
+    from jsonargparse import CLI
+
+    try:
+        return CLI(function, **kwargs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+@contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """Yields a temporary path next to `path`; renames it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def lazy_load(path: Union[str, Path]) -> dict:
+    """Memory-maps a `torch.save`d state dict: tensors are read from disk only when used."""
+    path = Path(path)
+    if not path.is_file():
+        fail(f"No such checkpoint file: {str(path)!r}")
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:
+        fail(f"Could not read {str(path)!r} (corrupt or truncated? re-create it): {type(e).__name__}: {e}".split("\n")[0])
+
+
+def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True) -> None:
+    """Loads a checkpoint file into `model` without a second in-memory copy (mmap + `assign` on meta models)."""
+    state_dict = lazy_load(path)
+    state_dict = state_dict.get("model", state_dict)
+    on_meta = any(p.is_meta for p in model.parameters())
+    try:
+        model.load_state_dict(state_dict, strict=strict, assign=on_meta)
+    except RuntimeError as e:
+        fail(f"{str(path)!r} does not fit this model: {str(e).splitlines()[0]} {' '.join(str(e).split())[:300]}")
+
+
+def check_valid_checkpoint_dir(checkpoint_dir: Union[str, Path], model_filename: str = "lit_model.pth") -> Path:
+    """Fails with the missing file and the commands that would create it."""
+    checkpoint_dir = Path(checkpoint_dir)
+    files = {model_filename: (checkpoint_dir / model_filename).is_file(),
+             "lit_config.json": (checkpoint_dir / "lit_config.json").is_file(),
+             "tokenizer.json or tokenizer.model": (checkpoint_dir / "tokenizer.json").is_file()
+             or (checkpoint_dir / "tokenizer.model").is_file()}
+    missing = [name for name, ok in files.items() if not ok]
+    if not missing:
+        return checkpoint_dir
+    if not checkpoint_dir.is_dir():
+        problem = f"checkpoint dir {str(checkpoint_dir)!r} does not exist"
+    else:
+        problem = f"checkpoint dir {str(checkpoint_dir)!r} has no {', '.join(missing)}"
+    repo_id = "/".join(checkpoint_dir.parts[-2:]) if len(checkpoint_dir.parts) >= 2 else "<org>/<name>"
+    fail(f"{problem}. Create it with: python scripts/download.py --repo_id {repo_id} && "
+         f"python scripts/convert_hf_checkpoint.py --checkpoint_dir {checkpoint_dir}")
+    return checkpoint_dir
+
+
+def num_parameters(module: nn.Module, requires_grad: Optional[bool] = None) -> int:
+    """Counts parameters (each shared tensor once); bitsandbytes 4-bit weights count as their unpacked size."""
+    total, seen = 0, set()
+    for p in module.parameters():
+        if id(p) in seen or (requires_grad is not None and p.requires_grad != requires_grad):
+            continue
+        seen.add(id(p))
+        quant_state = getattr(p, "quant_state", None)
+        total += quant_state.shape.numel() if quant_state is not None else p.numel()
+    return total
+
+
+def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 512,
+                          ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy over non-ignored targets, upcasting `chunk_size` rows of logits to float32 at a time.
+
+    logits: (B, T, V) in any dtype, targets: (B, T). Never holds float32 logits for the whole batch: with autograd
+    on, each chunk's float32 softmax is recomputed in backward instead of being kept.
+    """
+    logits = logits.reshape(-1, logits.size(-1))
+    targets = targets.reshape(-1)
+
+    def chunk_loss(logit_chunk: torch.Tensor, target_chunk: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logit_chunk.float(), target_chunk, ignore_index=ignore_index,
+                                                 reduction="sum")
+
+    total = logits.new_zeros((), dtype=torch.float32)
+    for logit_chunk, target_chunk in zip(logits.split(chunk_size), targets.split(chunk_size)):
+        if logit_chunk.requires_grad:
+            total = total + torch.utils.checkpoint.checkpoint(chunk_loss, logit_chunk, target_chunk,
+                                                              use_reentrant=False)
+        else:
+            total = total + chunk_loss(logit_chunk, target_chunk)
+    count = (targets != ignore_index).sum().clamp(min=1)
+    return total / count
