@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from lit_gpt.config import Config
 
@@ -24,6 +25,7 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.max_seq_length = config.block_size
+        self.activation_checkpointing = False  # recompute each block in backward: less memory, ~30% more compute
 
     @property
     def max_seq_length(self) -> int:
@@ -73,7 +75,10 @@ class GPT(nn.Module):
             input_pos = (input_pos, length, mask)
         x = self.transformer.wte(idx)  # (B, T, n_embd)
         for block in self.transformer.h:
-            x = block(x, cos, sin, input_pos)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, input_pos, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, input_pos)
         x = self.transformer.ln_f(x)
         return self.lm_head(x)  # (B, T, padded_vocab_size)
 
