@@ -1,0 +1,421 @@
+"""LoRA / QLoRA finetuning: `python finetune/lora.py --checkpoint_dir ... --data_dir ... [--quantize bnb.nf4]`."""
+
+import csv
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lit_gpt.data import collate, load_prepared, longest_first
+from lit_gpt.generate import generate
+from lit_gpt.lora import LoRAConfig, lora_state_dict, mark_only_lora_as_trainable, trainable_report
+from lit_gpt.prompts import PromptStyle
+from lit_gpt.quantize import check_quantize, load_model
+from lit_gpt.tokenizer import Tokenizer
+
+from lit_gpt.config import Config
+from lit_gpt.utils import (
+    atomic_path,
+    atomic_save,
+    atomic_write_text,
+    check_valid_checkpoint_dir,
+    chunked_cross_entropy,
+    cli,
+    fail,
+    lazy_load,
+    num_parameters,
+)
+
+# Hyperparameters: edit them here, or set any of them on the command line (e.g. `--learning_rate 1e-4`).
+learning_rate = 3e-4
+batch_size = 16  # examples per optimizer step (across all devices)
+micro_batch_size = 4  # examples per forward/backward; gradients are accumulated up to `batch_size`
+max_iters = 200  # optimizer steps; `--epochs` overrides it
+warmup_steps = 10
+weight_decay = 0.0
+grad_clip = 1.0
+min_lr_ratio = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
+eval_interval = 50  # optimizer steps between validations (and sample generations)
+eval_iters = 20  # validation micro-batches
+save_interval = 50  # optimizer steps between resumable checkpoints
+log_interval = 1
+lora_r = 8
+lora_alpha = 16
+lora_dropout = 0.05
+lora_query = True
+lora_key = True
+lora_value = True
+lora_projection = True
+lora_mlp = True
+lora_head = True
+pad_multiple = 32  # pad micro-batches to a multiple of this length: few distinct shapes, little kernel warm-up
+sample_instruction = "What is 12 plus 30? Give the answer after ####."  # generated at every evaluation
+
+
+def setup(
+    checkpoint_dir: Path = Path("checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct"),
+    data_dir: Path = Path("data/arithmetic"),
+    out_dir: Path = Path("out/lora/arithmetic"),
+    precision: Optional[Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true"]] = None,
+    quantize: Optional[Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]] = None,
+    devices: int = 1,
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    resume: Union[bool, Literal["auto"], Path] = False,
+    seed: int = 1337,
+    learning_rate: float = learning_rate,
+    batch_size: int = batch_size,
+    micro_batch_size: int = micro_batch_size,
+    max_iters: int = max_iters,
+    epochs: Optional[float] = None,
+    warmup_steps: int = warmup_steps,
+    weight_decay: float = weight_decay,
+    grad_clip: float = grad_clip,
+    max_seq_length: Optional[int] = None,
+    eval_interval: int = eval_interval,
+    eval_iters: int = eval_iters,
+    save_interval: int = save_interval,
+    log_interval: int = log_interval,
+    lora_r: int = lora_r,
+    lora_alpha: int = lora_alpha,
+    lora_dropout: float = lora_dropout,
+    lora_query: bool = lora_query,
+    lora_key: bool = lora_key,
+    lora_value: bool = lora_value,
+    lora_projection: bool = lora_projection,
+    lora_mlp: bool = lora_mlp,
+    lora_head: bool = lora_head,
+    activation_checkpointing: bool = False,
+    sample_instruction: str = sample_instruction,
+) -> None:
+    """Finetunes a LoRA adapter on a prepared dataset.
+
+    Args:
+        checkpoint_dir: The base model (lit_model.pth, lit_config.json, tokenizer).
+        data_dir: A dir written by a `scripts/prepare_*.py` script (train.pt, val.pt, prepare_config.json).
+        out_dir: Where the adapter, lora_config.json, metrics.csv, loss.png and resumable checkpoints go.
+        precision: Weights/compute precision; default: the fastest that works on the device (bf16-true on CPUs and
+            on GPUs with bfloat16, else 16-mixed).
+        quantize: Quantize the frozen base weights with bitsandbytes (QLoRA): nf4, nf4 with double quantization,
+            fp4, fp4-dq or int8.
+        devices: Number of devices (processes). More than one uses DDP (gloo on CPU, NCCL on GPUs).
+        strategy: Fabric strategy for several devices: DDP, or FSDP (CUDA only, without --quantize).
+        resume: Continue from the newest checkpoint in `out_dir/checkpoints` ("auto"), or from the given file.
+        seed: Random seed (data order, LoRA init, dropout).
+        learning_rate: Peak learning rate of AdamW.
+        batch_size: Examples per optimizer step, over all devices.
+        micro_batch_size: Examples per forward/backward pass on one device.
+        max_iters: Number of optimizer steps.
+        epochs: Train for this many passes over the training set instead of `max_iters` steps.
+        warmup_steps: Steps of linear warmup before the cosine decay.
+        weight_decay: AdamW weight decay.
+        grad_clip: Clip the gradient norm to this value (0 disables).
+        max_seq_length: Truncate samples to this many tokens (default: the data's max_seq_length).
+        eval_interval: Validate (and generate a sample) every this many steps.
+        eval_iters: Number of validation micro-batches.
+        save_interval: Write a resumable checkpoint every this many steps.
+        log_interval: Print progress every this many steps.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA alpha (the update is scaled by alpha / r).
+        lora_dropout: Dropout on the LoRA path.
+        lora_query: LoRA on the attention queries.
+        lora_key: LoRA on the attention keys.
+        lora_value: LoRA on the attention values.
+        lora_projection: LoRA on the attention output projection.
+        lora_mlp: LoRA on the MLP linears.
+        lora_head: LoRA on the LM head.
+        activation_checkpointing: Recompute activations in backward to save memory.
+        sample_instruction: Instruction answered by the model at every evaluation, to watch it learn.
+    """
+    import lightning as L
+
+    hparams = {k: v for k, v in locals().items() if k != "L"}
+    # every check that can fail happens before anything is loaded or written
+    check_valid_checkpoint_dir(checkpoint_dir)
+    if not (Path(data_dir) / "train.pt").is_file():
+        fail(f"No prepared data in {str(data_dir)!r}. Create it with e.g.: python scripts/prepare_gsm8k.py "
+             f"--data_file data/arithmetic/train.jsonl --checkpoint_dir {checkpoint_dir} --destination_path {data_dir}")
+    if batch_size % (micro_batch_size * devices):
+        fail(f"--batch_size {batch_size} must be a multiple of --micro_batch_size x --devices = "
+             f"{micro_batch_size * devices}")
+    if max_iters < 1 and epochs is None:
+        fail("--max_iters must be at least 1 (or set --epochs)")
+    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision is None:
+        precision = "bf16-true" if accelerator == "cpu" or torch.cuda.is_bf16_supported() else "16-mixed"
+    if quantize is not None:
+        check_quantize(quantize, precision, accelerator)
+    if strategy == "fsdp" and (accelerator != "cuda" or quantize):
+        fail("--strategy fsdp needs CUDA GPUs and no --quantize; use --strategy ddp")
+    if devices > 1:
+        strategy = "ddp" if strategy == "auto" else strategy
+    resume_path = find_resume(out_dir, resume)
+
+    fabric = L.Fabric(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
+    fabric.launch(main, checkpoint_dir=Path(checkpoint_dir), data_dir=Path(data_dir), out_dir=Path(out_dir),
+                  precision=precision, quantize=quantize, resume_path=resume_path, hparams=hparams)
+
+
+def find_resume(out_dir: Path, resume: Union[bool, str, Path]) -> Optional[Path]:
+    if resume is False:
+        return None
+    if resume is True or resume == "auto":
+        found = sorted((Path(out_dir) / "checkpoints").glob("step-*.pth"))
+        if not found and resume is True:
+            fail(f"--resume: no checkpoint in {str(Path(out_dir) / 'checkpoints')!r}")
+        return found[-1] if found else None
+    if not Path(resume).is_file():
+        fail(f"--resume {str(resume)!r} is not a file; pass a checkpoint from {str(Path(out_dir) / 'checkpoints')!r}")
+    return Path(resume)
+
+
+def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision: str, quantize: Optional[str],
+         resume_path: Optional[Path], hparams: dict) -> None:
+    h = hparams
+    fabric.seed_everything(h["seed"])  # same LoRA init and data order on every rank
+    train_data, val_data, data_config = load_prepared(data_dir)
+    max_seq_length = h["max_seq_length"] or data_config.get("max_seq_length") or max(len(x["input_ids"])
+                                                                                     for x in train_data)
+    config = Config.from_checkpoint(checkpoint_dir)
+    max_seq_length = min(max_seq_length, config.block_size)
+    steps_per_epoch = max(1, len(train_data) // h["batch_size"])
+    max_iters = math.ceil(h["epochs"] * steps_per_epoch) if h["epochs"] is not None else h["max_iters"]
+
+    lora_config = LoRAConfig(r=h["lora_r"], alpha=h["lora_alpha"], dropout=h["lora_dropout"], query=h["lora_query"],
+                             key=h["lora_key"], value=h["lora_value"], projection=h["lora_projection"],
+                             mlp=h["lora_mlp"], head=h["lora_head"])
+    t0 = time.perf_counter()
+    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=fabric.device,
+                       lora_config=lora_config, max_seq_length=max_seq_length)
+    mark_only_lora_as_trainable(model)
+    model.activation_checkpointing = h["activation_checkpointing"]
+    fabric.print(f"Loaded {str(checkpoint_dir)!r} in {time.perf_counter() - t0:.1f}s "
+                 f"(precision {precision}, quantize {quantize})")
+    fabric.print(trainable_report(model))
+    fabric.print(f"frozen params: {num_parameters(model, requires_grad=False):,}")
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=h["learning_rate"], weight_decay=h["weight_decay"])
+    model, optimizer = fabric.setup(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(h["warmup_steps"], max_iters))
+
+    tokenizer = Tokenizer(checkpoint_dir)
+    prompt_style = PromptStyle.from_name(data_config["prompt_style"])
+    run_config = {"lora": lora_config.to_dict(), "model": config.to_dict(),
+                  "checkpoint_dir": str(checkpoint_dir.resolve()), "prompt_style": prompt_style.name,
+                  "data": {**data_config, "data_dir": str(data_dir.resolve())},
+                  "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in h.items()},
+                  "precision": precision, "quantize": quantize}
+    state = {"iter_num": 0, "step_count": 0, "data_rng": torch.Generator().manual_seed(h["seed"]),
+             "metrics": [], "elapsed": 0.0}
+    if resume_path is not None:
+        resume_from(resume_path, model, optimizer, scheduler, state, fabric)
+
+    fabric.barrier()
+    train(fabric, model, optimizer, scheduler, train_data, val_data, tokenizer, prompt_style, out_dir, run_config,
+          state, max_iters, max_seq_length, h)
+
+
+def lr_lambda(warmup_steps: int, max_iters: int):
+    """Linear warmup to the peak learning rate, then cosine decay to `min_lr_ratio` of it."""
+    def fn(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, max_iters - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return fn
+
+
+def train(fabric, model, optimizer, scheduler, train_data: list, val_data: list, tokenizer: Tokenizer,
+          prompt_style: PromptStyle, out_dir: Path, run_config: dict, state: dict, max_iters: int,
+          max_seq_length: int, h: dict) -> None:
+    accumulate = h["batch_size"] // (h["micro_batch_size"] * fabric.world_size)
+    order = longest_first(train_data)  # indices: longest first, so an out-of-memory shows up at step one
+    n_train = len(train_data)
+    tokens_done, t_start = 0, time.perf_counter()
+    elapsed_before = state["elapsed"]
+    if state["step_count"] == 0 and fabric.global_rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.csv", "loss.png"):  # a fresh run starts a fresh log
+            (out_dir / stale).unlink(missing_ok=True)
+
+    while state["step_count"] < max_iters:
+        step = state["step_count"]
+        # the global batch of this step: the same on every rank; rank r takes micro-batches r, r + world, ...
+        if step == 0:
+            global_idx = order[: h["batch_size"]]
+        else:
+            global_idx = torch.randint(n_train, (h["batch_size"],), generator=state["data_rng"]).tolist()
+        micro = [global_idx[i: i + h["micro_batch_size"]] for i in range(0, len(global_idx), h["micro_batch_size"])]
+        mine = micro[fabric.global_rank:: fabric.world_size]
+        loss_sum = 0.0
+        for i, idx in enumerate(mine):
+            input_ids, targets = collate([train_data[j] for j in idx], max_seq_length, pad_multiple, fabric.device)
+            with fabric.no_backward_sync(model, enabled=i < len(mine) - 1):
+                logits = model(input_ids)
+                loss = chunked_cross_entropy(logits, targets)
+                fabric.backward(loss / accumulate)
+            loss_sum += loss.item()
+            tokens_done += int((targets != -100).sum()) * fabric.world_size
+        loss_value = loss_sum / len(mine)
+        if not math.isfinite(loss_value):
+            fabric.print(f"error: loss became {loss_value} at step {step + 1}; stopping. The last good checkpoint is "
+                         f"in {str(out_dir / 'checkpoints')!r}; lower --learning_rate or check the data, then "
+                         "--resume auto.", file=sys.stderr)
+            raise SystemExit(1)
+        if h["grad_clip"] > 0:
+            fabric.clip_gradients(model, optimizer, max_norm=h["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        state["step_count"] = step = step + 1
+        state["iter_num"] += len(mine)
+
+        elapsed = elapsed_before + time.perf_counter() - t_start
+        row = {"step": step, "loss": loss_value, "lr": lr, "val_loss": "", "tokens_per_sec": "",
+               "elapsed": round(elapsed, 2)}
+        if step % h["log_interval"] == 0 or step == max_iters:
+            tok_s = tokens_done / max(1e-9, time.perf_counter() - t_start)
+            eta = (elapsed - elapsed_before) / max(1, step - state.get("start_step", 0)) * (max_iters - step)
+            row["tokens_per_sec"] = round(tok_s, 1)
+            fabric.print(f"step {step}/{max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | {tok_s:,.0f} tokens/s | "
+                         f"elapsed {fmt_time(elapsed)} | eta {fmt_time(eta)} | peak mem {peak_memory(fabric):.2f} GB",
+                         flush=True)
+        if step % h["eval_interval"] == 0 or step == max_iters:
+            val_loss = validate(fabric, model, val_data, max_seq_length, h)
+            row["val_loss"] = round(val_loss, 4)
+            fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {math.exp(min(val_loss, 50)):.2f}")
+            sample = generate_sample(fabric, model, tokenizer, prompt_style, h["sample_instruction"])
+            fabric.print(f"sample: {h['sample_instruction']!r} -> {sample!r}", flush=True)
+        state["metrics"].append(row)
+        state["elapsed"] = elapsed
+        if step % h["save_interval"] == 0 or step == max_iters:
+            path = out_dir / "checkpoints" / f"step-{step:06d}.pth"
+            save_checkpoint(fabric, model, optimizer, scheduler, state, path)
+            write_metrics(fabric, state["metrics"], out_dir)
+
+    save_adapter(fabric, model, out_dir, run_config, tokenizer)
+    if fabric.global_rank == 0:
+        fabric.print(f"Saved the adapter to {str(out_dir / 'lit_model_lora_finetuned.pth')!r}. Next: "
+                     f"python scripts/merge_lora.py --lora_path {out_dir}  or  python generate/lora.py "
+                     f"--lora_path {out_dir} --prompt \"...\"")
+
+
+@torch.no_grad()
+def validate(fabric, model, val_data: list, max_seq_length: int, h: dict) -> float:
+    model.eval()
+    losses = []
+    mbs = h["micro_batch_size"]
+    for start in range(0, min(len(val_data), h["eval_iters"] * mbs), mbs):
+        input_ids, targets = collate(val_data[start: start + mbs], max_seq_length, pad_multiple, fabric.device)
+        losses.append(chunked_cross_entropy(model(input_ids), targets).item())
+    model.train()
+    return sum(losses) / max(1, len(losses))
+
+
+@torch.no_grad()
+def generate_sample(fabric, model, tokenizer: Tokenizer, prompt_style: PromptStyle, instruction: str) -> str:
+    module = model.module if hasattr(model, "module") else model
+    module.eval()
+    prompt = tokenizer.encode(prompt_style.apply(instruction)).to(fabric.device)
+    max_new = min(64, module.max_seq_length - len(prompt))
+    out = generate(module, prompt, max_new, temperature=0.0,
+                   stop_tokens=prompt_style.stop_tokens(tokenizer)) if max_new > 0 else prompt[:0]
+    module.clear_kv_cache()
+    module.train()
+    return tokenizer.decode(out)
+
+
+def save_checkpoint(fabric, model, optimizer, scheduler, state: dict, path: Path) -> None:
+    """A resumable checkpoint: adapter, optimizer, scheduler, step, data and RNG state (written atomically)."""
+    checkpoint = {"adapter": lora_state_dict(model), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "iter_num": state["iter_num"],
+                  "step_count": state["step_count"], "data_rng": state["data_rng"].get_state(),
+                  "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                  "metrics": state["metrics"], "elapsed": state["elapsed"]}
+    if fabric.global_rank == 0:
+        atomic_save(checkpoint, path)
+    fabric.barrier()
+
+
+def resume_from(path: Path, model, optimizer, scheduler, state: dict, fabric) -> None:
+    checkpoint = lazy_load(path)
+    missing = [k for k in ("adapter", "optimizer", "scheduler", "step_count") if k not in checkpoint]
+    if missing:
+        fail(f"{str(path)!r} is not a resumable checkpoint of finetune/lora.py (no {', '.join(missing)})")
+    from lit_gpt.lora import load_lora_state_dict
+
+    load_lora_state_dict(model, checkpoint["adapter"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    state.update(iter_num=checkpoint["iter_num"], step_count=checkpoint["step_count"],
+                 metrics=list(checkpoint["metrics"]), elapsed=checkpoint["elapsed"],
+                 start_step=checkpoint["step_count"])
+    state["data_rng"].set_state(checkpoint["data_rng"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    random.setstate(checkpoint["python_rng"])
+    fabric.print(f"Resumed from {str(path)!r} at step {state['step_count']}")
+
+
+def save_adapter(fabric, model, out_dir: Path, run_config: dict, tokenizer: Tokenizer) -> None:
+    """The adapter (LoRA weights only) and everything needed to rebuild the model it belongs to."""
+    if fabric.global_rank == 0:
+        atomic_save(lora_state_dict(model), out_dir / "lit_model_lora_finetuned.pth")
+        atomic_write_text(out_dir / "lora_config.json", json.dumps(run_config, indent=2, default=str))
+        atomic_write_text(out_dir / "prompt_style.json", json.dumps({"name": run_config["prompt_style"]}))
+    fabric.barrier()
+
+
+def write_metrics(fabric, metrics: list, out_dir: Path) -> None:
+    """metrics.csv and a loss-curve PNG (train and validation), both written atomically."""
+    if fabric.global_rank != 0 or not metrics:
+        return
+    with atomic_path(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as fp:
+        writer = csv.DictWriter(fp, fieldnames=list(metrics[0]))
+        writer.writeheader()
+        writer.writerows(metrics)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in metrics], [r["loss"] for r in metrics], label="train loss", alpha=0.7)
+    val = [(r["step"], r["val_loss"]) for r in metrics if r["val_loss"] != ""]
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title(f"LoRA finetune: {out_dir}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    with atomic_path(out_dir / "loss.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def peak_memory(fabric) -> float:
+    """Peak memory in GB: CUDA allocator peak on GPUs, the process's peak resident set size on CPU."""
+    if fabric.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(fabric.device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def fmt_time(seconds: float) -> str:
+    return str(timedelta(seconds=int(seconds)))
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli(setup)
