@@ -1,0 +1,258 @@
+"""Instruction data: read rows, tokenize them with a prompt style, write a prepared-data dir, and batch it for training.
+
+A prepared-data dir holds `train.pt` and `val.pt` (lists of {"input_ids": (T,), "labels": (T,)} LongTensors, labels
+-100 on masked prompt tokens), `prompt_style.json`, and `prepare_config.json` (how it was made), written last.
+"""
+
+import csv
+import io
+import json
+import random
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from lit_gpt.prompts import PromptStyle, resolve_prompt_style, save_prompt_style
+from lit_gpt.utils import atomic_path, atomic_save, atomic_write_text, fail
+
+IGNORE_INDEX = -100
+
+
+def prepare_sample(example: dict, tokenizer: Any, style: PromptStyle, max_seq_length: int,
+                   mask_inputs: bool = True) -> Optional[dict]:
+    """Tokenizes `prompt + response_prefix + output + eos`; `labels` is -100 on the prompt tokens when `mask_inputs`.
+
+    The prompt is encoded alone (as generation will see it) and the answer as it continues the prompt. The sample is
+    cut to `max_seq_length` tokens ("truncated": True). Returns None when the prompt alone does not leave room for
+    one answer token: such an example teaches nothing and the caller counts it as skipped.
+    """
+    prompt = style.apply(example["instruction"], example.get("input") or "")
+    prompt_ids = tokenizer.encode(prompt)
+    if len(prompt_ids) >= max_seq_length:
+        return None
+    answer = style.response_prefix + example["output"]
+    full_ids = tokenizer.encode(prompt + answer)
+    if torch.equal(full_ids[:len(prompt_ids)], prompt_ids):
+        answer_ids = full_ids[len(prompt_ids):]
+    else:  # the answer's first token merged with the prompt's last one: encode the answer on its own
+        answer_ids = tokenizer.encode(answer, bos=False)
+    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    input_ids = torch.cat([prompt_ids, answer_ids, torch.tensor(eos, dtype=torch.long)]).long()
+    truncated = len(input_ids) > max_seq_length
+    input_ids = input_ids[:max_seq_length]
+    labels = input_ids.clone()
+    if mask_inputs:
+        labels[:len(prompt_ids)] = IGNORE_INDEX
+    return {"input_ids": input_ids, "labels": labels, "truncated": truncated}
+
+
+def load_rows(path: Union[str, Path], required: tuple = ("instruction", "output")) -> list[dict]:
+    """Rows of a JSON array, a JSON-lines file or a CSV file (by suffix), each with string fields `required`."""
+    path = Path(path)
+    if not path.is_file():
+        fail(f"Data file {str(path)!r} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        fail(f"{str(path)!r} is not UTF-8 text (byte {raw[e.start]:#04x} on line {line}); re-save it as UTF-8")
+    if not text.strip():
+        fail(f"Data file {str(path)!r} is empty")
+    if path.suffix.lower() == ".csv":
+        rows = _read_csv(text, path, required)
+    elif text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            fail(f"{str(path)!r} is not valid JSON: {e}")
+        where = [f"row {i}" for i in range(1, len(rows) + 1)]
+    else:
+        rows, where = [], []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    fail(f"{str(path)!r} line {number} is not valid JSON ({e}); expected a JSON array or JSON lines")
+                where.append(f"row {len(rows)} (line {number})")
+    if path.suffix.lower() != ".csv":
+        for row, at in zip(rows, where):
+            if not isinstance(row, dict):
+                fail(f"{str(path)!r} {at} is a {type(row).__name__}, expected an object with {', '.join(required)}")
+            _check_fields(row, required, path, at)
+    if not rows:
+        fail(f"Data file {str(path)!r} has no rows")
+    return rows
+
+
+def _read_csv(text: str, path: Path, required: tuple) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [name for name in required if name not in (reader.fieldnames or [])]
+    if missing:
+        fail(f"{str(path)!r} has no column {', '.join(map(repr, missing))} (header: {reader.fieldnames})")
+    rows = []
+    for row in reader:
+        _check_fields(row, required, path, f"row {len(rows) + 1} (line {reader.line_num})")
+        rows.append({k: v for k, v in row.items() if k is not None})
+    return rows
+
+
+def _check_fields(row: dict, required: tuple, path: Path, at: str) -> None:
+    for name in required:
+        if not isinstance(row.get(name), str):
+            problem = "has no" if row.get(name) is None else "has a non-text"
+            fail(f"{str(path)!r} {at} {problem} {name!r} field (fields: {', '.join(map(str, row))})")
+
+
+def split_rows(rows: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Shuffles `rows` with `seed` and splits off `val_fraction` of them (at least one) as validation."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(rows) * val_fraction))
+    if n_val >= len(rows):
+        fail(f"Cannot split {len(rows)} examples into train and val with val_split_fraction={val_fraction}: "
+             "add data or pass --val_file")
+    return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]]
+
+
+def download(url: str, path: Path) -> Path:
+    """Downloads `url` to `path` (atomically) unless it is there already."""
+    if path.is_file():
+        return path
+    print(f"Downloading {url} to {str(path)!r}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
+            tmp.write_bytes(response.read())
+    except OSError as e:
+        fail(f"Could not download {url} ({type(e).__name__}: {e}); fetch it yourself and pass --data_file PATH")
+    return path
+
+
+def check_prepare_args(checkpoint_dir: Path, data_file: Optional[Path], val_file: Optional[Path],
+                       val_split_fraction: Optional[float], max_seq_length: Optional[int]) -> None:
+    """Flag checks shared by the prepare scripts, run before anything is downloaded, read or written."""
+    if not (checkpoint_dir / "tokenizer.json").is_file() and not (checkpoint_dir / "tokenizer.model").is_file():
+        fail(f"No tokenizer.json or tokenizer.model in {str(checkpoint_dir)!r}: --checkpoint_dir must be a checkpoint "
+             "dir (python scripts/download.py --repo_id <org>/<name> creates one)")
+    for flag, path in (("--data_file", data_file), ("--val_file", val_file)):
+        if path is not None and not path.is_file():
+            fail(f"{flag} {str(path)!r} does not exist")
+    if val_file is not None and val_split_fraction is not None:
+        fail("Pass either --val_file or --val_split_fraction, not both")
+    if val_split_fraction is not None and not 0 < val_split_fraction < 1:
+        fail(f"--val_split_fraction must be between 0 and 1 (exclusive), got {val_split_fraction}")
+    if max_seq_length is not None and max_seq_length < 2:
+        fail(f"--max_seq_length must be at least 2, got {max_seq_length}")
+
+
+def prepare(train_rows: list[dict], val_rows: Optional[list[dict]], *, checkpoint_dir: Path, destination_path: Path,
+            source: str, prompt_style: Optional[str] = None, max_seq_length: Optional[int] = None,
+            mask_inputs: bool = True, val_split_fraction: Optional[float] = None, seed: int = 42) -> dict:
+    """Tokenizes rows of {"instruction", "input" (optional), "output"}, splits off validation rows unless `val_rows`
+    are given, writes the prepared-data dir and prints the counts. Returns prepare_config.json's content."""
+    from lit_gpt.config import Config
+    from lit_gpt.tokenizer import Tokenizer
+
+    style = resolve_prompt_style(prompt_style, checkpoint_dir)
+    if max_seq_length is None:
+        try:
+            max_seq_length = Config.from_checkpoint(checkpoint_dir).block_size
+        except (FileNotFoundError, ValueError):
+            fail(f"Cannot read the model's context length from {str(checkpoint_dir)!r}: pass --max_seq_length")
+    tokenizer = Tokenizer(checkpoint_dir)
+
+    counts = {"train": 0, "val": 0, "truncated": 0, "skipped_prompt_too_long": 0, "skipped_empty_output": 0}
+    skipped_rows = []
+
+    def tokenize(rows: list[dict], split: str) -> list[dict]:
+        samples = []
+        for number, row in enumerate(rows, 1):
+            if not row["output"].strip():
+                counts["skipped_empty_output"] += 1
+                skipped_rows.append(f"{split} row {number} (empty output)")
+                continue
+            sample = prepare_sample(row, tokenizer, style, max_seq_length, mask_inputs)
+            if sample is None:
+                counts["skipped_prompt_too_long"] += 1
+                skipped_rows.append(f"{split} row {number} (prompt >= {max_seq_length} tokens)")
+                continue
+            counts["truncated"] += sample.pop("truncated")
+            samples.append(sample)
+        return samples
+
+    train = tokenize(train_rows, "train")
+    if val_rows is None:
+        train, val = split_rows(train, 0.05 if val_split_fraction is None else val_split_fraction, seed)
+    else:
+        val = tokenize(val_rows, "val")
+    if not train or not val:
+        fail(f"No {'training' if not train else 'validation'} examples left after skipping {len(skipped_rows)} "
+             f"({', '.join(skipped_rows[:5])}): raise --max_seq_length or check the data")
+    counts["train"], counts["val"] = len(train), len(val)
+
+    config = {"checkpoint_dir": str(checkpoint_dir), "prompt_style": style.name, "max_seq_length": max_seq_length,
+              "mask_inputs": mask_inputs, "seed": seed, "source": source, "counts": counts}
+    write_prepared(destination_path, train, val, style, config)
+    print(f"Wrote {str(destination_path)!r}: train {counts['train']}, val {counts['val']}, "
+          f"truncated {counts['truncated']} (cut to max_seq_length={max_seq_length}), skipped {len(skipped_rows)}")
+    if skipped_rows:
+        more = f" and {len(skipped_rows) - 10} more" if len(skipped_rows) > 10 else ""
+        print(f"Skipped: {', '.join(skipped_rows[:10])}{more}")
+    return config
+
+
+def write_prepared(destination_path: Path, train: list[dict], val: list[dict], style: PromptStyle,
+                   config: dict) -> None:
+    """Each file is written atomically; prepare_config.json is removed first and written last, so a dir with one is
+    complete (the dir may also hold the source files, so it is not replaced as a whole)."""
+    destination_path.mkdir(parents=True, exist_ok=True)
+    (destination_path / "prepare_config.json").unlink(missing_ok=True)
+    atomic_save(train, destination_path / "train.pt")
+    atomic_save(val, destination_path / "val.pt")
+    save_prompt_style(style, destination_path)
+    atomic_write_text(destination_path / "prepare_config.json", json.dumps(config, indent=2) + "\n")
+
+
+def load_prepared(data_dir: Union[str, Path]) -> tuple[list[dict], list[dict], dict]:
+    """(train, val, prepare_config) of a prepared-data dir."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "prepare_config.json").is_file():
+        fail(f"{str(data_dir)!r} is not a prepared-data dir (no prepare_config.json): create it with "
+             f"python scripts/prepare_alpaca.py (or another scripts/prepare_*.py) --destination_path {data_dir}")
+    config = json.loads((data_dir / "prepare_config.json").read_text(encoding="utf-8"))
+    splits = []
+    for name in ("train.pt", "val.pt"):
+        try:
+            splits.append(torch.load(data_dir / name, weights_only=True))
+        except Exception as e:
+            fail(f"Could not read {str(data_dir / name)!r} ({type(e).__name__}): prepare the data again")
+    return splits[0], splits[1], config
+
+
+def collate(samples: list[dict], max_seq_length: Optional[int] = None, pad_multiple: int = 1,
+            device: Optional[Union[str, torch.device]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, targets), each (B, T), for next-token training: `loss(model(input_ids), targets)`.
+
+    Each sample is cut to `max_seq_length` tokens; input_ids are its tokens but the last, targets its labels shifted
+    left by one. Padded to the longest in the batch, rounded up to `pad_multiple` (at most max_seq_length - 1):
+    input_ids with 0, targets with -100.
+    """
+    lengths = [min(len(s["input_ids"]), max_seq_length or len(s["input_ids"])) - 1 for s in samples]
+    length = -(-max(lengths) // pad_multiple) * pad_multiple
+    if max_seq_length is not None:
+        length = min(length, max_seq_length - 1)
+    input_ids = torch.zeros((len(samples), length), dtype=torch.long)
+    targets = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+    for row, (sample, n) in enumerate(zip(samples, lengths)):
+        input_ids[row, :n] = sample["input_ids"][:n]
+        targets[row, :n] = sample["labels"][1:n + 1]
+    return input_ids.to(device), targets.to(device)
+
+
+def longest_first(data: list[dict]) -> list[int]:
+    """All indices of `data`, longest sample first: training on them first makes an out-of-memory show up at step
+    one instead of hours in."""
+    return sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]), reverse=True)

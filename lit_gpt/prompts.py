@@ -1,0 +1,190 @@
+"""Prompt styles: how an instruction (and optional input) becomes the text a model is trained on and prompted with.
+
+Each style renders the first user turn of a conversation up to where the model's answer starts. Finetuning appends
+`style.response_prefix + output` and the EOS token; generation stops at any of `style.stop_tokens(tokenizer)`.
+A prepared-data dir, a checkpoint dir and a finetune out dir all carry a `prompt_style.json` ({"name": ...}) so the
+next script uses the same style without a flag.
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from lit_gpt.utils import atomic_write_text, fail
+
+
+class PromptStyle:
+    """Base class. A style has a `name`, renders `apply(instruction, input)` and knows which tokens end an answer."""
+
+    name: str = ""
+    response_prefix: str = ""  # text between the prompt and the answer in training text (e.g. " " after "[/INST]")
+    stop_strings: tuple = ()  # extra texts that end an answer besides the tokenizer's stop ids (eos)
+
+    def apply(self, instruction: str, input: str = "") -> str:
+        raise NotImplementedError
+
+    def stop_tokens(self, tokenizer: Any) -> list[list[int]]:
+        """Token id sequences that end a response: the tokenizer's stop ids (eos, ...) and this style's stop strings."""
+        stop_ids = getattr(tokenizer, "stop_ids", None) or [tokenizer.eos_id]
+        sequences = [[int(i)] for i in stop_ids if i is not None]
+        for text in self.stop_strings:
+            sequences.append(_encode_in_context(tokenizer, text))
+        unique = []
+        for seq in sequences:
+            if seq and seq not in unique:
+                unique.append(seq)
+        return unique
+
+    @classmethod
+    def from_name(cls, name: str) -> "PromptStyle":
+        if name not in prompt_styles:
+            fail(f"Unknown prompt style {name!r}. Choose one of: {', '.join(prompt_styles)}")
+        return prompt_styles[name]()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _encode_in_context(tokenizer: Any, text: str) -> list[int]:
+    """Ids of `text` as they appear after other text: sentencepiece-style tokenizers mark the start of a string
+    ("\\n" alone becomes "▁", "<0x0A>"), so encode "." + text and drop the ids of "."."""
+    anchor = tokenizer.encode(".", bos=False, eos=False).tolist()
+    ids = tokenizer.encode("." + text, bos=False, eos=False).tolist()
+    if ids[:len(anchor)] == anchor:
+        return ids[len(anchor):]
+    return tokenizer.encode(text, bos=False, eos=False).tolist()
+
+
+def _user_message(instruction: str, input: str) -> str:
+    """The chat styles put the input (if any) after the instruction, separated by a blank line."""
+    return f"{instruction}\n\n{input}" if input else instruction
+
+
+class Alpaca(PromptStyle):
+    """The Stanford Alpaca template (tatsu-lab/stanford_alpaca, `PROMPT_DICT`), with and without input."""
+
+    name = "alpaca"
+
+    def apply(self, instruction: str, input: str = "") -> str:
+        if input:
+            return ("Below is an instruction that describes a task, paired with an input that provides further "
+                    "context. Write a response that appropriately completes the request.\n\n"
+                    f"### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+        return ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                f"request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+class QA(PromptStyle):
+    """Plain question/answer: "Q: {instruction}\\nA:" (input, if any, on its own line before "A:"); the answer
+    follows after one space. Generation also stops at a new "\\nQ:" line."""
+
+    name = "qa"
+    response_prefix = " "
+    stop_strings = ("\nQ:",)
+
+    def apply(self, instruction: str, input: str = "") -> str:
+        return f"Q: {instruction}\n{input}\nA:" if input else f"Q: {instruction}\nA:"
+
+
+class ChatML(PromptStyle):
+    """SmolLM2-*-Instruct's chat template (ChatML with SmolLM's default system message), one user turn and the
+    generation prompt. The answer ends with <|im_end|> (the Instruct tokenizer's eos)."""
+
+    name = "chatml"
+    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    stop_strings = ("<|im_end|>",)
+
+    def apply(self, instruction: str, input: str = "") -> str:
+        return (f"<|im_start|>system\n{self.system}<|im_end|>\n"
+                f"<|im_start|>user\n{_user_message(instruction, input)}<|im_end|>\n<|im_start|>assistant\n")
+
+
+class Llama2Chat(PromptStyle):
+    """Llama-2-*-chat-hf: "[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST]" (the tokenizer adds <s>);
+    the answer follows after one space and ends with </s>. The system message is a short version of Meta's."""
+
+    name = "llama2-chat"
+    system = "You are a helpful, respectful and honest assistant."
+    response_prefix = " "
+
+    def apply(self, instruction: str, input: str = "") -> str:
+        content = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{_user_message(instruction, input)}".strip()
+        return f"[INST] {content} [/INST]"
+
+
+class TinyLlamaChat(PromptStyle):
+    """TinyLlama-1.1B-Chat-v1.0 (Zephyr format): "<|system|>\\n{system}</s>\\n<|user|>\\n{user}</s>\\n<|assistant|>\\n"
+    (the tokenizer adds <s>); the answer ends with </s>."""
+
+    name = "tinyllama-chat"
+    system = "You are a friendly chatbot who always gives helpful answers."
+
+    def apply(self, instruction: str, input: str = "") -> str:
+        return (f"<|system|>\n{self.system}</s>\n<|user|>\n{_user_message(instruction, input)}</s>\n"
+                "<|assistant|>\n")
+
+
+class FalconInstruct(PromptStyle):
+    """falcon-7b-instruct: TII documents no template; this is the "User: ...\\nFalcon:" turn format of the chat
+    template on the Hugging Face repo. The model seldom emits eos, so a new "\\nUser:" line also ends an answer."""
+
+    name = "falcon-instruct"
+    response_prefix = " "
+    stop_strings = ("\nUser:",)
+
+    def apply(self, instruction: str, input: str = "") -> str:
+        return f"User: {_user_message(instruction, input)}\nFalcon:"
+
+
+prompt_styles = {cls.name: cls for cls in (Alpaca, QA, ChatML, Llama2Chat, TinyLlamaChat, FalconInstruct)}
+
+# chat presets (lit_gpt/config.py names) -> the template they were trained with; every other model gets "alpaca"
+_chat_models = [
+    (r"Llama-2-.*-chat-hf", "llama2-chat"),
+    (r"TinyLlama-.*-Chat-.*", "tinyllama-chat"),
+    (r"SmolLM2-.*-Instruct", "chatml"),
+    (r"falcon-.*-instruct", "falcon-instruct"),
+]
+
+
+def default_prompt_style(config: Any) -> PromptStyle:
+    """The style a model was trained with when it is a chat/instruct preset, else "alpaca"."""
+    for pattern, style in _chat_models:
+        if re.fullmatch(pattern, config.name):
+            return PromptStyle.from_name(style)
+    return PromptStyle.from_name("alpaca")
+
+
+def save_prompt_style(style: PromptStyle, directory: Union[str, Path]) -> None:
+    atomic_write_text(Path(directory) / "prompt_style.json", json.dumps({"name": style.name}) + "\n")
+
+
+def has_prompt_style(directory: Union[str, Path]) -> bool:
+    return (Path(directory) / "prompt_style.json").is_file()
+
+
+def load_prompt_style(directory: Union[str, Path]) -> PromptStyle:
+    path = Path(directory) / "prompt_style.json"
+    try:
+        name = json.loads(path.read_text(encoding="utf-8"))["name"]
+    except FileNotFoundError:
+        fail(f"No prompt_style.json in {str(directory)!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"{str(path)!r} is not a valid prompt style file ({type(e).__name__}: {e}); expected {{\"name\": ...}}")
+    return PromptStyle.from_name(name)
+
+
+def resolve_prompt_style(name: Optional[str], checkpoint_dir: Union[str, Path]) -> PromptStyle:
+    """`name` if given, else the checkpoint's prompt_style.json, else the default for the checkpoint's model."""
+    from lit_gpt.config import Config
+
+    if name is not None:
+        return PromptStyle.from_name(name)
+    if has_prompt_style(checkpoint_dir):
+        return load_prompt_style(checkpoint_dir)
+    try:
+        config = Config.from_checkpoint(checkpoint_dir)
+    except (FileNotFoundError, ValueError) as e:
+        fail(f"Cannot tell the model of {str(checkpoint_dir)!r} ({e}); pass --prompt_style explicitly")
+    return default_prompt_style(config)
