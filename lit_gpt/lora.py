@@ -1,0 +1,323 @@
+"""LoRA: low-rank adapters on the linear layers of `GPT`, trained while the base weights stay frozen.
+
+A `LoRALinear` keeps the plain linear's `weight` and `bias` as its own parameters, so a base checkpoint loads into
+a LoRA model with unchanged keys; the adapter adds `lora_A*` / `lora_B*` parameters next to them:
+
+    y = x W^T + b + (alpha / r) * dropout(x) A^T B^T          A: (r, in_features), B: (out_features, r)
+
+The fused attention projection `attn.qkv` (rows [all query heads | key heads | value heads]) gets one adapter per
+enabled part: `lora_A_query`/`lora_B_query`, `lora_A_key`/`lora_B_key`, `lora_A_value`/`lora_B_value`, with
+B covering only that part's rows. They are exactly Hugging Face PEFT's `q_proj`/`k_proj`/`v_proj`
+`lora_A.weight`/`lora_B.weight` (same shapes, same math). Every other adapted linear (`attn.proj`, the MLP linears,
+`lm_head`) has a single `lora_A`/`lora_B`. The base weight may be a bitsandbytes 4-bit or 8-bit weight
+(see lit_gpt/quantize.py): the forward pass then runs the quantized matmul, and merging re-quantizes.
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_gpt.quantize import (
+    Linear,
+    dequantize_weight,
+    linear,
+    quantize_mode,
+    quantize_weight,
+    weight_dtype,
+    weight_shape,
+)
+from lit_gpt.utils import fail, lazy_load
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA hyperparameters; saved next to the adapter (`lora_config.json`) so later scripts read them back."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    query: bool = True  # the query rows of attn.qkv
+    key: bool = True  # the key rows of attn.qkv
+    value: bool = True  # the value rows of attn.qkv
+    projection: bool = True  # attn.proj
+    mlp: bool = True  # GptNeoxMLP fc, proj / LLaMAMLP fc_1, fc_2, proj
+    head: bool = True  # lm_head
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            fail(f"LoRA rank r={self.r} must be at least 1")
+        if not 0 <= self.dropout < 1:
+            fail(f"LoRA dropout={self.dropout} must be in [0, 1)")
+        if not any((self.query, self.key, self.value, self.projection, self.mlp, self.head)):
+            fail("LoRA is disabled everywhere: enable at least one of query, key, value, projection, mlp, head")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoRAConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            fail(f"Unknown LoRA settings {unknown}; known are {[f.name for f in fields(cls)]}")
+        return cls(**data)
+
+
+class LoRALinear(Linear):
+    """A frozen linear layer plus low-rank adapters on some or all of its output rows.
+
+    `parts` splits the output rows, in order, into named parts (name -> number of rows); `adapted` names the parts
+    that get an adapter. The default is one unnamed part covering all rows, adapted by `lora_A`/`lora_B`; part
+    "query" is adapted by `lora_A_query`/`lora_B_query`, and so on. Rows of parts without an adapter pass through.
+    """
+
+    def __init__(self, weight: nn.Parameter, bias: Optional[nn.Parameter], r: int, alpha: int, dropout: float,
+                 parts: Optional[Dict[str, int]] = None, adapted: Optional[Sequence[str]] = None) -> None:
+        super().__init__(weight, bias)  # the base layer's own Parameters: ties (lm_head = wte) and devices are kept
+        self.parts = dict(parts) if parts is not None else {"": self.out_features}
+        self.adapted = tuple(adapted) if adapted is not None else tuple(self.parts)
+        if sum(self.parts.values()) != self.out_features or not set(self.adapted) <= set(self.parts):
+            raise ValueError(f"parts {self.parts} / adapted {self.adapted} do not fit {self.out_features} rows")
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        dtype = weight_dtype(weight)
+        for part in self.adapted:
+            self.register_parameter(f"lora_A{suffix(part)}", nn.Parameter(
+                torch.empty(r, self.in_features, device=weight.device, dtype=dtype)))
+            self.register_parameter(f"lora_B{suffix(part)}", nn.Parameter(
+                torch.empty(self.parts[part], r, device=weight.device, dtype=dtype)))
+        self.reset_lora_parameters()
+        self.merged = False
+
+    @classmethod
+    def from_linear(cls, module: nn.Module, config: LoRAConfig, parts: Optional[Dict[str, int]] = None,
+                    adapted: Optional[Sequence[str]] = None) -> "LoRALinear":
+        return cls(module.weight, module.bias, config.r, config.alpha, config.dropout, parts, adapted)
+
+    def lora_pairs(self) -> Dict[str, Tuple[nn.Parameter, nn.Parameter]]:
+        """part name -> (A, B) of every adapted part."""
+        return {part: (getattr(self, f"lora_A{suffix(part)}"), getattr(self, f"lora_B{suffix(part)}"))
+                for part in self.adapted}
+
+    def reset_lora_parameters(self) -> None:
+        """A like an `nn.Linear` weight (Kaiming-uniform, a=sqrt(5), as in the LoRA reference), B zero: no change."""
+        for A, B in self.lora_pairs().values():
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            nn.init.zeros_(B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = linear(x, self.weight, self.bias)  # (..., out_features)
+        if self.merged or not self.adapted:
+            return out
+        pairs = self.lora_pairs()
+        dtype = next(iter(pairs.values()))[0].dtype
+        h = self.lora_dropout(x).to(dtype)  # adapters run in their own dtype (or autocast's)
+        deltas = []
+        for part, size in self.parts.items():
+            if part in pairs:
+                A, B = pairs[part]
+                deltas.append(F.linear(F.linear(h, A), B) * self.scaling)  # (..., size)
+            else:
+                deltas.append(out.new_zeros(*out.shape[:-1], size))
+        delta = deltas[0] if len(deltas) == 1 else torch.cat([d.to(out.dtype) for d in deltas], dim=-1)
+        return out + delta.to(out.dtype)
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """The update the adapters add to the weight: (out_features, in_features), in float32."""
+        pairs = self.lora_pairs()
+        rows = []
+        for part, size in self.parts.items():
+            if part in pairs:
+                A, B = pairs[part]
+                rows.append(B.float() @ A.float() * self.scaling)
+            else:
+                rows.append(torch.zeros(size, self.in_features, device=self.weight.device))
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Adds the adapters into the base weight, once; afterwards `forward` is the plain (possibly quantized) linear.
+
+        The merged weight is a new Parameter: a weight tied to the embedding (lm_head = wte) is untied, so the
+        embedding keeps the base values. A quantized weight is dequantized, updated and re-quantized the same way.
+        """
+        if self.merged:
+            return
+        if self.adapted:
+            mode = quantize_mode(self.weight)
+            merged = dequantize_weight(self.weight).float() + self.delta_weight()
+            if mode is None:
+                self.weight = nn.Parameter(merged.to(self.weight.dtype), requires_grad=self.weight.requires_grad)
+            else:
+                self.weight = quantize_weight(merged.to(weight_dtype(self.weight)), mode)
+        self.merged = True
+
+    def extra_repr(self) -> str:
+        parts = "" if self.parts == {"": self.out_features} else f", adapted={list(self.adapted)} of {self.parts}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, alpha={self.alpha}"
+                f"{parts}, quantized={quantize_mode(self.weight)}, merged={self.merged}")
+
+
+def suffix(part: str) -> str:
+    return f"_{part}" if part else ""
+
+
+def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """Replaces the linear layers `config` selects in a `GPT` by `LoRALinear`s, in place (also on the meta device).
+
+    The base weights are kept as they are (same Parameter objects), so loading and weight tying are unaffected.
+    """
+    for block in model.transformer.h:
+        attn, c = block.attn, model.config
+        if any(isinstance(m, LoRALinear) for m in block.modules()):
+            raise ValueError("add_lora was already applied to this model")
+        q_rows, kv_rows = c.n_head * c.head_size, c.n_query_groups * c.head_size
+        adapted = [part for part in ("query", "key", "value") if getattr(config, part)]
+        if adapted:
+            attn.qkv = LoRALinear.from_linear(attn.qkv, config, {"query": q_rows, "key": kv_rows, "value": kv_rows},
+                                              adapted)
+        if config.projection:
+            attn.proj = LoRALinear.from_linear(attn.proj, config)
+        if config.mlp:
+            for name, child in list(block.mlp.named_children()):
+                if hasattr(child, "weight"):
+                    setattr(block.mlp, name, LoRALinear.from_linear(child, config))
+    if config.head:
+        model.lm_head = LoRALinear.from_linear(model.lm_head, config)
+    return model
+
+
+def lora_filter(name: str, tensor: Optional[torch.Tensor] = None) -> bool:
+    """True for the parameter names of LoRA adapters (`...lora_A`, `...lora_B_query`, ...)."""
+    return name.rsplit(".", 1)[-1].startswith(("lora_A", "lora_B"))
+
+
+def mark_only_lora_as_trainable(model: nn.Module) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad = lora_filter(name, param)
+
+
+def lora_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The adapter alone: the LoRA parameters by their names in the model (what finetuning saves)."""
+    return {name: param.detach() for name, param in model.named_parameters() if lora_filter(name, param)}
+
+
+def merge_lora_weights(model: nn.Module) -> nn.Module:
+    """Merges every adapter into its base weight (safe to call twice).
+
+    When `lm_head` had an adapter on a weight tied to the embedding, the merged head is its own weight and
+    `model.config` is replaced by a copy with `tie_embeddings=False`, so a saved merged model keeps both matrices.
+    """
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            module.merge()
+    config = getattr(model, "config", None)
+    if config is not None and config.tie_embeddings and model.lm_head.weight is not model.transformer.wte.weight:
+        model.config = replace(config, tie_embeddings=False)
+    return model
+
+
+def trainable_report(model: nn.Module) -> str:
+    """`trainable params: N || all params: M || trainable%: P`, formatted like PEFT's `print_trainable_parameters`.
+
+    Shared parameters count once; a bitsandbytes 4-bit weight counts as its unpacked size (as PEFT does).
+    """
+    from lit_gpt.utils import num_parameters
+
+    trainable, total = num_parameters(model, requires_grad=True), num_parameters(model)
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+def _names(keys: Sequence[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" (and {len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _shape(tensor: torch.Tensor) -> Tuple[int, ...]:
+    return weight_shape(tensor) if getattr(tensor, "quant_state", None) is not None else tuple(tensor.shape)
+
+
+def check_lora_state_dict(model: nn.Module, adapter: Dict[str, torch.Tensor], source: str = "the adapter") -> None:
+    """Fails with the names of missing/unexpected keys, or both shapes, if `adapter` does not fit the LoRA layers."""
+    expected = dict(lora_state_dict(model))
+    if not expected:
+        fail(f"The model has no LoRA layers to load {source} into: build it with a LoRAConfig (add_lora)")
+    missing, unexpected = set(expected) - set(adapter), set(adapter) - set(expected)
+    if missing or unexpected:
+        problems = ([f"missing from it: {_names(missing)}"] if missing else []) + (
+            [f"not in the model: {_names(unexpected)}"] if unexpected else [])
+        fail(f"{source} does not fit the model's LoRA layers ({'; '.join(problems)}). Were the LoRA settings "
+             "(query/key/value/projection/mlp/head) the same as in the lora_config.json next to the adapter?")
+    for name, value in adapter.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            fail(f"{source}: {name!r} has shape {tuple(value.shape)} in the adapter but {tuple(expected[name].shape)} "
+                 "in the model (different LoRA r or base model? use the lora_config.json saved with the adapter)")
+
+
+def load_lora_state_dict(model: nn.Module, adapter: Dict[str, torch.Tensor], source: str = "the adapter") -> None:
+    """Copies an adapter (from `lora_state_dict`) into the LoRA parameters of `model`, checking names and shapes."""
+    check_lora_state_dict(model, adapter, source)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in adapter.items():
+            params[name].copy_(value)
+
+
+def lora_files(lora_path: Union[str, Path]) -> Tuple[Path, Optional[Path]]:
+    """(adapter file, its lora_config.json or None) for a finetune out dir, an adapter file or a training checkpoint.
+
+    lora_config.json is looked up next to the file and one level up (for `out_dir/checkpoints/step-*.pth`).
+    """
+    lora_path = Path(lora_path)
+    adapter = lora_path / "lit_model_lora_finetuned.pth" if lora_path.is_dir() else lora_path
+    if not adapter.is_file():
+        fail(f"No adapter at {str(adapter)!r}: pass the out dir of finetune/lora.py or a .pth file it wrote")
+    configs = [d / "lora_config.json" for d in (adapter.parent, adapter.parent.parent)]
+    return adapter, next((c for c in configs if c.is_file()), None)
+
+
+def load_lora_checkpoint(model: nn.Module, path: Union[str, Path]) -> None:
+    """Loads an adapter file (`lit_model_lora_finetuned.pth`, or a training checkpoint holding {"adapter": ...})."""
+    adapter = lazy_load(path)
+    load_lora_state_dict(model, adapter.get("adapter", adapter), source=repr(str(path)))
+
+
+def check_base_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "the checkpoint"
+                          ) -> None:
+    """A base checkpoint fits a (LoRA) model if only LoRA keys are missing, none is unexpected and shapes agree.
+
+    A key of a tied parameter (lm_head.weight = transformer.wte.weight) may be missing when its twin is present.
+    """
+    expected = model.state_dict(keep_vars=True)
+    present = {id(expected[k]) for k in state_dict if k in expected}
+    missing = [k for k, t in expected.items() if k not in state_dict and not lora_filter(k) and id(t) not in present]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        problems = ([f"missing from it: {_names(missing)}"] if missing else []) + (
+            [f"unexpected in it: {_names(unexpected)}"] if unexpected else [])
+        fail(f"{source} does not fit the model ({'; '.join(problems)}). Is it a lit_model.pth of the model in "
+             "lit_config.json? (an adapter is not a base checkpoint: pass it as the LoRA path)")
+    for name, tensor in state_dict.items():
+        if tuple(tensor.shape) != _shape(expected[name]):
+            fail(f"{source}: {name!r} has shape {tuple(tensor.shape)} in the checkpoint but {_shape(expected[name])} "
+                 "in the model (does lit_config.json belong to this lit_model.pth?)")
+
+
+def load_base_checkpoint(model: nn.Module, path: Union[str, Path]) -> None:
+    """Loads a base `lit_model.pth` into a materialized model that may have LoRA layers (their keys may be missing).
+
+    To build a model from a checkpoint on the meta device, quantized or not, use `lit_gpt.quantize.load_model`.
+    """
+    state_dict = lazy_load(path)
+    check_base_state_dict(model, state_dict, source=repr(str(path)))
+    model.load_state_dict(state_dict, strict=False)

@@ -1,0 +1,286 @@
+"""bitsandbytes quantization of the frozen linear weights (QLoRA), and `load_model`, which builds a `GPT` from a
+checkpoint dir tensor by tensor so that a quantized model never exists in full precision.
+
+What is quantized: the weight of every linear layer (attention qkv and proj, the MLP linears, and `lm_head` unless
+it is tied to the embedding, which has to stay a float matrix). Embeddings, norms, biases and the LoRA adapters stay
+in the precision's dtype. Quantizing `lm_head` too (as lit-gpt does; QLoRA/PEFT keep it in 16 bits) saves
+vocab_size x n_embd x 1.5 bytes, the largest single matrix of small models.
+
+Modes: "bnb.nf4" / "bnb.fp4" (4-bit, blocks of 64, `-dq`: double quantization of the block scales) and "bnb.int8"
+(LLM.int8 row-wise; on CPU bitsandbytes dequantizes and runs a float matmul). They run on CPU and CUDA.
+"""
+
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_gpt.config import Config
+from lit_gpt.model import GPT
+from lit_gpt.utils import check_valid_checkpoint_dir, fail, lazy_load
+
+if TYPE_CHECKING:
+    from lit_gpt.lora import LoRAConfig
+
+QUANTIZE_MODES = ("bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
+PRECISIONS = ("bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true")
+BLOCKSIZE = 64  # 4-bit: one absmax scale per 64 weights, as in QLoRA
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype of the (unquantized) weights: "*-true" -> that dtype, "*-mixed" -> float32 (the caller autocasts)."""
+    if precision not in PRECISIONS:
+        fail(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision.endswith("-mixed") or precision == "32-true":
+        return torch.float32
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float16
+
+
+def check_quantize(quantize: Optional[str], precision: str, device: Union[str, torch.device]) -> None:
+    """Fails, before anything is loaded, if `quantize` with `precision` cannot run on `device`.
+
+    Every mode works with every precision on CPU and CUDA: "-true" computes the quantized matmuls in that dtype,
+    "-mixed" (float32 weights, the caller autocasts) dequantizes into the autocast dtype. Not accepted: an unknown
+    mode or precision, "16-mixed" on CPU (no float16 autocast with a grad scaler there: Fabric would silently switch
+    to bf16-mixed), a device type bitsandbytes does not support, and a mode whose kernels fail on this device
+    (checked by running a tiny quantized forward and backward pass on it, e.g. int8 on a pre-Turing GPU).
+    """
+    precision_dtype(precision)
+    device = torch.device(device)
+    if precision == "16-mixed" and device.type == "cpu":
+        fail("precision 16-mixed (float16 autocast) does not run on CPU: use --precision bf16-mixed or bf16-true")
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_MODES:
+        fail(f"Unknown quantize mode {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)} (or none)")
+    try:
+        import bitsandbytes as bnb
+    except Exception as e:
+        fail(f"--quantize {quantize} needs bitsandbytes, which cannot be imported ({type(e).__name__}: {e}); "
+             "`pip install bitsandbytes` or train without --quantize")
+    if device.type not in bnb.supported_torch_devices:
+        fail(f"bitsandbytes does not run on {device.type!r} (it supports {sorted(bnb.supported_torch_devices)}); "
+             "drop --quantize or use a CPU or CUDA device")
+    dtype = torch.float32 if precision == "32-true" else torch.bfloat16 if "bf16" in precision else torch.float16
+    try:
+        weight = quantize_weight(torch.randn(64, 64, device=device, dtype=dtype), quantize)
+        x = torch.randn(2, 64, device=device, dtype=dtype, requires_grad=True)
+        linear(x, weight, None).sum().backward()
+    except Exception as e:
+        other = "bnb.nf4" if quantize == "bnb.int8" else "no --quantize"
+        fail(f"--quantize {quantize} with precision {precision} does not run on {device} "
+             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); try {other}")
+
+
+def quantize_weight(weight: torch.Tensor, mode: str) -> nn.Parameter:
+    """A frozen bitsandbytes Parameter of the float weight (out_features, in_features), on the weight's device.
+
+    4-bit weights dequantize to `weight.dtype` (their compute dtype); int8 keeps row-wise absmax scales (`SCB`).
+    """
+    import bitsandbytes as bnb
+
+    weight = weight.detach().contiguous()
+    if mode == "bnb.int8":
+        CB, SCB, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
+        return bnb.nn.Int8Params(CB, requires_grad=False, has_fp16_weights=False, CB=CB, SCB=SCB)
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"Unknown quantize mode {mode!r}")
+    quant_type, double = mode[len("bnb."):len("bnb.") + 3], mode.endswith("-dq")
+    data, quant_state = bnb.functional.quantize_4bit(weight, blocksize=BLOCKSIZE, compress_statistics=double,
+                                                     quant_type=quant_type, quant_storage=torch.uint8)
+    return bnb.nn.Params4bit(data, requires_grad=False, quant_state=quant_state, blocksize=BLOCKSIZE,
+                             compress_statistics=double, quant_type=quant_type, bnb_quantized=True)
+
+
+def quantize_mode(weight: torch.Tensor) -> Optional[str]:
+    """The mode a weight was quantized with ("bnb.nf4-dq", ...), None for a float weight."""
+    quant_state = getattr(weight, "quant_state", None)
+    if quant_state is not None:
+        return f"bnb.{quant_state.quant_type}{'-dq' if quant_state.nested else ''}"
+    if weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:
+        return "bnb.int8"
+    return None
+
+
+def weight_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The float dtype a weight computes in: its own, or for a quantized weight the dtype it dequantizes to."""
+    if weight.is_floating_point():
+        return weight.dtype
+    quant_state = getattr(weight, "quant_state", None)
+    return quant_state.dtype if quant_state is not None else torch.get_default_dtype()
+
+
+def dequantize_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The float (out_features, in_features) matrix of a weight, quantized or not."""
+    mode = quantize_mode(weight)
+    if mode is None:
+        return weight.detach()
+    import bitsandbytes as bnb
+
+    if mode == "bnb.int8":
+        return weight.data.float() * (weight.SCB.to(weight.device).float() / 127).unsqueeze(1)
+    return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """`F.linear` that also takes bitsandbytes 4-bit and int8 weights (frozen: gradients flow to `x` only)."""
+    mode = quantize_mode(weight)
+    if mode is None:
+        return F.linear(x, weight, bias)
+    import bitsandbytes as bnb
+
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):  # autocast skips custom autograd functions: cast as it would
+        x = x.to(torch.get_autocast_dtype(device_type))
+    if mode == "bnb.int8":
+        if weight.SCB.device != weight.device:  # Module.to() moves the data but not the scales
+            weight.SCB = weight.SCB.to(weight.device)
+        state = bnb.MatmulLtState()
+        state.CB, state.SCB, state.has_fp16_weights = weight.data, weight.SCB, False
+        state.is_training = device_type == "cpu"  # on CPU this selects the dequantize + float matmul kernel
+        out = bnb.matmul(x, weight.data, state=state)
+    else:
+        out = bnb.matmul_4bit(x, weight.data, quant_state=weight.quant_state)
+    return out if bias is None else out + bias.to(out.dtype)
+
+
+class Linear(nn.Module):
+    """Like `nn.Linear` (same `weight`/`bias` state-dict keys), but the weight may also be a bitsandbytes weight."""
+
+    def __init__(self, weight: nn.Parameter, bias: Optional[nn.Parameter]) -> None:
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+
+    @property
+    def in_features(self) -> int:
+        return weight_shape(self.weight)[1]
+
+    @property
+    def out_features(self) -> int:
+        return weight_shape(self.weight)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"quantized={quantize_mode(self.weight)}")
+
+
+def weight_shape(weight: torch.Tensor) -> tuple:
+    """(out_features, in_features) of a linear weight, also for a packed bitsandbytes 4-bit weight."""
+    quant_state = getattr(weight, "quant_state", None)
+    return tuple(quant_state.shape) if quant_state is not None else tuple(weight.shape)
+
+
+def _quantizable_weights(model: nn.Module) -> dict:
+    """Turns `nn.Linear`s into `Linear`s and returns {id(weight): weight} of those whose weight is not shared with
+    an embedding (a tied lm_head)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, Linear(child.weight, child.bias))
+    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return {id(m.weight): m.weight for m in model.modules() if isinstance(m, Linear) and id(m.weight) not in embedding}
+
+
+def _replace_parameters(model: nn.Module, new: dict) -> None:
+    """Puts new[id(old)] in every slot that holds `old`: shared parameters stay shared."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and id(param) in new:
+                module._parameters[name] = new[id(param)]
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, mode: str) -> nn.Module:
+    """Quantizes the linear weights of a materialized model in place (`nn.Linear`s become `Linear`s)."""
+    weights = _quantizable_weights(model)
+    _replace_parameters(model, {key: w if quantize_mode(w) else quantize_weight(w, mode) for key, w in weights.items()})
+    return model
+
+
+def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true", quantize: Optional[str] = None,
+               device: Union[str, torch.device] = "cpu", lora_config: Optional["LoRAConfig"] = None,
+               lora_path: Optional[Union[str, Path]] = None, max_seq_length: Optional[int] = None) -> GPT:
+    """Builds the `GPT` of a checkpoint dir on `device`, in eval mode, optionally quantized and with LoRA.
+
+    The model is created on the meta device; then `lit_model.pth` is memory-mapped and each tensor is moved to
+    `device`, cast to the precision's dtype and, for linear weights, quantized before the next one is read, so peak
+    memory stays near the final model's size. New LoRA parameters are initialized (A random, B zero) in the same
+    dtype; `lora_path` (a finetune out dir, an adapter file or a training checkpoint) then fills them. Without
+    `lora_config`, LoRA settings come from the `lora_config.json` next to `lora_path`. The RoPE cache is float32 on
+    `device`. Parameters keep `requires_grad=True` (quantized weights: False); call `mark_only_lora_as_trainable`.
+
+    With Fabric: `fabric = L.Fabric(precision=precision)`, then `load_model(..., precision=precision,
+    device=fabric.device)` and `fabric.setup_module(model)`: a "-true" precision finds the weights already in its
+    dtype and a "-mixed" one autocasts the forward (quantized matmuls included). Without Fabric, call the model
+    inside `torch.autocast(device_type, dtype)` for "-mixed" precisions.
+    """
+    # imported here because lit_gpt.lora imports this module
+    from lit_gpt.lora import (
+        LoRAConfig,
+        LoRALinear,
+        add_lora,
+        check_base_state_dict,
+        check_lora_state_dict,
+        load_lora_state_dict,
+        lora_files,
+    )
+
+    check_quantize(quantize, precision, device)
+    checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir)
+    device, dtype = torch.device(device), precision_dtype(precision)
+    config = Config.from_checkpoint(checkpoint_dir)
+    if max_seq_length is not None and not 0 < max_seq_length <= config.block_size:
+        fail(f"max_seq_length={max_seq_length} must be between 1 and the model's block_size={config.block_size}")
+    adapter = None
+    if lora_path is not None:
+        adapter_file, config_file = lora_files(lora_path)
+        if lora_config is None:
+            if config_file is None:
+                fail(f"No lora_config.json next to {str(adapter_file)!r}: pass the LoRA settings it was trained with")
+            import json
+
+            lora_config = LoRAConfig.from_dict(json.loads(config_file.read_text())["lora"])
+        adapter = lazy_load(adapter_file)
+        adapter = adapter.get("adapter", adapter)
+
+    with torch.device("meta"):
+        model = GPT(config)
+        if lora_config is not None:
+            add_lora(model, lora_config)
+    to_quantize = _quantizable_weights(model) if quantize else {}
+    state_dict = lazy_load(checkpoint_dir / "lit_model.pth")
+    check_base_state_dict(model, state_dict, source=repr(str(checkpoint_dir / "lit_model.pth")))
+    if adapter is not None:
+        check_lora_state_dict(model, adapter, source=repr(str(adapter_file)))
+
+    slots = defaultdict(list)  # id(parameter) -> its names (several when tied)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        slots[id(param)].append((name, param))
+    new = {}
+    with torch.no_grad():
+        for key, names in slots.items():
+            param = names[0][1]
+            stored = next((state_dict[name] for name, _ in names if name in state_dict), None)
+            if stored is None:  # a LoRA parameter, initialized below
+                new[key] = nn.Parameter(torch.empty(param.shape, device=device, dtype=dtype))
+            elif key in to_quantize:
+                new[key] = quantize_weight(stored.to(device=device, dtype=dtype), quantize)
+            else:
+                new[key] = nn.Parameter(stored.to(device=device, dtype=dtype, copy=True),
+                                        requires_grad=param.requires_grad)
+        _replace_parameters(model, new)
+    del new, slots, state_dict
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            module.reset_lora_parameters()
+    if adapter is not None:
+        load_lora_state_dict(model, adapter, source=repr(str(adapter_file)))
+    model.max_seq_length = max_seq_length or config.block_size  # rebuilds the RoPE cache on `device`
+    return model.eval()
