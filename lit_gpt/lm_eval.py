@@ -1,0 +1,434 @@
+"""lm-evaluation-harness 0.4 for lit_gpt: an `LM` that scores and generates with a `GPT`, and task loading.
+
+`LitLM` tokenizes like lm-eval's `hf` backend (HFLM) on the same checkpoint: `TemplateLM` splits context and
+continuation, BOS is added as the tokenizer adds it, inputs are cut from the left to the model's length, rolling
+windows are lm-eval's. On the same weights it returns the same log-likelihoods and generations. It does less work:
+- requests whose inputs agree up to the first scored token (the choices of a multiple-choice question) run that
+  prefix once; the rest of each continuation runs as one batch on a copy of the prefix's KV cache;
+- the LM head and the log-softmax run on the scored positions only;
+- a batch of prompts of different lengths is generated without padding: every row starts at position 0 and a row
+  whose prompt is longer than the shortest one is fed its own prompt tokens while the others already generate.
+
+Prompt styles: `apply_chat_template` renders lm-eval's chat messages with a `lit_gpt.prompts` style, so a task can
+be prompted the way the model was finetuned (lm-eval's `apply_chat_template=True`, `fewshot_as_multiturn=False`).
+A task asks for it with `metadata: {apply_prompt_style: true}` in its YAML (see `evaluate`).
+"""
+
+import json
+import logging
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+from lit_gpt.model import GPT
+from lit_gpt.prompts import PromptStyle
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import fail, num_parameters
+
+log = logging.getLogger(__name__)
+
+
+class LitLM(TemplateLM):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, *, prompt_style: Optional[PromptStyle] = None,
+                 batch_size: int = 8, max_gen_toks: int = 256, autocast_dtype: Optional[torch.dtype] = None,
+                 name: str = "lit_gpt") -> None:
+        """model: in eval mode, on its device (see `lit_gpt.quantize.load_model`); its `max_seq_length` is the
+        longest input. batch_size: sequences per forward pass. autocast_dtype: for "-mixed" precisions."""
+        super().__init__()
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.prompt_style = prompt_style
+        self.batch_size = batch_size
+        self._max_gen_toks = max_gen_toks
+        self.autocast_dtype = autocast_dtype
+        self.name = name
+        self._device = model.transformer.wte.weight.device
+        # HFLM does not add BOS to a text that already starts with it (e.g. rendered by a chat template)
+        self._prefix_text = tokenizer.decode([self.prefix_token_id]) if self.prefix_token_id is not None else ""
+        self._bos_text = tokenizer.decode([tokenizer.bos_id]) if tokenizer.bos_id is not None else ""
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """Conditions the first token of a text without context: BOS, or EOS when there is none (like HFLM)."""
+        return self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
+
+    @property
+    def max_length(self) -> int:
+        return self.model.max_seq_length
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"{self.name}-{self.prompt_style.name if self.prompt_style else 'none'}"
+
+    def chat_template(self, chat_template: Any = False) -> Optional[str]:
+        return f"lit_gpt prompt style {self.prompt_style.name!r}" if self.prompt_style else None
+
+    def get_model_info(self) -> dict:
+        return {"model_num_parameters": num_parameters(self.model), "model_dtype": str(self._device_dtype()),
+                "prompt_style": self.prompt_style.name if self.prompt_style else None}
+
+    def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs: Any) -> list[int]:
+        """The tokenizer's own BOS rule (bos=None), no BOS when told so or when the text starts with it."""
+        no_bos = add_special_tokens is False or (
+            add_special_tokens is None and bool(self._prefix_text) and string.startswith(self._prefix_text))
+        return self.tokenizer.encode(string, bos=False if no_bos else None).tolist()
+
+    def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
+        """Renders [system?, user, assistant?] with the prompt style: system text and user text joined by a blank
+        line become the instruction; an assistant message (a task's `gen_prefix`) is appended after the prompt."""
+        if self.prompt_style is None:
+            raise ValueError("This LitLM has no prompt style to apply")
+        system = [m["content"] for m in chat_history if m["role"] == "system"]
+        turns = [m for m in chat_history if m["role"] != "system"]
+        answer = turns.pop()["content"] if turns and turns[-1]["role"] == "assistant" else None
+        if len(turns) != 1 or turns[0]["role"] != "user":
+            raise ValueError("A prompt style renders one user turn: evaluate with fewshot_as_multiturn=False")
+        prompt = self.prompt_style.apply("\n\n".join(system + [turns[0]["content"]]))
+        if answer is not None:
+            prompt += self.prompt_style.response_prefix + answer
+        return prompt
+
+    # ----------------------------------------------------------------------------------------- log-likelihoods
+    def _loglikelihood_tokens(self, requests: Sequence[tuple], disable_tqdm: bool = False) -> list[tuple]:
+        """(log P(continuation | context), whether greedy decoding gives the continuation) per (key, ctx, cont).
+
+        As in HFLM, the model input is `(context + continuation)[-(max_length + 1):][:-1]` and the last
+        len(continuation) positions are scored. The input up to the first scored position is the request's prefix;
+        requests with the same prefix are run together (the prefix once, see `_score_group`).
+        """
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, (_, context, continuation) in enumerate(requests):
+            if not context or not continuation:
+                raise ValueError(f"Request {i} has an empty context or continuation")
+            if len(continuation) > self.max_length:
+                raise ValueError(f"A continuation of {len(continuation)} tokens does not fit max_length "
+                                 f"{self.max_length}")
+            inputs = (context + continuation)[-(self.max_length + 1):][:-1]
+            groups[tuple(inputs[:len(inputs) - len(continuation) + 1])].append(i)
+        # longest first: time estimates are upper bounds and an out-of-memory shows up at once
+        order = sorted(groups.items(), key=lambda g: -max(len(g[0]) + len(requests[i][2]) for i in g[1]))
+
+        results: list = [None] * len(requests)
+        pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
+
+        def finish(ids: list[int], scores: list[tuple]) -> None:
+            for i, score in zip(ids, scores):
+                results[i] = score
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
+            pbar.update(len(ids))
+
+        with self._inference() as head:
+            singles = [ids[0] for prefix, ids in order if len(ids) == 1]
+            for start in range(0, len(singles), self.batch_size):
+                batch = singles[start:start + self.batch_size]
+                conts = [requests[i][2] for i in batch]
+                rows = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):][:-1] for i in batch]
+                finish(batch, self._score_rows(rows, conts, head))
+            for prefix, ids in order:
+                if len(ids) > 1:
+                    finish(ids, self._score_group(list(prefix), [requests[i][2] for i in ids], head))
+        pbar.close()
+        return results
+
+    def _score_rows(self, rows: list[list[int]], continuations: list[list[int]], head: nn.Module) -> list[tuple]:
+        """One right-padded forward pass; row j's last len(continuations[j]) positions are scored."""
+        idx = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for j, row in enumerate(rows):
+            idx[j, :len(row)] = torch.tensor(row)
+        hidden = self.model(idx.to(self._device))  # (B, T, n_embd)
+        selected = [hidden[j, len(row) - len(cont):len(row)] for j, (row, cont) in enumerate(zip(rows, continuations))]
+        return self._score(torch.cat(selected), continuations, head)
+
+    def _score_group(self, prefix: list[int], continuations: list[list[int]], head: nn.Module) -> list[tuple]:
+        """The prefix runs once; its last state predicts every continuation's first token. The other tokens of the
+        continuations (`tails`) run in batches at positions after the prefix, on copies of the prefix's KV cache."""
+        P = len(prefix)
+        tails = [cont[:-1] for cont in continuations]
+        with_tail = [j for j, tail in enumerate(tails) if tail]
+        rows = max(1, min(len(with_tail), self.batch_size))
+        self.model.set_kv_cache(rows, max_seq_length=P + max(map(len, tails)), device=self._device)
+        try:
+            positions = torch.arange(P, device=self._device)
+            last = self.model(torch.tensor([prefix], device=self._device), positions)[0, -1:]  # (1, n_embd)
+            states = [last] * len(continuations)
+            if with_tail:
+                for block in self.model.transformer.h:  # the prefix, written into row 0, is copied to every row
+                    cache = block.attn.kv_cache
+                    cache.k[1:, :, :P] = cache.k[:1, :, :P]
+                    cache.v[1:, :, :P] = cache.v[:1, :, :P]
+            for start in range(0, len(with_tail), rows):
+                chunk = with_tail[start:start + rows]
+                T = max(len(tails[j]) for j in chunk)
+                idx = torch.zeros(len(chunk), T, dtype=torch.long)
+                for r, j in enumerate(chunk):
+                    idx[r, :len(tails[j])] = torch.tensor(tails[j])
+                hidden = self.model(idx.to(self._device), torch.arange(P, P + T, device=self._device))
+                for r, j in enumerate(chunk):
+                    states[j] = torch.cat([last, hidden[r, :len(tails[j])]])
+        finally:
+            self.model.clear_kv_cache()
+        return self._score(torch.cat(states), continuations, head)
+
+    def _score(self, hidden: torch.Tensor, continuations: list[list[int]], head: nn.Module) -> list[tuple]:
+        """hidden: (sum of continuation lengths, n_embd), the states that predict the continuation tokens."""
+        logprobs = torch.log_softmax(head(hidden).float(), dim=-1)  # (N, vocab)
+        targets = torch.tensor([t for cont in continuations for t in cont], device=logprobs.device)
+        token_logprobs = logprobs.gather(1, targets[:, None]).squeeze(1)
+        greedy = logprobs.argmax(dim=-1) == targets
+        out, start = [], 0
+        for cont in continuations:
+            end = start + len(cont)
+            out.append((float(token_logprobs[start:end].sum()), bool(greedy[start:end].all())))
+            start = end
+        return out
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
+        """Log-likelihood of whole texts (perplexity): lm-eval's disjoint windows of up to max_length tokens, the
+        first conditioned on `prefix_token_id`, summed per text."""
+        windows, owners = [], []
+        for i, request in enumerate(requests):
+            tokens = self.tok_encode(request.args[0])
+            for context, continuation in map(make_disjoint_window, get_rolling_token_windows(
+                    token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                    context_len=1)):
+                windows.append((None, context, continuation))
+                owners.append(i)
+        totals = [0.0] * len(requests)
+        for i, (logprob, _) in zip(owners, self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)):
+            totals[i] += logprob
+        for request, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    # ------------------------------------------------------------------------------------------------ generation
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        """Greedy (or sampled, if a task asks) continuations, cut at the first of the task's `until` strings or the
+        EOS text; at most `max_gen_toks` tokens; the context is cut from the left to leave room for them."""
+        results: list = [None] * len(requests)
+        by_kwargs: dict[str, list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            by_kwargs[json.dumps(request.args[1], sort_keys=True, default=str)].append(i)
+        eos_text = self.tokenizer.decode([self.eot_token_id]) if self.eot_token_id is not None else None
+        pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running generate_until requests")
+        with self._inference() as head:
+            for ids in by_kwargs.values():
+                kwargs = dict(normalize_gen_kwargs(requests[ids[0]].args[1], self.max_gen_toks))
+                until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+                max_new = kwargs.pop("max_gen_toks")
+                pick = _token_picker(kwargs)
+                max_context = self.max_length - max_new
+                if max_context <= 0:
+                    raise ValueError(f"max_gen_toks={max_new} leaves no room for a context in max_length "
+                                     f"{self.max_length}")
+                prompts = {i: self._encode_prompt(requests[i].args[0])[-max_context:] for i in ids}
+                order = sorted(ids, key=lambda i: -len(prompts[i]))
+                for start in range(0, len(order), self.batch_size):
+                    batch = order[start:start + self.batch_size]
+                    texts = self._generate([prompts[i] for i in batch], max_new, until, pick, head)
+                    for i, text in zip(batch, texts):
+                        results[i] = text
+                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                    pbar.update(len(batch))
+        pbar.close()
+        return results
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        """HFLM's batch encoding: no BOS added to a text that starts with the BOS text."""
+        no_bos = bool(self._bos_text) and text.startswith(self._bos_text)
+        return self.tokenizer.encode(text, bos=False if no_bos else None).tolist()
+
+    def _generate(self, prompts: list[list[int]], max_new: int, until: list[str],
+                  pick: Callable[[torch.Tensor], torch.Tensor], head: nn.Module) -> list[str]:
+        """Generates for prompts of different lengths in lock-step from position 0: no padding, no attention mask.
+
+        Row r of the KV cache holds `active[r]`. At position `pos`, a row whose prompt is done has just predicted a
+        new token; the others are fed their next prompt token. Finished rows leave the cache (it is compacted).
+        """
+        if max_new <= 0:
+            return [""] * len(prompts)
+        lengths = [len(p) for p in prompts]
+        shortest = min(lengths)
+        generated: list[list[int]] = [[] for _ in prompts]
+        stop_ids = set(self.tokenizer.stop_ids)
+        self.model.set_kv_cache(len(prompts), max_seq_length=max(lengths) + max_new - 1, device=self._device)
+        try:
+            idx = torch.tensor([p[:shortest] for p in prompts], device=self._device)
+            hidden = self.model(idx, torch.arange(shortest, device=self._device))[:, -1]  # (rows, n_embd)
+            active, pos = list(range(len(prompts))), shortest
+            while True:
+                ready = [r for r, i in enumerate(active) if pos >= lengths[i]]
+                finished = set()
+                if ready:
+                    tokens = pick(head(hidden[ready]).float()).tolist()
+                    for r, token in zip(ready, tokens):
+                        i = active[r]
+                        if token in stop_ids:
+                            finished.add(r)
+                            continue
+                        generated[i].append(token)
+                        text = self.tokenizer.decode(generated[i])
+                        if len(generated[i]) >= max_new or any(s and s in text for s in until):
+                            finished.add(r)
+                if finished:
+                    keep = [r for r in range(len(active)) if r not in finished]
+                    if not keep:
+                        break
+                    keep_rows = torch.tensor(keep, device=self._device)
+                    for block in self.model.transformer.h:
+                        cache = block.attn.kv_cache
+                        cache.k[:len(keep)] = cache.k[keep_rows]
+                        cache.v[:len(keep)] = cache.v[keep_rows]
+                    active = [active[r] for r in keep]
+                feed = [prompts[i][pos] if pos < lengths[i] else generated[i][-1] for i in active]
+                feed = torch.tensor(feed, device=self._device)[:, None]
+                hidden = self.model(feed, torch.tensor([pos], device=self._device))[:, -1]
+                pos += 1
+        finally:
+            self.model.clear_kv_cache()
+        return [postprocess_generated_text(self.tokenizer.decode(g, skip_special_tokens=True), until, None)
+                for g in generated]
+
+    # ---------------------------------------------------------------------------------------------------- utils
+    @contextmanager
+    def _inference(self) -> Iterator[nn.Module]:
+        """No autograd, the precision's autocast, and `model(...)` returning the final hidden states (its LM head
+        swapped out) so that the yielded head runs on the positions that are scored or sampled only."""
+        head = self.model.lm_head
+        autocast = (torch.autocast(self._device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else nullcontext())
+        self.model.lm_head = nn.Identity()
+        try:
+            with torch.inference_mode(), autocast:
+                yield head
+        finally:
+            self.model.lm_head = head
+
+    def _device_dtype(self) -> torch.dtype:
+        return self.autocast_dtype or self.model.transformer.wte.weight.dtype
+
+
+def _token_picker(kwargs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Greedy (argmax) unless `do_sample`: then softmax sampling with `temperature`, `top_k` and `top_p`."""
+    do_sample = kwargs.pop("do_sample", False)
+    temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
+    top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
+    if kwargs:
+        log.warning(f"Ignoring generation arguments lit_gpt does not implement: {kwargs}")
+    if not do_sample or temperature <= 0:
+        return lambda logits: logits.argmax(dim=-1)
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits / temperature
+        if top_k:
+            kth = torch.topk(logits, min(int(top_k), logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and float(top_p) < 1.0:
+            sorted_logits, indices = logits.sort(dim=-1, descending=True)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cumulative - sorted_logits.softmax(-1) > float(top_p)  # keep the first token past top_p
+            logits = logits.scatter(-1, indices, sorted_logits.masked_fill(drop, float("-inf")))
+        return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+
+    return sample
+
+
+# -------------------------------------------------------------------------------------------------------- tasks
+def task_manager(names: list[str], include_paths: list[Path]) -> Any:
+    """A `TaskManager` over the folders of task YAMLs; lm-eval's own ~15k task definitions are indexed (~10-20 s)
+    only when a name is not found in them. Fails on an unknown name, with close matches."""
+    import difflib
+
+    from lm_eval.tasks import TaskManager
+
+    paths = [str(Path(p).resolve()) for p in include_paths]
+    manager = TaskManager(include_path=paths, include_defaults=False)
+    if all(manager.match_tasks([name]) for name in names):
+        return manager
+    manager = TaskManager(include_path=paths, include_defaults=True)
+    for name in names:
+        if not manager.match_tasks([name]):
+            close = difflib.get_close_matches(name, manager.all_tasks, n=5)
+            hint = f" Close matches: {', '.join(close)}." if close else ""
+            fail(f"Unknown task {name!r}.{hint} The local tasks are in {', '.join(map(repr, paths))}; "
+                 "`lm-eval ls tasks` lists lm-eval's own")
+    return manager
+
+
+def load_tasks(manager: Any, names: list[str]) -> list:
+    """The lm-eval Task/Group objects for task, group, tag names or glob patterns. Their data is read here, so a
+    task whose data is not available fails now, before a model is loaded."""
+    objects = []
+    for name in manager.match_tasks(names) if any("*" in n or "?" in n for n in names) else names:
+        try:
+            loaded = manager.load(name)
+        except Exception as e:
+            message = " ".join(str(e).split())[:400] or type(e).__name__
+            fail(f"Task {name!r} could not be loaded: {type(e).__name__}: {message}. Evaluation runs offline "
+                 "(HF_DATASETS_OFFLINE=1, no Hugging Face Hub): use tasks whose data are local files, like the ones "
+                 "in eval/tasks (`dataset_kwargs: {data_files: ...}`)")
+        group = loaded.get("groups", {}).get(name)
+        objects.extend([group] if group is not None else loaded["tasks"].values())
+    return objects
+
+
+def wants_prompt_style(task: Any) -> bool:
+    """Whether a task (or every task of a group) has `metadata: {apply_prompt_style: true}` in its YAML."""
+    from lm_eval.api.group import Group
+
+    tasks = task.get_all_tasks() if isinstance(task, Group) else [task]
+    return all(bool((t.config.metadata or {}).get("apply_prompt_style")) for t in tasks)
+
+
+def task_name(task: Any) -> str:
+    from lm_eval.api.group import Group
+
+    return task.name if isinstance(task, Group) else task.task_name
+
+
+def evaluate(lm: LitLM, tasks: list, *, apply_prompt_style: Optional[bool] = None, num_fewshot: Optional[int] = None,
+             limit: Optional[float] = None, bootstrap_iters: int = 100000, seed: int = 1234, log_samples: bool = False,
+             manager: Any = None) -> dict:
+    """Runs `lm_eval.simple_evaluate` on loaded tasks; the ones that get the prompt style (all if
+    `apply_prompt_style` is True, none if False, else those that ask for it) run in a second call with lm-eval's
+    chat-template path. Returns one merged lm-eval results dict."""
+    from lm_eval import simple_evaluate
+
+    styled = {task_name(t): (wants_prompt_style(t) if apply_prompt_style is None else apply_prompt_style)
+              for t in tasks}
+    if limit is not None and float(limit).is_integer():
+        limit = int(limit)
+    merged: dict = {}
+    for use_style in (False, True):
+        selected = [t for t in tasks if styled[task_name(t)] == use_style]
+        if not selected:
+            continue
+        if use_style and lm.prompt_style is None:
+            fail("A task asks for the prompt style but the model has none: pass --prompt_style")
+        out = simple_evaluate(model=lm, tasks=selected, num_fewshot=num_fewshot, limit=limit,
+                              bootstrap_iters=bootstrap_iters, log_samples=log_samples, apply_chat_template=use_style,
+                              fewshot_as_multiturn=False, task_manager=manager, random_seed=seed,
+                              numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        for key, value in out.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            elif key not in merged:
+                merged[key] = value
+    merged["prompt_style_applied"] = styled
+    return merged
