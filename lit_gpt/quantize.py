@@ -10,6 +10,7 @@ Modes: "bnb.nf4" / "bnb.fp4" (4-bit, blocks of 64, `-dq`: double quantization of
 (LLM.int8 row-wise; on CPU bitsandbytes dequantizes and runs a float matmul). They run on CPU and CUDA.
 """
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
 QUANTIZE_MODES = ("bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
 PRECISIONS = ("bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true")
 BLOCKSIZE = 64  # 4-bit: one absmax scale per 64 weights, as in QLoRA
+
+
+def _bnb():
+    """bitsandbytes, imported on first use (quietly: its CPU backend warns about an optional kernel we do not use)."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    import bitsandbytes
+
+    return bitsandbytes
 
 
 def precision_dtype(precision: str) -> torch.dtype:
@@ -57,7 +66,7 @@ def check_quantize(quantize: Optional[str], precision: str, device: Union[str, t
     if quantize not in QUANTIZE_MODES:
         fail(f"Unknown quantize mode {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)} (or none)")
     try:
-        import bitsandbytes as bnb
+        bnb = _bnb()
     except Exception as e:
         fail(f"--quantize {quantize} needs bitsandbytes, which cannot be imported ({type(e).__name__}: {e}); "
              "`pip install bitsandbytes` or train without --quantize")
@@ -80,8 +89,7 @@ def quantize_weight(weight: torch.Tensor, mode: str) -> nn.Parameter:
 
     4-bit weights dequantize to `weight.dtype` (their compute dtype); int8 keeps row-wise absmax scales (`SCB`).
     """
-    import bitsandbytes as bnb
-
+    bnb = _bnb()
     weight = weight.detach().contiguous()
     if mode == "bnb.int8":
         CB, SCB, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
@@ -118,8 +126,7 @@ def dequantize_weight(weight: torch.Tensor) -> torch.Tensor:
     mode = quantize_mode(weight)
     if mode is None:
         return weight.detach()
-    import bitsandbytes as bnb
-
+    bnb = _bnb()
     if mode == "bnb.int8":
         return weight.data.float() * (weight.SCB.to(weight.device).float() / 127).unsqueeze(1)
     return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
@@ -130,8 +137,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
     mode = quantize_mode(weight)
     if mode is None:
         return F.linear(x, weight, bias)
-    import bitsandbytes as bnb
-
+    bnb = _bnb()
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):  # autocast skips custom autograd functions: cast as it would
         x = x.to(torch.get_autocast_dtype(device_type))
