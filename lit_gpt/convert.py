@@ -1,0 +1,477 @@
+"""Hugging Face transformers checkpoints <-> ours: parameter names, fused qkv layouts, config.json, whole dirs.
+
+Families: Llama (Llama 2, TinyLlama, Mistral, SmolLM2: separate q/k/v projections concatenated into our qkv),
+GPT-NeoX (Pythia, StableLM: HF's fused qkv interleaves [q, k, v] per head, ours is [all q | all k | all v]) and
+Falcon-7b (multi-query: HF's fused [q heads, k, v] is our layout already; one norm shared by attention and MLP).
+Conversions stream: one tensor (one layer's q/k/v for Llama) is transformed at a time.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import torch
+
+from lit_gpt.config import Config, name_to_config
+from lit_gpt.utils import atomic_path, fail, lazy_load
+
+# HF name -> our name; "{}" is the layer index. Llama's q/k/v and the fused qkv are handled apart.
+_NAMES = {
+    "llama": {
+        "model.embed_tokens.weight": "transformer.wte.weight",
+        "model.layers.{}.input_layernorm.weight": "transformer.h.{}.norm_1.weight",
+        "model.layers.{}.self_attn.o_proj.weight": "transformer.h.{}.attn.proj.weight",
+        "model.layers.{}.self_attn.o_proj.bias": "transformer.h.{}.attn.proj.bias",
+        "model.layers.{}.post_attention_layernorm.weight": "transformer.h.{}.norm_2.weight",
+        "model.layers.{}.mlp.gate_proj.weight": "transformer.h.{}.mlp.fc_1.weight",
+        "model.layers.{}.mlp.gate_proj.bias": "transformer.h.{}.mlp.fc_1.bias",
+        "model.layers.{}.mlp.up_proj.weight": "transformer.h.{}.mlp.fc_2.weight",
+        "model.layers.{}.mlp.up_proj.bias": "transformer.h.{}.mlp.fc_2.bias",
+        "model.layers.{}.mlp.down_proj.weight": "transformer.h.{}.mlp.proj.weight",
+        "model.layers.{}.mlp.down_proj.bias": "transformer.h.{}.mlp.proj.bias",
+        "model.norm.weight": "transformer.ln_f.weight",
+        "lm_head.weight": "lm_head.weight",
+    },
+    "gpt_neox": {
+        "lm_head.weight": "lm_head.weight",  # transformers >= 5 names it so; hub checkpoints say embed_out
+        "gpt_neox.embed_in.weight": "transformer.wte.weight",
+        "gpt_neox.layers.{}.input_layernorm.{p}": "transformer.h.{}.norm_1.{p}",
+        "gpt_neox.layers.{}.post_attention_layernorm.{p}": "transformer.h.{}.norm_2.{p}",
+        "gpt_neox.layers.{}.attention.query_key_value.{p}": "transformer.h.{}.attn.qkv.{p}",
+        "gpt_neox.layers.{}.attention.dense.{p}": "transformer.h.{}.attn.proj.{p}",
+        "gpt_neox.layers.{}.mlp.dense_h_to_4h.{p}": "transformer.h.{}.mlp.fc.{p}",
+        "gpt_neox.layers.{}.mlp.dense_4h_to_h.{p}": "transformer.h.{}.mlp.proj.{p}",
+        "gpt_neox.final_layer_norm.{p}": "transformer.ln_f.{p}",
+        "embed_out.weight": "lm_head.weight",
+    },
+    "falcon": {
+        "transformer.word_embeddings.weight": "transformer.wte.weight",
+        "transformer.h.{}.input_layernorm.{p}": "transformer.h.{}.norm_1.{p}",
+        "transformer.h.{}.self_attention.query_key_value.{p}": "transformer.h.{}.attn.qkv.{p}",
+        "transformer.h.{}.self_attention.dense.{p}": "transformer.h.{}.attn.proj.{p}",
+        "transformer.h.{}.mlp.dense_h_to_4h.{p}": "transformer.h.{}.mlp.fc.{p}",
+        "transformer.h.{}.mlp.dense_4h_to_h.{p}": "transformer.h.{}.mlp.proj.{p}",
+        "transformer.ln_f.{p}": "transformer.ln_f.{p}",
+        "lm_head.weight": "lm_head.weight",
+    },
+}
+_LLAMA_QKV = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
+# buffers some old checkpoints saved with the weights
+_IGNORED = re.compile(r".*(rotary_emb\.inv_freq|attention\.bias|attention\.masked_bias)$")
+
+
+def _expand(table: Dict[str, str]) -> Dict[str, str]:
+    return {hf.replace("{p}", p): lit.replace("{p}", p) for hf, lit in table.items() for p in ("weight", "bias")}
+
+
+_HF_TO_LIT = {family: _expand(table) for family, table in _NAMES.items()}
+_LIT_TO_HF = {family: {lit: hf for hf, lit in table.items()} for family, table in _HF_TO_LIT.items()}  # last wins
+
+
+def family(config: Config) -> str:
+    """"llama", "gpt_neox" or "falcon": the transformers architecture our config corresponds to."""
+    if config.mlp_class_name == "LLaMAMLP":
+        return "llama"
+    return "falcon" if config.shared_attention_norm else "gpt_neox"
+
+
+def _split_layer(name: str) -> Tuple[str, Optional[str]]:
+    """"a.12.b" -> ("a.{}.b", "12")."""
+    match = re.match(r"^(.*?\.)(\d+)(\..*)$", name)
+    return (match.group(1) + "{}" + match.group(3), match.group(2)) if match else (name, None)
+
+
+def _interleaved_qkv(config: Config) -> bool:
+    """Whether HF stores the fused qkv per head as [q, k, v] (GPT-NeoX, multi-head Falcon)."""
+    return family(config) == "gpt_neox" or (family(config) == "falcon" and config.n_query_groups != 1)
+
+
+def qkv_from_interleaved(t: torch.Tensor, config: Config) -> torch.Tensor:
+    """HF's per-head [q, k, v] rows (weight or bias) -> our [all q | all k | all v]."""
+    per_head = t.reshape(config.n_head, 3, config.head_size, *t.shape[1:])
+    return per_head.transpose(0, 1).reshape(t.shape)
+
+
+def qkv_to_interleaved(t: torch.Tensor, config: Config) -> torch.Tensor:
+    """Our [all q | all k | all v] rows -> HF's per-head [q, k, v]."""
+    parts = t.reshape(3, config.n_head, config.head_size, *t.shape[1:])
+    return parts.transpose(0, 1).reshape(t.shape)
+
+
+def qkv_split(t: torch.Tensor, config: Config) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Our fused qkv rows -> (q, k, v) rows."""
+    q_rows, kv_rows = config.n_head * config.head_size, config.n_query_groups * config.head_size
+    return tuple(t.split([q_rows, kv_rows, kv_rows]))  # type: ignore[return-value]
+
+
+def hf_to_lit_name(name: str, config: Config) -> Tuple[Optional[str], Optional[str]]:
+    """(our name, qkv part) of an HF parameter name; the part is "query"/"key"/"value" for Llama's separate
+    projections, else None. (None, None) for names we do not know."""
+    pattern, layer = _split_layer(name)
+    if family(config) == "llama":
+        match = re.fullmatch(r"model\.layers\.\{\}\.self_attn\.([qkv]_proj)\.(weight|bias)", pattern)
+        if match:
+            return f"transformer.h.{layer}.attn.qkv.{match.group(2)}", _LLAMA_QKV[match.group(1)]
+    lit = _HF_TO_LIT[family(config)].get(pattern)
+    return (lit.replace("{}", layer) if layer is not None else lit) if lit else None, None
+
+
+def lit_to_hf_name(name: str, config: Config, part: Optional[str] = None) -> str:
+    """HF name of one of our parameter names (or of the module owning a LoRA parameter, e.g. `...attn.proj`).
+
+    Llama's fused qkv has three HF counterparts: pass `part` ("query", "key" or "value") to pick one.
+    Raises ValueError for names without an HF counterpart.
+    """
+    pattern, layer = _split_layer(name)
+    suffix = ""
+    if not pattern.endswith((".weight", ".bias")):  # a module name
+        pattern, suffix = pattern + ".weight", ".weight"
+    if family(config) == "llama" and pattern.startswith("transformer.h.{}.attn.qkv."):
+        if part not in ("query", "key", "value"):
+            raise ValueError(f"{name!r} is q_proj, k_proj and v_proj in Llama: pass part='query', 'key' or 'value'")
+        proj = {v: k for k, v in _LLAMA_QKV.items()}[part]
+        hf = f"model.layers.{{}}.self_attn.{proj}.{pattern.rsplit('.', 1)[1]}"
+    else:
+        hf = _LIT_TO_HF[family(config)].get(pattern)
+        if hf is None:
+            raise ValueError(f"{name!r} has no Hugging Face counterpart in a {family(config)} model")
+    hf = hf.replace("{}", layer) if layer is not None else hf
+    return hf[: -len(suffix)] if suffix else hf
+
+
+_shapes: Dict[str, Dict[str, torch.Size]] = {}
+
+
+def expected_shapes(config: Config) -> Dict[str, torch.Size]:
+    """Our state dict's names and shapes, computed on the meta device."""
+    from lit_gpt.model import GPT
+
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    if key not in _shapes:
+        with torch.device("meta"):
+            model = GPT(config)
+        _shapes[key] = {name: t.shape for name, t in model.state_dict().items()}
+    return _shapes[key]
+
+
+def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
+              dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
+    """Our state dict from (HF name, tensor) pairs, consumed one at a time (a generator keeps memory flat).
+
+    Tied embeddings: a missing `lm_head.weight` is the embedding. Raises ValueError naming unknown, missing or
+    misshapen weights.
+    """
+    fam, out = family(config), {}
+    pending: Dict[str, Dict[str, torch.Tensor]] = {}  # Llama q/k/v waiting for their siblings
+    for hf_name, tensor in hf_items:
+        if _IGNORED.match(hf_name):
+            continue
+        name, part = hf_to_lit_name(hf_name, config)
+        if name is None:
+            raise ValueError(f"Unexpected weight {hf_name!r} for a {fam} model: is this the right config?")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        if part is not None:
+            parts = pending.setdefault(name, {})
+            parts[part] = tensor
+            if len(parts) == 3:
+                out[name] = torch.cat([parts["query"], parts["key"], parts["value"]])
+                del pending[name]
+        elif name.startswith("transformer.h.") and ".attn.qkv." in name and _interleaved_qkv(config):
+            _check_shape(hf_name, tensor, expected_shapes(config)[name])
+            out[name] = qkv_from_interleaved(tensor, config)
+        else:
+            out[name] = tensor
+    if pending:
+        raise ValueError(f"Incomplete q/k/v projections for {sorted(pending)}")
+    shapes = expected_shapes(config)
+    for name in ("transformer.wte.weight", "lm_head.weight"):  # vocabulary rows padded up to padded_vocab_size
+        if name in out and out[name].shape[0] < shapes[name][0] and out[name].shape[1:] == shapes[name][1:]:
+            t = out[name]
+            out[name] = torch.cat([t, t.new_zeros(shapes[name][0] - t.shape[0], *t.shape[1:])])
+    if config.tie_embeddings and "transformer.wte.weight" in out:
+        out["lm_head.weight"] = out["transformer.wte.weight"]  # transformers ignores a saved lm_head when tied
+    missing, unexpected = sorted(set(shapes) - set(out)), sorted(set(out) - set(shapes))
+    if missing or unexpected:
+        raise ValueError(f"The checkpoint does not fit the config: missing {_few(missing)}, unexpected "
+                         f"{_few(unexpected)}")
+    for name, t in out.items():
+        _check_shape(name, t, shapes[name])
+    return out
+
+
+def lit_to_hf(lit_state_dict: Dict[str, torch.Tensor], config: Config) -> Dict[str, torch.Tensor]:
+    """A transformers state dict from ours. Tied embeddings: no `lm_head.weight`, as transformers saves them."""
+    out = {}
+    for name, tensor in lit_state_dict.items():
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue
+        if ".attn.qkv." in name and family(config) == "llama":
+            for part, t in zip(("query", "key", "value"), qkv_split(tensor, config)):
+                out[lit_to_hf_name(name, config, part)] = t
+        elif ".attn.qkv." in name and _interleaved_qkv(config):
+            out[lit_to_hf_name(name, config)] = qkv_to_interleaved(tensor, config)
+        else:
+            out[lit_to_hf_name(name, config)] = tensor
+    return out
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **token_ids: Optional[int]) -> dict:
+    """A transformers `config.json` dict that `AutoModelForCausalLM.from_pretrained` builds our model's twin from.
+
+    `token_ids`: bos_token_id, eos_token_id, pad_token_id to record. Raises ValueError for configs that
+    transformers' Llama, GPT-NeoX or Falcon cannot express.
+    """
+    fam, c = family(config), config
+    problems = []
+    common = dict(vocab_size=c.padded_vocab_size, hidden_size=c.n_embd, num_hidden_layers=c.n_layer,
+                  num_attention_heads=c.n_head, max_position_embeddings=c.block_size,
+                  tie_word_embeddings=c.tie_embeddings, dtype=_DTYPE_NAMES.get(dtype, "float32"),
+                  torch_dtype=_DTYPE_NAMES.get(dtype, "float32"), use_cache=True, initializer_range=0.02)
+    rope = dict(rope_type="default", rope_theta=c.rope_base)
+    if c.lm_head_bias:
+        problems.append("lm_head_bias=True")
+    if fam == "llama":
+        if c.rotary_percentage != 1.0 or c.parallel_residual or c.norm_class_name != "RMSNorm":
+            problems.append("a Llama MLP with partial rotary, parallel residual or LayerNorm")
+        hf = dict(architectures=["LlamaForCausalLM"], model_type="llama", **common,
+                  intermediate_size=c.intermediate_size, num_key_value_heads=c.n_query_groups, head_dim=c.head_size,
+                  hidden_act="silu", rms_norm_eps=c.norm_eps, rope_theta=c.rope_base, rope_parameters=rope,
+                  rope_scaling=None, attention_bias=c.bias, mlp_bias=c.bias, attention_dropout=0.0, pretraining_tp=1)
+    else:
+        if c.norm_class_name != "LayerNorm" or c.head_size * c.n_head != c.n_embd:
+            problems.append("RMSNorm or head_size * n_head != n_embd in a GPT-NeoX/Falcon model")
+        if fam == "gpt_neox":
+            if c.n_query_groups != c.n_head or not c.bias:
+                problems.append("grouped-query attention or bias=False in a GPT-NeoX model")
+            hf = dict(architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox", **common,
+                      intermediate_size=c.intermediate_size,
+                      hidden_act="gelu" if c.gelu_approximate == "none" else "gelu_new",
+                      rotary_pct=c.rotary_percentage, rotary_emb_base=c.rope_base,
+                      rope_parameters=dict(rope, partial_rotary_factor=c.rotary_percentage),
+                      layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual, attention_bias=c.bias,
+                      attention_dropout=0.0, hidden_dropout=0.0)
+        else:
+            if c.n_query_groups not in (1, c.n_head) or c.rotary_percentage != 1.0 or not c.parallel_residual \
+                    or c.gelu_approximate != "none":
+                problems.append("a Falcon model other than the falcon-7b layout")
+            hf = dict(architectures=["FalconForCausalLM"], model_type="falcon", **common,
+                      multi_query=c.n_query_groups == 1, num_kv_heads=c.n_query_groups, new_decoder_architecture=False,
+                      parallel_attn=True, alibi=False, bias=c.bias, layer_norm_epsilon=c.norm_eps,
+                      rope_theta=c.rope_base, rope_parameters=rope, ffn_hidden_size=c.intermediate_size,
+                      activation="gelu", attention_dropout=0.0, hidden_dropout=0.0)
+    if problems:
+        raise ValueError(f"transformers has no model for {c.name!r}: {'; '.join(problems)}")
+    hf.update({k: v for k, v in token_ids.items() if v is not None})
+    return hf
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# whole checkpoint dirs
+
+
+def hf_weight_files(checkpoint_dir: Path) -> List[Path]:
+    """The HF weight files of a dir: safetensors preferred over .bin, shards through their *.index.json."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = checkpoint_dir / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, AttributeError) as e:
+                fail(f"{str(index)!r} is not a valid weight index ({type(e).__name__}: {e})")
+            missing = [s for s in shards if not (checkpoint_dir / s).is_file()]
+            if missing:
+                fail(f"{str(index)!r} lists shards that are missing: {_few(missing)}. Download them again")
+            return [checkpoint_dir / s for s in shards]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (checkpoint_dir / name).is_file():
+            return [checkpoint_dir / name]
+    files = sorted(checkpoint_dir.glob("*.safetensors")) or sorted(
+        p for p in checkpoint_dir.glob("*.bin") if p.name != "training_args.bin")
+    if not files:
+        fail(f"No Hugging Face weights (*.safetensors or *.bin) in {str(checkpoint_dir)!r}. Download them with: "
+             f"python scripts/download.py --repo_id <org>/<name> --checkpoint_dir {checkpoint_dir}")
+    return files
+
+
+def _open_weight_file(path: Path) -> Tuple[List[str], object]:
+    """(names, handle) of one weight file, checked to be readable before anything is converted."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            handle = safe_open(str(path), framework="pt", device="cpu")
+            return list(handle.keys()), handle
+        state_dict = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        state_dict = state_dict.get("state_dict", state_dict) if isinstance(state_dict, dict) else state_dict
+        if not isinstance(state_dict, dict):
+            raise ValueError("not a state dict")
+        return list(state_dict), state_dict
+    except Exception as e:
+        fail(f"Could not read {str(path)!r} (corrupt or truncated? download it again): "
+             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise AssertionError  # unreachable: fail raises
+
+
+def iter_hf_weights(files: List[Path]) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(name, tensor) of every weight in `files`, loading one tensor at a time; all files are opened first."""
+    opened = [(path, *_open_weight_file(path)) for path in files]
+    for path, names, handle in opened:
+        for name in names:
+            try:
+                tensor = handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle.pop(name)
+            except Exception as e:
+                fail(f"Could not read {name!r} from {str(path)!r} (corrupt or truncated?): {type(e).__name__}: {e}")
+            yield name, tensor
+
+
+def config_for_hf_dir(checkpoint_dir: Path, model_name: Optional[str] = None) -> Config:
+    """The preset named by `model_name` or by the dir's name (checked against config.json), else config.json."""
+    hf_path = checkpoint_dir / "config.json"
+    try:
+        hf = json.loads(hf_path.read_text()) if hf_path.is_file() else None
+    except ValueError as e:
+        fail(f"{str(hf_path)!r} is not valid JSON: {e}")
+    name = model_name or (checkpoint_dir.name if checkpoint_dir.name in name_to_config else None)
+    if name is None:
+        if hf is None:
+            fail(f"{str(checkpoint_dir)!r} has no config.json and its name is no preset: pass --model_name "
+                 "(python scripts/download.py --repo_id list shows the presets)")
+        try:
+            return Config.from_hf_config(hf, name=checkpoint_dir.name)
+        except (ValueError, KeyError, TypeError) as e:
+            fail(f"Cannot build a config from {str(hf_path)!r}: {type(e).__name__}: {e}")
+    try:
+        config = Config.from_name(name)
+    except ValueError as e:
+        fail(str(e))
+    if hf is not None:
+        try:
+            from_hf = Config.from_hf_config(hf)
+        except (ValueError, KeyError, TypeError) as e:
+            fail(f"Cannot read {str(hf_path)!r} to check it against the preset {name!r}: {type(e).__name__}: {e}")
+        fields = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "rope_n_elem",
+                  "parallel_residual", "shared_attention_norm", "bias", "norm_class_name", "mlp_class_name",
+                  "tie_embeddings", "rope_base")
+        diff = [f"{f}: preset {getattr(config, f)} vs {getattr(from_hf, f)}" for f in fields
+                if getattr(config, f) != getattr(from_hf, f)]
+        if from_hf.vocab_size > config.padded_vocab_size:
+            diff.append(f"vocabulary: preset {config.padded_vocab_size} rows vs {from_hf.vocab_size}")
+        if diff:
+            fail(f"{str(hf_path)!r} does not match the preset {name!r} ({'; '.join(diff)}). Rename the dir to "
+                 "convert from config.json, or pass the right --model_name")
+    return config
+
+
+def convert_hf_checkpoint(checkpoint_dir: Union[str, Path], model_name: Optional[str] = None,
+                          dtype: Optional[torch.dtype] = None) -> Config:
+    """Writes `lit_model.pth` and `lit_config.json` next to the HF weights of `checkpoint_dir`, atomically."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        fail(f"Checkpoint dir {str(checkpoint_dir)!r} does not exist. Download one with: "
+             f"python scripts/download.py --repo_id <org>/<name>")
+    config = config_for_hf_dir(checkpoint_dir, model_name)
+    files = hf_weight_files(checkpoint_dir)
+    try:
+        state_dict = hf_to_lit(iter_hf_weights(files), config, dtype)
+    except ValueError as e:
+        fail(f"{str(checkpoint_dir)!r}: {e}")
+    with atomic_path(checkpoint_dir / "lit_model.pth") as tmp:
+        torch.save(state_dict, tmp)
+        config.save(checkpoint_dir / "lit_config.json")
+    return config
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt")
+
+
+def export_hf_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, source_dir: Union[str, Path],
+                         out_dir: Union[str, Path], max_shard_bytes: int = 2 << 30) -> Path:
+    """Writes a transformers-loadable dir: model.safetensors (sharded past `max_shard_bytes`), config.json,
+    generation_config.json and the tokenizer files of `source_dir`. Assembled in a temp dir, renamed at the end."""
+    from safetensors.torch import save_file
+
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        fail(f"{str(out_dir)!r} already exists and is not empty: remove it or choose another --out_dir")
+    original = _read_json(source_dir / "config.json")
+    generation = _read_json(source_dir / "generation_config.json")
+    token_ids = {k: original.get(k, generation.get(k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    dtype = state_dict["transformer.wte.weight"].dtype
+    try:
+        hf_config = hf_config_from_lit(config, dtype, **token_ids)
+    except ValueError as e:
+        fail(str(e))
+    hf_state_dict = lit_to_hf(state_dict, config)
+
+    shards: List[Dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in hf_state_dict.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            file = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file({k: v.contiguous() for k, v in shard.items()}, str(tmp / file), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, file))
+        if len(shards) > 1:
+            total = sum(t.numel() * t.element_size() for t in hf_state_dict.values())
+            _write_json(tmp / "model.safetensors.index.json", dict(metadata=dict(total_size=total),
+                                                                     weight_map=weight_map))
+        _write_json(tmp / "config.json", hf_config)
+        generation = generation or {k: v for k, v in token_ids.items() if v is not None}
+        _write_json(tmp / "generation_config.json", generation)
+        for name in TOKENIZER_FILES:
+            if (source_dir / name).is_file():
+                shutil.copyfile(source_dir / name, tmp / name)
+        for path in tmp.iterdir():  # temp dirs are created private
+            path.chmod(0o644)
+        tmp.chmod(0o755)
+        os.replace(tmp, out_dir)  # also replaces an empty dir
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_lit_state_dict(checkpoint_dir: Path) -> Dict[str, torch.Tensor]:
+    state_dict = lazy_load(checkpoint_dir / "lit_model.pth")
+    return state_dict.get("model", state_dict)
+
+
+def _check_shape(name: str, tensor: torch.Tensor, shape: torch.Size) -> None:
+    if tensor.shape != shape:
+        raise ValueError(f"{name!r} has shape {tuple(tensor.shape)}, the config needs {tuple(shape)}")
+
+
+def _few(names: List[str], limit: int = 6) -> str:
+    if not names:
+        return "none"
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")

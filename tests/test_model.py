@@ -1,0 +1,120 @@
+"""GPT against transformers on tiny random models of every family, KV-cache decoding, presets."""
+
+import pytest
+import torch
+
+from lit_gpt.config import Config, name_to_config
+from lit_gpt.convert import family, hf_config_from_lit, hf_to_lit
+from lit_gpt.model import GPT
+from lit_gpt.utils import num_parameters
+
+# (transformers config class name, kwargs) of tiny models covering each family's variants
+TINY = {
+    "llama-gqa": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                                      rope_theta=10000.0)),
+    "llama-tied": ("LlamaConfig", dict(num_attention_heads=6, num_key_value_heads=2, hidden_size=48,
+                                       tie_word_embeddings=True, rope_theta=100000.0)),  # SmolLM2-like
+    "llama-mha-head_dim": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=4, head_dim=12,
+                                               tie_word_embeddings=False)),
+    "mistral": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=1, sliding_window=None,
+                                      tie_word_embeddings=False)),
+    "gpt_neox-parallel": ("GPTNeoXConfig", dict(num_attention_heads=4, rotary_pct=0.25, use_parallel_residual=True,
+                                                hidden_act="gelu")),
+    "gpt_neox-sequential": ("GPTNeoXConfig", dict(num_attention_heads=2, rotary_pct=0.5, use_parallel_residual=False,
+                                                  hidden_act="gelu_new", tie_word_embeddings=False)),
+    "falcon-7b-like": ("FalconConfig", dict(num_attention_heads=4, multi_query=True, new_decoder_architecture=False,
+                                            parallel_attn=True, alibi=False, bias=False)),
+    "falcon-mha": ("FalconConfig", dict(num_attention_heads=4, multi_query=False, new_decoder_architecture=False,
+                                        parallel_attn=True, alibi=False, bias=True, tie_word_embeddings=False)),
+}
+SIZES = dict(vocab_size=120, hidden_size=32, intermediate_size=56, num_hidden_layers=2, max_position_embeddings=64)
+
+
+def tiny_hf_model(kind: str, seed: int = 0) -> torch.nn.Module:
+    """A transformers causal LM of `kind` with seeded random weights (norms and biases randomized too)."""
+    import transformers
+
+    class_name, kwargs = TINY[kind]
+    sizes = dict(SIZES)
+    if class_name == "FalconConfig":
+        sizes = dict(vocab_size=sizes["vocab_size"], hidden_size=sizes["hidden_size"], num_hidden_layers=2,
+                     max_position_embeddings=64, ffn_hidden_size=sizes["intermediate_size"])
+    hf_config = getattr(transformers, class_name)(**{**sizes, **kwargs})
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 1 else 0.2) + (1.0 if "norm" in name and
+                                                                             name.endswith("weight") else 0.0))
+    return model
+
+
+def lit_model_from_hf(hf_model: torch.nn.Module, drop_lm_head: bool = False) -> GPT:
+    config = Config.from_hf_config(hf_model.config.to_dict())
+    items = [(k, v) for k, v in hf_model.state_dict().items() if not (drop_lm_head and k == "lm_head.weight")]
+    model = GPT(config)
+    model.load_state_dict(hf_to_lit(iter(items), config), strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_logits_match_transformers(kind: str) -> None:
+    hf_model = tiny_hf_model(kind)
+    model = lit_model_from_hf(hf_model)
+    assert family(model.config) == {"Llam": "llama", "Mist": "llama", "GPTN": "gpt_neox", "Falc": "falcon"}[
+        type(hf_model).__name__[:4]]
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf_model(idx).logits
+        actual = model(idx)
+    torch.testing.assert_close(actual, expected)
+    if model.config.tie_embeddings:  # transformers saves tied models without lm_head
+        assert model.lm_head.weight is model.transformer.wte.weight
+        with torch.no_grad():
+            torch.testing.assert_close(lit_model_from_hf(hf_model, drop_lm_head=True)(idx), expected)
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like"])
+def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
+    model = lit_model_from_hf(tiny_hf_model(kind, seed=2))
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 14), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(idx)
+        model.set_kv_cache(batch_size=2, max_seq_length=32)
+        steps = [model(idx[:, :6], torch.arange(0, 6)), model(idx[:, 6:10], torch.arange(6, 10))]  # prefill, chunk
+        steps += [model(idx[:, i:i + 1], torch.tensor([i])) for i in range(10, 14)]  # single tokens
+    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+    model.clear_kv_cache()
+    assert all(block.attn.kv_cache is None for block in model.transformer.h)
+
+
+def test_every_preset_builds_a_config_that_transformers_can_express() -> None:
+    assert len(name_to_config) >= 20
+    for name in name_to_config:
+        config = Config.from_name(name)
+        assert config.name == name and config.hf_config["name"] == name and config.hf_config["org"]
+        assert config.n_head % config.n_query_groups == 0 and config.padded_vocab_size >= config.vocab_size
+        # our config -> config.json -> our config keeps every hyperparameter that shapes the model
+        back = Config.from_hf_config(hf_config_from_lit(config))
+        for field in ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size",
+                      "rope_n_elem", "rope_base", "parallel_residual", "shared_attention_norm", "bias",
+                      "norm_class_name", "norm_eps", "mlp_class_name", "gelu_approximate", "tie_embeddings",
+                      "padded_vocab_size", "block_size"):
+            assert getattr(back, field) == getattr(config, field), (name, field)
+
+
+def test_unknown_preset_lists_close_matches() -> None:
+    with pytest.raises(ValueError, match="pythia-70m"):
+        Config.from_name("pythia-70")
+    with pytest.raises(ValueError, match="SmolLM2-135M-Instruct"):
+        Config.from_name("SmolLM2-135M-instruct")
+
+
+@pytest.mark.parametrize("name, published", [
+    ("pythia-70m", 70_426_624),  # EleutherAI's Pythia table, embeddings and unembedding included
+    ("Llama-2-7b-hf", 6_738_415_616),
+])
+def test_preset_parameter_count_matches_the_published_size(name: str, published: int) -> None:
+    with torch.device("meta"):
+        model = GPT(Config.from_name(name))
+    assert num_parameters(model) == published
