@@ -10,7 +10,7 @@ import json
 import random
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 
@@ -48,8 +48,10 @@ def prepare_sample(example: dict, tokenizer: Any, style: PromptStyle, max_seq_le
     return {"input_ids": input_ids, "labels": labels, "truncated": truncated}
 
 
-def load_rows(path: Union[str, Path], required: tuple = ("instruction", "output")) -> list[dict]:
-    """Rows of a JSON array, a JSON-lines file or a CSV file (by suffix), each with string fields `required`."""
+def load_rows(path: Union[str, Path], required: tuple = ("instruction", "output"),
+              format: Optional[Literal["json", "csv"]] = None) -> list[dict]:
+    """Rows of a JSON array or JSON-lines file, or of a CSV file with a header (`format`, default: by the suffix),
+    each with string fields `required`."""
     path = Path(path)
     if not path.is_file():
         fail(f"Data file {str(path)!r} does not exist")
@@ -61,7 +63,8 @@ def load_rows(path: Union[str, Path], required: tuple = ("instruction", "output"
         fail(f"{str(path)!r} is not UTF-8 text (byte {raw[e.start]:#04x} on line {line}); re-save it as UTF-8")
     if not text.strip():
         fail(f"Data file {str(path)!r} is empty")
-    if path.suffix.lower() == ".csv":
+    format = format or ("csv" if path.suffix.lower() == ".csv" else "json")
+    if format == "csv":
         rows = _read_csv(text, path, required)
     elif text.lstrip().startswith("["):
         try:
@@ -78,7 +81,7 @@ def load_rows(path: Union[str, Path], required: tuple = ("instruction", "output"
                 except json.JSONDecodeError as e:
                     fail(f"{str(path)!r} line {number} is not valid JSON ({e}); expected a JSON array or JSON lines")
                 where.append(f"row {len(rows)} (line {number})")
-    if path.suffix.lower() != ".csv":
+    if format == "json":
         for row, at in zip(rows, where):
             if not isinstance(row, dict):
                 fail(f"{str(path)!r} {at} is a {type(row).__name__}, expected an object with {', '.join(required)}")
@@ -184,13 +187,12 @@ def prepare(train_rows: list[dict], val_rows: Optional[list[dict]], *, checkpoin
         return samples
 
     train = tokenize(train_rows, "train")
-    if val_rows is None:
-        train, val = split_rows(train, 0.05 if val_split_fraction is None else val_split_fraction, seed)
-    else:
-        val = tokenize(val_rows, "val")
-    if not train or not val:
+    val = tokenize(val_rows, "val") if val_rows is not None else None
+    if not train or val == []:
         fail(f"No {'training' if not train else 'validation'} examples left after skipping {len(skipped_rows)} "
              f"({', '.join(skipped_rows[:5])}): raise --max_seq_length or check the data")
+    if val is None:
+        train, val = split_rows(train, 0.05 if val_split_fraction is None else val_split_fraction, seed)
     counts["train"], counts["val"] = len(train), len(val)
 
     config = {"checkpoint_dir": str(checkpoint_dir), "prompt_style": style.name, "max_seq_length": max_seq_length,

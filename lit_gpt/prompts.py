@@ -9,7 +9,7 @@ next script uses the same style without a flag.
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 from lit_gpt.utils import atomic_write_text, fail
 
@@ -138,6 +138,9 @@ class FalconInstruct(PromptStyle):
 
 
 prompt_styles = {cls.name: cls for cls in (Alpaca, QA, ChatML, Llama2Chat, TinyLlamaChat, FalconInstruct)}
+# for script flags (jsonargparse shows the choices in --help)
+PromptStyleName = Literal["alpaca", "qa", "chatml", "llama2-chat", "tinyllama-chat", "falcon-instruct"]
+assert list(get_args(PromptStyleName)) == list(prompt_styles)
 
 # chat presets (lit_gpt/config.py names) -> the template they were trained with; every other model gets "alpaca"
 _chat_models = [
