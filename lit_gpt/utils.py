@@ -1,6 +1,7 @@
 """Checkpoint loading, atomic writes, user-facing errors, parameter counts and a chunked cross-entropy."""
 
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -43,6 +44,30 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: Union[str, Path]) -> Iterator[Path]:
+    """Yields a new temporary dir next to `path`, renamed onto `path` only if the block succeeds (else removed).
+
+    `path` must not exist or be an empty dir. The dir and its files get the usual permissions (umask applied).
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        fail(f"{str(path)!r} already exists and is not empty: remove it or choose another output dir")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        for file in tmp.rglob("*"):
+            file.chmod((0o777 if file.is_dir() else 0o666) & ~umask)  # mkdtemp/mkstemp create them private
+        tmp.chmod(0o777 & ~umask)
+        os.replace(tmp, path)  # replaces an empty dir too
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
