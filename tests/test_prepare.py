@@ -1,8 +1,10 @@
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -19,6 +21,14 @@ SCRIPTS = ["alpaca", "dolly", "lima", "gsm8k", "json", "csv"]
 @pytest.fixture(scope="module")
 def tokenizer(smollm2_dir: Path) -> Tokenizer:
     return Tokenizer(smollm2_dir)
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/prepare_<name>.py as a module, to call its `setup` in-process (fast, no subprocess)."""
+    spec = importlib.util.spec_from_file_location(f"prepare_{name}", REPO / "scripts" / f"prepare_{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -47,13 +57,20 @@ def check_masks(samples: list, tokenizer: Tokenizer, style: PromptStyle, rows_by
         assert ids[-1] == tokenizer.eos_id
 
 
-def test_help() -> None:
+def test_help(capsys: pytest.CaptureFixture) -> None:
+    from jsonargparse import CLI
+
     for name in SCRIPTS:
-        out = run_script(f"scripts/prepare_{name}.py", "--help").stdout
+        with pytest.raises(SystemExit) as e:
+            CLI(load_script(name).setup, args=["--help"], as_positional=False)
+        assert e.value.code == 0
+        out = capsys.readouterr().out
         for flag in ("--checkpoint_dir", "--destination_path", "--data_file", "--val_file", "--val_split_fraction",
                      "--mask_inputs", "--max_seq_length", "--seed", "--prompt_style"):
             assert flag in out, (name, flag)
         assert "chatml" in out and "tinyllama-chat" in out  # the prompt style choices
+    # and as a command
+    assert "--checkpoint_dir CHECKPOINT_DIR" in run_script("scripts/prepare_gsm8k.py", "--help").stdout
 
 
 def test_prepare_sample(tokenizer: Tokenizer) -> None:
@@ -189,9 +206,9 @@ def test_prepare_alpaca_counts_truncation_and_skips(tmp_path: Path, smollm2_dir:
     assert max(len(s["input_ids"]) for s in train + val) == max_len
 
     # same seed, same split; --prompt_style and --mask_inputs false are honoured
-    proc = run_script("scripts/prepare_alpaca.py", "--checkpoint_dir", smollm2_dir, "--data_file", data_file,
-                      "--destination_path", out, "--max_seq_length", max_len, "--val_split_fraction", "0.25",
-                      "--seed", "7", "--prompt_style", "alpaca", "--mask_inputs", "false")
+    load_script("alpaca").setup(checkpoint_dir=smollm2_dir, data_file=data_file, destination_path=out,
+                                max_seq_length=max_len, val_split_fraction=0.25, seed=7, prompt_style="alpaca",
+                                mask_inputs=False)
     train2, val2, config2 = load_prepared(out)
     assert config2["prompt_style"] == "alpaca" and config2["mask_inputs"] is False
     assert all(torch.equal(s["input_ids"], s["labels"]) for s in train2 + val2)
@@ -202,13 +219,15 @@ def test_prepare_alpaca_counts_truncation_and_skips(tmp_path: Path, smollm2_dir:
     assert val_rows(val2) == val_rows(val) and len(val_rows(val)) == 2
 
 
-def test_prepare_dolly_lima_json_csv(tmp_path: Path, smollm2_dir: Path, tokenizer: Tokenizer) -> None:
+def test_prepare_dolly_lima_json_csv(tmp_path: Path, smollm2_dir: Path, tokenizer: Tokenizer,
+                                     capsys: pytest.CaptureFixture) -> None:
+    """The other scripts, called in-process (the command line is exercised by the tests above)."""
     style = PromptStyle.from_name("alpaca")
     dolly = write_jsonl(tmp_path / "dolly.jsonl", [
         {"instruction": f"Question {i}?", "context": "Some context." if i % 2 else "", "response": f"Answer {i}.",
          "category": "open_qa"} for i in range(4)])
-    run_script("scripts/prepare_dolly.py", "--checkpoint_dir", smollm2_dir, "--data_file", dolly,
-               "--destination_path", tmp_path / "dolly", "--prompt_style", "alpaca")
+    load_script("dolly").setup(checkpoint_dir=smollm2_dir, data_file=dolly, destination_path=tmp_path / "dolly",
+                               prompt_style="alpaca")
     train, val, _ = load_prepared(tmp_path / "dolly")
     check_masks(train + val, tokenizer, style, {
         style.apply(f"Question {i}?", "Some context." if i % 2 else ""): {"output": f"Answer {i}."} for i in range(4)})
@@ -217,9 +236,9 @@ def test_prepare_dolly_lima_json_csv(tmp_path: Path, smollm2_dir: Path, tokenize
         {"conversations": ["Hello?", "Hi!", "How are you?", "Fine."], "source": "x"},
         {"conversations": ["Name a fruit.", "Apple."], "source": "y"},
         {"conversations": ["Name a color.", "Red."], "source": "y"}])
-    proc = run_script("scripts/prepare_lima.py", "--checkpoint_dir", smollm2_dir, "--data_file", lima,
-                      "--destination_path", tmp_path / "lima", "--prompt_style", "alpaca")
-    assert "1 of 3 conversations have more than one exchange" in proc.stdout
+    load_script("lima").setup(checkpoint_dir=smollm2_dir, data_file=lima, destination_path=tmp_path / "lima",
+                              prompt_style="alpaca")
+    assert "1 of 3 conversations have more than one exchange" in capsys.readouterr().out
     train, val, _ = load_prepared(tmp_path / "lima")
     check_masks(train + val, tokenizer, style, {style.apply("Hello?"): {"output": "Hi!"},
                                                 style.apply("Name a fruit."): {"output": "Apple."},
@@ -228,9 +247,9 @@ def test_prepare_dolly_lima_json_csv(tmp_path: Path, smollm2_dir: Path, tokenize
     rows = [{"instruction": f"Double {i}.", "input": str(i), "output": str(2 * i)} for i in range(5)]
     (tmp_path / "mine.json").write_text(json.dumps(rows))
     val_file = write_jsonl(tmp_path / "val.jsonl", rows[:2])
-    proc = run_script("scripts/prepare_json.py", "--checkpoint_dir", smollm2_dir, "--data_file",
-                      tmp_path / "mine.json", "--val_file", val_file, "--destination_path", tmp_path / "json")
-    assert counts_line(proc.stdout) == {"train": 5, "val": 2, "truncated": 0, "skipped": 0}
+    load_script("json").setup(checkpoint_dir=smollm2_dir, data_file=tmp_path / "mine.json", val_file=val_file,
+                              destination_path=tmp_path / "json")
+    assert counts_line(capsys.readouterr().out) == {"train": 5, "val": 2, "truncated": 0, "skipped": 0}
     chatml = PromptStyle.from_name("chatml")
     by_prompt = {chatml.apply(r["instruction"], r["input"]): r for r in rows}
     train, val, _ = load_prepared(tmp_path / "json")
@@ -238,50 +257,59 @@ def test_prepare_dolly_lima_json_csv(tmp_path: Path, smollm2_dir: Path, tokenize
 
     csv_file = tmp_path / "mine.csv"
     csv_file.write_text("instruction,input,output\n" + "".join(f'"Double {i}.",{i},{2 * i}\n' for i in range(5)))
-    proc = run_script("scripts/prepare_csv.py", "--checkpoint_dir", smollm2_dir, "--data_file", csv_file,
-                      "--destination_path", tmp_path / "csv", "--val_split_fraction", "0.2")
-    assert counts_line(proc.stdout) == {"train": 4, "val": 1, "truncated": 0, "skipped": 0}
+    load_script("csv").setup(checkpoint_dir=smollm2_dir, data_file=csv_file, destination_path=tmp_path / "csv",
+                             val_split_fraction=0.2)
+    assert counts_line(capsys.readouterr().out) == {"train": 4, "val": 1, "truncated": 0, "skipped": 0}
     train_csv, val_csv, _ = load_prepared(tmp_path / "csv")
     check_masks(train_csv + val_csv, tokenizer, chatml, by_prompt)
 
 
 def test_script_errors(tmp_path: Path, smollm2_dir: Path) -> None:
-    """User mistakes end with one `error:` line, exit status 1, and nothing written."""
+    """User mistakes end with one clear message naming what to fix, and nothing written."""
     good = write_jsonl(tmp_path / "good.jsonl", [{"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}] * 3)
     out = tmp_path / "out"
 
-    def error(script: str, *args) -> str:
-        proc = run_script(f"scripts/prepare_{script}.py", *args, "--destination_path", out, check=False,
-                          env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
-        assert proc.returncode == 1, proc.stdout + proc.stderr
-        assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    def error(script: str, **kwargs) -> str:
+        kwargs = {"checkpoint_dir": smollm2_dir, "destination_path": out, **kwargs}
+        with pytest.raises(UserError) as e:
+            load_script(script).setup(**kwargs)
         assert not out.exists()
-        return proc.stderr
+        return str(e.value)
 
-    ckpt = ("--checkpoint_dir", smollm2_dir)
-    assert "No tokenizer.json or tokenizer.model in" in error("gsm8k", "--checkpoint_dir", tmp_path,
-                                                               "--data_file", good)
-    assert "--data_file" in error("json", *ckpt, "--data_file", tmp_path / "nope.json")
-    assert "either --val_file or --val_split_fraction" in error("gsm8k", *ckpt, "--data_file", good, "--val_file",
-                                                                 good, "--val_split_fraction", "0.1")
-    assert "between 0 and 1" in error("gsm8k", *ckpt, "--data_file", good, "--val_split_fraction", "1")
+    assert "No tokenizer.json or tokenizer.model in" in error("gsm8k", checkpoint_dir=tmp_path, data_file=good)
+    assert "--data_file" in error("json", data_file=tmp_path / "nope.json")
+    assert "either --val_file or --val_split_fraction" in error("gsm8k", data_file=good, val_file=good,
+                                                                 val_split_fraction=0.1)
+    assert "between 0 and 1" in error("gsm8k", data_file=good, val_split_fraction=1.0)
     (tmp_path / "empty.jsonl").write_text("")
-    assert "is empty" in error("gsm8k", *ckpt, "--data_file", tmp_path / "empty.jsonl")
+    assert "is empty" in error("gsm8k", data_file=tmp_path / "empty.jsonl")
     no_hashes = write_jsonl(tmp_path / "no_hashes.jsonl", [{"question": "q", "answer": "a\n#### 1"},
                                                            {"question": "q", "answer": "2"}])
-    assert "row 2 has no final \"#### <number>\" line" in error("gsm8k", *ckpt, "--data_file", no_hashes)
+    assert "row 2 has no final \"#### <number>\" line" in error("gsm8k", data_file=no_hashes)
     no_output = write_jsonl(tmp_path / "no_output.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c"}])
-    message = error("json", *ckpt, "--data_file", no_output)
+    message = error("json", data_file=no_output)
     assert str(no_output) in message and "row 2 (line 2) has no 'output' field" in message
+    no_response = write_jsonl(tmp_path / "dolly.jsonl", [{"instruction": "a", "context": "", "output": "b"}])
+    assert "row 1 (line 1) has no 'response' field" in error("dolly", data_file=no_response)
     (tmp_path / "latin1.csv").write_bytes("instruction,output\ncafé,b\n".encode("latin-1"))
-    assert "is not UTF-8 text (byte 0xe9 on line 2)" in error("csv", *ckpt, "--data_file", tmp_path / "latin1.csv")
+    assert "is not UTF-8 text (byte 0xe9 on line 2)" in error("csv", data_file=tmp_path / "latin1.csv")
     bad_lima = write_jsonl(tmp_path / "lima.jsonl", [{"conversations": ["only one turn"]}])
-    assert "row 1 has no \"conversations\" list" in error("lima", *ckpt, "--data_file", bad_lima)
-    assert "No training examples left after skipping 3" in error("gsm8k", *ckpt, "--data_file", good,
-                                                                 "--max_seq_length", "10")
-    # no --data_file: the download fails (no network here) and says what to do instead
-    message = error("alpaca", *ckpt)
-    assert "Could not download https://raw.githubusercontent.com/tatsu-lab" in message and "--data_file" in message
+    assert "row 1 has no \"conversations\" list" in error("lima", data_file=bad_lima)
+    assert "No training examples left after skipping 3" in error("gsm8k", data_file=good, max_seq_length=10)
+    long_val = write_jsonl(tmp_path / "long.jsonl", [{"question": "1 + 1? " * 30, "answer": "#### 2"}])
+    assert "No validation examples left after skipping 1" in error("gsm8k", data_file=good, max_seq_length=60,
+                                                                   val_file=long_val)
+
+    # as commands: one `error:` line, exit status 1; without --data_file the download fails (no network here,
+    # and a dead proxy makes sure) and says what to do instead
+    procs = [run_script(*args, "--checkpoint_dir", smollm2_dir, "--destination_path", out, check=False,
+                        env={"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
+             for args in (["scripts/prepare_json.py", "--data_file", no_output], ["scripts/prepare_alpaca.py"])]
+    for proc in procs:
+        assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc
+    assert "row 2 (line 2) has no 'output' field" in procs[0].stderr
+    assert "Could not download https://raw.githubusercontent.com/tatsu-lab" in procs[1].stderr
+    assert "pass --data_file" in procs[1].stderr and not out.exists()
 
 
 def test_arithmetic_dataset_is_reproducible_and_correct(tmp_path: Path) -> None:
