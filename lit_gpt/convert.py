@@ -365,7 +365,7 @@ def config_for_hf_dir(checkpoint_dir: Path, model_name: Optional[str] = None) ->
         if from_hf.vocab_size > config.padded_vocab_size:
             diff.append(f"vocabulary: preset {config.padded_vocab_size} rows vs {from_hf.vocab_size}")
         if diff:
-            fail(f"{str(hf_path)!r} does not match the preset {name!r} ({'; '.join(diff)}). Rename the dir to "
+            fail(f"{str(hf_path)!r} does not match the preset {name!r} ({'; '.join(diff[:4])}). Rename the dir to "
                  "convert from config.json, or pass the right --model_name")
     return config
 
@@ -402,6 +402,11 @@ def export_hf_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, so
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         fail(f"{str(out_dir)!r} already exists and is not empty: remove it or choose another --out_dir")
+    shapes = expected_shapes(config)
+    wrong = [n for n in shapes if n not in state_dict or state_dict[n].shape != shapes[n]]
+    if wrong or set(state_dict) - set(shapes):
+        fail(f"The weights do not fit {config.name!r}: missing or misshapen {_few(wrong)}, unexpected "
+             f"{_few(sorted(set(state_dict) - set(shapes)))}. Merge LoRA weights before exporting")
     original = _read_json(source_dir / "config.json")
     generation = _read_json(source_dir / "generation_config.json")
     token_ids = {k: original.get(k, generation.get(k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}

