@@ -34,6 +34,10 @@ from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import fail, num_parameters
 
 log = logging.getLogger(__name__)
+# A prefix shared by the continuations of a question runs once (on a KV cache) when that saves at least this many
+# token positions; below, the extra forward passes cost more than they save (a forward pass on a CPU costs ~20
+# tokens' worth even for one token). Multiple choice with few-shot examples, long contexts: shared.
+SHARE_MIN_TOKENS = 64
 
 
 class LitLM(TemplateLM):
@@ -108,21 +112,26 @@ class LitLM(TemplateLM):
     def _loglikelihood_tokens(self, requests: Sequence[tuple], disable_tqdm: bool = False) -> list[tuple]:
         """(log P(continuation | context), whether greedy decoding gives the continuation) per (key, ctx, cont).
 
-        As in HFLM, the model input is `(context + continuation)[-(max_length + 1):][:-1]` and the last
-        len(continuation) positions are scored. The input up to the first scored position is the request's prefix;
-        requests with the same prefix are run together (the prefix once, see `_score_group`).
+        As in HFLM, the model input is `(context + continuation)[-(max_length + 1):][:-1]` and its last
+        len(continuation) positions are scored. Requests whose inputs agree up to the first scored position share a
+        prefix: when that prefix is long enough (`SHARE_MIN_TOKENS`), it runs once (`_score_group`). The other
+        inputs run as right-padded rows, `batch_size` per forward pass, identical inputs once.
         """
-        groups: dict[tuple, list[int]] = defaultdict(list)
+        inputs, groups = [], defaultdict(list)
         for i, (_, context, continuation) in enumerate(requests):
             if not context or not continuation:
                 raise ValueError(f"Request {i} has an empty context or continuation")
             if len(continuation) > self.max_length:
                 raise ValueError(f"A continuation of {len(continuation)} tokens does not fit max_length "
                                  f"{self.max_length}")
-            inputs = (context + continuation)[-(self.max_length + 1):][:-1]
-            groups[tuple(inputs[:len(inputs) - len(continuation) + 1])].append(i)
-        # longest first: time estimates are upper bounds and an out-of-memory shows up at once
-        order = sorted(groups.items(), key=lambda g: -max(len(g[0]) + len(requests[i][2]) for i in g[1]))
+            inputs.append((context + continuation)[-(self.max_length + 1):][:-1])
+            groups[tuple(inputs[i][:len(inputs[i]) - len(continuation) + 1])].append(i)
+        shared = {prefix: ids for prefix, ids in groups.items() if (len(ids) - 1) * len(prefix) >= SHARE_MIN_TOKENS}
+        rows: dict[tuple, list[int]] = defaultdict(list)
+        for prefix, ids in groups.items():
+            if prefix not in shared:
+                for i in ids:
+                    rows[tuple(inputs[i])].append(i)
 
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
@@ -134,27 +143,30 @@ class LitLM(TemplateLM):
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
             pbar.update(len(ids))
 
+        # longest first: time estimates are upper bounds and an out-of-memory error shows up at once
         with self._inference() as head:
-            singles = [ids[0] for prefix, ids in order if len(ids) == 1]
-            for start in range(0, len(singles), self.batch_size):
-                batch = singles[start:start + self.batch_size]
-                conts = [requests[i][2] for i in batch]
-                rows = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):][:-1] for i in batch]
-                finish(batch, self._score_rows(rows, conts, head))
-            for prefix, ids in order:
-                if len(ids) > 1:
-                    finish(ids, self._score_group(list(prefix), [requests[i][2] for i in ids], head))
+            for prefix, ids in sorted(shared.items(), key=lambda g: -len(g[0])):
+                finish(ids, self._score_group(list(prefix), [requests[i][2] for i in ids], head))
+            ordered = sorted(rows.items(), key=lambda row: -len(row[0]))
+            for start in range(0, len(ordered), self.batch_size):
+                batch = ordered[start:start + self.batch_size]
+                ids = [i for _, members in batch for i in members]
+                finish(ids, self._score_rows([list(row) for row, _ in batch],
+                                             [[requests[i][2] for i in members] for _, members in batch], head))
         pbar.close()
         return results
 
-    def _score_rows(self, rows: list[list[int]], continuations: list[list[int]], head: nn.Module) -> list[tuple]:
-        """One right-padded forward pass; row j's last len(continuations[j]) positions are scored."""
+    def _score_rows(self, rows: list[list[int]], continuations: list[list[list[int]]], head: nn.Module
+                    ) -> list[tuple]:
+        """One right-padded forward pass. `continuations[j]`: the continuations scored on row j (requests with this
+        same input), each on the row's last len(continuation) positions."""
         idx = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
         for j, row in enumerate(rows):
             idx[j, :len(row)] = torch.tensor(row)
         hidden = self.model(idx.to(self._device))  # (B, T, n_embd)
-        selected = [hidden[j, len(row) - len(cont):len(row)] for j, (row, cont) in enumerate(zip(rows, continuations))]
-        return self._score(torch.cat(selected), continuations, head)
+        selected = [hidden[j, len(row) - len(cont):len(row)]
+                    for j, row in enumerate(rows) for cont in continuations[j]]
+        return self._score(torch.cat(selected), [cont for conts in continuations for cont in conts], head)
 
     def _score_group(self, prefix: list[int], continuations: list[list[int]], head: nn.Module) -> list[tuple]:
         """The prefix runs once; its last state predicts every continuation's first token. The other tokens of the
@@ -374,6 +386,9 @@ def task_manager(names: list[str], include_paths: list[Path]) -> Any:
 def load_tasks(manager: Any, names: list[str]) -> list:
     """The lm-eval Task/Group objects for task, group, tag names or glob patterns. Their data is read here, so a
     task whose data is not available fails now, before a model is loaded."""
+    # lm-eval warns about every task with a `custom_dataset` (ours read local files that way)
+    logging.getLogger("lm_eval.api.task").addFilter(
+        lambda record: "Custom kwargs can be passed" not in record.getMessage())
     objects = []
     for name in manager.match_tasks(names) if any("*" in n or "?" in n for n in names) else names:
         try:
