@@ -1,0 +1,340 @@
+"""LoRA adapters as files: our finetune out dirs, and Hugging Face PEFT adapter dirs in both directions.
+
+A finetune out dir holds `lit_model_lora_finetuned.pth` (our LoRA parameters by name) and `lora_config.json` (the
+LoRA settings, the model config, the base checkpoint dir, the prompt style); `load_lora_run` reads and checks both.
+
+A PEFT adapter dir holds `adapter_config.json` and `adapter_model.safetensors`, whose tensors are named
+`base_model.model.<transformers module>.lora_A.weight` (r, in) and `...lora_B.weight` (out, r) and scaled by
+lora_alpha / r (per module: `rank_pattern` / `alpha_pattern`): the math of our `LoRALinear`. Module by module:
+
+- Llama (SmolLM2, TinyLlama, Llama 2, Mistral): our qkv parts are q_proj/k_proj/v_proj, attn.proj is o_proj, the MLP
+  is gate_proj/up_proj/down_proj, lm_head is lm_head: the tensors are the same.
+- GPT-NeoX and Falcon fuse q, k and v into one `query_key_value` linear with one A and one B. Exporting, the k enabled
+  parts become one adapter of rank k*r: A stacks the parts' A, B puts each part's B in its own r columns and its own
+  rows (block-diagonal, rows in HF's layout: per head [q, k, v] for GPT-NeoX and multi-head Falcon, [q heads | k | v]
+  for multi-query Falcon), and alpha becomes k*alpha so that alpha / r is unchanged: the same update, exactly.
+  Importing, PEFT's A becomes every part's A and B's rows are split by part.
+
+Importing also takes adapters on a subset of modules or layers (the rest get A = B = 0: no change, and zero
+gradients keep them zero if training resumes) and per-module ranks (padded with zeros up to the largest rank; a
+module whose alpha / r differs from the adapter's has its B rescaled). Settings with no LoRALinear equivalent
+(DoRA, rsLoRA, trained biases, saved full modules, adapted embeddings, ...) fail with a message naming them.
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+
+import torch
+
+from lit_gpt.config import Config
+from lit_gpt.convert import family, hf_to_lit_name, lit_to_hf_name, qkv_from_interleaved, qkv_to_interleaved
+from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, lora_files, lora_filter, suffix
+from lit_gpt.model import GPT
+from lit_gpt.utils import atomic_dir, fail, lazy_load
+
+PREFIX = "base_model.model."
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# our finetune out dirs
+
+
+class LoRARun(NamedTuple):
+    adapter_file: Path
+    adapter: Dict[str, torch.Tensor]  # memory-mapped
+    lora: LoRAConfig
+    config: Config  # the model the adapter was trained on
+    checkpoint_dir: Path  # its base checkpoint, as recorded (it may have moved since)
+    prompt_style: Optional[str]
+    run: dict  # all of lora_config.json
+
+
+def load_lora_run(lora_path: Union[str, Path]) -> LoRARun:
+    """Reads an adapter (finetune out dir, adapter file or training checkpoint) and its lora_config.json, checked."""
+    adapter_file, config_file = lora_files(lora_path)
+    if config_file is None:
+        fail(f"No lora_config.json next to {str(adapter_file)!r} (nor one dir up): the LoRA and model settings are "
+             "read from it. finetune/lora.py and scripts/import_peft.py write it next to the adapter")
+    try:
+        run = json.loads(config_file.read_text(encoding="utf-8"))
+        lora = LoRAConfig.from_dict(run["lora"])
+        config = Config(**{k: v for k, v in run["model"].items() if k != "rope_n_elem"})
+        checkpoint_dir = Path(run["checkpoint_dir"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        fail(f"{str(config_file)!r} is not a lora_config.json of finetune/lora.py ({type(e).__name__}: {e}); it "
+             "needs the keys lora, model and checkpoint_dir")
+    adapter = lazy_load(adapter_file)
+    if isinstance(adapter, dict) and isinstance(adapter.get("adapter"), dict):  # a resumable training checkpoint
+        adapter = adapter["adapter"]
+    names = list(adapter) if isinstance(adapter, dict) else []
+    if not names or not all(isinstance(k, str) and lora_filter(k) and isinstance(v, torch.Tensor)
+                            for k, v in adapter.items()):
+        other = [k for k in names if not (isinstance(k, str) and lora_filter(k))][:3]
+        fail(f"{str(adapter_file)!r} is not a LoRA adapter (expected only lora_A*/lora_B* tensors"
+             f"{', found ' + ', '.join(map(str, other)) if other else ''}): pass the out dir of finetune/lora.py")
+    return LoRARun(adapter_file, adapter, lora, config, checkpoint_dir, run.get("prompt_style"), run)
+
+
+def lora_layers(config: Config, lora: LoRAConfig) -> Dict[str, LoRALinear]:
+    """Our LoRA layers for these settings, by module name, on the meta device (for their names and shapes)."""
+    with torch.device("meta"):
+        model = add_lora(GPT(config), lora)
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# our adapter -> PEFT
+
+
+def _fused_qkv_to_hf(t: torch.Tensor, config: Config) -> torch.Tensor:
+    """Rows of our fused qkv ([all q | all k | all v]) in the order of HF's `query_key_value`."""
+    if family(config) == "gpt_neox" or config.n_query_groups == config.n_head:
+        return qkv_to_interleaved(t, config)
+    return t  # multi-query Falcon: [q heads | k | v], ours
+
+
+def _fused_qkv_from_hf(t: torch.Tensor, config: Config) -> torch.Tensor:
+    if family(config) == "gpt_neox" or config.n_query_groups == config.n_head:
+        return qkv_from_interleaved(t, config)
+    return t
+
+
+def _check_family(config: Config) -> None:
+    if family(config) == "falcon" and config.n_query_groups not in (1, config.n_head):
+        fail(f"{config.name!r}: Falcon with {config.n_query_groups} query groups has no transformers counterpart")
+
+
+def to_peft(adapter: Dict[str, torch.Tensor], lora: LoRAConfig, config: Config, vocab_size: Optional[int] = None
+            ) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """(adapter_config.json dict, adapter_model.safetensors tensors) of our adapter, for the transformers model of
+    `config`. `vocab_size`: rows of the transformers model's lm_head when fewer than our padded vocabulary."""
+    _check_family(config)
+    tensors, targets, ranks = {}, set(), {}
+    for name, layer in lora_layers(config, lora).items():
+        pairs = {part: (adapter[f"{name}.lora_A{suffix(part)}"], adapter[f"{name}.lora_B{suffix(part)}"])
+                 for part in layer.adapted}
+        if name.endswith(".attn.qkv") and family(config) == "llama":  # q_proj, k_proj, v_proj: one to one
+            per_module = {lit_to_hf_name(name, config, part): pairs[part] for part in layer.adapted}
+        elif name.endswith(".attn.qkv"):  # one query_key_value adapter of rank k*r, block-diagonal
+            A = torch.cat([pairs[part][0] for part in layer.adapted])  # (k*r, in)
+            B = torch.zeros(layer.out_features, A.size(0), dtype=A.dtype)  # (out, k*r)
+            row = dict(zip(layer.parts, torch.tensor([0, *layer.parts.values()]).cumsum(0).tolist()))
+            for i, part in enumerate(layer.adapted):
+                B[row[part]: row[part] + layer.parts[part], i * lora.r: (i + 1) * lora.r] = pairs[part][1]
+            per_module = {lit_to_hf_name(name, config): (A, _fused_qkv_to_hf(B, config))}
+            if len(layer.adapted) > 1:
+                ranks[lit_to_hf_name(name, config).rsplit(".", 1)[-1]] = len(layer.adapted)
+        else:
+            A, B = pairs[""]
+            if name == "lm_head" and vocab_size is not None and vocab_size < B.size(0):
+                B = B[:vocab_size]  # our vocabulary is padded; the padded rows' logits are never used
+            per_module = {lit_to_hf_name(name, config): (A, B)}
+        for module, (A, B) in per_module.items():
+            tensors[f"{PREFIX}{module}.lora_A.weight"] = A.contiguous()
+            tensors[f"{PREFIX}{module}.lora_B.weight"] = B.contiguous()
+            targets.add(module.rsplit(".", 1)[-1])
+    peft_config = dict(
+        peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path=None, r=lora.r, lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout, target_modules=sorted(targets), bias="none", fan_in_fan_out=False,
+        use_rslora=False, use_dora=False, modules_to_save=None, init_lora_weights=True, inference_mode=True,
+        layers_to_transform=None, layers_pattern=None, lora_bias=False, ensure_weight_tying=False,
+        rank_pattern={m: k * lora.r for m, k in ranks.items()},
+        alpha_pattern={m: k * lora.alpha for m, k in ranks.items()},
+    )
+    return peft_config, tensors
+
+
+def write_peft_dir(out_dir: Union[str, Path], peft_config: dict, tensors: Dict[str, torch.Tensor]) -> Path:
+    """adapter_config.json + adapter_model.safetensors, written into a temp dir renamed onto `out_dir`."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(out_dir) as tmp:
+        save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
+        (tmp / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PEFT -> our adapter
+
+
+def read_peft_dir(peft_dir: Union[str, Path]) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """(adapter_config.json, tensors) of a PEFT adapter dir (adapter_model.safetensors, or the older .bin)."""
+    peft_dir = Path(peft_dir)
+    if not (peft_dir / PEFT_CONFIG).is_file():
+        fail(f"{str(peft_dir)!r} is not a PEFT adapter dir: it has no {PEFT_CONFIG} (PeftModel.save_pretrained "
+             "writes it next to adapter_model.safetensors)")
+    try:
+        peft_config = json.loads((peft_dir / PEFT_CONFIG).read_text(encoding="utf-8"))
+    except ValueError as e:
+        fail(f"{str(peft_dir / PEFT_CONFIG)!r} is not valid JSON ({e})")
+    if not isinstance(peft_config, dict):
+        fail(f"{str(peft_dir / PEFT_CONFIG)!r} is not a PEFT config (a JSON object)")
+    weights = next((peft_dir / n for n in (PEFT_WEIGHTS, "adapter_model.bin") if (peft_dir / n).is_file()), None)
+    if weights is None:
+        fail(f"{str(peft_dir)!r} has no {PEFT_WEIGHTS} (or adapter_model.bin) next to its {PEFT_CONFIG}")
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(weights))
+        else:
+            tensors = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise ValueError("not a dict of tensors")
+    except Exception as e:
+        fail(f"Could not read {str(weights)!r} (corrupt or truncated?): {type(e).__name__}: "
+             f"{str(e).splitlines()[0] if str(e) else ''}")
+    return peft_config, tensors
+
+
+_INITS = (True, False, "gaussian", "eva", "orthogonal")  # initializations that leave the base weights as they are
+
+
+def check_peft_config(peft_config: dict, source: str = "the PEFT adapter") -> None:
+    """Fails naming every setting of `peft_config` that our LoRALinear cannot reproduce."""
+    if peft_config.get("peft_type") != "LORA":
+        fail(f"{source} is a {peft_config.get('peft_type')!r} adapter; only LoRA adapters (peft_type LORA) can be "
+             "imported")
+    c = {k: v for k, v in peft_config.items() if v not in (None, False, {}, [])}
+    why = {"use_dora": "DoRA: a learned magnitude per output row", "use_rslora": "rsLoRA: scaled by alpha / sqrt(r)",
+           "lora_bias": "a trained bias on lora_B", "fan_in_fan_out": "transposed (Conv1D) weights",
+           "modules_to_save": "fully trained copies of modules", "trainable_token_indices": "trained token embeddings",
+           "layer_replication": "replicated layers", "target_parameters": "adapted nn.Parameters",
+           "use_qalora": "QA-LoRA pooling", "alora_invocation_tokens": "activated LoRA",
+           "megatron_config": "Megatron layers", "use_bdlora": "block-diagonal LoRA", "velora_config": "VeLoRA",
+           "monteclora_config": "MonteCLoRA", "kasa_config": "KaSA", "arrow_config": "Arrow routing"}
+    problems = [f"{key}={c[key]!r} ({reason})" for key, reason in why.items() if key in c]
+    if c.get("bias", "none") != "none":
+        problems.append(f"bias={c['bias']!r} (trained biases)")
+    if peft_config.get("init_lora_weights", True) not in _INITS:
+        problems.append(f"init_lora_weights={peft_config['init_lora_weights']!r} (the base weights were changed "
+                        "when the adapter was created)")
+    if problems:
+        fail(f"{source} uses settings our LoRA cannot represent: {'; '.join(problems)}")
+
+
+def _module_alpha(module: str, peft_config: dict) -> float:
+    """lora_alpha of one module: its `alpha_pattern` entry (matched like PEFT: a dotted suffix), else lora_alpha."""
+    for pattern, alpha in (peft_config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return alpha
+    return peft_config.get("lora_alpha", 8)
+
+
+def _kinds(name: str, part: Optional[str]) -> List[str]:
+    """Our LoRAConfig switches that adapt module `name` (part: Llama's q/k/v) or its part."""
+    if name.endswith(".attn.qkv"):
+        return [part] if part else ["query", "key", "value"]
+    if name.endswith(".attn.proj"):
+        return ["projection"]
+    return ["head"] if name == "lm_head" else ["mlp"]
+
+
+def from_peft(peft_config: dict, tensors: Dict[str, torch.Tensor], config: Config,
+              base_state_dict: Optional[Dict[str, torch.Tensor]] = None, source: str = "the PEFT adapter"
+              ) -> Tuple[LoRAConfig, Dict[str, torch.Tensor], List[str]]:
+    """(LoRA settings, our adapter, notes) of a PEFT LoRA adapter for the transformers model of `config`.
+
+    `base_state_dict`: our base weights, to check base weights the adapter saved (PEFT saves lm_head's when it is
+    adapted) against. Notes say what was zero-filled or rescaled.
+    """
+    _check_family(config)
+    check_peft_config(peft_config, source)
+    every = lora_layers(config, LoRAConfig(r=1, alpha=1))  # every module we can adapt
+    pairs: Dict[str, Dict[str, torch.Tensor]] = {}  # HF module -> {"A": ..., "B": ...}
+    for key, tensor in tensors.items():
+        name = key[len(PREFIX):] if key.startswith(PREFIX) else None
+        match = re.fullmatch(r"(.+)\.lora_([AB])\.weight", name or "")
+        if match:
+            pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+        elif name and name.endswith(".weight") and ".lora_" not in name:  # a base weight PEFT saved along
+            _check_saved_base_weight(name.replace(".base_layer.", "."), tensor, config, base_state_dict, source)
+        else:
+            fail(f"{source} holds {key!r}, which is no LoRA A/B weight we can map (embedding LoRA, DoRA magnitude, "
+                 "a bias?)")
+    if not pairs:
+        fail(f"{source} holds no LoRA weights (no '...lora_A.weight' tensors)")
+
+    found = {}  # (our module, part or None) -> (A, B, alpha / r of that module)
+    for module, ab in sorted(pairs.items()):
+        weight_name, part = hf_to_lit_name(f"{module}.weight", config)
+        ours = weight_name[: -len(".weight")] if weight_name else None
+        if ours not in every:
+            fail(f"{source} adapts {module!r}, which has no LoRA counterpart in a {family(config)} model (we adapt "
+                 "the attention q/k/v and output projections, the MLP and the LM head)")
+        if set(ab) != {"A", "B"} or ab["A"].ndim != 2 or ab["B"].ndim != 2 or ab["B"].size(1) != ab["A"].size(0):
+            fail(f"{source}: {module!r} needs a lora_A (r, in) and a lora_B (out, r); it has "
+                 f"{ {k: tuple(v.shape) for k, v in ab.items()} }")
+        A, B = ab["A"], ab["B"]
+        layer = every[ours]
+        rows = layer.parts[part] if part else layer.out_features
+        if ours == "lm_head" and B.size(0) < rows:  # our vocabulary may be padded: zero rows for the padding
+            B = torch.cat([B, B.new_zeros(rows - B.size(0), B.size(1))])
+        if A.size(1) != layer.in_features or B.size(0) != rows:
+            fail(f"{source}: {module!r} has lora_A {tuple(A.shape)} and lora_B {tuple(ab['B'].shape)}, but "
+                 f"{config.name!r} needs lora_A (r, {layer.in_features}) and lora_B ({rows}, r) there: was the "
+                 "adapter trained on another model?")
+        found[(ours, part)] = (A, B, _module_alpha(module, peft_config) / A.size(0))
+
+    r = max(A.size(0) for A, _, _ in found.values())
+    scaling = peft_config.get("lora_alpha", 8) / peft_config.get("r", 8)  # PEFT's scaling outside the patterns
+    alpha = scaling * r
+    kinds = {kind for ours, part in found for kind in _kinds(ours, part)}
+    lora = LoRAConfig(r=r, alpha=int(alpha) if float(alpha).is_integer() else alpha,
+                      dropout=peft_config.get("lora_dropout", 0.0),
+                      **{k: k in kinds for k in ("query", "key", "value", "projection", "mlp", "head")})
+    dtype = next(iter(found.values()))[0].dtype
+    adapter, zero, rescaled = {}, [], 0
+    for name, layer in lora_layers(config, lora).items():
+        for part in layer.adapted:
+            a_name, b_name = f"{name}.lora_A{suffix(part)}", f"{name}.lora_B{suffix(part)}"
+            hit = found.get((name, part or None)) or found.get((name, None))
+            if hit is None:  # not adapted in PEFT: zero (no change, and zero gradients keep it so)
+                adapter[a_name] = torch.zeros(r, layer.in_features, dtype=dtype)
+                adapter[b_name] = torch.zeros(layer.parts[part], r, dtype=dtype)
+                zero.append(name)
+                continue
+            A, B, module_scaling = hit
+            if part and (name, part) not in found:  # the fused query_key_value: this part's rows of B
+                B = dict(zip(layer.parts, _fused_qkv_from_hf(B, config).split(list(layer.parts.values()))))[part]
+            if module_scaling != scaling:
+                B = (B.float() * (module_scaling / scaling)).to(B.dtype)
+                rescaled += 1
+            pad = r - A.size(0)  # zero rank padding: B @ A is unchanged
+            adapter[a_name] = torch.cat([A, A.new_zeros(pad, A.size(1))]).to(dtype).contiguous()
+            adapter[b_name] = torch.cat([B, B.new_zeros(B.size(0), pad)], dim=1).to(dtype).contiguous()
+    notes = []
+    if zero:
+        unique = sorted(set(zero))
+        notes.append(f"{len(unique)} of our LoRA layers have no PEFT counterpart (e.g. {unique[0]!r}): zero adapters")
+    if rescaled:
+        notes.append(f"{rescaled} adapters with their own alpha / r had lora_B rescaled to alpha / r = {scaling:g}")
+    if any(A.size(0) != r for A, _, _ in found.values()):
+        notes.append(f"ranks below {r} were padded with zeros to rank {r}")
+    return lora, adapter, notes
+
+
+def _check_saved_base_weight(name: str, tensor: torch.Tensor, config: Config,
+                             base_state_dict: Optional[Dict[str, torch.Tensor]], source: str) -> None:
+    """PEFT saves lm_head's (or the embedding's) base weight with an adapter on it: it must be our base's."""
+    ours, _ = hf_to_lit_name(name, config)
+    if ours is None or ours not in ("lm_head.weight", "transformer.wte.weight"):
+        fail(f"{source} holds the full weight {name!r}: a trained base weight, which our adapters cannot represent")
+    if base_state_dict is None:
+        return
+    base = base_state_dict.get(ours)
+    if base is None and config.tie_embeddings:
+        base = base_state_dict.get("transformer.wte.weight")
+    if base is None:  # cannot compare, no need either (tensors of the base do not change)
+        return
+    if tensor.size(1) != base.size(1) or tensor.size(0) > base.size(0):
+        fail(f"{source} saved {name!r} with shape {tuple(tensor.shape)}, but the base's {ours!r} has shape "
+             f"{tuple(base.shape)}: the adapter belongs to another model (or a resized vocabulary)")
+    base = base[: tensor.size(0)].float()
+    if (tensor.float() - base).abs().max() > 1e-2 * base.abs().max():
+        fail(f"{source} saved {name!r} and it differs from the base's {ours!r}: the adapter was trained with a "
+             "changed (resized or trained) vocabulary, which our adapters cannot represent; merge it with PEFT")

@@ -1,0 +1,264 @@
+"""scripts/merge_lora.py: merged == unmerged, a self-sufficient output dir, transformers on the export, bad inputs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+
+from lit_gpt.config import Config
+from lit_gpt.convert import hf_config_from_lit
+from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict
+from lit_gpt.model import GPT
+from lit_gpt.quantize import load_model
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import check_valid_checkpoint_dir
+
+VOCAB = 49152  # the SmolLM2 tokenizer copied into the tiny checkpoint dirs
+LLAMA = dict(rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm",
+             mlp_class_name="LLaMAMLP", intermediate_size=88)
+CONFIGS = {
+    "llama-gqa": dict(LLAMA, n_head=4, n_query_groups=2),
+    "llama-tied": dict(LLAMA, n_head=4, n_query_groups=4, tie_embeddings=True),
+    "neox": dict(n_head=4, rotary_percentage=0.25, parallel_residual=True, bias=True),
+    "falcon-mqa": dict(n_head=4, n_query_groups=1, rotary_percentage=1.0, parallel_residual=True,
+                       shared_attention_norm=True, bias=False),
+}
+
+
+def tiny_config(kind: str, **kwargs) -> Config:
+    return Config(**{**dict(name=f"tiny-{kind}", n_layer=2, n_embd=32, vocab_size=VOCAB, padding_multiple=512,
+                            block_size=64), **CONFIGS[kind], **kwargs})
+
+
+def make_checkpoint(path: Path, config: Config, tokenizer_dir: Path, dtype: torch.dtype = torch.float32,
+                    seed: int = 0) -> Path:
+    """A checkpoint dir like a converted one: random weights, lit_config.json, config.json, tokenizer files."""
+    torch.manual_seed(seed)
+    model = GPT(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm_1.weight") or name.endswith("norm_2.weight") or "ln_f" in name:
+                param.uniform_(0.5, 1.5)  # not all ones: a wrong norm mapping would show
+    path.mkdir(parents=True)
+    torch.save({k: v.to(dtype) for k, v in model.state_dict().items()}, path / "lit_model.pth")
+    config.save(path / "lit_config.json")
+    (path / "config.json").write_text(json.dumps(hf_config_from_lit(config, dtype, bos_token_id=1, eos_token_id=2)))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copyfile(tokenizer_dir / name, path / name)
+    return path
+
+
+def make_finetune_dir(path: Path, checkpoint_dir: Path, lora: LoRAConfig, seed: int = 1, std: float = 0.1,
+                      precision: str = "32-true", prompt_style: str = "alpaca") -> Path:
+    """An out dir as finetune/lora.py writes it, with random (non-zero) A and B."""
+    model = load_model(checkpoint_dir, precision=precision, lora_config=lora)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if lora_filter(name):
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    path.mkdir(parents=True)
+    torch.save(lora_state_dict(model), path / "lit_model_lora_finetuned.pth")
+    run = {"lora": lora.to_dict(), "model": model.config.to_dict(), "checkpoint_dir": str(checkpoint_dir.resolve()),
+           "prompt_style": prompt_style, "data": {}, "train": {}, "precision": precision, "quantize": None}
+    (path / "lora_config.json").write_text(json.dumps(run))
+    (path / "prompt_style.json").write_text(json.dumps({"name": prompt_style}))
+    return path
+
+
+def tokens(length: int = 12, batch: int = 2, high: int = 1000) -> torch.Tensor:
+    return torch.randint(0, high, (batch, length), generator=torch.Generator().manual_seed(3))
+
+
+@torch.no_grad()
+def lora_logits(checkpoint_dir: Path, lora_path: Path, x: torch.Tensor, precision: str = "32-true") -> torch.Tensor:
+    return load_model(checkpoint_dir, precision=precision, lora_path=lora_path)(x).float()
+
+
+@torch.no_grad()
+def base_logits(checkpoint_dir: Path, x: torch.Tensor, precision: str = "32-true") -> torch.Tensor:
+    return load_model(checkpoint_dir, precision=precision)(x).float()
+
+
+def leftovers(parent: Path) -> list:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_merged_equals_unmerged_float32(kind, tmp_path, smollm2_dir):
+    base = make_checkpoint(tmp_path / "base", tiny_config(kind), smollm2_dir)
+    lora = LoRAConfig(r=4, alpha=8, key=kind != "neox")  # neox: query and value only
+    out = make_finetune_dir(tmp_path / "out" / "run", base, lora)
+    proc = run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
+    assert "peak memory (RSS)" in proc.stdout
+    x = tokens()
+    expected = lora_logits(base, out, x)
+    merged = base_logits(tmp_path / "merged", x)
+    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
+    assert (expected - base_logits(base, x)).abs().max() > 0.1  # the adapter changes the output
+    state = torch.load(tmp_path / "merged" / "lit_model.pth", weights_only=True)
+    assert not any(lora_filter(k) for k in state) and all(t.dtype == torch.float32 for t in state.values())
+    merged_config = Config.from_checkpoint(tmp_path / "merged")
+    assert merged_config.tie_embeddings is False  # a merged head adapter unties a tied head
+    hf_config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert hf_config["tie_word_embeddings"] is False and hf_config["num_hidden_layers"] == 2
+    assert leftovers(tmp_path) == []
+
+
+def test_tied_model_without_head_adapter_stays_tied(tmp_path, smollm2_dir):
+    base = make_checkpoint(tmp_path / "base", tiny_config("llama-tied"), smollm2_dir)
+    out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8, head=False))
+    run_script("scripts/merge_lora.py", "--lora_path", out / "lit_model_lora_finetuned.pth",
+               "--out_dir", tmp_path / "merged")
+    x = tokens()
+    torch.testing.assert_close(base_logits(tmp_path / "merged", x), lora_logits(base, out, x), rtol=1e-5, atol=1e-5)
+    assert Config.from_checkpoint(tmp_path / "merged").tie_embeddings is True
+    state = torch.load(tmp_path / "merged" / "lit_model.pth", weights_only=True)
+    assert state["lm_head.weight"].untyped_storage().data_ptr() == \
+        state["transformer.wte.weight"].untyped_storage().data_ptr()  # saved once
+
+
+def test_bf16_merge_within_rounding_and_precision_flag(tmp_path, smollm2_dir):
+    config = tiny_config("llama-gqa")
+    base = make_checkpoint(tmp_path / "base", config, smollm2_dir, dtype=torch.bfloat16)
+    out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8), precision="bf16-true")
+    run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
+    state = torch.load(tmp_path / "merged" / "lit_model.pth", weights_only=True)
+    assert all(t.dtype == torch.bfloat16 for t in state.values())  # the base's saved precision
+    x = tokens()
+    reference = lora_logits(base, out, x, "32-true")  # bf16 weights, float32 compute
+    unmerged = lora_logits(base, out, x, "bf16-true")
+    merged = base_logits(tmp_path / "merged", x, "bf16-true")
+    error_unmerged, error_merged = (unmerged - reference).abs().max(), (merged - reference).abs().max()
+    assert error_merged < 3 * error_unmerged + 2e-2, (error_merged, error_unmerged)  # one more bf16 rounding
+
+    run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged32",
+               "--precision", "32-true")
+    state = torch.load(tmp_path / "merged32" / "lit_model.pth", weights_only=True)
+    assert all(t.dtype == torch.float32 for t in state.values())
+    assert json.loads((tmp_path / "merged32" / "config.json").read_text())["torch_dtype"] == "float32"
+    merged32 = base_logits(tmp_path / "merged32", x, "32-true")
+    torch.testing.assert_close(merged32, reference, rtol=1e-4, atol=1e-4)  # merged in float32 from the bf16 base
+
+
+def test_output_dir_is_self_sufficient(tmp_path, smollm2_dir):
+    base = make_checkpoint(tmp_path / "base", tiny_config("llama-tied"), smollm2_dir)
+    out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8), prompt_style="chatml")
+    merged = tmp_path / "merged"
+    run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", merged)
+    shutil.rmtree(out)  # nothing in the merged dir refers back to the adapter
+    check_valid_checkpoint_dir(merged)
+    assert json.loads((merged / "prompt_style.json").read_text()) == {"name": "chatml"}  # the adapter's, not alpaca
+    assert (merged / "generation_config.json").is_file() and (merged / "tokenizer_config.json").is_file()
+    text = "Merged weights, same tokenizer: 12 + 30 = 42"
+    assert Tokenizer(merged).encode(text).tolist() == Tokenizer(base).encode(text).tolist()
+    assert Tokenizer(merged).stop_ids == Tokenizer(base).stop_ids
+    assert Config.from_checkpoint(merged).n_embd == 32
+    # TODO(generate/base.py, eval): run them on `merged` once they land
+
+
+def test_default_out_dir_and_step_checkpoint(tmp_path, smollm2_dir):
+    base = make_checkpoint(tmp_path / "base", tiny_config("llama-gqa"), smollm2_dir)
+    out = make_finetune_dir(tmp_path / "lora" / "myrun", base, LoRAConfig(r=2, alpha=4))
+    (out / "checkpoints").mkdir()
+    adapter = torch.load(out / "lit_model_lora_finetuned.pth", weights_only=True)
+    torch.save({"adapter": adapter, "step_count": 5}, out / "checkpoints" / "step-000005.pth")
+    run_script("scripts/merge_lora.py", "--lora_path", out / "checkpoints" / "step-000005.pth", cwd=tmp_path)
+    merged = tmp_path / "out" / "merged" / "myrun-step-000005"
+    x = tokens()
+    torch.testing.assert_close(base_logits(merged, x), lora_logits(base, out, x), rtol=1e-5, atol=1e-5)
+
+
+def test_merged_export_loads_in_transformers(tmp_path, smollm2_dir):
+    transformers = pytest.importorskip("transformers")
+    for kind in ("llama-tied", "neox"):
+        base = make_checkpoint(tmp_path / kind / "base", tiny_config(kind), smollm2_dir)
+        out = make_finetune_dir(tmp_path / kind / "run", base, LoRAConfig(r=4, alpha=8))
+        run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / kind / "merged")
+        run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", tmp_path / kind / "merged",
+                   "--out_dir", tmp_path / kind / "hf")
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / kind / "hf", dtype=torch.float32)
+        x = tokens()
+        with torch.no_grad():
+            actual = hf_model.eval()(input_ids=x).logits
+        torch.testing.assert_close(actual, lora_logits(base, out, x), rtol=1e-4, atol=1e-4)
+
+
+def test_smollm2_merge_convert_transformers(tmp_path, smollm2_dir):
+    """The real model: LoRA on SmolLM2-135M -> merge -> convert_lit_checkpoint -> transformers logits."""
+    transformers = pytest.importorskip("transformers")
+    out = make_finetune_dir(tmp_path / "run", smollm2_dir, LoRAConfig(r=2, alpha=4, mlp=False), std=0.02,
+                            prompt_style="chatml")
+    proc = run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
+    print(proc.stdout)
+    run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", tmp_path / "merged", "--out_dir",
+               tmp_path / "hf")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    x = Tokenizer(smollm2_dir).encode("The capital of France is Paris, and the capital of Italy is")[None]
+    with torch.no_grad():
+        actual = hf_model(input_ids=x).logits
+    expected = lora_logits(smollm2_dir, out, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-3)
+    assert (expected - base_logits(smollm2_dir, x)).abs().max() > 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad inputs: a clear message, exit status 1, nothing written
+
+
+def merge_fails(tmp_path: Path, *args) -> str:
+    proc = run_script("scripts/merge_lora.py", *args, "--out_dir", tmp_path / "merged", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "merged").exists() and leftovers(tmp_path) == []
+    return proc.stderr
+
+
+def test_base_that_does_not_match_names_both_shapes(tmp_path, smollm2_dir):
+    base = make_checkpoint(tmp_path / "base", tiny_config("llama-gqa"), smollm2_dir)
+    other = make_checkpoint(tmp_path / "other", tiny_config("llama-gqa", n_embd=48), smollm2_dir)
+    out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8))
+    err = merge_fails(tmp_path, "--lora_path", out, "--checkpoint_dir", other)
+    assert "has shape (4, 32) in the adapter but (4, 48) in the model" in err, err
+    assert "tiny-llama-gqa" in err and str(other) in err
+
+
+def test_adapter_that_is_not_one(tmp_path, smollm2_dir):
+    base = make_checkpoint(tmp_path / "base", tiny_config("llama-gqa"), smollm2_dir)
+    out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8))
+    adapter = out / "lit_model_lora_finetuned.pth"
+
+    shutil.copyfile(base / "lit_model.pth", adapter)  # a base checkpoint where the adapter should be
+    assert "is not a LoRA adapter" in merge_fails(tmp_path, "--lora_path", out)
+    adapter.write_text("not a checkpoint\n")
+    assert "Could not read" in merge_fails(tmp_path, "--lora_path", out)
+    torch.save([1, 2, 3], adapter)
+    assert "is not a LoRA adapter" in merge_fails(tmp_path, "--lora_path", out)
+    (out / "lora_config.json").unlink()
+    assert "No lora_config.json next to" in merge_fails(tmp_path, "--lora_path", out)
+    (out / "lora_config.json").write_text("{\"lora\": {\"r\": 4}}")
+    assert "is not a lora_config.json" in merge_fails(tmp_path, "--lora_path", out)
+    assert "No adapter at" in merge_fails(tmp_path, "--lora_path", tmp_path / "nowhere")
+
+
+def test_existing_out_dir_and_missing_base(tmp_path, smollm2_dir):
+    base = make_checkpoint(tmp_path / "base", tiny_config("llama-gqa"), smollm2_dir)
+    out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("keep me")
+    proc = run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "taken", check=False)
+    assert proc.returncode == 1 and "already exists and is not empty" in proc.stderr
+    assert (tmp_path / "taken" / "file").read_text() == "keep me"
+    shutil.rmtree(base)
+    err = merge_fails(tmp_path, "--lora_path", out)
+    assert "does not exist" in err and str(base) in err
+
+
+def test_help():
+    proc = run_script("scripts/merge_lora.py", "--help")
+    for flag in ("--lora_path", "--checkpoint_dir", "--out_dir", "--precision"):
+        assert flag in proc.stdout
+    assert "bf16-true" in proc.stdout
