@@ -7,17 +7,15 @@ Conversions stream: one tensor (one layer's q/k/v for Llama) is transformed at a
 """
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 
 from lit_gpt.config import Config, name_to_config
-from lit_gpt.utils import atomic_path, fail, lazy_load
+from lit_gpt.utils import atomic_dir, atomic_path, fail, lazy_load
 
 # HF name -> our name; "{}" is the layer index. Llama's q/k/v and the fused qkv are handled apart.
 _NAMES = {
@@ -401,7 +399,7 @@ def export_hf_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, so
 
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        fail(f"{str(out_dir)!r} already exists and is not empty: remove it or choose another --out_dir")
+        fail(f"{str(out_dir)!r} already exists and is not empty: remove it or choose another --out_dir")  # early
     shapes = expected_shapes(config)
     wrong = [n for n in shapes if n not in state_dict or state_dict[n].shape != shapes[n]]
     if wrong or set(state_dict) - set(shapes):
@@ -426,9 +424,7 @@ def export_hf_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, so
             size = 0
         shards[-1][name] = tensor
         size += nbytes
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         weight_map = {}
         for i, shard in enumerate(shards):
             file = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -444,13 +440,6 @@ def export_hf_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, so
         for name in TOKENIZER_FILES:
             if (source_dir / name).is_file():
                 shutil.copyfile(source_dir / name, tmp / name)
-        for path in tmp.iterdir():  # temp dirs are created private
-            path.chmod(0o644)
-        tmp.chmod(0o755)
-        os.replace(tmp, out_dir)  # also replaces an empty dir
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -79,16 +79,23 @@ def save_hf(kind: str, path: Path, fmt: str) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("kind, fmt", [("llama-tied", "safetensors"), ("gpt_neox-parallel", "bin"),
-                                       ("falcon-7b-like", "sharded")])
-def test_scripts_round_trip(tmp_path: Path, kind: str, fmt: str) -> None:
+@pytest.mark.parametrize("kind, fmt, via_scripts", [("llama-tied", "safetensors", True),
+                                                    ("gpt_neox-parallel", "bin", False),
+                                                    ("falcon-7b-like", "sharded", False)])
+def test_round_trip(tmp_path: Path, kind: str, fmt: str, via_scripts: bool) -> None:
+    """HF dir -> convert_hf_checkpoint -> convert_lit_checkpoint -> HF dir: same tensors, same logits."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
+
+    from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
 
     hf_dir = tmp_path / "my-finetune"  # no preset name: the config comes from config.json
     hf_model = save_hf(kind, hf_dir, fmt)
     assert (len(list(hf_dir.glob("*.safetensors"))) > 1) == (fmt == "sharded")
-    run_script("scripts/convert_hf_checkpoint.py", "--checkpoint_dir", hf_dir)
+    if via_scripts:
+        run_script("scripts/convert_hf_checkpoint.py", "--checkpoint_dir", hf_dir)
+    else:
+        convert_hf_checkpoint(hf_dir)
     config = Config.from_checkpoint(hf_dir)
     assert config.name == "my-finetune"
     model = GPT(config)
@@ -99,11 +106,18 @@ def test_scripts_round_trip(tmp_path: Path, kind: str, fmt: str) -> None:
         torch.testing.assert_close(model.eval()(idx), expected)
 
     out = tmp_path / "exported"
-    proc = run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", hf_dir, "--out_dir", out)
-    assert "Exported" in proc.stdout
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json",
-                                               "tokenizer.json", "tokenizer_config.json"}
-    exported = load_file(str(out / "model.safetensors"))
+    if via_scripts:
+        proc = run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", hf_dir, "--out_dir", out)
+        assert "Exported" in proc.stdout
+    else:
+        export_hf_checkpoint(load_lit_state_dict(hf_dir), config, hf_dir, out,
+                             max_shard_bytes=30_000 if fmt == "sharded" else 2 << 30)
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(shards) > 1 if fmt == "sharded" else shards == ["model.safetensors"]
+    assert {p.name for p in out.iterdir()} - set(shards) == {
+        "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        *(["model.safetensors.index.json"] if fmt == "sharded" else [])}
+    exported = {k: v for shard in shards for k, v in load_file(str(out / shard)).items()}
     original = hub_names(hf_model.state_dict())
     if config.tie_embeddings:
         del original["lm_head.weight"]
@@ -235,3 +249,23 @@ def test_download_without_hub(tmp_path: Path, smollm2_gguf: Path, smollm2_dir: P
     assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
     proc = run_script("scripts/download.py", *args, env=offline)
     assert "already complete: reusing it" in proc.stdout
+
+
+def test_export_real_smollm2_matches_transformers(tmp_path: Path, smollm2_dir: Path) -> None:
+    """The real 135M model exported: transformers gives the same logits as our GPT on a tokenized prompt."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
+    from lit_gpt.tokenizer import Tokenizer
+
+    config = Config.from_checkpoint(smollm2_dir)
+    state_dict = load_lit_state_dict(smollm2_dir)
+    out = export_hf_checkpoint(state_dict, config, smollm2_dir, tmp_path / "hf")
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["tie_word_embeddings"] and hf_config["num_key_value_heads"] == 3
+    idx = Tokenizer(out).encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n")[None]
+    model = GPT(config).eval()
+    model.load_state_dict(state_dict)
+    reference = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), reference(idx).logits)
