@@ -19,9 +19,10 @@ class Tokenizer:
     def __init__(self, checkpoint_dir: Union[str, Path]) -> None:
         checkpoint_dir = Path(checkpoint_dir)
         self.checkpoint_dir = checkpoint_dir
+        repo_id = "/".join(checkpoint_dir.parts[-2:]) if len(checkpoint_dir.parts) >= 2 else "<org>/<name>"
         if not checkpoint_dir.is_dir():
             fail(f"Tokenizer: checkpoint dir {str(checkpoint_dir)!r} does not exist. Create it with: "
-                 f"python scripts/download.py --repo_id <org>/<name>")
+                 f"python scripts/download.py --repo_id {repo_id} --checkpoint_dir {checkpoint_dir}")
         self.tokenizer_config = _read_json(checkpoint_dir / "tokenizer_config.json")
         special_tokens_map = _read_json(checkpoint_dir / "special_tokens_map.json")
         generation_config = _read_json(checkpoint_dir / "generation_config.json")
@@ -33,7 +34,7 @@ class Tokenizer:
             self.backend = _SentencePieceBackend(checkpoint_dir / "tokenizer.model", self.tokenizer_config)
         else:
             fail(f"{str(checkpoint_dir)!r} has no tokenizer.json or tokenizer.model. Get the tokenizer files with: "
-                 f"python scripts/download.py --repo_id <org>/<name> --checkpoint_dir {checkpoint_dir}")
+                 f"python scripts/download.py --repo_id {repo_id} --checkpoint_dir {checkpoint_dir} --force")
 
         def special_id(key: str) -> Optional[int]:
             for source in (self.tokenizer_config, special_tokens_map):
