@@ -11,6 +11,7 @@ Modes: "bnb.nf4" / "bnb.fp4" (4-bit, blocks of 64, `-dq`: double quantization of
 """
 
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 QUANTIZE_MODES = ("bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
 PRECISIONS = ("bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true")
 BLOCKSIZE = 64  # 4-bit: one absmax scale per 64 weights, as in QLoRA
+CHUNK_VALUES = 2**20  # weights are quantized this many values at a time
 
 
 def _bnb():
@@ -80,26 +82,47 @@ def check_quantize(quantize: Optional[str], precision: str, device: Union[str, t
         linear(x, weight, None).sum().backward()
     except Exception as e:
         other = "bnb.nf4" if quantize == "bnb.int8" else "no --quantize"
+        reason = (str(e).splitlines() or [""])[0][:200]
         fail(f"--quantize {quantize} with precision {precision} does not run on {device} "
-             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); try {other}")
+             f"({type(e).__name__}: {reason}); try {other}")
 
 
-def quantize_weight(weight: torch.Tensor, mode: str) -> nn.Parameter:
-    """A frozen bitsandbytes Parameter of the float weight (out_features, in_features), on the weight's device.
+def quantize_weight(weight: torch.Tensor, mode: str, device: Optional[torch.device] = None,
+                    dtype: Optional[torch.dtype] = None) -> nn.Parameter:
+    """A frozen bitsandbytes Parameter of the weight (out_features, in_features) on `device` (default: its own).
 
-    4-bit weights dequantize to `weight.dtype` (their compute dtype); int8 keeps row-wise absmax scales (`SCB`).
+    `dtype` (default: the weight's) is the compute dtype: 4-bit weights dequantize to it. int8 keeps row-wise absmax
+    scales (`SCB`). Rows are moved, cast and quantized ~1M values at a time, so the only full-size tensor is the
+    quantized result (bitsandbytes' CPU quantizer needs ~14 bytes per value of temporaries); the result is exactly
+    what quantizing the whole matrix at once gives (4-bit blocks of 64 never straddle two chunks).
     """
-    bnb = _bnb()
-    weight = weight.detach().contiguous()
-    if mode == "bnb.int8":
-        CB, SCB, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
-        return bnb.nn.Int8Params(CB, requires_grad=False, has_fp16_weights=False, CB=CB, SCB=SCB)
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"Unknown quantize mode {mode!r}")
+    bnb = _bnb()
+    device, dtype = device or weight.device, dtype or weight.dtype
+    rows, cols = weight.shape
+    step = BLOCKSIZE // math.gcd(cols, BLOCKSIZE)  # chunks of a multiple of `step` rows hold whole 4-bit blocks
+    chunk_rows = max(step, CHUNK_VALUES // cols // step * step)
+    chunks = (weight[i:i + chunk_rows].detach().to(device=device, dtype=dtype).contiguous()
+              for i in range(0, rows, chunk_rows))  # made one at a time, while quantizing
+    if mode == "bnb.int8":
+        quantized = [bnb.functional.int8_vectorwise_quant(chunk.to(torch.float16))[:2] for chunk in chunks]
+        CB, SCB = torch.cat([q[0] for q in quantized]), torch.cat([q[1] for q in quantized])
+        return bnb.nn.Int8Params(CB, requires_grad=False, has_fp16_weights=False, CB=CB, SCB=SCB)
     quant_type, double = mode[len("bnb."):len("bnb.") + 3], mode.endswith("-dq")
-    data, quant_state = bnb.functional.quantize_4bit(weight, blocksize=BLOCKSIZE, compress_statistics=double,
-                                                     quant_type=quant_type, quant_storage=torch.uint8)
-    return bnb.nn.Params4bit(data, requires_grad=False, quant_state=quant_state, blocksize=BLOCKSIZE,
+    packed, absmax = [], []
+    for chunk in chunks:
+        data, state = bnb.functional.quantize_4bit(chunk, blocksize=BLOCKSIZE, compress_statistics=False,
+                                                   quant_type=quant_type, quant_storage=torch.uint8)
+        packed.append(data)
+        absmax.append(state.absmax)
+    absmax, offset, state2 = torch.cat(absmax), None, None
+    if double:  # the block scales quantized to 8 bits, in blocks of 256, as bitsandbytes' compress_statistics does
+        offset = absmax.mean()
+        absmax, state2 = bnb.functional.quantize_blockwise(absmax - offset, blocksize=256)
+    quant_state = bnb.functional.QuantState(absmax=absmax, shape=weight.shape, code=state.code, blocksize=BLOCKSIZE,
+                                            quant_type=quant_type, dtype=dtype, offset=offset, state2=state2)
+    return bnb.nn.Params4bit(torch.cat(packed), requires_grad=False, quant_state=quant_state, blocksize=BLOCKSIZE,
                              compress_statistics=double, quant_type=quant_type, bnb_quantized=True)
 
 
@@ -277,7 +300,7 @@ def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true"
             if stored is None:  # a LoRA parameter, initialized below
                 new[key] = nn.Parameter(torch.empty(param.shape, device=device, dtype=dtype))
             elif key in to_quantize:
-                new[key] = quantize_weight(stored.to(device=device, dtype=dtype), quantize)
+                new[key] = quantize_weight(stored, quantize, device=device, dtype=dtype)
             else:
                 new[key] = nn.Parameter(stored.to(device=device, dtype=dtype, copy=True),
                                         requires_grad=param.requires_grad)
