@@ -1,0 +1,91 @@
+"""Generate text with a LoRA adapter: `python generate/lora.py --lora_path out/lora/arithmetic --prompt "..."`.
+
+Everything needed besides the prompt comes from the `lora_config.json` that finetune/lora.py wrote next to the
+adapter: the LoRA settings, the base checkpoint dir and the prompt style the adapter was trained with.
+The answer goes to stdout (nothing else, so it can be piped); timings, tokens/s and peak memory go to stderr.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lit_gpt.config import Config
+from lit_gpt.generate import check_generate_flags, check_prompt_length, print_samples, prompt_ids
+from lit_gpt.lora import LoRAConfig, lora_files, merge_lora_weights
+from lit_gpt.quantize import check_quantize, load_model
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail
+
+
+def main(
+    lora_path: Path = Path("out/lora/arithmetic"),
+    prompt: str = "What is 12 plus 30? Give the answer after ####.",
+    input: str = "",
+    checkpoint_dir: Optional[Path] = None,
+    num_samples: int = 1,
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 50,
+    top_p: Optional[float] = None,
+    repetition_penalty: float = 1.0,
+    seed: int = 1234,
+    precision: Literal["bf16-true", "16-true", "32-true"] = "bf16-true",
+    quantize: Optional[str] = None,
+    stream: Optional[bool] = None,
+    prompt_style: Optional[str] = None,
+) -> None:
+    """Samples answers to a prompt from a base model with a finetuned LoRA adapter.
+
+    Args:
+        lora_path: The out dir of finetune/lora.py, or an adapter file in it (lit_model_lora_finetuned.pth or
+            checkpoints/step-*.pth). Its lora_config.json gives the LoRA settings, base checkpoint and prompt style.
+        prompt: The instruction (or, with --prompt_style raw, the exact text) to answer.
+        input: Optional input/context for the instruction.
+        checkpoint_dir: Use this base checkpoint dir instead of the one in lora_config.json.
+        num_samples: How many answers to sample.
+        max_new_tokens: Most tokens to generate per answer.
+        temperature: Softmax temperature; 0 is greedy decoding (always the most likely token).
+        top_k: Sample among the k most likely tokens only (null: all).
+        top_p: Sample among the most likely tokens holding this much probability (nucleus sampling; null: all).
+        repetition_penalty: Penalty > 1 on tokens already in the prompt or the answer (1.0: none).
+        seed: Random seed of the sampling.
+        precision: Weights and compute dtype.
+        quantize: Quantize the base model's linear weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4,
+            bnb.fp4-dq or bnb.int8 (null: no quantization; the adapter is then merged into the weights).
+        stream: Print the answer as it is generated (default: when stdout is a terminal).
+        prompt_style: How the prompt is formatted (alpaca, chatml, ...; raw: as is). Default: the style the adapter
+            was trained with.
+    """
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    check_generate_flags(num_samples, max_new_tokens, **sampling)
+    check_quantize(quantize, precision, "cpu")
+    adapter_file, config_file = lora_files(lora_path)
+    if config_file is None:
+        fail(f"No lora_config.json next to {str(adapter_file)!r}: pass the out dir that finetune/lora.py wrote")
+    try:
+        run = json.loads(config_file.read_text(encoding="utf-8"))
+        lora_config = LoRAConfig.from_dict(run["lora"])
+        checkpoint_dir = checkpoint_dir or Path(run["checkpoint_dir"])
+        prompt_style = prompt_style or run.get("prompt_style")
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"{str(config_file)!r} is not a lora_config.json written by finetune/lora.py ({type(e).__name__}: {e})")
+    check_valid_checkpoint_dir(checkpoint_dir)
+
+    config = Config.from_checkpoint(checkpoint_dir)
+    tokenizer = Tokenizer(checkpoint_dir)
+    prompt_tokens, stop_tokens = prompt_ids(tokenizer, prompt_style, checkpoint_dir, prompt, input)
+    check_prompt_length(len(prompt_tokens), max_new_tokens, config.block_size)
+
+    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, lora_config=lora_config,
+                       lora_path=adapter_file, max_seq_length=len(prompt_tokens) + max_new_tokens)
+    if quantize is None:  # one matmul per layer instead of three; 4-bit weights would be re-quantized
+        merge_lora_weights(model)
+    print_samples(model, tokenizer, prompt_tokens, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                  stop_tokens=stop_tokens, stream=stream, seed=seed, **sampling)
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,374 @@
+"""Sampling loop (greedy == full-forward argmax, seeds, top-k/top-p/repetition penalty vs transformers, stop
+sequences, streaming text) and the generate scripts end to end, plus one SmolLM2 check against transformers."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+
+from lit_gpt.config import Config
+from lit_gpt.generate import generate, generate_tokens, process_logits, stream_text
+from lit_gpt.lora import LoRAConfig, add_lora, lora_filter, lora_state_dict
+from lit_gpt.model import GPT
+from lit_gpt.quantize import load_model
+from lit_gpt.tokenizer import Tokenizer
+
+LLAMA = dict(rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm",
+             mlp_class_name="LLaMAMLP", intermediate_size=64)
+CONFIGS = {
+    "llama-gqa": dict(LLAMA, n_head=4, n_query_groups=2),
+    "neox-mha": dict(n_head=4, rotary_percentage=0.25, parallel_residual=True, bias=True),
+}
+
+
+def tiny_model(kind: str = "llama-gqa", seed: int = 0, **kwargs) -> GPT:
+    torch.manual_seed(seed)
+    config = Config(**{**dict(name=kind, n_layer=2, n_embd=32, vocab_size=100, padding_multiple=64, block_size=64),
+                       **CONFIGS[kind], **kwargs})
+    return GPT(config).eval()
+
+
+def greedy_without_cache(model: GPT, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    ids = prompt
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(ids[None])[0, -1, :model.config.vocab_size]
+        ids = torch.cat([ids, logits.argmax()[None]])
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_greedy_equals_full_forward_argmax(kind):
+    model = tiny_model(kind)
+    prompt = torch.randint(0, 100, (7,), generator=torch.Generator().manual_seed(1))
+    expected = greedy_without_cache(model, prompt, 30)
+    out = generate(model, prompt, 30, temperature=0.0)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(generate(model, prompt, 30, temperature=0.0), out, rtol=0, atol=0)
+    assert all(block.attn.kv_cache is None for block in model.transformer.h)  # the model is left as it was
+    assert len(set(out.tolist())) > 2  # not a degenerate constant output
+    # a too-long request is refused with both lengths
+    with pytest.raises(ValueError, match=r"prompt \(7 tokens\) \+ max_new_tokens \(58\)"):
+        generate(model, prompt, 58)
+
+
+def test_only_the_real_vocabulary_is_sampled():
+    model = tiny_model()  # vocab 100, padded to 128
+    with torch.no_grad():
+        model.lm_head.weight[100:] = model.lm_head.weight[:100].abs().max() * 50  # padding rows would win
+    prompt = torch.tensor([1, 2, 3])
+    for kwargs in (dict(temperature=0.0), dict(temperature=1.0, generator=torch.Generator().manual_seed(0))):
+        assert generate(model, prompt, 20, **kwargs).max() < 100
+
+
+def test_sampling_seeds():
+    model = tiny_model()
+    prompt = torch.tensor([5, 6, 7])
+
+    def run(seed, **kwargs):
+        return generate(model, prompt, 40, temperature=1.5, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    torch.testing.assert_close(run(1), run(1), rtol=0, atol=0)
+    assert not torch.equal(run(1), run(2))
+    greedy = generate(model, prompt, 40, temperature=0.0)
+    assert not torch.equal(run(1), greedy)
+    torch.testing.assert_close(run(3, top_k=1), greedy, rtol=0, atol=0)
+    torch.testing.assert_close(run(4, top_p=1e-6), greedy, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, penalty", [
+    (1.0, None, None, 1.3), (0.7, 10, None, 1.0), (1.3, None, 0.8, 0.8), (0.9, 50, 0.6, 1.2), (1.0, 3, 0.99, 2.0),
+])
+def test_logits_processing_matches_transformers(temperature, top_k, top_p, penalty):
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    generator = torch.Generator().manual_seed(int(temperature * 100 + penalty * 10))
+    for _ in range(5):
+        logits = torch.randn(1000, generator=generator) * 3
+        seen = torch.randint(0, 1000, (60,), generator=generator)  # with repeats
+        processors = [RepetitionPenaltyLogitsProcessor(penalty)] if penalty != 1.0 else []
+        processors.append(TemperatureLogitsWarper(temperature)) if temperature != 1.0 else None
+        processors.append(TopKLogitsWarper(top_k)) if top_k else None
+        processors.append(TopPLogitsWarper(top_p)) if top_p else None
+        expected = LogitsProcessorList(processors)(seen[None], logits[None].clone())[0]
+        ours = process_logits(logits, seen, temperature=temperature, top_k=top_k, top_p=top_p,
+                              repetition_penalty=penalty)
+        assert torch.equal(ours.isinf(), expected.isinf())
+        assert (~ours.isinf()).sum() > (1 if top_k or top_p else 100)  # the filters left a choice
+        torch.testing.assert_close(ours, expected)
+        torch.testing.assert_close(ours.softmax(0), expected.softmax(0))
+
+
+def test_repetition_penalty_in_the_loop():
+    model = tiny_model()
+    prompt = torch.tensor([5, 6, 7])
+    plain = generate(model, prompt, 40, temperature=0.0).tolist()
+    assert len(set(plain)) < 30  # the random model repeats itself ...
+    penalized = generate(model, prompt, 40, temperature=0.0, repetition_penalty=100.0).tolist()
+    assert len(set(penalized)) == 40 and not set(penalized) & {5, 6, 7}  # ... and stops when penalized
+
+
+def cut_at(tokens: list, stop: list) -> list:
+    """`tokens` up to the first occurrence of `stop`."""
+    for i in range(len(tokens) - len(stop) + 1):
+        if tokens[i:i + len(stop)] == stop:
+            return tokens[:i]
+    return tokens
+
+
+def test_stop_tokens():
+    model = tiny_model()
+    prompt = torch.tensor([1, 2, 3])
+
+    def run(stop_tokens=()):  # sampled (the same draws every time) for a varied sequence
+        return list(generate_tokens(model, prompt, 30, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                                    stop_tokens=stop_tokens))
+
+    full = run()
+    assert len(set(full[:8])) == 8
+    assert run([[555], [full[4]]]) == full[:4]
+    assert run([full[5:8]]) == full[:5]  # nothing of a multi-token stop sequence is emitted
+    assert run([[3, full[0]]]) == cut_at(full, [3, full[0]])  # only generated tokens count, not the prompt's
+    # a sequence that starts like the output but then differs is held back, then released
+    assert run([[full[5], full[6], 101]]) == full
+
+
+def test_stream_text_prints_multibyte_characters(smollm2_dir):
+    tokenizer = Tokenizer(smollm2_dir)
+    text = "Llamas (🦙) eat grass — and 世界 likes ñandú. Ünïcödé!"
+    ids = tokenizer.encode(text, bos=False).tolist()
+    assert len(ids) > len(text) // 4
+    pieces = list(stream_text(tokenizer, iter(ids)))
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+    assert len(pieces) > 5  # it does stream
+
+
+def test_generate_is_fast_enough_not_to_recompute_the_prompt():
+    """Decoding with the KV cache runs one position per step: as many forward calls as new tokens."""
+    model = tiny_model()
+    lengths = []
+    model.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    generate(model, torch.arange(10), 8, temperature=0.0)
+    assert lengths == [10] + [1] * 7
+
+
+############
+# scripts
+############
+TINY = dict(name="tiny-llama", n_layer=2, n_head=4, n_query_groups=2, n_embd=32, vocab_size=49152,
+            padding_multiple=64, block_size=128, **LLAMA)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, smollm2_dir) -> Path:
+    """A random tiny Llama with the SmolLM2 tokenizer."""
+    checkpoint_dir = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    checkpoint_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+        shutil.copy(smollm2_dir / name, checkpoint_dir / name)
+    config = Config(**TINY)
+    torch.manual_seed(0)
+    model = GPT(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # peakier logits: sampled texts stay short-ish and differ from greedy less
+    config.save(checkpoint_dir / "lit_config.json")
+    torch.save(model.state_dict(), checkpoint_dir / "lit_model.pth")
+    return checkpoint_dir
+
+
+def expected_text(checkpoint_dir: Path, prompt: str, max_new_tokens: int, style: str = None, input: str = "",
+                  lora_path: Path = None, quantize: str = None, seed: int = None, num_samples: int = 1,
+                  **sampling) -> str:
+    """What the scripts should print, computed in-process with the library."""
+    from lit_gpt.generate import prompt_ids
+    from lit_gpt.lora import merge_lora_weights
+
+    tokenizer = Tokenizer(checkpoint_dir)
+    ids, stops = prompt_ids(tokenizer, style, checkpoint_dir, prompt, input)
+    lora_config = None
+    if lora_path is not None:
+        lora_config = LoRAConfig.from_dict(json.loads((lora_path / "lora_config.json").read_text())["lora"])
+    model = load_model(checkpoint_dir, precision="32-true", quantize=quantize, lora_config=lora_config,
+                       lora_path=lora_path)
+    if lora_path is not None and quantize is None:
+        merge_lora_weights(model)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    texts = [tokenizer.decode(generate(model, ids, max_new_tokens, stop_tokens=stops, generator=generator,
+                                       **sampling)) for _ in range(num_samples)]
+    return "".join(text + "\n" for text in texts)
+
+
+def test_base_script_greedy_and_sampled(tiny_checkpoint):
+    prompt = "What food do llamas eat?"
+    proc = run_script("generate/base.py", "--checkpoint_dir", tiny_checkpoint, "--prompt", prompt,
+                      "--max_new_tokens", 20, "--temperature", 0, "--precision", "32-true")
+    expected = expected_text(tiny_checkpoint, prompt, 20, temperature=0.0)
+    assert len(expected) > 10
+    assert proc.stdout == expected
+    assert "tokens/s" in proc.stderr and "Peak memory" in proc.stderr
+
+    # every sampling flag, two samples, streamed; the input and an explicit prompt style
+    flags = dict(num_samples=2, max_new_tokens=15, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.2,
+                 seed=7)
+    args = [x for key, value in flags.items() for x in (f"--{key}", value)]
+    proc = run_script("generate/base.py", "--checkpoint_dir", tiny_checkpoint, "--prompt", prompt, "--input",
+                      "Answer briefly.", "--prompt_style", "alpaca", "--precision", "32-true", "--stream", "true",
+                      *args)
+    expected = expected_text(tiny_checkpoint, prompt, 15, style="alpaca", input="Answer briefly.",
+                             **{k: v for k, v in flags.items() if k != "max_new_tokens"})
+    assert proc.stdout == expected
+    first, second = expected.split("\n")[:2]
+    assert first != second  # the two samples differ
+    assert proc.stderr.count("tokens/s") == 2
+    # not streamed: the same text
+    proc = run_script("generate/base.py", "--checkpoint_dir", tiny_checkpoint, "--prompt", prompt, "--input",
+                      "Answer briefly.", "--prompt_style", "alpaca", "--precision", "32-true", "--stream", "false",
+                      *args)
+    assert proc.stdout == expected
+
+
+def test_base_script_raw_prompt_quantized_bf16(tiny_checkpoint):
+    prompt = "Once upon a time"
+    proc = run_script("generate/base.py", "--checkpoint_dir", tiny_checkpoint, "--prompt", prompt,
+                      "--prompt_style", "raw", "--max_new_tokens", 12, "--temperature", 0, "--precision", "32-true",
+                      "--quantize", "bnb.nf4")
+    assert proc.stdout == expected_text(tiny_checkpoint, prompt, 12, style="raw", quantize="bnb.nf4",
+                                        temperature=0.0)
+    proc = run_script("generate/base.py", "--checkpoint_dir", tiny_checkpoint, "--prompt", prompt,
+                      "--prompt_style", "raw", "--max_new_tokens", 12, "--temperature", 0)  # bf16-true
+    assert proc.returncode == 0 and proc.stdout.strip() and "tokens/s" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["generate/base.py", "generate/lora.py"])
+def test_scripts_help(script):
+    out = run_script(script, "--help").stdout
+    for flag in ("--prompt", "--max_new_tokens", "--temperature", "--top_k", "--top_p", "--repetition_penalty",
+                 "--quantize", "--stream", "--prompt_style", "--precision", "--seed", "--num_samples"):
+        assert flag in out
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_base_script_bad_inputs(tiny_checkpoint, tmp_path):
+    base = ["--checkpoint_dir", tiny_checkpoint]
+    length = len(Tokenizer(tiny_checkpoint).encode("word " * 120))
+    message = one_line_error(run_script("generate/base.py", *base, "--prompt", "word " * 120, "--prompt_style", "raw",
+                                        "--max_new_tokens", 20, check=False))
+    assert f"{length} tokens" in message and "20" in message and "128" in message  # prompt, new tokens, context
+    message = one_line_error(run_script("generate/base.py", *base, "--max_new_tokens", 0, check=False))
+    assert "--max_new_tokens 0" in message
+    message = one_line_error(run_script("generate/base.py", *base, "--quantize", "bnb.nf5", check=False))
+    assert "bnb.nf5" in message and "bnb.nf4" in message
+    message = one_line_error(run_script("generate/base.py", *base, "--top_p", 1.5, check=False))
+    assert "top_p" in message
+    message = one_line_error(run_script("generate/base.py", "--checkpoint_dir", tmp_path / "nothing", check=False))
+    assert "nothing" in message
+    message = one_line_error(run_script("generate/base.py", *base, "--prompt_style", "nope", check=False))
+    assert "nope" in message and "alpaca" in message
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A finetune out dir: random (non-zero) LoRA weights for the tiny checkpoint and its lora_config.json."""
+    out_dir = tmp_path_factory.mktemp("lora") / "out"
+    out_dir.mkdir()
+    config = Config.from_checkpoint(tiny_checkpoint)
+    lora = LoRAConfig(r=4, alpha=8, dropout=0.0, head=False)
+    model = add_lora(GPT(config), lora)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if lora_filter(name):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    torch.save(lora_state_dict(model), out_dir / "lit_model_lora_finetuned.pth")
+    run = {"lora": lora.to_dict(), "model": config.to_dict(), "checkpoint_dir": str(tiny_checkpoint.resolve()),
+           "prompt_style": "qa", "data": {}, "train": {}, "precision": "32-true", "quantize": None}
+    (out_dir / "lora_config.json").write_text(json.dumps(run))
+    (out_dir / "prompt_style.json").write_text(json.dumps({"name": "qa"}))
+    return out_dir
+
+
+def test_lora_script(tiny_adapter, tiny_checkpoint, tmp_path):
+    prompt = "What is 12 plus 30?"
+    proc = run_script("generate/lora.py", "--lora_path", tiny_adapter, "--prompt", prompt, "--max_new_tokens", 16,
+                      "--temperature", 0, "--precision", "32-true")
+    expected = expected_text(tiny_checkpoint, prompt, 16, style="qa", lora_path=tiny_adapter, temperature=0.0)
+    assert proc.stdout == expected and "tokens/s" in proc.stderr
+    assert expected != expected_text(tiny_checkpoint, prompt, 16, style="qa", temperature=0.0)  # LoRA matters
+
+    # the adapter file itself; the base checkpoint moved (lora_config.json points nowhere): --checkpoint_dir
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_checkpoint, moved)
+    out_dir = tmp_path / "out"
+    shutil.copytree(tiny_adapter, out_dir)
+    run = json.loads((out_dir / "lora_config.json").read_text())
+    (out_dir / "lora_config.json").write_text(json.dumps({**run, "checkpoint_dir": str(tmp_path / "gone")}))
+    adapter = out_dir / "lit_model_lora_finetuned.pth"
+    message = one_line_error(run_script("generate/lora.py", "--lora_path", adapter, "--prompt", prompt,
+                                        check=False))
+    assert "gone" in message
+    flags = dict(num_samples=2, max_new_tokens=10, temperature=0.8, top_k=30, top_p=0.95, repetition_penalty=1.1,
+                 seed=11)
+    args = [x for key, value in flags.items() for x in (f"--{key}", value)]
+    proc = run_script("generate/lora.py", "--lora_path", adapter, "--checkpoint_dir", moved, "--prompt", prompt,
+                      "--input", "Think.", "--prompt_style", "alpaca", "--precision", "32-true", "--stream", "true",
+                      *args)
+    assert proc.stdout == expected_text(moved, prompt, 10, style="alpaca", input="Think.", lora_path=out_dir,
+                                        **{k: v for k, v in flags.items() if k != "max_new_tokens"})
+    # 4-bit base + adapter (unmerged)
+    proc = run_script("generate/lora.py", "--lora_path", tiny_adapter, "--prompt", prompt, "--max_new_tokens", 8,
+                      "--temperature", 0, "--precision", "32-true", "--quantize", "bnb.nf4")
+    assert proc.stdout == expected_text(tiny_checkpoint, prompt, 8, style="qa", lora_path=tiny_adapter,
+                                        quantize="bnb.nf4", temperature=0.0)
+
+
+def test_lora_script_bad_inputs(tiny_adapter, tiny_checkpoint, tmp_path):
+    assert "--max_new_tokens -3" in one_line_error(
+        run_script("generate/lora.py", "--lora_path", tiny_adapter, "--max_new_tokens", -3, check=False))
+    assert "bnb.q8" in one_line_error(
+        run_script("generate/lora.py", "--lora_path", tiny_adapter, "--quantize", "bnb.q8", check=False))
+    assert "missing" in one_line_error(
+        run_script("generate/lora.py", "--lora_path", tmp_path / "missing", check=False))
+    message = one_line_error(run_script("generate/lora.py", "--lora_path", tiny_adapter, "--prompt", "word " * 100,
+                                        "--max_new_tokens", 50, check=False))
+    assert "50" in message and "128" in message and "tokens" in message
+
+
+############
+# the real model
+############
+def test_smollm2_greedy_matches_transformers(smollm2_gguf, smollm2_dir):
+    """generate/base.py on SmolLM2-135M-Instruct (chat template, float32) prints what transformers generates."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    prompt, n = "What is the capital of France? Answer in one sentence.", 40
+    proc = run_script("generate/base.py", "--checkpoint_dir", smollm2_dir, "--prompt", prompt, "--max_new_tokens", n,
+                      "--temperature", 0, "--precision", "32-true")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                 dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True)).eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=n, do_sample=False)[0, ids.shape[1]:].tolist()
+    if out[-1] == tokenizer.eos_token_id:
+        out = out[:-1]
+    expected = tokenizer.decode(out)
+    assert "Paris" in expected
+    assert proc.stdout == expected + "\n"
