@@ -96,8 +96,8 @@ class Config:
                        bias=hf.get("attention_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False),
                        norm_class_name="RMSNorm", norm_eps=hf["rms_norm_eps"], mlp_class_name="LLaMAMLP",
                        intermediate_size=hf["intermediate_size"])
-            if hf.get("mlp_bias"):
-                raise ValueError(f"{name!r} uses mlp_bias, which is not supported")
+            if bool(hf.get("mlp_bias", False)) != bool(hf.get("attention_bias", False)):
+                raise ValueError(f"{name!r}: attention_bias and mlp_bias differ, which is not supported")
         elif model_type == "gpt_neox":
             rope_base = hf.get("rotary_emb_base", (hf.get("rope_parameters") or {}).get("rope_theta", 10000))
             rotary_pct = hf.get("rotary_pct", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 0.25))

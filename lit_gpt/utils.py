@@ -118,8 +118,9 @@ def check_valid_checkpoint_dir(checkpoint_dir: Union[str, Path], model_filename:
     else:
         problem = f"checkpoint dir {str(checkpoint_dir)!r} has no {', '.join(missing)}"
     repo_id = "/".join(checkpoint_dir.parts[-2:]) if len(checkpoint_dir.parts) >= 2 else "<org>/<name>"
-    fail(f"{problem}. Create it with: python scripts/download.py --repo_id {repo_id} && "
-         f"python scripts/convert_hf_checkpoint.py --checkpoint_dir {checkpoint_dir}")
+    fail(f"{problem}. Create it with: python scripts/download.py --repo_id {repo_id} --checkpoint_dir "
+         f"{checkpoint_dir} (or, for weights already there: python scripts/convert_hf_checkpoint.py "
+         f"--checkpoint_dir {checkpoint_dir})")
     return checkpoint_dir
 
 
