@@ -73,8 +73,9 @@ def load_lora_run(lora_path: Union[str, Path]) -> LoRARun:
     if not names or not all(isinstance(k, str) and lora_filter(k) and isinstance(v, torch.Tensor)
                             for k, v in adapter.items()):
         other = [k for k in names if not (isinstance(k, str) and lora_filter(k))][:3]
-        fail(f"{str(adapter_file)!r} is not a LoRA adapter (expected only lora_A*/lora_B* tensors"
-             f"{', found ' + ', '.join(map(str, other)) if other else ''}): pass the out dir of finetune/lora.py")
+        hint = " (it looks like a base lit_model.pth)" if "transformer.wte.weight" in names else ""
+        fail(f"{str(adapter_file)!r} is not a LoRA adapter{hint}: expected only lora_A*/lora_B* tensors"
+             f"{', found ' + ', '.join(map(str, other)) if other else ''}. Pass the out dir of finetune/lora.py")
     return LoRARun(adapter_file, adapter, lora, config, checkpoint_dir, run.get("prompt_style"), run)
 
 

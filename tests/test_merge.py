@@ -1,12 +1,14 @@
 """scripts/merge_lora.py: merged == unmerged, a self-sufficient output dir, transformers on the export, bad inputs."""
 
+import importlib.util
 import json
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import REPO, run_script
 
 from lit_gpt.config import Config
 from lit_gpt.convert import hf_config_from_lit
@@ -14,7 +16,7 @@ from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict
 from lit_gpt.model import GPT
 from lit_gpt.quantize import load_model
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import check_valid_checkpoint_dir
+from lit_gpt.utils import UserError, check_valid_checkpoint_dir
 
 VOCAB = 49152  # the SmolLM2 tokenizer copied into the tiny checkpoint dirs
 LLAMA = dict(rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm",
@@ -26,6 +28,19 @@ CONFIGS = {
     "falcon-mqa": dict(n_head=4, n_query_groups=1, rotary_percentage=1.0, parallel_residual=True,
                        shared_attention_norm=True, bias=False),
 }
+
+
+@lru_cache
+def script(path: str):
+    """A script imported as a module, to call its `main` in this process (a subprocess costs seconds of imports)."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def merge(**kwargs) -> None:
+    script("scripts/merge_lora.py").main(**kwargs)
 
 
 def tiny_config(kind: str, **kwargs) -> Config:
@@ -54,12 +69,23 @@ def make_checkpoint(path: Path, config: Config, tokenizer_dir: Path, dtype: torc
 def make_finetune_dir(path: Path, checkpoint_dir: Path, lora: LoRAConfig, seed: int = 1, std: float = 0.1,
                       precision: str = "32-true", prompt_style: str = "alpaca") -> Path:
     """An out dir as finetune/lora.py writes it, with random (non-zero) A and B."""
+    model = random_lora_model(checkpoint_dir, lora, seed, std, precision)
+    return save_finetune_dir(path, model, checkpoint_dir, lora, precision, prompt_style)
+
+
+def random_lora_model(checkpoint_dir: Path, lora: LoRAConfig, seed: int = 1, std: float = 0.1,
+                      precision: str = "32-true") -> GPT:
     model = load_model(checkpoint_dir, precision=precision, lora_config=lora)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if lora_filter(name):
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model
+
+
+def save_finetune_dir(path: Path, model: GPT, checkpoint_dir: Path, lora: LoRAConfig, precision: str = "32-true",
+                      prompt_style: str = "alpaca") -> Path:
     path.mkdir(parents=True)
     torch.save(lora_state_dict(model), path / "lit_model_lora_finetuned.pth")
     run = {"lora": lora.to_dict(), "model": model.config.to_dict(), "checkpoint_dir": str(checkpoint_dir.resolve()),
@@ -92,8 +118,11 @@ def test_merged_equals_unmerged_float32(kind, tmp_path, smollm2_dir):
     base = make_checkpoint(tmp_path / "base", tiny_config(kind), smollm2_dir)
     lora = LoRAConfig(r=4, alpha=8, key=kind != "neox")  # neox: query and value only
     out = make_finetune_dir(tmp_path / "out" / "run", base, lora)
-    proc = run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
-    assert "peak memory (RSS)" in proc.stdout
+    if kind == "llama-tied":  # once end to end through the command line
+        proc = run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
+        assert "peak memory (RSS)" in proc.stdout
+    else:
+        merge(lora_path=out, out_dir=tmp_path / "merged")
     x = tokens()
     expected = lora_logits(base, out, x)
     merged = base_logits(tmp_path / "merged", x)
@@ -111,8 +140,7 @@ def test_merged_equals_unmerged_float32(kind, tmp_path, smollm2_dir):
 def test_tied_model_without_head_adapter_stays_tied(tmp_path, smollm2_dir):
     base = make_checkpoint(tmp_path / "base", tiny_config("llama-tied"), smollm2_dir)
     out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8, head=False))
-    run_script("scripts/merge_lora.py", "--lora_path", out / "lit_model_lora_finetuned.pth",
-               "--out_dir", tmp_path / "merged")
+    merge(lora_path=out / "lit_model_lora_finetuned.pth", out_dir=tmp_path / "merged")
     x = tokens()
     torch.testing.assert_close(base_logits(tmp_path / "merged", x), lora_logits(base, out, x), rtol=1e-5, atol=1e-5)
     assert Config.from_checkpoint(tmp_path / "merged").tie_embeddings is True
@@ -125,7 +153,7 @@ def test_bf16_merge_within_rounding_and_precision_flag(tmp_path, smollm2_dir):
     config = tiny_config("llama-gqa")
     base = make_checkpoint(tmp_path / "base", config, smollm2_dir, dtype=torch.bfloat16)
     out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8), precision="bf16-true")
-    run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
+    merge(lora_path=out, out_dir=tmp_path / "merged")
     state = torch.load(tmp_path / "merged" / "lit_model.pth", weights_only=True)
     assert all(t.dtype == torch.bfloat16 for t in state.values())  # the base's saved precision
     x = tokens()
@@ -135,8 +163,7 @@ def test_bf16_merge_within_rounding_and_precision_flag(tmp_path, smollm2_dir):
     error_unmerged, error_merged = (unmerged - reference).abs().max(), (merged - reference).abs().max()
     assert error_merged < 3 * error_unmerged + 2e-2, (error_merged, error_unmerged)  # one more bf16 rounding
 
-    run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged32",
-               "--precision", "32-true")
+    merge(lora_path=out, out_dir=tmp_path / "merged32", precision="32-true")
     state = torch.load(tmp_path / "merged32" / "lit_model.pth", weights_only=True)
     assert all(t.dtype == torch.float32 for t in state.values())
     assert json.loads((tmp_path / "merged32" / "config.json").read_text())["torch_dtype"] == "float32"
@@ -148,7 +175,7 @@ def test_output_dir_is_self_sufficient(tmp_path, smollm2_dir):
     base = make_checkpoint(tmp_path / "base", tiny_config("llama-tied"), smollm2_dir)
     out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8), prompt_style="chatml")
     merged = tmp_path / "merged"
-    run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", merged)
+    merge(lora_path=out, out_dir=merged)
     shutil.rmtree(out)  # nothing in the merged dir refers back to the adapter
     check_valid_checkpoint_dir(merged)
     assert json.loads((merged / "prompt_style.json").read_text()) == {"name": "chatml"}  # the adapter's, not alpaca
@@ -160,14 +187,15 @@ def test_output_dir_is_self_sufficient(tmp_path, smollm2_dir):
     # TODO(generate/base.py, eval): run them on `merged` once they land
 
 
-def test_default_out_dir_and_step_checkpoint(tmp_path, smollm2_dir):
+def test_default_out_dir_and_step_checkpoint(tmp_path, smollm2_dir, monkeypatch):
     base = make_checkpoint(tmp_path / "base", tiny_config("llama-gqa"), smollm2_dir)
     out = make_finetune_dir(tmp_path / "lora" / "myrun", base, LoRAConfig(r=2, alpha=4))
     (out / "checkpoints").mkdir()
     adapter = torch.load(out / "lit_model_lora_finetuned.pth", weights_only=True)
     torch.save({"adapter": adapter, "step_count": 5}, out / "checkpoints" / "step-000005.pth")
-    run_script("scripts/merge_lora.py", "--lora_path", out / "checkpoints" / "step-000005.pth", cwd=tmp_path)
-    merged = tmp_path / "out" / "merged" / "myrun-step-000005"
+    monkeypatch.chdir(tmp_path)
+    merge(lora_path=out / "checkpoints" / "step-000005.pth")
+    merged = tmp_path / "out" / "merged" / "myrun-step-000005"  # relative to the working dir
     x = tokens()
     torch.testing.assert_close(base_logits(merged, x), lora_logits(base, out, x), rtol=1e-5, atol=1e-5)
 
@@ -177,9 +205,9 @@ def test_merged_export_loads_in_transformers(tmp_path, smollm2_dir):
     for kind in ("llama-tied", "neox"):
         base = make_checkpoint(tmp_path / kind / "base", tiny_config(kind), smollm2_dir)
         out = make_finetune_dir(tmp_path / kind / "run", base, LoRAConfig(r=4, alpha=8))
-        run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / kind / "merged")
-        run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", tmp_path / kind / "merged",
-                   "--out_dir", tmp_path / kind / "hf")
+        merge(lora_path=out, out_dir=tmp_path / kind / "merged")
+        script("scripts/convert_lit_checkpoint.py").main(checkpoint_dir=tmp_path / kind / "merged",
+                                                         out_dir=tmp_path / kind / "hf")
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / kind / "hf", dtype=torch.float32)
         x = tokens()
         with torch.no_grad():
@@ -190,40 +218,46 @@ def test_merged_export_loads_in_transformers(tmp_path, smollm2_dir):
 def test_smollm2_merge_convert_transformers(tmp_path, smollm2_dir):
     """The real model: LoRA on SmolLM2-135M -> merge -> convert_lit_checkpoint -> transformers logits."""
     transformers = pytest.importorskip("transformers")
-    out = make_finetune_dir(tmp_path / "run", smollm2_dir, LoRAConfig(r=2, alpha=4, mlp=False), std=0.02,
-                            prompt_style="chatml")
-    proc = run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
-    print(proc.stdout)
-    run_script("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", tmp_path / "merged", "--out_dir",
-               tmp_path / "hf")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    lora = LoRAConfig(r=2, alpha=4, mlp=False)
+    model = random_lora_model(smollm2_dir, lora, std=0.02)
     x = Tokenizer(smollm2_dir).encode("The capital of France is Paris, and the capital of Italy is")[None]
     with torch.no_grad():
+        expected = model(x)
+    out = save_finetune_dir(tmp_path / "run", model, smollm2_dir, lora, prompt_style="chatml")
+    del model
+    merge(lora_path=out, out_dir=tmp_path / "merged")
+    script("scripts/convert_lit_checkpoint.py").main(checkpoint_dir=tmp_path / "merged", out_dir=tmp_path / "hf")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
         actual = hf_model(input_ids=x).logits
-    expected = lora_logits(smollm2_dir, out, x)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-3)
-    assert (expected - base_logits(smollm2_dir, x)).abs().max() > 0.1
+    assert hf_model.config.tie_word_embeddings is False  # the head adapter was merged into its own matrix
+    embedding = hf_model.get_input_embeddings().weight
+    base = torch.load(smollm2_dir / "lit_model.pth", mmap=True, weights_only=True)
+    assert torch.equal(embedding, base["transformer.wte.weight"])  # the embedding keeps the base values
+    assert not torch.equal(hf_model.lm_head.weight, embedding)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bad inputs: a clear message, exit status 1, nothing written
 
 
-def merge_fails(tmp_path: Path, *args) -> str:
-    proc = run_script("scripts/merge_lora.py", *args, "--out_dir", tmp_path / "merged", check=False)
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
+def merge_fails(tmp_path: Path, match: str, **kwargs) -> None:
+    with pytest.raises(UserError, match=match):
+        merge(**kwargs, out_dir=tmp_path / "merged")
     assert not (tmp_path / "merged").exists() and leftovers(tmp_path) == []
-    return proc.stderr
 
 
 def test_base_that_does_not_match_names_both_shapes(tmp_path, smollm2_dir):
     base = make_checkpoint(tmp_path / "base", tiny_config("llama-gqa"), smollm2_dir)
     other = make_checkpoint(tmp_path / "other", tiny_config("llama-gqa", n_embd=48), smollm2_dir)
     out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8))
-    err = merge_fails(tmp_path, "--lora_path", out, "--checkpoint_dir", other)
-    assert "has shape (4, 32) in the adapter but (4, 48) in the model" in err, err
-    assert "tiny-llama-gqa" in err and str(other) in err
+    proc = run_script("scripts/merge_lora.py", "--lora_path", out, "--checkpoint_dir", other,
+                      "--out_dir", tmp_path / "merged", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "has shape (4, 32) in the adapter but (4, 48) in the model" in proc.stderr, proc.stderr
+    assert "tiny-llama-gqa" in proc.stderr and str(other) in proc.stderr
+    assert not (tmp_path / "merged").exists() and leftovers(tmp_path) == []
 
 
 def test_adapter_that_is_not_one(tmp_path, smollm2_dir):
@@ -232,16 +266,17 @@ def test_adapter_that_is_not_one(tmp_path, smollm2_dir):
     adapter = out / "lit_model_lora_finetuned.pth"
 
     shutil.copyfile(base / "lit_model.pth", adapter)  # a base checkpoint where the adapter should be
-    assert "is not a LoRA adapter" in merge_fails(tmp_path, "--lora_path", out)
+    merge_fails(tmp_path, r"not a LoRA adapter \(it looks like a base lit_model\.pth\).*found .*transformer\.wte",
+                lora_path=out)
     adapter.write_text("not a checkpoint\n")
-    assert "Could not read" in merge_fails(tmp_path, "--lora_path", out)
+    merge_fails(tmp_path, "Could not read", lora_path=out)
     torch.save([1, 2, 3], adapter)
-    assert "is not a LoRA adapter" in merge_fails(tmp_path, "--lora_path", out)
+    merge_fails(tmp_path, "is not a LoRA adapter", lora_path=out)
     (out / "lora_config.json").unlink()
-    assert "No lora_config.json next to" in merge_fails(tmp_path, "--lora_path", out)
+    merge_fails(tmp_path, "No lora_config.json next to", lora_path=out)
     (out / "lora_config.json").write_text("{\"lora\": {\"r\": 4}}")
-    assert "is not a lora_config.json" in merge_fails(tmp_path, "--lora_path", out)
-    assert "No adapter at" in merge_fails(tmp_path, "--lora_path", tmp_path / "nowhere")
+    merge_fails(tmp_path, "is not a lora_config.json", lora_path=out)
+    merge_fails(tmp_path, "No adapter at", lora_path=tmp_path / "nowhere")
 
 
 def test_existing_out_dir_and_missing_base(tmp_path, smollm2_dir):
@@ -249,16 +284,15 @@ def test_existing_out_dir_and_missing_base(tmp_path, smollm2_dir):
     out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("keep me")
-    proc = run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "taken", check=False)
-    assert proc.returncode == 1 and "already exists and is not empty" in proc.stderr
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        merge(lora_path=out, out_dir=tmp_path / "taken")
     assert (tmp_path / "taken" / "file").read_text() == "keep me"
     shutil.rmtree(base)
-    err = merge_fails(tmp_path, "--lora_path", out)
-    assert "does not exist" in err and str(base) in err
+    merge_fails(tmp_path, f"{base}.* does not exist", lora_path=out)
 
 
 def test_help():
     proc = run_script("scripts/merge_lora.py", "--help")
     for flag in ("--lora_path", "--checkpoint_dir", "--out_dir", "--precision"):
         assert flag in proc.stdout
-    assert "bf16-true" in proc.stdout
+    assert "bf16-true" in proc.stdout and "lora_config.json" in proc.stdout
