@@ -7,10 +7,7 @@ what the file was made for.
 """
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -18,7 +15,8 @@ import numpy as np
 import torch
 
 from lit_gpt.config import Config, name_to_config
-from lit_gpt.utils import fail
+from lit_gpt.convert import hf_config_from_lit
+from lit_gpt.utils import atomic_dir, fail
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -83,6 +81,10 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         return gguf.get(f"llama.{key}", default)
 
     where = repr(str(gguf.path))
+    required = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
+    missing = [f"llama.{k}" for k in required if arch(k) is None]
+    if missing:
+        fail(f"{where} lacks the metadata {', '.join(missing)}: it is not a complete Llama GGUF")
     if arch("expert_count", 0):
         fail(f"{where} is a mixture-of-experts model, which cannot be converted")
     if arch("rope.scaling.type", "none") not in ("none", None) or "rope_freqs.weight" in gguf.tensors:
@@ -224,7 +226,7 @@ def build_tokenizer(gguf: GGUFFile) -> Any:
     if (add_bos and bos is None) or (add_eos and eos is None):
         fail(f"{str(gguf.path)!r} asks to add a BOS/EOS token but does not say which token that is")
     if add_bos or add_eos:
-        ids = {t: tokens.index(t) for t in (bos, eos) if t is not None}
+        ids = {bos: gguf.get("tokenizer.ggml.bos_token_id"), eos: gguf.get("tokenizer.ggml.eos_token_id")}
         single = ([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else [])
         pair = single + [s.replace(":0", ":1").replace("$A", "$B") for s in single]
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -245,13 +247,13 @@ def _byte_level_bpe(gguf: GGUFFile) -> Any:
              f"Supported: {', '.join(sorted(_PRE_TOKENIZERS))}")
     if not merges:
         fail(f"{str(gguf.path)!r} has a BPE tokenizer without merges ('tokenizer.ggml.merges')")
-    # llama.cpp splits a merge at the first space after its first character
-    pairs = [(m[:m.index(" ", 1)], m[m.index(" ", 1) + 1:]) for m in merges]
     vocab = {t: i for i, t in enumerate(tokens)}
     try:
+        # llama.cpp splits a merge at the first space after its first character
+        pairs = [(m[:m.index(" ", 1)], m[m.index(" ", 1) + 1:]) for m in merges]
         tokenizer = Tokenizer(models.BPE(vocab, pairs, ignore_merges=pre in _IGNORE_MERGES))
-    except Exception as e:
-        fail(f"{str(gguf.path)!r}: its vocabulary and merges do not fit together: {e}")
+    except Exception as e:  # a merge without a space, or of tokens not in the vocabulary
+        fail(f"{str(gguf.path)!r}: its vocabulary and merges do not fit together: {type(e).__name__}: {e}")
     # transformers' GGUF loader gives 'smollm' (and other names it does not list) GPT-2's pre-tokenizer, which
     # does not split digits apart: " 2024" stays one piece. llama.cpp (and SmolLM's own tokenizer.json) split every
     # digit off first. SmolLM2's vocabulary has no merge with a digit, so the ids agree on ASCII digits; they can
@@ -308,18 +310,6 @@ def _add_bos_eos(gguf: GGUFFile) -> tuple:
             bool(gguf.get("tokenizer.ggml.add_eos_token", False)))
 
 
-def _hf_config(config: Config, token_ids: Dict[str, Any], dtype: torch.dtype) -> dict:
-    """The transformers `config.json` of this Llama model."""
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": config.n_embd,
-            "intermediate_size": config.intermediate_size, "num_hidden_layers": config.n_layer,
-            "num_attention_heads": config.n_head, "num_key_value_heads": config.n_query_groups,
-            "head_dim": config.head_size, "hidden_act": "silu", "max_position_embeddings": config.block_size,
-            "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_base, "rope_scaling": None,
-            "tie_word_embeddings": config.tie_embeddings, "vocab_size": config.padded_vocab_size,
-            "attention_bias": False, "mlp_bias": False, "torch_dtype": str(dtype).removeprefix("torch."),
-            **token_ids}
-
-
 def checkpoint_files(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch.float32) -> Dict[str, dict]:
     """The JSON files of the checkpoint dir besides `lit_config.json`: HF config, tokenizer and generation configs,
     prompt style."""
@@ -341,7 +331,7 @@ def checkpoint_files(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch.
                         gguf.get("tokenizer.ggml.eom_token_id")) if i is not None]
     if len(set(stop)) > 1:  # end-of-turn tokens end generation too
         generation["eos_token_id"] = list(dict.fromkeys(stop))
-    files = {"config.json": _hf_config(config, ids, dtype), "tokenizer_config.json": tokenizer_config,
+    files = {"config.json": hf_config_from_lit(config, dtype, **ids), "tokenizer_config.json": tokenizer_config,
              "generation_config.json": generation}
     if template and "<|im_start|>" in template:
         files["prompt_style.json"] = {"name": "chatml"}
@@ -362,22 +352,10 @@ def convert_gguf(gguf_path: Union[str, Path], checkpoint_dir: Optional[Union[str
     files = checkpoint_files(gguf, config, dtype)
     if checkpoint_dir is None:
         checkpoint_dir = Path("checkpoints", config.hf_config["org"], config.hf_config["name"])
-    checkpoint_dir = Path(checkpoint_dir)
-    if checkpoint_dir.exists() and (not checkpoint_dir.is_dir() or any(checkpoint_dir.iterdir())):
-        fail(f"{str(checkpoint_dir)!r} already exists and is not empty: remove it or choose another checkpoint dir")
-    checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{checkpoint_dir.name}.", suffix=".tmp", dir=checkpoint_dir.parent))
-    try:
+    with atomic_dir(checkpoint_dir) as tmp:
         torch.save(load_gguf_weights(gguf, config, dtype), tmp / "lit_model.pth")
         config.save(tmp / "lit_config.json")
         tokenizer.save(str(tmp / "tokenizer.json"))
         for name, content in files.items():
             (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
-        for path in tmp.iterdir():  # temp files are created private (0600)
-            path.chmod(0o644)
-        tmp.chmod(0o755)
-        os.replace(tmp, checkpoint_dir)  # also replaces an empty dir
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return checkpoint_dir
+    return Path(checkpoint_dir)

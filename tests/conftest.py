@@ -52,13 +52,19 @@ def smollm2_dir(smollm2_gguf: Path) -> Path:
     from lit_gpt.gguf import convert_gguf
 
     out = CACHE / "SmolLM2-135M-Instruct"
-    stamp = out / "converted_by_gguf_py.sha256"
+    stamp = "converted_by_gguf_py.sha256"
     digest = hashlib.sha256((REPO / "lit_gpt" / "gguf.py").read_bytes()).hexdigest()
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / "SmolLM2-135M-Instruct.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (stamp.is_file() and stamp.read_text() == digest and (out / "lit_model.pth").is_file()):
-            shutil.rmtree(out, ignore_errors=True)
-            convert_gguf(smollm2_gguf, out)
-            stamp.write_text(digest)
+        if not ((out / stamp).is_file() and (out / stamp).read_text() == digest and (out / "lit_model.pth").is_file()):
+            # convert beside it, then swap: tests of other sessions still reading the old dir keep working
+            fresh, old = out.with_name(f"{out.name}.{os.getpid()}.new"), out.with_name(f"{out.name}.{os.getpid()}.old")
+            shutil.rmtree(fresh, ignore_errors=True)
+            convert_gguf(smollm2_gguf, fresh)
+            (fresh / stamp).write_text(digest)
+            if out.exists():
+                os.rename(out, old)
+            os.rename(fresh, out)
+            shutil.rmtree(old, ignore_errors=True)
     return out
