@@ -170,24 +170,24 @@ def prepare(train_rows: list[dict], val_rows: Optional[list[dict]], *, checkpoin
     counts = {"train": 0, "val": 0, "truncated": 0, "skipped_prompt_too_long": 0, "skipped_empty_output": 0}
     skipped_rows = []
 
-    def tokenize(rows: list[dict], split: str) -> list[dict]:
+    def tokenize(rows: list[dict], where: str) -> list[dict]:
         samples = []
         for number, row in enumerate(rows, 1):
             if not row["output"].strip():
                 counts["skipped_empty_output"] += 1
-                skipped_rows.append(f"{split} row {number} (empty output)")
+                skipped_rows.append(f"{where}row {number} (empty output)")
                 continue
             sample = prepare_sample(row, tokenizer, style, max_seq_length, mask_inputs)
             if sample is None:
                 counts["skipped_prompt_too_long"] += 1
-                skipped_rows.append(f"{split} row {number} (prompt >= {max_seq_length} tokens)")
+                skipped_rows.append(f"{where}row {number} (prompt >= {max_seq_length} tokens)")
                 continue
             counts["truncated"] += sample.pop("truncated")
             samples.append(sample)
         return samples
 
-    train = tokenize(train_rows, "train")
-    val = tokenize(val_rows, "val") if val_rows is not None else None
+    train = tokenize(train_rows, "")
+    val = tokenize(val_rows, "val_file ") if val_rows is not None else None
     if not train or val == []:
         fail(f"No {'training' if not train else 'validation'} examples left after skipping {len(skipped_rows)} "
              f"({', '.join(skipped_rows[:5])}): raise --max_seq_length or check the data")

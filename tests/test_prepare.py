@@ -198,7 +198,7 @@ def test_prepare_alpaca_counts_truncation_and_skips(tmp_path: Path, smollm2_dir:
                       "--destination_path", out, "--max_seq_length", max_len, "--val_split_fraction", "0.25",
                       "--seed", "7")
     assert counts_line(proc.stdout) == {"train": 5, "val": 2, "truncated": 1, "skipped": 2}
-    assert "train row 7 (prompt >= " in proc.stdout and "train row 9 (empty output)" in proc.stdout
+    assert "Skipped: row 7 (prompt >= " in proc.stdout and ", row 9 (empty output)" in proc.stdout
     train, val, config = load_prepared(out)
     assert config["counts"] == {"train": 5, "val": 2, "truncated": 1, "skipped_prompt_too_long": 1,
                                 "skipped_empty_output": 1}
