@@ -195,8 +195,9 @@ def prepare(train_rows: list[dict], val_rows: Optional[list[dict]], *, checkpoin
         train, val = split_rows(train, 0.05 if val_split_fraction is None else val_split_fraction, seed)
     counts["train"], counts["val"] = len(train), len(val)
 
-    config = {"checkpoint_dir": str(checkpoint_dir), "prompt_style": style.name, "max_seq_length": max_seq_length,
-              "mask_inputs": mask_inputs, "seed": seed, "source": source, "counts": counts}
+    config = {"checkpoint_dir": str(Path(checkpoint_dir).resolve()), "prompt_style": style.name,
+              "max_seq_length": max_seq_length, "mask_inputs": mask_inputs, "seed": seed,
+              "source": str(Path(source).resolve()), "counts": counts}
     write_prepared(destination_path, train, val, style, config)
     print(f"Wrote {str(destination_path)!r}: train {counts['train']}, val {counts['val']}, "
           f"truncated {counts['truncated']} (cut to max_seq_length={max_seq_length}), skipped {len(skipped_rows)}")

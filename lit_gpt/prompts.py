@@ -126,8 +126,8 @@ class TinyLlamaChat(PromptStyle):
 
 
 class FalconInstruct(PromptStyle):
-    """falcon-7b-instruct: TII documents no template; this is the "User: ...\\nFalcon:" turn format of the chat
-    template on the Hugging Face repo. The model seldom emits eos, so a new "\\nUser:" line also ends an answer."""
+    """falcon-7b-instruct: TII publishes no prompt format; this style uses "User: ...\\nFalcon:" turns. The model
+    seldom emits eos, so a new "\\nUser:" line also ends an answer."""
 
     name = "falcon-instruct"
     response_prefix = " "
