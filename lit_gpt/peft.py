@@ -9,6 +9,8 @@ lora_alpha / r (per module: `rank_pattern` / `alpha_pattern`): the math of our `
 
 - Llama (SmolLM2, TinyLlama, Llama 2, Mistral): our qkv parts are q_proj/k_proj/v_proj, attn.proj is o_proj, the MLP
   is gate_proj/up_proj/down_proj, lm_head is lm_head: the tensors are the same.
+- GPT-NeoX's output layer is the module `lm_head` in transformers 5 (its checkpoints and transformers 4 say
+  `embed_out`); PEFT addresses modules, so exports say `lm_head`, and imports take either.
 - GPT-NeoX and Falcon fuse q, k and v into one `query_key_value` linear with one A and one B. Exporting, the k enabled
   parts become one adapter of rank k*r: A stacks the parts' A, B puts each part's B in its own r columns and its own
   rows (block-diagonal, rows in HF's layout: per head [q, k, v] for GPT-NeoX and multi-head Falcon, [q heads | k | v]
@@ -30,9 +32,9 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.convert import family, hf_to_lit_name, lit_to_hf_name, qkv_from_interleaved, qkv_to_interleaved
-from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, lora_files, lora_filter, suffix
+from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, check_lora_state_dict, lora_files, lora_filter, suffix
 from lit_gpt.model import GPT
-from lit_gpt.utils import atomic_dir, fail, lazy_load
+from lit_gpt.utils import UserError, atomic_dir, fail, lazy_load
 
 PREFIX = "base_model.model."
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -86,6 +88,19 @@ def lora_layers(config: Config, lora: LoRAConfig) -> Dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+def check_adapter_fits(run: LoRARun, config: Config, base: Union[str, Path]) -> GPT:
+    """The LoRA model of `config` on the meta device, after checking that the adapter's tensors fit it; else fails
+    with both shapes and both models (`base`: where `config` comes from)."""
+    with torch.device("meta"):
+        model = add_lora(GPT(config), run.lora)
+    try:
+        check_lora_state_dict(model, run.adapter, source=repr(str(run.adapter_file)))
+    except UserError as e:
+        fail(f"{e}. The base is {str(base)!r} ({config.name}); the adapter was trained on "
+             f"{str(run.checkpoint_dir)!r} ({run.config.name})")
+    return model
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # our adapter -> PEFT
 
@@ -103,6 +118,20 @@ def _fused_qkv_from_hf(t: torch.Tensor, config: Config) -> torch.Tensor:
     return t
 
 
+def _hf_module(name: str, config: Config, part: Optional[str] = None) -> str:
+    """The transformers module (as PEFT addresses it) of our module `name` (Llama's qkv: of its `part`)."""
+    hf = lit_to_hf_name(name, config, part)
+    return "lm_head" if hf == "embed_out" else hf  # GPT-NeoX's output layer in transformers 5
+
+
+def _lit_module(hf: str, config: Config) -> Tuple[Optional[str], Optional[str]]:
+    """(our module, Llama's qkv part or None) of a transformers module; (None, None) if we have none."""
+    if hf == "lm_head" and family(config) == "gpt_neox":
+        hf = "embed_out"
+    weight_name, part = hf_to_lit_name(f"{hf}.weight", config)
+    return (weight_name[: -len(".weight")] if weight_name else None), part
+
+
 def _check_family(config: Config) -> None:
     if family(config) == "falcon" and config.n_query_groups not in (1, config.n_head):
         fail(f"{config.name!r}: Falcon with {config.n_query_groups} query groups has no transformers counterpart")
@@ -118,21 +147,21 @@ def to_peft(adapter: Dict[str, torch.Tensor], lora: LoRAConfig, config: Config, 
         pairs = {part: (adapter[f"{name}.lora_A{suffix(part)}"], adapter[f"{name}.lora_B{suffix(part)}"])
                  for part in layer.adapted}
         if name.endswith(".attn.qkv") and family(config) == "llama":  # q_proj, k_proj, v_proj: one to one
-            per_module = {lit_to_hf_name(name, config, part): pairs[part] for part in layer.adapted}
+            per_module = {_hf_module(name, config, part): pairs[part] for part in layer.adapted}
         elif name.endswith(".attn.qkv"):  # one query_key_value adapter of rank k*r, block-diagonal
             A = torch.cat([pairs[part][0] for part in layer.adapted])  # (k*r, in)
             B = torch.zeros(layer.out_features, A.size(0), dtype=A.dtype)  # (out, k*r)
             row = dict(zip(layer.parts, torch.tensor([0, *layer.parts.values()]).cumsum(0).tolist()))
             for i, part in enumerate(layer.adapted):
                 B[row[part]: row[part] + layer.parts[part], i * lora.r: (i + 1) * lora.r] = pairs[part][1]
-            per_module = {lit_to_hf_name(name, config): (A, _fused_qkv_to_hf(B, config))}
+            per_module = {_hf_module(name, config): (A, _fused_qkv_to_hf(B, config))}
             if len(layer.adapted) > 1:
-                ranks[lit_to_hf_name(name, config).rsplit(".", 1)[-1]] = len(layer.adapted)
+                ranks[_hf_module(name, config).rsplit(".", 1)[-1]] = len(layer.adapted)
         else:
             A, B = pairs[""]
             if name == "lm_head" and vocab_size is not None and vocab_size < B.size(0):
                 B = B[:vocab_size]  # our vocabulary is padded; the padded rows' logits are never used
-            per_module = {lit_to_hf_name(name, config): (A, B)}
+            per_module = {_hf_module(name, config): (A, B)}
         for module, (A, B) in per_module.items():
             tensors[f"{PREFIX}{module}.lora_A.weight"] = A.contiguous()
             tensors[f"{PREFIX}{module}.lora_B.weight"] = B.contiguous()
@@ -262,8 +291,7 @@ def from_peft(peft_config: dict, tensors: Dict[str, torch.Tensor], config: Confi
 
     found = {}  # (our module, part or None) -> (A, B, alpha / r of that module)
     for module, ab in sorted(pairs.items()):
-        weight_name, part = hf_to_lit_name(f"{module}.weight", config)
-        ours = weight_name[: -len(".weight")] if weight_name else None
+        ours, part = _lit_module(module, config)
         if ours not in every:
             fail(f"{source} adapts {module!r}, which has no LoRA counterpart in a {family(config)} model (we adapt "
                  "the attention q/k/v and output projections, the MLP and the LM head)")
@@ -322,8 +350,9 @@ def from_peft(peft_config: dict, tensors: Dict[str, torch.Tensor], config: Confi
 def _check_saved_base_weight(name: str, tensor: torch.Tensor, config: Config,
                              base_state_dict: Optional[Dict[str, torch.Tensor]], source: str) -> None:
     """PEFT saves lm_head's (or the embedding's) base weight with an adapter on it: it must be our base's."""
-    ours, _ = hf_to_lit_name(name, config)
-    if ours is None or ours not in ("lm_head.weight", "transformer.wte.weight"):
+    module, _ = _lit_module(name[: -len(".weight")], config)
+    ours = f"{module}.weight"
+    if module not in ("lm_head", "transformer.wte"):
         fail(f"{source} holds the full weight {name!r}: a trained base weight, which our adapters cannot represent")
     if base_state_dict is None:
         return

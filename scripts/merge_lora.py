@@ -24,16 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import TOKENIZER_FILES, hf_config_from_lit  # noqa: E402
-from lit_gpt.lora import (  # noqa: E402
-    LoRALinear,
-    add_lora,
-    check_base_state_dict,
-    check_lora_state_dict,
-    lora_filter,
-    suffix,
-)
+from lit_gpt.lora import LoRALinear, check_base_state_dict, lora_filter, suffix  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.peft import LoRARun, load_lora_run  # noqa: E402
+from lit_gpt.peft import LoRARun, check_adapter_fits, load_lora_run  # noqa: E402
 from lit_gpt.prompts import (  # noqa: E402
     PromptStyle,
     has_prompt_style,
@@ -42,7 +35,7 @@ from lit_gpt.prompts import (  # noqa: E402
     save_prompt_style,
 )
 from lit_gpt.quantize import precision_dtype  # noqa: E402
-from lit_gpt.utils import UserError, atomic_dir, check_valid_checkpoint_dir, cli, fail, lazy_load  # noqa: E402
+from lit_gpt.utils import atomic_dir, check_valid_checkpoint_dir, cli, fail, lazy_load  # noqa: E402
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -74,14 +67,8 @@ def main(
     config = Config.from_checkpoint(checkpoint_dir)
     base = lazy_load(checkpoint_dir / "lit_model.pth")
     base = base.get("model", base)
-    with torch.device("meta"):
-        model = add_lora(GPT(config), run.lora)
+    model = check_adapter_fits(run, config, checkpoint_dir)  # the LoRA model, on the meta device
     check_base_state_dict(model, base, source=repr(str(checkpoint_dir / "lit_model.pth")))
-    try:
-        check_lora_state_dict(model, run.adapter, source=repr(str(run.adapter_file)))
-    except UserError as e:
-        fail(f"{e}. The base is {str(checkpoint_dir)!r} ({config.name}); the adapter was trained on "
-             f"{str(run.checkpoint_dir)!r} ({run.config.name})")
     if config.to_dict() != run.config.to_dict():
         print(f"note: the adapter was trained on {run.config.name!r} ({str(run.checkpoint_dir)!r}); merging it into "
               f"{config.name!r} ({str(checkpoint_dir)!r}), which has the same shapes")
