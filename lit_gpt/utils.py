@@ -41,10 +41,17 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 @contextmanager
@@ -60,8 +67,7 @@ def atomic_dir(path: Union[str, Path]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = _umask()
         for file in tmp.rglob("*"):
             file.chmod((0o777 if file.is_dir() else 0o666) & ~umask)  # mkdtemp/mkstemp create them private
         tmp.chmod(0o777 & ~umask)
