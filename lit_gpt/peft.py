@@ -65,7 +65,7 @@ def load_lora_run(lora_path: Union[str, Path]) -> LoRARun:
         lora = LoRAConfig.from_dict(run["lora"])
         config = Config(**{k: v for k, v in run["model"].items() if k != "rope_n_elem"})
         checkpoint_dir = Path(run["checkpoint_dir"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as e:
         fail(f"{str(config_file)!r} is not a lora_config.json of finetune/lora.py ({type(e).__name__}: {e}); it "
              "needs the keys lora, model and checkpoint_dir")
     adapter = lazy_load(adapter_file)

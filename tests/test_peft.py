@@ -1,5 +1,6 @@
 """PEFT adapters: export (peft on transformers gives our logits), import (our model gives peft's logits), bad inputs."""
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -121,7 +122,13 @@ def test_export_names_the_hf_repo_and_trims_the_padded_vocabulary(tmp_path, smol
 def hf_base(kind: str, tmp_path: Path, smollm2_dir: Path, seed: int = 0, **config_kwargs):
     """(a tiny random transformers model, our checkpoint dir converted from it by convert_hf_checkpoint)."""
     torch.manual_seed(seed)
-    if kind == "neox":
+    if kind == "falcon":
+        hf_config = transformers.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, multi_query=True, new_decoder_architecture=False,
+                                              parallel_attn=True, bias=False, alibi=False, max_position_embeddings=64,
+                                              **config_kwargs)
+        model = transformers.FalconForCausalLM(hf_config)
+    elif kind == "neox":
         hf_config = transformers.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                                num_attention_heads=4, intermediate_size=64, rotary_pct=0.25,
                                                max_position_embeddings=64, **config_kwargs)
@@ -169,11 +176,13 @@ def peft_adapter(model, peft_dir: Path, seed: int = 2, **lora_kwargs):
      dict(query=False, key=True, value=False, projection=False, mlp=True, head=False)),
     ("neox", dict(r=4, lora_alpha=8, target_modules=["query_key_value", "dense_h_to_4h", "lm_head"]),
      dict(query=True, key=True, value=True, projection=False, mlp=True, head=True)),
+    ("falcon", dict(r=2, lora_alpha=4, target_modules=["query_key_value", "dense"]),  # multi-query: [q heads | k | v]
+     dict(query=True, key=True, value=True, projection=True, mlp=False, head=False)),
 ])
 def test_import_gives_peft_logits(kind, lora_kwargs, switches, tmp_path, smollm2_dir):
     model, checkpoint_dir = hf_base(kind.split("-")[0], tmp_path, smollm2_dir,
                                     **({"tie_word_embeddings": True} if kind == "llama-tied" else {}))
-    assert Config.from_checkpoint(checkpoint_dir).tie_embeddings == (kind == "llama-tied")
+    assert Config.from_checkpoint(checkpoint_dir).tie_embeddings == model.config.tie_word_embeddings
     x = tokens()
     with torch.no_grad():
         base_out = model(input_ids=x).logits
@@ -223,6 +232,7 @@ def test_import_via_cli_and_export_round_trip(tmp_path, smollm2_dir):
 
 def test_import_rejects_what_it_cannot_represent(tmp_path, smollm2_dir):
     model, checkpoint_dir = hf_base("llama", tmp_path, smollm2_dir, tie_word_embeddings=True)
+    fresh = copy.deepcopy(model)
     peft_adapter(model, tmp_path / "peft", r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"])
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
 
@@ -250,7 +260,7 @@ def test_import_rejects_what_it_cannot_represent(tmp_path, smollm2_dir):
     fails(r"q_proj' has lora_A \(4, 48\) and lora_B \(48, 4\), but .* needs lora_A \(r, 32\) and lora_B \(32, r\)",
           peft_dir=tmp_path / "wide")
     # adapted modules we have no LoRA for
-    peft_adapter(model, tmp_path / "emb", r=4, target_modules=["embed_tokens"])
+    peft_adapter(fresh, tmp_path / "emb", r=4, target_modules=["embed_tokens"])
     fails("lora_embedding_A", peft_dir=tmp_path / "emb")
 
     (tmp_path / "broken").mkdir()
