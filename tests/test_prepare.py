@@ -103,6 +103,16 @@ def test_prepare_sample(tokenizer: Tokenizer) -> None:
     assert tokenizer.decode(with_input["input_ids"]) == "Q: Add.\n2 and 5\nA: 7<|im_end|>"
     assert tokenizer.decode(with_input["input_ids"][with_input["labels"] != -100]) == " 7<|im_end|>"
 
+    # an answer whose first token would merge with the prompt's last one ("\n" + "  ..."): the prompt keeps the ids
+    # generation will see, the answer is encoded on its own
+    alpaca = PromptStyle.from_name("alpaca")
+    prompt_ids = tokenizer.encode(alpaca.apply("Indent it."))
+    assert not torch.equal(tokenizer.encode(alpaca.apply("Indent it.") + "  x = 1")[:len(prompt_ids)], prompt_ids)
+    merged = prepare_sample({"instruction": "Indent it.", "output": "  x = 1"}, tokenizer, alpaca, 100)
+    assert torch.equal(merged["input_ids"][:len(prompt_ids)], prompt_ids)
+    assert (merged["labels"] == -100).sum() == len(prompt_ids)
+    assert tokenizer.decode(merged["input_ids"]) == alpaca.apply("Indent it.") + "  x = 1<|im_end|>"
+
 
 def test_collate_and_longest_first() -> None:
     a = {"input_ids": torch.tensor([5, 6, 7, 8, 9]), "labels": torch.tensor([-100, -100, 7, 8, 9])}
