@@ -127,8 +127,9 @@ class LoRALinear(Linear):
                 deltas.append(F.linear(F.linear(h, A), B) * self.scaling)  # (..., size)
             else:
                 deltas.append(out.new_zeros(*out.shape[:-1], size))
-        delta = deltas[0] if len(deltas) == 1 else torch.cat([d.to(out.dtype) for d in deltas], dim=-1)
-        return out + delta.to(out.dtype)
+        if len(deltas) == 1:
+            return out + deltas[0].to(out.dtype)
+        return out + torch.cat([d.to(out.dtype) for d in deltas], dim=-1)
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
@@ -176,10 +177,10 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
 
     The base weights are kept as they are (same Parameter objects), so loading and weight tying are unaffected.
     """
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("add_lora was already applied to this model")
     for block in model.transformer.h:
         attn, c = block.attn, model.config
-        if any(isinstance(m, LoRALinear) for m in block.modules()):
-            raise ValueError("add_lora was already applied to this model")
         q_rows, kv_rows = c.n_head * c.head_size, c.n_query_groups * c.head_size
         adapted = [part for part in ("query", "key", "value") if getattr(config, part)]
         if adapted:

@@ -222,6 +222,9 @@ def test_load_model_with_adapter_from_out_dir(tmp_path):
     loaded = load_model(tmp_path / "ckpt", precision="32-true", lora_path=out_dir)  # settings from lora_config.json
     assert torch.equal(loaded(x), trained(x))
     assert not hasattr(loaded.transformer.h[0].attn.qkv, "lora_A_key")
+    atomic_save({"adapter": lora_state_dict(trained)}, out_dir / "checkpoints" / "step-000010.pth")
+    loaded = load_model(tmp_path / "ckpt", precision="32-true", lora_path=out_dir / "checkpoints" / "step-000010.pth")
+    assert torch.equal(loaded(x), trained(x))  # a training checkpoint: lora_config.json found one level up
     loaded = load_model(tmp_path / "ckpt", precision="bf16-true", quantize="bnb.nf4", lora_path=out_dir)
     assert relative_error(loaded(x), trained(x)) < 0.2
 
@@ -345,3 +348,38 @@ def test_chunked_quantization_equals_bitsandbytes_whole(monkeypatch):
             if state.nested:
                 assert torch.equal(ours.quant_state.offset, state.offset)
                 assert torch.equal(ours.quant_state.state2.absmax, state.state2.absmax)
+
+
+def test_smollm2_nf4_close_to_bf16_and_trains(smollm2_dir):
+    """The real 135M model: nf4 predicts like bf16, and a few QLoRA steps lower the loss."""
+    from lit_gpt.tokenizer import Tokenizer
+
+    text = ("The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome. "
+            "Water boils at one hundred degrees Celsius at sea level.")
+    ids = Tokenizer(smollm2_dir).encode(text, bos=False)[None]  # (1, T)
+    bf16 = load_model(smollm2_dir, precision="bf16-true", max_seq_length=64)
+    with torch.no_grad():
+        reference = bf16(ids[:, :-1]).float()
+    del bf16
+    model = load_model(smollm2_dir, precision="bf16-true", quantize="bnb.nf4", lora_config=LoRAConfig(),
+                       max_seq_length=64)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied: the head stays bf16
+    with torch.no_grad():
+        logits = model(ids[:, :-1]).float()
+    loss_bf16 = F.cross_entropy(reference[0], ids[0, 1:])
+    loss_nf4 = F.cross_entropy(logits[0], ids[0, 1:])
+    agreement = (logits.argmax(-1) == reference.argmax(-1)).float().mean()
+    print(f"SmolLM2 loss bf16 {loss_bf16:.3f} nf4 {loss_nf4:.3f}, top-1 agreement {agreement:.2f}")
+    assert loss_bf16 < 3 and abs(loss_nf4 - loss_bf16) < 0.25 * loss_bf16 and agreement > 0.75
+
+    mark_only_lora_as_trainable(model)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    losses = []
+    for _ in range(3):
+        loss = F.cross_entropy(model(ids[:, :-1])[0].float(), ids[0, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
