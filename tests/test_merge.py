@@ -171,12 +171,14 @@ def test_bf16_merge_within_rounding_and_precision_flag(tmp_path, smollm2_dir):
     torch.testing.assert_close(merged32, reference, rtol=1e-4, atol=1e-4)  # merged in float32 from the bf16 base
 
 
-def test_output_dir_is_self_sufficient(tmp_path, smollm2_dir):
-    base = make_checkpoint(tmp_path / "base", tiny_config("llama-tied"), smollm2_dir)
+def test_output_dir_is_self_sufficient(tmp_path, smollm2_dir, capsys):
+    """generate/base.py and the eval script on the merged dir give what generate/lora.py and the eval script give on
+    the adapter, with nothing copied by hand (and the adapter deleted)."""
+    base = make_checkpoint(tmp_path / "base", tiny_config("llama-gqa"), smollm2_dir)
     out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=4, alpha=8), prompt_style="chatml")
     merged = tmp_path / "merged"
     merge(lora_path=out, out_dir=merged)
-    shutil.rmtree(out)  # nothing in the merged dir refers back to the adapter
+    capsys.readouterr()
     check_valid_checkpoint_dir(merged)
     assert json.loads((merged / "prompt_style.json").read_text()) == {"name": "chatml"}  # the adapter's, not alpaca
     assert (merged / "generation_config.json").is_file() and (merged / "tokenizer_config.json").is_file()
@@ -184,7 +186,23 @@ def test_output_dir_is_self_sufficient(tmp_path, smollm2_dir):
     assert Tokenizer(merged).encode(text).tolist() == Tokenizer(base).encode(text).tolist()
     assert Tokenizer(merged).stop_ids == Tokenizer(base).stop_ids
     assert Config.from_checkpoint(merged).n_embd == 32
-    # TODO(generate/base.py, eval): run them on `merged` once they land
+
+    greedy = dict(prompt="What food do llamas eat?", max_new_tokens=8, temperature=0.0, precision="32-true",
+                  stream=False)
+    script("generate/lora.py").main(lora_path=out, **greedy)
+    with_adapter = capsys.readouterr().out
+    evaluation = dict(tasks="lit_cloze", limit=4, batch_size=4, precision="32-true", bootstrap_iters=0)
+    script("eval/lm_eval_harness.py").setup(lora_path=out, save_filepath=tmp_path / "lora.json", **evaluation)
+    shutil.rmtree(out)  # nothing in the merged dir refers back to the adapter
+    capsys.readouterr()
+    script("generate/base.py").main(checkpoint_dir=merged, **greedy)
+    assert capsys.readouterr().out == with_adapter and len(set(with_adapter.strip())) > 3, with_adapter
+    script("eval/lm_eval_harness.py").setup(checkpoint_dir=merged, save_filepath=tmp_path / "merged.json",
+                                            **evaluation)
+    scores = [json.loads((tmp_path / f"{name}.json").read_text())["results"]["lit_cloze"]
+              for name in ("lora", "merged")]
+    metrics = [k for k in scores[0] if k.startswith("acc")]
+    assert metrics and all(scores[1][k] == pytest.approx(scores[0][k]) for k in metrics)
 
 
 def test_default_out_dir_and_step_checkpoint(tmp_path, smollm2_dir, monkeypatch):

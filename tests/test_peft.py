@@ -207,13 +207,26 @@ def test_import_gives_peft_logits(kind, lora_kwargs, switches, tmp_path, smollm2
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_import_via_cli_and_export_round_trip(tmp_path, smollm2_dir):
+def test_import_via_cli_and_export_round_trip(tmp_path, smollm2_dir, capsys):
     model, checkpoint_dir = hf_base("llama", tmp_path, smollm2_dir)
     peft_adapter(model, tmp_path / "peft", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
     proc = run_script("scripts/import_peft.py", "--peft_dir", tmp_path / "peft", "--checkpoint_dir", checkpoint_dir,
                       "--out_dir", tmp_path / "imported")
     assert "zero adapters" in proc.stdout  # gate_proj and up_proj: our mlp switch covers all three
     assert json.loads((tmp_path / "imported" / "prompt_style.json").read_text()) == {"name": "alpaca"}
+    # generate/lora.py takes the imported dir as it takes a finetune out dir: greedy text == PEFT's greedy tokens
+    script("generate/lora.py").main(lora_path=tmp_path / "imported", prompt="Hi", max_new_tokens=6, temperature=0.0,
+                                    precision="32-true", stream=False)
+    from lit_gpt.prompts import PromptStyle
+    from lit_gpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(checkpoint_dir)
+    prompt = tokenizer.encode(PromptStyle.from_name("alpaca").apply("Hi"))[None]
+    peft_model = peft.PeftModel.from_pretrained(hf_base("llama", tmp_path / "again", smollm2_dir)[0], tmp_path / "peft")
+    with torch.no_grad():
+        greedy = peft_model.eval().generate(input_ids=prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    expected = tokenizer.decode(greedy[0, prompt.size(1):]).strip()
+    assert capsys.readouterr().out.strip() == expected and len(expected) > 3
     export(lora_path=tmp_path / "imported", out_dir=tmp_path / "peft2")
     from safetensors.torch import load_file
 
