@@ -10,6 +10,7 @@ Modes: "bnb.nf4" / "bnb.fp4" (4-bit, blocks of 64, `-dq`: double quantization of
 (LLM.int8 row-wise; on CPU bitsandbytes dequantizes and runs a float matmul). They run on CPU and CUDA.
 """
 
+import json
 import logging
 import math
 from collections import defaultdict
@@ -247,8 +248,9 @@ def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true"
 
     With Fabric: `fabric = L.Fabric(precision=precision)`, then `load_model(..., precision=precision,
     device=fabric.device)` and `fabric.setup_module(model)`: a "-true" precision finds the weights already in its
-    dtype and a "-mixed" one autocasts the forward (quantized matmuls included). Without Fabric, call the model
-    inside `torch.autocast(device_type, dtype)` for "-mixed" precisions.
+    dtype (it casts the RoPE cache to it, which is what Hugging Face models do before applying it) and a "-mixed" one
+    autocasts the forward (quantized matmuls included). Without Fabric, call the model inside
+    `torch.autocast(device_type, dtype)` for "-mixed" precisions.
     """
     # imported here because lit_gpt.lora imports this module
     from lit_gpt.lora import (
@@ -273,9 +275,10 @@ def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true"
         if lora_config is None:
             if config_file is None:
                 fail(f"No lora_config.json next to {str(adapter_file)!r}: pass the LoRA settings it was trained with")
-            import json
-
-            lora_config = LoRAConfig.from_dict(json.loads(config_file.read_text())["lora"])
+            run_config = json.loads(config_file.read_text())
+            if "lora" not in run_config:
+                fail(f"{str(config_file)!r} has no 'lora' settings: was it written by finetune/lora.py?")
+            lora_config = LoRAConfig.from_dict(run_config["lora"])
         adapter = lazy_load(adapter_file)
         adapter = adapter.get("adapter", adapter)
 
