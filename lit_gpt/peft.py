@@ -113,6 +113,7 @@ def _fused_qkv_to_hf(t: torch.Tensor, config: Config) -> torch.Tensor:
 
 
 def _fused_qkv_from_hf(t: torch.Tensor, config: Config) -> torch.Tensor:
+    """Rows of HF's `query_key_value` in our fused order."""
     if family(config) == "gpt_neox" or config.n_query_groups == config.n_head:
         return qkv_from_interleaved(t, config)
     return t
@@ -151,9 +152,12 @@ def to_peft(adapter: Dict[str, torch.Tensor], lora: LoRAConfig, config: Config, 
         elif name.endswith(".attn.qkv"):  # one query_key_value adapter of rank k*r, block-diagonal
             A = torch.cat([pairs[part][0] for part in layer.adapted])  # (k*r, in)
             B = torch.zeros(layer.out_features, A.size(0), dtype=A.dtype)  # (out, k*r)
-            row = dict(zip(layer.parts, torch.tensor([0, *layer.parts.values()]).cumsum(0).tolist()))
-            for i, part in enumerate(layer.adapted):
-                B[row[part]: row[part] + layer.parts[part], i * lora.r: (i + 1) * lora.r] = pairs[part][1]
+            row = 0
+            for part, rows in layer.parts.items():  # part i: its rows, columns i*r ... (i+1)*r
+                if part in pairs:
+                    i = layer.adapted.index(part)
+                    B[row: row + rows, i * lora.r: (i + 1) * lora.r] = pairs[part][1]
+                row += rows
             per_module = {_hf_module(name, config): (A, _fused_qkv_to_hf(B, config))}
             if len(layer.adapted) > 1:
                 ranks[_hf_module(name, config).rsplit(".", 1)[-1]] = len(layer.adapted)
