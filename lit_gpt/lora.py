@@ -244,8 +244,9 @@ def _names(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _shape(tensor: torch.Tensor) -> Tuple[int, ...]:
-    return weight_shape(tensor) if getattr(tensor, "quant_state", None) is not None else tuple(tensor.shape)
+def _key_problems(missing: Sequence[str], unexpected: Sequence[str], unexpected_means: str) -> str:
+    problems = [f"missing from it: {_names(missing)}"] if missing else []
+    return "; ".join(problems + ([f"{unexpected_means}: {_names(unexpected)}"] if unexpected else []))
 
 
 def check_lora_state_dict(model: nn.Module, adapter: Dict[str, torch.Tensor], source: str = "the adapter") -> None:
@@ -255,9 +256,8 @@ def check_lora_state_dict(model: nn.Module, adapter: Dict[str, torch.Tensor], so
         fail(f"The model has no LoRA layers to load {source} into: build it with a LoRAConfig (add_lora)")
     missing, unexpected = set(expected) - set(adapter), set(adapter) - set(expected)
     if missing or unexpected:
-        problems = ([f"missing from it: {_names(missing)}"] if missing else []) + (
-            [f"not in the model: {_names(unexpected)}"] if unexpected else [])
-        fail(f"{source} does not fit the model's LoRA layers ({'; '.join(problems)}). Were the LoRA settings "
+        problems = _key_problems(missing, unexpected, "not in the model")
+        fail(f"{source} does not fit the model's LoRA layers ({problems}). Were the LoRA settings "
              "(query/key/value/projection/mlp/head) the same as in the lora_config.json next to the adapter?")
     for name, value in adapter.items():
         if tuple(value.shape) != tuple(expected[name].shape):
@@ -304,14 +304,14 @@ def check_base_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor],
     missing = [k for k, t in expected.items() if k not in state_dict and not lora_filter(k) and id(t) not in present]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        problems = ([f"missing from it: {_names(missing)}"] if missing else []) + (
-            [f"unexpected in it: {_names(unexpected)}"] if unexpected else [])
-        fail(f"{source} does not fit the model ({'; '.join(problems)}). Is it a lit_model.pth of the model in "
+        problems = _key_problems(missing, unexpected, "unexpected in it")
+        fail(f"{source} does not fit the model ({problems}). Is it a lit_model.pth of the model in "
              "lit_config.json? (an adapter is not a base checkpoint: pass it as the LoRA path)")
     for name, tensor in state_dict.items():
-        if tuple(tensor.shape) != _shape(expected[name]):
-            fail(f"{source}: {name!r} has shape {tuple(tensor.shape)} in the checkpoint but {_shape(expected[name])} "
-                 "in the model (does lit_config.json belong to this lit_model.pth?)")
+        shape = weight_shape(expected[name])  # a quantized weight: its unpacked shape
+        if tuple(tensor.shape) != shape:
+            fail(f"{source}: {name!r} has shape {tuple(tensor.shape)} in the checkpoint but {shape} in the model"
+                 " (does lit_config.json belong to this lit_model.pth?)")
 
 
 def load_base_checkpoint(model: nn.Module, path: Union[str, Path]) -> None:
