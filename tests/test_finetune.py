@@ -1,0 +1,180 @@
+"""finetune/lora.py end to end on a tiny random model: precisions, quantization, resume, two devices, bad input."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_script
+
+from lit_gpt.config import Config
+from lit_gpt.lora import lora_filter
+from lit_gpt.model import GPT
+
+FAST = ["--batch_size", 4, "--micro_batch_size", 2, "--eval_interval", 2, "--eval_iters", 2, "--save_interval", 2,
+        "--warmup_steps", 1]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, smollm2_dir: Path) -> Path:
+    """A 2-layer Llama (GQA, tied embeddings) with random weights and the real SmolLM2 tokenizer."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    path.mkdir()
+    config = Config(name="tiny-llama", block_size=256, vocab_size=49152, padding_multiple=64, n_layer=2, n_head=4,
+                    n_query_groups=2, n_embd=64, rotary_percentage=1.0, parallel_residual=False, bias=False,
+                    norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", intermediate_size=128, tie_embeddings=True)
+    torch.manual_seed(0)
+    model = GPT(config)
+    torch.save(model.state_dict(), path / "lit_model.pth")
+    config.save(path / "lit_config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "prompt_style.json"):
+        shutil.copy(smollm2_dir / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, tiny_checkpoint: Path) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rows = (REPO / "data" / "arithmetic" / "train.jsonl").read_text().splitlines()[:40]
+    (root / "train.jsonl").write_text("\n".join(rows) + "\n")
+    run_script("scripts/prepare_gsm8k.py", "--checkpoint_dir", tiny_checkpoint, "--data_file", root / "train.jsonl",
+               "--destination_path", root / "prepared", "--val_split_fraction", 0.2, "--max_seq_length", 128)
+    return root / "prepared"
+
+
+def finetune(checkpoint: Path, data: Path, out: Path, *args, check: bool = True):
+    return run_script("finetune/lora.py", "--checkpoint_dir", checkpoint, "--data_dir", data, "--out_dir", out,
+                      *FAST, *args, check=check, env={"OMP_NUM_THREADS": "1"})
+
+
+def read_metrics(out: Path) -> list:
+    with open(out / "metrics.csv", newline="") as fp:
+        return list(csv.DictReader(fp))
+
+
+@pytest.mark.parametrize(("precision", "quantize"), [
+    ("32-true", None), ("bf16-true", None), ("bf16-mixed", None),
+    ("bf16-true", "bnb.nf4"), ("bf16-true", "bnb.nf4-dq"), ("bf16-true", "bnb.fp4"),
+])
+def test_finetune_end_to_end(tiny_checkpoint, tiny_data, tmp_path, precision, quantize):
+    out = tmp_path / "out"
+    args = ["--precision", precision, "--max_iters", 4] + (["--quantize", quantize] if quantize else [])
+    proc = finetune(tiny_checkpoint, tiny_data, out, *args)
+
+    assert "trainable params: " in proc.stdout and " || all params: " in proc.stdout
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("step ") and "| loss" in line]
+    assert [line.split()[1] for line in progress] == ["1/4", "2/4", "3/4", "4/4"]
+    for needle in ("tokens/s", "elapsed", "eta", "peak mem", "lr"):
+        assert needle in progress[-1]
+    assert "val loss" in proc.stdout and "sample: " in proc.stdout
+
+    adapter = torch.load(out / "lit_model_lora_finetuned.pth", weights_only=True)
+    assert adapter and all(lora_filter(k) for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # training moved B away from zero
+    run = json.loads((out / "lora_config.json").read_text())
+    assert run["lora"]["r"] == 8 and run["lora"]["alpha"] == 16
+    assert run["checkpoint_dir"] == str(tiny_checkpoint.resolve())
+    assert run["prompt_style"] == "chatml" and run["precision"] == precision and run["quantize"] == quantize
+    assert run["model"]["n_layer"] == 2 and run["data"]["max_seq_length"] == 128
+    assert json.loads((out / "prompt_style.json").read_text()) == {"name": "chatml"}
+    rows = read_metrics(out)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    assert rows[1]["val_loss"] and rows[3]["val_loss"] and not rows[0]["val_loss"]
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002.pth", "step-000004.pth"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_loss_goes_down(tiny_checkpoint, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    finetune(tiny_checkpoint, tiny_data, out, "--precision", "32-true", "--max_iters", 12, "--learning_rate", 0.01,
+             "--eval_interval", 12)
+    losses = [float(r["loss"]) for r in read_metrics(out)]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_resume_reproduces_uninterrupted_run(tiny_checkpoint, tiny_data, tmp_path):
+    """Kill after the step-3 checkpoint (simulated: later files removed), resume: same adapter, bit for bit."""
+    full = tmp_path / "full"
+    args = ["--precision", "32-true", "--max_iters", 6, "--save_interval", 3, "--eval_interval", 3]
+    finetune(tiny_checkpoint, tiny_data, full, *args)
+
+    killed = tmp_path / "killed"
+    shutil.copytree(full, killed)
+    for name in ("lit_model_lora_finetuned.pth", "lora_config.json", "checkpoints/step-000006.pth"):
+        (killed / name).unlink()
+    proc = finetune(tiny_checkpoint, tiny_data, killed, *args, "--resume", "auto")
+    assert "Resumed from" in proc.stdout and "step-000003.pth" in proc.stdout
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("step ") and "| loss" in line] \
+        == ["4/6", "5/6", "6/6"]
+
+    expected = torch.load(full / "lit_model_lora_finetuned.pth", weights_only=True)
+    actual = torch.load(killed / "lit_model_lora_finetuned.pth", weights_only=True)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    def losses(out: Path) -> list:
+        return [(r["step"], r["loss"], r["val_loss"]) for r in read_metrics(out)]
+
+    assert losses(killed) == losses(full)
+
+
+def test_two_devices_match_one(tiny_checkpoint, tiny_data, tmp_path):
+    """DDP on two CPU processes (gloo) with the same global batch gives the adapter of one process."""
+    args = ["--precision", "32-true", "--max_iters", 3, "--micro_batch_size", 1, "--lora_dropout", 0.0,
+            "--eval_interval", 3, "--save_interval", 3]
+    finetune(tiny_checkpoint, tiny_data, tmp_path / "one", *args)
+    finetune(tiny_checkpoint, tiny_data, tmp_path / "two", *args, "--devices", 2)
+    one = torch.load(tmp_path / "one" / "lit_model_lora_finetuned.pth", weights_only=True)
+    two = torch.load(tmp_path / "two" / "lit_model_lora_finetuned.pth", weights_only=True)
+    assert one.keys() == two.keys()
+    moved = 0
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
+        moved += "lora_B" in key and bool(one[key].abs().sum() > 0)
+    assert moved
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_checkpoint, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    proc = finetune(tiny_checkpoint, tiny_data, out, "--precision", "32-true", "--max_iters", 20,
+                    "--learning_rate", 1e12, "--grad_clip", 0, "--save_interval", 1, "--eval_interval", 100,
+                    check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "loss became" in proc.stderr and "--resume auto" in proc.stderr
+    assert not (out / "lit_model_lora_finetuned.pth").exists()
+    for checkpoint in (out / "checkpoints").glob("*.pth"):
+        state = torch.load(checkpoint, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["adapter"].values()), checkpoint.name
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--data_dir", "does/not/exist"], "No prepared data in 'does/not/exist'"),
+    (["--batch_size", 6, "--micro_batch_size", 4], "--batch_size 6 must be a multiple"),
+    (["--strategy", "fsdp", "--devices", 2], "--strategy fsdp needs CUDA"),
+    (["--resume", "nope.pth"], "--resume 'nope.pth' is not a file"),
+    (["--max_iters", 0], "--max_iters must be at least 1"),
+])
+def test_bad_input(tiny_checkpoint, tiny_data, tmp_path, args, message):
+    out = tmp_path / "out"
+    base = ["--checkpoint_dir", tiny_checkpoint, "--data_dir", tiny_data, "--out_dir", out]
+    proc = run_script("finetune/lora.py", *base, *args, check=False)
+    assert proc.returncode == 1
+    assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not out.exists()
+
+
+def test_bad_checkpoint_dir(tiny_data, tmp_path):
+    proc = run_script("finetune/lora.py", "--checkpoint_dir", tmp_path / "nothing", "--data_dir", tiny_data,
+                      "--out_dir", tmp_path / "out", check=False)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr and "download.py" in proc.stderr
+
+
+def test_help():
+    proc = run_script("finetune/lora.py", "--help")
+    for flag in ("--quantize", "--precision", "--devices", "--resume", "--lora_r", "--lora_head", "--learning_rate",
+                 "--micro_batch_size", "--epochs", "--activation_checkpointing"):
+        assert flag in proc.stdout
