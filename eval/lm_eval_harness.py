@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.lora import lora_files  # noqa: E402
+from lit_gpt.peft import LoRARun, check_adapter_fits, load_lora_run  # noqa: E402
 from lit_gpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, resolve_prompt_style  # noqa: E402
 from lit_gpt.quantize import check_quantize, load_model  # noqa: E402
 from lit_gpt.utils import atomic_write_text, check_valid_checkpoint_dir, cli, fail  # noqa: E402
@@ -88,16 +88,10 @@ def setup(
     # every check that can fail happens before the model is loaded
     if not names:
         fail("--tasks is empty: pass task names, e.g. --tasks lit_arithmetic")
-    lora_meta = None
-    if lora_path is not None:
-        adapter_file, config_file = lora_files(lora_path)
-        if config_file is None:
-            fail(f"No lora_config.json next to {str(adapter_file)!r}: evaluate a finetune/lora.py out dir")
-        lora_meta = json.loads(config_file.read_text(encoding="utf-8"))
-        checkpoint_dir = checkpoint_dir or Path(lora_meta["checkpoint_dir"])
-    checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir or DEFAULT_CHECKPOINT)
-    if lora_meta is not None:
-        check_adapter_fits(lora_meta, checkpoint_dir)
+    run = load_lora_run(lora_path) if lora_path is not None else None  # the adapter and its lora_config.json
+    checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir or (run.checkpoint_dir if run else DEFAULT_CHECKPOINT))
+    if run is not None:
+        check_adapter_fits(run, Config.from_checkpoint(checkpoint_dir), checkpoint_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if precision is None:
         cuda_without_bf16 = device.startswith("cuda") and not torch.cuda.is_bf16_supported()
@@ -110,7 +104,7 @@ def setup(
     block_size = Config.from_checkpoint(checkpoint_dir).block_size
     if max_seq_length is not None and not 0 < max_seq_length <= block_size:
         fail(f"--max_seq_length must be between 1 and the model's block_size {block_size}, got {max_seq_length}")
-    style = pick_prompt_style(prompt_style, lora_path, lora_meta, checkpoint_dir)
+    style = pick_prompt_style(prompt_style, run, checkpoint_dir)
     if save_filepath is not None:
         check_writable(save_filepath)
     if include_path is not None and not include_path.is_dir():
@@ -148,7 +142,7 @@ def setup(
         results["config"] = {
             **results.get("config", {}), "model": "lit_gpt", "checkpoint_dir": str(checkpoint_dir.resolve()),
             "lora_path": str(Path(lora_path).resolve()) if lora_path else None,
-            "lora": lora_meta["lora"] if lora_meta else None, "precision": precision, "quantize": quantize,
+            "lora": run.lora.to_dict() if run else None, "precision": precision, "quantize": quantize,
             "device": device, "tasks": names, "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
             "bootstrap_iters": bootstrap_iters, "seed": seed, "max_seq_length": lm.max_length,
             "include_path": str(include_path) if include_path else None, "prompt_style": style.name,
@@ -159,24 +153,12 @@ def setup(
         print(f"Saved the results to {str(save_filepath)!r}", file=sys.stderr)
 
 
-def check_adapter_fits(lora_meta: dict, checkpoint_dir: Path) -> None:
-    """The adapter's model (lora_config.json) must be the checkpoint's architecture."""
-    trained, base = lora_meta.get("model", {}), Config.from_checkpoint(checkpoint_dir).to_dict()
-    fields = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "padded_vocab_size")
-    diff = [f"{f} {trained[f]} vs {base[f]}" for f in fields if f in trained and trained[f] != base[f]]
-    if diff:
-        fail(f"The adapter was trained on another model than {str(checkpoint_dir)!r} ({', '.join(diff)}): pass the "
-             f"--checkpoint_dir it was finetuned from ({lora_meta.get('checkpoint_dir')!r})")
-
-
-def pick_prompt_style(name: Optional[str], lora_path: Optional[Path], lora_meta: Optional[dict],
-                      checkpoint_dir: Path) -> PromptStyle:
+def pick_prompt_style(name: Optional[str], run: Optional[LoRARun], checkpoint_dir: Path) -> PromptStyle:
     """--prompt_style, else the adapter's (what it was finetuned with), else the checkpoint's."""
-    if name is None and lora_path is not None:
-        adapter_dir = Path(lora_path) if Path(lora_path).is_dir() else Path(lora_path).parent
-        if has_prompt_style(adapter_dir):
-            return load_prompt_style(adapter_dir)
-        name = lora_meta.get("prompt_style")
+    if name is None and run is not None:
+        if has_prompt_style(run.adapter_file.parent):
+            return load_prompt_style(run.adapter_file.parent)
+        name = run.prompt_style
     return resolve_prompt_style(name, checkpoint_dir)
 
 

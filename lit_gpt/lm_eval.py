@@ -139,9 +139,19 @@ class LitLM(TemplateLM):
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
             pbar.update(len(ids))
 
+        # a batch of groups fills KV-cache slots [0, longest prefix + longest tail): at most max_length of them
+        batches, prefix_len, tail_len = [[]], 0, 0
+        for prefix, ids in shared:
+            tail = max(len(requests[i][2]) - 1 for i in ids)
+            if batches[-1] and (len(batches[-1]) == self.batch_size
+                                or max(prefix_len, len(prefix)) + max(tail_len, tail) > self.max_length):
+                batches.append([])
+                prefix_len, tail_len = 0, 0
+            batches[-1].append((prefix, ids))
+            prefix_len, tail_len = max(prefix_len, len(prefix)), max(tail_len, tail)
+
         with self._inference() as head:
-            for start in range(0, len(shared), self.batch_size):
-                batch = shared[start:start + self.batch_size]
+            for batch in filter(None, batches):
                 scores = self._score_groups([(list(p), [requests[i][2] for i in ids]) for p, ids in batch], head)
                 finish([i for _, ids in batch for i in ids], scores)
             for start in range(0, len(singles), self.batch_size):
@@ -317,7 +327,8 @@ class LitLM(TemplateLM):
                             finished.add(r)
                             continue
                         generated[i].append(token)
-                        text = self.tokenizer.decode(generated[i])
+                        # a character whose bytes are not all generated yet decodes as U+FFFD: not text yet
+                        text = self.tokenizer.decode(generated[i]).rstrip("\ufffd")
                         if len(generated[i]) >= max_new or any(s and s in text for s in until):
                             finished.add(r)
                 if finished:
@@ -419,7 +430,7 @@ def load_tasks(manager: Any, names: list[str]) -> list:
             message = " ".join(str(e).split())[:400] or type(e).__name__
             fail(f"Task {name!r} could not be loaded: {type(e).__name__}: {message}. Evaluation runs offline "
                  "(HF_DATASETS_OFFLINE=1, no Hugging Face Hub): use tasks whose data are local files, like the ones "
-                 "in eval/tasks (`dataset_kwargs: {data_files: ...}`)")
+                 "in eval/tasks")
         group = loaded.get("groups", {}).get(name)
         objects.extend([group] if group is not None else loaded["tasks"].values())
     return objects

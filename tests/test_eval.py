@@ -1,0 +1,383 @@
+"""eval/lm_eval_harness.py and lit_gpt/lm_eval.py: LitLM against lm-eval's `hf` backend (HFLM) on the same weights,
+rolling log-likelihoods, generation stops, LoRA == merged, the local tasks' scoring, bad inputs."""
+
+import importlib.util
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_script
+
+os.environ["HF_DATASETS_OFFLINE"] = "1"  # before lm_eval / datasets are imported
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict  # noqa: E402
+from lit_gpt.prompts import PromptStyle  # noqa: E402
+from lit_gpt.quantize import load_model  # noqa: E402
+from lit_gpt.tokenizer import Tokenizer  # noqa: E402
+from lit_gpt.utils import UserError  # noqa: E402
+
+TASKS_DIR = REPO / "eval" / "tasks"
+MAX_LENGTH = 64  # both backends cut inputs to this: few-shot contexts and paragraphs are longer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: a second thread only adds synchronization (and the CPU is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@lru_cache
+def script():
+    """eval/lm_eval_harness.py as a module, to call `setup` in this process (a subprocess costs seconds)."""
+    spec = importlib.util.spec_from_file_location("lm_eval_harness", REPO / "eval" / "lm_eval_harness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_tokenizer(path: Path, add_bos: bool) -> int:
+    """A small byte-level BPE trained on the texts of the local tasks, saved as transformers reads it."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    texts = []
+    for file in sorted(TASKS_DIR.glob("*.jsonl")) + [REPO / "data" / "arithmetic" / "train.jsonl"]:
+        for line in file.read_text().splitlines():
+            texts.extend(v if isinstance(v, str) else " ".join(v) for v in json.loads(line).values()
+                         if isinstance(v, (str, list)))
+    tokenizer = HFTokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=384, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if add_bos:  # like Llama tokenizers
+        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast"}))
+    return tokenizer.get_vocab_size()
+
+
+def make_hf_checkpoint(path: Path, arch: str) -> Path:
+    """A tiny random transformers model (saved) converted into a lit checkpoint in the same dir."""
+    import transformers
+
+    from lit_gpt.convert import convert_hf_checkpoint
+
+    path.mkdir(parents=True)
+    vocab = train_tokenizer(path, add_bos=arch == "llama")
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=512, bos_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    if arch == "llama":  # grouped-query attention, BOS added
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, num_key_value_heads=2))
+    else:  # parallel residual, partial rotary, biases, no BOS
+        model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**common, rotary_pct=0.25,
+                                                                           tie_word_embeddings=False))
+    with torch.no_grad():  # larger than the init's weights: peaked distributions, greedy ties are unlikely
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.2)
+    model.save_pretrained(path)
+    convert_hf_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["llama", "neox"])
+def hf_dir(request, tmp_path_factory) -> Path:
+    return make_hf_checkpoint(tmp_path_factory.mktemp("eval") / request.param, request.param)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> Path:
+    return make_hf_checkpoint(tmp_path_factory.mktemp("eval") / "llama", "llama")
+
+
+def lit_lm(checkpoint_dir: Path, max_length: int = MAX_LENGTH, batch_size: int = 3, **kwargs):
+    from lit_gpt.lm_eval import LitLM
+
+    model = load_model(checkpoint_dir, precision="32-true", max_seq_length=max_length)
+    return LitLM(model, Tokenizer(checkpoint_dir), batch_size=batch_size, **kwargs)
+
+
+def hf_lm(checkpoint_dir: Path, max_length: int = MAX_LENGTH, batch_size: int = 3):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(checkpoint_dir), device="cpu", dtype="float32", batch_size=batch_size,
+                max_length=max_length)
+
+
+def run_tasks(lm, names: list, **kwargs) -> dict:
+    from lm_eval import simple_evaluate
+
+    from lit_gpt.lm_eval import load_tasks, task_manager
+
+    manager = task_manager(names, [TASKS_DIR])
+    return simple_evaluate(model=lm, tasks=load_tasks(manager, names), task_manager=manager, log_samples=True,
+                           bootstrap_iters=0, **kwargs)
+
+
+def instance(request_type: str, args: tuple, idx: int = 0):
+    from lm_eval.api.instance import Instance
+
+    return Instance(request_type, {}, args, idx)
+
+
+def test_loglikelihoods_and_metrics_match_hf(hf_dir):
+    """Multiple choice (2-shot: shared prefixes, cut from the left), a cloze task (single requests) and perplexity
+    (rolling windows): every request's log-likelihood, is-greedy flag and every metric as lm-eval's hf backend."""
+    names = ["lit_commonsense", "lit_cloze", "lit_paragraphs"]
+    ours = run_tasks(lit_lm(hf_dir), names, limit=6, num_fewshot=2)
+    theirs = run_tasks(hf_lm(hf_dir), names, limit=6, num_fewshot=2)
+    for task in names:
+        assert len(ours["samples"][task]) == len(theirs["samples"][task]) == 6
+        for a, b in zip(ours["samples"][task], theirs["samples"][task]):
+            assert a["arguments"] == b["arguments"]
+            for ra, rb in zip(a["resps"], b["resps"]):
+                if task == "lit_paragraphs":  # a float
+                    torch.testing.assert_close(ra[0], rb[0], rtol=1e-5, atol=1e-3)
+                else:  # (log-likelihood, is_greedy)
+                    torch.testing.assert_close(ra[0][0], rb[0][0], rtol=1e-5, atol=1e-4)
+                    assert ra[0][1] == rb[0][1]
+        for metric, value in theirs["results"][task].items():
+            if "stderr" not in metric and metric.startswith(("acc", "perplexity", "word_", "byte_", "bits_")):
+                torch.testing.assert_close(ours["results"][task][metric], value, rtol=1e-4, atol=0)
+    # the cases the comparison is about did occur: inputs cut from the left, texts split into several windows
+    tokenizer = Tokenizer(hf_dir)
+    contexts = [s["arguments"][0][0] for s in ours["samples"]["lit_commonsense"]]
+    assert max(len(tokenizer.encode(c)) for c in contexts) > MAX_LENGTH
+    texts = [s["arguments"][0][0] for s in ours["samples"]["lit_paragraphs"]]
+    assert max(len(tokenizer.encode(t)) for t in texts) > 2 * MAX_LENGTH
+
+
+def test_rolling_loglikelihood_is_the_sum_of_token_logprobs(llama_dir):
+    lm = lit_lm(llama_dir, max_length=128)
+    text = "Rain forms when water vapor in the air cools and condenses into tiny droplets."
+    tokens = lm.tok_encode(text)
+    assert tokens[0] == lm.prefix_token_id == 0  # this tokenizer adds BOS; the window adds the prefix token again
+    inputs = torch.tensor([[lm.prefix_token_id] + tokens[:-1]])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(lm.model(inputs).float(), dim=-1)[0]
+    expected = logprobs.gather(1, torch.tensor(tokens)[:, None]).sum().item()
+    (got,) = lm.loglikelihood_rolling([instance("loglikelihood_rolling", (text,))], disable_tqdm=True)
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_generation_matches_hf_and_stops_at_until(hf_dir):
+    ours, theirs = lit_lm(hf_dir), hf_lm(hf_dir)
+    questions = [json.loads(line)["question"] for line in (REPO / "data/arithmetic/test.jsonl").open()][:5]
+    contexts = questions + [q[:20] for q in questions[:2]]  # prompts of many lengths, batches of 3
+
+    def generate(lm, until: list, max_gen_toks: int) -> list:
+        kwargs = {"until": until, "max_gen_toks": max_gen_toks, "do_sample": False}
+        return lm.generate_until([instance("generate_until", (c, kwargs), i) for i, c in enumerate(contexts)],
+                                 disable_tqdm=True)
+
+    full = generate(ours, [], 16)
+    assert full == generate(theirs, [], 16)
+    assert all(full) and len(set(full)) > 1
+    # max_gen_toks: the first 4 tokens of a plain greedy loop without KV cache
+    short = generate(ours, [], 4)
+    assert short == generate(theirs, [], 4)
+    for context, text in zip(contexts, short):
+        tokens = ours.tok_encode(context)
+        for _ in range(4):
+            with torch.no_grad():
+                tokens.append(int(ours.model(torch.tensor([tokens]))[0, -1].argmax()))
+        assert text == ours.tokenizer.decode(tokens[-4:], skip_special_tokens=True)
+    # until: each answer ends where a stop string first appears in the full answer
+    def printable_pair(text: str, start: int) -> str:  # random weights generate bytes: pick two ASCII letters
+        return next(text[i:i + 2] for i in range(start, len(text) - 1) if text[i:i + 2].isascii()
+                    and text[i:i + 2].isalpha())
+
+    stops = [printable_pair(full[0], len(full[0]) // 3), printable_pair(full[3], 1)]
+    stopped = generate(ours, stops, 16)
+    assert stopped == generate(theirs, stops, 16)
+    for text, long in zip(stopped, full):
+        expected = long
+        for stop in stops:
+            expected = expected.split(stop)[0]
+        assert text == expected
+    assert len(stopped[0]) < len(full[0]) and len(stopped[3]) < len(full[3])
+
+
+def test_prompt_style_chat_template(llama_dir):
+    lm = lit_lm(llama_dir, prompt_style=PromptStyle.from_name("chatml"))
+    style = PromptStyle.from_name("chatml")
+    assert lm.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}]) == style.apply("What is 2 + 3?")
+    with_system = lm.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "Q"},
+                                          {"role": "assistant", "content": "A:"}], add_generation_prompt=False)
+    assert with_system == style.apply("Be brief.\n\nQ") + "A:"
+    with pytest.raises(ValueError, match="fewshot_as_multiturn=False"):
+        lm.apply_chat_template([{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"},
+                                {"role": "user", "content": "3"}])
+
+
+def test_arithmetic_task_scores_the_number_after_hashes():
+    """The headline task's filters and metric on known answers: strict-match reads "#### N", flexible-extract the
+    last number; the reference is the number after "####" of the data's answer."""
+    from lit_gpt.lm_eval import load_tasks, task_manager
+
+    manager = task_manager(["lit_arithmetic"], [TASKS_DIR])
+    (task,) = load_tasks(manager, ["lit_arithmetic"])
+    task.set_config(key="num_fewshot", value=0)
+    task.build_all_requests(limit=3)
+    docs = [i.doc for i in task.instances]
+    numbers = [d["answer"].split("####")[-1].strip() for d in docs]
+    answers = [f"{numbers[0]} + 0 = {numbers[0]}\n#### {numbers[0]}",  # strict and flexible
+               f"The answer is {numbers[1]}.",  # flexible only
+               f"#### {int(numbers[2]) + 1}\nor maybe {numbers[2]}"]  # flexible only (last number)
+    for inst, answer in zip(task.instances, answers):
+        inst.resps = [answer]
+    task.apply_filters()
+    scores = {name: [task.process_results(i.doc, [i.filtered_resps[name]])["exact_match"] for i in task.instances]
+              for name in ("strict-match", "flexible-extract")}
+    assert scores == {"strict-match": [1.0, 0.0, 0.0], "flexible-extract": [1.0, 1.0, 1.0]}
+
+
+def make_adapter(out: Path, checkpoint_dir: Path, prompt_style: str = "qa") -> Path:
+    """A finetune out dir like finetune/lora.py writes, with random (non-zero) LoRA A and B."""
+    lora = LoRAConfig(r=4, alpha=8, dropout=0.0)
+    model = load_model(checkpoint_dir, precision="32-true", lora_config=lora)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if lora_filter(name):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    out.mkdir(parents=True)
+    torch.save(lora_state_dict(model), out / "lit_model_lora_finetuned.pth")
+    run = {"lora": lora.to_dict(), "model": model.config.to_dict(), "checkpoint_dir": str(checkpoint_dir.resolve()),
+           "prompt_style": prompt_style, "data": {}, "train": {}, "precision": "32-true", "quantize": None}
+    (out / "lora_config.json").write_text(json.dumps(run))
+    (out / "prompt_style.json").write_text(json.dumps({"name": prompt_style}))
+    return out
+
+
+def test_lora_adapter_equals_merged_checkpoint(llama_dir, tmp_path, capsys):
+    adapter = make_adapter(tmp_path / "lora", llama_dir)
+    run_script("scripts/merge_lora.py", "--lora_path", adapter, "--out_dir", tmp_path / "merged",
+               "--precision", "32-true")
+    common = dict(tasks="lit_commonsense,lit_cloze,lit_arithmetic", limit=3, precision="32-true", batch_size=4,
+                  bootstrap_iters=0, log_samples=True, max_seq_length=320)
+    script().setup(lora_path=adapter, save_filepath=tmp_path / "lora.json", **common)
+    script().setup(checkpoint_dir=tmp_path / "merged", save_filepath=tmp_path / "merged.json", **common)
+    base_out = capsys.readouterr().out
+    lora, merged = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("lora", "merged"))
+    assert lora["config"]["prompt_style"] == merged["config"]["prompt_style"] == "qa"
+    assert lora["config"]["checkpoint_dir"] == str(llama_dir.resolve())
+    assert lora["config"]["lora"]["r"] == 4 and merged["config"]["lora"] is None
+    for task in ("lit_commonsense", "lit_cloze"):
+        for a, b in zip(lora["samples"][task], merged["samples"][task]):
+            for ra, rb in zip(a["resps"], b["resps"]):
+                assert ra[0][0] == pytest.approx(rb[0][0], rel=1e-4, abs=1e-4) and ra[0][1] == rb[0][1]
+    assert [s["resps"] for s in lora["samples"]["lit_arithmetic"]] == \
+        [s["resps"] for s in merged["samples"]["lit_arithmetic"]]
+    # the adapter's prompt style (qa) was applied to the generation task only
+    sample = lora["samples"]["lit_arithmetic"][0]
+    assert sample["arguments"][0][0] == PromptStyle.from_name("qa").apply(sample["doc"]["question"].strip())
+    assert lora["config"]["prompt_style_applied"] == {"lit_commonsense": False, "lit_cloze": False,
+                                                      "lit_arithmetic": True}
+    assert lora["samples"]["lit_commonsense"][0]["arguments"][0][0].startswith("Question: ")
+    assert "lit_arithmetic" in base_out and "strict-match" in base_out
+
+
+def test_script_end_to_end(llama_dir, tmp_path):
+    """The CLI from another working directory: lm-eval's table on stdout, the JSON file with results, config and
+    versions."""
+    out = tmp_path / "results" / "r.json"
+    proc = run_script("eval/lm_eval_harness.py", "--checkpoint_dir", llama_dir, "--tasks", "lit_commonsense,lit_para*",
+                      "--limit", "2", "--precision", "32-true", "--max_seq_length", MAX_LENGTH, "--save_filepath", out,
+                      cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert "|lit_commonsense|" in proc.stdout and "|lit_paragraphs |" in proc.stdout and "acc_norm" in proc.stdout
+    results = json.loads(out.read_text())
+    assert set(results["results"]) == {"lit_commonsense", "lit_paragraphs"}
+    assert 0 <= results["results"]["lit_commonsense"]["acc,none"] <= 1
+    assert results["results"]["lit_paragraphs"]["word_perplexity,none"] > 1
+    assert results["versions"] == {"lit_commonsense": 1.0, "lit_paragraphs": 1.0}
+    config = results["config"]
+    assert config["checkpoint_dir"] == str(llama_dir.resolve()) and config["max_seq_length"] == MAX_LENGTH
+    assert config["tasks"] == ["lit_commonsense", "lit_para*"] and config["limit"] == 2
+    assert config["precision"] == "32-true" and config["prompt_style"] == "alpaca"
+    assert results["package_versions"]["lm_eval"] == "0.4.13" and results["package_versions"]["torch"]
+    assert "samples" not in results and not list(out.parent.glob(".*.tmp"))
+
+
+def test_help():
+    proc = run_script("eval/lm_eval_harness.py", "--help")
+    for flag in ("--tasks", "--num_fewshot", "--limit", "--batch_size", "--bootstrap_iters", "--seed",
+                 "--include_path", "--save_filepath", "--lora_path", "--precision", "--quantize"):
+        assert flag in proc.stdout
+
+
+def test_bad_inputs_fail_before_the_model_is_loaded(llama_dir, tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(script(), "load_model", no_model)
+    setup = script().setup
+    with pytest.raises(UserError, match="Unknown task 'lit_comonsense'. Close matches: lit_commonsense"):
+        setup(checkpoint_dir=llama_dir, tasks="lit_comonsense")
+    with pytest.raises(UserError, match="does not exist"):
+        setup(checkpoint_dir=tmp_path / "missing", tasks="lit_cloze")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        setup(checkpoint_dir=llama_dir, tasks="lit_cloze", save_filepath=tmp_path / "file" / "results.json")
+    with pytest.raises(UserError, match="is a folder"):
+        setup(checkpoint_dir=llama_dir, tasks="lit_cloze", save_filepath=tmp_path)
+    with pytest.raises(UserError, match="No adapter at"):
+        setup(checkpoint_dir=llama_dir, tasks="lit_cloze", lora_path=tmp_path / "no_adapter")
+    # a task whose data is on the Hugging Face Hub: a message about it, not a hang
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "hub.yaml").write_text("task: hub_task\ndataset_path: EleutherAI/lambada_openai\noutput_type: "
+                                    "loglikelihood\ntest_split: test\ndoc_to_text: '{{text}}'\ndoc_to_target: ' x'\n")
+    with pytest.raises(UserError, match="Task 'hub_task' could not be loaded.*offline"):
+        setup(checkpoint_dir=llama_dir, tasks="hub_task", include_path=tasks)
+    # the command line prints the message and exits with status 1
+    proc = run_script("eval/lm_eval_harness.py", "--checkpoint_dir", llama_dir, "--tasks", "lit_cloze",
+                      "--save_filepath", tmp_path / "file" / "r.json", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: Cannot write --save_filepath")
+    assert "Traceback" not in proc.stderr
+
+
+def test_real_model_prompts_and_generation_match_transformers(smollm2_dir, tmp_path):
+    """SmolLM2-135M-Instruct: the arithmetic task's prompts are its chat template (as finetuning formats them), and
+    greedy answers equal transformers' generate on the same weights."""
+    import transformers
+
+    from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
+    from lit_gpt.lm_eval import load_tasks, task_manager
+    from lit_gpt.prompts import load_prompt_style
+
+    lm = lit_lm(smollm2_dir, max_length=2048, batch_size=2, prompt_style=load_prompt_style(smollm2_dir))
+    manager = task_manager(["lit_arithmetic"], [TASKS_DIR])
+    (task,) = load_tasks(manager, ["lit_arithmetic"])
+    task.set_config(key="num_fewshot", value=0)
+    task.build_all_requests(limit=2, apply_chat_template=True, chat_template=lm.apply_chat_template,
+                            tokenizer_name=lm.tokenizer_name)
+    hf_dir = export_hf_checkpoint(load_lit_state_dict(smollm2_dir), Config.from_checkpoint(smollm2_dir), smollm2_dir,
+                                  tmp_path / "hf")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    contexts = [i.args[0] for i in task.instances]
+    for inst, context in zip(task.instances, contexts):
+        question = inst.doc["question"]
+        assert context == PromptStyle.from_name("chatml").apply(question.strip())
+        assert context == hf_tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                           add_generation_prompt=True)
+    kwargs = {"until": [], "max_gen_toks": 20, "do_sample": False}
+    ours = lm.generate_until([instance("generate_until", (c, kwargs), i) for i, c in enumerate(contexts)],
+                             disable_tqdm=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    for context, text in zip(contexts, ours):
+        ids = hf_tokenizer(context, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=20, do_sample=False)[0, ids.shape[1]:]
+        assert text == hf_tokenizer.decode(out, skip_special_tokens=True) and len(text) > 10
