@@ -197,6 +197,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision:
     model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=fabric.device,
                        lora_config=lora_config, max_seq_length=max_seq_length)
     mark_only_lora_as_trainable(model)
+    model.train()  # load_model returns eval mode; LoRA dropout needs train mode
     model.activation_checkpointing = h["activation_checkpointing"]
     fabric.print(f"Loaded {str(checkpoint_dir)!r} in {time.perf_counter() - t0:.1f}s "
                  f"(precision {precision}, quantize {quantize})")
@@ -206,6 +207,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=h["learning_rate"], weight_decay=h["weight_decay"])
     model, optimizer = fabric.setup(model, optimizer)
+    raw_model = model.module  # the GPT itself: its parameter names are the adapter's keys
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(h["warmup_steps"], max_iters))
 
     tokenizer = Tokenizer(checkpoint_dir)
@@ -218,11 +220,11 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision:
     state = {"iter_num": 0, "step_count": 0, "data_rng": torch.Generator().manual_seed(h["seed"]),
              "metrics": [], "elapsed": 0.0}
     if resume_path is not None:
-        resume_from(resume_path, model, optimizer, scheduler, state, fabric)
+        resume_from(resume_path, raw_model, optimizer, scheduler, state, fabric)
 
     fabric.barrier()
-    train(fabric, model, optimizer, scheduler, train_data, val_data, tokenizer, prompt_style, out_dir, run_config,
-          state, max_iters, max_seq_length, h)
+    train(fabric, model, raw_model, optimizer, scheduler, train_data, val_data, tokenizer, prompt_style, out_dir,
+          run_config, state, max_iters, max_seq_length, h)
 
 
 def lr_lambda(warmup_steps: int, max_iters: int):
@@ -235,7 +237,7 @@ def lr_lambda(warmup_steps: int, max_iters: int):
     return fn
 
 
-def train(fabric, model, optimizer, scheduler, train_data: list, val_data: list, tokenizer: Tokenizer,
+def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_data: list, tokenizer: Tokenizer,
           prompt_style: PromptStyle, out_dir: Path, run_config: dict, state: dict, max_iters: int,
           max_seq_length: int, h: dict) -> None:
     accumulate = h["batch_size"] // (h["micro_batch_size"] * fabric.world_size)
@@ -295,16 +297,16 @@ def train(fabric, model, optimizer, scheduler, train_data: list, val_data: list,
             val_loss = validate(fabric, model, val_data, max_seq_length, h)
             row["val_loss"] = round(val_loss, 4)
             fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {math.exp(min(val_loss, 50)):.2f}")
-            sample = generate_sample(fabric, model, tokenizer, prompt_style, h["sample_instruction"])
+            sample = generate_sample(fabric, raw_model, tokenizer, prompt_style, h["sample_instruction"])
             fabric.print(f"sample: {h['sample_instruction']!r} -> {sample!r}", flush=True)
         state["metrics"].append(row)
         state["elapsed"] = elapsed
         if step % h["save_interval"] == 0 or step == max_iters:
             path = out_dir / "checkpoints" / f"step-{step:06d}.pth"
-            save_checkpoint(fabric, model, optimizer, scheduler, state, path)
+            save_checkpoint(fabric, raw_model, optimizer, scheduler, state, path)
             write_metrics(fabric, state["metrics"], out_dir)
 
-    save_adapter(fabric, model, out_dir, run_config, tokenizer)
+    save_adapter(fabric, raw_model, out_dir, run_config, tokenizer)
     if fabric.global_rank == 0:
         fabric.print(f"Saved the adapter to {str(out_dir / 'lit_model_lora_finetuned.pth')!r}. Next: "
                      f"python scripts/merge_lora.py --lora_path {out_dir}  or  python generate/lora.py "
@@ -324,8 +326,7 @@ def validate(fabric, model, val_data: list, max_seq_length: int, h: dict) -> flo
 
 
 @torch.no_grad()
-def generate_sample(fabric, model, tokenizer: Tokenizer, prompt_style: PromptStyle, instruction: str) -> str:
-    module = model.module if hasattr(model, "module") else model
+def generate_sample(fabric, module, tokenizer: Tokenizer, prompt_style: PromptStyle, instruction: str) -> str:
     module.eval()
     prompt = tokenizer.encode(prompt_style.apply(instruction)).to(fabric.device)
     max_new = min(64, module.max_seq_length - len(prompt))

@@ -27,6 +27,8 @@ def tiny_checkpoint(tmp_path_factory, smollm2_dir: Path) -> Path:
                     norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", intermediate_size=128, tie_embeddings=True)
     torch.manual_seed(0)
     model = GPT(config)
+    for param in model.parameters():  # small weights, as in a trained model (nn.Embedding's N(0, 1) is not)
+        torch.nn.init.normal_(param, std=0.02) if param.dim() > 1 else None
     torch.save(model.state_dict(), path / "lit_model.pth")
     config.save(path / "lit_config.json")
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "prompt_style.json"):
