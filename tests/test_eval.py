@@ -290,6 +290,16 @@ def test_lora_adapter_equals_merged_checkpoint(llama_dir, tmp_path, capsys):
     assert "lit_arithmetic" in base_out and "strict-match" in base_out
 
 
+def test_quantized_adapter(llama_dir, tmp_path):
+    """QLoRA: the adapter on nf4-quantized base weights, as finetune/lora.py --quantize trains it."""
+    adapter = make_adapter(tmp_path / "lora", llama_dir)
+    script().setup(lora_path=adapter, tasks="lit_commonsense", limit=2, quantize="bnb.nf4", precision="bf16-true",
+                   bootstrap_iters=0, save_filepath=tmp_path / "r.json")
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["config"]["quantize"] == "bnb.nf4" and results["config"]["lora"]["r"] == 4
+    assert 0 <= results["results"]["lit_commonsense"]["acc,none"] <= 1
+
+
 def test_script_end_to_end(llama_dir, tmp_path):
     """The CLI from another working directory: lm-eval's table on stdout, the JSON file with results, config and
     versions."""
