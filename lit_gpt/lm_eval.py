@@ -4,7 +4,8 @@
 continuation, BOS is added as the tokenizer adds it, inputs are cut from the left to the model's length, rolling
 windows are lm-eval's. On the same weights it returns the same log-likelihoods and generations. It does less work:
 - requests whose inputs agree up to the first scored token (the choices of a multiple-choice question) run that
-  prefix once; the rest of each continuation runs as one batch on a copy of the prefix's KV cache;
+  prefix once: the prefixes of a batch of questions run as one batch that fills a KV cache, then the rest of every
+  continuation runs in a second batch on copies of its prefix's cache (at its own positions, with a per-row mask);
 - the LM head and the log-softmax run on the scored positions only;
 - a batch of prompts of different lengths is generated without padding: every row starts at position 0 and a row
   whose prompt is longer than the shortest one is fed its own prompt tokens while the others already generate.
@@ -83,7 +84,8 @@ class LitLM(TemplateLM):
         return f"lit_gpt prompt style {self.prompt_style.name!r}" if self.prompt_style else None
 
     def get_model_info(self) -> dict:
-        return {"model_num_parameters": num_parameters(self.model), "model_dtype": str(self._device_dtype()),
+        dtype = self.autocast_dtype or self.model.transformer.wte.weight.dtype
+        return {"model_num_parameters": num_parameters(self.model), "model_dtype": str(dtype),
                 "prompt_style": self.prompt_style.name if self.prompt_style else None}
 
     def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs: Any) -> list[int]:
@@ -281,7 +283,9 @@ class LitLM(TemplateLM):
                 if max_context <= 0:
                     raise ValueError(f"max_gen_toks={max_new} leaves no room for a context in max_length "
                                      f"{self.max_length}")
-                prompts = {i: self._encode_prompt(requests[i].args[0])[-max_context:] for i in ids}
+                # an empty context (HFLM cannot generate from one) starts from the prefix token
+                prompts = {i: self._encode_prompt(requests[i].args[0])[-max_context:] or [self.prefix_token_id]
+                           for i in ids}
                 order = sorted(ids, key=lambda i: -len(prompts[i]))
                 for start in range(0, len(order), self.batch_size):
                     batch = order[start:start + self.batch_size]
@@ -364,9 +368,6 @@ class LitLM(TemplateLM):
                 yield head
         finally:
             self.model.lm_head = head
-
-    def _device_dtype(self) -> torch.dtype:
-        return self.autocast_dtype or self.model.transformer.wte.weight.dtype
 
 
 def _token_picker(kwargs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
