@@ -16,14 +16,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lit_gpt.config import Config
 from lit_gpt.data import collate, load_prepared, longest_first
 from lit_gpt.generate import generate
 from lit_gpt.lora import LoRAConfig, lora_state_dict, mark_only_lora_as_trainable, trainable_report
 from lit_gpt.prompts import PromptStyle
 from lit_gpt.quantize import check_quantize, load_model
 from lit_gpt.tokenizer import Tokenizer
-
-from lit_gpt.config import Config
 from lit_gpt.utils import (
     atomic_path,
     atomic_save,
@@ -204,8 +203,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision:
     fabric.print(trainable_report(model))
     fabric.print(f"frozen params: {num_parameters(model, requires_grad=False):,}")
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=h["learning_rate"], weight_decay=h["weight_decay"])
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=h["learning_rate"], weight_decay=h["weight_decay"])
     model, optimizer = fabric.setup(model, optimizer)
     raw_model = model.module  # the GPT itself: its parameter names are the adapter's keys
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(h["warmup_steps"], max_iters))
@@ -270,10 +268,7 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
             tokens_done += int((targets != -100).sum()) * fabric.world_size
         loss_value = loss_sum / len(mine)
         if not math.isfinite(loss_value):
-            fabric.print(f"error: loss became {loss_value} at step {step + 1}; stopping. The last good checkpoint is "
-                         f"in {str(out_dir / 'checkpoints')!r}; lower --learning_rate or check the data, then "
-                         "--resume auto.", file=sys.stderr)
-            raise SystemExit(1)
+            stop_not_finite(fabric, f"loss became {loss_value}", step + 1, out_dir)
         if h["grad_clip"] > 0:
             fabric.clip_gradients(model, optimizer, max_norm=h["grad_clip"])
         optimizer.step()
@@ -302,6 +297,8 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
         state["metrics"].append(row)
         state["elapsed"] = elapsed
         if step % h["save_interval"] == 0 or step == max_iters:
+            if not all(torch.isfinite(p).all() for p in trainable_parameters(raw_model)):
+                stop_not_finite(fabric, "LoRA weights became inf/NaN", step, out_dir)
             path = out_dir / "checkpoints" / f"step-{step:06d}.pth"
             save_checkpoint(fabric, raw_model, optimizer, scheduler, state, path)
             write_metrics(fabric, state["metrics"], out_dir)
@@ -311,6 +308,18 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
         fabric.print(f"Saved the adapter to {str(out_dir / 'lit_model_lora_finetuned.pth')!r}. Next: "
                      f"python scripts/merge_lora.py --lora_path {out_dir}  or  python generate/lora.py "
                      f"--lora_path {out_dir} --prompt \"...\"")
+
+
+def stop_not_finite(fabric, what: str, step: int, out_dir: Path) -> None:
+    """Stops the run on every rank with one message; the last checkpoint written stays the last good one."""
+    fabric.print(f"error: {what} at step {step}; stopping. The last good checkpoint is in "
+                 f"{str(out_dir / 'checkpoints')!r}: lower --learning_rate or check the data, then --resume auto",
+                 file=sys.stderr)
+    raise SystemExit(1)
+
+
+def trainable_parameters(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 @torch.no_grad()

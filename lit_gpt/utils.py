@@ -95,7 +95,8 @@ def lazy_load(path: Union[str, Path]) -> dict:
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:
-        fail(f"Could not read {str(path)!r} (corrupt or truncated? re-create it): {type(e).__name__}: {e}".split("\n")[0])
+        reason = f"{type(e).__name__}: {e}".split("\n")[0]
+        fail(f"Could not read {str(path)!r} (corrupt or truncated? re-create it): {reason}")
 
 
 def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True) -> None:

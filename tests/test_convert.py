@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
 from test_model import SIZES, TINY, tiny_hf_model
 
+from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.convert import convert_hf_checkpoint, hf_to_lit, lit_to_hf, lit_to_hf_name
 from lit_gpt.model import GPT

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import regex
 import torch
-from conftest import run_script
 
+from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.gguf import convert_gguf
 from lit_gpt.model import GPT

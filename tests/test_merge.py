@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_script
 
+from conftest import REPO, run_script
 from lit_gpt.config import Config
 from lit_gpt.convert import hf_config_from_lit
 from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict

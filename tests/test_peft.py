@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
 from test_merge import (
     VOCAB,
     leftovers,
@@ -18,6 +17,7 @@ from test_merge import (
     tokens,
 )
 
+from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.convert import convert_hf_checkpoint, export_hf_checkpoint, load_lit_state_dict
 from lit_gpt.lora import LoRAConfig

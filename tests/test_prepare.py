@@ -8,8 +8,8 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import REPO, run_script
 
+from conftest import REPO, run_script
 from lit_gpt.data import collate, load_prepared, load_rows, longest_first, prepare_sample, split_rows
 from lit_gpt.prompts import PromptStyle
 from lit_gpt.tokenizer import Tokenizer
