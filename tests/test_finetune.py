@@ -143,7 +143,7 @@ def test_two_devices_match_one(tiny_checkpoint, tiny_data, tmp_path):
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_checkpoint, tiny_data, tmp_path):
     out = tmp_path / "out"
     proc = finetune(tiny_checkpoint, tiny_data, out, "--precision", "32-true", "--max_iters", 20,
-                    "--learning_rate", "inf", "--grad_clip", 0, "--save_interval", 1, "--eval_interval", 100,
+                    "--learning_rate", 1e30, "--grad_clip", 0, "--save_interval", 1, "--eval_interval", 100,
                     check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "loss became" in proc.stderr and "--resume auto" in proc.stderr
