@@ -265,7 +265,9 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
                 loss = chunked_cross_entropy(logits, targets)
                 fabric.backward(loss / accumulate)
             loss_sum += loss.item()
-            tokens_done += int((targets != -100).sum()) * fabric.world_size
+            # tokens the model read (padding excluded), over all devices
+            read = sum(min(len(train_data[j]["input_ids"]), max_seq_length) - 1 for j in idx)
+            tokens_done += read * fabric.world_size
         loss_value = loss_sum / len(mine)
         if not math.isfinite(loss_value):
             stop_not_finite(fabric, f"loss became {loss_value}", step + 1, out_dir)
