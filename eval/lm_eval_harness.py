@@ -30,7 +30,13 @@ import torch  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.peft import LoRARun, check_adapter_fits, load_lora_run  # noqa: E402
-from lit_gpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, resolve_prompt_style  # noqa: E402
+from lit_gpt.prompts import (  # noqa: E402
+    PromptStyle,
+    PromptStyleName,
+    has_prompt_style,
+    load_prompt_style,
+    resolve_prompt_style,
+)
 from lit_gpt.quantize import check_quantize, load_model  # noqa: E402
 from lit_gpt.utils import atomic_write_text, check_valid_checkpoint_dir, cli, fail  # noqa: E402
 
@@ -54,7 +60,7 @@ def setup(
     quantize: Optional[Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]] = None,
     device: Optional[str] = None,
     max_seq_length: Optional[int] = None,
-    prompt_style: Optional[str] = None,
+    prompt_style: Optional[PromptStyleName] = None,
     apply_prompt_style: Optional[bool] = None,
     log_samples: bool = False,
 ) -> None:
@@ -93,6 +99,8 @@ def setup(
     if run is not None:
         check_adapter_fits(run, Config.from_checkpoint(checkpoint_dir), checkpoint_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device is available here; use --device cpu")
     if precision is None:
         cuda_without_bf16 = device.startswith("cuda") and not torch.cuda.is_bf16_supported()
         precision = "16-true" if cuda_without_bf16 else "bf16-true"
@@ -119,12 +127,13 @@ def setup(
     datasets.disable_progress_bars()
     manager = task_manager(names, [TASKS_DIR] + ([include_path] if include_path else []))
     task_objects = load_tasks(manager, names)
+    tokenizer = Tokenizer(checkpoint_dir)
 
     t0 = time.perf_counter()
     model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_path=lora_path,
                        max_seq_length=max_seq_length)
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    lm = LitLM(model, Tokenizer(checkpoint_dir), prompt_style=style, batch_size=batch_size,
+    lm = LitLM(model, tokenizer, prompt_style=style, batch_size=batch_size,
                autocast_dtype=autocast_dtype, name=checkpoint_dir.name)
     print(f"Loaded {checkpoint_dir}{f' + adapter {lora_path}' if lora_path else ''} ({precision}"
           f"{f', {quantize}' if quantize else ''}) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
