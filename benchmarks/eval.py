@@ -4,7 +4,8 @@ python benchmarks/eval.py                                     # lit_commonsense,
 python benchmarks/eval.py --task lit_arithmetic --limit 16    # generation (prompt style / chat template)
 
 SmolLM2-135M-Instruct is converted from the GGUF into `--cache_dir` (lit_gpt.gguf.convert_gguf) and exported to a
-transformers dir (lit_gpt.convert.export_hf_checkpoint) once. Both backends get the same lm-eval requests (built
+transformers dir (lit_gpt.convert.export_hf_checkpoint, what scripts/convert_lit_checkpoint.py runs) once (delete
+the cache dir to convert again). Both backends get the same lm-eval requests (built
 once, by lm-eval's task code); the time is that of the backend's `loglikelihood` / `generate_until` call alone,
 after a warm-up. The results are compared too: the speed-up is for the same numbers.
 """
