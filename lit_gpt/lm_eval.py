@@ -7,8 +7,8 @@ windows are lm-eval's. On the same weights it returns the same log-likelihoods a
   prefix once: the prefixes of a batch of questions run as one batch that fills a KV cache, then the rest of every
   continuation runs in a second batch on copies of its prefix's cache (at its own positions, with a per-row mask);
 - the LM head and the log-softmax run on the scored positions only;
-- a batch of prompts of different lengths is generated without padding: every row starts at position 0 and a row
-  whose prompt is longer than the shortest one is fed its own prompt tokens while the others already generate.
+- generation keeps `batch_size` rows busy: a row whose answer ended takes the next prompt at once (decoding one or
+  eight rows costs about the same on a CPU); every row is at its own position, no padding is attended to.
 
 Prompt styles: `apply_chat_template` renders lm-eval's chat messages with a `lit_gpt.prompts` style, so a task can
 be prompted the way the model was finetuned (lm-eval's `apply_chat_template=True`, `fewshot_as_multiturn=False`).
@@ -167,70 +167,51 @@ class LitLM(TemplateLM):
         idx = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
         for j, row in enumerate(rows):
             idx[j, :len(row)] = torch.tensor(row)
-        hidden = self.model(idx.to(self._device))  # (B, T, n_embd)
+        positions = torch.arange(idx.size(1), device=self._device)[None]
+        hidden = self._forward(idx.to(self._device), positions)  # (B, T, n_embd)
         selected = [hidden[j, len(row) - len(cont):len(row)] for j, (row, cont) in enumerate(zip(rows, continuations))]
         return self._score(torch.cat(selected), continuations, head)
 
     def _score_groups(self, groups: list[tuple[list[int], list[list[int]]]], head: nn.Module) -> list[tuple]:
         """Scores groups of continuations that share a prefix; returns the scores in order, group after group.
 
-        1. The prefixes run as one right-padded batch with a KV cache: slots [0, P) of row g hold prefix g (and
-           padding after its length). The last state of prefix g predicts the first token of each continuation.
-        2. The rest of each continuation (its `tail`, all but the last token) becomes a row of its own, with a copy
-           of its prefix's cache rows, and runs in the slots after P: at its true positions (RoPE) len(prefix),
-           len(prefix) + 1, ..., attending to its prefix's slots and to its own earlier slots only (mask).
+        1. The prefixes run as one right-padded batch, cache rows [0, G), slots [0, P) (padding after a prefix's
+           length). The last state of prefix g predicts the first token of each of its continuations.
+        2. The rest of each continuation (its `tail`, all but the last token) becomes a cache row of its own after
+           the prefixes, starting with a copy of its prefix's slots, and runs in slots [P, P + T): at its true
+           positions len(prefix), len(prefix) + 1, ..., attending to its prefix and to its own earlier tokens.
         """
         P = max(len(prefix) for prefix, _ in groups)
         tails = [(g, cont[:-1]) for g, (_, conts) in enumerate(groups) for cont in conts]
         tail_rows = [(g, tail) for g, tail in tails if tail]
         T = max((len(tail) for _, tail in tail_rows), default=0)
-        chunk = TAIL_ROWS_PER_BATCH * self.batch_size
-        self.model.set_kv_cache(max(len(groups), min(len(tail_rows), chunk)), max_seq_length=P + T,
-                                device=self._device)
-        try:
-            idx = torch.zeros(len(groups), P, dtype=torch.long)
+        G, chunk = len(groups), TAIL_ROWS_PER_BATCH * self.batch_size
+        with self._kv_caches(G + min(len(tail_rows), chunk), P + T) as caches:
+            idx = torch.zeros(G, P, dtype=torch.long)
             for g, (prefix, _) in enumerate(groups):
                 idx[g, :len(prefix)] = torch.tensor(prefix)
-            hidden = self.model(idx.to(self._device), torch.arange(P, device=self._device))  # (G, P, n_embd)
+            slots = torch.arange(P, device=self._device).expand(G, P)
+            hidden = self._forward(idx.to(self._device), slots, slots)  # (G, P, n_embd)
             last = [hidden[g, len(prefix) - 1:len(prefix)] for g, (prefix, _) in enumerate(groups)]
             tail_states = []
-            if tail_rows:
-                caches = [block.attn.kv_cache for block in self.model.transformer.h]
-                prefixes = [(c.k[:len(groups), :, :P].clone(), c.v[:len(groups), :, :P].clone()) for c in caches]
-                for start in range(0, len(tail_rows), chunk):
-                    rows = tail_rows[start:start + chunk]
-                    source = torch.tensor([g for g, _ in rows], device=self._device)
-                    for cache, (k, v) in zip(caches, prefixes):
-                        cache.k[:len(rows), :, :P] = k[source]
-                        cache.v[:len(rows), :, :P] = v[source]
-                    tail_idx = torch.zeros(len(rows), T, dtype=torch.long)
-                    for r, (_, tail) in enumerate(rows):
-                        tail_idx[r, :len(tail)] = torch.tensor(tail)
-                    lengths = torch.tensor([len(groups[g][0]) for g, _ in rows], device=self._device)
-                    out = self._run_blocks(tail_idx.to(self._device), lengths, P)
-                    tail_states.extend(out[r, :len(tail)] for r, (_, tail) in enumerate(rows))
-        finally:
-            self.model.clear_kv_cache()
+            for start in range(0, len(tail_rows), chunk):
+                rows = tail_rows[start:start + chunk]
+                source = torch.tensor([g for g, _ in rows], device=self._device)
+                for cache in caches:
+                    cache.k[G:G + len(rows), :, :P] = cache.k[source, :, :P]
+                    cache.v[G:G + len(rows), :, :P] = cache.v[source, :, :P]
+                idx = torch.zeros(len(rows), T, dtype=torch.long)
+                for r, (_, tail) in enumerate(rows):
+                    idx[r, :len(tail)] = torch.tensor(tail)
+                lengths = torch.tensor([len(groups[g][0]) for g, _ in rows], device=self._device)[:, None, None]
+                slots = P + torch.arange(T, device=self._device).expand(len(rows), T)
+                cached = torch.arange(P + T, device=self._device)
+                mask = (cached < lengths) | ((cached >= P) & (cached <= slots[..., None]))  # (rows, T, P + T)
+                out = self._forward(idx.to(self._device), lengths[:, 0] + slots - P, slots, first_row=G, mask=mask)
+                tail_states.extend(out[r, :len(tail)] for r, (_, tail) in enumerate(rows))
         states = iter(tail_states)
         selected = [torch.cat([last[g], next(states)]) if tail else last[g] for g, tail in tails]
         return self._score(torch.cat(selected), [cont for _, conts in groups for cont in conts], head)
-
-    def _run_blocks(self, idx: torch.Tensor, prefix_lengths: torch.Tensor, first_slot: int) -> torch.Tensor:
-        """Final hidden states (B, T, n_embd) of `idx` (B, T) written to KV-cache slots first_slot.. first_slot + T,
-        row b at positions prefix_lengths[b] + (0, 1, ...) and attending to slots [0, prefix_lengths[b]) and to its
-        own earlier slots. `GPT.forward` gives every row the same positions, so this runs its blocks directly, with
-        the per-row RoPE cos/sin and attention mask that `CausalSelfAttention` accepts."""
-        B, T = idx.shape
-        model = self.model
-        slots = torch.arange(first_slot, first_slot + T, device=idx.device)  # (T,)
-        positions = prefix_lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
-        cos, sin = model.cos[positions].unsqueeze(1), model.sin[positions].unsqueeze(1)  # (B, 1, T, rope_n_elem)
-        cached = torch.arange(first_slot + T, device=idx.device)  # (length,)
-        mask = (cached < prefix_lengths[:, None, None]) | ((cached >= first_slot) & (cached <= slots[:, None]))
-        x = model.transformer.wte(idx)
-        for block in model.transformer.h:
-            x = block(x, cos, sin, (slots, first_slot + T, mask.unsqueeze(1)))  # mask: (B, 1, T, length)
-        return model.transformer.ln_f(x)
 
     def _score(self, hidden: torch.Tensor, continuations: list[list[int]], head: nn.Module) -> list[tuple]:
         """hidden: (sum of continuation lengths, n_embd), the states that predict the continuation tokens."""
@@ -287,13 +268,13 @@ class LitLM(TemplateLM):
                 prompts = {i: self._encode_prompt(requests[i].args[0])[-max_context:] or [self.prefix_token_id]
                            for i in ids}
                 order = sorted(ids, key=lambda i: -len(prompts[i]))
-                for start in range(0, len(order), self.batch_size):
-                    batch = order[start:start + self.batch_size]
-                    texts = self._generate([prompts[i] for i in batch], max_new, until, pick, head)
-                    for i, text in zip(batch, texts):
-                        results[i] = text
-                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                    pbar.update(len(batch))
+
+                def done(k: int, text: str) -> None:
+                    results[order[k]] = text
+                    self.cache_hook.add_partial("generate_until", requests[order[k]].args, text)
+                    pbar.update(1)
+
+                self._generate([prompts[i] for i in order], max_new, until, pick, head, done)
         pbar.close()
         return results
 
@@ -303,71 +284,118 @@ class LitLM(TemplateLM):
         return self.tokenizer.encode(text, bos=False if no_bos else None).tolist()
 
     def _generate(self, prompts: list[list[int]], max_new: int, until: list[str],
-                  pick: Callable[[torch.Tensor], torch.Tensor], head: nn.Module) -> list[str]:
-        """Generates for prompts of different lengths in lock-step from position 0: no padding, no attention mask.
-
-        Row r of the KV cache holds `active[r]`. At position `pos`, a row whose prompt is done has just predicted a
-        new token; the others are fed their next prompt token. Finished rows leave the cache (it is compacted).
-        """
-        if max_new <= 0:
-            return [""] * len(prompts)
-        lengths = [len(p) for p in prompts]
-        shortest = min(lengths)
-        generated: list[list[int]] = [[] for _ in prompts]
+                  pick: Callable[[torch.Tensor], torch.Tensor], head: nn.Module,
+                  done: Callable[[int, str], None]) -> None:
+        """Generates for all prompts with `batch_size` rows, refilled as soon as a row's answer ends (continuous
+        batching): decoding costs about the same for 1 or 8 rows, so the rows are kept busy. Every row is at its own
+        position; its prompt and answer fill its own KV-cache slots 0, 1, ... `done(k, text)` receives answers."""
         stop_ids = set(self.tokenizer.stop_ids)
-        self.model.set_kv_cache(len(prompts), max_seq_length=max(lengths) + max_new - 1, device=self._device)
-        try:
-            idx = torch.tensor([p[:shortest] for p in prompts], device=self._device)
-            hidden = self.model(idx, torch.arange(shortest, device=self._device))[:, -1]  # (rows, n_embd)
-            active, pos = list(range(len(prompts))), shortest
-            while True:
-                ready = [r for r, i in enumerate(active) if pos >= lengths[i]]
-                finished = set()
-                if ready:
-                    tokens = pick(head(hidden[ready]).float()).tolist()
-                    for r, token in zip(ready, tokens):
-                        i = active[r]
-                        if token in stop_ids:
-                            finished.add(r)
-                            continue
-                        generated[i].append(token)
+        queue = list(range(len(prompts)))
+        active: list[int] = []  # the prompt in each cache row
+        positions: list[int] = []  # each row's next position (= slot)
+        generated: dict[int, list[int]] = {}
+        hidden = torch.empty(0, self.model.config.n_embd, device=self._device)  # each row's last state
+        with self._kv_caches(min(self.batch_size, len(prompts)), max(map(len, prompts)) + max_new) as caches:
+            while queue or active:
+                if queue and len(active) < self.batch_size:  # prefill new prompts into the free rows
+                    new, queue = queue[:self.batch_size - len(active)], queue[self.batch_size - len(active):]
+                    L = max(len(prompts[k]) for k in new)
+                    idx = torch.zeros(len(new), L, dtype=torch.long)
+                    for j, k in enumerate(new):
+                        idx[j, :len(prompts[k])] = torch.tensor(prompts[k])
+                    slots = torch.arange(L, device=self._device).expand(len(new), L)
+                    out = self._forward(idx.to(self._device), slots, slots, first_row=len(active))
+                    last = torch.stack([out[j, len(prompts[k]) - 1] for j, k in enumerate(new)])
+                    hidden = torch.cat([hidden, last])
+                    active, positions = active + new, positions + [len(prompts[k]) for k in new]
+                    generated.update((k, []) for k in new)
+                tokens = pick(head(hidden).float()).tolist()
+                keep = []
+                for r, (k, token) in enumerate(zip(active, tokens)):
+                    if token not in stop_ids:
+                        generated[k].append(token)
                         # a character whose bytes are not all generated yet decodes as U+FFFD: not text yet
-                        text = self.tokenizer.decode(generated[i]).rstrip("\ufffd")
-                        if len(generated[i]) >= max_new or any(s and s in text for s in until):
-                            finished.add(r)
-                if finished:
-                    keep = [r for r in range(len(active)) if r not in finished]
-                    if not keep:
-                        break
-                    keep_rows = torch.tensor(keep, device=self._device)
-                    for block in self.model.transformer.h:
-                        cache = block.attn.kv_cache
-                        cache.k[:len(keep)] = cache.k[keep_rows]
-                        cache.v[:len(keep)] = cache.v[keep_rows]
-                    active = [active[r] for r in keep]
-                feed = [prompts[i][pos] if pos < lengths[i] else generated[i][-1] for i in active]
-                feed = torch.tensor(feed, device=self._device)[:, None]
-                hidden = self.model(feed, torch.tensor([pos], device=self._device))[:, -1]
-                pos += 1
-        finally:
-            self.model.clear_kv_cache()
-        return [postprocess_generated_text(self.tokenizer.decode(g, skip_special_tokens=True), until, None)
-                for g in generated]
+                        text = self.tokenizer.decode(generated[k]).rstrip("\ufffd")
+                        if len(generated[k]) < max_new and not any(s and s in text for s in until):
+                            keep.append(r)
+                            continue
+                    text = self.tokenizer.decode(generated.pop(k), skip_special_tokens=True)
+                    done(k, postprocess_generated_text(text, until, None))
+                if len(keep) < len(active):  # finished rows leave; the others move up
+                    rows = torch.tensor(keep, dtype=torch.long, device=self._device)
+                    for cache in caches:
+                        cache.k[:len(keep)], cache.v[:len(keep)] = cache.k[rows], cache.v[rows]
+                    active, positions = [active[r] for r in keep], [positions[r] for r in keep]
+                    tokens = [tokens[r] for r in keep]
+                if not active:
+                    hidden = hidden[:0]
+                    continue
+                pos = torch.tensor(positions, device=self._device)[:, None]  # (rows, 1)
+                mask = torch.arange(max(positions) + 1, device=self._device) <= pos[..., None]  # (rows, 1, length)
+                hidden = self._forward(torch.tensor(tokens, device=self._device)[:, None], pos, pos, mask=mask)[:, -1]
+                positions = [p + 1 for p in positions]
 
     # ---------------------------------------------------------------------------------------------------- utils
+    def _forward(self, idx: torch.Tensor, positions: torch.Tensor, slots: Optional[torch.Tensor] = None,
+                 first_row: int = 0, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model's final hidden states (B, T, n_embd), before the LM head (applied to scored positions only).
+
+        Row b's tokens are at RoPE positions `positions[b]` (B or 1, T). With `slots` (B, T) they are written to
+        those slots of KV-cache row first_row + b and attend to the row's slots up to the largest one: as `mask`
+        (B, T, length) allows, or causally if it is None (a prefill from slot 0). `GPT.forward` gives all rows the
+        same positions and slots, so this runs its blocks with the per-row RoPE cos/sin and mask that
+        `CausalSelfAttention` takes, and the row-wise `_KVCache`s of `_kv_caches`.
+        """
+        model = self.model
+        cos, sin = model.cos[positions].unsqueeze(1), model.sin[positions].unsqueeze(1)  # (B, 1, T, rope_n_elem)
+        cache_input = None
+        if slots is not None:
+            cache_input = ((first_row, slots), int(slots.max()) + 1, None if mask is None else mask.unsqueeze(1))
+        x = model.transformer.wte(idx)
+        for block in model.transformer.h:
+            x = block(x, cos, sin, cache_input)
+        return model.transformer.ln_f(x)
+
+    @contextmanager
+    def _kv_caches(self, rows: int, slots: int) -> Iterator[list["_KVCache"]]:
+        blocks = self.model.transformer.h
+        dtype = self.model.transformer.wte.weight.dtype
+        caches = [_KVCache(rows, slots, self.model.config, self._device, dtype) for _ in blocks]
+        for block, cache in zip(blocks, caches):
+            block.attn.kv_cache = cache
+        try:
+            yield caches
+        finally:
+            for block in blocks:
+                block.attn.kv_cache = None
+
     @contextmanager
     def _inference(self) -> Iterator[nn.Module]:
-        """No autograd, the precision's autocast, and `model(...)` returning the final hidden states (its LM head
-        swapped out) so that the yielded head runs on the positions that are scored or sampled only."""
-        head = self.model.lm_head
+        """No autograd and the precision's autocast; yields the LM head."""
         autocast = (torch.autocast(self._device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
-        self.model.lm_head = nn.Identity()
-        try:
-            with torch.inference_mode(), autocast:
-                yield head
-        finally:
-            self.model.lm_head = head
+        with torch.inference_mode(), autocast:
+            yield self.model.lm_head
+
+
+class _KVCache(nn.Module):
+    """A KV cache whose rows fill independently, for `LitLM._forward`: `CausalSelfAttention` calls it with
+    `(first_row, slots)`; the batch is rows first_row, first_row + 1, ... and row b writes its keys and values at
+    `slots[b]` (T,). Returns the batch's rows (all their slots; the attention reads the first `length`)."""
+
+    def __init__(self, rows: int, slots: int, config: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        shape = (rows, config.n_query_groups, slots, config.head_size)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def forward(self, where: tuple, k: torch.Tensor, v: torch.Tensor) -> tuple:
+        first_row, slots = where  # k, v: (B, n_query_groups, T, head_size); slots: (B, T)
+        B = k.size(0)
+        rows = torch.arange(first_row, first_row + B, device=k.device)[:, None]  # (B, 1)
+        self.k[rows, :, slots] = k.transpose(1, 2).to(self.k.dtype)  # indexes (B, T, n_query_groups, head_size)
+        self.v[rows, :, slots] = v.transpose(1, 2).to(self.v.dtype)
+        return self.k[first_row:first_row + B], self.v[first_row:first_row + B]
 
 
 def _token_picker(kwargs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
