@@ -31,6 +31,7 @@ def main(
     quantize: Optional[str] = None,
     stream: Optional[bool] = None,
     prompt_style: Optional[str] = None,
+    compile: bool = False,
 ) -> None:
     """Samples answers to a prompt from the model of a checkpoint dir.
 
@@ -51,9 +52,11 @@ def main(
         stream: Print the answer as it is generated (default: when stdout is a terminal).
         prompt_style: How the prompt is formatted (alpaca, chatml, ...; raw: as is). Default: the checkpoint's
             prompt_style.json, else the model's own chat template or alpaca.
+        compile: Compile the decoding step with torch.compile: faster tokens (1.3-1.6x on CPU) after a warm-up
+            that takes about a minute the first time (then cached on disk). Float weights only.
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
-    check_generate_flags(num_samples, max_new_tokens, **sampling)
+    check_generate_flags(num_samples, max_new_tokens, quantize, compile, **sampling)
     check_quantize(quantize, precision, "cpu")
     check_valid_checkpoint_dir(checkpoint_dir)
 
@@ -65,7 +68,7 @@ def main(
     model = load_model(checkpoint_dir, precision=precision, quantize=quantize,
                        max_seq_length=len(prompt_tokens) + max_new_tokens)
     print_samples(model, tokenizer, prompt_tokens, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                  stop_tokens=stop_tokens, stream=stream, seed=seed, **sampling)
+                  stop_tokens=stop_tokens, stream=stream, seed=seed, compile=compile, **sampling)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def main(
     quantize: Optional[str] = None,
     stream: Optional[bool] = None,
     prompt_style: Optional[str] = None,
+    compile: bool = False,
 ) -> None:
     """Samples answers to a prompt from a base model with a finetuned LoRA adapter.
 
@@ -58,9 +59,11 @@ def main(
         stream: Print the answer as it is generated (default: when stdout is a terminal).
         prompt_style: How the prompt is formatted (alpaca, chatml, ...; raw: as is). Default: the style the adapter
             was trained with.
+        compile: Compile the decoding step with torch.compile: faster tokens (1.3-1.6x on CPU) after a warm-up
+            that takes about a minute the first time (then cached on disk). Float weights only.
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
-    check_generate_flags(num_samples, max_new_tokens, **sampling)
+    check_generate_flags(num_samples, max_new_tokens, quantize, compile, **sampling)
     check_quantize(quantize, precision, "cpu")
     adapter_file, config_file = lora_files(lora_path)
     if config_file is None:
@@ -84,7 +87,7 @@ def main(
     if quantize is None:  # one matmul per layer instead of three; 4-bit weights would be re-quantized
         merge_lora_weights(model)
     print_samples(model, tokenizer, prompt_tokens, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                  stop_tokens=stop_tokens, stream=stream, seed=seed, **sampling)
+                  stop_tokens=stop_tokens, stream=stream, seed=seed, compile=compile, **sampling)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@
 
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from lit_gpt.model import GPT
 from lit_gpt.prompts import resolve_prompt_style
@@ -71,11 +74,62 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional
         raise ValueError(f"repetition_penalty={repetition_penalty} must be > 0 (1.0: no penalty)")
 
 
+class _OneRowLinearAsReduction(TorchFunctionMode):
+    """`F.linear` of a single row as a multiply-and-sum over the weight's rows (float32 accumulation).
+
+    Only meant for code compiled by inductor, which fuses it into one loop that streams the weight once: on CPU,
+    the bf16 matmul kernels reach about half the memory bandwidth for one row, this loop nearly all of it.
+    (Run eagerly it would materialize the product: do not.)
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and args[0].shape[:-1].numel() == 1 and args[1].is_floating_point():
+            x, weight = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            y = (x.unsqueeze(-2).float() * weight.float()).sum(-1).to(x.dtype)
+            return y if bias is None else y + bias
+        return func(*args, **kwargs)
+
+
+def _decode_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    with _OneRowLinearAsReduction():
+        return model(token, input_pos)
+
+
+_compiled_decode_step: Optional[Callable] = None
+
+
+def compiled_decode_step() -> Callable:
+    """`model(token, input_pos)` for one token, compiled with inductor.
+
+    All sizes are symbolic, buffers and weights included (dynamo otherwise fixes the size of module buffers, and the
+    KV cache and RoPE buffers change with every prompt length): one compilation serves every call, and later
+    processes find it in inductor's on-disk cache. Static weight shapes would be ~7% faster per token but compile
+    again for each new prompt length.
+    """
+    global _compiled_decode_step
+    if _compiled_decode_step is None:
+        compiled = torch.compile(_decode_step, dynamic=True)
+        dynamic_buffers = dict(force_nn_module_property_static_shapes=False, force_parameter_static_shapes=False)
+
+        def step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+            with torch._dynamo.config.patch(**dynamic_buffers):
+                return compiled(model, token, input_pos)
+
+        _compiled_decode_step = step
+    return _compiled_decode_step
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    return any(not p.is_floating_point() or hasattr(p, "quant_state") for p in model.parameters())
+
+
 @torch.no_grad()
 def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.8,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, repetition_penalty: float = 1.0,
-                    stop_tokens: Iterable[Sequence[int]] = (), generator: Optional[torch.Generator] = None
-                    ) -> Iterator[int]:
+                    stop_tokens: Iterable[Sequence[int]] = (), generator: Optional[torch.Generator] = None,
+                    compile: bool = False) -> Iterator[int]:
     """Yields up to `max_new_tokens` new token ids after `prompt` (1-D ids, on the model's device).
 
     The prompt is processed in one forward pass, then one token per step through a KV cache of prompt +
@@ -83,8 +137,13 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
     tokens end with one of `stop_tokens` (sequences of ids); the stop sequence itself is not yielded, so a token
     that could begin one is held back until it is clear that it does not. Only the first `config.vocab_size`
     logits are sampled from (the rest is embedding-table padding).
+
+    compile: run the one-token steps through `torch.compile` (float weights only). The first compilation takes a
+    minute or so on a small CPU; it is cached on disk, after which decoding is about 1.3-1.6x faster on CPU.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    if compile and is_quantized(model):
+        raise ValueError("compile=True needs float weights: bitsandbytes layers do not compile")
     if prompt.dim() != 1 or not prompt.numel():
         raise ValueError(f"prompt must be a non-empty 1-D tensor of ids, got shape {tuple(prompt.shape)}")
     T, device = prompt.numel(), prompt.device
@@ -108,6 +167,7 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
     try:
         logits = model(prompt.view(1, T), torch.arange(T, device=device))[0, -1, :vocab_size]
         input_pos = torch.tensor([T], device=device)
+        step_fn = compiled_decode_step() if compile else _eager_step
         out: List[int] = []
         emitted = 0
         for step in range(max_new_tokens):
@@ -124,12 +184,23 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
                 break
             if seen is not None:
                 seen[T + step] = token
-            logits = model(token.view(1, 1), input_pos)[0, -1, :vocab_size]
+            try:
+                logits = step_fn(model, token.view(1, 1), input_pos)[0, -1, :vocab_size]
+            except torch._dynamo.exc.TorchDynamoException as e:  # e.g. no C++ compiler: carry on without
+                if step_fn is _eager_step:
+                    raise
+                warnings.warn(f"torch.compile failed, decoding without it: {type(e).__name__}: {str(e)[:300]}")
+                step_fn = _eager_step
+                logits = step_fn(model, token.view(1, 1), input_pos)[0, -1, :vocab_size]
             input_pos.add_(1)
         yield from out[emitted:]
     finally:
         for block, cache in zip(model.transformer.h, previous_caches):
             block.attn.kv_cache = cache
+
+
+def _eager_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    return model(token, input_pos)
 
 
 def _held_back(out: List[int], stops: List[tuple]) -> int:
@@ -194,8 +265,11 @@ def prompt_ids(tokenizer: Tokenizer, style_name: Optional[str], checkpoint_dir: 
     return tokenizer.encode(text), stop_tokens
 
 
-def check_generate_flags(num_samples: int, max_new_tokens: int, **sampling) -> None:
+def check_generate_flags(num_samples: int, max_new_tokens: int, quantize: Optional[str], compile: bool,
+                         **sampling) -> None:
     """The generate scripts' checks of their flags, before anything is loaded (one-line errors)."""
+    if compile and quantize:
+        fail(f"--compile works with float weights only: drop --quantize {quantize} or --compile")
     if max_new_tokens < 1:
         fail(f"--max_new_tokens {max_new_tokens}: ask for at least 1 new token")
     if num_samples < 1:
@@ -214,7 +288,8 @@ def check_prompt_length(prompt_length: int, max_new_tokens: int, block_size: int
 
 
 def print_samples(model: GPT, tokenizer: Tokenizer, prompt: torch.Tensor, *, num_samples: int, max_new_tokens: int,
-                  stop_tokens: List[List[int]], stream: Optional[bool], seed: int, **sampling) -> None:
+                  stop_tokens: List[List[int]], stream: Optional[bool], seed: int, compile: bool = False,
+                  **sampling) -> None:
     """Generates `num_samples` answers to `prompt` and prints each (only the text) to stdout, streamed as it is
     produced when `stream` (None: when stdout is a terminal). Timings, tokens/s and peak memory go to stderr."""
     stream = sys.stdout.isatty() if stream is None else stream
@@ -227,7 +302,7 @@ def print_samples(model: GPT, tokenizer: Tokenizer, prompt: torch.Tensor, *, num
         def counted() -> Iterator[int]:
             nonlocal count
             for token in generate_tokens(model, prompt, max_new_tokens, stop_tokens=stop_tokens,
-                                         generator=generator, **sampling):
+                                         generator=generator, compile=compile, **sampling):
                 count += 1
                 yield token
 

@@ -130,6 +130,8 @@ class CausalSelfAttention(nn.Module):
             if self.kv_cache is None:
                 raise RuntimeError("`input_pos` needs a KV cache: call `model.set_kv_cache(batch_size)` first")
             input_pos, length, mask = input_pos
+            if length > self.kv_cache.k.size(2):  # a Python int: no tensor sync, no graph break under compile
+                raise ValueError(f"Position {length - 1} is past the KV cache's {self.kv_cache.k.size(2)} positions")
             k, v = self.kv_cache(input_pos, k, v)
             k, v = k[:, :, :length], v[:, :, :length]  # (B, n_query_groups, length, hs)
             is_causal = is_causal and mask is None
@@ -192,8 +194,6 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
     def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if input_pos[-1] >= self.k.size(2):
-            raise ValueError(f"Position {int(input_pos[-1])} is past the KV cache's {self.k.size(2)} positions")
         n = k.size(0)  # a batch smaller than the cache's uses its first rows
         self.k[:n].index_copy_(2, input_pos, k.to(self.k.dtype))
         self.v[:n].index_copy_(2, input_pos, v.to(self.v.dtype))

