@@ -3,26 +3,31 @@ rolling log-likelihoods, generation stops, LoRA == merged, the local tasks' scor
 
 import importlib.util
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import REPO, run_script
-
-os.environ["HF_DATASETS_OFFLINE"] = "1"  # before lm_eval / datasets are imported
-os.environ["HF_HUB_OFFLINE"] = "1"
-
-from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict  # noqa: E402
-from lit_gpt.prompts import PromptStyle  # noqa: E402
-from lit_gpt.quantize import load_model  # noqa: E402
-from lit_gpt.tokenizer import Tokenizer  # noqa: E402
-from lit_gpt.utils import UserError  # noqa: E402
+from lit_gpt.config import Config
+from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict
+from lit_gpt.prompts import PromptStyle
+from lit_gpt.quantize import load_model
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import UserError
 
 TASKS_DIR = REPO / "eval" / "tasks"
 MAX_LENGTH = 64  # both backends cut inputs to this: few-shot contexts and paragraphs are longer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def offline():
+    """No Hugging Face Hub, as in the eval script (lm_eval and datasets are first imported inside the tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture(autouse=True)
