@@ -1,11 +1,12 @@
 """bitsandbytes quantization (4-bit and int8 on CPU), LoRA on quantized weights, load_model and its checks."""
 
 import copy
-import ctypes
 import json
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -301,8 +302,7 @@ def peak_memory_increase(fn) -> tuple:
 
 def test_load_model_nf4_peak_memory_below_bf16_size(tmp_path):
     """Loading an nf4 model (~60M params) never holds the bf16 model: peak anonymous memory is measured."""
-    # glibc: blocks of 64 KiB and more come from mmap and go back to the OS when freed, so RSS follows live memory
-    ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # -3: M_MMAP_THRESHOLD
+    # glibc (in the child): blocks of 64 KiB and more come from mmap and go back to the OS when freed
     config = Config(name="mid", n_layer=8, n_head=12, n_query_groups=4, n_embd=768, vocab_size=8192,
                     padding_multiple=64, block_size=256, rotary_percentage=1.0, parallel_residual=False, bias=False,
                     norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", intermediate_size=2048)
@@ -313,14 +313,26 @@ def test_load_model_nf4_peak_memory_below_bf16_size(tmp_path):
     bf16_size = sum(t.numel() for t in state.values()) * 2
     write_checkpoint(tmp_path / "ckpt", config, state)  # random weights: GPT's init of 60M params is slower
     del state
-    check_quantize("bnb.nf4", "bf16-true", "cpu")  # bitsandbytes imported and warmed up before measuring
-
-    model, nf4 = peak_memory_increase(lambda: load_model(tmp_path / "ckpt", quantize="bnb.nf4",
-                                                         lora_config=LoRAConfig()))
-    nf4_size = sum(p.numel() * p.element_size() for p in model.parameters())
-    del model
-    model, bf16 = peak_memory_increase(lambda: load_model(tmp_path / "ckpt", lora_config=LoRAConfig()))
-    del model
+    # measured in a fresh process: memory freed by earlier tests would hide the growth
+    code = f"""
+import ctypes, sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # -3: M_MMAP_THRESHOLD
+from test_quantize import peak_memory_increase
+from lit_gpt.lora import LoRAConfig
+from lit_gpt.quantize import check_quantize, load_model
+check_quantize("bnb.nf4", "bf16-true", "cpu")  # bitsandbytes imported and warmed up before measuring
+model, nf4 = peak_memory_increase(lambda: load_model({str(tmp_path / "ckpt")!r}, quantize="bnb.nf4",
+                                                     lora_config=LoRAConfig()))
+nf4_size = sum(p.numel() * p.element_size() for p in model.parameters())
+del model
+model, bf16 = peak_memory_increase(lambda: load_model({str(tmp_path / "ckpt")!r}, lora_config=LoRAConfig()))
+print(nf4, nf4_size, bf16)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nf4, nf4_size, bf16 = map(int, proc.stdout.split()[-3:])
     print(f"bf16 size {bf16_size / 2**20:.0f} MiB, nf4 model {nf4_size / 2**20:.0f} MiB; peak while loading: "
           f"nf4 {nf4 / 2**20:.0f} MiB, bf16 {bf16 / 2**20:.0f} MiB")
     assert bf16 > 0.9 * bf16_size and nf4 > 0.9 * nf4_size  # the measurement sees the models being built
