@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 def main(
     repo_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
     out_dir: Path = Path("out/quickstart"),
-    max_iters: int = 150,
+    max_iters: int = 60,
     batch_size: int = 8,
     micro_batch_size: int = 8,
     learning_rate: float = 2e-3,
