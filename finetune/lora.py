@@ -33,6 +33,7 @@ from lit_gpt.utils import (
     fail,
     lazy_load,
     num_parameters,
+    training_attention,
 )
 
 # Hyperparameters: edit them here, or set any of them on the command line (e.g. `--learning_rate 1e-4`).
@@ -261,7 +262,8 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
         for i, idx in enumerate(mine):
             input_ids, targets = collate([train_data[j] for j in idx], max_seq_length, pad_multiple, fabric.device)
             with fabric.no_backward_sync(model, enabled=i < len(mine) - 1):
-                logits = model(input_ids)
+                with training_attention(fabric.device, input_ids.size(1), raw_model.activation_checkpointing):
+                    logits = model(input_ids)
                 loss = chunked_cross_entropy(logits, targets)
                 fabric.backward(loss / accumulate)
             loss_sum += loss.item()

