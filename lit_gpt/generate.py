@@ -111,7 +111,8 @@ def compiled_decode_step() -> Callable:
     global _compiled_decode_step
     if _compiled_decode_step is None:
         compiled = torch.compile(_decode_step, dynamic=True)
-        dynamic_buffers = dict(force_nn_module_property_static_shapes=False, force_parameter_static_shapes=False)
+        dynamic_buffers = dict(force_nn_module_property_static_shapes=False, force_parameter_static_shapes=False,
+                               capture_scalar_outputs=True)  # `int(input_pos[-1])` in the graph: no graph break
 
         def step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
             with torch._dynamo.config.patch(**dynamic_buffers):

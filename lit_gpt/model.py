@@ -70,6 +70,7 @@ class GPT(nn.Module):
         mask = None
         if input_pos is not None:
             length = int(input_pos[-1]) + 1  # attention reads the filled part of the cache only
+            torch._check(length >= 1)  # compiled (capture_scalar_outputs): the data-dependent length is a size
             if 1 < T < length:  # a chunk after a prefix: explicit causal mask (T, length)
                 mask = torch.arange(length, device=idx.device) <= input_pos[:, None]
             input_pos = (input_pos, length, mask)
@@ -130,8 +131,10 @@ class CausalSelfAttention(nn.Module):
             if self.kv_cache is None:
                 raise RuntimeError("`input_pos` needs a KV cache: call `model.set_kv_cache(batch_size)` first")
             input_pos, length, mask = input_pos
-            if length > self.kv_cache.k.size(2):  # a Python int: no tensor sync, no graph break under compile
-                raise ValueError(f"Position {length - 1} is past the KV cache's {self.kv_cache.k.size(2)} positions")
+            size = self.kv_cache.k.size(2)  # checked on the int `length`: no tensor sync, no graph break in compile
+            if not torch.compiler.is_compiling() and length > size:
+                raise ValueError(f"Position {length - 1} is past the KV cache's {size} positions")
+            torch._check(length <= size)  # compiled: a runtime assert that also bounds the data-dependent length
             k, v = self.kv_cache(input_pos, k, v)
             k, v = k[:, :, :length], v[:, :, :length]  # (B, n_query_groups, length, hs)
             is_causal = is_causal and mask is None
