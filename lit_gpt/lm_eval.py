@@ -294,7 +294,8 @@ class LitLM(TemplateLM):
         active: list[int] = []  # the prompt in each cache row
         positions: list[int] = []  # each row's next position (= slot)
         generated: dict[int, list[int]] = {}
-        hidden = torch.empty(0, self.model.config.n_embd, device=self._device)  # each row's last state
+        hidden = torch.empty(0, self.model.config.n_embd, device=self._device,  # each row's last state
+                             dtype=self.model.transformer.wte.weight.dtype)
         with self._kv_caches(min(self.batch_size, len(prompts)), max(map(len, prompts)) + max_new) as caches:
             while queue or active:
                 if queue and len(active) < self.batch_size:  # prefill new prompts into the free rows

@@ -396,3 +396,22 @@ def test_real_model_prompts_and_generation_match_transformers(smollm2_dir, tmp_p
         ids = hf_tokenizer(context, return_tensors="pt").input_ids
         out = model.generate(ids, max_new_tokens=20, do_sample=False)[0, ids.shape[1]:]
         assert text == hf_tokenizer.decode(out, skip_special_tokens=True) and len(text) > 10
+
+
+def test_generation_in_bf16_runs_and_matches_a_greedy_loop(llama_dir):
+    """bf16-true weights: the batched generation keeps one dtype (a float32 buffer once broke this)."""
+    from lit_gpt.lm_eval import LitLM
+
+    model = load_model(llama_dir, precision="bf16-true", max_seq_length=MAX_LENGTH)
+    lm = LitLM(model, Tokenizer(llama_dir), batch_size=2)
+    contexts = ["Tom has 3 apples", "Ann buys 2 pens at $4 each. How much", "Hi"]
+    kwargs = {"until": [], "max_gen_toks": 3, "do_sample": False}
+    texts = lm.generate_until([instance("generate_until", (c, kwargs), i) for i, c in enumerate(contexts)],
+                              disable_tqdm=True)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    for context, text in zip(contexts, texts):
+        tokens = lm.tok_encode(context)
+        for _ in range(3):
+            with torch.no_grad():
+                tokens.append(int(lm.model(torch.tensor([tokens]))[0, -1].argmax()))
+        assert text == lm.tokenizer.decode(tokens[-3:], skip_special_tokens=True)
