@@ -104,7 +104,7 @@ def main(
         scores[name] = metrics["exact_match,strict-match"]
     timings["end"] = time.perf_counter()
 
-    summary(scores, train_log, timings, checkpoint_dir, data_dir, lora_dir, merged_dir, out_dir, quantize)
+    summary(scores, train_log, timings, checkpoint_dir, data_dir, lora_dir, merged_dir, out_dir, quantize, limit or 100)
 
 
 def step(title: str, timings: dict) -> None:
@@ -140,7 +140,7 @@ def _quote(arg: str) -> str:
 
 
 def summary(scores: dict, train_log: str, timings: dict, checkpoint_dir: Path, data_dir: Path, lora_dir: Path,
-            merged_dir: Path, out_dir: Path, quantize: Optional[str]) -> None:
+            merged_dir: Path, out_dir: Path, quantize: Optional[str], n_problems: int) -> None:
     titles = [t for t in timings if t != "end"]
     durations = {t: (timings[titles[i + 1]] if i + 1 < len(titles) else timings["end"]) - timings[t]
                  for i, t in enumerate(titles)}
@@ -151,7 +151,7 @@ def summary(scores: dict, train_log: str, timings: dict, checkpoint_dir: Path, d
     elapsed = re.search(r"elapsed (\S+)", last)
 
     print("\n=== Summary ===")
-    print("| held-out task (100 problems)           | base   | finetuned |")
+    print(f"| held-out task ({n_problems:>3} problems)           | base   | finetuned |")
     print("|----------------------------------------|--------|-----------|")
     print(f"| lit_arithmetic exact match after ####  | {scores['base']:6.1%} | {scores['finetuned']:9.1%} |")
     print()
