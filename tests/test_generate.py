@@ -305,6 +305,9 @@ def test_base_script_bad_inputs(tiny_checkpoint, tmp_path):
     assert "--max_new_tokens 0" in message
     message = one_line_error(run_script("generate/base.py", *base, "--quantize", "bnb.nf5", check=False))
     assert "bnb.nf5" in message and "bnb.nf4" in message
+    message = one_line_error(run_script("generate/base.py", *base, "--compile", "true", "--quantize", "bnb.nf4",
+                                        check=False))
+    assert "--compile" in message and "--quantize" in message
     message = one_line_error(run_script("generate/base.py", *base, "--top_p", 1.5, check=False))
     assert "top_p" in message
     message = one_line_error(run_script("generate/base.py", "--checkpoint_dir", tmp_path / "nothing", check=False))
