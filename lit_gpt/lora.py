@@ -200,8 +200,9 @@ def lora_dropout(x: torch.Tensor, p: float, training: bool) -> Tuple[torch.Tenso
     threshold = min(levels - 1, max(1, round((1 - p) * levels)))  # keep an entry when its field is below this
     n = x.numel()
     fields = torch.empty((n + 1) // 2, dtype=torch.int32).random_().view(torch.int16)[:n]  # 31 random bits a draw
-    keep = (fields & (levels - 1)) < threshold
-    return torch.where(keep.view(x.shape), x, 0), levels / threshold
+    keep = fields.bitwise_and_(levels - 1) < threshold
+    keep = keep.view(torch.uint8).to(x.dtype)  # 1 or 0 (via uint8: a bool -> bfloat16 cast is 6x slower on CPU)
+    return x * keep.view(x.shape), levels / threshold  # a multiplication: backward multiplies by the mask too
 
 
 def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
