@@ -13,7 +13,6 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from lit_gpt.model import GPT
 from lit_gpt.prompts import resolve_prompt_style
@@ -74,34 +73,27 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional
         raise ValueError(f"repetition_penalty={repetition_penalty} must be > 0 (1.0: no penalty)")
 
 
-class _OneRowLinearAsReduction(TorchFunctionMode):
-    """`F.linear` of a single row as a multiply-and-sum over the weight's rows (float32 accumulation).
+def _linear_as_reduction(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+                         ) -> torch.Tensor:
+    """`F.linear` of a single row as a multiply-and-sum over the weight's rows, accumulated in float32.
 
-    Only meant for code compiled by inductor, which fuses it into one loop that streams the weight once: on CPU,
-    the bf16 matmul kernels reach about half the memory bandwidth for one row, this loop nearly all of it.
-    (Run eagerly it would materialize the product: do not.)
+    Only for code compiled by inductor, which fuses it into one loop that streams the weight once: on CPU the bf16
+    matmul kernels reach about half the memory bandwidth for one row, this loop most of it. (Run eagerly, it would
+    materialize the product.)
     """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear and args[0].shape[:-1].numel() == 1 and args[1].is_floating_point():
-            x, weight = args[0], args[1]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            y = (x.unsqueeze(-2).float() * weight.float()).sum(-1).to(x.dtype)
-            return y if bias is None else y + bias
-        return func(*args, **kwargs)
+    if input.shape[:-1].numel() != 1 or not weight.is_floating_point():
+        return _linear(input, weight, bias)
+    y = (input.unsqueeze(-2).float() * weight.float()).sum(-1).to(input.dtype)
+    return y if bias is None else y + bias
 
 
-def _decode_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    with _OneRowLinearAsReduction():
-        return model(token, input_pos)
-
-
+_linear = F.linear
 _compiled_decode_step: Optional[Callable] = None
 
 
 def compiled_decode_step() -> Callable:
-    """`model(token, input_pos)` for one token, compiled with inductor.
+    """`model(token, input_pos)` for one token, compiled with inductor, with `F.linear` as `_linear_as_reduction`
+    (swapped in around the call: `nn.Linear` looks `F.linear` up when it runs).
 
     All sizes are symbolic, buffers and weights included (dynamo otherwise fixes the size of module buffers, and the
     KV cache and RoPE buffers change with every prompt length): one compilation serves every call, and later
@@ -110,13 +102,18 @@ def compiled_decode_step() -> Callable:
     """
     global _compiled_decode_step
     if _compiled_decode_step is None:
-        compiled = torch.compile(_decode_step, dynamic=True)
-        dynamic_buffers = dict(force_nn_module_property_static_shapes=False, force_parameter_static_shapes=False,
-                               capture_scalar_outputs=True)  # `int(input_pos[-1])` in the graph: no graph break
+        compiled = torch.compile(_forward_step, dynamic=True)
+        config = dict(force_nn_module_property_static_shapes=False, force_parameter_static_shapes=False,
+                      capture_scalar_outputs=True,  # `int(input_pos[-1])` in the graph: no graph break
+                      specialize_float=True)  # float constants (eps) as constants: no restarted trace
 
         def step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-            with torch._dynamo.config.patch(**dynamic_buffers):
-                return compiled(model, token, input_pos)
+            F.linear = _linear_as_reduction
+            try:
+                with torch._dynamo.config.patch(**config):
+                    return compiled(model, token, input_pos)
+            finally:
+                F.linear = _linear
 
         _compiled_decode_step = step
     return _compiled_decode_step
@@ -168,7 +165,7 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
     try:
         logits = model(prompt.view(1, T), torch.arange(T, device=device))[0, -1, :vocab_size]
         input_pos = torch.tensor([T], device=device)
-        step_fn = compiled_decode_step() if compile else _eager_step
+        step_fn = compiled_decode_step() if compile else _forward_step
         out: List[int] = []
         emitted = 0
         for step in range(max_new_tokens):
@@ -188,10 +185,10 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
             try:
                 logits = step_fn(model, token.view(1, 1), input_pos)[0, -1, :vocab_size]
             except torch._dynamo.exc.TorchDynamoException as e:  # e.g. no C++ compiler: carry on without
-                if step_fn is _eager_step:
+                if step_fn is _forward_step:
                     raise
                 warnings.warn(f"torch.compile failed, decoding without it: {type(e).__name__}: {str(e)[:300]}")
-                step_fn = _eager_step
+                step_fn = _forward_step
                 logits = step_fn(model, token.view(1, 1), input_pos)[0, -1, :vocab_size]
             input_pos.add_(1)
         yield from out[emitted:]
@@ -200,7 +197,7 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
             block.attn.kv_cache = cache
 
 
-def _eager_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+def _forward_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
     return model(token, input_pos)
 
 
@@ -294,6 +291,10 @@ def print_samples(model: GPT, tokenizer: Tokenizer, prompt: torch.Tensor, *, num
     """Generates `num_samples` answers to `prompt` and prints each (only the text) to stdout, streamed as it is
     produced when `stream` (None: when stdout is a terminal). Timings, tokens/s and peak memory go to stderr."""
     stream = sys.stdout.isatty() if stream is None else stream
+    if compile and max_new_tokens > 1:  # compile before timing (a minute the first time, then from the disk cache)
+        start = time.perf_counter()
+        generate(model, prompt, 2, temperature=0.0, compile=True)
+        print(f"Compiled the decoding step in {time.perf_counter() - start:.2f} s", file=sys.stderr, flush=True)
     generator = torch.Generator(prompt.device).manual_seed(seed)
     for i in range(num_samples):
         if num_samples > 1:
