@@ -108,12 +108,12 @@ def compiled_decode_step() -> Callable:
                       specialize_float=True)  # float constants (eps) as constants: no restarted trace
 
         def step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-            F.linear = _linear_as_reduction
+            previous, F.linear = F.linear, _linear_as_reduction
             try:
                 with torch._dynamo.config.patch(**config):
                     return compiled(model, token, input_pos)
             finally:
-                F.linear = _linear
+                F.linear = previous
 
         _compiled_decode_step = step
     return _compiled_decode_step
