@@ -50,7 +50,7 @@ def main(
         quantize: Quantize the linear weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or
             bnb.int8 (null: no quantization).
         stream: Print the answer as it is generated (default: when stdout is a terminal).
-        prompt_style: How the prompt is formatted (alpaca, chatml, ...; raw: as is). Default: the checkpoint's
+        prompt_style: How the prompt is formatted (alpaca, chatml, ...; raw or none: as is). Default: the checkpoint's
             prompt_style.json, else the model's own chat template or alpaca.
         compile: Compile the decoding step with torch.compile: faster tokens (1.3-1.6x on CPU) after a warm-up
             that takes about a minute the first time (then cached on disk). Float weights only.

@@ -252,9 +252,10 @@ def prompt_ids(tokenizer: Tokenizer, style_name: Optional[str], checkpoint_dir: 
     """(prompt ids, stop sequences) for a user prompt rendered with a prompt style.
 
     style_name: a `lit_gpt.prompts` style; None: the checkpoint dir's `prompt_style.json`, else the model's default;
-    "raw": the prompt as is (followed by the input, if any, after a blank line), stopping at the tokenizer's stop ids.
+    "raw" (or "none"): the prompt as is (then the input, if any, after a blank line), stopping at the tokenizer's
+    stop ids.
     """
-    if style_name == "raw":
+    if style_name in ("raw", "none"):
         text = f"{prompt}\n\n{input}" if input else prompt
         stop_tokens = [[i] for i in (tokenizer.stop_ids or [tokenizer.eos_id]) if i is not None]
     else:

@@ -238,6 +238,20 @@ def expected_text(checkpoint_dir: Path, prompt: str, max_new_tokens: int, style:
     return "".join(text + "\n" for text in texts)
 
 
+def test_prompt_styles(tiny_checkpoint):
+    from lit_gpt.generate import prompt_ids
+
+    tokenizer = Tokenizer(tiny_checkpoint)
+    raw, stops = prompt_ids(tokenizer, "raw", tiny_checkpoint, "Hi there", "")
+    assert raw.tolist() == tokenizer.encode("Hi there").tolist() and stops == [[tokenizer.eos_id]]
+    with_input = prompt_ids(tokenizer, "none", tiny_checkpoint, "Hi", "you")[0]
+    assert with_input.tolist() == tokenizer.encode("Hi\n\nyou").tolist()
+    chat, stops = prompt_ids(tokenizer, "chatml", tiny_checkpoint, "Hi", "")
+    assert tokenizer.decode(chat).startswith("<|im_start|>system") and [tokenizer.eos_id] in stops
+    # no prompt_style.json in the tiny checkpoint: the model's default (alpaca for an unknown model)
+    assert "### Instruction:" in tokenizer.decode(prompt_ids(tokenizer, None, tiny_checkpoint, "Hi", "")[0])
+
+
 def test_base_script_greedy_and_sampled(tiny_checkpoint):
     prompt = "What food do llamas eat?"
     proc = run_script("generate/base.py", "--checkpoint_dir", tiny_checkpoint, "--prompt", prompt,
