@@ -183,13 +183,16 @@ def test_kv_cache_overflow_is_an_error():
             model(torch.tensor([[4]]), torch.tensor([8]))
 
 
-def test_generate_is_fast_enough_not_to_recompute_the_prompt():
-    """Decoding with the KV cache runs one position per step: as many forward calls as new tokens."""
+def test_prefill_once_then_one_token_per_step():
+    """One forward pass over the prompt, then one position per step; a KV cache the model had is put back."""
     model = tiny_model()
+    model.set_kv_cache(1, 16)
+    caches = [block.attn.kv_cache for block in model.transformer.h]
     lengths = []
     model.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
     generate(model, torch.arange(10), 8, temperature=0.0)
     assert lengths == [10] + [1] * 7
+    assert [block.attn.kv_cache for block in model.transformer.h] == caches
 
 
 ############
