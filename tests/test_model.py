@@ -6,7 +6,7 @@ import torch
 from lit_gpt.config import Config, name_to_config
 from lit_gpt.convert import family, hf_config_from_lit, hf_to_lit
 from lit_gpt.model import GPT
-from lit_gpt.utils import num_parameters
+from lit_gpt.utils import chunked_cross_entropy, fastest_precision, num_parameters, response_loss
 
 # (transformers config class name, kwargs) of tiny models covering each family's variants
 TINY = {
@@ -118,3 +118,25 @@ def test_preset_parameter_count_matches_the_published_size(name: str, published:
     with torch.device("meta"):
         model = GPT(Config.from_name(name))
     assert num_parameters(model) == published
+
+
+def test_logits_at_gives_the_full_logits_at_those_positions_and_the_same_loss() -> None:
+    model = lit_model_from_hf(tiny_hf_model("llama-gqa", seed=4))
+    gen = torch.Generator().manual_seed(5)
+    idx = torch.randint(0, SIZES["vocab_size"], (3, 12), generator=gen)
+    targets = torch.randint(0, SIZES["vocab_size"], (3, 12), generator=gen)
+    targets[0, :7], targets[1, :3], targets[2, 9:] = -100, -100, -100  # prompt and padding positions
+    at = targets != -100
+    with torch.no_grad():
+        full = model(idx)
+        torch.testing.assert_close(model(idx, logits_at=at), full[at])
+        torch.testing.assert_close(response_loss(model, idx, targets), chunked_cross_entropy(full, targets))
+
+
+def test_default_precision_is_float32_on_a_cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lit_gpt.utils
+
+    monkeypatch.setattr(lit_gpt.utils, "cpu_has_amx", lambda: False)
+    assert fastest_precision("cpu") == "32-true"
+    monkeypatch.setattr(lit_gpt.utils, "cpu_has_amx", lambda: True)
+    assert fastest_precision("cpu") == "bf16-true"
