@@ -71,7 +71,7 @@ def main(
     else:
         shutil.rmtree(lora_dir, ignore_errors=True)
         args = ["--checkpoint_dir", checkpoint_dir, "--data_dir", data_dir, "--out_dir", lora_dir,
-                "--precision", "bf16-true", "--max_iters", max_iters, "--batch_size", batch_size,
+                "--max_iters", max_iters, "--batch_size", batch_size,
                 "--micro_batch_size", micro_batch_size, "--learning_rate", learning_rate, "--warmup_steps", 10,
                 "--eval_interval", max(1, max_iters // 3), "--save_interval", max(1, max_iters // 3),
                 "--log_interval", 10]
@@ -97,8 +97,8 @@ def main(
     scores = {}
     for name, directory in (("base", checkpoint_dir), ("finetuned", merged_dir)):
         results = out_dir / f"eval_{name}.json"
-        args = ["--checkpoint_dir", directory, "--tasks", "lit_arithmetic", "--precision", "bf16-true",
-                "--batch_size", 16, "--save_filepath", results] + (["--limit", limit] if limit else [])
+        args = ["--checkpoint_dir", directory, "--tasks", "lit_arithmetic", "--batch_size", 16,
+                "--save_filepath", results] + (["--limit", limit] if limit else [])
         run("eval/lm_eval_harness.py", *args)
         metrics = json.loads(results.read_text())["results"]["lit_arithmetic"]
         scores[name] = metrics["exact_match,strict-match"]
@@ -155,7 +155,9 @@ def summary(scores: dict, train_log: str, timings: dict, checkpoint_dir: Path, d
     print("|----------------------------------------|--------|-----------|")
     print(f"| lit_arithmetic exact match after ####  | {scores['base']:6.1%} | {scores['finetuned']:9.1%} |")
     print()
-    print(f"finetune ({quantize or 'no quantization'}, bf16-true): training time {elapsed.group(1) if elapsed else '?'}"
+    run_config = json.loads((lora_dir / "lora_config.json").read_text())
+    print(f"finetune ({quantize or 'no quantization'}, {run_config['precision']}): training time "
+          f"{elapsed.group(1) if elapsed else '?'}"
           f", {tokens_s.group(1) if tokens_s else '?'} tokens/s, peak memory {peak.group(1) if peak else '?'} GB")
     for title, seconds in durations.items():
         print(f"  {title}: {seconds:,.0f} s")
