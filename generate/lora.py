@@ -59,8 +59,8 @@ def main(
         stream: Print the answer as it is generated (default: when stdout is a terminal).
         prompt_style: How the prompt is formatted (alpaca, chatml, ...; raw or none: as is). Default: the style the
             adapter was trained with.
-        compile: Compile the decoding step with torch.compile: faster tokens (1.3-1.6x on CPU) after a warm-up
-            that takes about a minute the first time (then cached on disk). Float weights only.
+        compile: Compile the decoding step with torch.compile: faster tokens (1.8x for SmolLM2-135M in bf16 on CPU)
+            after a warm-up that takes about a minute the first time (then cached on disk). Float weights only.
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     check_generate_flags(num_samples, max_new_tokens, quantize, compile, **sampling)
