@@ -4,8 +4,8 @@
 continuation, BOS is added as the tokenizer adds it, inputs are cut from the left to the model's length, rolling
 windows are lm-eval's. On the same weights it returns the same log-likelihoods and generations. It does less work:
 - requests whose inputs agree up to the first scored token (the choices of a multiple-choice question) run that
-  prefix once: the prefixes of a batch of questions run as one batch that fills a KV cache, then the rest of every
-  continuation runs in a second batch on copies of its prefix's cache (at its own positions, with a per-row mask);
+  prefix once: one row holds the prefix and then the rest of every continuation, each at its own positions after the
+  prefix and attending to the prefix and to itself only (a tree-shaped attention mask);
 - the LM head and the log-softmax run on the scored positions only;
 - generation keeps `batch_size` rows busy: a row whose answer ended takes the next prompt at once (decoding one or
   eight rows costs about the same on a CPU); every row is at its own position, no padding is attended to.
@@ -35,9 +35,6 @@ from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import fail, num_parameters
 
 log = logging.getLogger(__name__)
-# continuation tails run at most TAIL_ROWS_PER_BATCH x batch_size rows per forward pass: they are a few tokens each,
-# but every row holds a copy of its prefix in the KV cache
-TAIL_ROWS_PER_BATCH = 4
 
 
 class LitLM(TemplateLM):
@@ -115,8 +112,8 @@ class LitLM(TemplateLM):
 
         As in HFLM, the model input is `(context + continuation)[-(max_length + 1):][:-1]` and its last
         len(continuation) positions are scored. Requests whose inputs agree up to the first scored position share
-        that prefix (the choices of a multiple-choice question): it runs once (`_score_groups`). Requests that
-        share it with no other run as right-padded rows (`_score_rows`). `batch_size` prefixes or rows per forward.
+        that prefix (the choices of a multiple-choice question): it runs once, in one row with the rest of each of
+        their continuations (`_score_rows`). `batch_size` rows per forward pass.
         """
         inputs, groups = [], defaultdict(list)
         for i, (_, context, continuation) in enumerate(requests):
@@ -127,91 +124,73 @@ class LitLM(TemplateLM):
                                  f"{self.max_length}")
             inputs.append((context + continuation)[-(self.max_length + 1):][:-1])
             groups[tuple(inputs[i][:len(inputs[i]) - len(continuation) + 1])].append(i)
-        # longest first: time estimates are upper bounds and an out-of-memory error shows up at once
-        shared = sorted(((p, ids) for p, ids in groups.items() if len(ids) > 1), key=lambda g: -len(g[0]))
-        singles = sorted((ids[0] for ids in groups.values() if len(ids) == 1), key=lambda i: -len(inputs[i]))
+        # one row per group (split where its prefix + tails would pass max_length), longest first: time estimates
+        # are upper bounds and an out-of-memory error shows up at once
+        rows = []
+        for prefix, ids in groups.items():
+            rows.append((prefix, []))
+            length = len(prefix)
+            for i in ids:
+                tail = len(requests[i][2]) - 1
+                if rows[-1][1] and length + tail > self.max_length:
+                    rows.append((prefix, []))
+                    length = len(prefix)
+                rows[-1][1].append(i)
+                length += tail
+        rows.sort(key=lambda row: -(len(row[0]) + sum(len(requests[i][2]) - 1 for i in row[1])))
 
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
-
-        def finish(ids: list[int], scores: list[tuple]) -> None:
-            for i, score in zip(ids, scores):
-                results[i] = score
-                if requests[i][0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
-            pbar.update(len(ids))
-
-        # a batch of groups fills KV-cache slots [0, longest prefix + longest tail): at most max_length of them
-        batches, prefix_len, tail_len = [[]], 0, 0
-        for prefix, ids in shared:
-            tail = max(len(requests[i][2]) - 1 for i in ids)
-            if batches[-1] and (len(batches[-1]) == self.batch_size
-                                or max(prefix_len, len(prefix)) + max(tail_len, tail) > self.max_length):
-                batches.append([])
-                prefix_len, tail_len = 0, 0
-            batches[-1].append((prefix, ids))
-            prefix_len, tail_len = max(prefix_len, len(prefix)), max(tail_len, tail)
-
         with self._inference() as head:
-            for batch in filter(None, batches):
-                scores = self._score_groups([(list(p), [requests[i][2] for i in ids]) for p, ids in batch], head)
-                finish([i for _, ids in batch for i in ids], scores)
-            for start in range(0, len(singles), self.batch_size):
-                batch = singles[start:start + self.batch_size]
-                finish(batch, self._score_rows([inputs[i] for i in batch], [requests[i][2] for i in batch], head))
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start:start + self.batch_size]
+                scores = self._score_rows([(list(prefix), [requests[i][2] for i in ids]) for prefix, ids in batch],
+                                          head)
+                for i, score in zip([i for _, ids in batch for i in ids], scores):
+                    results[i] = score
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
+                pbar.update(sum(len(ids) for _, ids in batch))
         pbar.close()
         return results
 
-    def _score_rows(self, rows: list[list[int]], continuations: list[list[int]], head: nn.Module) -> list[tuple]:
-        """One right-padded forward pass; row j's last len(continuations[j]) positions are scored."""
-        idx = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-        for j, row in enumerate(rows):
-            idx[j, :len(row)] = torch.tensor(row)
-        positions = torch.arange(idx.size(1), device=self._device)[None]
-        hidden = self._forward(idx.to(self._device), positions)  # (B, T, n_embd)
-        selected = [hidden[j, len(row) - len(cont):len(row)] for j, (row, cont) in enumerate(zip(rows, continuations))]
-        return self._score(torch.cat(selected), continuations, head)
+    def _score_rows(self, rows: list[tuple[list[int], list[list[int]]]], head: nn.Module) -> list[tuple]:
+        """One forward pass over right-padded rows, each a prefix followed by the tails (all but the last token) of
+        the continuations that share it; returns the scores in order, row after row.
 
-    def _score_groups(self, groups: list[tuple[list[int], list[list[int]]]], head: nn.Module) -> list[tuple]:
-        """Scores groups of continuations that share a prefix; returns the scores in order, group after group.
-
-        1. The prefixes run as one right-padded batch, cache rows [0, G), slots [0, P) (padding after a prefix's
-           length). The last state of prefix g predicts the first token of each of its continuations.
-        2. The rest of each continuation (its `tail`, all but the last token) becomes a cache row of its own after
-           the prefixes, starting with a copy of its prefix's slots, and runs in slots [P, P + T): at its true
-           positions len(prefix), len(prefix) + 1, ..., attending to its prefix and to its own earlier tokens.
+        Tail k of a row sits at positions len(prefix), len(prefix) + 1, ... and attends to the prefix and to its own
+        earlier tokens only (a tree-shaped mask), so each continuation is scored as if it ran alone after the prefix.
+        The last state of the prefix predicts the first token of every continuation.
         """
-        P = max(len(prefix) for prefix, _ in groups)
-        tails = [(g, cont[:-1]) for g, (_, conts) in enumerate(groups) for cont in conts]
-        tail_rows = [(g, tail) for g, tail in tails if tail]
-        T = max((len(tail) for _, tail in tail_rows), default=0)
-        G, chunk = len(groups), TAIL_ROWS_PER_BATCH * self.batch_size
-        with self._kv_caches(G + min(len(tail_rows), chunk), P + T) as caches:
-            idx = torch.zeros(G, P, dtype=torch.long)
-            for g, (prefix, _) in enumerate(groups):
-                idx[g, :len(prefix)] = torch.tensor(prefix)
-            slots = torch.arange(P, device=self._device).expand(G, P)
-            hidden = self._forward(idx.to(self._device), slots, slots)  # (G, P, n_embd)
-            last = [hidden[g, len(prefix) - 1:len(prefix)] for g, (prefix, _) in enumerate(groups)]
-            tail_states = []
-            for start in range(0, len(tail_rows), chunk):
-                rows = tail_rows[start:start + chunk]
-                source = torch.tensor([g for g, _ in rows], device=self._device)
-                for cache in caches:
-                    cache.k[G:G + len(rows), :, :P] = cache.k[source, :, :P]
-                    cache.v[G:G + len(rows), :, :P] = cache.v[source, :, :P]
-                idx = torch.zeros(len(rows), T, dtype=torch.long)
-                for r, (_, tail) in enumerate(rows):
-                    idx[r, :len(tail)] = torch.tensor(tail)
-                lengths = torch.tensor([len(groups[g][0]) for g, _ in rows], device=self._device)[:, None, None]
-                slots = P + torch.arange(T, device=self._device).expand(len(rows), T)
-                cached = torch.arange(P + T, device=self._device)
-                mask = (cached < lengths) | ((cached >= P) & (cached <= slots[..., None]))  # (rows, T, P + T)
-                out = self._forward(idx.to(self._device), lengths[:, 0] + slots - P, slots, first_row=G, mask=mask)
-                tail_states.extend(out[r, :len(tail)] for r, (_, tail) in enumerate(rows))
-        states = iter(tail_states)
-        selected = [torch.cat([last[g], next(states)]) if tail else last[g] for g, tail in tails]
-        return self._score(torch.cat(selected), [cont for _, conts in groups for cont in conts], head)
+        tokens, positions, segments, starts = [], [], [], []
+        for prefix, conts in rows:
+            tokens.append(list(prefix))
+            positions.append(list(range(len(prefix))))
+            segments.append([0] * len(prefix))
+            starts.append([])
+            for k, cont in enumerate(conts, start=1):
+                starts[-1].append(len(tokens[-1]))
+                tokens[-1] += cont[:-1]
+                positions[-1] += range(len(prefix), len(prefix) + len(cont) - 1)
+                segments[-1] += [k] * (len(cont) - 1)
+        B, L = len(rows), max(map(len, tokens))
+        idx, pos = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L, dtype=torch.long)
+        seg = torch.full((B, L), -1, dtype=torch.long)  # -1: padding
+        for b in range(B):
+            n = len(tokens[b])
+            idx[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(tokens[b]), torch.tensor(positions[b]), torch.tensor(
+                segments[b])
+        seg = seg.to(self._device)
+        causal = torch.ones(L, L, dtype=torch.bool, device=self._device).tril()
+        mask = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # (B, L, L)
+        slots = torch.arange(L, device=self._device).expand(B, L)
+        with self._kv_caches(B, L):
+            hidden = self._forward(idx.to(self._device), pos.to(self._device), slots, mask=mask)  # (B, L, n_embd)
+        selected = []
+        for b, (prefix, conts) in enumerate(rows):
+            for start, cont in zip(starts[b], conts):
+                selected += [hidden[b, len(prefix) - 1:len(prefix)], hidden[b, start:start + len(cont) - 1]]
+        return self._score(torch.cat(selected), [cont for _, conts in rows for cont in conts], head)
 
     def _score(self, hidden: torch.Tensor, continuations: list[list[int]], head: nn.Module) -> list[tuple]:
         """hidden: (sum of continuation lengths, n_embd), the states that predict the continuation tokens."""

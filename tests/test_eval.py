@@ -415,3 +415,20 @@ def test_generation_in_bf16_runs_and_matches_a_greedy_loop(llama_dir):
             with torch.no_grad():
                 tokens.append(int(lm.model(torch.tensor([tokens]))[0, -1].argmax()))
         assert text == lm.tokenizer.decode(tokens[-3:], skip_special_tokens=True)
+
+
+def test_shared_prefix_rows_split_at_max_length_and_score_each_choice_alone(llama_dir):
+    """Four 4-token choices after a 10-token context do not fit one row of max_length 16 with their prefix: the
+    rows are split, and every choice scores as a full forward pass over its own context + choice does."""
+    lm = lit_lm(llama_dir, max_length=16, batch_size=2)
+    gen = torch.Generator().manual_seed(0)
+    context = torch.randint(3, 100, (10,), generator=gen).tolist()
+    choices = [torch.randint(3, 100, (4,), generator=gen).tolist() for _ in range(4)] + [[7]]
+    got = lm._loglikelihood_tokens([(None, context, choice) for choice in choices], disable_tqdm=True)
+    for choice, (logprob, greedy) in zip(choices, got):
+        inputs = torch.tensor([context + choice[:-1]])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(lm.model(inputs).float(), dim=-1)[0, len(context) - 1:]
+        targets = torch.tensor(choice)[:, None]
+        assert logprob == pytest.approx(logprobs.gather(1, targets).sum().item(), rel=1e-5)
+        assert greedy == bool((logprobs.argmax(-1) == targets[:, 0]).all())
