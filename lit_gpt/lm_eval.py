@@ -35,6 +35,8 @@ from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import fail, num_parameters
 
 log = logging.getLogger(__name__)
+# rows shorter than this share a sequence of up to this many tokens (no padding between them); longer rows get their own
+PACKED_LENGTH = 256
 
 
 class LitLM(TemplateLM):
@@ -113,7 +115,7 @@ class LitLM(TemplateLM):
         As in HFLM, the model input is `(context + continuation)[-(max_length + 1):][:-1]` and its last
         len(continuation) positions are scored. Requests whose inputs agree up to the first scored position share
         that prefix (the choices of a multiple-choice question): it runs once, in one row with the rest of each of
-        their continuations (`_score_rows`). `batch_size` rows per forward pass.
+        their continuations (`_score_rows`). `batch_size` rows per forward pass, short ones packed end to end.
         """
         inputs, groups = [], defaultdict(list)
         for i, (_, context, continuation) in enumerate(requests):
@@ -137,60 +139,74 @@ class LitLM(TemplateLM):
                     length = len(prefix)
                 rows[-1][1].append(i)
                 length += tail
-        rows.sort(key=lambda row: -(len(row[0]) + sum(len(requests[i][2]) - 1 for i in row[1])))
+        size = {id(row): len(row[0]) + sum(len(requests[i][2]) - 1 for i in row[1]) for row in rows}
+        rows.sort(key=lambda row: -size[id(row)])
 
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
         with self._inference() as head:
             for start in range(0, len(rows), self.batch_size):
-                batch = rows[start:start + self.batch_size]
-                scores = self._score_rows([(list(prefix), [requests[i][2] for i in ids]) for prefix, ids in batch],
-                                          head)
-                for i, score in zip([i for _, ids in batch for i in ids], scores):
+                # `batch_size` rows per forward pass; short rows are laid end to end in a sequence instead of padded
+                batch, sequences = rows[start:start + self.batch_size], []
+                capacity = max(size[id(batch[0])], PACKED_LENGTH)
+                for row in batch:
+                    if sequences and sum(size[id(r)] for r in sequences[-1]) + size[id(row)] <= capacity:
+                        sequences[-1].append(row)
+                    else:
+                        sequences.append([row])
+                ids = [i for sequence in sequences for _, row_ids in sequence for i in row_ids]
+                scores = self._score_rows([[(list(prefix), [requests[i][2] for i in row_ids])
+                                            for prefix, row_ids in sequence] for sequence in sequences], head)
+                for i, score in zip(ids, scores):
                     results[i] = score
                     if requests[i][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
-                pbar.update(sum(len(ids) for _, ids in batch))
+                pbar.update(len(ids))
         pbar.close()
         return results
 
-    def _score_rows(self, rows: list[tuple[list[int], list[list[int]]]], head: nn.Module) -> list[tuple]:
-        """One forward pass over right-padded rows, each a prefix followed by the tails (all but the last token) of
-        the continuations that share it; returns the scores in order, row after row.
+    def _score_rows(self, sequences: list[list[tuple[list[int], list[list[int]]]]], head: nn.Module) -> list[tuple]:
+        """One forward pass over right-padded sequences of rows laid end to end, each row a prefix followed by the
+        tails (all but the last token) of the continuations that share it; returns the scores in order.
 
-        Tail k of a row sits at positions len(prefix), len(prefix) + 1, ... and attends to the prefix and to its own
-        earlier tokens only (a tree-shaped mask), so each continuation is scored as if it ran alone after the prefix.
-        The last state of the prefix predicts the first token of every continuation.
+        A row's tokens attend within the row only. Its prefix sits at positions 0, 1, ..., tail k at positions
+        len(prefix), len(prefix) + 1, ... and attends to the prefix and to its own earlier tokens only (a
+        tree-shaped mask), so each continuation is scored as if it ran alone after the prefix. The last state of the
+        prefix predicts the first token of every continuation.
         """
-        tokens, positions, segments, starts = [], [], [], []
-        for prefix, conts in rows:
-            tokens.append(list(prefix))
-            positions.append(list(range(len(prefix))))
-            segments.append([0] * len(prefix))
-            starts.append([])
-            for k, cont in enumerate(conts, start=1):
-                starts[-1].append(len(tokens[-1]))
-                tokens[-1] += cont[:-1]
-                positions[-1] += range(len(prefix), len(prefix) + len(cont) - 1)
-                segments[-1] += [k] * (len(cont) - 1)
-        B, L = len(rows), max(map(len, tokens))
+        tokens, positions, rows, parts, spans = [], [], [], [], []  # spans: (sequence, start, length) to score
+        for b, sequence in enumerate(sequences):
+            tokens.append([])
+            positions.append([])
+            rows.append([])
+            parts.append([])
+            for r, (prefix, conts) in enumerate(sequence):
+                offset = len(tokens[b])
+                tokens[b] += prefix
+                positions[b] += range(len(prefix))
+                parts[b] += [0] * len(prefix)
+                for k, cont in enumerate(conts, start=1):
+                    spans += [(b, offset + len(prefix) - 1, 1), (b, len(tokens[b]), len(cont) - 1)]
+                    tokens[b] += cont[:-1]
+                    positions[b] += range(len(prefix), len(prefix) + len(cont) - 1)
+                    parts[b] += [k] * (len(cont) - 1)
+                rows[b] += [r] * (len(tokens[b]) - offset)
+        B, L = len(sequences), max(map(len, tokens))
         idx, pos = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L, dtype=torch.long)
-        seg = torch.full((B, L), -1, dtype=torch.long)  # -1: padding
+        row, part = torch.full((B, L), -1, dtype=torch.long), torch.zeros(B, L, dtype=torch.long)  # row -1: padding
         for b in range(B):
             n = len(tokens[b])
-            idx[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(tokens[b]), torch.tensor(positions[b]), torch.tensor(
-                segments[b])
-        seg = seg.to(self._device)
+            idx[b, :n], pos[b, :n] = torch.tensor(tokens[b]), torch.tensor(positions[b])
+            row[b, :n], part[b, :n] = torch.tensor(rows[b]), torch.tensor(parts[b])
+        row, part = row.to(self._device), part.to(self._device)
         causal = torch.ones(L, L, dtype=torch.bool, device=self._device).tril()
-        mask = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # (B, L, L)
+        same_row = row[:, None, :] == row[:, :, None]
+        mask = causal & same_row & ((part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None]))  # (B, L, L)
         slots = torch.arange(L, device=self._device).expand(B, L)
         with self._kv_caches(B, L):
             hidden = self._forward(idx.to(self._device), pos.to(self._device), slots, mask=mask)  # (B, L, n_embd)
-        selected = []
-        for b, (prefix, conts) in enumerate(rows):
-            for start, cont in zip(starts[b], conts):
-                selected += [hidden[b, len(prefix) - 1:len(prefix)], hidden[b, start:start + len(cont) - 1]]
-        return self._score(torch.cat(selected), [cont for _, conts in rows for cont in conts], head)
+        selected = torch.cat([hidden[b, start:start + n] for b, start, n in spans])
+        return self._score(selected, [cont for sequence in sequences for _, conts in sequence for cont in conts], head)
 
     def _score(self, hidden: torch.Tensor, continuations: list[list[int]], head: nn.Module) -> list[tuple]:
         """hidden: (sum of continuation lengths, n_embd), the states that predict the continuation tokens."""
