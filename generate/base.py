@@ -13,7 +13,7 @@ from lit_gpt.config import Config
 from lit_gpt.generate import check_generate_flags, check_prompt_length, print_samples, prompt_ids
 from lit_gpt.quantize import check_quantize, load_model
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import check_valid_checkpoint_dir, cli
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, fastest_precision
 
 
 def main(
@@ -27,7 +27,7 @@ def main(
     top_p: Optional[float] = None,
     repetition_penalty: float = 1.0,
     seed: int = 1234,
-    precision: Literal["bf16-true", "16-true", "32-true"] = "bf16-true",
+    precision: Optional[Literal["bf16-true", "16-true", "32-true"]] = None,
     quantize: Optional[str] = None,
     stream: Optional[bool] = None,
     prompt_style: Optional[str] = None,
@@ -46,7 +46,7 @@ def main(
         top_p: Sample among the most likely tokens holding this much probability (nucleus sampling; null: all).
         repetition_penalty: Penalty > 1 on tokens already in the prompt or the answer (1.0: none).
         seed: Random seed of the sampling.
-        precision: Weights and compute dtype.
+        precision: Weights and compute dtype; default: the fastest on this CPU (bf16-true with AMX, else 32-true).
         quantize: Quantize the linear weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or
             bnb.int8 (null: no quantization).
         stream: Print the answer as it is generated (default: when stdout is a terminal).
@@ -57,6 +57,7 @@ def main(
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     check_generate_flags(num_samples, max_new_tokens, quantize, compile, **sampling)
+    precision = precision or fastest_precision("cpu")
     check_quantize(quantize, precision, "cpu")
     check_valid_checkpoint_dir(checkpoint_dir)
 

@@ -17,7 +17,7 @@ from lit_gpt.generate import check_generate_flags, check_prompt_length, print_sa
 from lit_gpt.lora import LoRAConfig, lora_files, merge_lora_weights
 from lit_gpt.quantize import check_quantize, load_model
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, fastest_precision
 
 
 def main(
@@ -32,7 +32,7 @@ def main(
     top_p: Optional[float] = None,
     repetition_penalty: float = 1.0,
     seed: int = 1234,
-    precision: Literal["bf16-true", "16-true", "32-true"] = "bf16-true",
+    precision: Optional[Literal["bf16-true", "16-true", "32-true"]] = None,
     quantize: Optional[str] = None,
     stream: Optional[bool] = None,
     prompt_style: Optional[str] = None,
@@ -53,7 +53,7 @@ def main(
         top_p: Sample among the most likely tokens holding this much probability (nucleus sampling; null: all).
         repetition_penalty: Penalty > 1 on tokens already in the prompt or the answer (1.0: none).
         seed: Random seed of the sampling.
-        precision: Weights and compute dtype.
+        precision: Weights and compute dtype; default: the fastest on this CPU (bf16-true with AMX, else 32-true).
         quantize: Quantize the base model's linear weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4,
             bnb.fp4-dq or bnb.int8 (null: no quantization; the adapter is then merged into the weights).
         stream: Print the answer as it is generated (default: when stdout is a terminal).
@@ -64,6 +64,7 @@ def main(
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     check_generate_flags(num_samples, max_new_tokens, quantize, compile, **sampling)
+    precision = precision or fastest_precision("cpu")
     check_quantize(quantize, precision, "cpu")
     adapter_file, config_file = lora_files(lora_path)
     if config_file is None:
