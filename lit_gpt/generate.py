@@ -164,11 +164,8 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
     model.set_kv_cache(1, T + max_new_tokens, device=device)
     try:
         # only the last position's logits are needed: lm_head (vocab x n_embd) on one row instead of T
-        last_only = model.transformer.ln_f.register_forward_hook(lambda module, args, out: out[:, -1:])
-        try:
-            logits = model(prompt.view(1, T), torch.arange(T, device=device))[0, -1, :vocab_size]
-        finally:
-            last_only.remove()
+        last = torch.arange(T, device=device).view(1, T) == T - 1
+        logits = model(prompt.view(1, T), torch.arange(T, device=device), logits_at=last)[0, :vocab_size]
         input_pos = torch.tensor([T], device=device)
         step_fn = compiled_decode_step() if compile else _forward_step
         out: List[int] = []
