@@ -271,16 +271,26 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def timed_steps(step, batches: list, warmup: int) -> dict:
-    """Runs `step(input_ids, targets)` on every batch; the first `warmup` are untimed. Peak RSS over all of them."""
+def timed_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, load_time: float) -> dict:
+    """Trains `model`'s trainable parameters (AdamW, gradient clipping) on every (input_ids, targets) batch with
+    `loss_of(x, y)`; the first `warmup` steps are untimed. Peak RSS over all of them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
     reset_peak_rss()
     times, losses = [], []
     for i, (x, y) in enumerate(batches):
-        start = time.perf_counter()
-        losses.append(step(x, y))
+        begin = time.perf_counter()
+        loss = loss_of(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        del loss  # its graph would live on through the next step's forward pass
         if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return {"step_times": times, "peak_rss": peak_rss(), "losses": losses, "threads": torch.get_num_threads()}
+            times.append(time.perf_counter() - begin)
+    return {"step_times": times, "peak_rss": peak_rss(), "losses": losses, "threads": torch.get_num_threads(),
+            "load_time": load_time, "weight_bytes": weight_bytes(model), "trainable": sum(p.numel() for p in params)}
 
 
 def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: str, batch_size: int, seq_length: int,
@@ -293,25 +303,16 @@ def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: s
     batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
     start = time.perf_counter()
     model = load_model(checkpoint_dir, precision=precision, quantize=None if quantize == "none" else quantize,
-                       lora_config=LoRAConfig(),
-                       max_seq_length=seq_length)
+                       lora_config=LoRAConfig(), max_seq_length=seq_length)
     mark_only_lora_as_trainable(model)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
     load_time = time.perf_counter() - start
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> float:  # as finetune/lora.py's training step
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # as finetune/lora.py's training step
         with training_attention(x.device, x.size(1)):
-            loss = response_loss(model, x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+            return response_loss(model, x, y)
 
-    return {**timed_steps(step, batches, warmup), "load_time": load_time, "weight_bytes": weight_bytes(model),
-            "trainable": sum(p.numel() for p in params)}
+    return timed_steps(model, loss_of, batches, warmup, load_time)
 
 
 def hf_peft_model(hf_dir: Path, precision: str):
@@ -332,22 +333,14 @@ def steady_hf(hf_dir: Path, data_dir: Path, precision: str, batch_size: int, seq
     batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
     start = time.perf_counter()
     model = hf_peft_model(hf_dir, precision)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
     load_time = time.perf_counter() - start
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # the same tokens; transformers shifts the labels itself, so they are given aligned with the inputs
         labels = torch.cat([torch.full_like(y[:, :1], -100), y[:, :-1]], dim=1)
-        loss = model(input_ids=x, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return model(input_ids=x, labels=labels).loss
 
-    return {**timed_steps(step, batches, warmup), "load_time": load_time, "weight_bytes": weight_bytes(model),
-            "trainable": sum(p.numel() for p in params)}
+    return timed_steps(model, loss_of, batches, warmup, load_time)
 
 
 def short_batches(train: list, batch_size: int, steps: int) -> list:

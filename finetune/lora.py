@@ -268,6 +268,7 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
                     loss = response_loss(model, input_ids, targets)
                 fabric.backward(loss / accumulate)
             loss_sum += loss.item()
+            del loss  # its graph (holding the logits the loss was computed from) would outlive the next forward pass
             # tokens the model read (padding excluded), over all devices
             read = sum(min(len(train_data[j]["input_ids"]), max_seq_length) - 1 for j in idx)
             tokens_done += read * fabric.world_size
