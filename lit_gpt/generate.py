@@ -137,7 +137,8 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
     logits are sampled from (the rest is embedding-table padding).
 
     compile: run the one-token steps through `torch.compile` (float weights only). The first compilation takes a
-    minute or so on a small CPU; it is cached on disk, after which decoding is about 1.3-1.6x faster on CPU.
+    minute or so on a small CPU; it is cached on disk, after which decoding is about 1.8x faster on CPU
+    (SmolLM2-135M, bf16).
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if compile and is_quantized(model):
