@@ -3,9 +3,9 @@
 `LitLM` tokenizes like lm-eval's `hf` backend (HFLM) on the same checkpoint: `TemplateLM` splits context and
 continuation, BOS is added as the tokenizer adds it, inputs are cut from the left to the model's length, rolling
 windows are lm-eval's. On the same weights it returns the same log-likelihoods and generations. It does less work:
-- requests whose inputs agree up to the first scored token (the choices of a multiple-choice question) run that
-  prefix once: one row holds the prefix and then the rest of every continuation, each at its own positions after the
-  prefix and attending to the prefix and to itself only (a tree-shaped attention mask);
+- the inputs of a forward pass run as a token trie: tokens that several inputs start with (the context of a
+  multiple-choice question's choices, a prompt template, a few-shot prefix) run once; every token is at its own
+  position and attends to the tokens before it in its own inputs only (a tree-shaped attention mask);
 - the LM head and the log-softmax run on the scored positions only;
 - generation keeps `batch_size` rows busy: a row whose answer ended takes the next prompt at once (decoding one or
   eight rows costs about the same on a CPU); every row is at its own position, no padding is attended to.
@@ -44,7 +44,8 @@ class LitLM(TemplateLM):
                  batch_size: int = 8, max_gen_toks: int = 256, autocast_dtype: Optional[torch.dtype] = None,
                  name: str = "lit_gpt") -> None:
         """model: in eval mode, on its device (see `lit_gpt.quantize.load_model`); its `max_seq_length` is the
-        longest input. batch_size: sequences per forward pass. autocast_dtype: for "-mixed" precisions."""
+        longest input. batch_size: rows per forward pass (a row: the requests that share a context, like the choices of
+        a question) and prompts generated at once. autocast_dtype: for "-mixed" precisions."""
         super().__init__()
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -113,9 +114,10 @@ class LitLM(TemplateLM):
         """(log P(continuation | context), whether greedy decoding gives the continuation) per (key, ctx, cont).
 
         As in HFLM, the model input is `(context + continuation)[-(max_length + 1):][:-1]` and its last
-        len(continuation) positions are scored. Requests whose inputs agree up to the first scored position share
-        that prefix (the choices of a multiple-choice question): it runs once, in one row with the rest of each of
-        their continuations (`_score_rows`). `batch_size` rows per forward pass, short ones packed end to end.
+        len(continuation) positions are scored. Requests whose inputs agree up to the first scored position (the
+        choices of a multiple-choice question) form a row, split where the row's prefix and the rest of its
+        continuations would pass max_length. `batch_size` rows per forward pass, longest first; short rows share a
+        sequence, where every token that inputs have in common runs once (`_score_tries`).
         """
         inputs, groups = [], defaultdict(list)
         for i, (_, context, continuation) in enumerate(requests):
@@ -126,87 +128,68 @@ class LitLM(TemplateLM):
                                  f"{self.max_length}")
             inputs.append((context + continuation)[-(self.max_length + 1):][:-1])
             groups[tuple(inputs[i][:len(inputs[i]) - len(continuation) + 1])].append(i)
-        # one row per group (split where its prefix + tails would pass max_length), longest first: time estimates
-        # are upper bounds and an out-of-memory error shows up at once
-        rows = []
+        # rows: (size, request ids); size = prefix + the rest of each continuation, an upper bound of its tokens.
+        # Longest first: time estimates are upper bounds and an out-of-memory error shows up at once
+        rows: list[tuple[int, list[int]]] = []
         for prefix, ids in groups.items():
-            rows.append((prefix, []))
-            length = len(prefix)
+            rows.append((len(prefix), []))
             for i in ids:
                 tail = len(requests[i][2]) - 1
-                if rows[-1][1] and length + tail > self.max_length:
-                    rows.append((prefix, []))
-                    length = len(prefix)
-                rows[-1][1].append(i)
-                length += tail
-        size = {id(row): len(row[0]) + sum(len(requests[i][2]) - 1 for i in row[1]) for row in rows}
-        rows.sort(key=lambda row: -size[id(row)])
+                if rows[-1][1] and rows[-1][0] + tail > self.max_length:
+                    rows.append((len(prefix), []))
+                rows[-1] = (rows[-1][0] + tail, rows[-1][1] + [i])
+        rows.sort(key=lambda row: -row[0])
 
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
         with self._inference() as head:
             for start in range(0, len(rows), self.batch_size):
-                # `batch_size` rows per forward pass; short rows are laid end to end in a sequence instead of padded
-                batch, sequences = rows[start:start + self.batch_size], []
-                capacity = max(size[id(batch[0])], PACKED_LENGTH)
-                for row in batch:
-                    if sequences and sum(size[id(r)] for r in sequences[-1]) + size[id(row)] <= capacity:
-                        sequences[-1].append(row)
+                # `batch_size` rows per forward pass; short rows share a sequence instead of being padded
+                batch, sequences, sizes = rows[start:start + self.batch_size], [], []
+                capacity = max(batch[0][0], PACKED_LENGTH)
+                for size, ids in batch:
+                    if sequences and sizes[-1] + size <= capacity:
+                        sequences[-1] += ids
+                        sizes[-1] += size
                     else:
-                        sequences.append([row])
-                ids = [i for sequence in sequences for _, row_ids in sequence for i in row_ids]
-                scores = self._score_rows([[(list(prefix), [requests[i][2] for i in row_ids])
-                                            for prefix, row_ids in sequence] for sequence in sequences], head)
-                for i, score in zip(ids, scores):
+                        sequences.append(list(ids))
+                        sizes.append(size)
+                scores = self._score_tries([[(inputs[i], requests[i][2]) for i in ids] for ids in sequences], head)
+                for i, score in zip([i for ids in sequences for i in ids], scores):
                     results[i] = score
                     if requests[i][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
-                pbar.update(len(ids))
+                pbar.update(sum(map(len, sequences)))
         pbar.close()
         return results
 
-    def _score_rows(self, sequences: list[list[tuple[list[int], list[list[int]]]]], head: nn.Module) -> list[tuple]:
-        """One forward pass over right-padded sequences of rows laid end to end, each row a prefix followed by the
-        tails (all but the last token) of the continuations that share it; returns the scores in order.
+    def _score_tries(self, sequences: list[list[tuple[list[int], list[int]]]], head: nn.Module) -> list[tuple]:
+        """One forward pass over right-padded sequences, each holding the (input, continuation) pairs of several
+        requests as a token trie; returns the scores in order.
 
-        A row's tokens attend within the row only. Its prefix sits at positions 0, 1, ..., tail k at positions
-        len(prefix), len(prefix) + 1, ... and attends to the prefix and to its own earlier tokens only (a
-        tree-shaped mask), so each continuation is scored as if it ran alone after the prefix. The last state of the
-        prefix predicts the first token of every continuation.
+        An input's tokens that an earlier input of the sequence starts with too (a shared context, a prompt
+        template, the first tokens of two continuations) are one trie node, run once. A node sits at its depth's
+        position and attends to its ancestors and itself only, so every input is scored as if it ran alone. Nodes
+        are laid out depth first: a node's descendants follow it, and node i is an ancestor of node j iff
+        i <= j <= last(i), the last of i's descendants.
         """
-        tokens, positions, rows, parts, spans = [], [], [], [], []  # spans: (sequence, start, length) to score
-        for b, sequence in enumerate(sequences):
-            tokens.append([])
-            positions.append([])
-            rows.append([])
-            parts.append([])
-            for r, (prefix, conts) in enumerate(sequence):
-                offset = len(tokens[b])
-                tokens[b] += prefix
-                positions[b] += range(len(prefix))
-                parts[b] += [0] * len(prefix)
-                for k, cont in enumerate(conts, start=1):
-                    spans += [(b, offset + len(prefix) - 1, 1), (b, len(tokens[b]), len(cont) - 1)]
-                    tokens[b] += cont[:-1]
-                    positions[b] += range(len(prefix), len(prefix) + len(cont) - 1)
-                    parts[b] += [k] * (len(cont) - 1)
-                rows[b] += [r] * (len(tokens[b]) - offset)
-        B, L = len(sequences), max(map(len, tokens))
+        tries = [_TokenTrie([tokens for tokens, _ in sequence]) for sequence in sequences]
+        B, L = len(tries), max(len(trie.tokens) for trie in tries)
         idx, pos = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L, dtype=torch.long)
-        row, part = torch.full((B, L), -1, dtype=torch.long), torch.zeros(B, L, dtype=torch.long)  # row -1: padding
-        for b in range(B):
-            n = len(tokens[b])
-            idx[b, :n], pos[b, :n] = torch.tensor(tokens[b]), torch.tensor(positions[b])
-            row[b, :n], part[b, :n] = torch.tensor(rows[b]), torch.tensor(parts[b])
-        row, part = row.to(self._device), part.to(self._device)
-        causal = torch.ones(L, L, dtype=torch.bool, device=self._device).tril()
-        same_row = row[:, None, :] == row[:, :, None]
-        mask = causal & same_row & ((part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None]))  # (B, L, L)
+        last = torch.arange(L).repeat(B, 1)  # padding attends to itself only
+        for b, trie in enumerate(tries):
+            n = len(trie.tokens)
+            idx[b, :n], pos[b, :n], last[b, :n] = (torch.tensor(x) for x in (trie.tokens, trie.depths, trie.last))
+        at = torch.arange(L)
+        mask = (at[None, None, :] <= at[None, :, None]) & (at[None, :, None] <= last[:, None, :])  # (B, L, L)
         slots = torch.arange(L, device=self._device).expand(B, L)
         with self._kv_caches(B, L):
-            hidden = self._forward(idx.to(self._device), pos.to(self._device), slots, mask=mask)  # (B, L, n_embd)
-        selected = torch.cat([hidden[b, start:start + n] for b, start, n in spans])
-        return self._score(selected, [cont for sequence in sequences for _, conts in sequence for cont in conts], head)
+            hidden = self._forward(idx.to(self._device), pos.to(self._device), slots, mask=mask.to(self._device))
+        # an input of n tokens with a continuation of c: its nodes n - c, ..., n - 1 predict the continuation
+        scored = [b * L + node for b, (trie, sequence) in enumerate(zip(tries, sequences))
+                  for path, (tokens, cont) in zip(trie.paths, sequence) for node in path[len(tokens) - len(cont):]]
+        selected = hidden.flatten(0, 1)[torch.tensor(scored, device=self._device)]
+        return self._score(selected, [cont for sequence in sequences for _, cont in sequence], head)
 
     def _score(self, hidden: torch.Tensor, continuations: list[list[int]], head: nn.Module) -> list[tuple]:
         """hidden: (sum of continuation lengths, n_embd), the states that predict the continuation tokens."""
@@ -372,6 +355,39 @@ class LitLM(TemplateLM):
                     else nullcontext())
         with torch.inference_mode(), autocast:
             yield self.model.lm_head
+
+
+class _TokenTrie:
+    """The token sequences as a trie, nodes in depth-first order: `tokens`, `depths` (= positions) and `last` (the
+    index of the node's last descendant, or its own) per node; `paths[k]`: the nodes of sequence k, one per token."""
+
+    def __init__(self, sequences: list[list[int]]) -> None:
+        children: list[dict[int, int]] = [{}]  # node 0: the root, no token
+        token, depth, paths = [-1], [-1], []
+        for sequence in sequences:
+            node, path = 0, []
+            for t in sequence:
+                if t not in children[node]:
+                    children[node][t] = len(token)
+                    children.append({})
+                    token.append(t)
+                    depth.append(depth[node] + 1)
+                node = children[node][t]
+                path.append(node)
+            paths.append(path)
+        order, stack = [], list(reversed(children[0].values()))
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(reversed(children[node].values()))
+        index = {node: i for i, node in enumerate(order)}
+        size = [1] * len(token)
+        for node in reversed(order):
+            size[node] += sum(size[child] for child in children[node].values())
+        self.tokens = [token[node] for node in order]
+        self.depths = [depth[node] for node in order]
+        self.last = [i + size[node] - 1 for i, node in enumerate(order)]
+        self.paths = [[index[node] for node in path] for path in paths]
 
 
 class _KVCache(nn.Module):

@@ -432,3 +432,33 @@ def test_shared_prefix_rows_split_at_max_length_and_score_each_choice_alone(llam
         targets = torch.tensor(choice)[:, None]
         assert logprob == pytest.approx(logprobs.gather(1, targets).sum().item(), rel=1e-5)
         assert greedy == bool((logprobs.argmax(-1) == targets[:, 0]).all())
+
+
+def test_inputs_that_share_tokens_run_them_once_and_score_as_if_alone(llama_dir):
+    """Contexts that start alike (a prompt template), choices that start alike, a request asked twice: one forward
+    pass runs each distinct input prefix once (a token trie), and every request scores as a full forward pass over
+    its own context + continuation does."""
+    from lit_gpt.lm_eval import _TokenTrie
+
+    lm = lit_lm(llama_dir, max_length=32, batch_size=8)
+    gen = torch.Generator().manual_seed(1)
+    template = torch.randint(3, 100, (5,), generator=gen).tolist()
+    contexts = [template + torch.randint(3, 100, (n,), generator=gen).tolist() for n in (4, 6, 3)]
+    requests = []
+    for context in contexts:
+        shared = torch.randint(3, 100, (2,), generator=gen).tolist()
+        choices = [shared + torch.randint(3, 100, (n,), generator=gen).tolist() for n in (1, 3)] + [[5], [9, 4]]
+        requests += [(None, context, choice) for choice in choices]
+    requests.append(requests[1])
+    inputs = [(context + choice)[:-1] for _, context, choice in requests]
+    trie = _TokenTrie(inputs)
+    assert len(trie.tokens) == len({tuple(s[:n]) for s in inputs for n in range(1, len(s) + 1)}) < 0.6 * sum(
+        map(len, inputs))
+    got = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    for (_, context, choice), (logprob, greedy) in zip(requests, got):
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([context + choice[:-1]]))
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[0, len(context) - 1:]
+        targets = torch.tensor(choice)[:, None]
+        assert logprob == pytest.approx(logprobs.gather(1, targets).sum().item(), rel=1e-5)
+        assert greedy == bool((logprobs.argmax(-1) == targets[:, 0]).all())
