@@ -34,7 +34,7 @@ def main(
     cache_dir: Path = Path.home() / ".cache" / "lit-gpt-bench",
     task: str = "lit_commonsense",
     num_fewshot: str = "0,5",
-    limit: int = 20,
+    limit: int = 60,
     batch_size: int = 8,
     precision: str = "32-true,bf16-true",
     threads: Optional[int] = None,
