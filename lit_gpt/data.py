@@ -8,16 +8,27 @@ import csv
 import io
 import json
 import random
-import urllib.request
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
 
 from lit_gpt.prompts import PromptStyle, resolve_prompt_style, save_prompt_style
-from lit_gpt.utils import atomic_path, atomic_save, atomic_write_text, fail
+from lit_gpt.utils import atomic_save, atomic_write_text, fail
 
 IGNORE_INDEX = -100
+# the public datasets of the prepare scripts: where `python scripts/download.py --dataset NAME` (the one script that
+# goes online) fetches each from, and the path it writes, which the prepare script reads by default
+DATASETS = {
+    "alpaca": ("https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json",
+               Path("data/alpaca/alpaca_data.json")),
+    "dolly": ("https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/databricks-dolly-15k.jsonl",
+              Path("data/dolly/databricks-dolly-15k.jsonl")),
+    "lima": ("https://huggingface.co/datasets/GAIR/lima/resolve/main/train.jsonl",  # gated: needs HF_TOKEN
+             Path("data/lima/train.jsonl")),
+    "gsm8k": ("https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/train.jsonl",
+              Path("data/gsm8k/train.jsonl")),
+}
 
 
 def prepare_sample(example: dict, tokenizer: Any, style: PromptStyle, max_seq_length: int,
@@ -121,25 +132,17 @@ def split_rows(rows: list, val_fraction: float, seed: int) -> tuple[list, list]:
     return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]]
 
 
-def download(url: str, path: Path) -> Path:
-    """Downloads `url` to `path` (atomically) unless it is there already."""
-    if path.is_file():
-        return path
-    print(f"Downloading {url} to {str(path)!r}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
-            tmp.write_bytes(response.read())
-    except OSError as e:
-        fail(f"Could not download {url} ({type(e).__name__}: {e}); fetch it yourself and pass --data_file PATH")
-    return path
-
-
 def check_prepare_args(checkpoint_dir: Path, data_file: Optional[Path], val_file: Optional[Path],
-                       val_split_fraction: Optional[float], max_seq_length: Optional[int]) -> None:
-    """Flag checks shared by the prepare scripts, run before anything is downloaded, read or written."""
+                       val_split_fraction: Optional[float], max_seq_length: Optional[int],
+                       dataset: Optional[str] = None) -> None:
+    """Flag checks shared by the prepare scripts, run before anything is read or written. `dataset`: the DATASETS
+    entry whose download path is the default `data_file`."""
     if not (checkpoint_dir / "tokenizer.json").is_file() and not (checkpoint_dir / "tokenizer.model").is_file():
         fail(f"No tokenizer.json or tokenizer.model in {str(checkpoint_dir)!r}: --checkpoint_dir must be a checkpoint "
              "dir (python scripts/download.py --repo_id <org>/<name> creates one)")
+    if dataset is not None and data_file == DATASETS[dataset][1] and not data_file.is_file():
+        fail(f"No {dataset} data at {str(data_file)!r}: download it there with `python scripts/download.py --dataset "
+             f"{dataset}`, or pass --data_file with a local copy")
     for flag, path in (("--data_file", data_file), ("--val_file", val_file)):
         if path is not None and not path.is_file():
             fail(f"{flag} {str(path)!r} does not exist")

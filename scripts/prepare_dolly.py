@@ -6,18 +6,15 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lit_gpt.data import check_prepare_args, download, load_rows, prepare  # noqa: E402
+from lit_gpt.data import DATASETS, check_prepare_args, load_rows, prepare  # noqa: E402
 from lit_gpt.prompts import PromptStyleName  # noqa: E402
 from lit_gpt.utils import cli  # noqa: E402
-
-DATA_URL = ("https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/"
-            "databricks-dolly-15k.jsonl")
 
 
 def setup(
     checkpoint_dir: Path,
     destination_path: Path = Path("data/dolly"),
-    data_file: Optional[Path] = None,
+    data_file: Path = DATASETS["dolly"][1],
     val_file: Optional[Path] = None,
     val_split_fraction: Optional[float] = None,
     mask_inputs: bool = True,
@@ -30,7 +27,7 @@ def setup(
     Args:
         checkpoint_dir: Checkpoint dir whose tokenizer (and default prompt style) is used.
         destination_path: Where train.pt, val.pt, prepare_config.json and prompt_style.json are written.
-        data_file: A local databricks-dolly-15k.jsonl; when not given it is downloaded into `destination_path`.
+        data_file: databricks-dolly-15k.jsonl (default: where `python scripts/download.py --dataset dolly` puts it).
         val_file: A file of validation rows in the same format; default: split them off the data.
         val_split_fraction: Fraction of the rows held out for validation (default 0.05; not with --val_file).
         mask_inputs: Compute the loss on the answer tokens only (prompt tokens get label -100).
@@ -40,8 +37,7 @@ def setup(
         prompt_style: Prompt template. Default: the checkpoint's prompt_style.json, else the template its model was
             trained with (chat models), else alpaca.
     """
-    check_prepare_args(checkpoint_dir, data_file, val_file, val_split_fraction, max_seq_length)
-    data_file = data_file or download(DATA_URL, destination_path / "databricks-dolly-15k.jsonl")
+    check_prepare_args(checkpoint_dir, data_file, val_file, val_split_fraction, max_seq_length, "dolly")
     rows = to_alpaca(load_rows(data_file, required=("instruction", "response")))
     val_rows = to_alpaca(load_rows(val_file, required=("instruction", "response"))) if val_file else None
     prepare(rows, val_rows, checkpoint_dir=checkpoint_dir, destination_path=destination_path, source=str(data_file),

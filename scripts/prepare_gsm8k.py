@@ -7,17 +7,15 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lit_gpt.data import check_prepare_args, download, load_rows, prepare  # noqa: E402
+from lit_gpt.data import DATASETS, check_prepare_args, load_rows, prepare  # noqa: E402
 from lit_gpt.prompts import PromptStyleName  # noqa: E402
 from lit_gpt.utils import cli, fail  # noqa: E402
-
-DATA_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/train.jsonl"
 
 
 def setup(
     checkpoint_dir: Path,
     destination_path: Path = Path("data/gsm8k"),
-    data_file: Optional[Path] = None,
+    data_file: Path = DATASETS["gsm8k"][1],
     keep_calculator_annotations: bool = False,
     val_file: Optional[Path] = None,
     val_split_fraction: Optional[float] = None,
@@ -29,13 +27,13 @@ def setup(
     """Prepares JSON lines of {"question", "answer"} where the answer ends with a "#### <number>" line.
 
     The question is the instruction; the output is the whole answer, reasoning and final "#### N" line, so an
-    evaluation can read the number after "####". E.g. --data_file data/arithmetic/train.jsonl (no download).
+    evaluation can read the number after "####". E.g. --data_file data/arithmetic/train.jsonl (shipped).
 
     Args:
         checkpoint_dir: Checkpoint dir whose tokenizer (and default prompt style) is used.
         destination_path: Where train.pt, val.pt, prepare_config.json and prompt_style.json are written.
-        data_file: A local GSM8K-format train.jsonl; when not given GSM8K's is downloaded into
-            `destination_path`.
+        data_file: A GSM8K-format train.jsonl (default: where `python scripts/download.py --dataset gsm8k` puts
+            GSM8K's).
         keep_calculator_annotations: Keep GSM8K's calculator annotations like <<48/2=24>> in the answers.
         val_file: A file of validation rows in the same format; default: split them off the data.
         val_split_fraction: Fraction of the rows held out for validation (default 0.05; not with --val_file).
@@ -46,8 +44,7 @@ def setup(
         prompt_style: Prompt template. Default: the checkpoint's prompt_style.json, else the template its model was
             trained with (chat models), else alpaca.
     """
-    check_prepare_args(checkpoint_dir, data_file, val_file, val_split_fraction, max_seq_length)
-    data_file = data_file or download(DATA_URL, destination_path / "train.jsonl")
+    check_prepare_args(checkpoint_dir, data_file, val_file, val_split_fraction, max_seq_length, "gsm8k")
     rows = to_alpaca(data_file, keep_calculator_annotations)
     val_rows = to_alpaca(val_file, keep_calculator_annotations) if val_file else None
     prepare(rows, val_rows, checkpoint_dir=checkpoint_dir, destination_path=destination_path, source=str(data_file),

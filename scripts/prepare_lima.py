@@ -6,18 +6,15 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lit_gpt.data import check_prepare_args, download, load_rows, prepare  # noqa: E402
+from lit_gpt.data import DATASETS, check_prepare_args, load_rows, prepare  # noqa: E402
 from lit_gpt.prompts import PromptStyleName  # noqa: E402
 from lit_gpt.utils import cli, fail  # noqa: E402
-
-# a gated dataset: accept its terms on huggingface.co, download train.jsonl yourself and pass --data_file
-DATA_URL = "https://huggingface.co/datasets/GAIR/lima/resolve/main/train.jsonl"
 
 
 def setup(
     checkpoint_dir: Path,
     destination_path: Path = Path("data/lima"),
-    data_file: Optional[Path] = None,
+    data_file: Path = DATASETS["lima"][1],
     val_file: Optional[Path] = None,
     val_split_fraction: Optional[float] = None,
     mask_inputs: bool = True,
@@ -33,8 +30,8 @@ def setup(
     Args:
         checkpoint_dir: Checkpoint dir whose tokenizer (and default prompt style) is used.
         destination_path: Where train.pt, val.pt, prepare_config.json and prompt_style.json are written.
-        data_file: A local LIMA train.jsonl; when not given it is downloaded into `destination_path` (the
-            dataset is gated, so this needs access).
+        data_file: LIMA's train.jsonl (default: where `python scripts/download.py --dataset lima` puts it; the
+            dataset is gated: accept its terms on huggingface.co and set HF_TOKEN).
         val_file: A file of validation rows in the same format; default: split them off the data.
         val_split_fraction: Fraction of the rows held out for validation (default 0.05; not with --val_file).
         mask_inputs: Compute the loss on the answer tokens only (prompt tokens get label -100).
@@ -44,8 +41,7 @@ def setup(
         prompt_style: Prompt template. Default: the checkpoint's prompt_style.json, else the template its model was
             trained with (chat models), else alpaca.
     """
-    check_prepare_args(checkpoint_dir, data_file, val_file, val_split_fraction, max_seq_length)
-    data_file = data_file or download(DATA_URL, destination_path / "train.jsonl")
+    check_prepare_args(checkpoint_dir, data_file, val_file, val_split_fraction, max_seq_length, "lima")
     rows = first_exchanges(data_file)
     val_rows = first_exchanges(val_file) if val_file else None
     prepare(rows, val_rows, checkpoint_dir=checkpoint_dir, destination_path=destination_path, source=str(data_file),

@@ -251,6 +251,19 @@ def test_download_without_hub(tmp_path: Path, smollm2_gguf: Path, smollm2_dir: P
     assert "already complete: reusing it" in proc.stdout
 
 
+def test_download_lm_eval_task_data() -> None:
+    """--lm_eval_tasks loads the tasks online once (a local task needs no network); a task whose data cannot be
+    fetched fails with one line, not a hang (offline is forced here)."""
+    proc = run_script("scripts/download.py", "--lm_eval_tasks", "lit_commonsense,lit_cloze")
+    assert "lm-eval task 'lit_cloze': its data is in the Hugging Face datasets cache" in proc.stdout
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = run_script("scripts/download.py", "--lm_eval_tasks", "lambada_openai", env=offline, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: Could not download the data of lm-eval task "
+                                                           "'lambada_openai'") and proc.stderr.count("\n") == 1
+    proc = run_script("scripts/download.py", "--dataset", "alpaca", "--repo_id", "a/b", check=False)
+    assert proc.returncode == 1 and "Pass one of --repo_id" in proc.stderr
+
+
 def test_export_real_smollm2_matches_transformers(tmp_path: Path, smollm2_dir: Path) -> None:
     """The real 135M model exported: transformers gives the same logits as our GPT on a tokenized prompt."""
     from transformers import AutoModelForCausalLM

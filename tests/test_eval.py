@@ -355,7 +355,8 @@ def test_bad_inputs_fail_before_the_model_is_loaded(llama_dir, tmp_path, monkeyp
     tasks.mkdir()
     (tasks / "hub.yaml").write_text("task: hub_task\ndataset_path: EleutherAI/lambada_openai\noutput_type: "
                                     "loglikelihood\ntest_split: test\ndoc_to_text: '{{text}}'\ndoc_to_target: ' x'\n")
-    with pytest.raises(UserError, match="Task 'hub_task' could not be loaded.*offline"):
+    with pytest.raises(UserError, match="Task 'hub_task' could not be loaded.*offline.*`python scripts/download.py "
+                                        "--lm_eval_tasks hub_task`"):
         setup(checkpoint_dir=llama_dir, tasks="hub_task", include_path=tasks)
     # the command line prints the message and exits with status 1
     proc = run_script("eval/lm_eval_harness.py", "--checkpoint_dir", llama_dir, "--tasks", "lit_cloze",

@@ -310,16 +310,59 @@ def test_script_errors(tmp_path: Path, smollm2_dir: Path) -> None:
     assert "No validation examples left after skipping 1" in error("gsm8k", data_file=good, max_seq_length=60,
                                                                    val_file=long_val)
 
-    # as commands: one `error:` line, exit status 1; without --data_file the download fails (no network here,
-    # and a dead proxy makes sure) and says what to do instead
-    procs = [run_script(*args, "--checkpoint_dir", smollm2_dir, "--destination_path", out, check=False,
-                        env={"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
-             for args in (["scripts/prepare_json.py", "--data_file", no_output], ["scripts/prepare_alpaca.py"])]
+    # as commands: one `error:` line, exit status 1; without --data_file and nothing downloaded to its default path,
+    # the error says how to download it. The download itself fails cleanly without network (a dead proxy makes sure)
+    dead_proxy = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    procs = [run_script(*args, cwd=tmp_path, check=False, env=dead_proxy) for args in (
+        ["scripts/prepare_json.py", "--checkpoint_dir", smollm2_dir, "--destination_path", out, "--data_file",
+         no_output],
+        ["scripts/prepare_alpaca.py", "--checkpoint_dir", smollm2_dir, "--destination_path", out],
+        ["scripts/download.py", "--dataset", "alpaca"])]
     for proc in procs:
         assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc
     assert "row 2 (line 2) has no 'output' field" in procs[0].stderr
-    assert "Could not download https://raw.githubusercontent.com/tatsu-lab" in procs[1].stderr
-    assert "pass --data_file" in procs[1].stderr and not out.exists()
+    assert ("No alpaca data at 'data/alpaca/alpaca_data.json': download it there with `python scripts/download.py "
+            "--dataset alpaca`, or pass --data_file") in procs[1].stderr
+    assert "Could not download https://raw.githubusercontent.com/tatsu-lab" in procs[2].stderr
+    assert "pass it to the prepare script with --data_file" in procs[2].stderr
+    assert not out.exists() and not (tmp_path / "data").exists()
+
+
+def test_downloaded_dataset_is_what_its_prepare_script_reads(tmp_path: Path, smollm2_dir: Path) -> None:
+    """scripts/download.py's file download over real HTTP (a local server): the file arrives whole at the path the
+    prepare script reads by default, is reused after; an HTTP error leaves no file behind."""
+    import functools
+    import http.server
+    import threading
+
+    from lit_gpt.data import DATASETS
+
+    spec = importlib.util.spec_from_file_location("download", REPO / "scripts" / "download.py")
+    download = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(download)
+    served = tmp_path / "served"
+    served.mkdir()
+    rows = [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(40)]
+    (served / "alpaca_data.json").write_text(json.dumps(rows))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        path = tmp_path / DATASETS["alpaca"][1]
+        download.download_file(f"{url}/alpaca_data.json", path)
+        assert path.read_bytes() == (served / "alpaca_data.json").read_bytes()
+        (served / "alpaca_data.json").write_text("[]")
+        download.download_file(f"{url}/alpaca_data.json", path)  # already there: kept
+        assert json.loads(path.read_text()) == rows
+        with pytest.raises(UserError, match="HTTP 404"):
+            download.download_file(f"{url}/missing.json", tmp_path / "data" / "missing.json")
+        assert sorted(p.name for p in path.parent.parent.rglob("*")) == ["alpaca", "alpaca_data.json"]
+    finally:
+        server.shutdown()
+    proc = run_script("scripts/prepare_alpaca.py", "--checkpoint_dir", smollm2_dir, cwd=tmp_path)
+    assert counts_line(proc.stdout)["train"] + counts_line(proc.stdout)["val"] == 40
+    assert (tmp_path / "data" / "alpaca" / "train.pt").is_file()
 
 
 def test_arithmetic_dataset_is_reproducible_and_correct(tmp_path: Path) -> None:
