@@ -29,14 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.peft import LoRARun, check_adapter_fits, load_lora_run  # noqa: E402
-from lit_gpt.prompts import (  # noqa: E402
-    PromptStyle,
-    PromptStyleName,
-    has_prompt_style,
-    load_prompt_style,
-    resolve_prompt_style,
-)
+from lit_gpt.peft import check_adapter_fits, load_lora_run, pick_prompt_style  # noqa: E402
+from lit_gpt.prompts import PromptStyleName  # noqa: E402
 from lit_gpt.quantize import check_quantize, load_model  # noqa: E402
 from lit_gpt.utils import atomic_write_text, check_valid_checkpoint_dir, cli, fail, fastest_precision  # noqa: E402
 
@@ -160,15 +154,6 @@ def setup(
         text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
         atomic_write_text(save_filepath, text + "\n")
         print(f"Saved the results to {str(save_filepath)!r}", file=sys.stderr)
-
-
-def pick_prompt_style(name: Optional[str], run: Optional[LoRARun], checkpoint_dir: Path) -> PromptStyle:
-    """--prompt_style, else the adapter's (what it was finetuned with), else the checkpoint's."""
-    if name is None and run is not None:
-        if has_prompt_style(run.adapter_file.parent):
-            return load_prompt_style(run.adapter_file.parent)
-        name = run.prompt_style
-    return resolve_prompt_style(name, checkpoint_dir)
 
 
 def check_writable(path: Path) -> None:

@@ -34,6 +34,7 @@ from lit_gpt.config import Config
 from lit_gpt.convert import family, hf_to_lit_name, lit_to_hf_name, qkv_from_interleaved, qkv_to_interleaved
 from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, check_lora_state_dict, lora_files, lora_filter, suffix
 from lit_gpt.model import GPT
+from lit_gpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, resolve_prompt_style
 from lit_gpt.utils import UserError, atomic_dir, fail, lazy_load
 
 PREFIX = "base_model.model."
@@ -86,6 +87,15 @@ def lora_layers(config: Config, lora: LoRAConfig) -> Dict[str, LoRALinear]:
     with torch.device("meta"):
         model = add_lora(GPT(config), lora)
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def pick_prompt_style(name: Optional[str], run: Optional[LoRARun], checkpoint_dir: Path) -> PromptStyle:
+    """--prompt_style, else the adapter's (what it was finetuned with), else the checkpoint's."""
+    if name is None and run is not None:
+        if has_prompt_style(run.adapter_file.parent):
+            return load_prompt_style(run.adapter_file.parent)
+        name = run.prompt_style
+    return resolve_prompt_style(name, checkpoint_dir)
 
 
 def check_adapter_fits(run: LoRARun, config: Config, base: Union[str, Path]) -> GPT:

@@ -9,7 +9,7 @@ next script uses the same style without a flag.
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Any, Literal, Optional, Sequence, Tuple, Union, get_args
 
 from lit_gpt.utils import atomic_write_text, fail
 
@@ -21,8 +21,17 @@ class PromptStyle:
     response_prefix: str = ""  # text between the prompt and the answer in training text (e.g. " " after "[/INST]")
     stop_strings: tuple = ()  # extra texts that end an answer besides the tokenizer's stop ids (eos)
 
+    turn_end: str = "\n"  # in a conversation, what follows an answer before the next user turn
+
     def apply(self, instruction: str, input: str = "") -> str:
         raise NotImplementedError
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        """A conversation up to where the next answer starts: the earlier (user message, answer) turns, then the new
+        user `message`. Chat styles render it as their model's chat template does; the others chain their one-turn
+        form: prompt, response_prefix, answer, `turn_end`, next prompt."""
+        return "".join(self.apply(user) + self.response_prefix + answer + self.turn_end
+                       for user, answer in turns) + self.apply(message)
 
     def stop_tokens(self, tokenizer: Any) -> list[list[int]]:
         """Token id sequences that end a response: the tokenizer's stop ids (eos, ...) and this style's stop strings."""
@@ -65,6 +74,7 @@ class Alpaca(PromptStyle):
     """The Stanford Alpaca template (tatsu-lab/stanford_alpaca, `PROMPT_DICT`), with and without input."""
 
     name = "alpaca"
+    turn_end = "\n\n"
 
     def apply(self, instruction: str, input: str = "") -> str:
         if input:
@@ -96,8 +106,13 @@ class ChatML(PromptStyle):
     stop_strings = ("<|im_end|>",)
 
     def apply(self, instruction: str, input: str = "") -> str:
-        return (f"<|im_start|>system\n{self.system}<|im_end|>\n"
-                f"<|im_start|>user\n{_user_message(instruction, input)}<|im_end|>\n<|im_start|>assistant\n")
+        return self.apply_conversation([], _user_message(instruction, input))
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        history = "".join(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
+                          for user, answer in turns)
+        return (f"<|im_start|>system\n{self.system}<|im_end|>\n{history}"
+                f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n")
 
 
 class Llama2Chat(PromptStyle):
@@ -109,8 +124,14 @@ class Llama2Chat(PromptStyle):
     response_prefix = " "
 
     def apply(self, instruction: str, input: str = "") -> str:
-        content = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{_user_message(instruction, input)}".strip()
-        return f"[INST] {content} [/INST]"
+        return self.apply_conversation([], _user_message(instruction, input))
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        """Later turns: " {answer} </s><s>[INST] {user} [/INST]" (the tokenizer reads </s><s> as EOS and BOS)."""
+        users = [user for user, _ in turns] + [message]
+        users[0] = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{users[0]}"
+        answers = [f" {answer.strip()} </s><s>" for _, answer in turns] + [""]
+        return "".join(f"[INST] {user.strip()} [/INST]{answer}" for user, answer in zip(users, answers))
 
 
 class TinyLlamaChat(PromptStyle):
@@ -121,8 +142,11 @@ class TinyLlamaChat(PromptStyle):
     system = "You are a friendly chatbot who always gives helpful answers."
 
     def apply(self, instruction: str, input: str = "") -> str:
-        return (f"<|system|>\n{self.system}</s>\n<|user|>\n{_user_message(instruction, input)}</s>\n"
-                "<|assistant|>\n")
+        return self.apply_conversation([], _user_message(instruction, input))
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        history = "".join(f"<|user|>\n{user}</s>\n<|assistant|>\n{answer}</s>\n" for user, answer in turns)
+        return f"<|system|>\n{self.system}</s>\n{history}<|user|>\n{message}</s>\n<|assistant|>\n"
 
 
 class FalconInstruct(PromptStyle):

@@ -12,10 +12,12 @@ CACHE = Path(os.environ.get("LIT_GPT_TEST_CACHE", Path.home() / ".cache" / "lit-
 
 
 def run_script(script: str, *args: str, check: bool = True, cwd: Path = REPO, timeout: float = 900,
-               env: dict = None) -> subprocess.CompletedProcess:
-    """Runs `python <script> <args>` from the repository root and returns the completed process."""
+               env: dict = None, stdin: str = "") -> subprocess.CompletedProcess:
+    """Runs `python <script> <args>` from the repository root (`stdin` as its input) and returns the completed
+    process."""
     proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                          input=stdin)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

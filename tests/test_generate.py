@@ -422,3 +422,51 @@ def test_smollm2_greedy_matches_transformers(smollm2_gguf, smollm2_dir):
     expected = tokenizer.decode(out)
     assert "Paris" in expected
     assert proc.stdout == expected + "\n"
+
+
+def test_chat_script(tiny_checkpoint, tiny_adapter):
+    """Messages from stdin: every answer is greedy generation on the conversation so far (the prompt style's
+    multi-turn form); /reset forgets it; when the conversation outgrows the context the oldest turns are left out,
+    as many as needed and no more; a message that cannot fit is refused and the chat goes on."""
+    from lit_gpt.prompts import PromptStyle
+
+    tokenizer = Tokenizer(tiny_checkpoint)
+    model = load_model(tiny_checkpoint, precision="32-true")
+    style = PromptStyle.from_name("chatml")
+    max_new, room = 6, model.max_seq_length - 6
+    messages = ["Hi, who are you?", "What is 2 + 2?", "/reset", "Hi, who are you?",
+                "Tell me more about the weather in the mountains in winter, and in summer too, please.",
+                "And about the weather at the sea in the spring and in the autumn, if you know it.",
+                "word " * 200, "Thanks!"]
+    answers, turns, dropped = [], [], 0
+    for message in messages:
+        if message == "/reset":
+            turns = []
+            continue
+        candidates = [tokenizer.encode(style.apply_conversation(turns[k:], message)) for k in range(len(turns) + 1)]
+        fitting = [k for k, ids in enumerate(candidates) if len(ids) <= room]
+        if not fitting:  # refused
+            continue
+        dropped += fitting[0] > 0
+        turns = turns[fitting[0]:]
+        answer = tokenizer.decode(generate(model, candidates[fitting[0]], max_new, temperature=0.0,
+                                           stop_tokens=style.stop_tokens(tokenizer)))
+        answers.append(answer)
+        turns.append((message, answer))
+    assert dropped and answers[0] == answers[2] and answers[1] != answers[0]
+    proc = run_script("generate/chat.py", "--checkpoint_dir", tiny_checkpoint, "--prompt_style", "chatml",
+                      "--max_new_tokens", max_new, "--temperature", 0, "--precision", "32-true",
+                      stdin="\n".join(messages) + "\n")
+    assert proc.stdout == "".join(answer + "\n" for answer in answers)
+    assert "oldest turn(s) no longer fit the context: left out" in proc.stderr
+    assert "This message does not fit the context of 128 tokens" in proc.stderr
+    assert proc.stderr.count("tokens/s") == len(answers)
+
+    # an adapter (its prompt style, qa): the first answer is generate/lora.py's; then /quit ends the chat
+    proc = run_script("generate/chat.py", "--lora_path", tiny_adapter, "--max_new_tokens", 16, "--temperature", 0,
+                      "--precision", "32-true", stdin="What is 12 plus 30?\n/quit\nnot read\n")
+    assert proc.stdout == expected_text(tiny_checkpoint, "What is 12 plus 30?", 16, style="qa", lora_path=tiny_adapter,
+                                        temperature=0.0)
+    assert "qa prompts" in proc.stderr and proc.stderr.count("tokens/s") == 1
+    assert "--max_new_tokens 128 leaves no room" in one_line_error(
+        run_script("generate/chat.py", "--checkpoint_dir", tiny_checkpoint, "--max_new_tokens", 128, check=False))

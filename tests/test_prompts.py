@@ -211,3 +211,33 @@ def test_stop_tokens_in_context_with_sentencepiece(tmp_path: Path) -> None:
     ids = tokenizer.encode("A: 5\nQ: What", bos=False).tolist()
     assert not any(ids[i:i + len(alone)] == alone for i in range(len(ids)))  # why encoding it alone is wrong
     assert any(ids[i:i + len(stops[1])] == stops[1] for i in range(len(ids)))
+
+
+CONVERSATION = [("What is 7 times 8?", "56."), ("  And 9 times 9? ", " It is 81.")]
+
+
+def conversation_messages(system: str = None) -> list:
+    messages = [{"role": "system", "content": system}] if system else []
+    for user, answer in CONVERSATION:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": "Thanks! Now add them."}]
+
+
+def test_conversations_are_the_chat_templates(smollm2_chat_template: str) -> None:
+    """Multi-turn prompts (generate/chat.py) render as each chat model's published template does."""
+    def conversation(name: str) -> str:
+        return PromptStyle.from_name(name).apply_conversation(CONVERSATION, "Thanks! Now add them.")
+
+    special = dict(bos_token="<s>", eos_token="</s>")
+    assert conversation("chatml") == render(smollm2_chat_template, conversation_messages())
+    llama2 = PromptStyle.from_name("llama2-chat")
+    assert "<s>" + conversation("llama2-chat") == render(LLAMA2_CHAT_TEMPLATE, conversation_messages(llama2.system),
+                                                         **special)
+    tinyllama = PromptStyle.from_name("tinyllama-chat")
+    assert conversation("tinyllama-chat") == render(TINYLLAMA_CHAT_TEMPLATE, conversation_messages(tinyllama.system),
+                                                    **special)
+    # the other styles chain their one-turn prompts; no history is the one-turn prompt
+    assert conversation("qa") == ("Q: What is 7 times 8?\nA: 56.\nQ:   And 9 times 9? \nA:  It is 81.\n"
+                                  "Q: Thanks! Now add them.\nA:")
+    for name, style in prompt_styles.items():
+        assert style().apply_conversation([], "Hi there") == style().apply("Hi there"), name
