@@ -169,6 +169,7 @@ def summary(scores: dict, train_log: str, timings: dict, checkpoint_dir: Path, d
     print("\nContinue by hand:")
     print(f"  python generate/lora.py --lora_path {lora_dir} --prompt \"Tom has 3 boxes of 12 pens. How many pens?\"")
     print(f"  python generate/base.py --checkpoint_dir {merged_dir} --prompt \"...\"")
+    print(f"  python generate/chat.py --lora_path {lora_dir}")
     print(f"  python eval/lm_eval_harness.py --lora_path {lora_dir} --tasks lit_arithmetic")
     print(f"  python scripts/export_peft.py --lora_path {lora_dir} --out_dir {out_dir / 'peft'}")
     print(f"  python scripts/convert_lit_checkpoint.py --checkpoint_dir {merged_dir} --out_dir {out_dir / 'hf'}")
