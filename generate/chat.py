@@ -3,8 +3,9 @@
 
 Type a message and press Enter; the answer streams back. Every prompt holds the conversation so far, written in the
 prompt style's multi-turn form (a chat model's own template); when it no longer fits the context, the oldest turns
-are left out. `/reset` starts a new conversation; `/quit` or Ctrl-D ends. Answers go to stdout; the prompt marker,
-notes and tokens/s go to stderr, so `python generate/chat.py < questions.txt > answers.txt` works too.
+are left out. `/reset` starts a new conversation; `/quit` or Ctrl-D ends; Ctrl-C stops an answer. Answers go to
+stdout; the prompt marker, notes and tokens/s go to stderr, so `python generate/chat.py < questions.txt >
+answers.txt` works too.
 """
 
 import sys
@@ -83,7 +84,7 @@ def main(
     stop_tokens = style.stop_tokens(tokenizer)
     adapter = f" + adapter {lora_path}" if lora_path else ""
     note(f"Chatting with {checkpoint_dir}{adapter} ({precision}{f', {quantize}' if quantize else ''}, "
-         f"{style.name} prompts). /reset starts over, /quit or Ctrl-D ends.")
+         f"{style.name} prompts). /reset starts over, /quit or Ctrl-D ends, Ctrl-C stops an answer.")
     turns: List[Tuple[str, str]] = []
     while (message := read_message()) is not None:
         if message == "/quit":
@@ -111,8 +112,11 @@ def main(
                 yield token
 
         start = time.perf_counter()
-        for piece in stream_text(tokenizer, collect()):
-            print(piece, end="", flush=True)
+        try:
+            for piece in stream_text(tokenizer, collect()):
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C stops the answer; what came so far stays in the conversation
+            note(" (stopped)")
         print(flush=True)
         elapsed = time.perf_counter() - start
         note(f"({len(answer)} tokens in {elapsed:.2f} s, {len(answer) / elapsed:.2f} tokens/s; prompt "
@@ -125,9 +129,16 @@ def note(text: str) -> None:
 
 
 def read_message() -> Optional[str]:
-    """The next line typed (stripped), or None at the end of the input."""
-    print(">> ", end="", file=sys.stderr, flush=True)
-    line = sys.stdin.readline()
+    """The next line typed (stripped), or None at the end of the input or on Ctrl-C."""
+    try:
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            import readline  # noqa: F401  (line editing and history for input())
+
+            return input(">> ").strip()
+        print(">> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+    except (EOFError, KeyboardInterrupt):
+        line = ""
     if not line:
         note("")
         return None

@@ -60,7 +60,10 @@ def main(*, repo_id: Optional[str] = None, checkpoint_dir: Optional[Path] = None
         fail("Pass one of --repo_id <org>/<name> (a model), --dataset NAME (data for a prepare script) or "
              "--lm_eval_tasks NAMES (data of evaluation tasks)")
     if lm_eval_tasks is not None:
-        download_lm_eval_tasks([name.strip() for name in lm_eval_tasks.split(",") if name.strip()])
+        names = [name.strip() for name in lm_eval_tasks.split(",") if name.strip()]
+        if not names:
+            fail("--lm_eval_tasks is empty: pass task names, e.g. --lm_eval_tasks hellaswag,arc_easy")
+        download_lm_eval_tasks(names)
         return
     if dataset is not None:
         url, default_path = DATASETS[dataset]
