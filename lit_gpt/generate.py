@@ -127,7 +127,7 @@ def is_quantized(model: torch.nn.Module) -> bool:
 def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.8,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, repetition_penalty: float = 1.0,
                     stop_tokens: Iterable[Sequence[int]] = (), generator: Optional[torch.Generator] = None,
-                    compile: bool = False) -> Iterator[int]:
+                    compile: bool = False, cached: Optional[int] = None) -> Iterator[int]:
     """Yields up to `max_new_tokens` new token ids after `prompt` (1-D ids, on the model's device).
 
     The prompt is processed in one forward pass, then one token per step through a KV cache of prompt +
@@ -139,6 +139,9 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
     compile: run the one-token steps through `torch.compile` (float weights only). The first compilation takes a
     minute or so on a small CPU; it is cached on disk, after which decoding is about 1.8x faster on CPU
     (SmolLM2-135M, bf16).
+    cached: use the model's own KV cache (`model.set_kv_cache`, room for prompt + max_new_tokens), whose first
+    `cached` positions hold `prompt[:cached]` already: only the rest of the prompt is run (a chat's next turn after
+    the earlier ones). The cache keeps the prompt and the generated tokens (all but the last) afterwards.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if compile and is_quantized(model):
@@ -162,11 +165,21 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
                     generator=generator)
 
     previous_caches = [block.attn.kv_cache for block in model.transformer.h]
-    model.set_kv_cache(1, T + max_new_tokens, device=device)
+    if cached is None:
+        model.set_kv_cache(1, T + max_new_tokens, device=device)
+        start = 0
+    else:
+        room = min((block.attn.kv_cache.k.size(2) if block.attn.kv_cache is not None else 0)
+                   for block in model.transformer.h)
+        if room < T + max_new_tokens:
+            raise ValueError(f"cached={cached} needs the model's KV cache to hold the prompt + max_new_tokens "
+                             f"({T + max_new_tokens} positions); it holds {room}")
+        start = min(max(cached, 0), T - 1)  # the last prompt token runs again: its logits start the answer
     try:
         # only the last position's logits are needed: lm_head (vocab x n_embd) on one row instead of T
-        last = torch.arange(T, device=device).view(1, T) == T - 1
-        logits = model(prompt.view(1, T), torch.arange(T, device=device), logits_at=last)[0, :vocab_size]
+        last = torch.arange(T - start, device=device).view(1, -1) == T - start - 1
+        logits = model(prompt[start:].view(1, -1), torch.arange(start, T, device=device),
+                       logits_at=last)[0, :vocab_size]
         input_pos = torch.tensor([T], device=device)
         step_fn = compiled_decode_step() if compile else _forward_step
         out: List[int] = []
@@ -196,8 +209,9 @@ def generate_tokens(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, te
             input_pos.add_(1)
         yield from out[emitted:]
     finally:
-        for block, cache in zip(model.transformer.h, previous_caches):
-            block.attn.kv_cache = cache
+        if cached is None:
+            for block, cache in zip(model.transformer.h, previous_caches):
+                block.attn.kv_cache = cache
 
 
 def _forward_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 sequences, streaming text) and the generate scripts end to end, plus one SmolLM2 check against transformers."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -172,6 +173,29 @@ def test_compiled_decoding_matches_eager():
         torch.testing.assert_close(sampled[1], sampled[0], rtol=0, atol=0)
     assert counts[0] > 0 and counts[-1] == counts[0]  # the later lengths reused the first compilation
     assert all(block.attn.kv_cache is None for block in model.transformer.h)
+
+
+def test_generation_continues_from_a_kept_kv_cache():
+    """cached=n: the model's KV cache holds the first n prompt tokens (an earlier turn and its answer); running only
+    the rest gives the tokens a fresh generation over the whole prompt gives."""
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(2)
+    first = torch.randint(0, 100, (9,), generator=gen)
+    model.set_kv_cache(1, 60)
+    answer = list(generate_tokens(model, first, 8, temperature=0.0, cached=0))
+    assert answer == generate(model, first, 8, temperature=0.0).tolist()
+    second = torch.cat([first, torch.tensor(answer), torch.randint(0, 100, (5,), generator=gen)])
+    kept = len(first) + len(answer) - 1  # the last answer token never went through the model
+    again = list(generate_tokens(model, second, 10, temperature=0.0, cached=kept))
+    for block in model.transformer.h:  # the kept positions are read, not run again: garbage there shows
+        block.attn.kv_cache.k[:, :, :kept].normal_(generator=gen)
+    assert list(generate_tokens(model, second, 10, temperature=0.0, cached=kept)) != again
+    model.clear_kv_cache()
+    assert again == generate(model, second, 10, temperature=0.0).tolist() == greedy_without_cache(model, second,
+                                                                                                    10).tolist()
+    model.set_kv_cache(1, 20)
+    with pytest.raises(ValueError, match="KV cache to hold the prompt \\+ max_new_tokens \\(25 positions\\)"):
+        list(generate_tokens(model, second[:15], 10, cached=5))
 
 
 def test_kv_cache_overflow_is_an_error():
@@ -458,6 +482,9 @@ def test_chat_script(tiny_checkpoint, tiny_adapter):
                       "--max_new_tokens", max_new, "--temperature", 0, "--precision", "32-true",
                       stdin="\n".join(messages) + "\n")
     assert proc.stdout == "".join(answer + "\n" for answer in answers)
+    # the KV cache keeps the conversation: a next turn runs only its new tokens
+    runs = [(int(a), int(b)) for a, b in re.findall(r"prompt (\d+) tokens, (\d+) of them run", proc.stderr)]
+    assert len(runs) == len(answers) and runs[0][0] == runs[0][1] and runs[1][1] < runs[1][0] // 2
     assert "oldest turn(s) no longer fit the context: left out" in proc.stderr
     assert "This message does not fit the context of 128 tokens" in proc.stderr
     assert proc.stderr.count("tokens/s") == len(answers)
