@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.generate import check_generate_flags, generate_tokens, stream_text  # noqa: E402
+from lit_gpt.generate import check_generate_flags, generate, generate_tokens, stream_text  # noqa: E402
 from lit_gpt.lora import merge_lora_weights  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.peft import check_adapter_fits, load_lora_run, pick_prompt_style  # noqa: E402
@@ -81,6 +81,10 @@ def main(
     model = load_model(checkpoint_dir, precision=precision, quantize=quantize, lora_path=lora_path)
     if lora_path is not None and quantize is None:  # one matmul per layer; 4-bit weights would be re-quantized
         merge_lora_weights(model)
+    if compile:  # before the first message (a minute the first time, then from the disk cache)
+        start = time.perf_counter()
+        generate(model, tokenizer.encode(style.apply("Hi")), 2, temperature=0.0, compile=True)
+        note(f"Compiled the decoding step in {time.perf_counter() - start:.2f} s")
     generator = torch.Generator().manual_seed(seed)
     stop_tokens = style.stop_tokens(tokenizer)
     adapter = f" + adapter {lora_path}" if lora_path else ""
