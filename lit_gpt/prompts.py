@@ -20,7 +20,6 @@ class PromptStyle:
     name: str = ""
     response_prefix: str = ""  # text between the prompt and the answer in training text (e.g. " " after "[/INST]")
     stop_strings: tuple = ()  # extra texts that end an answer besides the tokenizer's stop ids (eos)
-
     turn_end: str = "\n"  # in a conversation, what follows an answer before the next user turn
 
     def apply(self, instruction: str, input: str = "") -> str:
