@@ -18,7 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.generate import check_generate_flags, generate, generate_tokens, stream_text  # noqa: E402
+from lit_gpt.generate import (  # noqa: E402
+    check_generate_flags,
+    common_prefix_length,
+    generate,
+    generate_tokens,
+    stream_text,
+)
 from lit_gpt.lora import merge_lora_weights  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.peft import check_adapter_fits, load_lora_run, pick_prompt_style  # noqa: E402
@@ -111,7 +117,7 @@ def main(
             turns = turns[len(turns) - kept:]
         # the conversation so far is in the KV cache: only what follows the part that is unchanged runs again
         ids = prompt.tolist()
-        same = next((i for i, (a, b) in enumerate(zip(cached, ids)) if a != b), min(len(cached), len(ids)))
+        same = common_prefix_length(cached, ids)
         grow_kv_cache(model, len(ids) + max_new_tokens, keep=same)
         answer: List[int] = []
         start = first = time.perf_counter()

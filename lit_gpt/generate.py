@@ -252,12 +252,13 @@ def stream_text(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
             yield text[len(shown):]
             shown = text
     text = tokenizer.decode(ids) if ids else ""
-    common = len(shown) if text.startswith(shown) else _common_prefix_length(text, shown)
+    common = len(shown) if text.startswith(shown) else common_prefix_length(text, shown)
     if len(text) > common:  # what is left; if decoding changed text already shown, the differing rest
         yield text[common:]
 
 
-def _common_prefix_length(a: str, b: str) -> int:
+def common_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items (characters, token ids) `a` and `b` share."""
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1

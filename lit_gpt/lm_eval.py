@@ -128,16 +128,17 @@ class LitLM(TemplateLM):
                                  f"{self.max_length}")
             inputs.append((context + continuation)[-(self.max_length + 1):][:-1])
             groups[tuple(inputs[i][:len(inputs[i]) - len(continuation) + 1])].append(i)
-        # rows: (size, request ids); size = prefix + the rest of each continuation, an upper bound of its tokens.
+        # rows: size = prefix + the rest of each continuation, an upper bound of the row's tokens.
         # Longest first: time estimates are upper bounds and an out-of-memory error shows up at once
-        rows: list[tuple[int, list[int]]] = []
+        rows: list[list] = []  # [size, request ids]
         for prefix, ids in groups.items():
-            rows.append((len(prefix), []))
+            rows.append([len(prefix), []])
             for i in ids:
                 tail = len(requests[i][2]) - 1
                 if rows[-1][1] and rows[-1][0] + tail > self.max_length:
-                    rows.append((len(prefix), []))
-                rows[-1] = (rows[-1][0] + tail, rows[-1][1] + [i])
+                    rows.append([len(prefix), []])
+                rows[-1][0] += tail
+                rows[-1][1].append(i)
         rows.sort(key=lambda row: -row[0])
 
         results: list = [None] * len(requests)
