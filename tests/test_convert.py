@@ -262,6 +262,8 @@ def test_download_lm_eval_task_data() -> None:
                                                            "'lambada_openai'") and proc.stderr.count("\n") == 1
     proc = run_script("scripts/download.py", "--dataset", "alpaca", "--repo_id", "a/b", check=False)
     assert proc.returncode == 1 and "Pass one of --repo_id" in proc.stderr
+    proc = run_script("scripts/download.py", "--lm_eval_tasks", " , ", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: --lm_eval_tasks is empty")
 
 
 def test_export_real_smollm2_matches_transformers(tmp_path: Path, smollm2_dir: Path) -> None:

@@ -355,6 +355,10 @@ def test_downloaded_dataset_is_what_its_prepare_script_reads(tmp_path: Path, smo
         (served / "alpaca_data.json").write_text("[]")
         download.download_file(f"{url}/alpaca_data.json", path)  # already there: kept
         assert json.loads(path.read_text()) == rows
+        download.download_file(f"{url}/alpaca_data.json", path, force=True)  # --force: replaced
+        assert json.loads(path.read_text()) == []
+        (served / "alpaca_data.json").write_text(json.dumps(rows))
+        download.download_file(f"{url}/alpaca_data.json", path, force=True)
         with pytest.raises(UserError, match="HTTP 404"):
             download.download_file(f"{url}/missing.json", tmp_path / "data" / "missing.json")
         assert sorted(p.name for p in path.parent.parent.rglob("*")) == ["alpaca", "alpaca_data.json"]
