@@ -22,17 +22,33 @@ class Config:
     head_size: Optional[int] = None
     n_query_groups: Optional[int] = None  # == n_head: MHA, 1: MQA, in between: GQA
     rotary_percentage: float = 0.25
-    rope_base: int = 10000
+    rope_base: float = 10000
+    # RoPE frequency scaling of the global (non-sliding) layers, None or one of
+    #   {"type": "linear", "factor": f}
+    #   {"type": "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+    #   {"type": "longrope", "short_factor": [...], "long_factor": [...], "original_max_position_embeddings",
+    #    "attention_factor"}: Phi-3's LongRoPE, long factors when a position >= original_max_position_embeddings
+    rope_scaling: Optional[dict] = None
+    rope_local_base: Optional[float] = None  # unscaled RoPE base of the sliding-window layers (None: as global)
+    sliding_window: Optional[int] = None  # a token attends to itself and the sliding_window - 1 tokens before it
+    global_layer_every: int = 0  # with a window: every N-th layer attends globally (Gemma 3: 6); 0: none does
     parallel_residual: bool = True
     shared_attention_norm: bool = False  # parallel residual with one norm feeding attention and MLP (Falcon)
     bias: bool = True
+    qkv_bias: Optional[bool] = None  # bias on the fused q/k/v projection (None: as `bias`; Qwen2.5: True alone)
     lm_head_bias: bool = False
     tie_embeddings: bool = False
+    scale_embeddings: bool = False  # embeddings multiplied by sqrt(n_embd) (Gemma)
     norm_class_name: Literal["LayerNorm", "RMSNorm"] = "LayerNorm"
     norm_eps: float = 1e-5
-    mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP"] = "GptNeoxMLP"
+    norm_unit_offset: bool = False  # RMSNorm scales by (1 + weight) (Gemma)
+    norm_qk: bool = False  # per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3)
+    post_norms: bool = False  # norms after the attention and MLP outputs too, four per block (Gemma 3)
+    attention_scalar: Optional[float] = None  # scores scaled by attention_scalar ** -0.5 (default: head_size)
+    mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP", "GemmaMLP"] = "GptNeoxMLP"  # GemmaMLP: LLaMAMLP with GELU
     gelu_approximate: str = "none"
     intermediate_size: Optional[int] = None
+    hf_model_type: str = ""  # the transformers `model_type` the converters write (default: from the layout)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -46,11 +62,22 @@ class Config:
         if self.n_query_groups is None:
             self.n_query_groups = self.n_head
         assert self.n_head % self.n_query_groups == 0, "n_head must be a multiple of n_query_groups"
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
         if self.intermediate_size is None:
-            if self.mlp_class_name == "LLaMAMLP":
+            if self.mlp_class_name != "GptNeoxMLP":
                 raise ValueError(f"{self.name!r}: the LLaMAMLP needs `intermediate_size`")
             self.intermediate_size = 4 * self.n_embd
         self.rope_n_elem = int(self.rotary_percentage * self.head_size)
+        if not self.hf_model_type:
+            self.hf_model_type = ("llama" if self.mlp_class_name == "LLaMAMLP" else "gemma3_text"
+                                  if self.mlp_class_name == "GemmaMLP" else "falcon" if self.shared_attention_norm
+                                  else "gpt_neox")
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether block `layer` attends within the sliding window."""
+        every = self.global_layer_every
+        return self.sliding_window is not None and not (every and (layer + 1) % every == 0)
 
     @classmethod
     def from_name(cls, name: str, **kwargs: Any) -> "Config":
