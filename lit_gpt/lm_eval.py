@@ -185,7 +185,8 @@ class LitLM(TemplateLM):
         mask = (at[None, None, :] <= at[None, :, None]) & (at[None, :, None] <= last[:, None, :])  # (B, L, L)
         slots = torch.arange(L, device=self._device).expand(B, L)
         with self._kv_caches(B, L):
-            hidden = self._forward(idx.to(self._device), pos.to(self._device), slots, mask=mask.to(self._device))
+            hidden = self._forward(idx.to(self._device), pos.to(self._device), slots, mask=mask.to(self._device),
+                                   key_positions=pos.to(self._device))
         # an input of n tokens with a continuation of c: its nodes n - c, ..., n - 1 predict the continuation
         scored = [b * L + node for b, (trie, sequence) in enumerate(zip(tries, sequences))
                   for path, (tokens, cont) in zip(trie.paths, sequence) for node in path[len(tokens) - len(cont):]]
@@ -317,23 +318,29 @@ class LitLM(TemplateLM):
 
     # ---------------------------------------------------------------------------------------------------- utils
     def _forward(self, idx: torch.Tensor, positions: torch.Tensor, slots: Optional[torch.Tensor] = None,
-                 first_row: int = 0, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 first_row: int = 0, mask: Optional[torch.Tensor] = None,
+                 key_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The model's final hidden states (B, T, n_embd), before the LM head (applied to scored positions only).
 
         Row b's tokens are at RoPE positions `positions[b]` (B or 1, T). With `slots` (B, T) they are written to
         those slots of KV-cache row first_row + b and attend to the row's slots up to the largest one: as `mask`
-        (B, T, length) allows, or causally if it is None (a prefill from slot 0). `GPT.forward` gives all rows the
-        same positions and slots, so this runs its blocks with the per-row RoPE cos/sin and mask that
-        `CausalSelfAttention` takes, and the row-wise `_KVCache`s of `_kv_caches`.
+        (B, T, length) allows, or causally if it is None (a prefill from slot 0). `key_positions` (B, length): the
+        positions of the tokens in those slots (default: slot i holds position i), for sliding-window layers.
+        `GPT.forward` gives all rows the same positions and slots, so this runs its blocks with the per-row RoPE
+        cos/sin and masks of `GPT.layer_inputs`, and the row-wise `_KVCache`s of `_kv_caches`.
         """
         model = self.model
-        cos, sin = model.cos[positions].unsqueeze(1), model.sin[positions].unsqueeze(1)  # (B, 1, T, rope_n_elem)
         cache_input = None
         if slots is not None:
-            cache_input = ((first_row, slots), int(slots.max()) + 1, None if mask is None else mask.unsqueeze(1))
-        x = model.transformer.wte(idx)
+            cache_input = ((first_row, slots), int(slots.max()) + 1)
+        length = int(slots.max()) + 1 if slots is not None else idx.size(1)
+        if key_positions is None:
+            key_positions = torch.arange(length, device=idx.device)
+        inputs = model.layer_inputs(positions.unsqueeze(1), key_positions.unsqueeze(-2) if key_positions.dim() > 1
+                                    else key_positions, None if mask is None else mask.unsqueeze(1))
+        x = model.embed(idx)
         for block in model.transformer.h:
-            x = block(x, cos, sin, cache_input)
+            x = block(x, *inputs[block.sliding], cache_input)
         return model.transformer.ln_f(x)
 
     @contextmanager

@@ -1,5 +1,7 @@
-"""A compact GPT covering GPT-NeoX (Pythia, StableLM), Llama (Llama 2, TinyLlama, Mistral, SmolLM2) and Falcon."""
+"""A compact GPT: GPT-NeoX (Pythia, StableLM), Llama (Llama 2/3, TinyLlama, Mistral, SmolLM2), Qwen2.5, Qwen3, Gemma 3,
+Phi-3 and Falcon, one code path driven by `Config` fields."""
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -18,7 +20,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
                 ln_f=build_norm(config),
             )
         )
@@ -39,9 +41,15 @@ class GPT(nn.Module):
         self._max_seq_length = value
         device = self.transformer.wte.weight.device
         device = torch.device("cpu") if device.type == "meta" else device
-        cos, sin = build_rope_cache(value, self.config.rope_n_elem, self.config.rope_base, device)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        c = self.config
+        tables = {"": build_rope_cache(value, c.rope_n_elem, c.rope_base, c.rope_scaling, device)}
+        if c.rope_local_base is not None:  # sliding-window layers: their own base, unscaled
+            tables["_local"] = build_rope_cache(value, c.rope_n_elem, c.rope_local_base, None, device)
+        if (c.rope_scaling or {}).get("type") == "longrope":
+            tables["_long"] = build_rope_cache(value, c.rope_n_elem, c.rope_base, c.rope_scaling, device, long=True)
+        for suffix, (cos, sin) in tables.items():
+            self.register_buffer("cos" + suffix, cos, persistent=False)
+            self.register_buffer("sin" + suffix, sin, persistent=False)
 
     def set_kv_cache(self, batch_size: int, max_seq_length: Optional[int] = None,
                      device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
@@ -66,49 +74,82 @@ class GPT(nn.Module):
         its N true positions in row-major order: training computes the head only where there are targets.
         """
         T = idx.size(1)
+        cache = mask = None
         if input_pos is None:
             if T > self.max_seq_length:
                 raise ValueError(f"Sequence of {T} tokens is longer than max_seq_length={self.max_seq_length}")
-            cos, sin = self.cos[:T], self.sin[:T]
+            input_pos = key_pos = torch.arange(T, device=idx.device)
         else:
-            cos, sin = self.cos.index_select(0, input_pos), self.sin.index_select(0, input_pos)
-        mask = None
-        if input_pos is not None:
             length = int(input_pos[-1]) + 1  # attention reads the filled part of the cache only
             torch._check(length >= 1)  # compiled (capture_scalar_outputs): the data-dependent length is a size
+            key_pos = torch.arange(length, device=idx.device)
             if 1 < T < length:  # a chunk after a prefix: explicit causal mask (T, length)
-                mask = torch.arange(length, device=idx.device) <= input_pos[:, None]
-            input_pos = (input_pos, length, mask)
-        x = self.transformer.wte(idx)  # (B, T, n_embd)
+                mask = key_pos <= input_pos[:, None]
+            cache = (input_pos, length)
+        inputs = self.layer_inputs(input_pos, key_pos, mask)
+        x = self.embed(idx)  # (B, T, n_embd)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, input_pos, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, *inputs[block.sliding], cache, use_reentrant=False)
             else:
-                x = block(x, cos, sin, input_pos)
+                x = block(x, *inputs[block.sliding], cache)
         if logits_at is not None:
             x = x[logits_at]  # (N, n_embd)
         x = self.transformer.ln_f(x)
         return self.lm_head(x)
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        if self.config.scale_embeddings:
+            x = x * torch.tensor(self.config.n_embd ** 0.5, dtype=x.dtype)
+        return x
+
+    def layer_inputs(self, pos: torch.Tensor, key_pos: torch.Tensor, mask: Optional[torch.Tensor]) -> dict:
+        """{sliding: (cos, sin, mask)} for the global (False) and sliding-window (True) layers.
+
+        pos: (..., T) positions of the queries, key_pos: (..., L) of the keys they may attend to, `mask` (..., T, L)
+        which keys each query sees (None: causal, query i sees keys 0..i). A sliding layer sees, of those, only the
+        keys less than `sliding_window` positions back; its mask is None when no key is that far.
+        """
+        c = self.config
+        cos, sin = self.cos[pos], self.sin[pos]  # (..., T, rope_n_elem)
+        if (c.rope_scaling or {}).get("type") == "longrope":  # as transformers: long factors for every position
+            long = pos.max() >= c.rope_scaling["original_max_position_embeddings"]  # once one is past the original
+            cos, sin = torch.where(long, self.cos_long[pos], cos), torch.where(long, self.sin_long[pos], sin)
+        inputs = {False: (cos, sin, mask)}
+        if c.sliding_window is not None:
+            if c.rope_local_base is not None:
+                cos, sin = self.cos_local[pos], self.sin_local[pos]
+            local = mask
+            if torch.compiler.is_compiling() or key_pos.size(-1) > c.sliding_window:
+                local = key_pos[..., None, :] > pos[..., :, None] - c.sliding_window
+                local = local & (key_pos[..., None, :] <= pos[..., :, None] if mask is None else mask)
+            inputs[True] = (cos, sin, local)
+        return inputs
+
 
 class Block(nn.Module):
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, index: int = 0) -> None:
         super().__init__()
         self.norm_1 = build_norm(config)
         self.attn = CausalSelfAttention(config)
         self.norm_2 = None if config.shared_attention_norm else build_norm(config)
-        self.mlp = LLaMAMLP(config) if config.mlp_class_name == "LLaMAMLP" else GptNeoxMLP(config)
+        self.mlp = GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
+        # Gemma 3 normalizes the attention and MLP outputs too, before adding them to the residual stream
+        self.post_attention_norm = build_norm(config) if config.post_norms else nn.Identity()
+        self.post_mlp_norm = build_norm(config) if config.post_norms else nn.Identity()
         self.parallel_residual = config.parallel_residual
+        self.sliding = config.is_sliding(index)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: Optional[tuple] = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                cache: Optional[tuple] = None) -> torch.Tensor:
         n_1 = self.norm_1(x)
-        h = self.attn(n_1, cos, sin, input_pos)
+        h = self.post_attention_norm(self.attn(n_1, cos, sin, mask, cache))
         if self.parallel_residual:
             n_2 = n_1 if self.norm_2 is None else self.norm_2(x)
-            return x + h + self.mlp(n_2)
+            return x + h + self.post_mlp_norm(self.mlp(n_2))
         x = x + h
-        return x + self.mlp(self.norm_2(x))
+        return x + self.post_mlp_norm(self.mlp(self.norm_2(x)))
 
 
 class CausalSelfAttention(nn.Module):
@@ -116,14 +157,18 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         # one fused projection, rows laid out as [all queries | all keys | all values]
         qkv_size = (config.n_head + 2 * config.n_query_groups) * config.head_size
-        self.qkv = nn.Linear(config.n_embd, qkv_size, bias=config.bias)
+        self.qkv = nn.Linear(config.n_embd, qkv_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
+        if config.norm_qk:  # one RMSNorm over each head's features, shared by the heads
+            self.norm_q = build_norm(config, config.head_size)
+            self.norm_k = build_norm(config, config.head_size)
         self.kv_cache: Optional[KVCache] = None
         self.config = config
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: Optional[tuple] = None
-                ) -> torch.Tensor:
-        """input_pos: (positions (T,), cache length to attend over, mask or None), from `GPT.forward`."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                cache: Optional[tuple] = None) -> torch.Tensor:
+        """mask: which keys each query sees, (T, L) or (B, 1, T, L), None: causal. cache: (positions (T,) to write,
+        cache length to attend over), from `GPT.forward`."""
         B, T, _ = x.shape
         c = self.config
         q, k, v = self.qkv(x).split([c.n_head * c.head_size, c.n_query_groups * c.head_size,
@@ -131,21 +176,22 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, c.n_head, c.head_size).transpose(1, 2)  # (B, n_head, T, hs)
         k = k.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, n_query_groups, T, hs)
         v = v.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)
+        if c.norm_qk:
+            q, k = self.norm_q(q), self.norm_k(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        mask, is_causal = None, T > 1
-        if input_pos is not None:
+        if cache is not None:
             if self.kv_cache is None:
                 raise RuntimeError("`input_pos` needs a KV cache: call `model.set_kv_cache(batch_size)` first")
-            input_pos, length, mask = input_pos
+            input_pos, length = cache
             size = self.kv_cache.k.size(2)  # checked on the int `length`: no tensor sync, no graph break in compile
             if not torch.compiler.is_compiling() and length > size:
                 raise ValueError(f"Position {length - 1} is past the KV cache's {size} positions")
             torch._check(length <= size)  # compiled: a runtime assert that also bounds the data-dependent length
             k, v = self.kv_cache(input_pos, k, v)
             k, v = k[:, :, :length], v[:, :, :length]  # (B, n_query_groups, length, hs)
-            is_causal = is_causal and mask is None
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+        scale = None if c.attention_scalar is None else c.attention_scalar ** -0.5
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=scale,
                                            enable_gqa=c.n_query_groups != c.n_head)
         y = y.transpose(1, 2).reshape(B, T, c.n_head * c.head_size)
         return self.proj(y)
@@ -163,36 +209,45 @@ class GptNeoxMLP(nn.Module):
 
 
 class LLaMAMLP(nn.Module):
-    """SwiGLU: proj(silu(fc_1(x)) * fc_2(x)), fc_1 being the gate and fc_2 the up projection."""
+    """Gated: proj(act(fc_1(x)) * fc_2(x)), fc_1 being the gate and fc_2 the up projection; act is SiLU (SwiGLU) or,
+    for the GemmaMLP, GELU (GeGLU)."""
 
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
         self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
         self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        self.gelu = config.gelu_approximate if config.mlp_class_name == "GemmaMLP" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+        gate = self.fc_1(x)
+        gate = F.silu(gate) if self.gelu is None else F.gelu(gate, approximate=self.gelu)
+        return self.proj(gate * self.fc_2(x))
 
 
 class RMSNorm(nn.Module):
-    """Normalizes in float32, like the reference Llama implementation, then scales in the input dtype."""
+    """Normalizes in float32, like the reference Llama implementation, then scales in the input dtype. Gemma's
+    variant (`unit_offset`) scales by (1 + weight) in float32, then casts, as its reference does."""
 
-    def __init__(self, size: int, eps: float = 1e-5) -> None:
+    def __init__(self, size: int, eps: float = 1e-5, unit_offset: bool = False) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
+        self.weight = nn.Parameter(torch.zeros(size) if unit_offset else torch.ones(size))
         self.eps = eps
+        self.unit_offset = unit_offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            return (x32 * (1.0 + self.weight.float())).to(x.dtype)
         return self.weight * x32.to(x.dtype)
 
 
-def build_norm(config: Config) -> nn.Module:
+def build_norm(config: Config, size: Optional[int] = None) -> nn.Module:
+    size = size or config.n_embd
     if config.norm_class_name == "RMSNorm":
-        return RMSNorm(config.n_embd, eps=config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+        return RMSNorm(size, eps=config.norm_eps, unit_offset=config.norm_unit_offset)
+    return nn.LayerNorm(size, eps=config.norm_eps)
 
 
 class KVCache(nn.Module):
@@ -210,14 +265,39 @@ class KVCache(nn.Module):
         return self.k[:n], self.v[:n]
 
 
-def build_rope_cache(seq_len: int, n_elem: int, base: int, device: Optional[torch.device] = None
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (seq_len, n_elem), in float32, in the rotate-half layout of Hugging Face models."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.int64).float() / n_elem))
+def build_rope_cache(seq_len: int, n_elem: int, base: float, scaling: Optional[dict] = None,
+                     device: Optional[torch.device] = None, long: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (seq_len, n_elem), in float32, in the rotate-half layout of Hugging Face models.
+
+    `scaling` (`Config.rope_scaling`) rescales the frequencies: "linear" divides them all by `factor`; "llama3"
+    divides the low ones (wavelengths past original / low_freq_factor) by `factor`, keeps the high ones (shorter than
+    original / high_freq_factor) and blends in between; "longrope" divides each by its own short (or, `long`, long)
+    factor and multiplies cos and sin by `attention_factor`.
+    """
+    exponents = torch.arange(0, n_elem, 2, device=device, dtype=torch.int64).float() / n_elem
+    inv_freq = 1.0 / (base ** exponents)  # (n_elem / 2,)
+    kind, scale = (scaling or {}).get("type"), 1.0
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        original = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= original / high) & (wavelen <= original / low)
+        inv_freq = torch.where(medium, blended, scaled)
+    elif kind == "longrope":
+        factors = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (factors * base ** exponents)
+        scale = scaling["attention_factor"]
+    elif kind is not None:
+        raise ValueError(f"Unknown rope_scaling type {kind!r}: known are linear, llama3, longrope")
     t = torch.arange(seq_len, device=device, dtype=torch.int64).float()
     freqs = torch.outer(t, inv_freq)  # (seq_len, n_elem / 2)
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    return emb.cos() * scale, emb.sin() * scale
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
