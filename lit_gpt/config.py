@@ -235,4 +235,120 @@ for _name in ("falcon-7b", "falcon-7b-instruct"):
                         padded_vocab_size=65024, n_layer=32, n_embd=4544, n_head=71, n_query_groups=1,
                         rotary_percentage=1.0, parallel_residual=True, shared_attention_norm=True, bias=False))
 
+############
+# Llama 3.1 / 3.2 / 3.3: 128K vocabulary, 8 kv heads, Llama 3 RoPE scaling (3.2: tied embeddings)
+############
+for _size, _kinds, _n_layer, _n_embd, _n_head, _inter, _factor in [
+    ("3.2-1B", ("", "-Instruct"), 16, 2048, 32, 8192, 32.0),
+    ("3.2-3B", ("", "-Instruct"), 28, 3072, 24, 8192, 32.0),
+    ("3.1-8B", ("", "-Instruct"), 32, 4096, 32, 14336, 8.0),
+    ("3.3-70B", ("-Instruct",), 80, 8192, 64, 28672, 8.0),
+]:
+    for _kind in _kinds:
+        _name = f"Llama-{_size}{_kind}"
+        configs.append(dict(_llama, name=_name, hf_config=dict(org="meta-llama", name=_name), block_size=131072,
+                            vocab_size=128256, padding_multiple=1, n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head,
+                            n_query_groups=8, intermediate_size=_inter, rope_base=500000,
+                            rope_scaling=dict(type="llama3", factor=_factor, low_freq_factor=1.0, high_freq_factor=4.0,
+                                              original_max_position_embeddings=8192),
+                            tie_embeddings=_size.startswith("3.2"), hf_model_type="llama"))
+
+############
+# Qwen2.5: Llama layout with a bias on q/k/v alone; 0.5B-3B tie embeddings. The base repos' config.json give
+# max_position_embeddings and rms_norm_eps per size, every -Instruct one 32768 and 1e-6.
+############
+for _size, _n_layer, _n_embd, _n_head, _groups, _inter, _vocab, _base_block, _base_eps in [
+    ("0.5B", 24, 896, 14, 2, 4864, 151936, 32768, 1e-6),
+    ("1.5B", 28, 1536, 12, 2, 8960, 151936, 131072, 1e-6),
+    ("3B", 36, 2048, 16, 2, 11008, 151936, 32768, 1e-6),
+    ("7B", 28, 3584, 28, 4, 18944, 152064, 131072, 1e-6),
+    ("14B", 48, 5120, 40, 8, 13824, 152064, 131072, 1e-5),
+    ("32B", 64, 5120, 40, 8, 27648, 152064, 131072, 1e-5),
+    ("72B", 80, 8192, 64, 8, 29568, 152064, 131072, 1e-5),
+]:
+    for _kind in ("", "-Instruct"):
+        _name = f"Qwen2.5-{_size}{_kind}"
+        configs.append(dict(_llama, name=_name, hf_config=dict(org="Qwen", name=_name),
+                            block_size=32768 if _kind else _base_block, vocab_size=_vocab, padding_multiple=1,
+                            n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head, n_query_groups=_groups,
+                            intermediate_size=_inter, rope_base=1000000, norm_eps=1e-6 if _kind else _base_eps,
+                            qkv_bias=True, tie_embeddings=_vocab == 151936, hf_model_type="qwen2"))
+
+############
+# Qwen3: q/k RMSNorm, head_size 128 whatever n_embd, 8 kv heads, no biases; 0.6B-4B tie embeddings
+############
+for _size, _n_layer, _n_embd, _n_head, _inter in [
+    ("0.6B", 28, 1024, 16, 3072),
+    ("1.7B", 28, 2048, 16, 6144),
+    ("4B", 36, 2560, 32, 9728),
+    ("8B", 36, 4096, 32, 12288),
+    ("14B", 40, 5120, 40, 17408),
+    ("32B", 64, 5120, 64, 25600),
+]:
+    _name = f"Qwen3-{_size}"
+    configs.append(dict(_llama, name=_name, hf_config=dict(org="Qwen", name=_name), block_size=40960,
+                        vocab_size=151936, padding_multiple=1, n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head,
+                        n_query_groups=8, head_size=128, intermediate_size=_inter, rope_base=1000000, norm_eps=1e-6,
+                        norm_qk=True, tie_embeddings=_n_embd <= 2560, hf_model_type="qwen3"))
+
+############
+# Gemma 3: GELU-gated MLP, four (1 + weight) RMSNorms per block, q/k norms, embeddings scaled by sqrt(n_embd),
+# five sliding-window layers (RoPE base 10000) to one global layer (RoPE base 1M). 4b/12b/27b are the text
+# models of vision-language repos: 262208 embedding rows, 128K context, linear RoPE scaling of the global layers.
+############
+_gemma3 = dict(rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm", norm_eps=1e-6,
+               norm_unit_offset=True, norm_qk=True, post_norms=True, scale_embeddings=True, tie_embeddings=True,
+               mlp_class_name="GemmaMLP", gelu_approximate="tanh", padding_multiple=1, global_layer_every=6,
+               rope_base=1000000, rope_local_base=10000, hf_model_type="gemma3_text")
+for _size, _kinds, _n_layer, _n_embd, _n_head, _groups, _head, _inter, _scalar in [
+    ("270m", ("", "-it"), 18, 640, 4, 1, 256, 2048, 256),
+    ("1b", ("-pt", "-it"), 26, 1152, 4, 1, 256, 6912, 256),
+    ("4b", ("-pt", "-it"), 34, 2560, 8, 4, 256, 10240, 256),
+    ("12b", ("-pt", "-it"), 48, 3840, 16, 8, 256, 15360, 256),
+    ("27b", ("-pt", "-it"), 62, 5376, 32, 16, 128, 21504, 168),
+]:
+    _vision = _size in ("4b", "12b", "27b")
+    for _kind in _kinds:
+        _name = f"gemma-3-{_size}{_kind}"
+        configs.append(dict(_gemma3, name=_name, hf_config=dict(org="google", name=_name),
+                            block_size=131072 if _vision else 32768, vocab_size=262208 if _vision else 262144,
+                            n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head, n_query_groups=_groups,
+                            head_size=_head, intermediate_size=_inter, attention_scalar=_scalar,
+                            sliding_window=1024 if _vision else 512,
+                            rope_scaling=dict(type="linear", factor=8.0) if _vision else None))
+
+############
+# Phi-3 / Phi-4 mini (phi3): Llama layout with fused q/k/v and gate/up weights. Phi-3-mini-4k: every layer
+# attends within 2047 tokens. Phi-4-mini: RoPE on 75% of each head with LongRoPE, tied embeddings, and a
+# window (262144) longer than its context.
+############
+configs.append(dict(_llama, name="Phi-3-mini-4k-instruct",
+                    hf_config=dict(org="microsoft", name="Phi-3-mini-4k-instruct"), block_size=4096, vocab_size=32064,
+                    padding_multiple=1, n_layer=32, n_embd=3072, n_head=32, n_query_groups=32, intermediate_size=8192,
+                    sliding_window=2047, global_layer_every=0, hf_model_type="phi3"))
+_phi4_long_factor = [
+    1.0, 1.118320672, 1.250641126, 1.398617824, 1.564103225, 1.74916897, 1.956131817, 2.187582649, 2.446418898,
+    2.735880826, 3.059592084, 3.421605075, 3.826451687, 4.279200023, 4.785517845, 5.351743533, 5.984965424,
+    6.693110555, 7.485043894, 8.370679318, 9.36110372, 10.4687158, 11.70738129, 13.09260651, 14.64173252,
+    16.37415215, 18.31155283, 20.47818807, 22.90118105, 25.61086418, 28.64115884, 32.03, 32.1, 32.13, 32.23, 32.6,
+    32.61, 32.64, 32.66, 32.7, 32.71, 32.93, 32.97, 33.28, 33.49, 33.5, 44.16, 47.77,
+]
+configs.append(dict(_llama, name="Phi-4-mini-instruct", hf_config=dict(org="microsoft", name="Phi-4-mini-instruct"),
+                    block_size=131072, vocab_size=200064, padding_multiple=1, n_layer=32, n_embd=3072, n_head=24,
+                    n_query_groups=8, intermediate_size=8192, rotary_percentage=0.75, tie_embeddings=True,
+                    sliding_window=262144, global_layer_every=0, hf_model_type="phi3",
+                    # attention_factor as transformers computes it when config.json gives none:
+                    # sqrt(1 + ln(131072 / 4096) / ln(4096)) = sqrt(1 + 5 / 12)
+                    rope_scaling=dict(type="longrope", short_factor=[1.0] * 48, long_factor=_phi4_long_factor,
+                                      original_max_position_embeddings=4096, attention_factor=(1 + 5 / 12) ** 0.5)))
+
+############
+# Mistral NeMo 12B: head_size 128 though n_embd / n_head = 160, 8 kv heads, 128K vocabulary.
+# config.json says max_position_embeddings=1024000; the model is trained and documented for 128K.
+############
+for _name in ("Mistral-Nemo-Base-2407", "Mistral-Nemo-Instruct-2407"):
+    configs.append(dict(_llama, name=_name, hf_config=dict(org="mistralai", name=_name), block_size=131072,
+                        vocab_size=131072, padding_multiple=1, n_layer=40, n_embd=5120, n_head=32, n_query_groups=8,
+                        head_size=128, intermediate_size=14336, rope_base=1000000, hf_model_type="mistral"))
+
 name_to_config = {c["name"]: c for c in configs}

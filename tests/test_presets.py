@@ -1,0 +1,102 @@
+"""Every preset builds a model whose parameter count is the one its publishers state."""
+
+import pytest
+import torch
+
+from lit_gpt.config import Config, name_to_config
+from lit_gpt.model import GPT
+from lit_gpt.utils import num_parameters
+
+# preset -> (total, non-embedding) parameters as published, None where a source states only the other one.
+# Non-embedding = total less the embedding matrix and, when untied, the output matrix. Sources: "HF" is the size
+# the Hugging Face model page reads from the safetensors metadata, "card" the model card, "report" a paper.
+PUBLISHED = {
+    # Pythia README, non-embedding column
+    "pythia-70m": (None, "18.9M"), "pythia-160m": (None, "85.1M"), "pythia-410m": (None, "302M"),
+    "pythia-1b": (None, "806M"), "pythia-1.4b": (None, "1.21B"), "pythia-2.8b": (None, "2.52B"),
+    "pythia-6.9b": (None, "6.44B"), "pythia-12b": (None, "11.3B"),
+    # HF
+    **{f"Llama-2-{size}{kind}-hf": (total, None) for kind in ("", "-chat")
+       for size, total in (("7b", "6.74B"), ("13b", "13.0B"), ("70b", "69.0B"))},
+    "Mistral-7B-v0.1": ("7.24B", None), "falcon-7b": ("7.22B", None), "falcon-7b-instruct": ("7.22B", None),
+    # cards
+    "TinyLlama-1.1B-intermediate-step-1431k-3T": ("1.1B", None), "TinyLlama-1.1B-Chat-v1.0": ("1.1B", None),
+    **{f"SmolLM2-{size}{kind}": (size, None) for kind in ("", "-Instruct") for size in ("135M", "360M", "1.7B")},
+    # Llama 3.2 card (1.23B, 3.21B); HF for 3.1 and 3.3
+    **{f"Llama-{size}{kind}": (total, None) for kind in ("", "-Instruct")
+       for size, total in (("3.2-1B", "1.23B"), ("3.2-3B", "3.21B"), ("3.1-8B", "8.03B"))},
+    "Llama-3.3-70B-Instruct": ("70.6B", None),
+    # Qwen2.5 and Qwen3 cards
+    **{f"Qwen2.5-{size}{kind}": sizes for kind in ("", "-Instruct") for size, sizes in (
+        ("0.5B", ("0.49B", "0.36B")), ("1.5B", ("1.54B", "1.31B")), ("3B", ("3.09B", "2.77B")),
+        ("7B", ("7.61B", "6.53B")), ("14B", ("14.7B", "13.1B")), ("32B", ("32.5B", "31.0B")),
+        ("72B", ("72.7B", "70.0B")))},
+    **{f"Qwen3-{size}": sizes for size, sizes in (
+        ("0.6B", ("0.6B", "0.44B")), ("1.7B", ("1.7B", "1.4B")), ("4B", ("4.0B", "3.6B")),
+        ("8B", ("8.2B", "6.95B")), ("14B", ("14.8B", "13.2B")), ("32B", ("32.8B", "31.2B")))},
+    # Gemma 3: 270m HF and card; the others the Gemma 3 technical report (table 1), whose 4b/12b/27b totals
+    # include the vision encoder
+    "gemma-3-270m": ("268M", "100M"), "gemma-3-270m-it": ("268M", "100M"),
+    **{f"gemma-3-{size}{kind}": (None, non_embedding) for kind in ("-pt", "-it") for size, non_embedding in (
+        ("1b", "698M"), ("4b", "3209M"), ("12b", "10759M"), ("27b", "25600M"))},
+    # HF
+    "Phi-3-mini-4k-instruct": ("3.82B", None), "Phi-4-mini-instruct": ("3.84B", None),
+    "Mistral-Nemo-Base-2407": ("12.2B", None), "Mistral-Nemo-Instruct-2407": ("12.2B", None),
+}
+# no count published (StableLM-Alpha's card says 3B/7B of 3.6B/7.9B models; the Pythia table predates these two)
+NOT_PUBLISHED = {"stablelm-base-alpha-3b", "stablelm-base-alpha-7b", "pythia-14m", "pythia-31m"}
+
+
+def matches(count: int, published: str) -> bool:
+    """`count` agrees with a published "8.03B" or "268M": within 1% or half a unit of its last digit."""
+    number, scale = published[:-1], {"M": 1e6, "B": 1e9}[published[-1]]
+    value, unit = float(number) * scale, 10.0 ** -len(number.partition(".")[2]) * scale
+    return abs(count - value) <= max(0.01 * value, unit / 2)
+
+
+def meta_model(name: str) -> GPT:
+    """The preset's model with its weights on the meta device; a short block_size, as it only sizes the RoPE
+    cache, a buffer the model computes on the CPU."""
+    with torch.device("meta"):
+        return GPT(Config.from_name(name, block_size=64))
+
+
+def test_every_preset_has_a_published_size() -> None:
+    assert set(PUBLISHED) | NOT_PUBLISHED == set(name_to_config)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_matches_the_published_size(name: str) -> None:
+    model = meta_model(name)
+    config, total = model.config, num_parameters(model)
+    non_embedding = total - config.padded_vocab_size * config.n_embd * (1 if config.tie_embeddings else 2)
+    published_total, published_non_embedding = PUBLISHED[name]
+    assert published_total is None or matches(total, published_total), (total, published_total)
+    assert published_non_embedding is None or matches(non_embedding, published_non_embedding), \
+        (non_embedding, published_non_embedding)
+
+
+@pytest.mark.parametrize("name, published", [
+    # exact counts of the safetensors metadata (total_size / 2 bytes of bfloat16), catching what 1% cannot:
+    # q/k/v biases (Qwen2.5), q/k norms and four norms per block (Gemma 3), the Llama 3.2 and Phi-3 layouts
+    ("Qwen2.5-0.5B", 494_032_768),
+    ("gemma-3-270m", 268_098_176),
+    ("gemma-3-1b-pt", 999_885_952),
+    ("Llama-3.2-1B", 1_235_814_400),
+    ("Phi-3-mini-4k-instruct", 3_821_079_552),
+])
+def test_exact_parameter_count(name: str, published: int) -> None:
+    assert num_parameters(meta_model(name)) == published
+
+
+def test_gemma_3_270m_is_mostly_embeddings() -> None:
+    model = meta_model("gemma-3-270m")
+    assert matches(num_parameters(model), "268M")
+    assert matches(model.transformer.wte.weight.numel(), "0.17B")  # the card: "170 million embedding parameters"
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_matches_reads_the_precision_of_the_published_figure() -> None:
+    assert matches(1_720_574_976, "1.7B") and not matches(1_720_574_976, "1.70B")
+    assert matches(8_030_261_248, "8.03B") and not matches(8_200_000_000, "8.03B")
+    assert matches(6_738_415_616, "7B") and not matches(6_738_415_616, "7.0B")
