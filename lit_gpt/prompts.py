@@ -69,6 +69,17 @@ def _user_message(instruction: str, input: str) -> str:
     return f"{instruction}\n\n{input}" if input else instruction
 
 
+class ChatStyle(PromptStyle):
+    """A model's chat template: `apply_conversation` renders it, and one turn is a conversation without history (the
+    user message being the instruction, then the input if any, separated by a blank line)."""
+
+    def apply(self, instruction: str, input: str = "") -> str:
+        return self.apply_conversation([], _user_message(instruction, input))
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        raise NotImplementedError
+
+
 class Alpaca(PromptStyle):
     """The Stanford Alpaca template (tatsu-lab/stanford_alpaca, `PROMPT_DICT`), with and without input."""
 
@@ -96,34 +107,64 @@ class QA(PromptStyle):
         return f"Q: {instruction}\n{input}\nA:" if input else f"Q: {instruction}\nA:"
 
 
-class ChatML(PromptStyle):
+class ChatML(ChatStyle):
     """SmolLM2-*-Instruct's chat template (ChatML with SmolLM's default system message), one user turn and the
     generation prompt. The answer ends with <|im_end|> (the Instruct tokenizer's eos)."""
 
     name = "chatml"
-    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # "": no system turn
     stop_strings = ("<|im_end|>",)
 
-    def apply(self, instruction: str, input: str = "") -> str:
-        return self.apply_conversation([], _user_message(instruction, input))
-
     def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
         history = "".join(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
                           for user, answer in turns)
-        return (f"<|im_start|>system\n{self.system}<|im_end|>\n{history}"
-                f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n")
+        return f"{system}{history}<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
 
 
-class Llama2Chat(PromptStyle):
+class Qwen25(ChatML):
+    """Qwen2.5-*-Instruct: ChatML with the system message its template adds when none is given. No BOS (Qwen has
+    none); the answer ends with <|im_end|> (the Instruct tokenizer's eos)."""
+
+    name = "qwen2.5"
+    system = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+class Qwen3(ChatML):
+    """Qwen3 (the hybrid thinking models): ChatML without a system turn, rendered as the template does by default
+    (thinking enabled): the prompt ends with "<|im_start|>assistant\n" and the model writes "<think>...</think>"
+    before its answer. Earlier answers keep only their text after "</think>" (the template drops their reasoning).
+    An answer without reasoning is rendered "<think>\n\n</think>\n\n{answer}" by the template, hence the
+    response_prefix: training on plain instruction data teaches the empty think block before the answer."""
+
+    name = "qwen3"
+    system = ""
+    response_prefix = "<think>\n\n</think>\n\n"
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        turns = [(user, answer.split("</think>")[-1].lstrip("\n") if "</think>" in answer else answer)
+                 for user, answer in turns]
+        return super().apply_conversation(turns, message)
+
+
+class Qwen3NoThink(Qwen3):
+    """Qwen3 with the template's `enable_thinking=False`: the prompt ends with an empty think block, so the model
+    answers at once."""
+
+    name = "qwen3-nothink"
+    response_prefix = ""
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        return super().apply_conversation(turns, message) + "<think>\n\n</think>\n\n"
+
+
+class Llama2Chat(ChatStyle):
     """Llama-2-*-chat-hf: "[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST]" (the tokenizer adds <s>);
     the answer follows after one space and ends with </s>. The system message is a short version of Meta's."""
 
     name = "llama2-chat"
     system = "You are a helpful, respectful and honest assistant."
     response_prefix = " "
-
-    def apply(self, instruction: str, input: str = "") -> str:
-        return self.apply_conversation([], _user_message(instruction, input))
 
     def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
         """Later turns: " {answer} </s><s>[INST] {user} [/INST]" (the tokenizer reads </s><s> as EOS and BOS)."""
@@ -133,19 +174,88 @@ class Llama2Chat(PromptStyle):
         return "".join(f"[INST] {user.strip()} [/INST]{answer}" for user, answer in zip(users, answers))
 
 
-class TinyLlamaChat(PromptStyle):
+class TinyLlamaChat(ChatStyle):
     """TinyLlama-1.1B-Chat-v1.0 (Zephyr format): "<|system|>\\n{system}</s>\\n<|user|>\\n{user}</s>\\n<|assistant|>\\n"
     (the tokenizer adds <s>); the answer ends with </s>."""
 
     name = "tinyllama-chat"
     system = "You are a friendly chatbot who always gives helpful answers."
 
-    def apply(self, instruction: str, input: str = "") -> str:
-        return self.apply_conversation([], _user_message(instruction, input))
-
     def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
         history = "".join(f"<|user|>\n{user}</s>\n<|assistant|>\n{answer}</s>\n" for user, answer in turns)
         return f"<|system|>\n{self.system}</s>\n{history}<|user|>\n{message}</s>\n<|assistant|>\n"
+
+
+class Llama31(ChatStyle):
+    """Llama-3.1/3.2/3.3-*-Instruct: "<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>" turns, the
+    messages stripped, after the system turn the template always writes (its knowledge and "today" dates, no system
+    message of its own). The template starts with <|begin_of_text|>, which this style leaves to the tokenizer (it adds
+    it, as Llama 2's <s>). The 3.2 template dates the prompt with the current day (transformers' `strftime_now`)
+    where 3.1 and 3.3 write 26 Jul 2024: this style always writes 26 Jul 2024, so a prompt does not change with the
+    day. The answer ends with <|eot_id|> (the Instruct tokenizer's eos)."""
+
+    name = "llama3.1"
+    date = "26 Jul 2024"
+    stop_strings = ("<|eot_id|>",)
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        def turn(role: str, text: str) -> str:
+            return f"<|start_header_id|>{role}<|end_header_id|>\n\n{text.strip()}<|eot_id|>"
+
+        system = ("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+                  f"Today Date: {self.date}\n\n<|eot_id|>")
+        history = "".join(turn("user", user) + turn("assistant", answer) for user, answer in turns)
+        return f"{system}{history}{turn('user', message)}<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+class Gemma3(ChatStyle):
+    """gemma-3-*-it: "<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n", the messages stripped, no
+    system turn. The template starts with <bos>, which this style leaves to the tokenizer (it adds it). The answer
+    ends with <end_of_turn>, not the tokenizer's eos (<eos>)."""
+
+    name = "gemma3"
+    stop_strings = ("<end_of_turn>",)
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        history = "".join(f"<start_of_turn>user\n{user.strip()}<end_of_turn>\n"
+                          f"<start_of_turn>model\n{answer.strip()}<end_of_turn>\n" for user, answer in turns)
+        return f"{history}<start_of_turn>user\n{message.strip()}<end_of_turn>\n<start_of_turn>model\n"
+
+
+class Phi3(ChatStyle):
+    """Phi-3-mini-4k-instruct: "<|user|>\n{text}<|end|>\n<|assistant|>\n", no system turn, no BOS in the template.
+    The answer ends with <|end|>, not the tokenizer's eos (<|endoftext|>)."""
+
+    name = "phi3"
+    stop_strings = ("<|end|>",)
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        history = "".join(f"<|user|>\n{user}<|end|>\n<|assistant|>\n{answer}<|end|>\n" for user, answer in turns)
+        return f"{history}<|user|>\n{message}<|end|>\n<|assistant|>\n"
+
+
+class Phi4Mini(ChatStyle):
+    """Phi-4-mini-instruct: Phi-3's tags without newlines, "<|user|>{text}<|end|><|assistant|>", no system turn, no
+    BOS in the template. The answer ends with <|end|>, not the tokenizer's eos (<|endoftext|>)."""
+
+    name = "phi4-mini"
+    stop_strings = ("<|end|>",)
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        history = "".join(f"<|user|>{user}<|end|><|assistant|>{answer}<|end|>" for user, answer in turns)
+        return f"{history}<|user|>{message}<|end|><|assistant|>"
+
+
+class MistralNemo(ChatStyle):
+    """Mistral-Nemo-Instruct-2407 (Mistral's v3-tekken format): "[INST]{text}[/INST]" with no spaces and the text as
+    is; the answer follows at once and ends with </s> (the tokenizer reads "</s>" in later turns as EOS). The
+    template starts with <s>, which this style leaves to the tokenizer (it adds it). No system message."""
+
+    name = "mistral-nemo"
+
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+        history = "".join(f"[INST]{user}[/INST]{answer}</s>" for user, answer in turns)
+        return f"{history}[INST]{message}[/INST]"
 
 
 class FalconInstruct(PromptStyle):
@@ -160,9 +270,11 @@ class FalconInstruct(PromptStyle):
         return f"User: {_user_message(instruction, input)}\nFalcon:"
 
 
-prompt_styles = {cls.name: cls for cls in (Alpaca, QA, ChatML, Llama2Chat, TinyLlamaChat, FalconInstruct)}
+prompt_styles = {cls.name: cls for cls in (Alpaca, QA, ChatML, Llama2Chat, TinyLlamaChat, FalconInstruct, Llama31,
+                                            Qwen25, Qwen3, Qwen3NoThink, Gemma3, Phi3, Phi4Mini, MistralNemo)}
 # for script flags (jsonargparse shows the choices in --help)
-PromptStyleName = Literal["alpaca", "qa", "chatml", "llama2-chat", "tinyllama-chat", "falcon-instruct"]
+PromptStyleName = Literal["alpaca", "qa", "chatml", "llama2-chat", "tinyllama-chat", "falcon-instruct", "llama3.1",
+                          "qwen2.5", "qwen3", "qwen3-nothink", "gemma3", "phi3", "phi4-mini", "mistral-nemo"]
 assert list(get_args(PromptStyleName)) == list(prompt_styles)
 
 # chat presets (lit_gpt/config.py names) -> the template they were trained with; every other model gets "alpaca"
@@ -171,6 +283,13 @@ _chat_models = [
     (r"TinyLlama-.*-Chat-.*", "tinyllama-chat"),
     (r"SmolLM2-.*-Instruct", "chatml"),
     (r"falcon-.*-instruct", "falcon-instruct"),
+    (r"Llama-3\.[123]-[0-9.]+B-Instruct", "llama3.1"),
+    (r"Qwen2\.5-[0-9.]+B-Instruct", "qwen2.5"),
+    (r"Qwen3-[0-9.]+B", "qwen3"),  # hybrid thinking models; the base ones are "Qwen3-*B-Base"
+    (r"gemma-3-[0-9]+[mb]-it", "gemma3"),
+    (r"Phi-3-mini-4k-instruct", "phi3"),
+    (r"Phi-4-mini-instruct", "phi4-mini"),
+    (r"Mistral-Nemo-Instruct-2407", "mistral-nemo"),
 ]
 
 

@@ -1,5 +1,7 @@
 import json
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -55,13 +57,15 @@ ALPACA_PROMPT_NO_INPUT = (
 )
 
 
-def render(template: str, messages: list, add_generation_prompt: bool = True, **special: str) -> str:
-    """Renders a chat template the way transformers' apply_chat_template does (sandboxed jinja2, trimmed blocks)."""
+def render(template: str, messages: list, add_generation_prompt: bool = True, **special: Any) -> str:
+    """Renders a chat template the way transformers' apply_chat_template does (sandboxed jinja2, trimmed blocks,
+    `raise_exception` and `strftime_now` as globals)."""
     def raise_exception(message: str) -> None:
         raise ValueError(message)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                             **special)
 
@@ -141,13 +145,23 @@ def test_from_name_unknown_lists_names() -> None:
 def test_default_prompt_style_for_every_preset() -> None:
     expected = {"Llama-2-7b-chat-hf": "llama2-chat", "Llama-2-70b-chat-hf": "llama2-chat",
                 "TinyLlama-1.1B-Chat-v1.0": "tinyllama-chat", "SmolLM2-135M-Instruct": "chatml",
-                "SmolLM2-1.7B-Instruct": "chatml", "falcon-7b-instruct": "falcon-instruct"}
-    for name in name_to_config:
-        style = default_prompt_style(Config.from_name(name))
-        chat = any(word in name for word in ("chat", "Chat", "Instruct", "instruct"))
-        assert (style.name != "alpaca") == chat, name
-        if name in expected:
-            assert style.name == expected[name]
+                "SmolLM2-1.7B-Instruct": "chatml", "falcon-7b-instruct": "falcon-instruct",
+                "Llama-3.2-1B-Instruct": "llama3.1", "Llama-3.2-3B-Instruct": "llama3.1",
+                "Llama-3.1-8B-Instruct": "llama3.1", "Llama-3.3-70B-Instruct": "llama3.1",
+                **{f"Qwen2.5-{size}-Instruct": "qwen2.5" for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")},
+                **{f"Qwen3-{size}": "qwen3" for size in ("0.6B", "1.7B", "4B", "8B", "14B", "32B")},  # hybrid instruct
+                **{f"gemma-3-{size}-it": "gemma3" for size in ("270m", "1b", "4b", "12b", "27b")},
+                "Phi-3-mini-4k-instruct": "phi3", "Phi-4-mini-instruct": "phi4-mini",
+                "Mistral-Nemo-Instruct-2407": "mistral-nemo"}
+    for name, style in expected.items():
+        assert default_prompt_style(Config.from_name(name)).name == style, name
+    # the other presets: chat models by name get some chat style, base models (gemma-3-270m, Qwen2.5-7B,
+    # Mistral-Nemo-Base-2407, ...) get alpaca
+    for name in set(name_to_config) - set(expected):
+        chat = any(word in name for word in ("chat", "Chat", "Instruct", "instruct", "-it"))
+        assert (default_prompt_style(Config.from_name(name)).name != "alpaca") == chat, name
+    for name in ("gemma-3-270m", "gemma-3-1b-pt", "Qwen2.5-7B", "Llama-3.2-1B", "Mistral-Nemo-Base-2407"):
+        assert default_prompt_style(Config.from_name(name)).name == "alpaca", name
 
 
 def test_save_load_resolve(tmp_path: Path) -> None:
@@ -216,11 +230,16 @@ def test_stop_tokens_in_context_with_sentencepiece(tmp_path: Path) -> None:
 CONVERSATION = [("What is 7 times 8?", "56."), ("  And 9 times 9? ", " It is 81.")]
 
 
-def conversation_messages(system: str = None) -> list:
-    messages = [{"role": "system", "content": system}] if system else []
-    for user, answer in CONVERSATION:
+def chat_messages(turns: list, message: str) -> list:
+    messages = []
+    for user, answer in turns:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    return messages + [{"role": "user", "content": "Thanks! Now add them."}]
+    return messages + [{"role": "user", "content": message}]
+
+
+def conversation_messages(system: str = None) -> list:
+    system_turn = [{"role": "system", "content": system}] if system else []
+    return system_turn + chat_messages(CONVERSATION, "Thanks! Now add them.")
 
 
 def test_conversations_are_the_chat_templates(smollm2_chat_template: str) -> None:
@@ -241,3 +260,597 @@ def test_conversations_are_the_chat_templates(smollm2_chat_template: str) -> Non
                                   "Q: Thanks! Now add them.\nA:")
     for name, style in prompt_styles.items():
         assert style().apply_conversation([], "Hi there") == style().apply("Hi there"), name
+
+
+# The chat templates of the Llama 3.x, Qwen2.5, Qwen3, Gemma 3, Phi-3/4 mini and Mistral Nemo instruct models, verbatim:
+# the "chat_template" of each model's tokenizer_config.json on the Hugging Face Hub. The Hub was out of reach: the copy
+# read is named in brackets ("llama.cpp": its models/templates/, fetched from the Hub by scripts/get_chat_template.py).
+# Where a family has several sizes, one was read and the others are taken to share it.
+
+# meta-llama/Llama-3.1-8B-Instruct [the ldp package's llama3.1_chat_template_hf.jinja], and the same text for
+# meta-llama/Llama-3.3-70B-Instruct [llama.cpp meta-llama-Llama-3.3-70B-Instruct.jinja]
+LLAMA31_CHAT_TEMPLATE = (
+    "{{- bos_token }}\n"
+    "{%- if custom_tools is defined %}\n"
+    "    {%- set tools = custom_tools %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools_in_user_message is defined %}\n"
+    "    {%- set tools_in_user_message = true %}\n"
+    "{%- endif %}\n"
+    "{%- if not date_string is defined %}\n"
+    '    {%- set date_string = "26 Jul 2024" %}\n'
+    "{%- endif %}\n"
+    "{%- if not tools is defined %}\n"
+    "    {%- set tools = none %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{#- This block extracts the system message, so we can slot it into the right place. #}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    '    {%- set system_message = "" %}\n'
+    "{%- endif %}\n"
+    "\n"
+    "{#- System message + builtin tools #}\n"
+    '{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}\n'
+    "{%- if builtin_tools is defined or tools is not none %}\n"
+    '    {{- "Environment: ipython\\n" }}\n'
+    "{%- endif %}\n"
+    "{%- if builtin_tools is defined %}\n"
+    "    {{- \"Tools: \" + builtin_tools | reject('equalto', 'code_interpreter') | join(\", \") + \"\\n\\n\"}}\n"
+    "{%- endif %}\n"
+    '{{- "Cutting Knowledge Date: December 2023\\n" }}\n'
+    '{{- "Today Date: " + date_string + "\\n\\n" }}\n'
+    "{%- if tools is not none and not tools_in_user_message %}\n"
+    '    {{- "You have access to the following functions. To call a function, please respond with JSON for a function '
+    'call." }}\n'
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its "
+    "value}.' }}\n"
+    '    {{- "Do not use variables.\\n\\n" }}\n'
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    '        {{- "\\n\\n" }}\n'
+    "    {%- endfor %}\n"
+    "{%- endif %}\n"
+    "{{- system_message }}\n"
+    '{{- "<|eot_id|>" }}\n'
+    "\n"
+    "{#- Custom tools are passed in a user message with some extra guidance #}\n"
+    "{%- if tools_in_user_message and not tools is none %}\n"
+    "    {#- Extract the first user message so we can plug it in here #}\n"
+    "    {%- if messages | length != 0 %}\n"
+    "        {%- set first_user_message = messages[0]['content']|trim %}\n"
+    "        {%- set messages = messages[1:] %}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception(\"Cannot put tools in the first user message when there's no first user message!\") "
+    "}}\n"
+    "{%- endif %}\n"
+    "    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}\n"
+    '    {{- "Given the following functions, please respond with a JSON for a function call " }}\n'
+    '    {{- "with its proper arguments that best answers the given prompt.\\n\\n" }}\n'
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its "
+    "value}.' }}\n"
+    '    {{- "Do not use variables.\\n\\n" }}\n'
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    '        {{- "\\n\\n" }}\n'
+    "    {%- endfor %}\n"
+    '    {{- first_user_message + "<|eot_id|>"}}\n'
+    "{%- endif %}\n"
+    "\n"
+    "{%- for message in messages %}\n"
+    "    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}\n"
+    "        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+    "'<|eot_id|>' }}\n"
+    "    {%- elif 'tool_calls' in message %}\n"
+    "        {%- if not message.tool_calls|length == 1 %}\n"
+    '            {{- raise_exception("This model only supports single tool-calls at once!") }}\n'
+    "        {%- endif %}\n"
+    "        {%- set tool_call = message.tool_calls[0].function %}\n"
+    "        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}\n"
+    "            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    '            {{- "<|python_tag|>" + tool_call.name + ".call(" }}\n'
+    "            {%- for arg_name, arg_val in tool_call.arguments | items %}\n"
+    "                {{- arg_name + '=\"' + arg_val + '\"' }}\n"
+    "                {%- if not loop.last %}\n"
+    '                    {{- ", " }}\n'
+    "                {%- endif %}\n"
+    "                {%- endfor %}\n"
+    '            {{- ")" }}\n'
+    "        {%- else  %}\n"
+    "            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    "            {{- '{\"name\": \"' + tool_call.name + '\", ' }}\n"
+    "            {{- '\"parameters\": ' }}\n"
+    "            {{- tool_call.arguments | tojson }}\n"
+    '            {{- "}" }}\n'
+    "        {%- endif %}\n"
+    "        {%- if builtin_tools is defined %}\n"
+    "            {#- This means we're in ipython mode #}\n"
+    '            {{- "<|eom_id|>" }}\n'
+    "        {%- else %}\n"
+    '            {{- "<|eot_id|>" }}\n'
+    "        {%- endif %}\n"
+    '    {%- elif message.role == "tool" or message.role == "ipython" %}\n'
+    '        {{- "<|start_header_id|>ipython<|end_header_id|>\\n\\n" }}\n'
+    "        {%- if message.content is mapping or message.content is iterable %}\n"
+    "            {{- message.content | tojson }}\n"
+    "        {%- else %}\n"
+    "            {{- message.content }}\n"
+    "        {%- endif %}\n"
+    '        {{- "<|eot_id|>" }}\n'
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+# meta-llama/Llama-3.2-3B-Instruct [llama.cpp meta-llama-Llama-3.2-3B-Instruct.jinja]: 3.1's without builtin tools,
+# dated with today's date (strftime_now) unless date_string is given
+LLAMA32_CHAT_TEMPLATE = (
+    "{{- bos_token }}\n"
+    "{%- if custom_tools is defined %}\n"
+    "    {%- set tools = custom_tools %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools_in_user_message is defined %}\n"
+    "    {%- set tools_in_user_message = true %}\n"
+    "{%- endif %}\n"
+    "{%- if not date_string is defined %}\n"
+    "    {%- if strftime_now is defined %}\n"
+    '        {%- set date_string = strftime_now("%d %b %Y") %}\n'
+    "    {%- else %}\n"
+    '        {%- set date_string = "26 Jul 2024" %}\n'
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools is defined %}\n"
+    "    {%- set tools = none %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{#- This block extracts the system message, so we can slot it into the right place. #}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    '    {%- set system_message = "" %}\n'
+    "{%- endif %}\n"
+    "\n"
+    "{#- System message #}\n"
+    '{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}\n'
+    "{%- if tools is not none %}\n"
+    '    {{- "Environment: ipython\\n" }}\n'
+    "{%- endif %}\n"
+    '{{- "Cutting Knowledge Date: December 2023\\n" }}\n'
+    '{{- "Today Date: " + date_string + "\\n\\n" }}\n'
+    "{%- if tools is not none and not tools_in_user_message %}\n"
+    '    {{- "You have access to the following functions. To call a function, please respond with JSON for a function '
+    'call." }}\n'
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its "
+    "value}.' }}\n"
+    '    {{- "Do not use variables.\\n\\n" }}\n'
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    '        {{- "\\n\\n" }}\n'
+    "    {%- endfor %}\n"
+    "{%- endif %}\n"
+    "{{- system_message }}\n"
+    '{{- "<|eot_id|>" }}\n'
+    "\n"
+    "{#- Custom tools are passed in a user message with some extra guidance #}\n"
+    "{%- if tools_in_user_message and not tools is none %}\n"
+    "    {#- Extract the first user message so we can plug it in here #}\n"
+    "    {%- if messages | length != 0 %}\n"
+    "        {%- set first_user_message = messages[0]['content']|trim %}\n"
+    "        {%- set messages = messages[1:] %}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception(\"Cannot put tools in the first user message when there's no first user message!\") "
+    "}}\n"
+    "{%- endif %}\n"
+    "    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}\n"
+    '    {{- "Given the following functions, please respond with a JSON for a function call " }}\n'
+    '    {{- "with its proper arguments that best answers the given prompt.\\n\\n" }}\n'
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its "
+    "value}.' }}\n"
+    '    {{- "Do not use variables.\\n\\n" }}\n'
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    '        {{- "\\n\\n" }}\n'
+    "    {%- endfor %}\n"
+    '    {{- first_user_message + "<|eot_id|>"}}\n'
+    "{%- endif %}\n"
+    "\n"
+    "{%- for message in messages %}\n"
+    "    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}\n"
+    "        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+    "'<|eot_id|>' }}\n"
+    "    {%- elif 'tool_calls' in message %}\n"
+    "        {%- if not message.tool_calls|length == 1 %}\n"
+    '            {{- raise_exception("This model only supports single tool-calls at once!") }}\n'
+    "        {%- endif %}\n"
+    "        {%- set tool_call = message.tool_calls[0].function %}\n"
+    "        {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    "        {{- '{\"name\": \"' + tool_call.name + '\", ' }}\n"
+    "        {{- '\"parameters\": ' }}\n"
+    "        {{- tool_call.arguments | tojson }}\n"
+    '        {{- "}" }}\n'
+    '        {{- "<|eot_id|>" }}\n'
+    '    {%- elif message.role == "tool" or message.role == "ipython" %}\n'
+    '        {{- "<|start_header_id|>ipython<|end_header_id|>\\n\\n" }}\n'
+    "        {%- if message.content is mapping or message.content is iterable %}\n"
+    "            {{- message.content | tojson }}\n"
+    "        {%- else %}\n"
+    "            {{- message.content }}\n"
+    "        {%- endif %}\n"
+    '        {{- "<|eot_id|>" }}\n'
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+# Qwen/Qwen2.5-7B-Instruct [third-party copies, which agree]
+QWEN25_CHAT_TEMPLATE = (
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- messages[0]['content'] }}\n"
+    "    {%- else %}\n"
+    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n"
+    "    {%- endif %}\n"
+    '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are '
+    'provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
+    "    {%- for tool in tools %}\n"
+    '        {{- "\\n" }}\n'
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within '
+    '<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": '
+    '<args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
+    "{%- else %}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "    {%- else %}\n"
+    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == '
+    '"assistant" and not message.tool_calls) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    "        {{- '<|im_start|>' + message.role }}\n"
+    "        {%- if message.content %}\n"
+    "            {{- '\\n' + message.content }}\n"
+    "        {%- endif %}\n"
+    "        {%- for tool_call in message.tool_calls %}\n"
+    "            {%- if tool_call.function is defined %}\n"
+    "                {%- set tool_call = tool_call.function %}\n"
+    "            {%- endif %}\n"
+    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n"
+    "            {{- tool_call.name }}\n"
+    "            {{- '\", \"arguments\": ' }}\n"
+    "            {{- tool_call.arguments | tojson }}\n"
+    "            {{- '}\\n</tool_call>' }}\n"
+    "        {%- endfor %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+# Qwen/Qwen3-0.6B [llama.cpp Qwen-Qwen3-0.6B.jinja]
+QWEN3_CHAT_TEMPLATE = (
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- messages[0].content + '\\n\\n' }}\n"
+    "    {%- endif %}\n"
+    '    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided '
+    'with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
+    "    {%- for tool in tools %}\n"
+    '        {{- "\\n" }}\n'
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within '
+    '<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": '
+    '<args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
+    "{%- else %}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}\n"
+    "{%- for message in messages[::-1] %}\n"
+    "    {%- set index = (messages|length - 1) - loop.index0 %}\n"
+    "    {%- if ns.multi_step_tool and message.role == \"user\" and not(message.content.startswith('<tool_response>') "
+    "and message.content.endswith('</tool_response>')) %}\n"
+    "        {%- set ns.multi_step_tool = false %}\n"
+    "        {%- set ns.last_query_index = index %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- for message in messages %}\n"
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    "        {%- set content = message.content %}\n"
+    "        {%- set reasoning_content = '' %}\n"
+    "        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}\n"
+    "            {%- set reasoning_content = message.reasoning_content %}\n"
+    "        {%- else %}\n"
+    "            {%- if '</think>' in message.content %}\n"
+    "                {%- set content = message.content.split('</think>')[-1].lstrip('\\n') %}\n"
+    "                {%- set reasoning_content = message.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1"
+    "].lstrip('\\n') %}\n"
+    "            {%- endif %}\n"
+    "        {%- endif %}\n"
+    "        {%- if loop.index0 > ns.last_query_index %}\n"
+    "            {%- if loop.last or (not loop.last and reasoning_content) %}\n"
+    "                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + "
+    "'\\n</think>\\n\\n' + content.lstrip('\\n') }}\n"
+    "            {%- else %}\n"
+    "                {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    "            {%- endif %}\n"
+    "        {%- else %}\n"
+    "            {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    "        {%- endif %}\n"
+    "        {%- if message.tool_calls %}\n"
+    "            {%- for tool_call in message.tool_calls %}\n"
+    "                {%- if (loop.first and content) or (not loop.first) %}\n"
+    "                    {{- '\\n' }}\n"
+    "                {%- endif %}\n"
+    "                {%- if tool_call.function %}\n"
+    "                    {%- set tool_call = tool_call.function %}\n"
+    "                {%- endif %}\n"
+    "                {{- '<tool_call>\\n{\"name\": \"' }}\n"
+    "                {{- tool_call.name }}\n"
+    "                {{- '\", \"arguments\": ' }}\n"
+    "                {%- if tool_call.arguments is string %}\n"
+    "                    {{- tool_call.arguments }}\n"
+    "                {%- else %}\n"
+    "                    {{- tool_call.arguments | tojson }}\n"
+    "                {%- endif %}\n"
+    "                {{- '}\\n</tool_call>' }}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}"
+)
+
+# google/gemma-3-1b-it and google/gemma-3-12b-it [the chat_template of ggml-org's GGUF conversions, from the Hub API]
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    '    {%- set first_user_prefix = "" -%}\n'
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    '        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}\n'
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    '        {%- set role = "model" -%}\n'
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    '        {{ raise_exception("Invalid content type") }}\n'
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n'}}\n"
+    "{%- endif -%}\n"
+)
+
+# microsoft/Phi-3-mini-4k-instruct [openvino.genai tests/python_tests/tokenizer_configs.py; another copy agrees]
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
+    "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif "
+    "message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor "
+    "%}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+# microsoft/Phi-4-mini-instruct [third-party copies, which agree]
+PHI4_MINI_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and message['tools'] is not "
+    "none %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + message['tools'] + '<|/tool|>' + "
+    "'<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}{% endfor "
+    "%}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+# mistralai/Mistral-Nemo-Instruct-2407 [llama.cpp mistralai-Mistral-Nemo-Instruct-2407.jinja]
+MISTRAL_NEMO_CHAT_TEMPLATE = (
+    '{%- if messages[0]["role"] == "system" %}\n'
+    '    {%- set system_message = messages[0]["content"] %}\n'
+    "    {%- set loop_messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set loop_messages = messages %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools is defined %}\n"
+    "    {%- set tools = none %}\n"
+    "{%- endif %}\n"
+    '{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}\n'
+    "\n"
+    "{#- This block checks for alternating user/assistant messages, skipping tool calling messages #}\n"
+    "{%- set ns = namespace() %}\n"
+    "{%- set ns.index = 0 %}\n"
+    "{%- for message in loop_messages %}\n"
+    '    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and '
+    "message.tool_calls is not none)) %}\n"
+    '        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}\n'
+    '            {{- raise_exception("After the optional system message, conversation roles must alternate '
+    'user/assistant/user/assistant/...") }}\n'
+    "        {%- endif %}\n"
+    "        {%- set ns.index = ns.index + 1 %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "\n"
+    "{{- bos_token }}\n"
+    "{%- for message in loop_messages %}\n"
+    '    {%- if message["role"] == "user" %}\n'
+    "        {%- if tools is not none and (message == user_messages[-1]) %}\n"
+    '            {{- "[AVAILABLE_TOOLS][" }}\n'
+    "            {%- for tool in tools %}\n"
+    "                {%- set tool = tool.function %}\n"
+    "                {{- '{\"type\": \"function\", \"function\": {' }}\n"
+    '                {%- for key, val in tool.items() if key != "return" %}\n'
+    "                    {%- if val is string %}\n"
+    "                        {{- '\"' + key + '\": \"' + val + '\"' }}\n"
+    "                    {%- else %}\n"
+    "                        {{- '\"' + key + '\": ' + val|tojson }}\n"
+    "                    {%- endif %}\n"
+    "                    {%- if not loop.last %}\n"
+    '                        {{- ", " }}\n'
+    "                    {%- endif %}\n"
+    "                {%- endfor %}\n"
+    '                {{- "}}" }}\n'
+    "                {%- if not loop.last %}\n"
+    '                    {{- ", " }}\n'
+    "                {%- else %}\n"
+    '                    {{- "]" }}\n'
+    "                {%- endif %}\n"
+    "            {%- endfor %}\n"
+    '            {{- "[/AVAILABLE_TOOLS]" }}\n'
+    "            {%- endif %}\n"
+    "        {%- if loop.last and system_message is defined %}\n"
+    '            {{- "[INST]" + system_message + "\\n\\n" + message["content"] + "[/INST]" }}\n'
+    "        {%- else %}\n"
+    '            {{- "[INST]" + message["content"] + "[/INST]" }}\n'
+    "        {%- endif %}\n"
+    "    {%- elif (message.tool_calls is defined and message.tool_calls is not none) %}\n"
+    '        {{- "[TOOL_CALLS][" }}\n'
+    "        {%- for tool_call in message.tool_calls %}\n"
+    "            {%- set out = tool_call.function|tojson %}\n"
+    "            {{- out[:-1] }}\n"
+    "            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}\n"
+    '                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}\n'
+    "            {%- endif %}\n"
+    "            {{- ', \"id\": \"' + tool_call.id + '\"}' }}\n"
+    "            {%- if not loop.last %}\n"
+    '                {{- ", " }}\n'
+    "            {%- else %}\n"
+    '                {{- "]" + eos_token }}\n'
+    "            {%- endif %}\n"
+    "        {%- endfor %}\n"
+    '    {%- elif message["role"] == "assistant" %}\n'
+    '        {{- message["content"] + eos_token}}\n'
+    '    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}\n'
+    "        {%- if message.content is defined and message.content.content is defined %}\n"
+    "            {%- set content = message.content.content %}\n"
+    "        {%- else %}\n"
+    "            {%- set content = message.content %}\n"
+    "        {%- endif %}\n"
+    "        {{- '[TOOL_RESULTS]{\"content\": ' + content|string + \", \" }}\n"
+    "        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}\n"
+    '            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}\n'
+    "        {%- endif %}\n"
+    "        {{- '\"call_id\": \"' + message.tool_call_id + '\"}[/TOOL_RESULTS]' }}\n"
+    "    {%- else %}\n"
+    '        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial '
+    'optional system message!") }}\n'
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+)
+
+# a conversation whose texts have newlines and leading/trailing spaces (some templates strip them, others do not)
+TURNS = [("  What is 7 times 8?\nShow your work. ", "\n7 times 8 is 56.\n"), (" And 9 times 9?", " It is 81. \n")]
+MESSAGE = "Thanks!\nNow add them.  "
+
+# (style, its model's template, the variables the template reads, the BOS the tokenizer adds, the end of an answer)
+CHAT_FAMILIES = [
+    ("llama3.1", LLAMA31_CHAT_TEMPLATE, dict(bos_token="<|begin_of_text|>"), "<|begin_of_text|>", "<|eot_id|>"),
+    ("llama3.1", LLAMA32_CHAT_TEMPLATE, dict(bos_token="<|begin_of_text|>", date_string="26 Jul 2024"),
+     "<|begin_of_text|>", "<|eot_id|>"),
+    ("qwen2.5", QWEN25_CHAT_TEMPLATE, {}, "", "<|im_end|>"),
+    ("qwen3", QWEN3_CHAT_TEMPLATE, {}, "", "<|im_end|>"),
+    ("qwen3-nothink", QWEN3_CHAT_TEMPLATE, dict(enable_thinking=False), "", "<|im_end|>"),
+    ("gemma3", GEMMA3_CHAT_TEMPLATE, dict(bos_token="<bos>"), "<bos>", "<end_of_turn>"),
+    ("phi3", PHI3_CHAT_TEMPLATE, dict(eos_token="<|endoftext|>"), "", "<|end|>"),
+    ("phi4-mini", PHI4_MINI_CHAT_TEMPLATE, dict(eos_token="<|endoftext|>"), "", "<|end|>"),
+    ("mistral-nemo", MISTRAL_NEMO_CHAT_TEMPLATE, dict(bos_token="<s>", eos_token="</s>"), "<s>", "</s>"),
+]
+
+
+@pytest.mark.parametrize("name, template, variables, bos, end", CHAT_FAMILIES)
+def test_chat_styles_are_published_templates(name: str, template: str, variables: dict, bos: str, end: str) -> None:
+    """What a style renders is what its model's template renders with add_generation_prompt=True, less the BOS that
+    the tokenizer adds itself."""
+    style = PromptStyle.from_name(name)
+    assert bos + style.apply_conversation(TURNS, MESSAGE) == render(template, chat_messages(TURNS, MESSAGE),
+                                                                    **variables)
+    for instruction, input in EXAMPLES:
+        user = [{"role": "user", "content": user_content(instruction, input)}]
+        assert bos + style.apply(instruction, input) == render(template, user, **variables)
+        # the training text (prompt, response prefix, answer) is the template's rendering of the finished exchange,
+        # which then ends the answer with `end`; generation stops there (Mistral Nemo's </s> is its eos)
+        full = render(template, user + [{"role": "assistant", "content": "It is 56."}], False, **variables)
+        assert full.startswith(bos + style.apply(instruction, input) + style.response_prefix + "It is 56." + end)
+    assert end == "</s>" or end in style.stop_strings
+
+
+def test_llama32_template_dates_with_today() -> None:
+    """Llama 3.2's template writes today's date where 3.1's and 3.3's write 26 Jul 2024; the style keeps the latter,
+    the only difference."""
+    style = PromptStyle.from_name("llama3.1")
+    rendered = render(LLAMA32_CHAT_TEMPLATE, chat_messages(TURNS, MESSAGE), bos_token="<|begin_of_text|>")
+    today = datetime.now().strftime("%d %b %Y")
+    assert rendered == "<|begin_of_text|>" + style.apply_conversation(TURNS, MESSAGE).replace("26 Jul 2024", today)
+
+
+def test_qwen3_drops_earlier_reasoning() -> None:
+    """Earlier answers keep only their text after </think>, newlines in front stripped, as the template does; an
+    answer without reasoning stays as it is."""
+    turns = [("What is 7 times 8?", "<think>\n7 * 8 = 56\n</think>\n\n56."), ("And 9 times 9?", "\n\n81.\n")]
+    for name, variables in (("qwen3", {}), ("qwen3-nothink", dict(enable_thinking=False))):
+        prompt = PromptStyle.from_name(name).apply_conversation(turns, "Add them.")
+        assert prompt == render(QWEN3_CHAT_TEMPLATE, chat_messages(turns, "Add them."), **variables)
+        assert "7 * 8" not in prompt and "<|im_start|>assistant\n56.<|im_end|>" in prompt
