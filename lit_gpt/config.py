@@ -2,6 +2,7 @@
 
 import difflib
 import json
+import math
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,28 +108,73 @@ class Config:
 
     @classmethod
     def from_hf_config(cls, hf: dict, **kwargs: Any) -> "Config":
-        """A config from a transformers `config.json` of a supported family (llama, mistral, gpt_neox, falcon)."""
+        """A config from a transformers `config.json` (transformers 4 or 5 style) of a supported family: llama,
+        mistral, qwen2, qwen3, gemma3_text (and gemma3's text model), phi3, gpt_neox, falcon.
+
+        Raises ValueError naming the key for anything the model would not reproduce exactly.
+        """
+        if hf.get("model_type") == "gemma3" and isinstance(hf.get("text_config"), dict):  # multimodal: its text model
+            hf = {"_name_or_path": hf.get("_name_or_path", ""), **hf["text_config"], "model_type": "gemma3_text"}
         model_type = hf.get("model_type")
         name = hf.get("_name_or_path", "").rstrip("/").split("/")[-1] or model_type
+
+        def refuse(key: str, why: str = "which is not supported") -> None:
+            raise ValueError(f"{name!r}: config.json has {key}={hf.get(key)!r}, {why}")
+
+        for key in ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size"):
+            if hf.get(key):
+                refuse(key, "a mixture of experts, which is not supported")
+        for key in ("attn_logit_softcapping", "final_logit_softcapping", "use_bidirectional_attention"):
+            if hf.get(key):
+                refuse(key)
         common = dict(name=name, block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
                       padding_multiple=1, n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
-                      n_head=hf["num_attention_heads"])
-        if model_type in ("llama", "mistral"):
-            if hf.get("rope_scaling"):
-                raise ValueError(f"{name!r} uses rope_scaling={hf['rope_scaling']}, which is not supported")
-            head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
-            rope_base = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000))
-            cfg = dict(common, head_size=head_dim, n_query_groups=hf.get("num_key_value_heads"),
-                       rotary_percentage=1.0, rope_base=rope_base, parallel_residual=False,
-                       bias=hf.get("attention_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False),
+                      n_head=hf["num_attention_heads"], hf_model_type=model_type)
+        rope_base, rope_scaling = _hf_rope(hf, name, "full_attention")
+        if model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3"):
+            rotary = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1))
+            cfg = dict(common, head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+                       n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                       rotary_percentage=rotary, rope_base=rope_base, rope_scaling=rope_scaling,
+                       parallel_residual=False, bias=False, tie_embeddings=hf.get("tie_word_embeddings", False),
                        norm_class_name="RMSNorm", norm_eps=hf["rms_norm_eps"], mlp_class_name="LLaMAMLP",
                        intermediate_size=hf["intermediate_size"])
-            if bool(hf.get("mlp_bias", False)) != bool(hf.get("attention_bias", False)):
-                raise ValueError(f"{name!r}: attention_bias and mlp_bias differ, which is not supported")
+            act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
+            if model_type == "gemma3_text":
+                if act not in ("gelu_pytorch_tanh", "gelu"):
+                    refuse("hidden_activation")
+                cfg.update(mlp_class_name="GemmaMLP", gelu_approximate=_gelu(act), norm_unit_offset=True,
+                           norm_qk=True, post_norms=True, scale_embeddings=True,
+                           tie_embeddings=hf.get("tie_word_embeddings", True),
+                           attention_scalar=hf.get("query_pre_attn_scalar"))
+                local_base, local_scaling = _hf_rope(hf, name, "sliding_attention")
+                if local_scaling is not None:
+                    raise ValueError(f"{name!r}: RoPE scaling on the sliding-window layers is not supported")
+                cfg.update(rope_local_base=local_base if local_base != rope_base else None)
+            elif act != "silu":
+                refuse("hidden_act")
+            if model_type in ("llama", "qwen3"):
+                if model_type == "llama" and bool(hf.get("mlp_bias")) != bool(hf.get("attention_bias")):
+                    raise ValueError(f"{name!r}: attention_bias and mlp_bias differ, which is not supported")
+                cfg.update(bias=bool(hf.get("attention_bias")), qkv_bias=bool(hf.get("attention_bias")))
+                if model_type == "qwen3" and hf.get("attention_bias"):
+                    refuse("attention_bias", "a Qwen3 with biases, which is not supported")
+            if model_type == "qwen2":
+                cfg.update(qkv_bias=True)  # Qwen2's q/k/v projections always have a bias, o_proj none
+            if model_type == "qwen3":
+                cfg.update(norm_qk=True)
+            if model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+                refuse("use_sliding_window")
+            if model_type in ("mistral", "phi3", "gemma3_text") and hf.get("sliding_window"):
+                window, every = hf["sliding_window"], 0
+                if model_type == "gemma3_text":
+                    every = _global_layer_every(hf, name)
+                if every != 1:
+                    cfg.update(sliding_window=window, global_layer_every=every)
         elif model_type == "gpt_neox":
-            rope_base = hf.get("rotary_emb_base", (hf.get("rope_parameters") or {}).get("rope_theta", 10000))
+            rope_base = hf.get("rotary_emb_base", rope_base)
             rotary_pct = hf.get("rotary_pct", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 0.25))
-            cfg = dict(common, rotary_percentage=rotary_pct, rope_base=rope_base,
+            cfg = dict(common, rotary_percentage=rotary_pct, rope_base=rope_base, rope_scaling=rope_scaling,
                        parallel_residual=hf.get("use_parallel_residual", True), bias=hf.get("attention_bias", True),
                        tie_embeddings=hf.get("tie_word_embeddings", False), norm_class_name="LayerNorm",
                        norm_eps=hf["layer_norm_eps"], mlp_class_name="GptNeoxMLP",
@@ -136,15 +182,15 @@ class Config:
         elif model_type == "falcon":
             if hf.get("new_decoder_architecture") or hf.get("alibi") or not hf.get("parallel_attn", True):
                 raise ValueError(f"{name!r}: only the falcon-7b layout (multi-query, parallel attention) is supported")
-            rope_base = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000))
             cfg = dict(common, n_query_groups=1 if hf.get("multi_query", True) else hf["num_attention_heads"],
-                       rotary_percentage=1.0, rope_base=rope_base, parallel_residual=True,
+                       rotary_percentage=1.0, rope_base=rope_base, rope_scaling=rope_scaling, parallel_residual=True,
                        shared_attention_norm=True, bias=hf.get("bias", False),
                        tie_embeddings=hf.get("tie_word_embeddings", True), norm_class_name="LayerNorm",
                        norm_eps=hf["layer_norm_epsilon"], mlp_class_name="GptNeoxMLP",
                        intermediate_size=hf.get("ffn_hidden_size") or 4 * hf["hidden_size"])
         else:
-            raise ValueError(f"Unsupported model_type {model_type!r}: supported are llama, mistral, gpt_neox, falcon")
+            raise ValueError(f"Unsupported model_type {model_type!r}: supported are llama, mistral, qwen2, qwen3, "
+                             "gemma3_text, gemma3, phi3, gpt_neox, falcon")
         return cls(**{**cfg, **kwargs})
 
     def to_dict(self) -> dict:
@@ -155,6 +201,66 @@ class Config:
         from lit_gpt.utils import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
+    """(base, `Config.rope_scaling`) from transformers 5's `rope_parameters` (per layer type for Gemma 3) or 4's
+    `rope_theta` + `rope_scaling` (Gemma 3: `rope_local_base_freq`, unscaled, for the sliding layers)."""
+    params = hf.get("rope_parameters")
+    if isinstance(params, dict) and isinstance(params.get(layer_type), dict):
+        params = params[layer_type]
+    elif not params:
+        params = dict(hf.get("rope_scaling") or {})
+        if layer_type == "sliding_attention":  # Gemma 3 (transformers 4): its default local base is 10,000
+            params = {"rope_theta": hf.get("rope_local_base_freq", 10000)}
+    if not isinstance(params, dict):
+        raise ValueError(f"{name!r}: config.json has rope_parameters={params!r}, which is not a dict")
+    base = params.get("rope_theta", hf.get("rope_theta", 10000))
+    base = int(base) if float(base).is_integer() else base
+    kind = params.get("rope_type", params.get("type", "default"))
+    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    try:
+        if kind == "default":
+            return base, None
+        if kind == "linear":
+            return base, dict(type="linear", factor=params["factor"])
+        if kind == "llama3":
+            return base, dict(type="llama3", factor=params["factor"], low_freq_factor=params["low_freq_factor"],
+                              high_freq_factor=params["high_freq_factor"],
+                              original_max_position_embeddings=params["original_max_position_embeddings"])
+        if kind == "longrope":
+            original = params.get("original_max_position_embeddings", hf.get("original_max_position_embeddings"))
+            factor = params.get("factor") or hf["max_position_embeddings"] / original
+            attention = params.get("attention_factor")
+            if attention is None:  # transformers' default, from the length ratio
+                attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+            if params.get("short_mscale") or params.get("long_mscale"):
+                raise ValueError(f"{name!r}: {key} has short_mscale/long_mscale, which is not supported")
+            return base, dict(type="longrope", short_factor=list(params["short_factor"]),
+                              long_factor=list(params["long_factor"]), original_max_position_embeddings=original,
+                              attention_factor=attention)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{name!r}: config.json's {key} of type {kind!r} lacks {e}")
+    raise ValueError(f"{name!r}: config.json's {key} has RoPE type {kind!r}, which is not supported "
+                     "(supported: default, linear, llama3, longrope)")
+
+
+def _global_layer_every(hf: dict, name: str) -> int:
+    """Gemma 3's layer pattern as `Config.global_layer_every`: from `layer_types` (transformers 5) or
+    `sliding_window_pattern` (4); 1 means every layer is global."""
+    types = hf.get("layer_types")
+    if not types:
+        return int(hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6)
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    if set(types) - {"full_attention", "sliding_attention"}:
+        raise ValueError(f"{name!r}: config.json's layer_types has {sorted(set(types))}, which is not supported")
+    if not full:
+        return 0
+    every = full[0] + 1
+    if full != [i for i in range(len(types)) if (i + 1) % every == 0]:
+        raise ValueError(f"{name!r}: config.json's layer_types puts full attention at layers {full}, not every "
+                         f"{every}-th layer, which is not supported")
+    return every
 
 
 def _gelu(hidden_act: str) -> str:

@@ -1,8 +1,10 @@
 """Hugging Face transformers checkpoints <-> ours: parameter names, fused qkv layouts, config.json, whole dirs.
 
-Families: Llama (Llama 2, TinyLlama, Mistral, SmolLM2: separate q/k/v projections concatenated into our qkv),
-GPT-NeoX (Pythia, StableLM: HF's fused qkv interleaves [q, k, v] per head, ours is [all q | all k | all v]) and
-Falcon-7b (multi-query: HF's fused [q heads, k, v] is our layout already; one norm shared by attention and MLP).
+Families (`Config.hf_model_type`): llama, mistral, qwen2, qwen3 and gemma3_text have separate q/k/v projections,
+concatenated into our qkv (Qwen3 and Gemma 3 add q/k norms, Gemma 3 names its four norms its own way); phi3 fuses
+them as `qkv_proj` in our layout and gate/up as `gate_up_proj` (split into our fc_1 and fc_2); GPT-NeoX (Pythia,
+StableLM: HF's fused qkv interleaves [q, k, v] per head, ours is [all q | all k | all v]) and Falcon-7b (multi-query:
+HF's fused [q heads, k, v] is our layout already; one norm shared by attention and MLP).
 Conversions stream: one tensor (one layer's q/k/v for Llama) is transformed at a time.
 """
 
@@ -57,7 +59,24 @@ _NAMES = {
         "lm_head.weight": "lm_head.weight",
     },
 }
+_QK_NORMS = {"model.layers.{}.self_attn.q_norm.weight": "transformer.h.{}.attn.norm_q.weight",
+             "model.layers.{}.self_attn.k_norm.weight": "transformer.h.{}.attn.norm_k.weight"}
+_NAMES["mistral"] = _NAMES["qwen2"] = _NAMES["llama"]
+_NAMES["qwen3"] = {**_NAMES["llama"], **_QK_NORMS}
+# Gemma's post_attention_layernorm is a norm after the attention, before the residual add
+_NAMES["gemma3_text"] = {**_NAMES["llama"], **_QK_NORMS,
+                         "model.layers.{}.post_attention_layernorm.weight":
+                             "transformer.h.{}.post_attention_norm.weight",
+                         "model.layers.{}.pre_feedforward_layernorm.weight": "transformer.h.{}.norm_2.weight",
+                         "model.layers.{}.post_feedforward_layernorm.weight": "transformer.h.{}.post_mlp_norm.weight"}
+_NAMES["phi3"] = {**{k: v for k, v in _NAMES["llama"].items() if ".mlp.gate_proj" not in k and ".mlp.up_proj" not in k},
+                  "model.layers.{}.self_attn.qkv_proj.weight": "transformer.h.{}.attn.qkv.weight"}
+_SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 _LLAMA_QKV = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
+_PHI3_GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"  # rows [gate | up] = our fc_1, fc_2
+# a multimodal Gemma 3 checkpoint: its text model's weights under a prefix (transformers 4 / 5); the rest is skipped
+_TEXT_MODEL = re.compile(r"^(?:language_model\.|model\.language_(?=model\.))")  # -> "" / "model."
+_NOT_TEXT = re.compile(r"^(?:model\.)?(?:vision_tower|multi_modal_projector)\.")
 # buffers some old checkpoints saved with the weights
 _IGNORED = re.compile(r".*(rotary_emb\.inv_freq|attention\.bias|attention\.masked_bias)$")
 
@@ -71,10 +90,15 @@ _LIT_TO_HF = {family: {lit: hf for hf, lit in table.items()} for family, table i
 
 
 def family(config: Config) -> str:
-    """"llama", "gpt_neox" or "falcon": the transformers architecture our config corresponds to."""
-    if config.mlp_class_name == "LLaMAMLP":
-        return "llama"
-    return "falcon" if config.shared_attention_norm else "gpt_neox"
+    """The transformers `model_type` our config corresponds to ("llama", "qwen3", "gpt_neox" ...)."""
+    if config.hf_model_type not in _NAMES:
+        raise ValueError(f"{config.name!r} has hf_model_type={config.hf_model_type!r}; known are {', '.join(_NAMES)}")
+    return config.hf_model_type
+
+
+def separate_qkv(config: Config) -> bool:
+    """Whether HF has separate q_proj, k_proj, v_proj for our fused qkv."""
+    return family(config) in _SEPARATE_QKV
 
 
 def _split_layer(name: str) -> Tuple[str, Optional[str]]:
@@ -107,13 +131,16 @@ def qkv_split(t: torch.Tensor, config: Config) -> Tuple[torch.Tensor, torch.Tens
 
 
 def hf_to_lit_name(name: str, config: Config) -> Tuple[Optional[str], Optional[str]]:
-    """(our name, qkv part) of an HF parameter name; the part is "query"/"key"/"value" for Llama's separate
-    projections, else None. (None, None) for names we do not know."""
+    """(our name, part) of an HF parameter name; the part is "query"/"key"/"value" for separate q/k/v projections
+    (of our qkv), "gate_up" for Phi-3's fused gate/up (our mlp.fc_1 and fc_2: the name returned is fc_1's), else
+    None. (None, None) for names we do not know."""
     pattern, layer = _split_layer(name)
-    if family(config) == "llama":
+    if separate_qkv(config):
         match = re.fullmatch(r"model\.layers\.\{\}\.self_attn\.([qkv]_proj)\.(weight|bias)", pattern)
         if match:
             return f"transformer.h.{layer}.attn.qkv.{match.group(2)}", _LLAMA_QKV[match.group(1)]
+    if family(config) == "phi3" and pattern == _PHI3_GATE_UP:
+        return f"transformer.h.{layer}.mlp.fc_1.weight", "gate_up"
     lit = _HF_TO_LIT[family(config)].get(pattern)
     return (lit.replace("{}", layer) if layer is not None else lit) if lit else None, None
 
@@ -121,18 +148,23 @@ def hf_to_lit_name(name: str, config: Config) -> Tuple[Optional[str], Optional[s
 def lit_to_hf_name(name: str, config: Config, part: Optional[str] = None) -> str:
     """HF name of one of our parameter names (or of the module owning a LoRA parameter, e.g. `...attn.proj`).
 
-    Llama's fused qkv has three HF counterparts: pass `part` ("query", "key" or "value") to pick one.
-    Raises ValueError for names without an HF counterpart.
+    A fused qkv split into q/k/v projections has three HF counterparts: pass `part` ("query", "key" or "value") to
+    pick one. Phi-3's mlp.fc_1 and fc_2 are both (halves of) `gate_up_proj`. Raises ValueError for names without an
+    HF counterpart.
     """
     pattern, layer = _split_layer(name)
     suffix = ""
     if not pattern.endswith((".weight", ".bias")):  # a module name
         pattern, suffix = pattern + ".weight", ".weight"
-    if family(config) == "llama" and pattern.startswith("transformer.h.{}.attn.qkv."):
+    if separate_qkv(config) and pattern.startswith("transformer.h.{}.attn.qkv."):
         if part not in ("query", "key", "value"):
-            raise ValueError(f"{name!r} is q_proj, k_proj and v_proj in Llama: pass part='query', 'key' or 'value'")
+            raise ValueError(f"{name!r} is q_proj, k_proj and v_proj in {family(config)}: pass part='query', 'key' or "
+                             "'value'")
         proj = {v: k for k, v in _LLAMA_QKV.items()}[part]
         hf = f"model.layers.{{}}.self_attn.{proj}.{pattern.rsplit('.', 1)[1]}"
+    elif family(config) == "phi3" and pattern in ("transformer.h.{}.mlp.fc_1.weight",
+                                                  "transformer.h.{}.mlp.fc_2.weight"):
+        hf = _PHI3_GATE_UP
     else:
         hf = _LIT_TO_HF[family(config)].get(pattern)
         if hf is None:
@@ -164,16 +196,21 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
     misshapen weights.
     """
     fam, out = family(config), {}
-    pending: Dict[str, Dict[str, torch.Tensor]] = {}  # Llama q/k/v waiting for their siblings
+    pending: Dict[str, Dict[str, torch.Tensor]] = {}  # q/k/v waiting for their siblings
     for hf_name, tensor in hf_items:
-        if _IGNORED.match(hf_name):
+        if _IGNORED.match(hf_name) or (fam == "gemma3_text" and _NOT_TEXT.match(hf_name)):
             continue
+        if fam == "gemma3_text":
+            hf_name = _TEXT_MODEL.sub("", hf_name)
         name, part = hf_to_lit_name(hf_name, config)
         if name is None:
             raise ValueError(f"Unexpected weight {hf_name!r} for a {fam} model: is this the right config?")
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
-        if part is not None:
+        if part == "gate_up":
+            _check_shape(hf_name, tensor, torch.Size([2 * config.intermediate_size, config.n_embd]))
+            out[name], out[name.replace(".fc_1.", ".fc_2.")] = tensor.chunk(2)
+        elif part is not None:
             parts = pending.setdefault(name, {})
             parts[part] = tensor
             if len(parts) == 3:
@@ -208,9 +245,13 @@ def lit_to_hf(lit_state_dict: Dict[str, torch.Tensor], config: Config) -> Dict[s
     for name, tensor in lit_state_dict.items():
         if name == "lm_head.weight" and config.tie_embeddings:
             continue
-        if ".attn.qkv." in name and family(config) == "llama":
+        if ".attn.qkv." in name and separate_qkv(config):
             for part, t in zip(("query", "key", "value"), qkv_split(tensor, config)):
                 out[lit_to_hf_name(name, config, part)] = t
+        elif family(config) == "phi3" and name.endswith(".mlp.fc_1.weight"):
+            out[lit_to_hf_name(name, config)] = torch.cat([tensor, lit_state_dict[name.replace(".fc_1.", ".fc_2.")]])
+        elif family(config) == "phi3" and name.endswith(".mlp.fc_2.weight"):
+            continue
         elif ".attn.qkv." in name and _interleaved_qkv(config):
             out[lit_to_hf_name(name, config)] = qkv_to_interleaved(tensor, config)
         else:
@@ -221,11 +262,35 @@ def lit_to_hf(lit_state_dict: Dict[str, torch.Tensor], config: Config) -> Dict[s
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+# the layout each decoder family has in transformers (fields not listed are free: sizes, RoPE, tied embeddings)
+_LAYOUTS = {
+    "llama": dict(norm_qk=False, post_norms=False, norm_unit_offset=False, scale_embeddings=False,
+                  mlp_class_name="LLaMAMLP", sliding_window=None, rope_local_base=None, attention_scalar=None,
+                  rotary_percentage=1.0),
+    "qwen2": dict(bias=False, qkv_bias=True),
+    "qwen3": dict(bias=False, qkv_bias=False, norm_qk=True),
+    "mistral": dict(bias=False, qkv_bias=False, global_layer_every=0),
+    "phi3": dict(bias=False, qkv_bias=False, global_layer_every=0),
+    "gemma3_text": dict(bias=False, qkv_bias=False, norm_qk=True, post_norms=True, norm_unit_offset=True,
+                        scale_embeddings=True, mlp_class_name="GemmaMLP"),
+}
+
+
+def _rope_parameters(base: float, scaling: Optional[dict]) -> dict:
+    """transformers' `rope_parameters` for a base and our `rope_scaling`."""
+    if scaling is None:
+        return dict(rope_type="default", rope_theta=base)
+    return dict({k: v for k, v in scaling.items() if k != "type"}, rope_type=scaling["type"], rope_theta=base)
+
+
 def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **token_ids: Optional[int]) -> dict:
-    """A transformers `config.json` dict that `AutoModelForCausalLM.from_pretrained` builds our model's twin from.
+    """A transformers `config.json` dict that `AutoModelForCausalLM.from_pretrained` builds our model's twin from,
+    with both transformers 5's `rope_parameters` and 4's `rope_theta` / `rope_scaling`.
 
     `token_ids`: bos_token_id, eos_token_id, pad_token_id to record. Raises ValueError for configs that
-    transformers' Llama, GPT-NeoX or Falcon cannot express.
+    transformers' model of `config.hf_model_type` cannot express.
     """
     fam, c = family(config), config
     problems = []
@@ -233,38 +298,80 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                   num_attention_heads=c.n_head, max_position_embeddings=c.block_size,
                   tie_word_embeddings=c.tie_embeddings, dtype=_DTYPE_NAMES.get(dtype, "float32"),
                   torch_dtype=_DTYPE_NAMES.get(dtype, "float32"), use_cache=True, initializer_range=0.02)
-    rope = dict(rope_type="default", rope_theta=c.rope_base)
+    rope = _rope_parameters(c.rope_base, c.rope_scaling)
+    rope_scaling = None if c.rope_scaling is None else {k: v for k, v in rope.items() if k != "rope_theta"}
     if c.lm_head_bias:
         problems.append("lm_head_bias=True")
-    if fam == "llama":
-        if c.rotary_percentage != 1.0 or c.parallel_residual or c.norm_class_name != "RMSNorm":
-            problems.append("a Llama MLP with partial rotary, parallel residual or LayerNorm")
-        hf = dict(architectures=["LlamaForCausalLM"], model_type="llama", **common,
+    if fam in _ARCHITECTURES:
+        layout = {**_LAYOUTS["llama"], **(_LAYOUTS[fam] if fam != "llama" else dict(qkv_bias=c.bias))}
+        if fam in ("mistral", "phi3", "gemma3_text"):
+            layout.pop("sliding_window")
+        if fam in ("phi3", "gemma3_text"):
+            layout.pop("rotary_percentage")
+        if fam == "gemma3_text":
+            layout.pop("rope_local_base"), layout.pop("attention_scalar")
+        problems += [f"{k}={getattr(c, k)!r} (a {fam} model has {v!r})" for k, v in layout.items()
+                     if getattr(c, k) != v]
+        if c.parallel_residual or c.norm_class_name != "RMSNorm":
+            problems.append("parallel residual or LayerNorm")
+        hf = dict(architectures=[_ARCHITECTURES[fam]], model_type=fam, **common,
                   intermediate_size=c.intermediate_size, num_key_value_heads=c.n_query_groups, head_dim=c.head_size,
                   hidden_act="silu", rms_norm_eps=c.norm_eps, rope_theta=c.rope_base, rope_parameters=rope,
-                  rope_scaling=None, attention_bias=c.bias, mlp_bias=c.bias, attention_dropout=0.0, pretraining_tp=1)
+                  rope_scaling=rope_scaling, attention_dropout=0.0)
+        if fam == "llama":
+            hf.update(attention_bias=c.bias, mlp_bias=c.bias, pretraining_tp=1)
+        elif fam in ("qwen2", "qwen3"):
+            hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.n_layer,
+                      attention_bias=False, layer_types=["full_attention"] * c.n_layer)
+        elif fam in ("mistral", "phi3"):
+            hf.update(sliding_window=c.sliding_window)
+        if fam == "phi3":
+            del hf["head_dim"]  # transformers' Phi-3 derives it
+            if c.head_size * c.n_head != c.n_embd:
+                problems.append("head_size * n_head != n_embd in a Phi-3 model")
+            hf.update(partial_rotary_factor=c.rotary_percentage, resid_pdrop=0.0, embd_pdrop=0.0,
+                      rope_parameters=dict(rope, partial_rotary_factor=c.rotary_percentage))
+            if c.rope_scaling and c.rope_scaling["type"] == "longrope":
+                hf.update(original_max_position_embeddings=c.rope_scaling["original_max_position_embeddings"])
+        if fam == "gemma3_text":
+            layer_types = ["sliding_attention" if c.is_sliding(i) else "full_attention" for i in range(c.n_layer)]
+            local = _rope_parameters(c.rope_base if c.rope_local_base is None else c.rope_local_base, None)
+            if c.rope_local_base is None and c.rope_scaling is not None:
+                problems.append("RoPE scaling without a local RoPE base in a Gemma 3 model")
+            hf.update(hidden_activation="gelu_pytorch_tanh" if c.gelu_approximate == "tanh" else "gelu",
+                      query_pre_attn_scalar=c.attention_scalar or c.head_size, sliding_window=c.sliding_window or
+                      c.block_size, layer_types=layer_types, sliding_window_pattern=c.global_layer_every or c.n_layer,
+                      rope_local_base_freq=local["rope_theta"], final_logit_softcapping=None,
+                      attn_logit_softcapping=None, attention_bias=False,
+                      rope_parameters=dict(full_attention=rope, sliding_attention=local))
+            del hf["hidden_act"]
+    elif fam == "gpt_neox":
+        if c.norm_class_name != "LayerNorm" or c.head_size * c.n_head != c.n_embd:
+            problems.append("RMSNorm or head_size * n_head != n_embd in a GPT-NeoX model")
+        if c.n_query_groups != c.n_head or not c.bias or not c.qkv_bias:
+            problems.append("grouped-query attention or bias=False in a GPT-NeoX model")
+        hf = dict(architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox", **common,
+                  intermediate_size=c.intermediate_size,
+                  hidden_act="gelu" if c.gelu_approximate == "none" else "gelu_new",
+                  rotary_pct=c.rotary_percentage, rotary_emb_base=c.rope_base, rope_scaling=rope_scaling,
+                  rope_parameters=dict(rope, partial_rotary_factor=c.rotary_percentage),
+                  layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual, attention_bias=c.bias,
+                  attention_dropout=0.0, hidden_dropout=0.0)
     else:
         if c.norm_class_name != "LayerNorm" or c.head_size * c.n_head != c.n_embd:
-            problems.append("RMSNorm or head_size * n_head != n_embd in a GPT-NeoX/Falcon model")
-        if fam == "gpt_neox":
-            if c.n_query_groups != c.n_head or not c.bias:
-                problems.append("grouped-query attention or bias=False in a GPT-NeoX model")
-            hf = dict(architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox", **common,
-                      intermediate_size=c.intermediate_size,
-                      hidden_act="gelu" if c.gelu_approximate == "none" else "gelu_new",
-                      rotary_pct=c.rotary_percentage, rotary_emb_base=c.rope_base,
-                      rope_parameters=dict(rope, partial_rotary_factor=c.rotary_percentage),
-                      layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual, attention_bias=c.bias,
-                      attention_dropout=0.0, hidden_dropout=0.0)
-        else:
-            if c.n_query_groups not in (1, c.n_head) or c.rotary_percentage != 1.0 or not c.parallel_residual \
-                    or c.gelu_approximate != "none":
-                problems.append("a Falcon model other than the falcon-7b layout")
-            hf = dict(architectures=["FalconForCausalLM"], model_type="falcon", **common,
-                      multi_query=c.n_query_groups == 1, num_kv_heads=c.n_query_groups, new_decoder_architecture=False,
-                      parallel_attn=True, alibi=False, bias=c.bias, layer_norm_epsilon=c.norm_eps,
-                      rope_theta=c.rope_base, rope_parameters=rope, ffn_hidden_size=c.intermediate_size,
-                      activation="gelu", attention_dropout=0.0, hidden_dropout=0.0)
+            problems.append("RMSNorm or head_size * n_head != n_embd in a Falcon model")
+        if c.n_query_groups not in (1, c.n_head) or c.rotary_percentage != 1.0 or not c.parallel_residual \
+                or c.gelu_approximate != "none" or c.qkv_bias != c.bias:
+            problems.append("a Falcon model other than the falcon-7b layout")
+        hf = dict(architectures=["FalconForCausalLM"], model_type="falcon", **common,
+                  multi_query=c.n_query_groups == 1, num_kv_heads=c.n_query_groups, new_decoder_architecture=False,
+                  parallel_attn=True, alibi=False, bias=c.bias, layer_norm_epsilon=c.norm_eps,
+                  rope_theta=c.rope_base, rope_parameters=rope, rope_scaling=rope_scaling,
+                  ffn_hidden_size=c.intermediate_size, activation="gelu", attention_dropout=0.0, hidden_dropout=0.0)
+    if fam in ("gpt_neox", "falcon") and (c.norm_qk or c.post_norms or c.norm_unit_offset or c.scale_embeddings or
+                                          c.sliding_window is not None or c.attention_scalar is not None):
+        problems.append(f"q/k norms, post norms, Gemma norms or embeddings, a sliding window or an attention "
+                        f"scalar in a {fam} model")
     if problems:
         raise ValueError(f"transformers has no model for {c.name!r}: {'; '.join(problems)}")
     hf.update({k: v for k, v in token_ids.items() if v is not None})
@@ -357,9 +464,14 @@ def config_for_hf_dir(checkpoint_dir: Path, model_name: Optional[str] = None) ->
             fail(f"Cannot read {str(hf_path)!r} to check it against the preset {name!r}: {type(e).__name__}: {e}")
         fields = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "rope_n_elem",
                   "parallel_residual", "shared_attention_norm", "bias", "norm_class_name", "mlp_class_name",
-                  "tie_embeddings", "rope_base")
+                  "tie_embeddings", "rope_base", "rope_scaling", "rope_local_base", "qkv_bias", "norm_qk",
+                  "post_norms", "norm_unit_offset", "scale_embeddings", "attention_scalar", "global_layer_every")
         diff = [f"{f}: preset {getattr(config, f)} vs {getattr(from_hf, f)}" for f in fields
                 if getattr(config, f) != getattr(from_hf, f)]
+        windows = [w if w is not None and w < config.block_size else None  # a window past the context: none
+                   for w in (config.sliding_window, from_hf.sliding_window)]
+        if windows[0] != windows[1]:
+            diff.append(f"sliding_window: preset {windows[0]} vs {windows[1]}")
         if from_hf.vocab_size > config.padded_vocab_size:
             diff.append(f"vocabulary: preset {config.padded_vocab_size} rows vs {from_hf.vocab_size}")
         if diff:

@@ -44,7 +44,7 @@ def smollm2_gguf() -> Path:
 def smollm2_dir(smollm2_gguf: Path) -> Path:
     """The SmolLM2-135M-Instruct checkpoint dir converted from the GGUF (float32), shared between sessions.
 
-    Converted again when lit_gpt/gguf.py changed (its hash is kept in the dir); a file lock keeps concurrent test
+    Converted again when lit_gpt/gguf.py, convert.py or config.py changed (its hash is kept in the dir); a file lock keeps concurrent test
     sessions from converting at the same time.
     """
     import fcntl
@@ -55,7 +55,8 @@ def smollm2_dir(smollm2_gguf: Path) -> Path:
 
     out = CACHE / "SmolLM2-135M-Instruct"
     stamp = "converted_by_gguf_py.sha256"
-    digest = hashlib.sha256((REPO / "lit_gpt" / "gguf.py").read_bytes()).hexdigest()
+    digest = hashlib.sha256(b"".join((REPO / "lit_gpt" / name).read_bytes()  # what writes the dir's files
+                                     for name in ("gguf.py", "convert.py", "config.py"))).hexdigest()
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / "SmolLM2-135M-Instruct.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -26,6 +26,31 @@ TINY = {
                                             parallel_attn=True, alibi=False, bias=False)),
     "falcon-mha": ("FalconConfig", dict(num_attention_heads=4, multi_query=False, new_decoder_architecture=False,
                                         parallel_attn=True, alibi=False, bias=True, tie_word_embeddings=False)),
+    # the modern families: wavelengths both sides of Llama 3's bands, windows shorter than the test sequences
+    "llama3-tied": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                                                             low_freq_factor=1.0, high_freq_factor=4.0,
+                                                             original_max_position_embeddings=32))),
+    "qwen2": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)),
+    "qwen3-head_dim": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                           tie_word_embeddings=True)),
+    "gemma3": ("Gemma3TextConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12, num_hidden_layers=3,
+                                        sliding_window=5, layer_types=["sliding_attention", "full_attention",
+                                                                       "sliding_attention"],
+                                        query_pre_attn_scalar=10, rope_parameters=dict(
+                                            full_attention=dict(rope_type="linear", factor=4.0, rope_theta=1e6),
+                                            sliding_attention=dict(rope_type="default", rope_theta=10000.0)))),
+    "phi3-partial-sliding": ("Phi3Config", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                                                partial_rotary_factor=0.5, tie_word_embeddings=False,
+                                                pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    "phi3-longrope": ("Phi3Config", dict(num_attention_heads=4, num_key_value_heads=4, partial_rotary_factor=0.75,
+                                         original_max_position_embeddings=12, tie_word_embeddings=True,
+                                         pad_token_id=0, bos_token_id=1, eos_token_id=2, rope_parameters=dict(
+                                             rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
+                                             original_max_position_embeddings=12, short_factor=[1.0, 1.5, 2.0],
+                                             long_factor=[3.0, 5.0, 11.0]))),
+    "mistral-head_dim-sliding": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                                       sliding_window=5, tie_word_embeddings=False)),
 }
 SIZES = dict(vocab_size=120, hidden_size=32, intermediate_size=56, num_hidden_layers=2, max_position_embeddings=64)
 
@@ -41,7 +66,8 @@ def tiny_hf_model(kind: str, seed: int = 0) -> torch.nn.Module:
                      max_position_embeddings=64, ffn_hidden_size=sizes["intermediate_size"])
     hf_config = getattr(transformers, class_name)(**{**sizes, **kwargs})
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+    # sdpa, as ours: eager attention differs from it by float error (1e-5 on the tiny Gemma 3)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa").eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 1 else 0.2) + (1.0 if "norm" in name and
@@ -61,22 +87,24 @@ def lit_model_from_hf(hf_model: torch.nn.Module, drop_lm_head: bool = False) -> 
 def test_logits_match_transformers(kind: str) -> None:
     hf_model = tiny_hf_model(kind)
     model = lit_model_from_hf(hf_model)
-    assert family(model.config) == {"Llam": "llama", "Mist": "llama", "GPTN": "gpt_neox", "Falc": "falcon"}[
-        type(hf_model).__name__[:4]]
-    idx = torch.randint(0, SIZES["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = hf_model(idx).logits
-        actual = model(idx)
-    torch.testing.assert_close(actual, expected)
+    assert family(model.config) == hf_model.config.model_type
+    for T in (17, 9):  # past the windows and the long-RoPE switch (12), and before
+        idx = torch.randint(0, SIZES["vocab_size"], (2, T), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected = hf_model(idx).logits
+            actual = model(idx)
+        torch.testing.assert_close(actual, expected)
     if model.config.tie_embeddings:  # transformers saves tied models without lm_head
         assert model.lm_head.weight is model.transformer.wte.weight
         with torch.no_grad():
             torch.testing.assert_close(lit_model_from_hf(hf_model, drop_lm_head=True)(idx), expected)
 
 
-@pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like", "gemma3", "phi3-partial-sliding",
+                                  "mistral-head_dim-sliding", "qwen3-head_dim"])
 def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
-    model = lit_model_from_hf(tiny_hf_model(kind, seed=2))
+    # float64: the paths differ only in float error, which the Gemma-like weights make ~1e-5 in float32
+    model = lit_model_from_hf(tiny_hf_model(kind, seed=2)).double()
     idx = torch.randint(0, SIZES["vocab_size"], (2, 14), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(idx)
