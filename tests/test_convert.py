@@ -81,7 +81,13 @@ def save_hf(kind: str, path: Path, fmt: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("kind, fmt, via_scripts", [("llama-tied", "safetensors", True),
                                                     ("gpt_neox-parallel", "bin", False),
-                                                    ("falcon-7b-like", "sharded", False)])
+                                                    ("falcon-7b-like", "sharded", False),
+                                                    ("llama3-tied", "safetensors", False),
+                                                    ("qwen2", "sharded", False),
+                                                    ("qwen3-head_dim", "safetensors", False),
+                                                    ("gemma3", "safetensors", True),
+                                                    ("phi3-longrope", "bin", False),
+                                                    ("mistral-head_dim-sliding", "safetensors", False)])
 def test_round_trip(tmp_path: Path, kind: str, fmt: str, via_scripts: bool) -> None:
     """HF dir -> convert_hf_checkpoint -> convert_lit_checkpoint -> HF dir: same tensors, same logits."""
     from safetensors.torch import load_file
@@ -100,7 +106,7 @@ def test_round_trip(tmp_path: Path, kind: str, fmt: str, via_scripts: bool) -> N
     assert config.name == "my-finetune"
     model = GPT(config)
     model.load_state_dict(torch.load(hf_dir / "lit_model.pth", weights_only=True), strict=True)
-    idx = torch.randint(0, SIZES["vocab_size"], (1, 11), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(0, SIZES["vocab_size"], (1, 13), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = hf_model.eval()(idx).logits
         torch.testing.assert_close(model.eval()(idx), expected)
@@ -284,3 +290,48 @@ def test_export_real_smollm2_matches_transformers(tmp_path: Path, smollm2_dir: P
     reference = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(idx), reference(idx).logits)
+
+
+# transformers 4 wrote these keys; transformers 5 reads them and writes rope_parameters / layer_types instead
+V4_STYLE = {
+    "llama3-tied": dict(rope_theta=10000.0, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                              high_freq_factor=4.0, original_max_position_embeddings=32)),
+    "gemma3": dict(rope_theta=1e6, rope_local_base_freq=10000.0, sliding_window_pattern=2,
+                   rope_scaling=dict(rope_type="linear", factor=4.0)),
+    "phi3-longrope": dict(rope_theta=10000.0, partial_rotary_factor=0.75, original_max_position_embeddings=12,
+                          rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5, 2.0], long_factor=[3.0, 5.0, 11.0])),
+}
+
+
+@pytest.mark.parametrize("kind", list(V4_STYLE))
+def test_transformers_4_style_config_gives_the_same_config(kind: str) -> None:
+    hf = tiny_hf_model(kind).config.to_dict()
+    old = {k: v for k, v in hf.items() if k not in ("rope_parameters", "layer_types")}
+    old.update(V4_STYLE[kind])
+    assert Config.from_hf_config(old) == Config.from_hf_config(hf)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("rope_parameters", dict(rope_type="yarn", rope_theta=10000.0, factor=4.0), "RoPE type 'yarn'"),
+    ("rope_parameters", dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0), "RoPE type 'dynamic'"),
+    ("rope_parameters", dict(rope_type="llama3", rope_theta=10000.0, factor=8.0), "lacks 'low_freq_factor'"),
+    ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0"),
+    ("attn_logit_softcapping", 50.0, "attn_logit_softcapping=50.0"),
+    ("num_local_experts", 8, "num_local_experts=8, a mixture of experts"),
+    ("use_sliding_window", True, "use_sliding_window=True"),
+    ("hidden_act", "gelu", "hidden_act='gelu'"),
+    ("model_type", "mamba", "Unsupported model_type 'mamba'"),
+])
+def test_configs_we_would_not_reproduce_are_refused_naming_the_key(key: str, value, match: str) -> None:
+    hf = tiny_hf_model("qwen2").config.to_dict()
+    hf[key] = value
+    with pytest.raises(ValueError, match=match) as info:
+        Config.from_hf_config(hf)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_gemma3_layer_types_without_a_regular_pattern_are_refused() -> None:
+    hf = tiny_hf_model("gemma3").config.to_dict()
+    hf["layer_types"] = ["full_attention", "sliding_attention", "full_attention"]
+    with pytest.raises(ValueError, match="layer_types puts full attention at layers"):
+        Config.from_hf_config(hf)
