@@ -84,6 +84,10 @@ def make_hf_checkpoint(path: Path, arch: str) -> Path:
     torch.manual_seed(0)
     if arch == "llama":  # grouped-query attention, BOS added
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, num_key_value_heads=2))
+    elif arch == "gemma3":  # sliding-window layers (window 4) with their own RoPE base, a global one between them
+        model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            **{**common, "num_hidden_layers": 3}, num_key_value_heads=2, head_dim=16, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"], query_pre_attn_scalar=24))
     else:  # parallel residual, partial rotary, biases, no BOS
         model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**common, rotary_pct=0.25,
                                                                            tie_word_embeddings=False))
@@ -435,13 +439,19 @@ def test_shared_prefix_rows_split_at_max_length_and_score_each_choice_alone(llam
         assert greedy == bool((logprobs.argmax(-1) == targets[:, 0]).all())
 
 
-def test_inputs_that_share_tokens_run_them_once_and_score_as_if_alone(llama_dir):
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory) -> Path:
+    return make_hf_checkpoint(tmp_path_factory.mktemp("eval") / "gemma3", "gemma3")
+
+
+@pytest.mark.parametrize("checkpoint", ["llama_dir", "gemma_dir"])
+def test_inputs_that_share_tokens_run_them_once_and_score_as_if_alone(checkpoint, request):
     """Contexts that start alike (a prompt template), choices that start alike, a request asked twice: one forward
     pass runs each distinct input prefix once (a token trie), and every request scores as a full forward pass over
     its own context + continuation does."""
     from lit_gpt.lm_eval import _TokenTrie
 
-    lm = lit_lm(llama_dir, max_length=32, batch_size=8)
+    lm = lit_lm(request.getfixturevalue(checkpoint), max_length=32, batch_size=8)  # gemma: a window of 4 tokens
     gen = torch.Generator().manual_seed(1)
     template = torch.randint(3, 100, (5,), generator=gen).tolist()
     contexts = [template + torch.randint(3, 100, (n,), generator=gen).tolist() for n in (4, 6, 3)]
@@ -463,3 +473,27 @@ def test_inputs_that_share_tokens_run_them_once_and_score_as_if_alone(llama_dir)
         targets = torch.tensor(choice)[:, None]
         assert logprob == pytest.approx(logprobs.gather(1, targets).sum().item(), rel=1e-5)
         assert greedy == bool((logprobs.argmax(-1) == targets[:, 0]).all())
+
+
+def test_sliding_window_generation_matches_a_greedy_loop_and_transformers(gemma_dir):
+    """Batched generation with prompts and answers longer than the window of 4: the per-row KV cache and masks of
+    the sliding layers give what full forwards and transformers' generate give."""
+    from transformers import AutoModelForCausalLM
+
+    lm = lit_lm(gemma_dir, batch_size=2)
+    contexts = ["Tom has 3 apples and buys 5 more", "Ann buys 2 pens at $4 each. How much", "Hi"]
+    kwargs = {"until": [], "max_gen_toks": 6, "do_sample": False}
+    texts = lm.generate_until([instance("generate_until", (c, kwargs), i) for i, c in enumerate(contexts)],
+                              disable_tqdm=True)
+    hf_model = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32).eval()
+    for context, text in zip(contexts, texts):
+        tokens = lm.tok_encode(context)
+        assert len(tokens) + 6 > 4
+        for _ in range(6):
+            with torch.no_grad():
+                tokens.append(int(lm.model(torch.tensor([tokens]))[0, -1].argmax()))
+        assert text == lm.tokenizer.decode(tokens[-6:], skip_special_tokens=True)
+        with torch.no_grad():
+            hf_tokens = hf_model.generate(torch.tensor([lm.tok_encode(context)]), max_new_tokens=6, do_sample=False,
+                                          min_new_tokens=6)[0].tolist()
+        assert hf_tokens == tokens
