@@ -33,7 +33,7 @@ DATASETS = {
 
 def prepare_sample(example: dict, tokenizer: Any, style: PromptStyle, max_seq_length: int,
                    mask_inputs: bool = True) -> Optional[dict]:
-    """Tokenizes `prompt + response_prefix + output + eos`; `labels` is -100 on the prompt tokens when `mask_inputs`.
+    """Tokenizes `prompt + response_prefix + output + end` (eos or the style's `answer_end`); `labels` is -100 on the prompt tokens when `mask_inputs`.
 
     The prompt is encoded alone (as generation will see it) and the answer as it continues the prompt. The sample is
     cut to `max_seq_length` tokens ("truncated": True). Returns None when the prompt alone does not leave room for
@@ -49,8 +49,8 @@ def prepare_sample(example: dict, tokenizer: Any, style: PromptStyle, max_seq_le
         answer_ids = full_ids[len(prompt_ids):]
     else:  # the answer's first token merged with the prompt's last one: encode the answer on its own
         answer_ids = tokenizer.encode(answer, bos=False)
-    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    input_ids = torch.cat([prompt_ids, answer_ids, torch.tensor(eos, dtype=torch.long)]).long()
+    end = style.answer_end_ids(tokenizer)  # eos, or the end-of-turn token of the chat template
+    input_ids = torch.cat([prompt_ids, answer_ids, torch.tensor(end, dtype=torch.long)]).long()
     truncated = len(input_ids) > max_seq_length
     input_ids = input_ids[:max_seq_length]
     labels = input_ids.clone()

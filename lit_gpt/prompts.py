@@ -1,7 +1,8 @@
 """Prompt styles: how an instruction (and optional input) becomes the text a model is trained on and prompted with.
 
 Each style renders the first user turn of a conversation up to where the model's answer starts. Finetuning appends
-`style.response_prefix + output` and the EOS token; generation stops at any of `style.stop_tokens(tokenizer)`.
+`style.response_prefix + output` and the EOS token (or the style's `answer_end`); generation stops at any of
+`style.stop_tokens(tokenizer)`.
 A prepared-data dir, a checkpoint dir and a finetune out dir all carry a `prompt_style.json` ({"name": ...}) so the
 next script uses the same style without a flag.
 """
@@ -21,6 +22,13 @@ class PromptStyle:
     response_prefix: str = ""  # text between the prompt and the answer in training text (e.g. " " after "[/INST]")
     stop_strings: tuple = ()  # extra texts that end an answer besides the tokenizer's stop ids (eos)
     turn_end: str = "\n"  # in a conversation, what follows an answer before the next user turn
+    answer_end: str = ""  # the token that ends an answer in training text when it is not the tokenizer's eos
+
+    def answer_end_ids(self, tokenizer: Any) -> list[int]:
+        """The ids finetuning appends to an answer: `answer_end`'s (Gemma's <end_of_turn>, Phi's <|end|>), else eos."""
+        if self.answer_end:
+            return _encode_in_context(tokenizer, self.answer_end)
+        return [tokenizer.eos_id] if tokenizer.eos_id is not None else []
 
     def apply(self, instruction: str, input: str = "") -> str:
         raise NotImplementedError
@@ -215,6 +223,7 @@ class Gemma3(ChatStyle):
 
     name = "gemma3"
     stop_strings = ("<end_of_turn>",)
+    answer_end = "<end_of_turn>"
 
     def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
         history = "".join(f"<start_of_turn>user\n{user.strip()}<end_of_turn>\n"
@@ -228,6 +237,7 @@ class Phi3(ChatStyle):
 
     name = "phi3"
     stop_strings = ("<|end|>",)
+    answer_end = "<|end|>"
 
     def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
         history = "".join(f"<|user|>\n{user}<|end|>\n<|assistant|>\n{answer}<|end|>\n" for user, answer in turns)
@@ -240,6 +250,7 @@ class Phi4Mini(ChatStyle):
 
     name = "phi4-mini"
     stop_strings = ("<|end|>",)
+    answer_end = "<|end|>"
 
     def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
         history = "".join(f"<|user|>{user}<|end|><|assistant|>{answer}<|end|>" for user, answer in turns)

@@ -854,3 +854,29 @@ def test_qwen3_drops_earlier_reasoning() -> None:
         prompt = PromptStyle.from_name(name).apply_conversation(turns, "Add them.")
         assert prompt == render(QWEN3_CHAT_TEMPLATE, chat_messages(turns, "Add them."), **variables)
         assert "7 * 8" not in prompt and "<|im_start|>assistant\n56.<|im_end|>" in prompt
+
+
+def test_finetuning_ends_an_answer_with_the_templates_end_of_turn(tmp_path: Path) -> None:
+    """Gemma 3 and Phi end an answer with <end_of_turn> / <|end|>, which is not their tokenizers' eos: training text
+    ends with that token, as the template renders a finished turn; other styles end with eos."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    from lit_gpt.data import prepare_sample
+
+    words = ["<unk>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<|user|>", "<|assistant|>", "<|end|>",
+             "user", "model", "hi", "hello", "there", "\n"]
+    hf = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in words[:8]])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>",
+                                                                "add_bos_token": True}))
+    tokenizer = Tokenizer(tmp_path)
+    example = {"instruction": "hi", "output": "hello there"}
+    for name, end in [("gemma3", "<end_of_turn>"), ("phi3", "<|end|>"), ("phi4-mini", "<|end|>"), ("alpaca", "<eos>")]:
+        sample = prepare_sample(example, tokenizer, PromptStyle.from_name(name), max_seq_length=64)
+        assert sample["input_ids"][-1] == words.index(end), name
+        assert sample["input_ids"][-3:-1].tolist() == [words.index("hello"), words.index("there")], name
+        assert sample["labels"][-1] == words.index(end)
