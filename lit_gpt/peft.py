@@ -7,15 +7,19 @@ A PEFT adapter dir holds `adapter_config.json` and `adapter_model.safetensors`, 
 `base_model.model.<transformers module>.lora_A.weight` (r, in) and `...lora_B.weight` (out, r) and scaled by
 lora_alpha / r (per module: `rank_pattern` / `alpha_pattern`): the math of our `LoRALinear`. Module by module:
 
-- Llama (SmolLM2, TinyLlama, Llama 2, Mistral): our qkv parts are q_proj/k_proj/v_proj, attn.proj is o_proj, the MLP
-  is gate_proj/up_proj/down_proj, lm_head is lm_head: the tensors are the same.
+- Llama, Mistral, Qwen2, Qwen3, Gemma 3 (`separate_qkv`): our qkv parts are q_proj/k_proj/v_proj, attn.proj is
+  o_proj, the MLP's fc_1/fc_2/proj are gate_proj/up_proj/down_proj, lm_head is lm_head: the tensors are the same.
+  (Qwen's qkv bias, the q/k norms and Gemma's extra norms are base weights: no adapter touches them.)
+- Phi-3: attn.qkv is qkv_proj (rows [q | k | v], our layout), attn.proj is o_proj, fc_1 and fc_2 are the halves
+  [gate | up] of gate_up_proj, proj is down_proj. Both fused modules take one PEFT adapter: see below.
 - GPT-NeoX's output layer is the module `lm_head` in transformers 5 (its checkpoints and transformers 4 say
   `embed_out`); PEFT addresses modules, so exports say `lm_head`, and imports take either.
-- GPT-NeoX and Falcon fuse q, k and v into one `query_key_value` linear with one A and one B. Exporting, the k enabled
-  parts become one adapter of rank k*r: A stacks the parts' A, B puts each part's B in its own r columns and its own
-  rows (block-diagonal, rows in HF's layout: per head [q, k, v] for GPT-NeoX and multi-head Falcon, [q heads | k | v]
-  for multi-query Falcon), and alpha becomes k*alpha so that alpha / r is unchanged: the same update, exactly.
-  Importing, PEFT's A becomes every part's A and B's rows are split by part.
+- GPT-NeoX and Falcon fuse q, k and v into one `query_key_value` linear with one A and one B; so do Phi-3's qkv_proj
+  (q, k, v) and gate_up_proj (our fc_1, fc_2). Exporting, the k adapters on such a module become one adapter of rank
+  k*r: A stacks their A, B puts each one's B in its own r columns and its own rows (block-diagonal, as
+  `LoRALinear.stacked_lora`; rows in HF's layout: per head [q, k, v] for GPT-NeoX and multi-head Falcon, ours for
+  multi-query Falcon and Phi-3), and rank_pattern / alpha_pattern give the module k*r and k*alpha, so alpha / r is
+  unchanged: the same update, exactly. Importing, PEFT's A becomes every part's A and B's rows are split by part.
 
 Importing also takes adapters on a subset of modules or layers (the rest get A = B = 0: no change, and zero
 gradients keep them zero if training resumes) and per-module ranks (padded with zeros up to the largest rank; a
@@ -31,7 +35,14 @@ from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 
 from lit_gpt.config import Config
-from lit_gpt.convert import family, hf_to_lit_name, lit_to_hf_name, qkv_from_interleaved, qkv_to_interleaved
+from lit_gpt.convert import (
+    family,
+    hf_to_lit_name,
+    lit_to_hf_name,
+    qkv_from_interleaved,
+    qkv_to_interleaved,
+    separate_qkv,
+)
 from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, check_lora_state_dict, lora_files, lora_filter, suffix
 from lit_gpt.model import GPT
 from lit_gpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, resolve_prompt_style
@@ -115,18 +126,35 @@ def check_adapter_fits(run: LoRARun, config: Config, base: Union[str, Path]) -> 
 # our adapter -> PEFT
 
 
+def _interleaved(config: Config) -> bool:
+    """Whether HF's fused qkv holds per head [q, k, v] (GPT-NeoX, multi-head Falcon); multi-query Falcon's
+    [q heads | k | v] and Phi-3's qkv_proj [q | k | v] are our layout."""
+    return family(config) == "gpt_neox" or (family(config) == "falcon" and config.n_query_groups == config.n_head)
+
+
 def _fused_qkv_to_hf(t: torch.Tensor, config: Config) -> torch.Tensor:
-    """Rows of our fused qkv ([all q | all k | all v]) in the order of HF's `query_key_value`."""
-    if family(config) == "gpt_neox" or config.n_query_groups == config.n_head:
-        return qkv_to_interleaved(t, config)
-    return t  # multi-query Falcon: [q heads | k | v], ours
+    """Rows of our fused qkv ([all q | all k | all v]) in the order of HF's fused qkv."""
+    return qkv_to_interleaved(t, config) if _interleaved(config) else t
 
 
 def _fused_qkv_from_hf(t: torch.Tensor, config: Config) -> torch.Tensor:
-    """Rows of HF's `query_key_value` in our fused order."""
-    if family(config) == "gpt_neox" or config.n_query_groups == config.n_head:
-        return qkv_from_interleaved(t, config)
-    return t
+    """Rows of HF's fused qkv in our order."""
+    return qkv_from_interleaved(t, config) if _interleaved(config) else t
+
+
+def _block_diagonal(parts: List[Tuple[int, Optional[Tuple[torch.Tensor, torch.Tensor]]]]
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One (A, B) for adapters on consecutive row ranges: `parts` is [(rows, (A, B) or None for no adapter)]; A
+    stacks the A's, B holds each part's B at its rows and its own columns (zeros elsewhere)."""
+    A = torch.cat([ab[0] for _, ab in parts if ab is not None])  # (k*r, in)
+    B = A.new_zeros(sum(rows for rows, _ in parts), A.size(0))  # (out, k*r)
+    row = col = 0
+    for rows, ab in parts:
+        if ab is not None:
+            B[row: row + rows, col: col + ab[1].size(1)] = ab[1]
+            col += ab[1].size(1)
+        row += rows
+    return A, B
 
 
 def _hf_module(name: str, config: Config, part: Optional[str] = None) -> str:
@@ -136,7 +164,9 @@ def _hf_module(name: str, config: Config, part: Optional[str] = None) -> str:
 
 
 def _lit_module(hf: str, config: Config) -> Tuple[Optional[str], Optional[str]]:
-    """(our module, Llama's qkv part or None) of a transformers module; (None, None) if we have none."""
+    """(our module, part) of a transformers module: the part is "query"/"key"/"value" for separate q/k/v projections,
+    "gate_up" for Phi-3's gate_up_proj (our fc_1 named, fc_2 its second half), else None; (None, None) if we have
+    no such module."""
     if hf == "lm_head" and family(config) == "gpt_neox":
         hf = "embed_out"
     weight_name, part = hf_to_lit_name(f"{hf}.weight", config)
@@ -154,29 +184,33 @@ def to_peft(adapter: Dict[str, torch.Tensor], lora: LoRAConfig, config: Config, 
     `config`. `vocab_size`: rows of the transformers model's lm_head when fewer than our padded vocabulary."""
     _check_family(config)
     tensors, targets, ranks = {}, set(), {}
-    for name, layer in lora_layers(config, lora).items():
-        pairs = {part: (adapter[f"{name}.lora_A{suffix(part)}"], adapter[f"{name}.lora_B{suffix(part)}"])
-                 for part in layer.adapted}
-        if name.endswith(".attn.qkv") and family(config) == "llama":  # q_proj, k_proj, v_proj: one to one
+    layers = lora_layers(config, lora)
+
+    def pairs_of(name: str) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        return {part: (adapter[f"{name}.lora_A{suffix(part)}"], adapter[f"{name}.lora_B{suffix(part)}"])
+                for part in layers[name].adapted}
+
+    for name, layer in layers.items():
+        pairs = pairs_of(name)
+        if name.endswith(".attn.qkv") and separate_qkv(config):  # q_proj, k_proj, v_proj: one to one
             per_module = {_hf_module(name, config, part): pairs[part] for part in layer.adapted}
-        elif name.endswith(".attn.qkv"):  # one query_key_value adapter of rank k*r, block-diagonal
-            A = torch.cat([pairs[part][0] for part in layer.adapted])  # (k*r, in)
-            B = torch.zeros(layer.out_features, A.size(0), dtype=A.dtype)  # (out, k*r)
-            row = 0
-            for part, rows in layer.parts.items():  # part i: its rows, columns i*r ... (i+1)*r
-                if part in pairs:
-                    i = layer.adapted.index(part)
-                    B[row: row + rows, i * lora.r: (i + 1) * lora.r] = pairs[part][1]
-                row += rows
+        elif name.endswith(".attn.qkv"):  # query_key_value / qkv_proj: one block-diagonal adapter of rank k*r
+            A, B = _block_diagonal([(rows, pairs.get(part)) for part, rows in layer.parts.items()])
             per_module = {_hf_module(name, config): (A, _fused_qkv_to_hf(B, config))}
-            if len(layer.adapted) > 1:
-                ranks[_hf_module(name, config).rsplit(".", 1)[-1]] = len(layer.adapted)
+        elif family(config) == "phi3" and name.endswith(".mlp.fc_1"):  # gate_up_proj [fc_1 | fc_2]: rank 2r
+            fc_2 = name[: -len("fc_1")] + "fc_2"
+            per_module = {_hf_module(name, config): _block_diagonal(
+                [(layer.out_features, pairs[""]), (layers[fc_2].out_features, pairs_of(fc_2)[""])])}
+        elif family(config) == "phi3" and name.endswith(".mlp.fc_2"):
+            continue  # exported with fc_1
         else:
             A, B = pairs[""]
             if name == "lm_head" and vocab_size is not None and vocab_size < B.size(0):
                 B = B[:vocab_size]  # our vocabulary is padded; the padded rows' logits are never used
             per_module = {_hf_module(name, config): (A, B)}
         for module, (A, B) in per_module.items():
+            if A.size(0) > lora.r:  # a fused module: k adapters of rank r as one of rank k*r
+                ranks[module.rsplit(".", 1)[-1]] = A.size(0) // lora.r
             tensors[f"{PREFIX}{module}.lora_A.weight"] = A.contiguous()
             tensors[f"{PREFIX}{module}.lora_B.weight"] = B.contiguous()
             targets.add(module.rsplit(".", 1)[-1])
@@ -314,14 +348,19 @@ def from_peft(peft_config: dict, tensors: Dict[str, torch.Tensor], config: Confi
                  f"{ {k: tuple(v.shape) for k, v in ab.items()} }")
         A, B = ab["A"], ab["B"]
         layer = every[ours]
-        rows = layer.parts[part] if part else layer.out_features
+        rows = 2 * layer.out_features if part == "gate_up" else layer.parts[part] if part else layer.out_features
         if ours == "lm_head" and B.size(0) < rows:  # our vocabulary may be padded: zero rows for the padding
             B = torch.cat([B, B.new_zeros(rows - B.size(0), B.size(1))])
         if A.size(1) != layer.in_features or B.size(0) != rows:
             fail(f"{source}: {module!r} has lora_A {tuple(A.shape)} and lora_B {tuple(ab['B'].shape)}, but "
                  f"{config.name!r} needs lora_A (r, {layer.in_features}) and lora_B ({rows}, r) there: was the "
                  "adapter trained on another model?")
-        found[(ours, part)] = (A, B, _module_alpha(module, peft_config) / A.size(0))
+        module_scaling = _module_alpha(module, peft_config) / A.size(0)
+        if part == "gate_up":  # Phi-3: the rows of B are [fc_1 | fc_2], both take A
+            for lit, half in zip((ours, ours[: -len("fc_1")] + "fc_2"), B.chunk(2)):
+                found[(lit, None)] = (A, half, module_scaling)
+        else:
+            found[(ours, part)] = (A, B, module_scaling)
 
     r = max(A.size(0) for A, _, _ in found.values())
     scaling = peft_config.get("lora_alpha", 8) / peft_config.get("r", 8)  # PEFT's scaling outside the patterns

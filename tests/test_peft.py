@@ -16,11 +16,12 @@ from test_merge import (
     tiny_config,
     tokens,
 )
+from test_model import SIZES, TINY, lit_model_from_hf, tiny_hf_model
 
 from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.convert import convert_hf_checkpoint, export_hf_checkpoint, load_lit_state_dict
-from lit_gpt.lora import LoRAConfig
+from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, lora_filter, merge_lora_weights
 from lit_gpt.quantize import load_model
 from lit_gpt.utils import UserError
 
@@ -120,9 +121,12 @@ def test_export_names_the_hf_repo_and_trims_the_padded_vocabulary(tmp_path, smol
 
 
 def hf_base(kind: str, tmp_path: Path, smollm2_dir: Path, seed: int = 0, **config_kwargs):
-    """(a tiny random transformers model, our checkpoint dir converted from it by convert_hf_checkpoint)."""
+    """(a tiny random transformers model, our checkpoint dir converted from it by convert_hf_checkpoint). `kind`: one
+    of test_model's TINY (every family, vocabulary SIZES["vocab_size"]) or "falcon", "neox", "llama" (VOCAB)."""
     torch.manual_seed(seed)
-    if kind == "falcon":
+    if kind in TINY:
+        model = tiny_hf_model(kind, seed)
+    elif kind == "falcon":
         hf_config = transformers.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                               num_attention_heads=4, multi_query=True, new_decoder_architecture=False,
                                               parallel_attn=True, bias=False, alibi=False, max_position_embeddings=64,
@@ -140,7 +144,7 @@ def hf_base(kind: str, tmp_path: Path, smollm2_dir: Path, seed: int = 0, **confi
         model = transformers.LlamaForCausalLM(hf_config)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
+            if "norm" in name and name.endswith("weight") and kind not in TINY:
                 param.uniform_(0.5, 1.5)
     hf_dir = tmp_path / f"hf-{kind}"
     model.save_pretrained(hf_dir)
@@ -237,6 +241,83 @@ def test_import_via_cli_and_export_round_trip(tmp_path, smollm2_dir, capsys):
     extra = set(exported) - set(original)
     assert extra and all("gate_proj" in n or "up_proj" in n for n in extra)
     assert all(not exported[n].any() for n in extra)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# every family, both ways, on tiny random transformers models
+
+
+SEPARATE = ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("kind, lora, lora_kwargs", [
+    ("llama3-tied", LoRAConfig(r=2, alpha=6), dict(target_modules=SEPARATE)),  # lm_head tied to the embedding
+    ("qwen2", LoRAConfig(r=2, alpha=6), dict(target_modules="all-linear")),  # qkv bias
+    ("qwen3-head_dim", LoRAConfig(r=2, alpha=6), dict(target_modules="all-linear")),  # q/k norms, tied
+    ("gemma3", LoRAConfig(r=2, alpha=6), dict(target_modules="all-linear")),  # 4 norms, window 5 < 14 tokens
+    ("mistral-head_dim-sliding", LoRAConfig(r=2, alpha=6, value=False, mlp=False),
+     dict(target_modules=["q_proj", "k_proj", "o_proj", "lm_head"])),
+    # fused qkv_proj and gate_up_proj: rank 3r and 2r out; in, per-module ranks (padded) and alphas (rescaled)
+    ("phi3-partial-sliding", LoRAConfig(r=2, alpha=6),
+     dict(target_modules="all-linear", rank_pattern={"gate_up_proj": 2}, alpha_pattern={"qkv_proj": 3})),
+    ("phi3-longrope", LoRAConfig(r=3, alpha=5, key=False, head=False),  # multi-head, tied; k rows unadapted
+     dict(target_modules=["qkv_proj", "gate_up_proj", "down_proj", "lm_head"])),
+])
+def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, tmp_path, smollm2_dir):
+    model, base = hf_base(kind, tmp_path, smollm2_dir)
+    x = tokens(length=14, high=SIZES["vocab_size"])  # past the sliding windows (5, 6) and the long-RoPE switch (12)
+    with torch.no_grad():
+        base_out = model(input_ids=x).logits
+
+    # export: PEFT on the transformers model gives our LoRA model's logits
+    out = make_finetune_dir(tmp_path / "run", base, lora)
+    export(lora_path=out)
+    expected = our_logits(base, out, x)
+    actual = peft_logits(copy.deepcopy(model), out / "peft", x)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    assert (actual - base_out).abs().max() > 0.1  # the adapter was applied
+    peft_config = json.loads((out / "peft" / "adapter_config.json").read_text())
+    assert peft_config["r"] == lora.r and peft_config["lora_alpha"] == lora.alpha
+    if kind.startswith("phi3"):
+        parts = sum((lora.query, lora.key, lora.value))
+        assert peft_config["target_modules"] == sorted(["down_proj", "gate_up_proj", "o_proj", "qkv_proj"] +
+                                                       ["lm_head"] * lora.head)
+        assert peft_config["rank_pattern"] == {"qkv_proj": parts * lora.r, "gate_up_proj": 2 * lora.r}
+        assert peft_config["alpha_pattern"] == {"qkv_proj": parts * lora.alpha, "gate_up_proj": 2 * lora.alpha}
+    else:
+        assert peft_config["target_modules"] == [m for m in SEPARATE if not (
+            (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value))]
+        assert peft_config["rank_pattern"] == {}
+
+    # import: our model with the imported adapter gives the logits of `peft`'s model
+    peft_model = peft_adapter(model, tmp_path / "peft", r=4, lora_alpha=8, **lora_kwargs)
+    with torch.no_grad():
+        expected = peft_model(input_ids=x).logits
+    assert (expected - base_out).abs().max() > 0.05
+    import_(peft_dir=tmp_path / "peft", checkpoint_dir=base, out_dir=tmp_path / "imported")
+    imported = json.loads((tmp_path / "imported" / "lora_config.json").read_text())["lora"]
+    assert imported["r"] == 4 and imported["alpha"] == 8
+    torch.testing.assert_close(our_logits(base, tmp_path / "imported", x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "phi3-partial-sliding"])
+def test_merged_equals_unmerged(kind):
+    model = lit_model_from_hf(tiny_hf_model(kind, seed=3))
+    x = tokens(length=14, high=SIZES["vocab_size"])
+    with torch.no_grad():
+        base_out = model(x)
+    add_lora(model, LoRAConfig(r=2, alpha=6, key=False, dropout=0.0))  # a fused qkv with unadapted k rows
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if lora_filter(name):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+        unmerged = model(x)
+        merge_lora_weights(model)
+        assert all(m.merged for m in model.modules() if isinstance(m, LoRALinear))
+        merged = model(x)
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+    assert (unmerged - base_out).abs().max() > 0.1
 
 
 # ---------------------------------------------------------------------------------------------------------------------
