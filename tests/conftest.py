@@ -44,8 +44,8 @@ def smollm2_gguf() -> Path:
 def smollm2_dir(smollm2_gguf: Path) -> Path:
     """The SmolLM2-135M-Instruct checkpoint dir converted from the GGUF (float32), shared between sessions.
 
-    Converted again when lit_gpt/gguf.py, convert.py or config.py changed (its hash is kept in the dir); a file lock keeps concurrent test
-    sessions from converting at the same time.
+    Converted again when lit_gpt/gguf.py, convert.py or config.py changed (their hash is kept in the dir); a file
+    lock keeps concurrent test sessions from converting at the same time.
     """
     import fcntl
     import hashlib

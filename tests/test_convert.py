@@ -295,11 +295,13 @@ def test_export_real_smollm2_matches_transformers(tmp_path: Path, smollm2_dir: P
 # transformers 4 wrote these keys; transformers 5 reads them and writes rope_parameters / layer_types instead
 V4_STYLE = {
     "llama3-tied": dict(rope_theta=10000.0, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                                              high_freq_factor=4.0, original_max_position_embeddings=32)),
+                                                              high_freq_factor=4.0,
+                                                              original_max_position_embeddings=32)),
     "gemma3": dict(rope_theta=1e6, rope_local_base_freq=10000.0, sliding_window_pattern=2,
                    rope_scaling=dict(rope_type="linear", factor=4.0)),
     "phi3-longrope": dict(rope_theta=10000.0, partial_rotary_factor=0.75, original_max_position_embeddings=12,
-                          rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5, 2.0], long_factor=[3.0, 5.0, 11.0])),
+                          rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5, 2.0],
+                                            long_factor=[3.0, 5.0, 11.0])),
 }
 
 

@@ -859,9 +859,8 @@ def test_qwen3_drops_earlier_reasoning() -> None:
 def test_finetuning_ends_an_answer_with_the_templates_end_of_turn(tmp_path: Path) -> None:
     """Gemma 3 and Phi end an answer with <end_of_turn> / <|end|>, which is not their tokenizers' eos: training text
     ends with that token, as the template renders a finished turn; other styles end with eos."""
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers
 
     from lit_gpt.data import prepare_sample
 
