@@ -1,12 +1,24 @@
-"""Turns a llama.cpp GGUF file (Llama architecture) into a complete checkpoint dir.
+"""Turns a llama.cpp GGUF file into a complete checkpoint dir.
 
+Architectures (`general.architecture`): llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3.
 The dir holds our GPT's weights (dequantized), `lit_config.json`, the Hugging Face `config.json`, a `tokenizer.json`
-rebuilt from the GGUF's own vocabulary, `tokenizer_config.json`, `generation_config.json` and, for ChatML chat
-templates, `prompt_style.json`. Where transformers' GGUF loader and llama.cpp disagree, we follow llama.cpp: it is
-what the file was made for.
+rebuilt from the GGUF's own vocabulary, `tokenizer_config.json`, `generation_config.json` and, for chat models,
+`prompt_style.json`. Where transformers' GGUF loader and llama.cpp disagree, we follow llama.cpp: it is what the file
+was made for.
+
+What llama.cpp's converter (convert_hf_to_gguf.py) does to a model, undone here:
+- llama: q/k rows of each head interleaved for its RoPE kernel; Llama 3's RoPE scaling kept only as the
+  `rope_freqs` tensor of per-frequency divisors (the llama3 parameters are fitted back to it).
+- qwen2, qwen3, gemma3, phi3: no permutation (llama.cpp rotates them in halves, as we do).
+- gemma3: every norm weight stored as 1 + ours. Not stored at all: the local RoPE base, the layer pattern and the
+  attention scalar, which llama.cpp hardcodes (10000, a global layer every 6th, head size; n_embd / n_head for the
+  62-layer 27B); a file named after one of our presets takes the preset's values.
+- phi3: q/k/v fused (our layout) and gate/up fused into `ffn_up`; LongRoPE as `rope_factors_long/short` tensors.
+  Its sliding window is kept (llama.cpp itself ignores it for now; transformers and the original model use it).
 """
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -16,11 +28,15 @@ import torch
 
 from lit_gpt.config import Config, name_to_config
 from lit_gpt.convert import hf_config_from_lit
+from lit_gpt.prompts import default_prompt_style
 from lit_gpt.utils import atomic_dir, fail
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# GGUF architecture -> transformers model_type (Config.hf_model_type)
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3"}
 CONTROL, USER_DEFINED, UNKNOWN, BYTE = 3, 4, 2, 6  # llama.cpp token types (the sentencepiece ones)
+LLAMA3_ORIGINAL_CONTEXT = 8192  # the one llama.cpp's converter computes `rope_freqs` with (only ratios to it matter)
 
 # llama.cpp's pre-tokenizer regexes (src/llama-vocab.cpp, `llm_tokenizer_bpe`), applied one after the other, each
 # splitting every piece the previous ones left (matches and the text between them become pieces).
@@ -28,6 +44,12 @@ _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
 _LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+# o200k (Phi-4-mini): words split at case changes, each with an optional contraction
+_UPPER, _LOWER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_CONTRACTION = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+_GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTION}"
+          rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTION}"
+          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_TOKENIZERS = {
     "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
     "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, "[0-9][0-9][0-9]"],
@@ -37,6 +59,7 @@ _PRE_TOKENIZERS = {
                     [r"\p{N}", _GPT2]),
     **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3", "dbrx", "smaug-bpe"], [_LLAMA3]),
     **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"], [_QWEN2]),
+    "gpt-4o": [_GPT4O],
 }
 _IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3"}  # a word that is a token is taken whole
 # llama.cpp turns `clean_spaces` off for these (no space clean-up when decoding)
@@ -44,7 +67,7 @@ _NO_CLEAN_SPACES = {"smollm", "command-r", "qwen2", "deepseek-r1-qwen", "megrez"
 
 
 class GGUFFile:
-    """The metadata and (memory-mapped) tensors of a GGUF file, checked to be a Llama model we can convert."""
+    """The metadata and (memory-mapped) tensors of a GGUF file, checked to hold an architecture we can convert."""
 
     def __init__(self, path: Union[str, Path]) -> None:
         path = Path(path)
@@ -60,97 +83,261 @@ class GGUFFile:
         except Exception as e:  # truncated or corrupt header: gguf raises ValueError, IndexError, ...
             fail(f"Could not read GGUF file {str(path)!r} (truncated or corrupt?): {type(e).__name__}: {e}")
         self.path = path
+        self.where = repr(str(path))
         self.tensors = {t.name: t for t in self.reader.tensors}
-        arch = self.get("general.architecture")
-        if arch != "llama":
-            fail(f"{str(path)!r} holds a {arch!r} model; only the 'llama' architecture (Llama, Mistral, SmolLM2, "
-                 "TinyLlama ...) can be converted")
+        self.arch = self.get("general.architecture")
+        if self.arch not in ARCHITECTURES:
+            moe = " (a mixture of experts)" if "moe" in str(self.arch) else ""
+            fail(f"{self.where} holds a {self.arch!r} model{moe}, which cannot be converted. Supported architectures: "
+                 "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3")
         bad = sorted({t.tensor_type.name for t in self.reader.tensors} - set(SUPPORTED_TYPES))
         if bad:
-            fail(f"{str(path)!r} has tensors of type {', '.join(bad)}, which cannot be converted. "
+            fail(f"{self.where} has tensors of type {', '.join(bad)}, which cannot be converted. "
                  f"Supported: {', '.join(SUPPORTED_TYPES)}")
 
     def get(self, key: str, default: Any = None) -> Any:
         field = self.reader.fields.get(key)
         return default if field is None else field.contents()
 
+    def hparam(self, key: str, default: Any = None) -> Any:
+        """An architecture key: `hparam("block_count")` reads "<arch>.block_count"."""
+        return self.get(f"{self.arch}.{key}", default)
+
+    def tensor(self, name: str, offset: float = 0.0) -> torch.Tensor:
+        """A tensor dequantized to float32 (rows, columns), minus `offset`."""
+        from gguf import dequantize
+
+        t = self.tensors[name]
+        w = torch.tensor(dequantize(t.data, t.tensor_type))  # a copy: for F32 the file's data is a read-only view
+        return w - offset if offset else w
+
+
+def _float32(value: float) -> float:
+    """A float32 read from the file, as the shortest decimal that gives it back: 9.9999997e-06 -> 1e-05."""
+    value = float(str(np.float32(value)))
+    return int(value) if value.is_integer() else value
+
 
 def config_from_gguf(gguf: GGUFFile) -> Config:
-    """A `Config` whose hyperparameters come from the file; named after a preset when the file is one."""
-    def arch(key: str, default: Any = None) -> Any:
-        return gguf.get(f"llama.{key}", default)
-
-    where = repr(str(gguf.path))
+    """A `Config` whose hyperparameters come from the file; named after a preset when the file is one, whose values
+    then fill in what llama.cpp does not store."""
+    key, where, arch = gguf.hparam, gguf.where, gguf.arch
     required = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
-    missing = [f"llama.{k}" for k in required if arch(k) is None]
+    missing = [f"{arch}.{k}" for k in required if key(k) is None]
     if missing:
-        fail(f"{where} lacks the metadata {', '.join(missing)}: it is not a complete Llama GGUF")
-    if arch("expert_count", 0):
+        fail(f"{where} lacks the metadata {', '.join(missing)}: it is not a complete {arch} GGUF")
+    if key("expert_count", 0):
         fail(f"{where} is a mixture-of-experts model, which cannot be converted")
-    if arch("rope.scaling.type", "none") not in ("none", None) or "rope_freqs.weight" in gguf.tensors:
-        fail(f"{where} uses RoPE scaling, which our model does not support")
+    for k in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if key(k):
+            fail(f"{where} soft-caps its logits ({arch}.{k}={key(k)}), which our model does not support")
     if "token_embd.weight" not in gguf.tensors:
         fail(f"{where} has no 'token_embd.weight' tensor")
-    n_head = arch("attention.head_count")
-    n_query_groups = arch("attention.head_count_kv", n_head)
+    n_head = key("attention.head_count")
+    n_query_groups = key("attention.head_count_kv", n_head)
     if isinstance(n_head, list) or isinstance(n_query_groups, list):
         fail(f"{where} has a different number of heads per layer, which cannot be converted")
-    n_embd = arch("embedding_length")
-    head_size = arch("attention.key_length", n_embd // n_head)
-    if arch("attention.value_length", head_size) != head_size or arch("rope.dimension_count", head_size) != head_size:
-        fail(f"{where}: key, value and rotary sizes differ, which our model does not support")
+    n_embd = key("embedding_length")
+    head_size = key("attention.key_length", n_embd // n_head)
+    rope_dims = key("rope.dimension_count", head_size)
+    if key("attention.value_length", head_size) != head_size:
+        fail(f"{where}: key and value sizes differ, which our model does not support")
+    if rope_dims != head_size and (arch != "phi3" or rope_dims > head_size or rope_dims % 2):
+        fail(f"{where}: RoPE on {rope_dims} of each head's {head_size} features, which our model supports for phi3 "
+             "alone")
     tokens = gguf.get("tokenizer.ggml.tokens")
     if tokens is None:
         fail(f"{where} has no tokenizer (no 'tokenizer.ggml.tokens'), so it cannot make a checkpoint dir")
-    embedding_rows = int(gguf.tensors["token_embd.weight"].shape[1])  # GGUF shapes are (columns, rows)
-    rope_base = float(arch("rope.freq_base", 10000.0))
-    norm_eps = arch("attention.layer_norm_rms_epsilon", 1e-5)
-    config = Config(
-        name="", block_size=arch("context_length", 2048), vocab_size=len(tokens), padding_multiple=1,
-        padded_vocab_size=embedding_rows, n_layer=arch("block_count"), n_head=n_head, n_embd=n_embd,
-        head_size=head_size, n_query_groups=n_query_groups, rotary_percentage=1.0,
-        rope_base=int(rope_base) if rope_base.is_integer() else rope_base, parallel_residual=False, bias=False,
-        tie_embeddings="output.weight" not in gguf.tensors, norm_class_name="RMSNorm",
-        # the file stores float32: 1e-5 reads as 9.9999997e-06; the shortest float32 spelling gives 1e-5 back
-        norm_eps=float(str(np.float32(norm_eps))), mlp_class_name="LLaMAMLP",
-        intermediate_size=arch("feed_forward_length"))
-    org, name = _model_name(gguf, config)
-    config.name, config.hf_config = name, {"org": org, "name": name}
-    return config
+    window = key("attention.sliding_window") or None  # 0: none (Phi-4-mini)
+    fields: Dict[str, Any] = dict(
+        name="", block_size=key("context_length", 2048), vocab_size=len(tokens), padding_multiple=1,
+        padded_vocab_size=int(gguf.tensors["token_embd.weight"].shape[1]),  # GGUF shapes are (columns, rows)
+        n_layer=key("block_count"), n_head=n_head, n_embd=n_embd, head_size=head_size,
+        n_query_groups=n_query_groups, rotary_percentage=rope_dims / head_size,
+        rope_base=_float32(key("rope.freq_base", 10000.0)), parallel_residual=False, bias=False,
+        qkv_bias=arch == "qwen2", tie_embeddings="output.weight" not in gguf.tensors, norm_class_name="RMSNorm",
+        norm_eps=_float32(key("attention.layer_norm_rms_epsilon", 1e-5)), mlp_class_name="LLaMAMLP",
+        intermediate_size=key("feed_forward_length"), hf_model_type=ARCHITECTURES[arch], norm_qk=arch == "qwen3")
+    unstored = {"hf_model_type"}  # what a matching preset decides (Mistral's is "mistral", llama.cpp's "llama")
+    if arch == "gemma3":
+        # llama.cpp: 1 / sqrt(head size) scales the queries, 1 / sqrt(n_embd / n_head) for the 62-layer 27B
+        scalar = n_embd // n_head if fields["n_layer"] == 62 else head_size
+        fields.update(mlp_class_name="GemmaMLP", gelu_approximate="tanh", norm_unit_offset=True, norm_qk=True,
+                      post_norms=True, scale_embeddings=True, sliding_window=window, global_layer_every=6,
+                      rope_local_base=_float32(key("rope.freq_base_swa", 10000.0)), attention_scalar=scalar)
+        unstored |= {"attention_scalar", "global_layer_every"} | (
+            set() if key("rope.freq_base_swa") else {"rope_local_base"})
+    elif arch == "phi3":
+        fields.update(sliding_window=window, global_layer_every=0)
+        unstored |= set() if key("attention.sliding_window") is not None else {"sliding_window"}
+    preset = _find_preset(gguf, Config(**fields))
+    if preset is not None:
+        fields.update({k: preset[k] for k in unstored if k in preset})
+        fields.update(name=preset["name"], hf_config=dict(preset["hf_config"]))
+    else:
+        name = re.sub(r"[^\w.\-]+", "-", gguf.get("general.name") or _stem(gguf)).strip("-") or "model"
+        fields.update(name=name, hf_config={"org": gguf.get("general.organization") or "gguf", "name": name})
+    fields["rope_scaling"] = _rope_scaling(gguf, fields, preset)
+    return Config(**fields)
 
 
-def _model_name(gguf: GGUFFile, config: Config) -> tuple:
-    """(org, name): a preset's when the file name or metadata names one with this model's shape, else the file's."""
-    stem = re.sub(r"[.\-_](I?Q\d\w*|F16|F32|BF16)$", "", gguf.path.stem, flags=re.IGNORECASE)
+def _stem(gguf: GGUFFile) -> str:
+    return re.sub(r"[.\-_](I?Q\d\w*|F16|F32|BF16)$", "", gguf.path.stem, flags=re.IGNORECASE)
+
+
+def _find_preset(gguf: GGUFFile, config: Config) -> Optional[dict]:
+    """The preset the file name or metadata names, if it has this model's shape."""
     basename, size, finetune = (gguf.get(f"general.{k}") for k in ("basename", "size_label", "finetune"))
-    candidates = [stem, gguf.get("general.name")]
+    candidates = [_stem(gguf), gguf.get("general.name")]
     if basename and size:
         candidates += [f"{basename}-{size}-{finetune}", f"{basename}-{size}"]
 
     def norm(s: str) -> str:
         return re.sub(r"[^0-9a-z.]", "", s.lower())
 
-    shape = ("n_layer", "n_embd", "n_head", "n_query_groups", "intermediate_size", "vocab_size")
+    shape = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "vocab_size",
+             "rope_n_elem", "norm_qk", "post_norms", "qkv_bias", "mlp_class_name")
     presets = {norm(name): preset for name, preset in name_to_config.items()}
     for candidate in filter(None, candidates):
         preset = presets.get(norm(candidate))
         if preset is not None and all(getattr(Config(**preset), k) == getattr(config, k) for k in shape):
-            return preset["hf_config"]["org"], preset["name"]
-    name = re.sub(r"[^\w.\-]+", "-", gguf.get("general.name") or stem).strip("-") or "model"
-    return gguf.get("general.organization") or "gguf", name
+            return preset
+    return None
+
+
+def _rope_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optional[dict]:
+    """`Config.rope_scaling` from the metadata (linear) or the tensors (Llama 3's `rope_freqs`, Phi-3's
+    `rope_factors_long/short`); anything else is refused."""
+    key, where, arch = gguf.hparam, gguf.where, gguf.arch
+    kind = key("rope.scaling.type", "none")
+    factor = key("rope.scaling.factor", 1.0 / key("rope.scale_linear", 1.0))  # older files: the frequency scale
+    longrope = [n for n in ("rope_factors_long.weight", "rope_factors_short.weight") if n in gguf.tensors]
+    if "rope_freqs.weight" in gguf.tensors:
+        if arch != "llama" or kind not in ("none", "llama3") or longrope:
+            fail(f"{where} has a 'rope_freqs' tensor in a {arch} model with RoPE scaling {kind!r}, which cannot "
+                 "be converted")
+        return _llama3_scaling(gguf, fields, preset)
+    if longrope:
+        if arch != "phi3" or len(longrope) != 2 or kind not in ("none", "longrope"):
+            fail(f"{where} has {', '.join(longrope)} in a {arch} model with RoPE scaling {kind!r}: only a phi3 model "
+                 "with both long and short factors can be converted")
+        long, short = (gguf.tensor(n).tolist() for n in longrope)
+        original = key("rope.scaling.original_context_length")
+        if original is None:
+            fail(f"{where} has LongRoPE factors but no {arch}.rope.scaling.original_context_length")
+        attention = key("rope.scaling.attn_factor")
+        if attention is None:  # llama.cpp's converter and transformers: from the context lengths
+            ratio = fields["block_size"] / original
+            attention = math.sqrt(1 + math.log(ratio) / math.log(original)) if ratio > 1 else 1.0
+        return dict(type="longrope", short_factor=[_float32(f) for f in short], long_factor=[_float32(f) for f in long],
+                    original_max_position_embeddings=original, attention_factor=_float32(attention))
+    if kind == "linear" or (kind == "none" and factor != 1.0):
+        return None if factor == 1.0 else dict(type="linear", factor=_float32(factor))
+    if kind != "none":
+        fail(f"{where} uses RoPE scaling of type {kind!r}, which our model does not support (supported: linear, "
+             "Llama 3's rope_freqs, Phi-3's LongRoPE factors)")
+    return None
+
+
+def _llama3_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optional[dict]:
+    """Llama 3's RoPE scaling, from the `rope_freqs` divisors llama.cpp's converter computed with it. Only the ratios
+    original / low_freq_factor and original / high_freq_factor shape the divisors, so `original` is fixed (to the
+    converter's own constant) and the other three are fitted, then checked to give the tensor back."""
+    where, n = gguf.where, fields["head_size"] // 2
+    divisors = gguf.tensor("rope_freqs.weight").double()
+    if divisors.shape != (n,):
+        fail(f"{where}: 'rope_freqs' has {divisors.numel()} values, expected one per frequency ({n})")
+    dim = fields["head_size"]  # the unscaled frequencies, in float32 as the converter computes them
+    freqs = (1.0 / (fields["rope_base"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))).double()
+    factor = _float32(divisors.max().item())
+    if factor == 1.0:
+        return None
+    candidates = [preset["rope_scaling"]] if preset is not None and preset.get("rope_scaling") else []
+    medium = (divisors != 1) & (divisors != divisors.max())
+    low, high = 1.0, 4.0  # the Llama 3.x values, used when too few divisors lie between the bands to fit them
+    if medium.sum() >= 2:  # the blend is linear in the frequency: smooth = (original / wavelength - low) / (high - low)
+        x = LLAMA3_ORIGINAL_CONTEXT * freqs[medium] / (2 * math.pi)
+        smooth = (1 / divisors[medium] - 1 / factor) / (1 - 1 / factor)
+        slope, intercept = np.polyfit(x.numpy(), smooth.numpy(), 1)
+        low = round(-intercept / slope, 4)
+        high = round(low + 1 / slope, 4)
+    candidates.append(dict(type="llama3", factor=factor, low_freq_factor=low, high_freq_factor=high,
+                           original_max_position_embeddings=LLAMA3_ORIGINAL_CONTEXT))
+    for scaling in candidates:
+        if scaling["type"] == "llama3" and torch.allclose(_llama3_divisors(freqs.float(), scaling).double(), divisors,
+                                                          rtol=1e-6, atol=0):
+            return scaling
+    fail(f"{where}: its 'rope_freqs' tensor is not Llama 3's RoPE scaling of any factors (closest fit: factor "
+         f"{factor}, low_freq_factor {low}, high_freq_factor {high}), so it cannot be converted")
+
+
+def _llama3_divisors(freqs: torch.Tensor, s: dict) -> torch.Tensor:
+    """What `rope_freqs` holds for Llama 3 scaling `s`: 1 for short wavelengths, `factor` for long ones, a blend
+    between (float32, in the converter's order of operations)."""
+    original, low, high, factor = (s["original_max_position_embeddings"], s["low_freq_factor"],
+                                   s["high_freq_factor"], s["factor"])
+    wavelen = 2 * math.pi / freqs
+    smooth = (original / wavelen - low) / (high - low)
+    blended = 1 / ((1 - smooth) / factor + smooth)
+    out = torch.where(wavelen > original / low, torch.full_like(freqs, factor), blended)
+    return torch.where(wavelen < original / high, torch.ones_like(freqs), out)
+
+
+def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
+    """Every tensor the file must hold, with its GGUF shape (columns, rows)."""
+    c, arch = config, gguf.arch
+    e, f, q, kv = c.n_embd, c.intermediate_size, c.n_head * c.head_size, c.n_query_groups * c.head_size
+    shapes = {"token_embd.weight": (e, c.padded_vocab_size), "output_norm.weight": (e,)}
+    if not c.tie_embeddings:
+        shapes["output.weight"] = (e, c.padded_vocab_size)
+    kind = (c.rope_scaling or {}).get("type")
+    if kind == "llama3":
+        shapes["rope_freqs.weight"] = (c.rope_n_elem // 2,)
+    if kind == "longrope":
+        shapes.update({"rope_factors_long.weight": (c.rope_n_elem // 2,), "rope_factors_short.weight":
+                       (c.rope_n_elem // 2,)})
+    layer = {"attn_norm.weight": (e,), "attn_output.weight": (q, e), "ffn_norm.weight": (e,),
+             "ffn_down.weight": (f, e)}
+    if arch == "phi3":
+        layer.update({"attn_qkv.weight": (e, q + 2 * kv), "ffn_up.weight": (e, 2 * f)})
+    else:
+        layer.update({"attn_q.weight": (e, q), "attn_k.weight": (e, kv), "attn_v.weight": (e, kv),
+                      "ffn_gate.weight": (e, f), "ffn_up.weight": (e, f)})
+    if c.qkv_bias:
+        layer.update({"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)})
+    if c.norm_qk:
+        layer.update({"attn_q_norm.weight": (c.head_size,), "attn_k_norm.weight": (c.head_size,)})
+    if c.post_norms:
+        layer.update({"post_attention_norm.weight": (e,), "post_ffw_norm.weight": (e,)})
+    shapes.update({f"blk.{i}.{name}": shape for i in range(c.n_layer) for name, shape in layer.items()})
+    return shapes
+
+
+def _check_tensors(gguf: GGUFFile, config: Config) -> None:
+    """Fails on missing, unexpected or misshapen tensors before anything is dequantized or written."""
+    shapes, where = _tensor_shapes(gguf, config), gguf.where
+    missing = [n for n in shapes if n not in gguf.tensors]
+    extra = [n for n in gguf.tensors if n not in shapes]
+    if missing or extra:
+        fail(f"{where} does not hold a {gguf.arch} model we can convert: " +
+             (f"missing {', '.join(missing[:5])}" if missing else f"unexpected {', '.join(extra[:5])}"))
+    for name, shape in shapes.items():
+        found = tuple(int(s) for s in gguf.tensors[name].shape)
+        if found != shape:
+            fail(f"{where}: tensor {name!r} has GGUF shape {list(found)}, expected {list(shape)}")
 
 
 def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
     """Our GPT's state dict, dequantizing one tensor at a time from the memory-mapped file."""
-    from gguf import dequantize
-
     c = config
     _check_tensors(gguf, c)
+    offset = 1.0 if c.norm_unit_offset else 0.0  # llama.cpp stores Gemma's (1 + weight) norms as 1 + weight
 
     def tensor(name: str) -> torch.Tensor:
-        t = gguf.tensors[name]
-        w = dequantize(t.data, t.tensor_type)  # float32 (rows, columns); for F32 a read-only view of the file
-        return torch.tensor(w).to(dtype)
+        return gguf.tensor(name).to(dtype)
+
+    def norm(name: str) -> torch.Tensor:
+        return gguf.tensor(name, offset).to(dtype)
 
     def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
         # llama.cpp interleaves each head's rows (0, hs/2, 1, hs/2 + 1, ...) for its RoPE kernel; our RoPE (and
@@ -160,45 +347,36 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
     state = {"transformer.wte.weight": tensor("token_embd.weight")}
     for i in range(c.n_layer):
         b, p = f"blk.{i}.", f"transformer.h.{i}."
-        q = unpermute(tensor(b + "attn_q.weight"), c.n_head)
-        k = unpermute(tensor(b + "attn_k.weight"), c.n_query_groups)
-        state[p + "attn.qkv.weight"] = torch.cat((q, k, tensor(b + "attn_v.weight")))
-        del q, k
-        state[p + "norm_1.weight"] = tensor(b + "attn_norm.weight")
+        if gguf.arch == "phi3":  # q/k/v fused as [all q | all k | all v], our layout
+            state[p + "attn.qkv.weight"] = tensor(b + "attn_qkv.weight")
+        else:
+            q, k = gguf.tensor(b + "attn_q.weight"), gguf.tensor(b + "attn_k.weight")
+            if gguf.arch == "llama":
+                q, k = unpermute(q, c.n_head), unpermute(k, c.n_query_groups)
+            state[p + "attn.qkv.weight"] = torch.cat((q, k, gguf.tensor(b + "attn_v.weight"))).to(dtype)
+            del q, k
+        if c.qkv_bias:
+            state[p + "attn.qkv.bias"] = torch.cat([gguf.tensor(f"{b}attn_{x}.bias") for x in "qkv"]).to(dtype)
+        if c.norm_qk:
+            state[p + "attn.norm_q.weight"] = norm(b + "attn_q_norm.weight")
+            state[p + "attn.norm_k.weight"] = norm(b + "attn_k_norm.weight")
+        state[p + "norm_1.weight"] = norm(b + "attn_norm.weight")
         state[p + "attn.proj.weight"] = tensor(b + "attn_output.weight")
-        state[p + "norm_2.weight"] = tensor(b + "ffn_norm.weight")
-        state[p + "mlp.fc_1.weight"] = tensor(b + "ffn_gate.weight")
-        state[p + "mlp.fc_2.weight"] = tensor(b + "ffn_up.weight")
+        state[p + "norm_2.weight"] = norm(b + "ffn_norm.weight")  # Gemma's pre-feedforward norm
+        if c.post_norms:
+            state[p + "post_attention_norm.weight"] = norm(b + "post_attention_norm.weight")
+            state[p + "post_mlp_norm.weight"] = norm(b + "post_ffw_norm.weight")
+        if gguf.arch == "phi3":  # rows [gate | up], as Hugging Face's gate_up_proj
+            gate, up = gguf.tensor(b + "ffn_up.weight").chunk(2)
+            state[p + "mlp.fc_1.weight"], state[p + "mlp.fc_2.weight"] = gate.to(dtype), up.to(dtype)
+        else:
+            state[p + "mlp.fc_1.weight"] = tensor(b + "ffn_gate.weight")
+            state[p + "mlp.fc_2.weight"] = tensor(b + "ffn_up.weight")
         state[p + "mlp.proj.weight"] = tensor(b + "ffn_down.weight")
-    state["transformer.ln_f.weight"] = tensor("output_norm.weight")
+    state["transformer.ln_f.weight"] = norm("output_norm.weight")
     # tied: the same tensor under both names (GPT's state dict has both), stored once by torch.save
     state["lm_head.weight"] = state["transformer.wte.weight"] if c.tie_embeddings else tensor("output.weight")
     return state
-
-
-def _check_tensors(gguf: GGUFFile, config: Config) -> None:
-    """Fails on missing, unexpected or misshapen tensors before anything is dequantized or written."""
-    c = config
-    shapes = {"token_embd.weight": (c.n_embd, c.padded_vocab_size), "output_norm.weight": (c.n_embd,)}
-    if not c.tie_embeddings:
-        shapes["output.weight"] = (c.n_embd, c.padded_vocab_size)
-    q, kv = c.n_head * c.head_size, c.n_query_groups * c.head_size
-    for i in range(c.n_layer):
-        shapes.update({f"blk.{i}.{k}.weight": s for k, s in [
-            ("attn_norm", (c.n_embd,)), ("attn_q", (c.n_embd, q)), ("attn_k", (c.n_embd, kv)),
-            ("attn_v", (c.n_embd, kv)), ("attn_output", (q, c.n_embd)), ("ffn_norm", (c.n_embd,)),
-            ("ffn_gate", (c.n_embd, c.intermediate_size)), ("ffn_up", (c.n_embd, c.intermediate_size)),
-            ("ffn_down", (c.intermediate_size, c.n_embd))]})
-    where = repr(str(gguf.path))
-    missing = [n for n in shapes if n not in gguf.tensors]
-    extra = [n for n in gguf.tensors if n not in shapes]
-    if missing or extra:
-        fail(f"{where} does not hold a Llama model we can convert: " +
-             (f"missing {', '.join(missing[:5])}" if missing else f"unexpected {', '.join(extra[:5])}"))
-    for name, shape in shapes.items():
-        found = tuple(int(s) for s in gguf.tensors[name].shape)
-        if found != shape:
-            fail(f"{where}: tensor {name!r} has GGUF shape {list(found)}, expected {list(shape)}")
 
 
 def build_tokenizer(gguf: GGUFFile) -> Any:
@@ -331,10 +509,17 @@ def checkpoint_files(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch.
                         gguf.get("tokenizer.ggml.eom_token_id")) if i is not None]
     if len(set(stop)) > 1:  # end-of-turn tokens end generation too
         generation["eos_token_id"] = list(dict.fromkeys(stop))
-    files = {"config.json": hf_config_from_lit(config, dtype, **ids), "tokenizer_config.json": tokenizer_config,
-             "generation_config.json": generation}
-    if template and "<|im_start|>" in template:
-        files["prompt_style.json"] = {"name": "chatml"}
+    try:
+        # ids the file does not give are None, not the model class's defaults (Phi-3's pad id 32000 can lie past the
+        # vocabulary)
+        hf_config = {**dict.fromkeys(["bos_token_id", "eos_token_id", "pad_token_id"]),
+                     **hf_config_from_lit(config, dtype, **ids)}
+    except ValueError as e:
+        fail(f"{gguf.where}: {e}")
+    files = {"config.json": hf_config, "tokenizer_config.json": tokenizer_config, "generation_config.json": generation}
+    style = default_prompt_style(config).name  # a chat preset's own style
+    if style != "alpaca" or (template and "<|im_start|>" in template):
+        files["prompt_style.json"] = {"name": style if style != "alpaca" else "chatml"}
     return files
 
 

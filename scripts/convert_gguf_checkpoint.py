@@ -1,4 +1,5 @@
-"""Convert a llama.cpp GGUF file (Llama architecture) into a checkpoint dir: weights, configs and tokenizer."""
+"""Convert a llama.cpp GGUF file (llama, qwen2, qwen3, gemma3 or phi3) into a checkpoint dir: weights, configs and
+tokenizer."""
 
 import sys
 import time
@@ -18,7 +19,7 @@ def main(*, gguf_path: Path, checkpoint_dir: Optional[Path] = None,
     """Converts a GGUF file into a checkpoint dir (weights dequantized, configs, tokenizer rebuilt from the file).
 
     Writes lit_model.pth, lit_config.json, config.json, tokenizer.json, tokenizer_config.json,
-    generation_config.json and (for ChatML chat templates) prompt_style.json.
+    generation_config.json and (for chat models) prompt_style.json.
 
     Args:
         gguf_path: The .gguf file (tensor types F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K).

@@ -1,9 +1,12 @@
-"""GGUF -> checkpoint dir. The oracle is transformers loading the same GGUF file (model and tokenizer); where
-transformers and llama.cpp tokenize differently, a small reference of llama.cpp's BPE written here."""
+"""GGUF -> checkpoint dir. The oracle is transformers loading the same GGUF file (model and tokenizer), and for each
+architecture the transformers model a tiny GGUF was written from; where transformers and llama.cpp tokenize
+differently, a small reference of llama.cpp's BPE written here, or sentencepiece."""
 
 import functools
 import json
+import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -23,7 +26,8 @@ Café déjà vu, naïve façade. 日本語のテキスト. Prices: $3.99, 1,000,
 TEXTS = ["Hello world!", "Hello 2024 world", "  multiple   spaces\n\n\ttabs  ", "I'm you're they'll it's",
          "Café déjà vu — naïve façade", "日本語のテキスト", "emoji 😀🎉 test", "def f(x):\n    return x**2  # c",
          "3.14159 and 1,000,000", "١٢٣ Arabic and १२३ Devanagari digits", "a\r\nb", "<|im_start|>user\nHi<|im_end|>\n",
-         "x² + y³ = z½", " ½ ¼ ¾", "Ⅻ roman ⅷ", "10²", " ²", "", " ", "\n", "<|im_end|><|im_end|>"]
+         "x² + y³ = z½", " ½ ¼ ¾", "Ⅻ roman ⅷ", "10²", " ²", "", " ", "\n", "<|im_end|><|im_end|>",
+         "parseHTTPResponse CamelCase DON'T McDonald's"]
 
 
 def bytes_to_unicode() -> dict:
@@ -77,9 +81,11 @@ def encode_tensor(w: np.ndarray, qtype_name: str, rng: np.random.Generator) -> t
 
 
 def write_tiny_gguf(path: Path, *, arch: str = "llama", types: tuple = ("F32",), tie: bool = False,
-                    tokenizer: str = "gpt2", pre: str = "smollm", n_embd: int = 256, seed: int = 0) -> Path:
+                    tokenizer: str = "gpt2", pre: str = "smollm", n_embd: int = 256, seed: int = 0,
+                    metadata: Optional[dict] = None, extra_tensors: Optional[dict] = None) -> Path:
     """A 2-layer Llama GGUF with random weights written the way llama.cpp writes them, tensor types cycling
-    through `types`, and a tokenizer trained on SAMPLE (byte-level BPE, or sentencepiece for "llama")."""
+    through `types`, and a tokenizer trained on SAMPLE (byte-level BPE, or sentencepiece for "llama"); `metadata`
+    (str, int or float values) and `extra_tensors` (float32 arrays) added as they are."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -115,6 +121,8 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", types: tuple = ("F32",),
         writer.add_unk_token_id(0)
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
+    for key, value in (metadata or {}).items():
+        {str: writer.add_string, int: writer.add_uint32, float: writer.add_float32}[type(value)](key, value)
     vocab = len(tokens)
 
     weights = {"token_embd.weight": (vocab, n_embd)}
@@ -134,6 +142,8 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", types: tuple = ("F32",),
     norms = [f"blk.{i}.{n}.weight" for i in range(n_layer) for n in ("attn_norm", "ffn_norm")]
     for name in norms + ["output_norm.weight"]:
         writer.add_tensor(name, (1 + rng.normal(0, 0.1, n_embd)).astype(np.float32))
+    for name, w in (extra_tensors or {}).items():
+        writer.add_tensor(name, np.asarray(w, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -141,28 +151,43 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", types: tuple = ("F32",),
     return path
 
 
-def train_sentencepiece(workdir: Path) -> tuple:
-    """(pieces, types, scores) of a byte-fallback sentencepiece BPE model trained on SAMPLE."""
+GEMMA_USER_DEFINED = ["<start_of_turn>", "<end_of_turn>", "\u2581\u2581", "\u2581" * 3]
+
+
+def train_sentencepiece(workdir: Path, gemma: bool = False) -> tuple:
+    """(pieces, types, scores) of a byte-fallback sentencepiece BPE model trained on SAMPLE. `gemma`: laid out like
+    Gemma's (<pad> <eos> <bos> <unk> first, no space put before the text, turn markers and runs of spaces as
+    user-defined pieces), with the token types and spellings llama.cpp's converter gives them: turn markers are
+    control tokens, runs of spaces user-defined tokens spelled with real spaces."""
     import sentencepiece as spm
 
-    model = workdir / "spm.model"
+    model = workdir / ("spm_gemma.model" if gemma else "spm.model")
     if not model.is_file():
+        layout = dict(add_dummy_prefix=True)
+        if gemma:
+            layout = dict(add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
+                          eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+                          user_defined_symbols=GEMMA_USER_DEFINED)
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(SAMPLE.splitlines() * 20), model_prefix=str(workdir / "spm"), vocab_size=400,
-            model_type="bpe", byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
-            remove_extra_whitespaces=False, character_coverage=1.0, minloglevel=2)
+            sentence_iterator=iter(SAMPLE.splitlines() * 20), model_prefix=str(model.with_suffix("")), vocab_size=400,
+            model_type="bpe", byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+            character_coverage=1.0, minloglevel=2, **layout)
     sp = spm.SentencePieceProcessor(model_file=str(model))
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1
              for i in range(len(pieces))]
+    for i, piece in enumerate(pieces):
+        if gemma and piece in GEMMA_USER_DEFINED:
+            spaces = not piece.strip("\u2581")
+            pieces[i], types[i] = (piece.replace("\u2581", " "), 4) if spaces else (piece, 3)
     return pieces, types, [sp.get_score(i) for i in range(len(pieces))]
 
 
-def hf_from_gguf(gguf_path: Path) -> torch.nn.Module:
+def hf_from_gguf(gguf_path: Path, **config_overrides) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                dtype=torch.float32).eval()
+                                                dtype=torch.float32, **config_overrides).eval()
 
 
 def hf_tokenizer_from_gguf(gguf_path: Path):
@@ -290,7 +315,7 @@ def test_script_writes_a_complete_dir_named_from_the_metadata(tmp_path):
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
 
 
-@pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "qwen2"])
+@pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "qwen2", "gpt-4o"])
 def test_tiny_byte_level_tokenizer_matches_transformers(tmp_path, pre):
     from tokenizers import Tokenizer
 
@@ -345,8 +370,26 @@ def test_tiny_sentencepiece_tokenizer_matches_sentencepiece_and_transformers(tmp
     assert differ and all(t[0].isspace() for t in differ) and " ½ ¼ ¾" in differ, differ
 
 
-@pytest.mark.parametrize("case", ["missing", "not_gguf", "truncated", "gpt2_arch", "bert_arch", "IQ4_NL",
-                                  "no_tokenizer_pre", "dir_exists"])
+# (write_tiny_gguf arguments, the error) of files that are refused
+REFUSED = {
+    "gpt2_arch": (dict(arch="gpt2"), "holds a 'gpt2' model, which cannot be converted"),
+    "bert_arch": (dict(arch="bert"), "holds a 'bert' model"),
+    "qwen3moe_arch": (dict(arch="qwen3moe"), "holds a 'qwen3moe' model \\(a mixture of experts\\)"),
+    "moe": (dict(metadata={"llama.expert_count": 8}), "is a mixture-of-experts model"),
+    "yarn": (dict(metadata={"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0}),
+             "RoPE scaling of type 'yarn'"),
+    "rope_freqs": (dict(extra_tensors={"rope_freqs.weight": np.linspace(1, 3, 8) ** 2}),
+                   "'rope_freqs' tensor is not Llama 3's RoPE scaling"),
+    "qwen2_rope_freqs": (dict(arch="qwen2", extra_tensors={"rope_freqs.weight": np.ones(8)}),
+                         "'rope_freqs' tensor in a qwen2 model"),
+    "softcapping": (dict(arch="gemma3", metadata={"gemma3.final_logit_softcapping": 30.0}), "soft-caps its logits"),
+    "IQ4_NL": (dict(types=("F32", "IQ4_NL")), "type IQ4_NL"),
+    "no_tokenizer_pre": (dict(pre="no-such-pre"), "'no-such-pre' pre-tokenizer"),
+    "missing_bias": (dict(arch="qwen2"), "does not hold a qwen2 model we can convert: missing blk.0.attn_q.bias"),
+}
+
+
+@pytest.mark.parametrize("case", ["missing", "not_gguf", "truncated", "dir_exists", *REFUSED])
 def test_bad_input_fails_before_writing(tmp_path, case):
     path = tmp_path / "model.gguf"
     if case == "not_gguf":
@@ -354,22 +397,18 @@ def test_bad_input_fails_before_writing(tmp_path, case):
     elif case == "truncated":
         write_tiny_gguf(tmp_path / "full.gguf", n_embd=64)
         path.write_bytes((tmp_path / "full.gguf").read_bytes()[:5000])
-    elif case in ("gpt2_arch", "bert_arch"):
-        write_tiny_gguf(path, arch=case.split("_")[0], n_embd=64)
-    elif case == "IQ4_NL":
-        write_tiny_gguf(path, types=("F32", "IQ4_NL"), n_embd=64)
-    elif case == "no_tokenizer_pre":
-        write_tiny_gguf(path, pre="no-such-pre", n_embd=64)
+    elif case in REFUSED:
+        write_tiny_gguf(path, n_embd=64, **REFUSED[case][0])
     elif case == "dir_exists":
         write_tiny_gguf(path, n_embd=64)
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "keep.txt").write_text("mine")
     before = sorted(p.name for p in tmp_path.iterdir())
     expected = {"missing": "No such GGUF file", "not_gguf": "is not a GGUF file", "truncated": "truncated or corrupt",
-                "gpt2_arch": "holds a 'gpt2' model", "bert_arch": "holds a 'bert' model", "IQ4_NL": "type IQ4_NL",
-                "no_tokenizer_pre": "'no-such-pre' pre-tokenizer", "dir_exists": "already exists and is not empty"}
-    with pytest.raises(UserError, match=expected[case]):
+                "dir_exists": "already exists and is not empty", **{k: v[1] for k, v in REFUSED.items()}}
+    with pytest.raises(UserError, match=expected[case]) as info:
         convert_gguf(path, tmp_path / "out")
+    assert "\n" not in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if case == "dir_exists":
         assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
@@ -398,6 +437,267 @@ def test_script_error_is_one_line(tmp_path):
 def test_help():
     proc = run_script("scripts/convert_gguf_checkpoint.py", "--help")
     assert "--gguf_path" in proc.stdout and "--checkpoint_dir" in proc.stdout and "bfloat16" in proc.stdout
+
+
+# --- every architecture: a transformers model written into a GGUF as llama.cpp's converter writes it ---
+
+# (GGUF architecture, transformers config class, kwargs, tokenizer) of tiny models. Windows are shorter than the
+# test sequence (12 tokens), Phi-3's LongRoPE switches to its long factors past 8 positions.
+_LLAMA = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=False)
+_GEMMA3 = dict(num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2, head_dim=32, sliding_window=4,
+               query_pre_attn_scalar=32, tie_word_embeddings=True)
+ARCH_CASES = {
+    # factors other than Llama 3.x's and 32 frequencies, two of them between the bands: the fit has to find them
+    "llama3": ("llama", "LlamaConfig", dict(_LLAMA, rope_parameters=dict(
+        rope_type="llama3", rope_theta=500000.0, factor=16.0, low_freq_factor=2.0, high_freq_factor=6.0,
+        original_max_position_embeddings=8192)), "llama-bpe"),
+    "llama-linear": ("llama", "LlamaConfig", dict(_LLAMA, rope_parameters=dict(
+        rope_type="linear", rope_theta=10000.0, factor=4.0)), "llama-bpe"),
+    "qwen2": ("qwen2", "Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                           rope_theta=1e6, rms_norm_eps=1e-6), "qwen2"),
+    "qwen3": ("qwen3", "Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                           tie_word_embeddings=False, rope_theta=1e6, rms_norm_eps=1e-6), "qwen2"),
+    "gemma3": ("gemma3", "Gemma3TextConfig", dict(_GEMMA3, rope_parameters=dict(
+        full_attention=dict(rope_type="default", rope_theta=1e6),
+        sliding_attention=dict(rope_type="default", rope_theta=10000.0))), "gemma"),
+    "gemma3-linear": ("gemma3", "Gemma3TextConfig", dict(_GEMMA3, rope_parameters=dict(
+        full_attention=dict(rope_type="linear", factor=8.0, rope_theta=1e6),
+        sliding_attention=dict(rope_type="default", rope_theta=10000.0))), "gemma"),
+    # Phi-4-mini-like: RoPE on 75% of each head, LongRoPE, tied embeddings, and a window (Phi-3-mini's)
+    "phi3": ("phi3", "Phi3Config", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                                        tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                        original_max_position_embeddings=8, rope_parameters=dict(
+                                            rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
+                                            original_max_position_embeddings=8,
+                                            short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                                            long_factor=[1.0, 2.0, 3.5, 6.0, 9.0, 14.0])), "gpt-4o"),
+}
+# What transformers' GGUF loader (5.x) gets wrong per case, as the config values that fix it; None where that takes
+# more than a value or two, and the test compares against the model the GGUF was written from alone:
+# - llama: it ignores `rope_freqs` and the `rope.scaling.*` keys, so it loses Llama 3's and linear RoPE scaling;
+# - qwen3: it ignores `attention.key_length` and keeps Qwen3Config's head_dim of 128 (right for every released Qwen3);
+# - gemma3: the file has no attention scalar and transformers assumes 256 (llama.cpp: the head size), and it ignores
+#   the linear RoPE scaling of the global layers; the local base (10000) and layer pattern (6) it assumes as llama.cpp;
+# - phi3: it ignores `rope.dimension_count` (RoPE on the whole head), the window and the LongRoPE factors, and
+#   cannot build a model of under 32000 tokens without the file's pad id (Phi3Config's default is 32000).
+GGUF_LOADER_FIXES = {"llama3": None, "llama-linear": None, "qwen2": {}, "qwen3": {"head_dim": 32},
+                     "gemma3": {"query_pre_attn_scalar": 32}, "gemma3-linear": None, "phi3": None}
+
+
+def tiny_hf(case: str, vocab_size: int) -> torch.nn.Module:
+    """A transformers model of `case` with seeded random weights, norms included."""
+    import transformers
+
+    _, class_name, kwargs, _ = ARCH_CASES[case]
+    sizes = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 max_position_embeddings=64)
+    config = getattr(transformers, class_name)(**{**sizes, **kwargs})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # Gemma's norms scale by 1 + weight: centred on 0; the others' on 1
+            one = name.endswith("norm.weight") and config.model_type != "gemma3_text"
+            p.copy_(torch.randn_like(p) * (0.2 if p.dim() == 1 else 0.1) + (1.0 if one else 0.0))
+    return model
+
+
+def llama_cpp_rope_freqs(base: float, dim: int, s: dict) -> torch.Tensor:
+    """llama.cpp's converter for Llama 3 scaling: a divisor per frequency, in float32, against an original context
+    of 8192 whatever the config says."""
+    original, low, high, factor = 8192, s["low_freq_factor"], s["high_freq_factor"], s["factor"]
+    divisors = []
+    for freq in 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)):
+        wavelength = 2 * math.pi / freq
+        smooth = (original / wavelength - low) / (high - low)
+        divisors.append(1.0 if wavelength < original / high else factor if wavelength > original / low
+                        else 1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(divisors, dtype=torch.float32)
+
+
+# Hugging Face name part -> GGUF (llama.cpp's tensor names)
+GGUF_NAMES = [("model.embed_tokens.", "token_embd."), ("lm_head.", "output."), ("model.norm.", "output_norm."),
+              ("model.layers.", "blk."), (".input_layernorm.", ".attn_norm."), (".self_attn.q_proj.", ".attn_q."),
+              (".self_attn.k_proj.", ".attn_k."), (".self_attn.v_proj.", ".attn_v."),
+              (".self_attn.qkv_proj.", ".attn_qkv."), (".self_attn.o_proj.", ".attn_output."),
+              (".self_attn.q_norm.", ".attn_q_norm."), (".self_attn.k_norm.", ".attn_k_norm."),
+              (".pre_feedforward_layernorm.", ".ffn_norm."), (".post_feedforward_layernorm.", ".post_ffw_norm."),
+              (".mlp.gate_proj.", ".ffn_gate."), (".mlp.up_proj.", ".ffn_up."), (".mlp.gate_up_proj.", ".ffn_up."),
+              (".mlp.down_proj.", ".ffn_down.")]
+
+
+def write_gguf_like_llama_cpp(path: Path, case: str, model: torch.nn.Module, name: str = "Tiny Model") -> Path:
+    """`model` as llama.cpp's convert_hf_to_gguf.py writes it (F32): its metadata keys, tensor names, Llama's q/k
+    rows interleaved, Gemma's norms stored as 1 + weight, RoPE scaling as tensors where llama.cpp keeps it so."""
+    import gguf
+
+    arch, _, _, pre = ARCH_CASES[case]
+    c = model.config
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(name)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(rope["rope_theta"])
+    if arch in ("qwen3", "gemma3") or head_dim != c.hidden_size // c.num_attention_heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    tensors = {}
+    if rope["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
+    if arch == "llama":
+        writer.add_rope_dimension_count(head_dim)
+        if rope["rope_type"] == "llama3":
+            tensors["rope_freqs.weight"] = llama_cpp_rope_freqs(rope["rope_theta"], head_dim, rope)
+    if arch == "gemma3":
+        writer.add_sliding_window(c.sliding_window)
+        if case == "gemma3":  # recent converters write the local base too; older ones leave it to llama.cpp's 10000
+            writer.add_rope_freq_base_swa(c.rope_parameters["sliding_attention"]["rope_theta"])
+    if arch == "phi3":
+        original = rope["original_max_position_embeddings"]
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_rope_dimension_count(int(rope["partial_rotary_factor"] * c.hidden_size) // c.num_attention_heads)
+        writer.add_sliding_window(c.sliding_window or 0)
+        ratio = c.max_position_embeddings / original
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(ratio) / math.log(original)))
+        tensors["rope_factors_long.weight"] = torch.tensor(rope["long_factor"], dtype=torch.float32)
+        tensors["rope_factors_short.weight"] = torch.tensor(rope["short_factor"], dtype=torch.float32)
+
+    if pre == "gemma":
+        tokens, token_types, scores = train_sentencepiece(path.parent, gemma=True)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_scores(scores)
+        writer.add_bos_token_id(2)
+        writer.add_eos_token_id(1)
+        writer.add_unk_token_id(3)
+        writer.add_pad_token_id(0)
+        writer.add_add_bos_token(True)
+        writer.add_add_space_prefix(False)
+    else:
+        tokens, token_types, merges = train_byte_level_bpe()
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_merges(merges)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    assert len(tokens) == c.vocab_size
+
+    for hf_name, w in model.state_dict().items():
+        if hf_name == "lm_head.weight" and c.tie_word_embeddings:
+            continue  # llama.cpp uses the embedding
+        if arch == "gemma3" and hf_name.endswith("norm.weight"):
+            w = w + 1  # Gemma3RMSNorm scales by 1 + weight: llama.cpp stores that
+        if arch == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name):
+            w = torch.from_numpy(hf_to_gguf_permute(w.numpy(), c.num_attention_heads if ".q_proj." in hf_name
+                                                    else c.num_key_value_heads))
+        name = hf_name.replace(".post_attention_layernorm.", ".post_attention_norm." if arch == "gemma3"
+                               else ".ffn_norm.")
+        for hf_part, gguf_part in GGUF_NAMES:
+            name = name.replace(hf_part, gguf_part)
+        tensors[name] = w
+    for name, w in tensors.items():
+        writer.add_tensor(name, w.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("case", list(ARCH_CASES))
+def test_every_architecture_matches_transformers(tmp_path, case):
+    """Our model converted from the GGUF gives the logits of the transformers model the GGUF was written from, and of
+    transformers loading the GGUF itself where its loader gets the architecture right (GGUF_LOADER_FIXES)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    vocab_size = len(train_sentencepiece(tmp_path, gemma=True)[0] if ARCH_CASES[case][3] == "gemma"
+                     else train_byte_level_bpe()[0])
+    source = tiny_hf(case, vocab_size)
+    gguf_path = write_gguf_like_llama_cpp(tmp_path / "tiny.gguf", case, source)
+    out = convert_gguf(gguf_path, tmp_path / "ckpt")
+    ours = load_lit(out)
+    c, hf_config = ours.config, json.loads((out / "config.json").read_text())
+    assert c.hf_model_type == source.config.model_type == hf_config["model_type"]
+
+    idx = torch.randint(0, vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = source(idx).logits
+        torch.testing.assert_close(ours(idx), expected, rtol=1e-5, atol=1e-5)
+        # config.json describes the same model: transformers built from it runs the source's weights identically
+        rebuilt = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), attn_implementation="sdpa")
+        rebuilt.load_state_dict(source.state_dict())
+        torch.testing.assert_close(rebuilt.eval()(idx).logits, expected, rtol=1e-5, atol=1e-5)
+        if GGUF_LOADER_FIXES[case] is not None:
+            from_gguf = hf_from_gguf(gguf_path, attn_implementation="sdpa", **GGUF_LOADER_FIXES[case])
+            torch.testing.assert_close(ours(idx), from_gguf(idx).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_what_llama_cpp_does_not_store_is_recovered(tmp_path):
+    """Llama 3's RoPE scaling comes back from `rope_freqs`; Gemma 3's attention scalar, layer pattern and local base
+    are llama.cpp's (head size, every 6th, 10000) unless the file is named after a preset, whose values it takes."""
+    import lit_gpt.gguf
+
+    source = tiny_hf("llama3", len(train_byte_level_bpe()[0]))
+    llama = convert_gguf(write_gguf_like_llama_cpp(tmp_path / "llama.gguf", "llama3", source), tmp_path / "llama")
+    assert Config.from_checkpoint(llama).rope_scaling == dict(
+        type="llama3", factor=16.0, low_freq_factor=2.0, high_freq_factor=6.0, original_max_position_embeddings=8192)
+
+    vocab_size = len(train_sentencepiece(tmp_path, gemma=True)[0])
+    source = tiny_hf("gemma3-linear", vocab_size)
+    c = Config.from_checkpoint(convert_gguf(write_gguf_like_llama_cpp(tmp_path / "g.gguf", "gemma3-linear", source),
+                                            tmp_path / "gemma"))
+    assert (c.attention_scalar, c.global_layer_every, c.rope_local_base, c.sliding_window, c.rope_scaling) == (
+        32, 6, 10000, 4, dict(type="linear", factor=8.0))
+    assert [c.is_sliding(i) for i in range(7)] == [True] * 5 + [False, True]
+
+    preset = dict(c.to_dict(), name="gemma-3-tiny-it", hf_config=dict(org="google", name="gemma-3-tiny-it"),
+                  attention_scalar=20, global_layer_every=3, rope_local_base=5000)
+    named = write_gguf_like_llama_cpp(tmp_path / "gemma-3-tiny-it-Q8_0.gguf", "gemma3-linear", source, name="x")
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(lit_gpt.gguf.name_to_config, preset["name"], preset)
+        out = convert_gguf(named, tmp_path / "named")
+    c = Config.from_checkpoint(out)
+    assert (c.name, c.attention_scalar, c.global_layer_every, c.rope_local_base) == ("gemma-3-tiny-it", 20, 3, 5000)
+    assert json.loads((out / "config.json").read_text())["query_pre_attn_scalar"] == 20
+
+
+def test_tiny_gemma3_tokenizer_follows_sentencepiece(tmp_path):
+    """Gemma's vocabulary as llama.cpp's converter writes it: no space before the text, turn markers as control tokens,
+    runs of spaces as user-defined tokens spelled with real spaces, which llama.cpp (like sentencepiece) matches whole,
+    longest first. sentencepiece is the oracle. transformers' GGUF tokenizer makes those runs ordinary BPE tokens
+    instead; it agrees except on runs no single token covers: 4 spaces are "\u2581\u2581\u2581" + "\u2581d" for
+    sentencepiece and us, "\u2581\u2581" + "\u2581\u2581" + "d" for transformers."""
+    import sentencepiece as spm
+    from tokenizers import Tokenizer
+
+    vocab_size = len(train_sentencepiece(tmp_path, gemma=True)[0])
+    gguf_path = write_gguf_like_llama_cpp(tmp_path / "tiny.gguf", "gemma3", tiny_hf("gemma3", vocab_size))
+    out = convert_gguf(gguf_path, tmp_path / "ckpt")
+    ours = Tokenizer.from_file(str(out / "tokenizer.json"))
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spm_gemma.model"))
+    hf = hf_tokenizer_from_gguf(gguf_path)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert (config["bos_token"], config["eos_token"], config["add_bos_token"]) == ("<bos>", "<eos>", True)
+    texts = [t for t in TEXTS if "<|" not in t] + SAMPLE.splitlines() + [
+        "a  b   c    d", "  two spaces first", "<start_of_turn>user\nHi<end_of_turn>\n"]
+    differ = []
+    for text in texts:
+        ids = ours.encode(text, add_special_tokens=False).ids
+        assert ids == sp.encode(text), text
+        assert ours.encode(text).ids == [2] + ids
+        assert ours.decode(ids, skip_special_tokens=False) == text
+        if hf(text)["input_ids"] != [2] + ids:
+            differ.append(text)
+    assert differ == [t for t in texts if "    " in t] and differ, differ
 
 
 # --- the real SmolLM2-135M-Instruct (Q4_1 GGUF): the converted dir against transformers on the same file ---
