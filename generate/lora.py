@@ -5,7 +5,6 @@ adapter: the LoRA settings, the base checkpoint dir and the prompt style the ada
 The answer goes to stdout (nothing else, so it can be piped); timings, tokens/s and peak memory go to stderr.
 """
 
-import json
 import sys
 from pathlib import Path
 from typing import Literal, Optional
@@ -17,7 +16,7 @@ from lit_gpt.generate import check_generate_flags, check_prompt_length, print_sa
 from lit_gpt.lora import LoRAConfig, lora_files, merge_lora_weights
 from lit_gpt.quantize import check_quantize, load_model
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, fastest_precision
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, dataclass_from_json, fail, fastest_precision, read_json
 
 
 def main(
@@ -69,13 +68,13 @@ def main(
     adapter_file, config_file = lora_files(lora_path)
     if config_file is None:
         fail(f"No lora_config.json next to {str(adapter_file)!r}: pass the out dir that finetune/lora.py wrote")
-    try:
-        run = json.loads(config_file.read_text(encoding="utf-8"))
-        lora_config = LoRAConfig.from_dict(run["lora"])
-        checkpoint_dir = checkpoint_dir or Path(run["checkpoint_dir"])
-        prompt_style = prompt_style or run.get("prompt_style")
-    except (ValueError, KeyError, TypeError) as e:
-        fail(f"{str(config_file)!r} is not a lora_config.json written by finetune/lora.py ({type(e).__name__}: {e})")
+    fix = "fix it, or finetune again (finetune/lora.py writes it)"
+    run = read_json(config_file, fix)
+    lora_config = dataclass_from_json(LoRAConfig, run.get("lora"), config_file, fix, key="lora")
+    if checkpoint_dir is None and not isinstance(run.get("checkpoint_dir"), str):
+        fail(f"{str(config_file)!r} names no base checkpoint_dir: pass --checkpoint_dir")
+    checkpoint_dir = checkpoint_dir or Path(run["checkpoint_dir"])
+    prompt_style = prompt_style or run.get("prompt_style")
     check_valid_checkpoint_dir(checkpoint_dir)
 
     config = Config.from_checkpoint(checkpoint_dir)

@@ -90,10 +90,13 @@ class Config:
 
     @classmethod
     def from_json(cls, path: Union[str, Path], **kwargs: Any) -> "Config":
-        with open(path, encoding="utf-8") as fp:
-            data = json.load(fp)
+        """A config from a `lit_config.json`; a malformed one is a one-line `UserError` naming the file."""
+        from lit_gpt.utils import dataclass_from_json, read_json
+
+        fix = "fix it, or convert the checkpoint again (scripts/convert_hf_checkpoint.py)"
+        data = read_json(path, fix)
         data.pop("rope_n_elem", None)
-        return cls(**{**data, **kwargs})
+        return dataclass_from_json(cls, data, path, fix, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: Union[str, Path], **kwargs: Any) -> "Config":
@@ -102,8 +105,15 @@ class Config:
             return cls.from_json(checkpoint_dir / "lit_config.json", **kwargs)
         if checkpoint_dir.name in name_to_config:
             return cls.from_name(checkpoint_dir.name, **kwargs)
-        if (checkpoint_dir / "config.json").is_file():
-            return cls.from_hf_config(json.loads((checkpoint_dir / "config.json").read_text()), **kwargs)
+        path = checkpoint_dir / "config.json"
+        if path.is_file():
+            from lit_gpt.utils import read_json
+
+            hf = read_json(path, "download it again (scripts/download.py --force)")
+            try:
+                return cls.from_hf_config(hf, **kwargs)
+            except (KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"{str(path)!r} is not a transformers config.json ({type(e).__name__}: {e})")
         raise FileNotFoundError(f"No 'lit_config.json' or 'config.json' in {str(checkpoint_dir)!r}")
 
     @classmethod

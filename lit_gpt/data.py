@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 
 from lit_gpt.prompts import PromptStyle, resolve_prompt_style, save_prompt_style
-from lit_gpt.utils import atomic_save, atomic_write_text, fail
+from lit_gpt.utils import atomic_save, atomic_write_text, fail, read_json
 
 IGNORE_INDEX = -100
 # the public datasets of the prepare scripts: where `python scripts/download.py --dataset NAME` (the one script that
@@ -33,7 +33,8 @@ DATASETS = {
 
 def prepare_sample(example: dict, tokenizer: Any, style: PromptStyle, max_seq_length: int,
                    mask_inputs: bool = True) -> Optional[dict]:
-    """Tokenizes `prompt + response_prefix + output + end` (eos or the style's `answer_end`); `labels` is -100 on the prompt tokens when `mask_inputs`.
+    """Tokenizes `prompt + response_prefix + output + end` (eos or the style's `answer_end`); `labels` is -100 on
+    the prompt tokens when `mask_inputs`.
 
     The prompt is encoded alone (as generation will see it) and the answer as it continues the prompt. The sample is
     cut to `max_seq_length` tokens ("truncated": True). Returns None when the prompt alone does not leave room for
@@ -225,10 +226,15 @@ def write_prepared(destination_path: Path, train: list[dict], val: list[dict], s
 def load_prepared(data_dir: Union[str, Path]) -> tuple[list[dict], list[dict], dict]:
     """(train, val, prepare_config) of a prepared-data dir."""
     data_dir = Path(data_dir)
-    if not (data_dir / "prepare_config.json").is_file():
+    path = data_dir / "prepare_config.json"
+    if not path.is_file():
         fail(f"{str(data_dir)!r} is not a prepared-data dir (no prepare_config.json): create it with "
              f"python scripts/prepare_alpaca.py (or another scripts/prepare_*.py) --destination_path {data_dir}")
-    config = json.loads((data_dir / "prepare_config.json").read_text(encoding="utf-8"))
+    fix = "prepare the data again (scripts/prepare_*.py writes it)"
+    config = read_json(path, fix)
+    length = config.get("max_seq_length")
+    if not isinstance(config.get("prompt_style"), str) or not (length is None or type(length) is int):
+        fail(f"{str(path)!r} needs a prompt_style (a name) and a max_seq_length (a number or null); {fix}")
     splits = []
     for name in ("train.pt", "val.pt"):
         try:

@@ -10,7 +10,6 @@ Modes: "bnb.nf4" / "bnb.fp4" (4-bit, blocks of 64, `-dq`: double quantization of
 (LLM.int8 row-wise; on CPU bitsandbytes dequantizes and runs a float matmul). They run on CPU and CUDA.
 """
 
-import json
 import logging
 import math
 from collections import defaultdict
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 from lit_gpt.config import Config
 from lit_gpt.model import GPT
-from lit_gpt.utils import check_valid_checkpoint_dir, fail, lazy_load
+from lit_gpt.utils import check_valid_checkpoint_dir, dataclass_from_json, fail, lazy_load, read_json
 
 if TYPE_CHECKING:
     from lit_gpt.lora import LoRAConfig
@@ -275,10 +274,9 @@ def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true"
         if lora_config is None:
             if config_file is None:
                 fail(f"No lora_config.json next to {str(adapter_file)!r}: pass the LoRA settings it was trained with")
-            run_config = json.loads(config_file.read_text())
-            if "lora" not in run_config:
-                fail(f"{str(config_file)!r} has no 'lora' settings: was it written by finetune/lora.py?")
-            lora_config = LoRAConfig.from_dict(run_config["lora"])
+            fix = "fix it, or finetune again (finetune/lora.py writes it)"
+            lora_config = dataclass_from_json(LoRAConfig, read_json(config_file, fix).get("lora"), config_file, fix,
+                                              key="lora")
         adapter = lazy_load(adapter_file)
         adapter = adapter.get("adapter", adapter)
 

@@ -5,14 +5,13 @@ pre-processing that transformers' Llama tokenizer applies to it (no normalizatio
 piece of text unless it starts with a space, special tokens written in the text split out).
 """
 
-import json
 import re
 from pathlib import Path
 from typing import Iterable, List, Optional, Union
 
 import torch
 
-from lit_gpt.utils import fail
+from lit_gpt.utils import fail, read_json
 
 
 class Tokenizer:
@@ -258,13 +257,7 @@ def _content(token: object) -> object:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        fail(f"{str(path)!r} is not valid JSON ({e}): fix or delete it")
-    return data if isinstance(data, dict) else {}
+    return read_json(path, "fix it, or download it again (scripts/download.py --force)") if path.is_file() else {}
 
 
 def _as_list(value: object) -> list:

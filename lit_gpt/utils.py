@@ -1,12 +1,16 @@
 """Checkpoint loading, atomic writes, user-facing errors, parameter counts and a chunked cross-entropy."""
 
+import dataclasses
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import typing
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -28,8 +32,91 @@ def cli(function: Any, **kwargs: Any) -> Any:
     try:
         return CLI(function, **kwargs)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shorten(one_line(str(e)), 600)}", file=sys.stderr)
         raise SystemExit(1)
+
+
+def one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", text.strip())
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def first_line(e: BaseException, limit: int = 120) -> str:
+    """`ExceptionType: first sentence of its message`, cut to `limit` characters, to quote in a one-line error."""
+    lines = str(e).strip().splitlines()
+    sentence = lines[0].strip().split(". ")[0] if lines else ""
+    return shorten(f"{type(e).__name__}: {sentence}" if sentence else type(e).__name__, limit)
+
+
+def read_json(path: Union[str, Path], fix: str) -> dict:
+    """The JSON object in `path`. A file that cannot be read, is not valid JSON or holds no object is a one-line
+    `UserError` naming it, ending in `fix` (what to do)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        fail(f"{str(path)!r} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); {fix}")
+    except UnicodeDecodeError:
+        fail(f"{str(path)!r} is not UTF-8 text, so not valid JSON; {fix}")
+    except OSError as e:
+        fail(f"Cannot read {str(path)!r} ({e.strerror or type(e).__name__}); {fix}")
+    if not isinstance(data, dict):
+        fail(f"{str(path)!r} holds a JSON {_JSON_TYPES.get(type(data), type(data).__name__)}, not an object; {fix}")
+    return data
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def dataclass_from_json(cls: type, data: Any, path: Union[str, Path], fix: str, key: str = "",
+                        **overrides: Any) -> Any:
+    """`cls(**data, **overrides)` for the fields `data` of a dataclass read from the JSON file `path` (its `key`).
+
+    An unknown field, a value of the wrong type (by the field's annotation) or one `cls` rejects is a one-line
+    `UserError` naming the file and the field, ending in `fix`."""
+    where, prefix = f"{str(path)!r}" + (f": {key!r}" if key else ""), f"{key}." if key else ""
+    if not isinstance(data, dict):
+        fail(f"{where} is not a JSON object of {cls.__name__} fields; {fix}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [repr(prefix + name) for name in data if name not in known]
+    if unknown:
+        fail(f"{str(path)!r} has unknown {cls.__name__} field{'s' if len(unknown) > 1 else ''} "
+             f"{shorten(', '.join(unknown), 100)}; {fix}")
+    for name, value in data.items():
+        if not _fits(value, hints[name]):
+            fail(f"{str(path)!r}: {prefix}{name}={shorten(repr(value), 60)} is not {_type_name(hints[name])}; {fix}")
+    try:
+        return cls(**{**data, **overrides})
+    except (UserError, ValueError, TypeError, AssertionError, ArithmeticError) as e:
+        fail(f"{where} is not a valid {cls.__name__} ({first_line(e)}); {fix}")
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value fits a type annotation (int for float too, a list for a tuple; bool is not a number)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        return any(_fits(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if annotation is Any:
+        return True
+    if annotation in (int, float) and isinstance(value, bool):
+        return False
+    kind = origin or annotation
+    return isinstance(value, {float: (int, float), tuple: (list, tuple)}.get(kind, kind))
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        return " or ".join(_type_name(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    return "null" if annotation is type(None) else getattr(origin or annotation, "__name__", str(annotation))
 
 
 @contextmanager
@@ -92,11 +179,14 @@ def lazy_load(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
         fail(f"No such checkpoint file: {str(path)!r}")
+    fix = "download or convert it again (scripts/download.py --force)" if path.name == "lit_model.pth" else \
+        "write it again (finetune/lora.py)"
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except OSError as e:
+        fail(f"Could not read {str(path)!r} ({e.strerror or first_line(e)})")
     except Exception as e:
-        reason = f"{type(e).__name__}: {e}".split("\n")[0]
-        fail(f"Could not read {str(path)!r} (corrupt or truncated? re-create it): {reason}")
+        fail(f"Could not read {str(path)!r} ({first_line(e, 100)}): truncated or corrupt? {fix}")
 
 
 def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True) -> None:
@@ -107,7 +197,7 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = Tru
     try:
         model.load_state_dict(state_dict, strict=strict, assign=on_meta)
     except RuntimeError as e:
-        fail(f"{str(path)!r} does not fit this model: {str(e).splitlines()[0]} {' '.join(str(e).split())[:300]}")
+        fail(f"{str(path)!r} does not fit this model ({shorten(one_line(str(e)), 200)})")
 
 
 def check_valid_checkpoint_dir(checkpoint_dir: Union[str, Path], model_filename: str = "lit_model.pth") -> Path:

@@ -5,7 +5,6 @@ the transformers model of the base checkpoint and gives the logits of our LoRA m
 PEFT's modules (q/k/v onto GPT-NeoX's and Falcon's fused query_key_value included) is described in lit_gpt/peft.py.
 """
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.peft import PEFT_CONFIG, PEFT_WEIGHTS, check_adapter_fits, load_lora_run, to_peft, write_peft_dir  # noqa: E402,E501
-from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail  # noqa: E402
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, read_json  # noqa: E402
 
 
 def main(
@@ -49,10 +48,8 @@ def main(
 
     vocab_size = None
     if checkpoint_dir is not None and (checkpoint_dir / "config.json").is_file():
-        try:
-            vocab_size = json.loads((checkpoint_dir / "config.json").read_text(encoding="utf-8")).get("vocab_size")
-        except (ValueError, AttributeError):
-            fail(f"{str(checkpoint_dir / 'config.json')!r} is not a valid transformers config.json")
+        vocab_size = read_json(checkpoint_dir / "config.json", "fix it, or download it again (scripts/download.py "
+                               "--force)").get("vocab_size")
     if base_model_name_or_path is None:
         hf = config.hf_config
         base_model_name_or_path = (f"{hf['org']}/{hf['name']}" if hf.get("org") and hf.get("name")

@@ -35,7 +35,7 @@ from lit_gpt.prompts import (  # noqa: E402
     save_prompt_style,
 )
 from lit_gpt.quantize import precision_dtype  # noqa: E402
-from lit_gpt.utils import atomic_dir, check_valid_checkpoint_dir, cli, fail, lazy_load  # noqa: E402
+from lit_gpt.utils import atomic_dir, check_valid_checkpoint_dir, cli, fail, lazy_load, read_json  # noqa: E402
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -65,6 +65,9 @@ def main(
         fail(f"{str(out_dir)!r} already exists and is not empty: remove it or pass another --out_dir")
     style = prompt_style(run, checkpoint_dir)
     config = Config.from_checkpoint(checkpoint_dir)
+    hf_config = None
+    if (checkpoint_dir / "config.json").is_file():
+        hf_config = read_json(checkpoint_dir / "config.json", "fix it, or delete it (a new one is written then)")
     base = lazy_load(checkpoint_dir / "lit_model.pth")
     base = base.get("model", base)
     model = check_adapter_fits(run, config, checkpoint_dir)  # the LoRA model, on the meta device
@@ -81,7 +84,7 @@ def main(
     with atomic_dir(out_dir) as tmp:
         torch.save(state_dict, tmp / "lit_model.pth")
         config.save(tmp / "lit_config.json")
-        copy_checkpoint_files(checkpoint_dir, tmp, config, dtype)
+        copy_checkpoint_files(checkpoint_dir, tmp, config, dtype, hf_config)
         save_prompt_style(style, tmp)
         merge_info = {"base": str(checkpoint_dir.resolve()), "adapter": str(run.adapter_file.resolve()),
                       "lora": run.lora.to_dict(), "dtype": DTYPE_NAMES[dtype]}
@@ -152,18 +155,14 @@ def merge(model: GPT, base: Dict[str, torch.Tensor], adapter: Dict[str, torch.Te
     return state_dict, config
 
 
-def copy_checkpoint_files(checkpoint_dir: Path, out_dir: Path, config: Config, dtype: torch.dtype) -> None:
-    """Tokenizer files and generation_config.json as they are; config.json updated for the merged weights."""
+def copy_checkpoint_files(checkpoint_dir: Path, out_dir: Path, config: Config, dtype: torch.dtype,
+                          hf_config: Optional[dict]) -> None:
+    """Tokenizer files and generation_config.json as they are; `hf_config` (the base's config.json) updated for the
+    merged weights, or made from `config`."""
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         if (checkpoint_dir / name).is_file():
             shutil.copyfile(checkpoint_dir / name, out_dir / name)
-    hf_config = None
-    if (checkpoint_dir / "config.json").is_file():
-        try:
-            hf_config = json.loads((checkpoint_dir / "config.json").read_text(encoding="utf-8"))
-        except ValueError:
-            hf_config = None
-    if isinstance(hf_config, dict):
+    if hf_config is not None:
         hf_config["tie_word_embeddings"] = config.tie_embeddings
         for key in ("torch_dtype", "dtype"):
             if key in hf_config:
