@@ -183,10 +183,8 @@ def lazy_load(path: Union[str, Path]) -> dict:
         "write it again (finetune/lora.py)"
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except OSError as e:
-        fail(f"Could not read {str(path)!r} ({e.strerror or first_line(e)})")
-    except Exception as e:
-        fail(f"Could not read {str(path)!r} ({first_line(e, 100)}): truncated or corrupt? {fix}")
+    except Exception as e:  # a truncated file: RuntimeError (no zip directory) or OSError (mmap past the end)
+        fail(f"Could not read {str(path)!r} ({first_line(e, 100)}): corrupt or truncated? {fix}")
 
 
 def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True) -> None:

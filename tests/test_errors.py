@@ -68,20 +68,20 @@ NOT_JSON = "is not valid JSON (line 2 column 1: Expecting property name"
 CASES = {
     "base-config": ("generate/base.py", "--checkpoint_dir {root}/base", "base/lit_config.json", not_json, NOT_JSON),
     "base-weights": ("generate/base.py", "--checkpoint_dir {root}/base --prompt a --max_new_tokens 2",
-                     "base/lit_model.pth", truncated, "truncated or corrupt? download or convert it again"),
+                     "base/lit_model.pth", truncated, "corrupt or truncated? download or convert it again"),
     "chat-unknown-field": ("generate/chat.py", "--checkpoint_dir {root}/base", "base/lit_config.json",
                            edit("bogus", 1), "has unknown Config field 'bogus'"),
     "eval-wrong-type": ("eval/lm_eval_harness.py", "--checkpoint_dir {root}/base --tasks lit_arithmetic",
                         "base/lit_config.json", edit("n_layer", "2"), "n_layer='2' is not int"),
     "convert-weights": ("scripts/convert_lit_checkpoint.py", "--checkpoint_dir {root}/base --out_dir {root}/hf",
-                        "base/lit_model.pth", truncated, "truncated or corrupt?"),
+                        "base/lit_model.pth", truncated, "corrupt or truncated?"),
     "prepare-config": ("scripts/prepare_gsm8k.py", "--checkpoint_dir {root}/base --data_file "
                        f"{REPO}/data/arithmetic/train.jsonl --destination_path {{root}}/prepared",
                        "base/lit_config.json", not_json, NOT_JSON),
     "lora-settings": ("generate/lora.py", "--lora_path {root}/out --prompt a --max_new_tokens 2",
                       "out/lora_config.json", edit("r", "8", under="lora"), "lora.r='8' is not int"),
     "lora-adapter": ("generate/lora.py", "--lora_path {root}/out --prompt a --max_new_tokens 2",
-                     "out/lit_model_lora_finetuned.pth", truncated, "truncated or corrupt? write it again"),
+                     "out/lit_model_lora_finetuned.pth", truncated, "corrupt or truncated? write it again"),
     "export-lora-config": ("scripts/export_peft.py", "--lora_path {root}/out", "out/lora_config.json", not_json,
                            "JSONDecodeError"),
     "merge-hf-config": ("scripts/merge_lora.py", "--lora_path {root}/out --out_dir {root}/merged",
@@ -156,13 +156,17 @@ def test_cli_prints_one_capped_line(monkeypatch, capsys):
     assert err.count("\n") == 1 and len(err) < 700
 
 
-def test_a_truncated_weights_file_in_process(tmp_path):
+def test_truncated_weights_in_process(tmp_path):
     from lit_gpt.utils import lazy_load
 
-    torch.save({"w": torch.zeros(100)}, tmp_path / "lit_model.pth")
-    assert torch.equal(lazy_load(tmp_path / "lit_model.pth")["w"], torch.zeros(100))
-    truncated(tmp_path / "lit_model.pth")
-    with pytest.raises(UserError) as e:
-        lazy_load(tmp_path / "lit_model.pth")
-    assert "\n" not in str(e.value) and len(str(e.value)) < 300 and "lit_model.pth" in str(e.value)
-
+    path = tmp_path / "lit_model.pth"
+    torch.save({"w": torch.zeros(1000)}, path)
+    good = path.read_bytes()
+    assert torch.equal(lazy_load(path)["w"], torch.zeros(1000))
+    for size in (0, 1000, len(good) // 3, len(good) - 10):  # torch raises RuntimeError or OSError by where it ends
+        path.write_bytes(good[:size])
+        with pytest.raises(UserError) as e:
+            lazy_load(path)
+        message = str(e.value)
+        assert "\n" not in message and len(message) < 300 and repr(str(path)) in message, message
+        assert "corrupt or truncated? download or convert it again" in message, message
