@@ -17,7 +17,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 import torch
 
 from lit_gpt.config import Config, name_to_config
-from lit_gpt.utils import atomic_dir, atomic_path, fail, lazy_load
+from lit_gpt.utils import atomic_dir, atomic_path, fail, first_line, lazy_load
 
 # HF name -> our name; "{}" is the layer index. Llama's q/k/v and the fused qkv are handled apart.
 _NAMES = {
@@ -420,8 +420,7 @@ def _open_weight_file(path: Path) -> Tuple[List[str], object]:
             raise ValueError("not a state dict")
         return list(state_dict), state_dict
     except Exception as e:
-        fail(f"Could not read {str(path)!r} (corrupt or truncated? download it again): "
-             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        fail(f"Could not read {str(path)!r} (corrupt or truncated? download it again): {first_line(e)}")
     raise AssertionError  # unreachable: fail raises
 
 
@@ -433,7 +432,8 @@ def iter_hf_weights(files: List[Path]) -> Iterator[Tuple[str, torch.Tensor]]:
             try:
                 tensor = handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle.pop(name)
             except Exception as e:
-                fail(f"Could not read {name!r} from {str(path)!r} (corrupt or truncated?): {type(e).__name__}: {e}")
+                fail(f"Could not read {name!r} from {str(path)!r} (corrupt or truncated? download it again): "
+                     f"{first_line(e)}")
             yield name, tensor
 
 

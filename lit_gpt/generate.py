@@ -298,6 +298,9 @@ def check_generate_flags(num_samples: int, max_new_tokens: int, quantize: Option
 
 
 def check_prompt_length(prompt_length: int, max_new_tokens: int, block_size: int) -> None:
+    if prompt_length >= block_size:
+        fail(f"The prompt has {prompt_length} tokens, which leaves no room for an answer in the model's context of "
+             f"{block_size} tokens: shorten the prompt")
     if prompt_length + max_new_tokens > block_size:
         fail(f"The prompt has {prompt_length} tokens and --max_new_tokens is {max_new_tokens}: {prompt_length} + "
              f"{max_new_tokens} is longer than the model's context of {block_size} tokens. Shorten the prompt or "

@@ -46,7 +46,7 @@ from lit_gpt.convert import (
 from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, check_lora_state_dict, lora_files, lora_filter, suffix
 from lit_gpt.model import GPT
 from lit_gpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, resolve_prompt_style
-from lit_gpt.utils import UserError, atomic_dir, fail, lazy_load
+from lit_gpt.utils import UserError, atomic_dir, dataclass_from_json, fail, lazy_load, read_json
 
 PREFIX = "base_model.model."
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -72,14 +72,16 @@ def load_lora_run(lora_path: Union[str, Path]) -> LoRARun:
     if config_file is None:
         fail(f"No lora_config.json next to {str(adapter_file)!r} (nor one dir up): the LoRA and model settings are "
              "read from it. finetune/lora.py and scripts/import_peft.py write it next to the adapter")
-    try:
-        run = json.loads(config_file.read_text(encoding="utf-8"))
-        lora = LoRAConfig.from_dict(run["lora"])
-        config = Config(**{k: v for k, v in run["model"].items() if k != "rope_n_elem"})
-        checkpoint_dir = Path(run["checkpoint_dir"])
-    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as e:
-        fail(f"{str(config_file)!r} is not a lora_config.json of finetune/lora.py ({type(e).__name__}: {e}); it "
-             "needs the keys lora, model and checkpoint_dir")
+    fix = "fix it, or finetune again (finetune/lora.py writes it)"
+    run = read_json(config_file, fix)
+    missing = [key for key in ("lora", "model", "checkpoint_dir") if key not in run]
+    if missing or not isinstance(run["model"], dict) or not isinstance(run["checkpoint_dir"], str):
+        fail(f"{str(config_file)!r} is not a lora_config.json of finetune/lora.py (missing or malformed: "
+             f"{', '.join(missing) or 'model, checkpoint_dir'}); {fix}")
+    lora = dataclass_from_json(LoRAConfig, run["lora"], config_file, fix, key="lora")
+    model = {k: v for k, v in run["model"].items() if k != "rope_n_elem"}
+    config = dataclass_from_json(Config, model, config_file, fix, key="model")
+    checkpoint_dir = Path(run["checkpoint_dir"])
     adapter = lazy_load(adapter_file)
     if isinstance(adapter, dict) and isinstance(adapter.get("adapter"), dict):  # a resumable training checkpoint
         adapter = adapter["adapter"]

