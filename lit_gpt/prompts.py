@@ -238,23 +238,20 @@ class Phi3(ChatStyle):
     name = "phi3"
     stop_strings = ("<|end|>",)
     answer_end = "<|end|>"
+    sep = "\n"  # after each tag and each <|end|>
 
     def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        history = "".join(f"<|user|>\n{user}<|end|>\n<|assistant|>\n{answer}<|end|>\n" for user, answer in turns)
-        return f"{history}<|user|>\n{message}<|end|>\n<|assistant|>\n"
+        n = self.sep
+        history = "".join(f"<|user|>{n}{user}<|end|>{n}<|assistant|>{n}{answer}<|end|>{n}" for user, answer in turns)
+        return f"{history}<|user|>{n}{message}<|end|>{n}<|assistant|>{n}"
 
 
-class Phi4Mini(ChatStyle):
+class Phi4Mini(Phi3):
     """Phi-4-mini-instruct: Phi-3's tags without newlines, "<|user|>{text}<|end|><|assistant|>", no system turn, no
     BOS in the template. The answer ends with <|end|>, not the tokenizer's eos (<|endoftext|>)."""
 
     name = "phi4-mini"
-    stop_strings = ("<|end|>",)
-    answer_end = "<|end|>"
-
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        history = "".join(f"<|user|>{user}<|end|><|assistant|>{answer}<|end|>" for user, answer in turns)
-        return f"{history}<|user|>{message}<|end|><|assistant|>"
+    sep = ""
 
 
 class MistralNemo(ChatStyle):
