@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config
-from lit_gpt.data import collate, load_prepared, longest_first
+from lit_gpt.data import collate, load_prepared, longest_first, target_count
 from lit_gpt.generate import generate
 from lit_gpt.lora import LoRAConfig, lora_state_dict, mark_only_lora_as_trainable, trainable_report
 from lit_gpt.prompts import PromptStyle
@@ -241,7 +241,6 @@ def lr_lambda(warmup_steps: int, max_iters: int):
 def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_data: list, tokenizer: Tokenizer,
           prompt_style: PromptStyle, out_dir: Path, run_config: dict, state: dict, max_iters: int,
           max_seq_length: int, h: dict) -> None:
-    accumulate = h["batch_size"] // (h["micro_batch_size"] * fabric.world_size)
     order = longest_first(train_data)  # indices: longest first, so an out-of-memory shows up at step one
     n_train, pad = len(train_data), padding(fabric)
     tokens_done, t_start = 0, time.perf_counter()
@@ -260,19 +259,22 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
             global_idx = torch.randint(n_train, (h["batch_size"],), generator=state["data_rng"]).tolist()
         micro = [global_idx[i: i + h["micro_batch_size"]] for i in range(0, len(global_idx), h["micro_batch_size"])]
         mine = micro[fabric.global_rank:: fabric.world_size]
+        # the loss of the step: the token losses of the whole global batch (all micro-batches, all devices) summed,
+        # divided by its number of targets; every rank counts them from the same global batch (no communication)
+        n_targets = max(1, sum(target_count(train_data[j], max_seq_length) for j in global_idx))
         loss_sum = 0.0
         for i, idx in enumerate(mine):
             input_ids, targets = collate([train_data[j] for j in idx], max_seq_length, pad, fabric.device)
             with fabric.no_backward_sync(model, enabled=i < len(mine) - 1):
                 with training_attention(fabric.device, input_ids.size(1), raw_model.activation_checkpointing):
-                    loss = response_loss(model, input_ids, targets)
-                fabric.backward(loss / accumulate)
+                    loss = response_loss(model, input_ids, targets, reduction="sum")
+                fabric.backward(loss * (fabric.world_size / n_targets))  # DDP averages the gradients of the ranks
             loss_sum += loss.item()
             del loss  # its graph (holding the logits the loss was computed from) would outlive the next forward pass
             # tokens the model read (padding excluded), over all devices
             read = sum(min(len(train_data[j]["input_ids"]), max_seq_length) - 1 for j in idx)
             tokens_done += read * fabric.world_size
-        loss_value = loss_sum / len(mine)
+        loss_value = all_sum(fabric, loss_sum) / n_targets
         if not math.isfinite(loss_value):
             stop_not_finite(fabric, f"loss became {loss_value}", step + 1, out_dir)
         if h["grad_clip"] > 0:
@@ -334,14 +336,23 @@ def padding(fabric) -> int:
 
 @torch.no_grad()
 def validate(fabric, model, val_data: list, max_seq_length: int, h: dict) -> float:
+    """The mean token loss over the first `eval_iters` micro-batches of the validation set (each rank runs them all)."""
     model.eval()
-    losses = []
+    total, count = 0.0, 0
     mbs = h["micro_batch_size"]
     for start in range(0, min(len(val_data), h["eval_iters"] * mbs), mbs):
         input_ids, targets = collate(val_data[start: start + mbs], max_seq_length, padding(fabric), fabric.device)
-        losses.append(response_loss(model, input_ids, targets).item())
+        total += response_loss(model, input_ids, targets, reduction="sum").item()
+        count += int((targets != -100).sum())
     model.train()
-    return sum(losses) / max(1, len(losses))
+    return total / max(1, count)
+
+
+def all_sum(fabric, value: float) -> float:
+    """The sum of `value` over all ranks."""
+    if fabric.world_size == 1:
+        return value
+    return float(fabric.all_reduce(torch.tensor(value, dtype=torch.float64, device=fabric.device), reduce_op="sum"))
 
 
 @torch.no_grad()

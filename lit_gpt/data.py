@@ -264,6 +264,12 @@ def collate(samples: list[dict], max_seq_length: Optional[int] = None, pad_multi
     return input_ids.to(device), targets.to(device)
 
 
+def target_count(sample: dict, max_seq_length: Optional[int] = None) -> int:
+    """How many targets (positions with a loss) `collate` gives this sample."""
+    n = min(len(sample["input_ids"]), max_seq_length or len(sample["input_ids"])) - 1
+    return int((sample["labels"][1:n + 1] != IGNORE_INDEX).sum())
+
+
 def longest_first(data: list[dict]) -> list[int]:
     """All indices of `data`, longest sample first: training on them first makes an out-of-memory show up at step
     one instead of hours in."""

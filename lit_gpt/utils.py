@@ -232,8 +232,9 @@ def num_parameters(module: nn.Module, requires_grad: Optional[bool] = None) -> i
 
 
 def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 512,
-                          ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy over non-ignored targets, upcasting `chunk_size` rows of logits to float32 at a time.
+                          ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """Mean (or, `reduction="sum"`, summed) cross-entropy over non-ignored targets, upcasting `chunk_size` rows of
+    logits to float32 at a time.
 
     logits: (B, T, V) in any dtype, targets: (B, T). Never holds float32 logits for the whole batch: with autograd
     on, each chunk's float32 softmax is recomputed in backward instead of being kept.
@@ -252,6 +253,8 @@ def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_siz
                                                               use_reentrant=False)
         else:
             total = total + chunk_loss(logit_chunk, target_chunk)
+    if reduction == "sum":
+        return total
     count = (targets != ignore_index).sum().clamp(min=1)
     return total / count
 
@@ -274,11 +277,12 @@ def fastest_precision(device: Union[str, torch.device]) -> str:
 
 
 def response_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
-                  ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy of a `GPT` over the positions with a target. The LM head runs on those positions only: on
-    prompt and padding positions, which the loss ignores, its logits would be computed for nothing."""
+                  ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """Mean (or summed) cross-entropy of a `GPT` over the positions with a target. The LM head runs on those positions
+    only: on prompt and padding positions, which the loss ignores, its logits would be computed for nothing."""
     at = targets != ignore_index
-    return chunked_cross_entropy(model(input_ids, logits_at=at), targets[at], ignore_index=ignore_index)
+    return chunked_cross_entropy(model(input_ids, logits_at=at), targets[at], ignore_index=ignore_index,
+                                 reduction=reduction)
 
 
 MATH_ATTENTION_MAX_TOKENS = 256  # measured crossover on CPU: the math kernel is faster up to here, flash beyond

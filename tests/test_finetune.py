@@ -124,20 +124,44 @@ def test_resume_reproduces_uninterrupted_run(tiny_checkpoint, tiny_data, tmp_pat
     assert losses(killed) == losses(full)
 
 
-def test_two_devices_match_one(tiny_checkpoint, tiny_data, tmp_path):
-    """DDP on two CPU processes (gloo) with the same global batch gives the adapter of one process."""
-    args = ["--precision", "32-true", "--max_iters", 3, "--micro_batch_size", 1, "--lora_dropout", 0.0,
-            "--eval_interval", 3, "--save_interval", 3]
-    finetune(tiny_checkpoint, tiny_data, tmp_path / "one", *args)
-    finetune(tiny_checkpoint, tiny_data, tmp_path / "two", *args, "--devices", 2)
-    one = torch.load(tmp_path / "one" / "lit_model_lora_finetuned.pth", weights_only=True)
-    two = torch.load(tmp_path / "two" / "lit_model_lora_finetuned.pth", weights_only=True)
-    assert one.keys() == two.keys()
-    moved = 0
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
-        moved += "lora_B" in key and bool(one[key].abs().sum() > 0)
-    assert moved
+def test_the_loss_of_a_step_does_not_depend_on_micro_batches_or_devices(tiny_checkpoint, tiny_data, tmp_path):
+    """The loss of a step is the token-sum over the global batch / its number of targets: 1 x 4, 2 x 2 and 4 x 1
+    micro-batches, and 2 DDP processes (CPU, gloo), give the same losses and the same adapter. The responses differ
+    in length, so a mean of per-micro-batch means (the old rule) differs: checked against the examples' own losses."""
+    from lit_gpt.data import collate, load_prepared
+    from lit_gpt.lora import LoRAConfig
+    from lit_gpt.quantize import load_model
+    from lit_gpt.utils import response_loss
+
+    args = ["--precision", "32-true", "--max_iters", 3, "--lora_dropout", 0.0, "--eval_interval", 3,
+            "--save_interval", 3]
+    runs = {"1x4": ["--micro_batch_size", 4], "2x2": ["--micro_batch_size", 2], "4x1": ["--micro_batch_size", 1],
+            "2 devices": ["--micro_batch_size", 1, "--devices", 2]}
+    for name, extra in runs.items():
+        finetune(tiny_checkpoint, tiny_data, tmp_path / name, *args, *extra)
+    reference = torch.load(tmp_path / "1x4" / "lit_model_lora_finetuned.pth", weights_only=True)
+    losses = [float(r["loss"]) for r in read_metrics(tmp_path / "1x4")]
+    assert sum("lora_B" in k and bool(v.abs().sum() > 0) for k, v in reference.items())
+    for name in list(runs)[1:]:
+        assert [float(r["loss"]) for r in read_metrics(tmp_path / name)] == pytest.approx(losses, rel=1e-5), name
+        adapter = torch.load(tmp_path / name / "lit_model_lora_finetuned.pth", weights_only=True)
+        assert adapter.keys() == reference.keys()
+        for key in reference:
+            torch.testing.assert_close(adapter[key], reference[key], rtol=1e-4, atol=1e-6)
+
+    # step 1 is the 4 longest examples: its loss is their token losses summed / their targets, not a mean of means
+    train = load_prepared(tiny_data)[0]
+    longest = sorted(train, key=lambda s: len(s["input_ids"]), reverse=True)[:4]
+    model = load_model(tiny_checkpoint, precision="32-true", lora_config=LoRAConfig(r=8, alpha=16, dropout=0.0))
+    sums, counts = [], []
+    with torch.no_grad():
+        for sample in longest:
+            x, y = collate([sample], 128)
+            sums.append(response_loss(model, x, y, reduction="sum").item())
+            counts.append(int((y != -100).sum()))
+    assert len(set(counts)) > 1
+    assert losses[0] == pytest.approx(sum(sums) / sum(counts), rel=1e-5)
+    assert abs(losses[0] - sum(s / c for s, c in zip(sums, counts)) / 4) > 1e-4
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_checkpoint, tiny_data, tmp_path):
