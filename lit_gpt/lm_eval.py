@@ -330,10 +330,8 @@ class LitLM(TemplateLM):
         cos/sin and masks of `GPT.layer_inputs`, and the row-wise `_KVCache`s of `_kv_caches`.
         """
         model = self.model
-        cache_input = None
-        if slots is not None:
-            cache_input = ((first_row, slots), int(slots.max()) + 1)
         length = int(slots.max()) + 1 if slots is not None else idx.size(1)
+        cache_input = None if slots is None else ((first_row, slots), length)
         if key_positions is None:
             key_positions = torch.arange(length, device=idx.device)
         inputs = model.layer_inputs(positions.unsqueeze(1), key_positions.unsqueeze(-2) if key_positions.dim() > 1
