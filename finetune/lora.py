@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config
-from lit_gpt.data import collate, load_prepared, longest_first, target_count
+from lit_gpt.data import collate, load_prepared, longest_first, pack, target_count
 from lit_gpt.generate import generate
 from lit_gpt.lora import LoRAConfig, lora_state_dict, mark_only_lora_as_trainable, trainable_report
 from lit_gpt.prompts import PromptStyle
@@ -59,8 +59,9 @@ lora_value = True
 lora_projection = True
 lora_mlp = True
 lora_head = True
-pad_multiple = 32  # on GPUs, pad micro-batches to a multiple of this length: few distinct shapes, little kernel
-# warm-up. CPU kernels have no per-shape warm-up (measured): there micro-batches are padded to their longest sample.
+padding_free = True  # lay the examples of a micro-batch end to end, each attending to itself only: no compute is
+# spent on padding (measured on CPU: benchmarks/finetune.py --parts data); False pads each micro-batch to its longest
+pad_multiple = 32  # without padding_free, on GPUs: pad micro-batches to a multiple of this length
 sample_instruction = "What is 12 plus 30? Give the answer after ####."  # generated at every evaluation
 
 
@@ -97,6 +98,7 @@ def setup(
     lora_mlp: bool = lora_mlp,
     lora_head: bool = lora_head,
     activation_checkpointing: bool = False,
+    padding_free: bool = padding_free,
     sample_instruction: str = sample_instruction,
 ) -> None:
     """Finetunes a LoRA adapter on a prepared dataset.
@@ -136,6 +138,8 @@ def setup(
         lora_mlp: LoRA on the MLP linears.
         lora_head: LoRA on the LM head.
         activation_checkpointing: Recompute activations in backward to save memory.
+        padding_free: Run each micro-batch as one row of its examples laid end to end (positions and attention
+            restart at each example, no padding); false pads the examples to the longest of the micro-batch.
         sample_instruction: Instruction answered by the model at every evaluation, to watch it learn.
     """
     import lightning as L
@@ -242,7 +246,7 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
           prompt_style: PromptStyle, out_dir: Path, run_config: dict, state: dict, max_iters: int,
           max_seq_length: int, h: dict) -> None:
     order = longest_first(train_data)  # indices: longest first, so an out-of-memory shows up at step one
-    n_train, pad = len(train_data), padding(fabric)
+    n_train = len(train_data)
     tokens_done, t_start = 0, time.perf_counter()
     elapsed_before = state["elapsed"]
     if state["step_count"] == 0 and fabric.global_rank == 0:
@@ -264,10 +268,11 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
         n_targets = max(1, sum(target_count(train_data[j], max_seq_length) for j in global_idx))
         loss_sum = 0.0
         for i, idx in enumerate(mine):
-            input_ids, targets = collate([train_data[j] for j in idx], max_seq_length, pad, fabric.device)
+            input_ids, targets, lengths = micro_batch([train_data[j] for j in idx], max_seq_length, fabric, h)
             with fabric.no_backward_sync(model, enabled=i < len(mine) - 1):
-                with training_attention(fabric.device, input_ids.size(1), raw_model.activation_checkpointing):
-                    loss = response_loss(model, input_ids, targets, reduction="sum")
+                longest = max(lengths) if lengths else input_ids.size(1)
+                with training_attention(fabric.device, longest, raw_model.activation_checkpointing):
+                    loss = response_loss(model, input_ids, targets, reduction="sum", lengths=lengths)
                 fabric.backward(loss * (fabric.world_size / n_targets))  # DDP averages the gradients of the ranks
             loss_sum += loss.item()
             del loss  # its graph (holding the logits the loss was computed from) would outlive the next forward pass
@@ -330,8 +335,14 @@ def trainable_parameters(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def padding(fabric) -> int:
-    return pad_multiple if fabric.device.type == "cuda" else 1
+def micro_batch(samples: list[dict], max_seq_length: int, fabric, h: dict) -> tuple:
+    """(input_ids, targets, lengths) on the device: packed in one row (`lengths` of the examples in it), or padded
+    to the longest (`lengths` None; on GPUs to a multiple of `pad_multiple`: few distinct shapes, little kernel
+    warm-up; CPU kernels have no per-shape warm-up, measured)."""
+    if h["padding_free"]:
+        return pack(samples, max_seq_length, fabric.device)
+    pad = pad_multiple if fabric.device.type == "cuda" else 1
+    return (*collate(samples, max_seq_length, pad, fabric.device), None)
 
 
 @torch.no_grad()
@@ -341,8 +352,8 @@ def validate(fabric, model, val_data: list, max_seq_length: int, h: dict) -> flo
     total, count = 0.0, 0
     mbs = h["micro_batch_size"]
     for start in range(0, min(len(val_data), h["eval_iters"] * mbs), mbs):
-        input_ids, targets = collate(val_data[start: start + mbs], max_seq_length, padding(fabric), fabric.device)
-        total += response_loss(model, input_ids, targets, reduction="sum").item()
+        input_ids, targets, lengths = micro_batch(val_data[start: start + mbs], max_seq_length, fabric, h)
+        total += response_loss(model, input_ids, targets, reduction="sum", lengths=lengths).item()
         count += int((targets != -100).sum())
     model.train()
     return total / max(1, count)

@@ -274,3 +274,17 @@ def longest_first(data: list[dict]) -> list[int]:
     """All indices of `data`, longest sample first: training on them first makes an out-of-memory show up at step
     one instead of hours in."""
     return sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]), reverse=True)
+
+
+def pack(samples: list[dict], max_seq_length: Optional[int] = None, device: Optional[Union[str, torch.device]] = None
+         ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(input_ids, targets, lengths) for padding-free training: `loss(model(input_ids, lengths=lengths), targets)`.
+
+    The samples, each cut and shifted as by `collate`, laid end to end in one row (1, T) with no padding; `lengths`
+    are their lengths in it, for `GPT.forward`, which restarts positions and attention at each. A sample's last
+    target is its own last label: no target crosses into the next sample.
+    """
+    lengths = [min(len(s["input_ids"]), max_seq_length or len(s["input_ids"])) - 1 for s in samples]
+    input_ids = torch.cat([s["input_ids"][:n] for s, n in zip(samples, lengths)])
+    targets = torch.cat([s["labels"][1:n + 1] for s, n in zip(samples, lengths)])
+    return input_ids[None].to(device), targets[None].to(device), lengths

@@ -67,26 +67,34 @@ class GPT(nn.Module):
             block.attn.kv_cache = None
 
     def forward(self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None,
-                logits_at: Optional[torch.Tensor] = None) -> torch.Tensor:
+                logits_at: Optional[torch.Tensor] = None, lengths: Optional[list[int]] = None) -> torch.Tensor:
         """idx: (B, T) token ids. With `input_pos` (T,) the KV cache is used: positions are written, then read.
+        With `lengths`, idx (1, T) holds examples of these lengths laid end to end (padding-free training): each one's
+        positions start at 0 and its tokens attend only to its own earlier tokens.
 
         Returns (B, T, padded_vocab_size) logits, or with `logits_at`, a (B, T) bool mask, (N, padded_vocab_size) for
         its N true positions in row-major order: training computes the head only where there are targets.
         """
         T = idx.size(1)
         cache = mask = None
-        if input_pos is None:
-            if T > self.max_seq_length:
-                raise ValueError(f"Sequence of {T} tokens is longer than max_seq_length={self.max_seq_length}")
-            input_pos = key_pos = torch.arange(T, device=idx.device)
+        if lengths is not None:
+            if max(lengths) > self.max_seq_length or sum(lengths) != T or idx.size(0) != 1:
+                raise ValueError(f"lengths {lengths} must sum to the {T} tokens of one row, each at most "
+                                 f"max_seq_length={self.max_seq_length}")
+            inputs = self.packed_inputs(lengths, idx.device)
         else:
-            length = int(input_pos[-1]) + 1  # attention reads the filled part of the cache only
-            torch._check(length >= 1)  # compiled (capture_scalar_outputs): the data-dependent length is a size
-            key_pos = torch.arange(length, device=idx.device)
-            if 1 < T < length:  # a chunk after a prefix: explicit causal mask (T, length)
-                mask = key_pos <= input_pos[:, None]
-            cache = (input_pos, length)
-        inputs = self.layer_inputs(input_pos, key_pos, mask)
+            if input_pos is None:
+                if T > self.max_seq_length:
+                    raise ValueError(f"Sequence of {T} tokens is longer than max_seq_length={self.max_seq_length}")
+                input_pos = key_pos = torch.arange(T, device=idx.device)
+            else:
+                length = int(input_pos[-1]) + 1  # attention reads the filled part of the cache only
+                torch._check(length >= 1)  # compiled (capture_scalar_outputs): the data-dependent length is a size
+                key_pos = torch.arange(length, device=idx.device)
+                if 1 < T < length:  # a chunk after a prefix: explicit causal mask (T, length)
+                    mask = key_pos <= input_pos[:, None]
+                cache = (input_pos, length)
+            inputs = self.layer_inputs(input_pos, key_pos, mask)
         x = self.embed(idx)  # (B, T, n_embd)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -111,21 +119,49 @@ class GPT(nn.Module):
         which keys each query sees (None: causal, query i sees keys 0..i). A sliding layer sees, of those, only the
         keys less than `sliding_window` positions back; its mask is None when no key is that far.
         """
-        c = self.config
-        cos, sin = self.cos[pos], self.sin[pos]  # (..., T, rope_n_elem)
-        if (c.rope_scaling or {}).get("type") == "longrope":  # as transformers: long factors for every position
-            long = pos.max() >= c.rope_scaling["original_max_position_embeddings"]  # once one is past the original
-            cos, sin = torch.where(long, self.cos_long[pos], cos), torch.where(long, self.sin_long[pos], sin)
-        inputs = {False: (cos, sin, mask)}
-        if c.sliding_window is not None:
-            if c.rope_local_base is not None:
-                cos, sin = self.cos_local[pos], self.sin_local[pos]
-            local = mask
-            if torch.compiler.is_compiling() or key_pos.size(-1) > c.sliding_window:
-                local = key_pos[..., None, :] > pos[..., :, None] - c.sliding_window
-                local = local & (key_pos[..., None, :] <= pos[..., :, None] if mask is None else mask)
-            inputs[True] = (cos, sin, local)
+        tables = self.rope(pos, pos.max())
+        inputs = {False: (*tables[False], mask)}
+        if True in tables:
+            inputs[True] = (*tables[True], self.window(pos, key_pos, mask))
         return inputs
+
+    def window(self, pos: torch.Tensor, key_pos: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The mask of a sliding-window layer: of the keys `mask` allows, those less than `sliding_window` positions
+        back; None (causal) when no key is that far."""
+        w = self.config.sliding_window
+        if not torch.compiler.is_compiling() and key_pos.size(-1) <= w:
+            return mask
+        local = key_pos[..., None, :] > pos[..., :, None] - w
+        return local & (key_pos[..., None, :] <= pos[..., :, None] if mask is None else mask)
+
+    def packed_inputs(self, lengths: list[int], device: torch.device) -> dict:
+        """`layer_inputs` for examples of `lengths` laid end to end: RoPE positions restart at 0 for each, and the mask
+        is a list of (start, end, mask) spans, one causal attention per example (`mask` None, or a sliding layer's
+        window in an example longer than it). Attention costs the sum of the examples' squared lengths, not the
+        square of their total as one block-diagonal mask would."""
+        pos = torch.cat([torch.arange(n, device=device) for n in lengths])  # (T,)
+        last = torch.cat([torch.full((n, 1), n - 1, device=device) for n in lengths])  # (T, 1)
+        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        inputs = {}
+        for sliding, (cos, sin) in self.rope(pos, last).items():
+            spans = [(start, start + n, self.window(*[torch.arange(n, device=device)] * 2, None) if sliding else None)
+                     for start, n in zip(starts, lengths)]
+            inputs[sliding] = (cos, sin, spans)
+        return inputs
+
+    def rope(self, pos: torch.Tensor, last: torch.Tensor) -> dict:
+        """{sliding: (cos, sin)}, each (..., T, rope_n_elem), for positions `pos`. `last`: the last position of the
+        sequence (or, broadcast with `pos`, of each token's own sequence): LongRoPE, as transformers, uses its long
+        factors for all positions of a sequence once one is past the original context."""
+        c = self.config
+        cos, sin = self.cos[pos], self.sin[pos]
+        if (c.rope_scaling or {}).get("type") == "longrope":
+            long = last >= c.rope_scaling["original_max_position_embeddings"]
+            cos, sin = torch.where(long, self.cos_long[pos], cos), torch.where(long, self.sin_long[pos], sin)
+        tables = {False: (cos, sin)}
+        if c.sliding_window is not None:
+            tables[True] = (self.cos_local[pos], self.sin_local[pos]) if c.rope_local_base is not None else (cos, sin)
+        return tables
 
 
 class Block(nn.Module):
@@ -191,10 +227,17 @@ class CausalSelfAttention(nn.Module):
             k, v = self.kv_cache(input_pos, k, v)
             k, v = k[:, :, :length], v[:, :, :length]  # (B, n_query_groups, length, hs)
         scale = None if c.attention_scalar is None else c.attention_scalar ** -0.5
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=scale,
-                                           enable_gqa=c.n_query_groups != c.n_head)
+        if isinstance(mask, list):  # packed examples (`GPT.packed_inputs`): each attends to itself only
+            y = torch.cat([self.attend(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], m, scale) for s, e, m in mask], 2)
+        else:
+            y = self.attend(q, k, v, mask, scale)
         y = y.transpose(1, 2).reshape(B, T, c.n_head * c.head_size)
         return self.proj(y)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+               scale: Optional[float]) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.size(2) > 1,
+                                              scale=scale, enable_gqa=self.config.n_query_groups != self.config.n_head)
 
 
 class GptNeoxMLP(nn.Module):

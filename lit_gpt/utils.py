@@ -277,12 +277,13 @@ def fastest_precision(device: Union[str, torch.device]) -> str:
 
 
 def response_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
-                  ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+                  ignore_index: int = -100, reduction: str = "mean", lengths: Optional[list] = None) -> torch.Tensor:
     """Mean (or summed) cross-entropy of a `GPT` over the positions with a target. The LM head runs on those positions
-    only: on prompt and padding positions, which the loss ignores, its logits would be computed for nothing."""
+    only: on prompt and padding positions, which the loss ignores, its logits would be computed for nothing.
+    `lengths`: input_ids is a packed row of examples of these lengths (`lit_gpt.data.pack`)."""
     at = targets != ignore_index
-    return chunked_cross_entropy(model(input_ids, logits_at=at), targets[at], ignore_index=ignore_index,
-                                 reduction=reduction)
+    logits = model(input_ids, logits_at=at, lengths=lengths)
+    return chunked_cross_entropy(logits, targets[at], ignore_index=ignore_index, reduction=reduction)
 
 
 MATH_ATTENTION_MAX_TOKENS = 256  # measured crossover on CPU: the math kernel is faster up to here, flash beyond

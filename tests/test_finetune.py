@@ -125,22 +125,24 @@ def test_resume_reproduces_uninterrupted_run(tiny_checkpoint, tiny_data, tmp_pat
 
 
 def test_the_loss_of_a_step_does_not_depend_on_micro_batches_or_devices(tiny_checkpoint, tiny_data, tmp_path):
-    """The loss of a step is the token-sum over the global batch / its number of targets: 1 x 4, 2 x 2 and 4 x 1
-    micro-batches, and 2 DDP processes (CPU, gloo), give the same losses and the same adapter. The responses differ
-    in length, so a mean of per-micro-batch means (the old rule) differs: checked against the examples' own losses."""
+    """The loss of a step is the token-sum over the global batch / its number of targets: a global batch of 8 as
+    1 x 8, 4 x 2 and 8 x 1 micro-batches, on 2 DDP processes (CPU, gloo), padding-free (the default) or padded, gives
+    the same losses and the same adapter. The responses differ in length, so a mean of per-micro-batch means (the
+    old rule) differs: checked against the examples' own losses."""
     from lit_gpt.data import collate, load_prepared
     from lit_gpt.lora import LoRAConfig
     from lit_gpt.quantize import load_model
     from lit_gpt.utils import response_loss
 
     args = ["--precision", "32-true", "--max_iters", 3, "--lora_dropout", 0.0, "--eval_interval", 3,
-            "--save_interval", 3]
-    runs = {"1x4": ["--micro_batch_size", 4], "2x2": ["--micro_batch_size", 2], "4x1": ["--micro_batch_size", 1],
-            "2 devices": ["--micro_batch_size", 1, "--devices", 2]}
+            "--save_interval", 3, "--batch_size", 8]
+    runs = {"1x8": ["--micro_batch_size", 8], "4x2": ["--micro_batch_size", 2], "8x1": ["--micro_batch_size", 1],
+            "2 devices": ["--micro_batch_size", 2, "--devices", 2],
+            "1x8 padded": ["--micro_batch_size", 8, "--padding_free", "false"]}
     for name, extra in runs.items():
         finetune(tiny_checkpoint, tiny_data, tmp_path / name, *args, *extra)
-    reference = torch.load(tmp_path / "1x4" / "lit_model_lora_finetuned.pth", weights_only=True)
-    losses = [float(r["loss"]) for r in read_metrics(tmp_path / "1x4")]
+    reference = torch.load(tmp_path / "1x8" / "lit_model_lora_finetuned.pth", weights_only=True)
+    losses = [float(r["loss"]) for r in read_metrics(tmp_path / "1x8")]
     assert sum("lora_B" in k and bool(v.abs().sum() > 0) for k, v in reference.items())
     for name in list(runs)[1:]:
         assert [float(r["loss"]) for r in read_metrics(tmp_path / name)] == pytest.approx(losses, rel=1e-5), name
@@ -149,9 +151,9 @@ def test_the_loss_of_a_step_does_not_depend_on_micro_batches_or_devices(tiny_che
         for key in reference:
             torch.testing.assert_close(adapter[key], reference[key], rtol=1e-4, atol=1e-6)
 
-    # step 1 is the 4 longest examples: its loss is their token losses summed / their targets, not a mean of means
+    # step 1 is the 8 longest examples: its loss is their token losses summed / their targets, not a mean of means
     train = load_prepared(tiny_data)[0]
-    longest = sorted(train, key=lambda s: len(s["input_ids"]), reverse=True)[:4]
+    longest = sorted(train, key=lambda s: len(s["input_ids"]), reverse=True)[:8]
     model = load_model(tiny_checkpoint, precision="32-true", lora_config=LoRAConfig(r=8, alpha=16, dropout=0.0))
     sums, counts = [], []
     with torch.no_grad():
@@ -161,7 +163,7 @@ def test_the_loss_of_a_step_does_not_depend_on_micro_batches_or_devices(tiny_che
             counts.append(int((y != -100).sum()))
     assert len(set(counts)) > 1
     assert losses[0] == pytest.approx(sum(sums) / sum(counts), rel=1e-5)
-    assert abs(losses[0] - sum(s / c for s, c in zip(sums, counts)) / 4) > 1e-4
+    assert abs(losses[0] - sum(s / c for s, c in zip(sums, counts)) / 8) > 1e-4
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_checkpoint, tiny_data, tmp_path):
