@@ -294,6 +294,7 @@ def tokenizer_metadata(checkpoint_dir: Path, config: Config) -> dict:
     if "ByteLevel" in json.dumps(data.get("pre_tokenizer")) + json.dumps(data.get("decoder")):
         clean = bool(tokenizer_config.get("clean_up_tokenization_spaces"))
         meta.update({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre_tokenizer(path, data, clean),
+                     "tokenizer.ggml.add_space_prefix": False,
                      "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": [" ".join(m) for m in merges]})
     elif model.get("byte_fallback"):
         for i, token in enumerate(tokens):

