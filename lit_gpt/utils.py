@@ -272,7 +272,8 @@ def fastest_precision(device: Union[str, torch.device]) -> str:
     on older GPUs, 32-true on other CPUs. Without AMX a CPU multiplies bf16 by converting to float32 first: half the
     float32 speed or less (163 vs 321 GFLOP/s on this project's 2-core Xeon with avx512_bf16)."""
     if torch.device(device).type == "cuda":
-        return "bf16-true" if torch.cuda.is_bf16_supported() else "16-mixed"
+        # a T4 or V100 only emulates bf16 (slowly): 16-mixed there
+        return "bf16-true" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     return "bf16-true" if cpu_has_amx() else "32-true"
 
 
@@ -304,3 +305,32 @@ def training_attention(device: Union[str, torch.device], seq_len: int, activatio
 
     with sdpa_kernel(SDPBackend.MATH):
         yield
+
+
+def pick_device(device: Optional[str] = None) -> torch.device:
+    """The device a script runs its model on, from its `--device` flag: "auto" or None: the first CUDA GPU when there
+    is one, else the CPU; "cpu"; "cuda" (the current GPU) or "cuda:N". A device that is not here is a one-line
+    `UserError` saying what to pass instead."""
+    if device in (None, "auto"):
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        picked = torch.device(device)
+    except (RuntimeError, TypeError):
+        picked = None
+    if picked is None or picked.type not in ("cpu", "cuda"):
+        fail(f"--device {device}: not a device this project runs on; use auto, cpu, cuda or cuda:N")
+    if picked.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device is available here; use --device cpu")
+    count = torch.cuda.device_count()
+    if picked.index is not None and picked.index >= count:
+        fail(f"--device {device}: this machine has {count} CUDA device{'s' if count > 1 else ''} "
+             f"(cuda:0{f' ... cuda:{count - 1}' if count > 1 else ''}); use one of them or --device cpu")
+    return torch.device("cuda", torch.cuda.current_device() if picked.index is None else picked.index)
+
+
+def inference_precision(device: Union[str, torch.device]) -> str:
+    """The default precision of a script that only runs a model (generate, chat, eval): `fastest_precision`, with
+    half-precision weights instead of float32 weights + autocast on GPUs without bf16 (no training: no grad scaler)."""
+    return fastest_precision(device).replace("-mixed", "-true")
