@@ -1,4 +1,5 @@
-"""Instruction data: read rows, tokenize them with a prompt style, write a prepared-data dir, and batch it for training.
+"""Instruction data and conversations: read rows, tokenize them with a prompt style, write a prepared-data dir, and
+batch it for training.
 
 A prepared-data dir holds `train.pt` and `val.pt` (lists of {"input_ids": (T,), "labels": (T,)} LongTensors, labels
 -100 on masked prompt tokens), `prompt_style.json`, and `prepare_config.json` (how it was made), written last.
@@ -8,12 +9,14 @@ import csv
 import io
 import json
 import random
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 
-from lit_gpt.prompts import PromptStyle, resolve_prompt_style, save_prompt_style
+from lit_gpt.generate import common_prefix_length
+from lit_gpt.prompts import ChatStyle, PromptStyle, encode_in_context, resolve_prompt_style, save_prompt_style
 from lit_gpt.utils import atomic_save, atomic_write_text, fail, read_json
 
 IGNORE_INDEX = -100
@@ -96,7 +99,8 @@ def load_rows(path: Union[str, Path], required: tuple = ("instruction", "output"
     if format == "json":
         for row, at in zip(rows, where):
             if not isinstance(row, dict):
-                fail(f"{str(path)!r} {at} is a {type(row).__name__}, expected an object with {', '.join(required)}")
+                fail(f"{str(path)!r} {at} is a {type(row).__name__}, expected an object with "
+                     f"{', '.join(required) or 'fields'}")
             _check_fields(row, required, path, at)
     if not rows:
         fail(f"Data file {str(path)!r} has no rows")
@@ -160,17 +164,7 @@ def prepare(train_rows: list[dict], val_rows: Optional[list[dict]], *, checkpoin
             mask_inputs: bool = True, val_split_fraction: Optional[float] = None, seed: int = 42) -> dict:
     """Tokenizes rows of {"instruction", "input" (optional), "output"}, splits off validation rows unless `val_rows`
     are given, writes the prepared-data dir and prints the counts. Returns prepare_config.json's content."""
-    from lit_gpt.config import Config
-    from lit_gpt.tokenizer import Tokenizer
-
-    style = resolve_prompt_style(prompt_style, checkpoint_dir)
-    if max_seq_length is None:
-        try:
-            max_seq_length = Config.from_checkpoint(checkpoint_dir).block_size
-        except (FileNotFoundError, ValueError):
-            fail(f"Cannot read the model's context length from {str(checkpoint_dir)!r}: pass --max_seq_length")
-    tokenizer = Tokenizer(checkpoint_dir)
-
+    style, max_seq_length, tokenizer = _style_length_tokenizer(prompt_style, checkpoint_dir, max_seq_length)
     counts = {"train": 0, "val": 0, "truncated": 0, "skipped_prompt_too_long": 0, "skipped_empty_output": 0}
     skipped_rows = []
 
@@ -192,19 +186,42 @@ def prepare(train_rows: list[dict], val_rows: Optional[list[dict]], *, checkpoin
 
     train = tokenize(train_rows, "")
     val = tokenize(val_rows, "val_file ") if val_rows is not None else None
+    config = {"checkpoint_dir": str(Path(checkpoint_dir).resolve()), "prompt_style": style.name,
+              "max_seq_length": max_seq_length, "mask_inputs": mask_inputs, "seed": seed,
+              "source": str(Path(source).resolve()), "counts": counts}
+    return _finish(destination_path, train, val, style, config, skipped_rows, val_split_fraction, seed,
+                   f"truncated {counts['truncated']} (cut to max_seq_length={max_seq_length})")
+
+
+def _style_length_tokenizer(prompt_style: Optional[str], checkpoint_dir: Path, max_seq_length: Optional[int]
+                            ) -> tuple[PromptStyle, int, Any]:
+    """The prompt style, the max length (default: the model's context) and the tokenizer a prepare script uses."""
+    from lit_gpt.config import Config
+    from lit_gpt.tokenizer import Tokenizer
+
+    style = resolve_prompt_style(prompt_style, checkpoint_dir)
+    if max_seq_length is None:
+        try:
+            max_seq_length = Config.from_checkpoint(checkpoint_dir).block_size
+        except (FileNotFoundError, ValueError):
+            fail(f"Cannot read the model's context length from {str(checkpoint_dir)!r}: pass --max_seq_length")
+    return style, max_seq_length, Tokenizer(checkpoint_dir)
+
+
+def _finish(destination_path: Path, train: list[dict], val: Optional[list[dict]], style: PromptStyle, config: dict,
+            skipped_rows: list[str], val_split_fraction: Optional[float], seed: int, truncated: str) -> dict:
+    """Splits off validation samples unless `val` is given, writes the prepared-data dir with `config` (its
+    "counts" filled in) and prints the counts (`truncated`: what was cut). Returns `config`."""
     if not train or val == []:
         fail(f"No {'training' if not train else 'validation'} examples left after skipping {len(skipped_rows)} "
              f"({', '.join(skipped_rows[:5])}): raise --max_seq_length or check the data")
     if val is None:
         train, val = split_rows(train, 0.05 if val_split_fraction is None else val_split_fraction, seed)
+    counts = config["counts"]
     counts["train"], counts["val"] = len(train), len(val)
-
-    config = {"checkpoint_dir": str(Path(checkpoint_dir).resolve()), "prompt_style": style.name,
-              "max_seq_length": max_seq_length, "mask_inputs": mask_inputs, "seed": seed,
-              "source": str(Path(source).resolve()), "counts": counts}
     write_prepared(destination_path, train, val, style, config)
-    print(f"Wrote {str(destination_path)!r}: train {counts['train']}, val {counts['val']}, "
-          f"truncated {counts['truncated']} (cut to max_seq_length={max_seq_length}), skipped {len(skipped_rows)}")
+    print(f"Wrote {str(destination_path)!r}: train {counts['train']}, val {counts['val']}, {truncated}, "
+          f"skipped {len(skipped_rows)}")
     if skipped_rows:
         more = f" and {len(skipped_rows) - 10} more" if len(skipped_rows) > 10 else ""
         print(f"Skipped: {', '.join(skipped_rows[:10])}{more}")
@@ -221,6 +238,162 @@ def write_prepared(destination_path: Path, train: list[dict], val: list[dict], s
     atomic_save(val, destination_path / "val.pt")
     save_prompt_style(style, destination_path)
     atomic_write_text(destination_path / "prepare_config.json", json.dumps(config, indent=2) + "\n")
+
+
+# Conversations: rows of {"messages": [{"role": ..., "content": ...}, ...]} (OpenAI) or {"conversations": [{"from":
+# ..., "value": ...}, ...]} (ShareGPT), rendered with a prompt style's `conversation_pieces`.
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+TrainOn = Literal["all", "assistant", "last"]
+
+
+def load_conversations(path: Union[str, Path]) -> list[dict]:
+    """The conversations of a JSON array or JSON-lines file (see `parse_conversation`)."""
+    rows = load_rows(path, required=(), format="json")
+    return [parse_conversation(row, f"{str(path)!r} row {number}") for number, row in enumerate(rows, 1)]
+
+
+def parse_conversation(row: dict, at: str) -> dict:
+    """{"system": str or None, "turns": [(user, answer), ...]}, or {"skip": kind, "reason": ...} for a conversation
+    that teaches nothing or that chat templates cannot render: an empty user or assistant message, no assistant
+    message, roles that are not user, assistant, user, assistant, ... after an optional system message (an empty
+    system message counts as none). A row whose messages cannot be read (no `messages` or `conversations` list, a
+    message without a text role and content, an unknown role) is an error naming `at`, the row."""
+    key = "messages" if "messages" in row else "conversations"
+    messages = row.get(key)
+    if not isinstance(messages, list):
+        fail(f"{at} has no 'messages' list ([{{\"role\": ..., \"content\": ...}}, ...]) nor 'conversations' list "
+             f"([{{\"from\": ..., \"value\": ...}}, ...]) (fields: {', '.join(map(str, row))})")
+    roles, texts = [], []
+    for i, message in enumerate(messages):
+        role, text = (message.get("role", message.get("from")), message.get("content", message.get("value"))) \
+            if isinstance(message, dict) else (None, None)
+        if not isinstance(role, str) or not isinstance(text, str):
+            fail(f"{at} {key}[{i}] is not a {{\"role\", \"content\"}} or {{\"from\", \"value\"}} object of texts: "
+                 f"{json.dumps(message)[:60]}")
+        if role not in ROLES:
+            fail(f"{at} {key}[{i}] has the unknown role {role!r} (known: {', '.join(ROLES)}): rename it or drop the "
+                 "row")
+        roles.append(ROLES[role])
+        texts.append(text)
+    system = texts[0] if roles[:1] == ["system"] else None
+    first = int(system is not None)  # the index of the first user message
+    if "assistant" not in roles:
+        return {"skip": "no_assistant", "reason": "no assistant message"}
+    for i, role in enumerate(roles[first:], first):
+        expected = ("user", "assistant")[(i - first) % 2]
+        if role != expected:
+            return {"skip": "role_order", "reason": f"{key}[{i}] is {role}, expected {expected}"}
+    if roles[-1] == "user":
+        return {"skip": "role_order", "reason": "ends with a user message"}
+    empty = [i for i in range(first, len(texts)) if not texts[i].strip()]
+    if empty:
+        return {"skip": "empty_message", "reason": f"empty {roles[empty[0]]} message {key}[{empty[0]}]"}
+    turns = list(zip(texts[first::2], texts[first + 1::2]))
+    return {"system": system if system and system.strip() else None, "turns": turns}
+
+
+def prepare_conversation(conversation: dict, tokenizer: Any, style: PromptStyle, max_seq_length: int,
+                         train_on: TrainOn = "assistant", system: Optional[str] = None) -> Optional[dict]:
+    """Tokenizes a conversation of `parse_conversation` rendered by `style` ({"input_ids", "labels", "dropped"});
+    `labels` is -100 except on every token (`train_on="all"`), on each answer and its end-of-turn token
+    ("assistant") or on the last answer and its end-of-turn token only ("last"). `system`: the system message of
+    a conversation without one (None: the style's default).
+
+    A conversation longer than `max_seq_length` tokens loses whole turns, oldest first, the system message kept,
+    until it fits ("dropped": how many). None when not even its last turn fits.
+    """
+    system = conversation["system"] or system
+    turns = conversation["turns"]
+    for dropped in range(len(turns)):
+        pieces = tokenize_pieces(tokenizer, style, style.conversation_pieces(turns[dropped:], system=system))
+        if sum(map(len, pieces)) <= max_seq_length:
+            break
+    else:
+        return None
+    input_ids = torch.tensor([i for piece in pieces for i in piece], dtype=torch.long)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    start = 0
+    for number, piece in enumerate(pieces):
+        answer = number % 2 == 1
+        if train_on == "all" or (answer and (train_on == "assistant" or number == len(pieces) - 1)):
+            labels[start:start + len(piece)] = input_ids[start:start + len(piece)]
+        start += len(piece)
+    return {"input_ids": input_ids, "labels": labels, "dropped": dropped}
+
+
+def tokenize_pieces(tokenizer: Any, style: PromptStyle, pieces: list[str]) -> list[list[int]]:
+    """The ids of each piece of `style.conversation_pieces` ([prompt, answer, prompt, answer, ...]).
+
+    Chat styles: the ids of the pieces, concatenated, are the encoding of the whole text (a token that spans two
+    pieces goes with the later one). Other styles: each answer gets `style.answer_end_ids` (eos) appended, and the
+    text after it is encoded as it continues the text.
+    """
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text).tolist()
+
+    if isinstance(style, ChatStyle):
+        return _encode_split(encode, pieces)
+    end, ids = style.answer_end_ids(tokenizer), []
+    for k in range(0, len(pieces), 2):
+        split = _encode_split(encode if k == 0 else partial(encode_in_context, tokenizer), pieces[k:k + 2])
+        ids += [split[0]] + [answer + end for answer in split[1:]]
+    return ids
+
+
+def _encode_split(encode: Callable[[str], list[int]], pieces: list[str]) -> list[list[int]]:
+    """`encode("".join(pieces))` cut into one part per piece: a piece's part ends where the encoding of the text up
+    to its end stops agreeing with the whole encoding."""
+    full, bounds, text = encode("".join(pieces)), [0], ""
+    for piece in pieces[:-1]:
+        text += piece
+        bounds.append(max(bounds[-1], common_prefix_length(encode(text), full)))
+    return [full[a:b] for a, b in zip(bounds, bounds[1:] + [len(full)])]
+
+
+def prepare_chat(train_rows: list[dict], val_rows: Optional[list[dict]], *, checkpoint_dir: Path,
+                 destination_path: Path, source: str, prompt_style: Optional[str] = None,
+                 max_seq_length: Optional[int] = None, train_on: TrainOn = "assistant",
+                 system_prompt: Optional[str] = None, val_split_fraction: Optional[float] = None,
+                 seed: int = 42) -> dict:
+    """Tokenizes conversations of `parse_conversation` (skips counted and listed), splits off validation ones unless
+    `val_rows` are given, writes the prepared-data dir and prints the counts. Returns prepare_config.json's
+    content."""
+    style, max_seq_length, tokenizer = _style_length_tokenizer(prompt_style, checkpoint_dir, max_seq_length)
+    counts = {"train": 0, "val": 0, "truncated": 0, "truncated_by_turns": {}, "own_system_prompt": 0,
+              "skipped_too_long": 0, "skipped_no_assistant": 0, "skipped_role_order": 0, "skipped_empty_message": 0}
+    skipped_rows = []
+
+    def tokenize(rows: list[dict], where: str) -> list[dict]:
+        samples = []
+        for number, row in enumerate(rows, 1):
+            sample = None if "skip" in row else prepare_conversation(row, tokenizer, style, max_seq_length,
+                                                                     train_on, system_prompt)
+            if sample is None:
+                kind, reason = (row["skip"], row["reason"]) if "skip" in row else \
+                    ("too_long", f"last turn > {max_seq_length} tokens")
+                counts[f"skipped_{kind}"] += 1
+                skipped_rows.append(f"{where}row {number} ({reason})")
+                continue
+            dropped = sample.pop("dropped")
+            if dropped:
+                counts["truncated"] += 1
+                counts["truncated_by_turns"][str(dropped)] = counts["truncated_by_turns"].get(str(dropped), 0) + 1
+            counts["own_system_prompt"] += row["system"] is not None
+            samples.append(sample)
+        return samples
+
+    train = tokenize(train_rows, "")
+    val = tokenize(val_rows, "val_file ") if val_rows is not None else None
+    by_turns = sorted(counts["truncated_by_turns"].items(), key=lambda item: int(item[0]))
+    counts["truncated_by_turns"] = dict(by_turns)
+    note = ", ".join(f"by {n} turn{'s' if n != '1' else ''}: {k} conversation{'s' if k > 1 else ''}"
+                     for n, k in by_turns)
+    config = {"checkpoint_dir": str(Path(checkpoint_dir).resolve()), "prompt_style": style.name, "format": "chat",
+              "max_seq_length": max_seq_length, "train_on": train_on, "system_prompt": system_prompt,
+              "seed": seed, "source": str(Path(source).resolve()), "counts": counts}
+    return _finish(destination_path, train, val, style, config, skipped_rows, val_split_fraction, seed,
+                   f"truncated {counts['truncated']} ({note + '; ' if note else ''}oldest turns dropped to fit "
+                   f"max_seq_length={max_seq_length})")
 
 
 def load_prepared(data_dir: Union[str, Path]) -> tuple[list[dict], list[dict], dict]:

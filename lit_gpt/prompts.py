@@ -2,7 +2,8 @@
 
 Each style renders the first user turn of a conversation up to where the model's answer starts. Finetuning appends
 `style.response_prefix + output` and the EOS token (or the style's `answer_end`); generation stops at any of
-`style.stop_tokens(tokenizer)`.
+`style.stop_tokens(tokenizer)`. `conversation_pieces` renders a whole conversation (with an optional system message)
+in pieces, prompts alternating with answers, so that finetuning on conversations can put the loss on the answers.
 A prepared-data dir, a checkpoint dir and a finetune out dir all carry a `prompt_style.json` ({"name": ...}) so the
 next script uses the same style without a flag.
 """
@@ -23,29 +24,46 @@ class PromptStyle:
     stop_strings: tuple = ()  # extra texts that end an answer besides the tokenizer's stop ids (eos)
     turn_end: str = "\n"  # in a conversation, what follows an answer before the next user turn
     answer_end: str = ""  # the token that ends an answer in training text when it is not the tokenizer's eos
+    system: str = ""  # the system message a conversation gets when it has none ("": none)
 
     def answer_end_ids(self, tokenizer: Any) -> list[int]:
         """The ids finetuning appends to an answer: `answer_end`'s (Gemma's <end_of_turn>, Phi's <|end|>), else eos."""
         if self.answer_end:
-            return _encode_in_context(tokenizer, self.answer_end)
+            return encode_in_context(tokenizer, self.answer_end)
         return [tokenizer.eos_id] if tokenizer.eos_id is not None else []
 
     def apply(self, instruction: str, input: str = "") -> str:
         raise NotImplementedError
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        """A conversation up to where the next answer starts: the earlier (user message, answer) turns, then the new
-        user `message`. Chat styles render it as their model's chat template does; the others chain their one-turn
-        form: prompt, response_prefix, answer, `turn_end`, next prompt."""
-        return "".join(self.apply(user) + self.response_prefix + answer + self.turn_end
-                       for user, answer in turns) + self.apply(message)
+    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str, system: Optional[str] = None) -> str:
+        """A conversation up to where the next answer starts: the `system` message (None or "": the style's default),
+        the earlier (user message, answer) turns, then the new user `message`."""
+        return "".join(self.conversation_pieces(turns, message, system))
+
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        """The conversation as [prompt, answer, prompt, answer, ...]: each prompt is the text from the start (or the
+        end of the previous answer) to where the next answer starts. With a `message` the last piece is the prompt
+        for its answer; without, the conversation ends with the last answer.
+
+        Chat styles render what their model's chat template renders (answers with their end-of-turn token, the
+        system message where the template puts it). The others chain their one-turn form: prompt, response_prefix,
+        answer, `turn_end`, next prompt; a system message is a first paragraph; an answer's pieces hold no end token
+        (finetuning appends `answer_end_ids` after each).
+        """
+        system = system or self.system
+        pieces, before = [], f"{system}\n\n" if system else ""
+        for user, answer in turns:
+            pieces += [before + self.apply(user), self.response_prefix + answer]
+            before = self.turn_end
+        return pieces + [before + self.apply(message)] if message is not None else pieces
 
     def stop_tokens(self, tokenizer: Any) -> list[list[int]]:
         """Token id sequences that end a response: the tokenizer's stop ids (eos, ...) and this style's stop strings."""
         stop_ids = getattr(tokenizer, "stop_ids", None) or [tokenizer.eos_id]
         sequences = [[int(i)] for i in stop_ids if i is not None]
         for text in self.stop_strings:
-            sequences.append(_encode_in_context(tokenizer, text))
+            sequences.append(encode_in_context(tokenizer, text))
         unique = []
         for seq in sequences:
             if seq and seq not in unique:
@@ -62,7 +80,7 @@ class PromptStyle:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def _encode_in_context(tokenizer: Any, text: str) -> list[int]:
+def encode_in_context(tokenizer: Any, text: str) -> list[int]:
     """Ids of `text` as they appear after other text: sentencepiece-style tokenizers mark the start of a string
     ("\\n" alone becomes "▁", "<0x0A>"), so encode "." + text and drop the ids of "."."""
     anchor = tokenizer.encode(".", bos=False, eos=False).tolist()
@@ -77,14 +95,30 @@ def _user_message(instruction: str, input: str) -> str:
     return f"{instruction}\n\n{input}" if input else instruction
 
 
+def _users(turns: Sequence[Tuple[str, str]], message: Optional[str]) -> list[str]:
+    return [user for user, _ in turns] + ([message] if message is not None else [])
+
+
+def _join_turns(head: str, prompts: list[str], answers: list[str], between: str) -> list[str]:
+    """[head + prompts[0], answers[0], between + prompts[1], answers[1], ...]; `prompts` has one entry more than
+    `answers` when the conversation ends with a new message."""
+    pieces = []
+    for i, prompt in enumerate(prompts):
+        pieces.append((head if i == 0 else between) + prompt)
+        pieces += answers[i:i + 1]
+    return pieces
+
+
 class ChatStyle(PromptStyle):
-    """A model's chat template: `apply_conversation` renders it, and one turn is a conversation without history (the
-    user message being the instruction, then the input if any, separated by a blank line)."""
+    """A model's chat template: `conversation_pieces` renders it, and one turn is a conversation without history (the
+    user message being the instruction, then the input if any, separated by a blank line). An answer's piece ends
+    with the template's end-of-turn token."""
 
     def apply(self, instruction: str, input: str = "") -> str:
         return self.apply_conversation([], _user_message(instruction, input))
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
         raise NotImplementedError
 
 
@@ -116,18 +150,25 @@ class QA(PromptStyle):
 
 
 class ChatML(ChatStyle):
-    """SmolLM2-*-Instruct's chat template (ChatML with SmolLM's default system message), one user turn and the
-    generation prompt. The answer ends with <|im_end|> (the Instruct tokenizer's eos)."""
+    """SmolLM2-*-Instruct's chat template: ChatML, with SmolLM's default system message when none is given (a given
+    one replaces it). The answer ends with <|im_end|> (the Instruct tokenizer's eos)."""
 
     name = "chatml"
     system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # "": no system turn
     stop_strings = ("<|im_end|>",)
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
-        history = "".join(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
-                          for user, answer in turns)
-        return f"{system}{history}<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        system = system or self.system
+        head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+        prompts = [f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n" for user in _users(turns, message)]
+        answers = [self.answer(answer, last=message is None and i == len(turns) - 1) + "<|im_end|>"
+                   for i, (_, answer) in enumerate(turns)]
+        return _join_turns(head, prompts, answers, "\n")
+
+    def answer(self, text: str, last: bool) -> str:
+        """An assistant message as the template writes it (`last`: the final message of a finished conversation)."""
+        return text
 
 
 class Qwen25(ChatML):
@@ -139,47 +180,61 @@ class Qwen25(ChatML):
 
 
 class Qwen3(ChatML):
-    """Qwen3 (the hybrid thinking models): ChatML without a system turn, rendered as the template does by default
-    (thinking enabled): the prompt ends with "<|im_start|>assistant\n" and the model writes "<think>...</think>"
-    before its answer. Earlier answers keep only their text after "</think>" (the template drops their reasoning).
-    An answer without reasoning is rendered "<think>\n\n</think>\n\n{answer}" by the template, hence the
-    response_prefix: training on plain instruction data teaches the empty think block before the answer."""
+    """Qwen3 (the hybrid thinking models): ChatML without a default system turn, rendered as the template does by
+    default (thinking enabled): the prompt ends with "<|im_start|>assistant\n" and the model writes
+    "<think>...</think>" before its answer. Earlier answers keep only their text after "</think>" (the template drops
+    their reasoning); the final answer of a finished conversation is "<think>\n{reasoning}\n</think>\n\n{answer}",
+    the reasoning empty when it has none, hence the response_prefix: training on plain instruction data teaches the
+    empty think block before the answer."""
 
     name = "qwen3"
     system = ""
     response_prefix = "<think>\n\n</think>\n\n"
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        turns = [(user, answer.split("</think>")[-1].lstrip("\n") if "</think>" in answer else answer)
-                 for user, answer in turns]
-        return super().apply_conversation(turns, message)
+    def answer(self, text: str, last: bool) -> str:
+        reasoning = ""
+        if "</think>" in text:
+            reasoning = text.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+            text = text.split("</think>")[-1].lstrip("\n")
+        if not last:
+            return text
+        return "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + text.lstrip("\n")
 
 
 class Qwen3NoThink(Qwen3):
     """Qwen3 with the template's `enable_thinking=False`: the prompt ends with an empty think block, so the model
-    answers at once."""
+    answers at once. A finished conversation renders as with thinking; an empty think block before the final answer
+    belongs to its prompt."""
 
     name = "qwen3-nothink"
     response_prefix = ""
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        return super().apply_conversation(turns, message) + "<think>\n\n</think>\n\n"
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        pieces, think = super().conversation_pieces(turns, message, system), "<think>\n\n</think>\n\n"
+        if message is not None:
+            pieces[-1] += think
+        elif pieces and pieces[-1].startswith(think):
+            pieces[-2:] = [pieces[-2] + think, pieces[-1][len(think):]]
+        return pieces
 
 
 class Llama2Chat(ChatStyle):
     """Llama-2-*-chat-hf: "[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST]" (the tokenizer adds <s>);
-    the answer follows after one space and ends with </s>. The system message is a short version of Meta's."""
+    the answer follows after one space and ends with " </s>", and later turns start with "<s>" (the tokenizer reads
+    </s><s> as EOS and BOS). The default system message is a short version of Meta's."""
 
     name = "llama2-chat"
     system = "You are a helpful, respectful and honest assistant."
     response_prefix = " "
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        """Later turns: " {answer} </s><s>[INST] {user} [/INST]" (the tokenizer reads </s><s> as EOS and BOS)."""
-        users = [user for user, _ in turns] + [message]
-        users[0] = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{users[0]}"
-        answers = [f" {answer.strip()} </s><s>" for _, answer in turns] + [""]
-        return "".join(f"[INST] {user.strip()} [/INST]{answer}" for user, answer in zip(users, answers))
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        users = _users(turns, message)
+        if users:
+            users[0] = f"<<SYS>>\n{system or self.system}\n<</SYS>>\n\n{users[0]}"
+        return _join_turns("", [f"[INST] {user.strip()} [/INST]" for user in users],
+                           [f" {answer.strip()} </s>" for _, answer in turns], "<s>")
 
 
 class TinyLlamaChat(ChatStyle):
@@ -189,66 +244,75 @@ class TinyLlamaChat(ChatStyle):
     name = "tinyllama-chat"
     system = "You are a friendly chatbot who always gives helpful answers."
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        history = "".join(f"<|user|>\n{user}</s>\n<|assistant|>\n{answer}</s>\n" for user, answer in turns)
-        return f"<|system|>\n{self.system}</s>\n{history}<|user|>\n{message}</s>\n<|assistant|>\n"
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        return _join_turns(f"<|system|>\n{system or self.system}</s>\n",
+                           [f"<|user|>\n{user}</s>\n<|assistant|>\n" for user in _users(turns, message)],
+                           [f"{answer}</s>" for _, answer in turns], "\n")
 
 
 class Llama31(ChatStyle):
     """Llama-3.1/3.2/3.3-*-Instruct: "<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>" turns, the
-    messages stripped, after the system turn the template always writes (its knowledge and "today" dates, no system
-    message of its own). The template starts with <|begin_of_text|>, which this style leaves to the tokenizer (it adds
-    it, as Llama 2's <s>). The 3.2 template dates the prompt with the current day (transformers' `strftime_now`)
-    where 3.1 and 3.3 write 26 Jul 2024: this style always writes 26 Jul 2024, so a prompt does not change with the
-    day. The answer ends with <|eot_id|> (the Instruct tokenizer's eos)."""
+    messages stripped, after the system turn the template always writes (its knowledge and "today" dates, then the
+    system message if one is given; none of its own). The template starts with <|begin_of_text|>, which this style
+    leaves to the tokenizer (it adds it, as Llama 2's <s>). The 3.2 template dates the prompt with the current day
+    (transformers' `strftime_now`) where 3.1 and 3.3 write 26 Jul 2024: this style always writes 26 Jul 2024, so a
+    prompt does not change with the day. The answer ends with <|eot_id|> (the Instruct tokenizer's eos)."""
 
     name = "llama3.1"
     date = "26 Jul 2024"
     stop_strings = ("<|eot_id|>",)
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        def turn(role: str, text: str) -> str:
-            return f"<|start_header_id|>{role}<|end_header_id|>\n\n{text.strip()}<|eot_id|>"
-
-        system = ("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-                  f"Today Date: {self.date}\n\n<|eot_id|>")
-        history = "".join(turn("user", user) + turn("assistant", answer) for user, answer in turns)
-        return f"{system}{history}{turn('user', message)}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        head = ("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+                f"Today Date: {self.date}\n\n{(system or '').strip()}<|eot_id|>")
+        prompts = [f"<|start_header_id|>user<|end_header_id|>\n\n{user.strip()}<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n" for user in _users(turns, message)]
+        return _join_turns(head, prompts, [f"{answer.strip()}<|eot_id|>" for _, answer in turns], "")
 
 
 class Gemma3(ChatStyle):
     """gemma-3-*-it: "<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n", the messages stripped, no
-    system turn. The template starts with <bos>, which this style leaves to the tokenizer (it adds it). The answer
-    ends with <end_of_turn>, not the tokenizer's eos (<eos>)."""
+    system turn: a system message goes before the first user message, followed by a blank line. The template starts
+    with <bos>, which this style leaves to the tokenizer (it adds it). The answer ends with <end_of_turn>, not the
+    tokenizer's eos (<eos>)."""
 
     name = "gemma3"
     stop_strings = ("<end_of_turn>",)
     answer_end = "<end_of_turn>"
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        history = "".join(f"<start_of_turn>user\n{user.strip()}<end_of_turn>\n"
-                          f"<start_of_turn>model\n{answer.strip()}<end_of_turn>\n" for user, answer in turns)
-        return f"{history}<start_of_turn>user\n{message.strip()}<end_of_turn>\n<start_of_turn>model\n"
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        users = [user.strip() for user in _users(turns, message)]
+        if users and system:
+            users[0] = f"{system}\n\n{users[0]}"
+        return _join_turns("", [f"<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n" for user in users],
+                           [f"{answer.strip()}<end_of_turn>" for _, answer in turns], "\n")
 
 
 class Phi3(ChatStyle):
-    """Phi-3-mini-4k-instruct: "<|user|>\n{text}<|end|>\n<|assistant|>\n", no system turn, no BOS in the template.
-    The answer ends with <|end|>, not the tokenizer's eos (<|endoftext|>)."""
+    """Phi-3-mini-4k-instruct: "<|user|>\n{text}<|end|>\n<|assistant|>\n", a "<|system|>" turn when a system message
+    is given (none of its own), no BOS in the template. The answer ends with <|end|>, not the tokenizer's eos
+    (<|endoftext|>)."""
 
     name = "phi3"
     stop_strings = ("<|end|>",)
     answer_end = "<|end|>"
     sep = "\n"  # after each tag and each <|end|>
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
         n = self.sep
-        history = "".join(f"<|user|>{n}{user}<|end|>{n}<|assistant|>{n}{answer}<|end|>{n}" for user, answer in turns)
-        return f"{history}<|user|>{n}{message}<|end|>{n}<|assistant|>{n}"
+        return _join_turns(f"<|system|>{n}{system}<|end|>{n}" if system else "",
+                           [f"<|user|>{n}{user}<|end|>{n}<|assistant|>{n}" for user in _users(turns, message)],
+                           [f"{answer}<|end|>" for _, answer in turns], n)
 
 
 class Phi4Mini(Phi3):
-    """Phi-4-mini-instruct: Phi-3's tags without newlines, "<|user|>{text}<|end|><|assistant|>", no system turn, no
-    BOS in the template. The answer ends with <|end|>, not the tokenizer's eos (<|endoftext|>)."""
+    """Phi-4-mini-instruct: Phi-3's tags without newlines, "<|user|>{text}<|end|><|assistant|>", a "<|system|>" turn
+    when a system message is given, no BOS in the template. The answer ends with <|end|>, not the tokenizer's eos
+    (<|endoftext|>)."""
 
     name = "phi4-mini"
     sep = ""
@@ -257,13 +321,20 @@ class Phi4Mini(Phi3):
 class MistralNemo(ChatStyle):
     """Mistral-Nemo-Instruct-2407 (Mistral's v3-tekken format): "[INST]{text}[/INST]" with no spaces and the text as
     is; the answer follows at once and ends with </s> (the tokenizer reads "</s>" in later turns as EOS). The
-    template starts with <s>, which this style leaves to the tokenizer (it adds it). No system message."""
+    template starts with <s>, which this style leaves to the tokenizer (it adds it). A system message goes before the
+    last user message, followed by a blank line, as the template writes a prompt. (On a finished conversation the
+    template drops it, its last message being an answer; this style keeps it before the last user message, where
+    Mistral's own tokenizer, mistral-common, puts it.) No default system message."""
 
     name = "mistral-nemo"
 
-    def apply_conversation(self, turns: Sequence[Tuple[str, str]], message: str) -> str:
-        history = "".join(f"[INST]{user}[/INST]{answer}</s>" for user, answer in turns)
-        return f"{history}[INST]{message}[/INST]"
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        users = _users(turns, message)
+        if users and system:
+            users[-1] = f"{system}\n\n{users[-1]}"
+        return _join_turns("", [f"[INST]{user}[/INST]" for user in users], [f"{answer}</s>" for _, answer in turns],
+                           "")
 
 
 class FalconInstruct(PromptStyle):

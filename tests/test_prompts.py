@@ -879,3 +879,69 @@ def test_finetuning_ends_an_answer_with_the_templates_end_of_turn(tmp_path: Path
         assert sample["input_ids"][-1] == words.index(end), name
         assert sample["input_ids"][-3:-1].tolist() == [words.index("hello"), words.index("there")], name
         assert sample["labels"][-1] == words.index(end)
+
+
+SYSTEM = "You are a terse math tutor.\nAnswer with the result. "  # a trailing space: some templates strip it
+# (style, template, variables, the BOS the tokenizer adds, the end of an answer): every chat style but chatml, whose
+# template comes from the SmolLM2 GGUF
+SYSTEM_FAMILIES = CHAT_FAMILIES + [
+    ("llama2-chat", LLAMA2_CHAT_TEMPLATE, dict(bos_token="<s>", eos_token="</s>"), "<s>", "</s>"),
+    ("tinyllama-chat", TINYLLAMA_CHAT_TEMPLATE, dict(bos_token="<s>", eos_token="</s>"), "", "</s>"),
+]
+
+
+def finished_messages(turns: list, system: str = None) -> list:
+    messages = [{"role": "system", "content": system}] if system else []
+    for user, answer in turns:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return messages
+
+
+def check_system_and_pieces(name: str, template: str, variables: dict, bos: str, end: str) -> None:
+    style = PromptStyle.from_name(name)
+    system_turn = [{"role": "system", "content": SYSTEM}]
+    # a prompt with a system message is what the template renders with it
+    assert bos + style.apply_conversation(TURNS, MESSAGE, system=SYSTEM) == render(
+        template, system_turn + chat_messages(TURNS, MESSAGE), **variables)
+    turns = TURNS + [(MESSAGE, "\nThe sum is 137. ")]
+    for system in (None, SYSTEM):
+        pieces = style.conversation_pieces(turns, system=system)
+        assert len(pieces) == 2 * len(turns) and all(answer.endswith(end) for answer in pieces[1::2])
+        # the finished conversation is the template's rendering of it, less what follows the last end of turn
+        # the Llama 2 and TinyLlama templates have no default system message: the style's is passed to them
+        given = system or (style.system if name in ("llama2-chat", "tinyllama-chat") else None)
+        rendered = render(template, finished_messages(turns, given), False, **variables)
+        ours = bos + "".join(pieces)
+        if name == "mistral-nemo" and system:  # its template drops the system message when an answer comes last
+            ours = ours.replace(f"{SYSTEM}\n\n", "")
+        assert rendered.startswith(ours), (rendered, ours)
+        eos = variables.get("eos_token", "")
+        assert rendered[len(ours):] in ("", "\n", eos, "\n" + eos), rendered[len(ours):]
+        # the prompt before the last answer is the prompt generation shows at that point
+        assert "".join(pieces[:-1]) == style.apply_conversation(turns[:-1], MESSAGE, system=system)
+
+
+@pytest.mark.parametrize("name, template, variables, bos, end", SYSTEM_FAMILIES)
+def test_system_messages_and_finished_conversations_are_the_templates(name: str, template: str, variables: dict,
+                                                                      bos: str, end: str) -> None:
+    """A given system message is rendered where and as each template renders it (ChatML/Qwen replace their default
+    system turn, Llama 3.1 writes it after the dates, Gemma 3 before the first user message, Phi a <|system|> turn,
+    Mistral Nemo before the last user message, Llama 2 in <<SYS>>, TinyLlama a <|system|> turn); a finished
+    conversation in pieces is the template's rendering, each answer piece ending with the end-of-turn token."""
+    check_system_and_pieces(name, template, variables, bos, end)
+
+
+def test_chatml_system_message_is_smollm2_template(smollm2_chat_template: str) -> None:
+    check_system_and_pieces("chatml", smollm2_chat_template, {}, "", "<|im_end|>")
+
+
+def test_plain_styles_chain_turns_after_a_system_paragraph() -> None:
+    style = PromptStyle.from_name("qa")
+    assert style.conversation_pieces(CONVERSATION, "Add them.", system="Be brief.") == [
+        "Be brief.\n\nQ: What is 7 times 8?\nA:", " 56.", "\nQ:   And 9 times 9? \nA:", "  It is 81.",
+        "\nQ: Add them.\nA:"]
+    for name in ("alpaca", "qa", "falcon-instruct"):
+        style = PromptStyle.from_name(name)
+        assert style.apply_conversation(CONVERSATION, "Add them.", system="Be brief.") == (
+            "Be brief.\n\n" + style.apply_conversation(CONVERSATION, "Add them."))
+        assert style.conversation_pieces(CONVERSATION)[1::2] == [style.response_prefix + a for _, a in CONVERSATION]
