@@ -23,6 +23,7 @@ from lit_gpt.generate import (  # noqa: E402
     common_prefix_length,
     generate,
     generate_tokens,
+    peak_memory_gb,
     stream_text,
 )
 from lit_gpt.lora import merge_lora_weights  # noqa: E402
@@ -31,7 +32,7 @@ from lit_gpt.peft import check_adapter_fits, load_lora_run, pick_prompt_style  #
 from lit_gpt.prompts import PromptStyle  # noqa: E402
 from lit_gpt.quantize import check_quantize, load_model  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
-from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, fastest_precision  # noqa: E402
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, inference_precision, pick_device  # noqa: E402
 
 DEFAULT_CHECKPOINT = Path("checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct")
 
@@ -47,6 +48,7 @@ def main(
     seed: int = 1234,
     precision: Optional[Literal["bf16-true", "16-true", "32-true"]] = None,
     quantize: Optional[str] = None,
+    device: str = "auto",
     prompt_style: Optional[str] = None,
     compile: bool = False,
 ) -> None:
@@ -62,17 +64,20 @@ def main(
         top_p: Sample among the most likely tokens holding this much probability (nucleus sampling; null: all).
         repetition_penalty: Penalty > 1 on tokens already in the prompt or the answer (1.0: none).
         seed: Random seed of the sampling (one generator for the whole conversation).
-        precision: Weights and compute dtype; default: the fastest on this CPU (bf16-true with AMX, else 32-true).
+        precision: Weights and compute dtype; default: the fastest on the device (bf16-true on GPUs with
+            bfloat16 and on CPUs with AMX, 16-true on older GPUs, else 32-true).
         quantize: Quantize the linear weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or
             bnb.int8 (null: no quantization).
+        device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         prompt_style: How the conversation is written (alpaca, chatml, ...). Default: the style the adapter was
             trained with, else the checkpoint's prompt_style.json, else the model's own chat template or alpaca.
         compile: Compile the decoding step with torch.compile (float weights only; see generate/base.py).
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     check_generate_flags(1, max_new_tokens, quantize, compile, **sampling)
-    precision = precision or fastest_precision("cpu")
-    check_quantize(quantize, precision, "cpu")
+    device = pick_device(device)
+    precision = precision or inference_precision(device)
+    check_quantize(quantize, precision, device)
     run = load_lora_run(lora_path) if lora_path is not None else None
     checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir or (run.checkpoint_dir if run else DEFAULT_CHECKPOINT))
     config = Config.from_checkpoint(checkpoint_dir)
@@ -84,17 +89,17 @@ def main(
     style = pick_prompt_style(prompt_style, run, checkpoint_dir)
     tokenizer = Tokenizer(checkpoint_dir)
 
-    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, lora_path=lora_path)
+    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_path=lora_path)
     if lora_path is not None and quantize is None:  # one matmul per layer; 4-bit weights would be re-quantized
         merge_lora_weights(model)
     if compile:  # before the first message (a minute the first time, then from the disk cache)
         start = time.perf_counter()
-        generate(model, tokenizer.encode(style.apply("Hi")), 2, temperature=0.0, compile=True)
+        generate(model, tokenizer.encode(style.apply("Hi")).to(device), 2, temperature=0.0, compile=True)
         note(f"Compiled the decoding step in {time.perf_counter() - start:.2f} s")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     stop_tokens = style.stop_tokens(tokenizer)
     adapter = f" + adapter {lora_path}" if lora_path else ""
-    note(f"Chatting with {checkpoint_dir}{adapter} ({precision}{f', {quantize}' if quantize else ''}, "
+    note(f"Chatting with {checkpoint_dir}{adapter} on {device} ({precision}{f', {quantize}' if quantize else ''}, "
          f"{style.name} prompts). /reset starts over, /quit or Ctrl-D ends, Ctrl-C stops an answer.")
     turns: List[Tuple[str, str]] = []
     cached: List[int] = []  # the tokens whose keys and values the model's KV cache holds, from position 0
@@ -124,8 +129,8 @@ def main(
 
         def collect() -> Iterator[int]:
             nonlocal first
-            for token in generate_tokens(model, prompt, max_new_tokens, stop_tokens=stop_tokens, generator=generator,
-                                         compile=compile, cached=same, **sampling):
+            for token in generate_tokens(model, prompt.to(device), max_new_tokens, stop_tokens=stop_tokens,
+                                         generator=generator, compile=compile, cached=same, **sampling):
                 first = first if answer else time.perf_counter()
                 answer.append(token)
                 yield token
@@ -138,7 +143,8 @@ def main(
         print(flush=True)
         elapsed = time.perf_counter() - start
         note(f"({len(answer)} tokens in {elapsed:.2f} s, {len(answer) / elapsed:.2f} tokens/s, the first after "
-             f"{first - start:.2f} s; prompt {len(ids)} tokens, {len(ids) - min(same, len(ids) - 1)} of them run)")
+             f"{first - start:.2f} s; prompt {len(ids)} tokens, {len(ids) - min(same, len(ids) - 1)} of them run; "
+             f"peak memory {peak_memory_gb(device):.2f} GB)")
         # all answer tokens but the last went through the model (none if it was stopped before the first)
         cached = ids + answer[:-1] if answer else ids[:same]
         turns.append((message, tokenizer.decode(answer)))

@@ -16,7 +16,15 @@ from lit_gpt.generate import check_generate_flags, check_prompt_length, print_sa
 from lit_gpt.lora import LoRAConfig, lora_files, merge_lora_weights
 from lit_gpt.quantize import check_quantize, load_model
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import check_valid_checkpoint_dir, cli, dataclass_from_json, fail, fastest_precision, read_json
+from lit_gpt.utils import (
+    check_valid_checkpoint_dir,
+    cli,
+    dataclass_from_json,
+    fail,
+    inference_precision,
+    pick_device,
+    read_json,
+)
 
 
 def main(
@@ -33,6 +41,7 @@ def main(
     seed: int = 1234,
     precision: Optional[Literal["bf16-true", "16-true", "32-true"]] = None,
     quantize: Optional[str] = None,
+    device: str = "auto",
     stream: Optional[bool] = None,
     prompt_style: Optional[str] = None,
     compile: bool = False,
@@ -52,9 +61,11 @@ def main(
         top_p: Sample among the most likely tokens holding this much probability (nucleus sampling; null: all).
         repetition_penalty: Penalty > 1 on tokens already in the prompt or the answer (1.0: none).
         seed: Random seed of the sampling.
-        precision: Weights and compute dtype; default: the fastest on this CPU (bf16-true with AMX, else 32-true).
+        precision: Weights and compute dtype; default: the fastest on the device (bf16-true on GPUs with
+            bfloat16 and on CPUs with AMX, 16-true on older GPUs, else 32-true).
         quantize: Quantize the base model's linear weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4,
             bnb.fp4-dq or bnb.int8 (null: no quantization; the adapter is then merged into the weights).
+        device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         stream: Print the answer as it is generated (default: when stdout is a terminal).
         prompt_style: How the prompt is formatted (alpaca, chatml, ...; raw or none: as is). Default: the style the
             adapter was trained with.
@@ -63,8 +74,9 @@ def main(
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     check_generate_flags(num_samples, max_new_tokens, quantize, compile, **sampling)
-    precision = precision or fastest_precision("cpu")
-    check_quantize(quantize, precision, "cpu")
+    device = pick_device(device)
+    precision = precision or inference_precision(device)
+    check_quantize(quantize, precision, device)
     adapter_file, config_file = lora_files(lora_path)
     if config_file is None:
         fail(f"No lora_config.json next to {str(adapter_file)!r}: pass the out dir that finetune/lora.py wrote")
@@ -82,11 +94,11 @@ def main(
     prompt_tokens, stop_tokens = prompt_ids(tokenizer, prompt_style, checkpoint_dir, prompt, input)
     check_prompt_length(len(prompt_tokens), max_new_tokens, config.block_size)
 
-    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, lora_config=lora_config,
+    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_config=lora_config,
                        lora_path=adapter_file, max_seq_length=len(prompt_tokens) + max_new_tokens)
     if quantize is None:  # one matmul per layer instead of three; 4-bit weights would be re-quantized
         merge_lora_weights(model)
-    print_samples(model, tokenizer, prompt_tokens, num_samples=num_samples, max_new_tokens=max_new_tokens,
+    print_samples(model, tokenizer, prompt_tokens.to(device), num_samples=num_samples, max_new_tokens=max_new_tokens,
                   stop_tokens=stop_tokens, stream=stream, seed=seed, compile=compile, **sampling)
 
 
