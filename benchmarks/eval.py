@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from lit_gpt.utils import cli, fail  # noqa: E402
+from lit_gpt.utils import cli, fail, pick_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS_CACHE = Path.home() / ".cache" / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
@@ -47,6 +47,7 @@ def main(
     limit: int = 60,
     batch_size: int = 8,
     precision: str = "32-true,bf16-true",
+    device: str = "auto",
     threads: Optional[int] = None,
     repeats: int = 1,
     order: Literal["lit_first", "hf_first"] = "hf_first",
@@ -65,6 +66,7 @@ def main(
         limit: Documents of the task.
         batch_size: Sequences per forward pass, for both backends.
         precision: Comma-separated precisions to measure: 32-true, bf16-true.
+        device: Where both backends run: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         threads: torch threads (default: torch's choice).
         repeats: Time each backend this many times and keep the fastest run (the CPU may be shared).
         order: Which backend runs first in each repeat.
@@ -83,6 +85,7 @@ def main(
     if not precisions or any(p not in dtypes for p in precisions):
         fail(f"--precision takes a comma-separated list of {', '.join(dtypes)}")
     shots = [int(n) for n in num_fewshot.split(",") if n.strip()]
+    device = pick_device(device)
     if threads:
         torch.set_num_threads(threads)
 
@@ -106,13 +109,13 @@ def main(
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
     manager = task_manager([task], [REPO / "eval" / "tasks"])
-    print(f"{model}: lit_gpt {str(lit_dir)!r} vs lm-eval hf {str(hf_dir)!r}, prompt style {style} (for the tasks that "
-          "ask for it)", flush=True)
+    print(f"{model} on {device}: lit_gpt {str(lit_dir)!r} vs lm-eval hf {str(hf_dir)!r}, prompt style {style} (for "
+          "the tasks that ask for it)", flush=True)
     rows = []
     for prec in precisions:
-        lit = LitLM(load_model(lit_dir, precision=prec), Tokenizer(lit_dir), prompt_style=PromptStyle.from_name(style),
-                    batch_size=batch_size)
-        hf = HFLM(pretrained=str(hf_dir), device="cpu", dtype=dtypes[prec], batch_size=batch_size)
+        lit = LitLM(load_model(lit_dir, precision=prec, device=device), Tokenizer(lit_dir),
+                    prompt_style=PromptStyle.from_name(style), batch_size=batch_size)
+        hf = HFLM(pretrained=str(hf_dir), device=str(device), dtype=dtypes[prec], batch_size=batch_size)
         for shot in shots:
             (task_obj,) = load_tasks(manager, [task])
             requests = build_requests(task_obj, shot, limit, lit if wants_prompt_style(task_obj) else None)

@@ -32,7 +32,14 @@ from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.peft import check_adapter_fits, load_lora_run, pick_prompt_style  # noqa: E402
 from lit_gpt.prompts import PromptStyleName  # noqa: E402
 from lit_gpt.quantize import check_quantize, load_model  # noqa: E402
-from lit_gpt.utils import atomic_write_text, check_valid_checkpoint_dir, cli, fail, fastest_precision  # noqa: E402
+from lit_gpt.utils import (  # noqa: E402
+    atomic_write_text,
+    check_valid_checkpoint_dir,
+    cli,
+    fail,
+    inference_precision,
+    pick_device,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS_DIR = REPO / "eval" / "tasks"
@@ -52,7 +59,7 @@ def setup(
     save_filepath: Optional[Path] = None,
     precision: Optional[Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true"]] = None,
     quantize: Optional[Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]] = None,
-    device: Optional[str] = None,
+    device: str = "auto",
     max_seq_length: Optional[int] = None,
     prompt_style: Optional[PromptStyleName] = None,
     apply_prompt_style: Optional[bool] = None,
@@ -76,7 +83,7 @@ def setup(
         precision: Weights/compute precision; default: the fastest on the device (bf16-true on GPUs with
             bfloat16 and on CPUs with AMX, 32-true on other CPUs, 16-true on older GPUs).
         quantize: Quantize the linear weights with bitsandbytes, like at finetuning (QLoRA).
-        device: "cpu", "cuda", "cuda:1" ... (default: cuda if available).
+        device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         max_seq_length: Longest input in tokens (default: the model's block_size); longer contexts are cut from the
             left.
         prompt_style: Prompt style for tasks that apply one (default: the adapter's, else the checkpoint's
@@ -93,11 +100,8 @@ def setup(
     checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir or (run.checkpoint_dir if run else DEFAULT_CHECKPOINT))
     if run is not None:
         check_adapter_fits(run, Config.from_checkpoint(checkpoint_dir), checkpoint_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {device}: no CUDA device is available here; use --device cpu")
-    if precision is None:
-        precision = fastest_precision(device).replace("-mixed", "-true")  # no training: half weights on old GPUs
+    device = pick_device(device)
+    precision = precision or inference_precision(device)
     check_quantize(quantize, precision, device)
     if batch_size < 1:
         fail(f"--batch_size must be at least 1, got {batch_size}")
@@ -115,6 +119,7 @@ def setup(
     import datasets
     from lm_eval.utils import handle_non_serializable, make_table
 
+    from lit_gpt.generate import peak_memory_gb
     from lit_gpt.lm_eval import LitLM, evaluate, load_tasks, task_manager
     from lit_gpt.tokenizer import Tokenizer
 
@@ -137,6 +142,7 @@ def setup(
                        limit=limit, bootstrap_iters=bootstrap_iters, seed=seed, log_samples=log_samples,
                        manager=manager)
     seconds = time.perf_counter() - t0
+    print(f"Evaluated in {seconds:.1f}s, peak memory {peak_memory_gb(device):.2f} GB", file=sys.stderr)
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
@@ -146,7 +152,7 @@ def setup(
             **results.get("config", {}), "model": "lit_gpt", "checkpoint_dir": str(checkpoint_dir.resolve()),
             "lora_path": str(Path(lora_path).resolve()) if lora_path else None,
             "lora": run.lora.to_dict() if run else None, "precision": precision, "quantize": quantize,
-            "device": device, "tasks": names, "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
+            "device": str(device), "tasks": names, "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
             "bootstrap_iters": bootstrap_iters, "seed": seed, "max_seq_length": lm.max_length,
             "include_path": str(include_path) if include_path else None, "prompt_style": style.name,
             "prompt_style_applied": results.pop("prompt_style_applied"), "evaluation_seconds": round(seconds, 2)}
