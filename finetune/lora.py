@@ -6,6 +6,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import sys
 import time
 from datetime import timedelta
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lit_gpt.config import Config
 from lit_gpt.data import collate, load_prepared, longest_first, pack, target_count
 from lit_gpt.generate import generate
-from lit_gpt.lora import LoRAConfig, lora_state_dict, mark_only_lora_as_trainable, trainable_report
+from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict, mark_only_lora_as_trainable, trainable_report
 from lit_gpt.prompts import PromptStyle
 from lit_gpt.quantize import check_quantize, load_model
 from lit_gpt.tokenizer import Tokenizer
@@ -72,6 +73,8 @@ def setup(
     precision: Optional[Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true"]] = None,
     quantize: Optional[Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]] = None,
     devices: int = 1,
+    num_nodes: int = 1,
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto",
     strategy: Literal["auto", "ddp", "fsdp"] = "auto",
     resume: Union[bool, Literal["auto"], Path] = False,
     seed: int = 1337,
@@ -111,8 +114,12 @@ def setup(
             with bfloat16 and on CPUs with AMX, 32-true on other CPUs, 16-mixed on older GPUs).
         quantize: Quantize the frozen base weights with bitsandbytes (QLoRA): nf4, nf4 with double quantization,
             fp4, fp4-dq or int8.
-        devices: Number of devices (processes). More than one uses DDP (gloo on CPU, NCCL on GPUs).
-        strategy: Fabric strategy for several devices: DDP, or FSDP (CUDA only, without --quantize).
+        devices: Number of devices (processes) per node. More than one uses DDP (gloo on CPU, NCCL on GPUs).
+        num_nodes: Number of nodes (machines), each running `devices` processes: launched by torchrun or SLURM.
+        accelerator: cuda when there is a GPU (auto), or cpu to force the CPU.
+        strategy: Fabric strategy for several devices: DDP (each process holds the whole model), or FSDP (the
+            model, adapter and optimizer state sharded over the processes with PyTorch's FSDP2; not with
+            --quantize).
         resume: Continue from the newest checkpoint in `out_dir/checkpoints` ("auto"), or from the given file.
         seed: Random seed (data order, LoRA init, dropout).
         learning_rate: Peak learning rate of AdamW.
@@ -150,38 +157,64 @@ def setup(
     if not (Path(data_dir) / "train.pt").is_file():
         fail(f"No prepared data in {str(data_dir)!r}. Create it with e.g.: python scripts/prepare_gsm8k.py "
              f"--data_file data/arithmetic/train.jsonl --checkpoint_dir {checkpoint_dir} --destination_path {data_dir}")
-    if batch_size % (micro_batch_size * devices):
-        fail(f"--batch_size {batch_size} must be a multiple of --micro_batch_size x --devices = "
-             f"{micro_batch_size * devices}")
+    if min(devices, num_nodes) < 1:
+        fail(f"--devices and --num_nodes must be at least 1, got {devices} and {num_nodes}")
+    world_size = devices * num_nodes
+    if batch_size % (micro_batch_size * world_size):
+        fail(f"--batch_size {batch_size} must be a multiple of --micro_batch_size x --devices x --num_nodes = "
+             f"{micro_batch_size * world_size}")
     if max_iters < 1 and epochs is None:
         fail("--max_iters must be at least 1 (or set --epochs)")
-    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        fail("--accelerator cuda: no CUDA device is available here; use --accelerator cpu")
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     if precision is None:
         precision = fastest_precision(accelerator)
     if quantize is not None:
         check_quantize(quantize, precision, accelerator)
-    if strategy == "fsdp" and (accelerator != "cuda" or quantize):
-        fail("--strategy fsdp needs CUDA GPUs and no --quantize; use --strategy ddp")
-    if devices > 1:
-        strategy = "ddp" if strategy == "auto" else strategy
-    resume_path = find_resume(out_dir, resume)
+    if strategy == "fsdp" and quantize:
+        fail("--strategy fsdp does not shard bitsandbytes 4-bit/int8 weights: use --strategy ddp with --quantize "
+             "(each process holds the quantized base), or --strategy fsdp without it")
+    resume_path = find_resume(out_dir, resume, strategy == "fsdp")
+    if strategy == "fsdp":
+        from lightning.fabric.strategies import ModelParallelStrategy
 
-    fabric = L.Fabric(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
+        strategy = ModelParallelStrategy(shard, data_parallel_size=world_size, tensor_parallel_size=1)
+    elif world_size > 1:
+        strategy = "ddp"
+
+    fabric = L.Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                      precision=precision)
     fabric.launch(main, checkpoint_dir=Path(checkpoint_dir), data_dir=Path(data_dir), out_dir=Path(out_dir),
                   precision=precision, quantize=quantize, resume_path=resume_path, hparams=hparams)
 
 
-def find_resume(out_dir: Path, resume: Union[bool, str, Path]) -> Optional[Path]:
+def find_resume(out_dir: Path, resume: Union[bool, str, Path], fsdp: bool) -> Optional[Path]:
+    """The checkpoint to resume from: a step-*.pth file, or under FSDP a step-* dir of shards."""
     if resume is False:
         return None
+    where = str(Path(out_dir) / "checkpoints")
     if resume is True or resume == "auto":
-        found = sorted((Path(out_dir) / "checkpoints").glob("step-*.pth"))
+        found = sorted((Path(out_dir) / "checkpoints").glob("step-*[0-9]" if fsdp else "step-*.pth"))
         if not found and resume is True:
-            fail(f"--resume: no checkpoint in {str(Path(out_dir) / 'checkpoints')!r}")
+            fail(f"--resume: no {'--strategy fsdp ' if fsdp else ''}checkpoint in {where!r}")
         return found[-1] if found else None
-    if not Path(resume).is_file():
-        fail(f"--resume {str(resume)!r} is not a file; pass a checkpoint from {str(Path(out_dir) / 'checkpoints')!r}")
+    if not (Path(resume).is_dir() if fsdp else Path(resume).is_file()):
+        fail(f"--resume {str(resume)!r} is not a checkpoint {'dir' if fsdp else 'file'}; pass one from {where!r}"
+             f"{' (FSDP writes dirs of shards)' if fsdp else ''}")
     return Path(resume)
+
+
+def shard(model, device_mesh):
+    """FSDP2 (`ModelParallelStrategy`'s parallelize function): each block's weights, and the rest (embedding, head,
+    final norm) together, sharded over the data-parallel processes; gathered for a block's forward and backward."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:
+        fully_shard(block, mesh=device_mesh["data_parallel"])
+    fully_shard(model, mesh=device_mesh["data_parallel"])
+    return model
 
 
 def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision: str, quantize: Optional[str],
@@ -210,8 +243,9 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision:
     fabric.print(trainable_report(model))
     fabric.print(f"frozen params: {num_parameters(model, requires_grad=False):,}")
 
+    model = fabric.setup_module(model)  # the optimizer comes after: FSDP replaces the parameters by their shards
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=h["learning_rate"], weight_decay=h["weight_decay"])
-    model, optimizer = fabric.setup(model, optimizer)
+    optimizer = fabric.setup_optimizers(optimizer)
     raw_model = model.module  # the GPT itself: its parameter names are the adapter's keys
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(h["warmup_steps"], max_iters))
 
@@ -310,9 +344,9 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
         state["metrics"].append(row)
         state["elapsed"] = elapsed
         if step % h["save_interval"] == 0 or step == max_iters:
-            if not all(torch.isfinite(p).all() for p in trainable_parameters(raw_model)):
+            if not all(torch.isfinite(v).all() for v in adapter_weights(raw_model).values()):
                 stop_not_finite(fabric, "LoRA weights became inf/NaN", step, out_dir)
-            path = out_dir / "checkpoints" / f"step-{step:06d}.pth"
+            path = out_dir / "checkpoints" / f"step-{step:06d}{'' if is_sharded(raw_model) else '.pth'}"
             save_checkpoint(fabric, raw_model, optimizer, scheduler, state, path)
             write_metrics(fabric, state["metrics"], out_dir)
 
@@ -378,27 +412,72 @@ def generate_sample(fabric, module, tokenizer: Tokenizer, prompt_style: PromptSt
     return tokenizer.decode(out)
 
 
+def is_sharded(model) -> bool:
+    """Whether FSDP holds `model`'s weights as shards (DTensors)."""
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
+def adapter_weights(model) -> dict:
+    """The LoRA weights as whole tensors (under FSDP gathered from the shards: every rank must call this)."""
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in lora_state_dict(model).items()}
+
+
+def sharded_state(model, optimizer) -> dict:
+    """This rank's shards of the adapter and of the optimizer state, keyed by parameter name (FSDP checkpoints)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"adapter": {k: v for k, v in model_state.items() if lora_filter(k)}, "optimizer": optimizer_state}
+
+
 def save_checkpoint(fabric, model, optimizer, scheduler, state: dict, path: Path) -> None:
-    """A resumable checkpoint: adapter, optimizer, scheduler, step, data and RNG state (written atomically)."""
-    checkpoint = {"adapter": lora_state_dict(model), "optimizer": optimizer.state_dict(),
-                  "scheduler": scheduler.state_dict(), "iter_num": state["iter_num"],
-                  "step_count": state["step_count"], "data_rng": state["data_rng"].get_state(),
-                  "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                  "metrics": state["metrics"], "elapsed": state["elapsed"]}
+    """A resumable checkpoint: adapter, optimizer, scheduler, step, data and RNG state (written atomically). Under
+    FSDP a dir: each rank writes its shards of the adapter and optimizer state (torch.distributed.checkpoint), rank 0
+    the rest (meta.pth)."""
+    meta = {"scheduler": scheduler.state_dict(), "iter_num": state["iter_num"],
+            "step_count": state["step_count"], "data_rng": state["data_rng"].get_state(),
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "metrics": state["metrics"], "elapsed": state["elapsed"]}
+    if not is_sharded(model):
+        if fabric.global_rank == 0:
+            atomic_save({"adapter": lora_state_dict(model), "optimizer": optimizer.state_dict(), **meta}, path)
+        fabric.barrier()
+        return
+    import torch.distributed.checkpoint as dcp
+
+    tmp = path.with_name(path.name + ".tmp")
     if fabric.global_rank == 0:
-        atomic_save(checkpoint, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+    fabric.barrier()
+    dcp.save(sharded_state(model, optimizer), checkpoint_id=tmp)
+    if fabric.global_rank == 0:
+        atomic_save(meta, tmp / "meta.pth")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
     fabric.barrier()
 
 
 def resume_from(path: Path, model, optimizer, scheduler, state: dict, fabric) -> None:
-    checkpoint = lazy_load(path)
-    missing = [k for k in ("adapter", "optimizer", "scheduler", "step_count") if k not in checkpoint]
-    if missing:
-        fail(f"{str(path)!r} is not a resumable checkpoint of finetune/lora.py (no {', '.join(missing)})")
-    from lit_gpt.lora import load_lora_state_dict
+    if is_sharded(model):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    load_lora_state_dict(model, checkpoint["adapter"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+        if not (path / "meta.pth").is_file():
+            fail(f"{str(path)!r} is not a resumable --strategy fsdp checkpoint of finetune/lora.py (no meta.pth)")
+        shards = sharded_state(model, optimizer)
+        dcp.load(shards, checkpoint_id=path)
+        set_state_dict(model, optimizer, model_state_dict=shards["adapter"], optim_state_dict=shards["optimizer"],
+                       options=StateDictOptions(strict=False))
+        checkpoint = lazy_load(path / "meta.pth")
+    else:
+        checkpoint = lazy_load(path)
+        missing = [k for k in ("adapter", "optimizer", "scheduler", "step_count") if k not in checkpoint]
+        if missing:
+            fail(f"{str(path)!r} is not a resumable checkpoint of finetune/lora.py (no {', '.join(missing)})")
+        from lit_gpt.lora import load_lora_state_dict
+
+        load_lora_state_dict(model, checkpoint["adapter"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     state.update(iter_num=checkpoint["iter_num"], step_count=checkpoint["step_count"],
                  metrics=list(checkpoint["metrics"]), elapsed=checkpoint["elapsed"],
@@ -410,9 +489,11 @@ def resume_from(path: Path, model, optimizer, scheduler, state: dict, fabric) ->
 
 
 def save_adapter(fabric, model, out_dir: Path, run_config: dict, tokenizer: Tokenizer) -> None:
-    """The adapter (LoRA weights only) and everything needed to rebuild the model it belongs to."""
+    """The adapter (LoRA weights only, one plain file also under FSDP) and everything needed to rebuild the model it
+    belongs to."""
+    adapter = adapter_weights(model)
     if fabric.global_rank == 0:
-        atomic_save(lora_state_dict(model), out_dir / "lit_model_lora_finetuned.pth")
+        atomic_save(adapter, out_dir / "lit_model_lora_finetuned.pth")
         atomic_write_text(out_dir / "lora_config.json", json.dumps(run_config, indent=2, default=str))
         atomic_write_text(out_dir / "prompt_style.json", json.dumps({"name": run_config["prompt_style"]}))
     fabric.barrier()

@@ -182,8 +182,12 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_checkpoint, tiny_data, tm
 @pytest.mark.parametrize(("args", "message"), [
     (["--data_dir", "does/not/exist"], "No prepared data in 'does/not/exist'"),
     (["--batch_size", 6, "--micro_batch_size", 4], "--batch_size 6 must be a multiple"),
-    (["--strategy", "fsdp", "--devices", 2], "--strategy fsdp needs CUDA"),
-    (["--resume", "nope.pth"], "--resume 'nope.pth' is not a file"),
+    (["--strategy", "fsdp", "--devices", 2, "--quantize", "bnb.nf4"], "--strategy fsdp does not shard bitsandbytes"),
+    (["--accelerator", "cuda"] if not torch.cuda.is_available() else ["--devices", 0], "--accelerator cuda: no CUDA"
+     if not torch.cuda.is_available() else "--devices and --num_nodes must be at least 1"),
+    (["--batch_size", 4, "--micro_batch_size", 2, "--num_nodes", 4], "multiple of --micro_batch_size x --devices x "
+     "--num_nodes = 8"),
+    (["--resume", "nope.pth"], "--resume 'nope.pth' is not a checkpoint file"),
     (["--max_iters", 0], "--max_iters must be at least 1"),
 ])
 def test_bad_input(tiny_checkpoint, tiny_data, tmp_path, args, message):
