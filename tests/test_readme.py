@@ -13,9 +13,12 @@ def readme_commands() -> list:
         for command in block.replace("\\\n", " ").splitlines():
             command = command.split(" #")[0].strip()
             for part in command.split("&&"):
-                words = shlex.split(part)
-                if len(words) >= 2 and words[0] == "python" and words[1].endswith(".py"):
-                    commands.append(words[1:])
+                if part.split()[:1] not in (["python"], ["torchrun"], ["srun"]):
+                    continue
+                words = shlex.split(part)  # python script.py ..., or a launcher's: torchrun/srun [python] ...
+                scripts = [i for i, w in enumerate(words) if w.endswith(".py")]
+                if scripts:
+                    commands.append(words[scripts[0]:])
     return commands
 
 
