@@ -80,6 +80,7 @@ QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq")
 DTYPES = {"bf16-true": torch.bfloat16, "32-true": torch.float32}
 HF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 LEARNING_RATE, GRAD_CLIP, SEED = 3e-4, 1.0, 1337
+DEVICE = torch.device("cpu")  # --device: where every measurement of the run (and of its workers) runs
 # Alpaca's token lengths (alpaca-lora, lengths.ipynb: Alpaca template + eos, LLaMA tokenizer): bin edges and counts
 ALPACA_LENGTHS = ([60, 184.5, 309, 433.5, 558, 682.5, 807, 931.5, 1056, 1180.5, 1305],
                   [42516, 8250, 983, 191, 35, 16, 9, 0, 1, 1])
@@ -102,6 +103,7 @@ def main(
     eval_iters: int = 2,
     data_steps: int = 10,
     threads: Optional[int] = None,
+    device: str = "auto",
     worker: Optional[Literal["lit", "hf", "hf-short", "lit-data", "hf-data"]] = None,
     precision: str = "bf16-true",
     collation: str = "packed",
@@ -132,6 +134,8 @@ def main(
         eval_iters: Validation batches finetune/lora.py runs at the end of the short run.
         data_steps: Timed steps of `batch_size` examples in the data part.
         threads: torch threads for every measurement (default: torch's choice, one per core).
+        device: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N. On a GPU, training memory is
+            the CUDA allocator's peak, and transformers + peft also runs with bitsandbytes 4-bit (`--quantize`).
         worker: Internal: run one measurement in this process and print its result as JSON.
         precision: Internal (worker): the precision to measure.
         collation: Internal (data worker): padded, packed (lit) or flattening (transformers).
@@ -139,6 +143,10 @@ def main(
         hf_dir: Internal (worker): the transformers checkpoint dir.
         out_dir: Internal (worker): where the short run's adapter goes.
     """
+    from lit_gpt.utils import pick_device
+
+    global DEVICE
+    DEVICE = pick_device(device)
     if threads:
         torch.set_num_threads(threads)
     if worker is not None:
@@ -174,10 +182,12 @@ def main(
     checkpoint_dir, hf_dir, data_dir = prepare_inputs(model, gguf_path, checkpoint_dir, Path(cache_dir), prompt_style)
     common = ["--checkpoint_dir", checkpoint_dir, "--hf_dir", hf_dir, "--data_dir", data_dir,
               "--batch_size", batch_size, "--seq_length", seq_length, "--steps", steps, "--warmup", warmup,
-              "--short_steps", short_steps, "--data_steps", data_steps] + (["--threads", threads] if threads else [])
+              "--short_steps", short_steps, "--data_steps", data_steps, "--device", DEVICE] + (
+                  ["--threads", threads] if threads else [])
 
     print(f"{model} ({str(checkpoint_dir)!r}, data prompt style {prompt_style}): torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {fmt_load()}", flush=True)
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {fmt_load()}, on "
+          f"{torch.cuda.get_device_name(DEVICE) if DEVICE.type == 'cuda' else 'the CPU'}", flush=True)
     peaks = {prec: matmul_peak(DTYPES[prec]) for prec in precision_list}
     print(", ".join(f"{prec} matmul peak {peak / 1e9:.0f} GFLOP/s" for prec, peak in peaks.items())
           + " (4096^3, best of 5)", flush=True)
@@ -185,8 +195,13 @@ def main(
     steady = {}  # (precision, quantize mode or "hf") -> result
     if "steady" in part_list:
         for prec in precision_list:
-            for q in quantize_list + ["hf"]:
-                args = ["--worker", "hf"] if q == "hf" else ["--worker", "lit", "--quantize", q]
+            # on a GPU transformers + peft also runs on bitsandbytes' 4-bit weights (hf-bnb.nf4 ...)
+            hf = ["hf"] + [f"hf-{q}" for q in quantize_list if q != "none" and DEVICE.type == "cuda"]
+            for q in quantize_list + hf:
+                if q.startswith("hf"):
+                    args = ["--worker", "hf", "--quantize", q[3:] or "none"]
+                else:
+                    args = ["--worker", "lit", "--quantize", q]
                 steady[prec, q] = run_worker(args + ["--precision", prec] + common)
                 print(f"  {label(prec, q)}: {fmt_steady(steady[prec, q])} | load {fmt_load()}", flush=True)
     short = {}  # (precision, "lit" or "hf") -> result
@@ -254,13 +269,13 @@ def prepare_inputs(model: str, gguf_path: Path, checkpoint_dir: Optional[Path], 
 
 def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
     """FLOP/s of the fastest of `repeats` (n, n) x (n, n) matmuls in `dtype`, after one warm-up."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     a @ b
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         a @ b
-        best = min(best, time.perf_counter() - start)
+        best = min(best, now() - start)
     return 2 * n**3 / best
 
 
@@ -295,8 +310,19 @@ def packed_batches(data_dir: Path, n: int, batch_size: int, seq_length: int) -> 
     return [(ids[i, :, :-1].contiguous(), labels[i, :, 1:].contiguous()) for i in range(n)]
 
 
+def now() -> float:
+    """perf_counter once the GPU (if any) has finished what was queued: CUDA kernels run asynchronously."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
+
+
 def reset_peak_rss() -> None:
-    """Restarts the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0; a no-op elsewhere)."""
+    """Restarts the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0; a no-op elsewhere), or on a GPU
+    the CUDA allocator's peak."""
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        return
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -304,7 +330,10 @@ def reset_peak_rss() -> None:
 
 
 def peak_rss() -> float:
-    """Peak resident set size in bytes since the last `reset_peak_rss` (since start when that is not available)."""
+    """Peak resident set size in bytes since the last `reset_peak_rss` (since start when that is not available), or
+    on a GPU the CUDA allocator's peak."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.max_memory_allocated(DEVICE)
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -338,7 +367,7 @@ def timed_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, loa
     reset_peak_rss()
     times, losses = [], []
     for i, (x, y) in enumerate(batches):
-        begin = time.perf_counter()
+        begin = now()
         loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
@@ -347,7 +376,7 @@ def timed_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, loa
         losses.append(loss.item())
         del loss  # its graph would live on through the next step's forward pass
         if i >= warmup:
-            times.append(time.perf_counter() - begin)
+            times.append(now() - begin)
     return {"step_times": times, "peak_rss": peak_rss(), "losses": losses, "threads": torch.get_num_threads(),
             "load_time": load_time, "weight_bytes": weight_bytes(model), "trainable": sum(p.numel() for p in params)}
 
@@ -362,42 +391,49 @@ def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: s
     batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
     start = time.perf_counter()
     model = load_model(checkpoint_dir, precision=precision, quantize=None if quantize == "none" else quantize,
-                       lora_config=LoRAConfig(), max_seq_length=seq_length)
+                       lora_config=LoRAConfig(), max_seq_length=seq_length, device=DEVICE)
     mark_only_lora_as_trainable(model)
     model.train()
     load_time = time.perf_counter() - start
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # as finetune/lora.py's training step
-        with training_attention(x.device, x.size(1)):
-            return response_loss(model, x, y)
+        with training_attention(DEVICE, x.size(1)):
+            return response_loss(model, x.to(DEVICE), y.to(DEVICE))
 
     return timed_steps(model, loss_of, batches, warmup, load_time)
 
 
-def hf_peft_model(hf_dir: Path, precision: str):
-    """The transformers model in `precision`'s dtype with peft LoRA adapters on the linears lit_gpt adapts."""
+def hf_peft_model(hf_dir: Path, precision: str, quantize: str = "none"):
+    """The transformers model in `precision`'s dtype (on a GPU with `quantize`: bitsandbytes 4-bit weights, computing
+    in that dtype) with peft LoRA adapters on the linears lit_gpt adapts."""
     import transformers
     from peft import LoraConfig, get_peft_model
 
     transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[precision])
+    kwargs = {"device_map": {"": DEVICE}} if DEVICE.type == "cuda" else {}
+    if quantize != "none":
+        kind, _, dq = quantize.removeprefix("bnb.").partition("-")
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_use_double_quant=dq == "dq",
+            bnb_4bit_compute_dtype=DTYPES[precision])
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[precision], **kwargs)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=HF_TARGETS))
     model.train()
     return model
 
 
-def steady_hf(hf_dir: Path, data_dir: Path, precision: str, batch_size: int, seq_length: int, steps: int, warmup: int,
-              **_) -> dict:
+def steady_hf(hf_dir: Path, data_dir: Path, precision: str, quantize: str, batch_size: int, seq_length: int,
+              steps: int, warmup: int, **_) -> dict:
     torch.manual_seed(SEED)
     batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
     start = time.perf_counter()
-    model = hf_peft_model(hf_dir, precision)
+    model = hf_peft_model(hf_dir, precision, quantize)
     load_time = time.perf_counter() - start
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # the same tokens; transformers shifts the labels itself, so they are given aligned with the inputs
         labels = torch.cat([torch.full_like(y[:, :1], -100), y[:, :-1]], dim=1)
-        return model(input_ids=x, labels=labels).loss
+        return model(input_ids=x.to(DEVICE), labels=labels.to(DEVICE)).loss
 
     return timed_steps(model, loss_of, batches, warmup, load_time)
 
@@ -434,18 +470,19 @@ def data_lit(checkpoint_dir: Path, data_dir: Path, precision: str, collation: st
     batches = alpaca_like_batches(data_dir, warmup + data_steps, batch_size)
     longest = max(len(s["input_ids"]) for batch in batches for s in batch)
     start = time.perf_counter()
-    model = load_model(checkpoint_dir, precision=precision, lora_config=LoRAConfig(), max_seq_length=longest)
+    model = load_model(checkpoint_dir, precision=precision, lora_config=LoRAConfig(), max_seq_length=longest,
+                       device=DEVICE)
     mark_only_lora_as_trainable(model)
     model.train()
     load_time = time.perf_counter() - start
 
     def loss_of(samples: list) -> torch.Tensor:
         if collation == "packed":
-            x, y, lengths = pack(samples)
-            with training_attention(x.device, max(lengths)):
+            x, y, lengths = pack(samples, device=DEVICE)
+            with training_attention(DEVICE, max(lengths)):
                 return response_loss(model, x, y, lengths=lengths)
-        x, y = collate(samples)
-        with training_attention(x.device, x.size(1)):
+        x, y = collate(samples, device=DEVICE)
+        with training_attention(DEVICE, x.size(1)):
             return response_loss(model, x, y)
 
     return timed_data_steps(model, loss_of, batches, warmup, load_time)
@@ -468,7 +505,7 @@ def data_hf(hf_dir: Path, data_dir: Path, precision: str, collation: str, batch_
     def loss_of(samples: list) -> torch.Tensor:
         if collation == "flattening":
             features = [{"input_ids": s["input_ids"].tolist(), "labels": s["labels"].tolist()} for s in samples]
-            return model(**flatten(features)).loss
+            return model(**{k: v.to(DEVICE) for k, v in flatten(features).items()}).loss
         length = max(len(s["input_ids"]) for s in samples)
         input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
         labels = torch.full((len(samples), length), -100, dtype=torch.long)
@@ -476,7 +513,8 @@ def data_hf(hf_dir: Path, data_dir: Path, precision: str, collation: str, batch_
         for row, s in enumerate(samples):
             n = len(s["input_ids"])
             input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
-        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        return model(input_ids=input_ids.to(DEVICE), attention_mask=attention_mask.to(DEVICE),
+                     labels=labels.to(DEVICE)).loss
 
     return timed_data_steps(model, loss_of, batches, warmup, load_time)
 
@@ -515,12 +553,13 @@ def short_hf(hf_dir: Path, data_dir: Path, precision: str, short_steps: int, out
         for row, s in enumerate(samples):
             n = len(s["input_ids"])
             input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss = model(input_ids=input_ids.to(DEVICE), attention_mask=attention_mask.to(DEVICE),
+                     labels=labels.to(DEVICE)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step_ends.append(time.perf_counter() - loop_start)
+        step_ends.append(now() - loop_start)
     model.save_pretrained(out_dir)
     return {"step_ends": step_ends}
 
@@ -531,7 +570,7 @@ def short_lit(checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision: st
     come from the metrics.csv it writes."""
     args = ["--checkpoint_dir", checkpoint_dir, "--data_dir", data_dir, "--out_dir", out_dir, "--precision",
             precision, "--max_iters", steps, "--batch_size", 8, "--micro_batch_size", 8, "--eval_interval", 1000,
-            "--save_interval", 1000, "--eval_iters", eval_iters, "--seed", SEED]
+            "--save_interval", 1000, "--eval_iters", eval_iters, "--seed", SEED, "--accelerator", DEVICE.type]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -556,7 +595,7 @@ def fmt_load() -> str:
 
 def fmt_steady(r: dict) -> str:
     return (f"step {statistics.median(r['step_times']):.2f}s (min {min(r['step_times']):.2f}, max "
-            f"{max(r['step_times']):.2f}), peak RSS {r['peak_rss'] / 1e9:.2f} GB, load {r['load_time']:.1f}s")
+            f"{max(r['step_times']):.2f}), peak memory {r['peak_rss'] / 1e9:.2f} GB, load {r['load_time']:.1f}s")
 
 
 def flops_per_step(checkpoint_dir: Path, batch_size: int, seq_length: int, targets: float, r: int = 8) -> tuple:
@@ -581,8 +620,9 @@ def flops_per_step(checkpoint_dir: Path, batch_size: int, seq_length: int, targe
 
 
 def label(precision: str, quantize: str) -> str:
-    if quantize == "hf":
-        return f"transformers + peft ({'bf16' if precision == 'bf16-true' else 'float32'})"
+    if quantize.startswith("hf"):  # "hf", or "hf-bnb.nf4" ... on a GPU
+        bnb = f" + bitsandbytes {quantize[7:]}" if quantize != "hf" else ""
+        return f"transformers + peft{bnb} ({'bf16' if precision == 'bf16-true' else 'float32'})"
     return f"lit_gpt --precision {precision}{'' if quantize == 'none' else ' --quantize ' + quantize}"
 
 
@@ -594,7 +634,7 @@ def data_label(precision: str, side: str, collation: str) -> str:
 
 def fmt_data(r: dict) -> str:
     return (f"{sum(r['tokens']) / sum(r['step_times']):,.0f} real tokens/s, step "
-            f"{statistics.median(r['step_times']):.2f}s (median), peak RSS {r['peak_rss'] / 1e9:.2f} GB")
+            f"{statistics.median(r['step_times']):.2f}s (median), peak memory {r['peak_rss'] / 1e9:.2f} GB")
 
 
 def report_data(model: str, data: dict, batch_size: int) -> None:
