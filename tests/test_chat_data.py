@@ -289,11 +289,12 @@ def test_chat_finetune_end_to_end(tmp_path: Path, smollm2_dir: Path) -> None:
     trained format."""
     data, out = tmp_path / "data", tmp_path / "out"
     proc = run_script("scripts/prepare_chat.py", "--checkpoint_dir", smollm2_dir, "--data_file",
-                      REPO / "data/arithmetic/chat.jsonl", "--destination_path", data, "--max_seq_length", 256)
-    assert re.search(r"train 242, val 13, truncated 0 .*skipped 0", proc.stdout), proc.stdout
+                      REPO / "data/arithmetic/chat.jsonl", "--destination_path", data, "--max_seq_length", 160)
+    assert ("train 242, val 13, truncated 92 (by 1 turn: 89 conversations, by 2 turns: 3 conversations; "
+            "oldest turns dropped to fit max_seq_length=160), skipped 0") in proc.stdout
     run_script("finetune/lora.py", "--checkpoint_dir", smollm2_dir, "--data_dir", data, "--out_dir", out,
-               "--precision", "32-true", "--max_iters", 12, "--batch_size", 4, "--micro_batch_size", 4,
-               "--learning_rate", 3e-3, "--warmup_steps", 2, "--eval_interval", 12, "--eval_iters", 1,
+               "--precision", "32-true", "--max_iters", 8, "--batch_size", 4, "--micro_batch_size", 4,
+               "--learning_rate", 3e-3, "--warmup_steps", 1, "--eval_interval", 8, "--eval_iters", 1,
                "--save_interval", 100)
     run = json.loads((out / "lora_config.json").read_text())
     assert run["prompt_style"] == "chatml" and run["data"]["format"] == "chat"

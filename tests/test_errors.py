@@ -1,6 +1,7 @@
-"""A malformed JSON file (lit_config.json, config.json, lora_config.json, prepare_config.json) or a truncated weight
-file is a one-line `error:` naming the file, from every script that reads it: exit status 1, no traceback, under
-300 characters. The scripts run as subprocesses, all at once (each spends seconds importing torch)."""
+"""A malformed JSON file (lit_config.json, config.json, lora_config.json, prepare_config.json, a conversation data
+file) or a truncated weight file is a one-line `error:` naming the file, from every script that reads it: exit status
+1, no traceback, under 300 characters. The scripts run as subprocesses, all at once (each spends seconds importing
+torch)."""
 
 import json
 import os
@@ -63,6 +64,10 @@ def edit(key: str, value: object, under: str = None):
     return change
 
 
+def writes(text: str):
+    return lambda path: path.write_text(text)
+
+
 NOT_JSON = "is not valid JSON (line 2 column 1: Expecting property name"
 # id: (script, its arguments ({root}: the case's dir), the file broken, how, what the error says besides the path)
 CASES = {
@@ -86,6 +91,19 @@ CASES = {
                            NOT_JSON),
     "merge-hf-config": ("scripts/merge_lora.py", "--lora_path {root}/out --out_dir {root}/merged",
                         "base/config.json", not_json, NOT_JSON),
+    "prepare-chat-role": ("scripts/prepare_chat.py", "--checkpoint_dir {root}/base --data_file {root}/data/chat.jsonl "
+                          "--destination_path {root}/prepared", "data/chat.jsonl",
+                          writes('{"messages": [{"role": "user", "content": "a"}]}\n{"messages": [{"role": "tool", '
+                                 '"content": "b"}]}\n'), "row 2 messages[0] has the unknown role 'tool'"),
+    "prepare-chat-layout": ("scripts/prepare_chat.py", "--checkpoint_dir {root}/base --data_file {root}/data/chat.json "
+                            "--destination_path {root}/prepared", "data/chat.json",
+                            writes('[{"instruction": "a", "output": "b"}]'), "row 1 has no 'messages' list"),
+    "gguf-architecture": ("scripts/export_gguf.py", "--checkpoint_dir {root}/base --out {root}/hf",
+                          "base/lit_config.json", edit("hf_model_type", "gpt_neox"),
+                          "is a gpt_neox model, which has no llama.cpp architecture we export"),
+    "gguf-adapter-architecture": ("scripts/export_gguf.py", "--lora_path {root}/out --out {root}/hf",
+                                  "out/lora_config.json", edit("hf_model_type", "falcon", under="model"),
+                                  "is a falcon model, which has no llama.cpp architecture we export"),
     "finetune-data": ("finetune/lora.py", "--checkpoint_dir {root}/base --data_dir {root}/data --out_dir "
                       "{root}/ft --max_iters 1", "data/prepare_config.json", not_json, NOT_JSON),
 }
