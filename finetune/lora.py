@@ -438,6 +438,8 @@ def save_checkpoint(fabric, model, optimizer, scheduler, state: dict, path: Path
             "step_count": state["step_count"], "data_rng": state["data_rng"].get_state(),
             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
             "metrics": state["metrics"], "elapsed": state["elapsed"]}
+    if fabric.device.type == "cuda":  # LoRA dropout's masks are drawn on the GPU
+        meta["cuda_rng"] = torch.cuda.get_rng_state(fabric.device)
     if not is_sharded(model):
         if fabric.global_rank == 0:
             atomic_save({"adapter": lora_state_dict(model), "optimizer": optimizer.state_dict(), **meta}, path)
@@ -484,6 +486,8 @@ def resume_from(path: Path, model, optimizer, scheduler, state: dict, fabric) ->
                  start_step=checkpoint["step_count"])
     state["data_rng"].set_state(checkpoint["data_rng"])
     torch.set_rng_state(checkpoint["torch_rng"])
+    if fabric.device.type == "cuda" and "cuda_rng" in checkpoint:
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"], fabric.device)
     random.setstate(checkpoint["python_rng"])
     fabric.print(f"Resumed from {str(path)!r} at step {state['step_count']}")
 
