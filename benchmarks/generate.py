@@ -47,6 +47,7 @@ def main(
     repeats: int = 3,
     modes: List[str] = ["bf16", "bf16-compile", "nf4"],
     transformers: bool = True,
+    llama_cpp: List[str] = ["f16", "q8_0"],
     threads: Optional[int] = None,
 ) -> None:
     """Prints a table of tokens/s, bandwidth bounds and ratios.
@@ -65,6 +66,9 @@ def main(
         modes: What to time: bf16 (eager), bf16-compile (the decoding step through torch.compile; its warm-up is
             reported, not timed) and/or nf4 (bitsandbytes 4-bit, eager).
         transformers: Also time `transformers.generate` on the same weights (bf16, the checkpoint's export).
+        llama_cpp: Also time llama.cpp (the `xllamacpp` wheel, same prompt ids, same number of new tokens, same
+            threads) on the checkpoint exported to GGUF in these types (scripts/export_gguf.py; kept in --cache_dir).
+            [] to skip.
         threads: torch threads (default: torch's choice). 1 gives steadier numbers on a busy machine.
     """
     unknown = sorted(set(modes) - {"bf16", "bf16-compile", "nf4"})
@@ -123,6 +127,8 @@ def main(
             return out[0, len(ids):].tolist()
 
         runners["transformers"] = hf_generate
+    for outtype in llama_cpp:
+        runners[f"llama.cpp {outtype}"] = llama_cpp_runner(checkpoint_dir, cache_dir, outtype, ids.tolist())
     for name, run in runners.items():
         start = time.perf_counter()
         run(2)
@@ -158,6 +164,9 @@ def main(
         hf_speed, speedup = ("-", "-") if hf is None else (f"{hf:.1f}", f"{row['ours'] / hf:.2f}x")
         print(f"{row['mode']:12} {row['bytes'] / 1e6:9.1f} {row['ours']:9.1f} {row['bound']:9.1f} "
               f"{row['ours'] / row['bound']:9.2f} {hf_speed:>13} {speedup:>8}")
+    for outtype in llama_cpp:
+        name = f"llama.cpp {outtype}"
+        print(f"{name:12} {'':9} {max_new_tokens / best[name]:9.1f} {'':9} {'':9} {'-':>13} {'-':>8}")
     print()
     for row in rows:
         if "same" in row:
@@ -168,6 +177,33 @@ def main(
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("targets (bf16): >= 0.5 of the bandwidth bound, >= 1.5x transformers.generate")
+
+
+def llama_cpp_runner(checkpoint_dir: Path, cache_dir: Path, outtype: str, ids: list):
+    """A function running llama.cpp's greedy decoding of n tokens after `ids` on the checkpoint's GGUF in `outtype`
+    (exported once into `cache_dir`), with torch's number of threads; the prompt is evaluated in each run, as ours."""
+    try:
+        import xllamacpp
+    except ImportError:
+        fail("--llama_cpp needs the xllamacpp package (pip install xllamacpp), or pass --llama_cpp []")
+    from lit_gpt.gguf_export import export_gguf
+
+    path = cache_dir / f"{checkpoint_dir.name}-{outtype.upper()}.gguf"
+    if not path.is_file():
+        print(f"Exporting {str(checkpoint_dir)!r} -> {str(path)!r} ...", file=sys.stderr)
+        export_gguf(checkpoint_dir, path, outtype)
+    params = xllamacpp.CommonParams()
+    params.model.path = str(path)
+    params.n_ctx, params.n_parallel, params.warmup = len(ids) + 1024, 1, True
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = torch.get_num_threads()
+    server = xllamacpp.Server(params)
+
+    def run(n: int) -> list:
+        out = server.handle_completions({"prompt": ids, "n_predict": n, "temperature": 0.0, "ignore_eos": True,
+                                         "cache_prompt": False})
+        return [None] * out["usage"]["completion_tokens"]  # how many: its server returns text, not ids
+
+    return run
 
 
 def copy_bandwidth(size: int = 1 << 30, repeats: int = 5) -> float:

@@ -93,7 +93,7 @@ def export_gguf(checkpoint_dir: Union[str, Path], out: Union[str, Path], outtype
     """Writes the checkpoint dir (base or merged) as one GGUF file `out` (written next to it, renamed at the end)."""
     checkpoint_dir, out = Path(checkpoint_dir), Path(out)
     config = Config.from_checkpoint(checkpoint_dir)
-    arch = gguf_architecture(config, repr(str(checkpoint_dir)))
+    arch = gguf_architecture(config, repr(str(checkpoint_dir / "lit_config.json")))
     qtype, file_type = check_outtype(outtype)
     tokenizer = tokenizer_metadata(checkpoint_dir, config)
     if config.sliding_window and arch == "llama":
@@ -108,12 +108,15 @@ def export_gguf(checkpoint_dir: Union[str, Path], out: Union[str, Path], outtype
 
 def check_outtype(outtype: str) -> Tuple[str, str]:
     """(tensor type, file type) of an outtype the gguf package can write; else fails listing those."""
+    from importlib.metadata import version
+
     import gguf
 
     if outtype.lower() not in OUTTYPES:
         known = outtype.upper() in gguf.GGMLQuantizationType.__members__
-        fail(f"--outtype {outtype!r}: {f'gguf {gguf.__version__} cannot write it' if known else 'unknown'}; it writes "
-             f"{', '.join(OUTTYPES)}. For K-quants, quantize an f16 GGUF with llama.cpp's llama-quantize")
+        why = f"the gguf package ({version('gguf')}) cannot write it" if known else "unknown type"
+        fail(f"--outtype {outtype!r}: {why}; it writes {', '.join(OUTTYPES)}. For K-quants, quantize an f16 GGUF with "
+             "llama.cpp's llama-quantize")
     return OUTTYPES[outtype.lower()]
 
 
@@ -300,7 +303,7 @@ def tokenizer_metadata(checkpoint_dir: Path, config: Config) -> dict:
         for i, token in enumerate(tokens):
             if types[i] == NORMAL and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
                 types[i] = BYTE
-        if model.get("unk_token") in vocab:
+        if model.get("unk_token") in vocab and model["unk_token"] not in added:  # else a special token: control
             types[vocab[model["unk_token"]]] = UNKNOWN
         meta.update({"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
                      "tokenizer.ggml.scores": scores(checkpoint_dir, tokens, merges),
@@ -385,11 +388,12 @@ def chat_template(checkpoint_dir: Path, tokenizer_config: dict) -> Optional[str]
 
 def export_lora_gguf(lora_path: Union[str, Path], out: Union[str, Path], outtype: str = "f32") -> Path:
     """Writes a finetune out dir's adapter as a llama.cpp LoRA GGUF, to apply on the base model's GGUF."""
+    from lit_gpt.lora import lora_files
     from lit_gpt.peft import load_lora_run
 
     run = load_lora_run(lora_path)
     config, where = run.config, repr(str(run.adapter_file))
-    arch = gguf_architecture(config, f"The adapter {where}")
+    arch = gguf_architecture(config, f"The adapter's {str(lora_files(lora_path)[1])!r}")
     if run.lora.head and config.tie_embeddings:
         fail(f"The adapter {where} adapts the LM head, which {config.name} ties to the embedding: llama.cpp cannot "
              "apply that (its GGUF has no output.weight). Export the merged model instead (scripts/merge_lora.py "

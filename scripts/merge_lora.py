@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import TOKENIZER_FILES, hf_config_from_lit  # noqa: E402
+from lit_gpt.gguf_export import check_outtype, export_gguf, gguf_architecture, tokenizer_metadata  # noqa: E402
 from lit_gpt.lora import LoRALinear, check_base_state_dict, lora_filter, suffix  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.peft import LoRARun, check_adapter_fits, load_lora_run  # noqa: E402
@@ -46,6 +47,8 @@ def main(
     checkpoint_dir: Optional[Path] = None,
     out_dir: Optional[Path] = None,
     precision: Optional[Literal["bf16-true", "16-true", "32-true"]] = None,
+    gguf: Optional[Path] = None,
+    gguf_outtype: str = "f16",
 ) -> None:
     """Merges a LoRA adapter into its base weights and writes a complete checkpoint dir.
 
@@ -56,6 +59,9 @@ def main(
         out_dir: The checkpoint dir to create; it must not exist (or be empty). Default: out/merged/<name of the
             finetune out dir>. It appears complete or not at all.
         precision: The dtype of the merged weights. Default: the base checkpoint's.
+        gguf: Also write the merged model as this GGUF file, for llama.cpp, Ollama and LM Studio (as
+            scripts/export_gguf.py does).
+        gguf_outtype: The type of the GGUF's weights: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1.
     """
     start = time.perf_counter()
     run = load_lora_run(lora_path)
@@ -79,6 +85,10 @@ def main(
         print(f"note: the adapter was trained on a {run.run['quantize']} quantized base; it is merged into the "
               "unquantized base weights")
     dtype = precision_dtype(precision) if precision else next(t.dtype for t in base.values() if t.is_floating_point())
+    if gguf is not None:  # fail before merging
+        check_outtype(gguf_outtype)
+        gguf_architecture(config, repr(str(checkpoint_dir)))
+        tokenizer_metadata(checkpoint_dir, config)
 
     state_dict, config = merge(model, base, run.adapter, dtype)
     with atomic_dir(out_dir) as tmp:
@@ -89,6 +99,9 @@ def main(
         merge_info = {"base": str(checkpoint_dir.resolve()), "adapter": str(run.adapter_file.resolve()),
                       "lora": run.lora.to_dict(), "dtype": DTYPE_NAMES[dtype]}
         (tmp / "merge_config.json").write_text(json.dumps(merge_info, indent=2) + "\n", encoding="utf-8")
+    if gguf is not None:
+        export_gguf(out_dir, gguf, gguf_outtype)
+        print(f"Wrote the merged model as {str(gguf)!r} ({gguf_outtype}). Run it: llama-cli -m {gguf}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"Merged {str(run.adapter_file)!r} into {str(checkpoint_dir)!r} ({DTYPE_NAMES[dtype]}) -> {str(out_dir)!r} "
           f"in {time.perf_counter() - start:.1f}s, peak memory (RSS) {peak:.2f} GB. Next: python generate/base.py "

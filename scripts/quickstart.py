@@ -90,9 +90,11 @@ def main(
         train_log = run("finetune/lora.py", *args, capture=True)
         (lora_dir / "quickstart_train.log").write_text(train_log)
 
-    step("4/6 Merge the adapter into the base weights", timings)
+    step("4/6 Merge the adapter into the base weights, and export them as a GGUF for llama.cpp / Ollama", timings)
     shutil.rmtree(merged_dir, ignore_errors=True)
-    run("scripts/merge_lora.py", "--lora_path", lora_dir, "--out_dir", merged_dir)
+    gguf_file = out_dir / f"{model}-arithmetic-Q8_0.gguf"
+    run("scripts/merge_lora.py", "--lora_path", lora_dir, "--out_dir", merged_dir, "--gguf", gguf_file,
+        "--gguf_outtype", "q8_0")
 
     step("5/6 Generate answers to held-out problems (data/arithmetic/test.jsonl)", timings)
     held_out = [json.loads(line) for line in (REPO / "data/arithmetic/test.jsonl").read_text().splitlines()[:3]]
@@ -116,6 +118,7 @@ def main(
     timings["end"] = time.perf_counter()
 
     summary(scores, train_log, timings, checkpoint_dir, data_dir, lora_dir, merged_dir, out_dir, quantize, limit or 100)
+    print_llama_cpp_commands(gguf_file, model, held_out[0]["question"], prompt_style)
 
 
 def step(title: str, timings: dict) -> None:
@@ -184,6 +187,20 @@ def summary(scores: dict, train_log: str, timings: dict, checkpoint_dir: Path, d
     print(f"  python eval/lm_eval_harness.py --lora_path {lora_dir} --tasks lit_arithmetic")
     print(f"  python scripts/export_peft.py --lora_path {lora_dir} --out_dir {out_dir / 'peft'}")
     print(f"  python scripts/convert_lit_checkpoint.py --checkpoint_dir {merged_dir} --out_dir {out_dir / 'hf'}")
+
+
+
+def print_llama_cpp_commands(gguf_file: Path, model: str, question: str, prompt_style: Optional[str]) -> None:
+    """How to run the exported GGUF outside this project."""
+    name = f"{model.lower()}-arithmetic"
+    print("\nRun the finetuned model in llama.cpp or Ollama (the GGUF holds the tokenizer and chat template):")
+    if prompt_style is None:  # a chat model: its template
+        print(f"  llama-cli -m {gguf_file} -cnv")
+        print(f"  llama-server -m {gguf_file}   # then POST to http://localhost:8080/v1/chat/completions")
+    else:  # a base model: the plain prompt it was finetuned with
+        print(f"  llama-cli -m {gguf_file} -no-cnv -n 64 --temp 0 -p 'Q: {question}\nA:'")
+    print(f"  echo 'FROM ./{gguf_file.name}' > {gguf_file.parent}/Modelfile && "
+          f"ollama create {name} -f {gguf_file.parent}/Modelfile && ollama run {name}")
 
 
 if __name__ == "__main__":

