@@ -50,6 +50,7 @@ def main(
     quantize: Optional[str] = None,
     device: str = "auto",
     prompt_style: Optional[str] = None,
+    system_prompt: Optional[str] = None,
     compile: bool = False,
 ) -> None:
     """Chats with the model of a checkpoint dir, optionally with a LoRA adapter.
@@ -71,6 +72,8 @@ def main(
         device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         prompt_style: How the conversation is written (alpaca, chatml, ...). Default: the style the adapter was
             trained with, else the checkpoint's prompt_style.json, else the model's own chat template or alpaca.
+        system_prompt: The system message. Default: the one the adapter was trained with (prepare_chat.py
+            --system_prompt), else the prompt style's own.
         compile: Compile the decoding step with torch.compile (float weights only; see generate/base.py).
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
@@ -87,6 +90,8 @@ def main(
     if run is not None:
         check_adapter_fits(run, config, checkpoint_dir)
     style = pick_prompt_style(prompt_style, run, checkpoint_dir)
+    if system_prompt is None and run is not None:
+        system_prompt = (run.run.get("data") or {}).get("system_prompt")
     tokenizer = Tokenizer(checkpoint_dir)
 
     model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_path=lora_path)
@@ -112,7 +117,8 @@ def main(
             continue
         if not message:
             continue
-        prompt, kept = fit_conversation(tokenizer, style, turns, message, model.max_seq_length - max_new_tokens)
+        prompt, kept = fit_conversation(tokenizer, style, turns, message, system_prompt,
+                                        model.max_seq_length - max_new_tokens)
         if prompt is None:
             note(f"This message does not fit the context of {model.max_seq_length} tokens with --max_new_tokens "
                  f"{max_new_tokens}: send a shorter one or lower --max_new_tokens")
@@ -186,11 +192,11 @@ def read_message() -> Optional[str]:
 
 
 def fit_conversation(tokenizer: Tokenizer, style: PromptStyle, turns: List[Tuple[str, str]], message: str,
-                     max_tokens: int) -> Tuple[Optional[torch.Tensor], int]:
+                     system: Optional[str], max_tokens: int) -> Tuple[Optional[torch.Tensor], int]:
     """(prompt ids, how many of the latest turns it keeps): as many turns as fit in `max_tokens` with the message,
     or (None, 0) when the message alone does not fit."""
     for kept in range(len(turns), -1, -1):
-        ids = tokenizer.encode(style.apply_conversation(turns[len(turns) - kept:], message))
+        ids = tokenizer.encode(style.apply_conversation(turns[len(turns) - kept:], message, system))
         if len(ids) <= max_tokens:
             return ids, kept
     return None, 0
