@@ -81,7 +81,7 @@ def setup(
         include_path: A folder of extra task YAMLs (eval/tasks is always included).
         save_filepath: Write the results, the configuration and the versions to this JSON file (atomically).
         precision: Weights/compute precision; default: the fastest on the device (bf16-true on GPUs with
-            bfloat16 and on CPUs with AMX, 32-true on other CPUs, 16-true on older GPUs).
+            bfloat16 and on CPUs whose bf16 matmuls are faster, 32-true on other CPUs, 16-true on older GPUs).
         quantize: Quantize the linear weights with bitsandbytes, like at finetuning (QLoRA).
         device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         max_seq_length: Longest input in tokens (default: the model's block_size); longer contexts are cut from the

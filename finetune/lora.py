@@ -111,7 +111,8 @@ def setup(
         data_dir: A dir written by a `scripts/prepare_*.py` script (train.pt, val.pt, prepare_config.json).
         out_dir: Where the adapter, lora_config.json, metrics.csv, loss.png and resumable checkpoints go.
         precision: Weights/compute precision; default: the fastest that works on the device (bf16-true on GPUs
-            with bfloat16 and on CPUs with AMX, 32-true on other CPUs, 16-mixed on older GPUs).
+            with bfloat16 and on CPUs whose bf16 matmuls are faster (measured), 32-true on other CPUs, 16-mixed on
+            older GPUs).
         quantize: Quantize the frozen base weights with bitsandbytes (QLoRA): nf4, nf4 with double quantization,
             fp4, fp4-dq or int8.
         devices: Number of devices (processes) per node. More than one uses DDP (gloo on CPU, NCCL on GPUs).

@@ -66,7 +66,7 @@ def main(
         repetition_penalty: Penalty > 1 on tokens already in the prompt or the answer (1.0: none).
         seed: Random seed of the sampling (one generator for the whole conversation).
         precision: Weights and compute dtype; default: the fastest on the device (bf16-true on GPUs with
-            bfloat16 and on CPUs with AMX, 16-true on older GPUs, else 32-true).
+            bfloat16 and on CPUs whose bf16 matmuls are faster, 16-true on older GPUs, else 32-true).
         quantize: Quantize the linear weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or
             bnb.int8 (null: no quantization).
         device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.

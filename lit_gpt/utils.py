@@ -1,12 +1,14 @@
 """Checkpoint loading, atomic writes, user-facing errors, parameter counts and a chunked cross-entropy."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
+import time
 import typing
 from contextlib import contextmanager
 from pathlib import Path
@@ -268,13 +270,35 @@ def cpu_has_amx() -> bool:
 
 
 def fastest_precision(device: Union[str, torch.device]) -> str:
-    """The precision whose matmuls run fastest on `device`: bf16-true on GPUs with bf16 and on CPUs with AMX, 16-mixed
-    on older GPUs, 32-true on other CPUs. Without AMX a CPU multiplies bf16 by converting to float32 first: half the
-    float32 speed or less (163 vs 321 GFLOP/s on this project's 2-core Xeon with avx512_bf16)."""
+    """The precision whose matmuls run fastest on `device`: bf16-true on GPUs with bf16, 16-mixed on older GPUs;
+    on CPUs bf16-true where bf16 matmuls are faster than float32 ones (`cpu_bf16_is_faster`), else 32-true."""
     if torch.device(device).type == "cuda":
         # a T4 or V100 only emulates bf16 (slowly): 16-mixed there
         return "bf16-true" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
-    return "bf16-true" if cpu_has_amx() else "32-true"
+    return "bf16-true" if cpu_bf16_is_faster() else "32-true"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_is_faster() -> bool:
+    """Whether this CPU multiplies bf16 matrices at least 1.5x as fast as float32 ones: with AMX, yes; otherwise
+    measured once per process (~0.1 s), as the flags do not tell: a 2-core AMD EPYC (Zen 4, avx512_bf16) ran 1024^3
+    bf16 matmuls 4x faster than float32, a 2-core Xeon with the same flag at half the float32 speed (bf16 converted
+    to float32 first)."""
+    if cpu_has_amx():
+        return True
+    return matmul_seconds(torch.bfloat16) * 1.5 < matmul_seconds(torch.float32)
+
+
+def matmul_seconds(dtype: torch.dtype, n: int = 1024, repeats: int = 3) -> float:
+    """The fastest of `repeats` (n, n) x (n, n) CPU matmuls in `dtype`, after one warm-up."""
+    a = torch.randn(n, n).to(dtype)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def response_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,

@@ -161,10 +161,24 @@ def test_logits_at_gives_the_full_logits_at_those_positions_and_the_same_loss() 
         torch.testing.assert_close(response_loss(model, idx, targets), chunked_cross_entropy(full, targets))
 
 
-def test_default_precision_is_float32_on_a_cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_cpu_precision_is_the_faster_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16-true with AMX or where bf16 matmuls are measured 1.5x faster than float32 ones, else 32-true."""
     import lit_gpt.utils
 
-    monkeypatch.setattr(lit_gpt.utils, "cpu_has_amx", lambda: False)
-    assert fastest_precision("cpu") == "32-true"
-    monkeypatch.setattr(lit_gpt.utils, "cpu_has_amx", lambda: True)
-    assert fastest_precision("cpu") == "bf16-true"
+    def precision(amx: bool, bf16_seconds: float) -> str:
+        monkeypatch.setattr(lit_gpt.utils, "cpu_has_amx", lambda: amx)
+        monkeypatch.setattr(lit_gpt.utils, "matmul_seconds", lambda dtype: bf16_seconds if dtype == torch.bfloat16
+                            else 1.0)
+        lit_gpt.utils.cpu_bf16_is_faster.cache_clear()
+        return fastest_precision("cpu")
+
+    try:
+        assert precision(amx=True, bf16_seconds=2.0) == "bf16-true"
+        assert precision(amx=False, bf16_seconds=2.0) == "32-true"  # converted to float32 first: slower
+        assert precision(amx=False, bf16_seconds=0.9) == "32-true"  # not clearly faster
+        assert precision(amx=False, bf16_seconds=0.25) == "bf16-true"  # native bf16 dot products (Zen 4)
+    finally:
+        lit_gpt.utils.cpu_bf16_is_faster.cache_clear()
+    monkeypatch.undo()
+    measured = lit_gpt.utils.matmul_seconds(torch.float32)
+    assert 0 < measured < 10
