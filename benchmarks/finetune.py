@@ -500,23 +500,27 @@ def data_hf(hf_dir: Path, data_dir: Path, precision: str, collation: str, batch_
     model = hf_peft_model(hf_dir, precision)
     load_time = time.perf_counter() - start
     flatten = DataCollatorWithFlattening(return_tensors="pt")
-    pad_id = model.config.pad_token_id or 0
 
     def loss_of(samples: list) -> torch.Tensor:
         if collation == "flattening":
             features = [{"input_ids": s["input_ids"].tolist(), "labels": s["labels"].tolist()} for s in samples]
             return model(**{k: v.to(DEVICE) for k, v in flatten(features).items()}).loss
-        length = max(len(s["input_ids"]) for s in samples)
-        input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
-        labels = torch.full((len(samples), length), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
-        for row, s in enumerate(samples):
-            n = len(s["input_ids"])
-            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
-        return model(input_ids=input_ids.to(DEVICE), attention_mask=attention_mask.to(DEVICE),
-                     labels=labels.to(DEVICE)).loss
+        return model(**hf_padded(samples, model.config.pad_token_id or 0)).loss
 
     return timed_data_steps(model, loss_of, batches, warmup, load_time)
+
+
+def hf_padded(samples: list, pad_id: int) -> dict:
+    """transformers' inputs for `samples` padded to the longest (on the right, with an attention mask); labels are
+    given aligned with the inputs (the model shifts them)."""
+    length = max(len(s["input_ids"]) for s in samples)
+    input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), length), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = len(s["input_ids"])
+        input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
+    return {"input_ids": input_ids.to(DEVICE), "attention_mask": attention_mask.to(DEVICE), "labels": labels.to(DEVICE)}
 
 
 def timed_data_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, load_time: float) -> dict:
@@ -542,19 +546,9 @@ def short_hf(hf_dir: Path, data_dir: Path, precision: str, short_steps: int, out
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
     train = torch.load(Path(data_dir) / "train.pt", weights_only=True)
-    pad_id = model.config.pad_token_id or 0
     step_ends, loop_start = [], time.perf_counter()
     for idx in short_batches(train, 8, short_steps):
-        samples = [train[i] for i in idx]
-        length = max(len(s["input_ids"]) for s in samples)
-        input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
-        labels = torch.full((len(samples), length), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
-        for row, s in enumerate(samples):
-            n = len(s["input_ids"])
-            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
-        loss = model(input_ids=input_ids.to(DEVICE), attention_mask=attention_mask.to(DEVICE),
-                     labels=labels.to(DEVICE)).loss
+        loss = model(**hf_padded([train[i] for i in idx], model.config.pad_token_id or 0)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
