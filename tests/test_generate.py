@@ -499,6 +499,27 @@ def test_chat_script(tiny_checkpoint, tiny_adapter):
         run_script("generate/chat.py", "--checkpoint_dir", tiny_checkpoint, "--max_new_tokens", 128, check=False))
 
 
+def test_chat_uses_the_system_prompt_the_adapter_was_trained_with(tiny_adapter, tmp_path):
+    """An adapter prepared with `prepare_chat.py --system_prompt` chats with that system message (as `--system_prompt`
+    does), not the style's default."""
+    def adapter(system_prompt) -> Path:
+        out = tmp_path / f"adapter-{system_prompt is not None}"
+        shutil.copytree(tiny_adapter, out, dirs_exist_ok=True)
+        run = json.loads((out / "lora_config.json").read_text())
+        run["prompt_style"], run["data"] = "chatml", {"format": "chat", "system_prompt": system_prompt}
+        (out / "lora_config.json").write_text(json.dumps(run))
+        return out
+
+    def chat(lora_path: Path, *args) -> str:
+        return run_script("generate/chat.py", "--lora_path", lora_path, "--max_new_tokens", 12, "--temperature", 0,
+                          "--precision", "32-true", *args, stdin="What is 12 plus 30?\n").stdout
+
+    system = "You are a calculator. Answer with digits only."
+    trained = chat(adapter(system))
+    assert trained == chat(adapter(None), "--system_prompt", system)
+    assert trained != chat(adapter(None))
+
+
 def test_a_prompt_as_long_as_the_context_is_a_clear_error():
     from lit_gpt.generate import check_prompt_length
     from lit_gpt.utils import UserError
