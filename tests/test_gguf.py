@@ -702,13 +702,7 @@ def test_tiny_gemma3_tokenizer_follows_sentencepiece(tmp_path):
 
 # --- the real SmolLM2-135M-Instruct (Q4_1 GGUF): the converted dir against transformers on the same file ---
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a CPU shared with other jobs, batch-1 decoding is ~10x faster on one thread than on two fighting ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")

@@ -97,12 +97,7 @@ def ours_logprobs(model: GPT, ids: list, start: int) -> torch.Tensor:
     return torch.log_softmax(model(torch.tensor([ids]))[0, start - 1:-1].double(), dim=-1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 # --- tiny random models, one per architecture ---

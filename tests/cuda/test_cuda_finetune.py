@@ -67,8 +67,8 @@ def test_first_step_loss_equals_the_cpus(tiny_checkpoint, tiny_data, tmp_path): 
 
 def test_resume_on_the_gpu(tiny_checkpoint, tiny_data, tmp_path):  # noqa: F811
     """QLoRA (nf4) in float32 for 6 steps; killed after step 3 (later files removed) and resumed: the same adapter.
-    Not bit for bit as on the CPU: SDPA's backward on CUDA adds with atomics. No dropout: the checkpoint keeps the
-    CPU's random state, not the GPU's."""
+    Not bit for bit as on the CPU: SDPA's backward on CUDA adds with atomics. No dropout, to compare the adapters
+    and not the random masks."""
     full = tmp_path / "full"
     args = ["--precision", "32-true", "--quantize", "bnb.nf4", "--max_iters", 6, "--save_interval", 3,
             "--eval_interval", 3, "--lora_dropout", 0]
