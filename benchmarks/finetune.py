@@ -34,7 +34,9 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   lit_gpt padded to the longest in the batch (finetune/lora.py --padding_free false) and packed (the default);
   transformers + peft padded with an attention mask (its default collation) and with `DataCollatorWithFlattening`
   (one row, position ids restarting at each example: on CPU transformers turns them into a block-diagonal sdpa mask
-  over the whole row). Tokens/s counts real tokens only (padding excluded), peak RSS as in the steady part.
+  over the whole row). Tokens/s counts real tokens only (padding excluded), peak RSS as in the steady part. The
+  report also gives each lit path's model FLOPs on these batches (as for MFU below, each example's attention over
+  its own length or, padded, the longest's): their ratio is what padding-free gains at equal FLOP/s, its ceiling.
 - the matmul peak of each precision: the best of several 4096^3 matmuls in that dtype, in this run, with the same
   threads. On a CPU without AMX, bf16 matmuls run at about half the float32 speed (bf16 is converted first).
 
@@ -231,7 +233,7 @@ def main(
     if steady or short:
         report(model, steady, short, peaks, checkpoint_dir, batch_size, seq_length, targets, short_steps)
     if data:
-        report_data(model, data, batch_size)
+        report_data(model, data, batch_size, checkpoint_dir)
     print(f"\nload average (1, 5, 15 min) at the end: {fmt_load()}, total time {time.perf_counter() - START:.0f}s")
 
 
@@ -525,10 +527,11 @@ def hf_padded(samples: list, pad_id: int) -> dict:
 
 def timed_data_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, load_time: float) -> dict:
     """`timed_steps` on lists of samples: each step's real tokens (the model reads all but each sample's last)."""
-    tokens = [sum(len(s["input_ids"]) - 1 for s in batch) for batch in batches[warmup:]]
-    padded = [len(batch) * (max(len(s["input_ids"]) for s in batch) - 1) for batch in batches[warmup:]]
+    lengths = [[len(s["input_ids"]) - 1 for s in batch] for batch in batches[warmup:]]
+    targets = [sum(int((s["labels"][1:] != -100).sum()) for s in batch) for batch in batches[warmup:]]
     result = timed_steps(model, lambda samples, _: loss_of(samples), [(b, None) for b in batches], warmup, load_time)
-    return {**result, "tokens": tokens, "padded_tokens": padded}
+    return {**result, "tokens": [sum(row) for row in lengths], "lengths": lengths, "targets": targets,
+            "padded_tokens": [len(row) * max(row) for row in lengths]}
 
 
 def short_batches(train: list, batch_size: int, steps: int) -> list:
@@ -592,8 +595,9 @@ def fmt_steady(r: dict) -> str:
             f"{max(r['step_times']):.2f}), peak memory {r['peak_rss'] / 1e9:.2f} GB, load {r['load_time']:.1f}s")
 
 
-def flops_per_step(checkpoint_dir: Path, batch_size: int, seq_length: int, targets: float, r: int = 8) -> tuple:
-    """(model FLOPs per step, N block weights, N head weights, N LoRA weights), as in the module docstring."""
+def flops_per_step(checkpoint_dir: Path, lengths: list, targets: float, r: int = 8) -> tuple:
+    """(model FLOPs per step, N block weights, N head weights, N LoRA weights), as in the module docstring, for a step
+    over rows (or packed examples) of `lengths` tokens, each attending over its own length."""
     from lit_gpt.config import Config
 
     c = Config.from_checkpoint(checkpoint_dir)
@@ -607,10 +611,12 @@ def flops_per_step(checkpoint_dir: Path, batch_size: int, seq_length: int, targe
     lora_qkv = 3 * r * c.n_embd + r * qkv  # three A (one per q, k, v) and B over all rows
     n_lora = c.n_layer * (lora_qkv + sum(r * (i + o) for i, o in linears[1:]))
     n_head_lora = r * (c.n_embd + c.padded_vocab_size)
-    keys = sum(min(seq_length, c.sliding_window) if c.is_sliding(i) else seq_length for i in range(c.n_layer))
-    per_token = 4 * n + 6 * n_lora + 12 * keys * d_attn
-    flops = batch_size * seq_length * per_token + targets * (4 * n_head + 6 * n_head_lora)
-    return flops, n, n_head, n_lora + n_head_lora
+
+    def keys(length: int) -> int:
+        return sum(min(length, c.sliding_window) if c.is_sliding(i) else length for i in range(c.n_layer))
+
+    flops = sum(length * (4 * n + 6 * n_lora + 12 * keys(length) * d_attn) for length in lengths)
+    return flops + targets * (4 * n_head + 6 * n_head_lora), n, n_head, n_lora + n_head_lora
 
 
 def label(precision: str, quantize: str) -> str:
@@ -631,12 +637,21 @@ def fmt_data(r: dict) -> str:
             f"{statistics.median(r['step_times']):.2f}s (median), peak memory {r['peak_rss'] / 1e9:.2f} GB")
 
 
-def report_data(model: str, data: dict, batch_size: int) -> None:
+def report_data(model: str, data: dict, batch_size: int, checkpoint_dir: Path) -> None:
     any_run = next(iter(data.values()))
     tokens, padded = sum(any_run["tokens"]), sum(any_run["padded_tokens"])
+    # the work each path does: padded, every row as long as the batch's longest; padding-free, each example its own
+    work = {"padded": sum(flops_per_step(checkpoint_dir, [max(row)] * len(row), t)[0]
+                          for row, t in zip(any_run["lengths"], any_run["targets"])),
+            "packed": sum(flops_per_step(checkpoint_dir, row, t)[0]
+                          for row, t in zip(any_run["lengths"], any_run["targets"]))}
+    ceiling = work["padded"] / work["packed"]
     print(f"\n{model}, Alpaca's length mix: {len(any_run['tokens'])} timed steps of {batch_size} examples, "
           f"{tokens:,} real tokens ({tokens / len(any_run['tokens']):.0f} a step); padded to the longest of each "
-          f"batch they are {padded:,} ({100 * (1 - tokens / padded):.0f}% padding).\n")
+          f"batch they are {padded:,} ({100 * (1 - tokens / padded):.0f}% padding). Model FLOPs (as for MFU, the "
+          f"head at the {sum(any_run['targets']):,} targets on both paths): padded {work['padded'] / 1e12:.1f} TFLOP, "
+          f"padding-free {work['packed'] / 1e12:.1f} TFLOP: at equal FLOP/s padding-free is {ceiling:.2f}x as fast, "
+          "the most dropping the padding can gain on these batches.\n")
     print("| Settings | Real tokens/s | Step time (median) | Training memory |")
     print("|---|---|---|---|")
     speed = {k: sum(r["tokens"]) / sum(r["step_times"]) for k, r in data.items()}
@@ -653,7 +668,8 @@ def report_data(model: str, data: dict, batch_size: int) -> None:
             ratio = mine / speed[prec, "lit", "padded"]
             memory = ours["peak_rss"] <= data[prec, "lit", "padded"]["peak_rss"]
             print(f"  {prec}: padding-free / padded real tokens/s: {ratio:.2f}x (target >= 1.8x) "
-                  f"{'PASS' if ratio >= 1.8 else 'FAIL'}; peak memory {'not above' if memory else 'ABOVE'} padded's")
+                  f"{'PASS' if ratio >= 1.8 else 'FAIL'}, {ratio / ceiling:.0%} of the {ceiling:.2f}x the FLOPs allow; "
+                  f"peak memory {'not above' if memory else 'ABOVE'} padded's")
         if theirs:
             ratio = mine / theirs
             memory = ours["peak_rss"] <= data[prec, "hf", "padded"]["peak_rss"]
@@ -667,7 +683,7 @@ def report_data(model: str, data: dict, batch_size: int) -> None:
 def report(model: str, steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_size: int, seq_length: int,
            targets: float, short_steps: int) -> None:
     tokens = batch_size * seq_length
-    flops, n, n_head, n_lora = flops_per_step(checkpoint_dir, batch_size, seq_length, targets)
+    flops, n, n_head, n_lora = flops_per_step(checkpoint_dir, [seq_length] * batch_size, targets)
     median = {k: statistics.median(v["step_times"]) for k, v in steady.items()}
     if steady:
         print(f"\n{model}, steady state: LoRA r=8 on all linears, {batch_size} x {seq_length} tokens per step "
