@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config
-from lit_gpt.data import collate, load_prepared, longest_first, pack, target_count
+from lit_gpt.data import collate, load_prepared, longest_first, pack, target_count, token_budget_batches
 from lit_gpt.generate import generate
 from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict, mark_only_lora_as_trainable, trainable_report
 from lit_gpt.prompts import PromptStyle
@@ -81,6 +81,7 @@ def setup(
     learning_rate: float = learning_rate,
     batch_size: int = batch_size,
     micro_batch_size: int = micro_batch_size,
+    micro_batch_tokens: Optional[int] = None,
     max_iters: int = max_iters,
     epochs: Optional[float] = None,
     warmup_steps: int = warmup_steps,
@@ -126,6 +127,10 @@ def setup(
         learning_rate: Peak learning rate of AdamW.
         batch_size: Examples per optimizer step, over all devices.
         micro_batch_size: Examples per forward/backward pass on one device.
+        micro_batch_tokens: Fill each forward/backward pass with examples up to this many tokens instead (padding-free:
+            their lengths summed; padded: their number times the longest), longest first, so that memory follows a
+            token budget whatever the lengths; an example longer than it runs alone. The global batch stays
+            `batch_size` examples, each device taking an equal share. Validation uses it too.
         max_iters: Number of optimizer steps.
         epochs: Train for this many passes over the training set instead of `max_iters` steps.
         warmup_steps: Steps of linear warmup before the cosine decay.
@@ -161,7 +166,11 @@ def setup(
     if min(devices, num_nodes) < 1:
         fail(f"--devices and --num_nodes must be at least 1, got {devices} and {num_nodes}")
     world_size = devices * num_nodes
-    if batch_size % (micro_batch_size * world_size):
+    if micro_batch_tokens is not None and micro_batch_tokens < 1:
+        fail(f"--micro_batch_tokens must be at least 1, got {micro_batch_tokens}")
+    if micro_batch_tokens is not None and batch_size % world_size:
+        fail(f"--batch_size {batch_size} must be a multiple of --devices x --num_nodes = {world_size}")
+    if micro_batch_tokens is None and batch_size % (micro_batch_size * world_size):
         fail(f"--batch_size {batch_size} must be a multiple of --micro_batch_size x --devices x --num_nodes = "
              f"{micro_batch_size * world_size}")
     if max_iters < 1 and epochs is None:
@@ -296,8 +305,7 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
             global_idx = order[: h["batch_size"]]
         else:
             global_idx = torch.randint(n_train, (h["batch_size"],), generator=state["data_rng"]).tolist()
-        micro = [global_idx[i: i + h["micro_batch_size"]] for i in range(0, len(global_idx), h["micro_batch_size"])]
-        mine = micro[fabric.global_rank:: fabric.world_size]
+        mine = my_micro_batches(global_idx, train_data, max_seq_length, fabric, h)
         # the loss of the step: the token losses of the whole global batch (all micro-batches, all devices) summed,
         # divided by its number of targets; every rank counts them from the same global batch (no communication)
         n_targets = max(1, sum(target_count(train_data[j], max_seq_length) for j in global_idx))
@@ -370,6 +378,22 @@ def trainable_parameters(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def my_micro_batches(global_idx: list[int], data: list[dict], max_seq_length: int, fabric, h: dict) -> list:
+    """This rank's micro-batches (lists of indices into `data`) of the global batch `global_idx`: micro-batches of
+    `micro_batch_size`, rank r taking r, r + world, ...; or, with `micro_batch_tokens`, rank r's share
+    global_idx[r::world] filled up to the token budget, in as many micro-batches as the rank that needs the most."""
+    world, rank = fabric.world_size, fabric.global_rank
+    if h["micro_batch_tokens"] is None:
+        size = h["micro_batch_size"]
+        return [global_idx[i: i + size] for i in range(0, len(global_idx), size)][rank::world]
+    shares = [global_idx[r::world] for r in range(world)]
+    lengths = [[min(len(data[j]["input_ids"]), max_seq_length) - 1 for j in share] for share in shares]
+    padded = not h["padding_free"]
+    count = max(len(token_budget_batches(n, h["micro_batch_tokens"], padded)) for n in lengths)
+    return [[shares[rank][i] for i in batch]
+            for batch in token_budget_batches(lengths[rank], h["micro_batch_tokens"], padded, count)]
+
+
 def micro_batch(samples: list[dict], max_seq_length: int, fabric, h: dict) -> tuple:
     """(input_ids, targets, lengths) on the device: packed in one row (`lengths` of the examples in it), or padded
     to the longest (`lengths` None; on GPUs to a multiple of `pad_multiple`: few distinct shapes, little kernel
@@ -382,12 +406,19 @@ def micro_batch(samples: list[dict], max_seq_length: int, fabric, h: dict) -> tu
 
 @torch.no_grad()
 def validate(fabric, model, val_data: list, max_seq_length: int, h: dict) -> float:
-    """The mean token loss over the first `eval_iters` micro-batches of the validation set (each rank runs them all)."""
+    """The mean token loss over the first `eval_iters` x `micro_batch_size` examples of the validation set (each rank
+    runs them all)."""
     model.eval()
     total, count = 0.0, 0
     mbs = h["micro_batch_size"]
-    for start in range(0, min(len(val_data), h["eval_iters"] * mbs), mbs):
-        input_ids, targets, lengths = micro_batch(val_data[start: start + mbs], max_seq_length, fabric, h)
+    examples = list(range(min(len(val_data), h["eval_iters"] * mbs)))
+    if h["micro_batch_tokens"] is None:
+        batches = [examples[start: start + mbs] for start in range(0, len(examples), mbs)]
+    else:  # the same examples, in micro-batches of the token budget
+        lengths = [min(len(val_data[i]["input_ids"]), max_seq_length) - 1 for i in examples]
+        batches = token_budget_batches(lengths, h["micro_batch_tokens"], not h["padding_free"])
+    for batch in batches:
+        input_ids, targets, lengths = micro_batch([val_data[i] for i in batch], max_seq_length, fabric, h)
         total += response_loss(model, input_ids, targets, reduction="sum", lengths=lengths).item()
         count += int((targets != -100).sum())
     model.train()

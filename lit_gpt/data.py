@@ -449,6 +449,29 @@ def longest_first(data: list[dict]) -> list[int]:
     return sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]), reverse=True)
 
 
+def token_budget_batches(lengths: list[int], budget: int, padded: bool = False, count: int = 0) -> list[list[int]]:
+    """The positions of `lengths` (the examples' token counts) in micro-batches of at most `budget` tokens: the lengths
+    summed (padding-free) or, `padded`, the number of examples times the longest. First fit, longest first (running
+    out of memory shows at the first micro-batch); an example longer than the budget runs alone. With `count`, the
+    micro-batch holding the most tokens is halved until there are `count` (as far as there are examples): every
+    process of a multi-device run must run as many forward and backward passes."""
+    def cost(batch: list[int]) -> int:
+        return len(batch) * lengths[batch[0]] if padded else sum(lengths[i] for i in batch)  # batch[0]: the longest
+
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # first fit, longest first: few micro-batches
+        fit = next((b for b in batches if cost(b + [i]) <= budget), None)
+        if fit is None:
+            batches.append([i])
+        else:
+            fit.append(i)
+    while len(batches) < count and any(len(b) > 1 for b in batches):
+        k = max((k for k, b in enumerate(batches) if len(b) > 1), key=lambda k: cost(batches[k]))
+        half = len(batches[k]) // 2
+        batches[k: k + 1] = [batches[k][:half], batches[k][half:]]
+    return batches
+
+
 def pack(samples: list[dict], max_seq_length: Optional[int] = None, device: Optional[Union[str, torch.device]] = None
          ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(input_ids, targets, lengths) for padding-free training: `loss(model(input_ids, lengths=lengths), targets)`.

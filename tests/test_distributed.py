@@ -1,5 +1,6 @@
-"""Several processes on CPU (gloo): FSDP2, two torchrun "nodes" and DDP with a 4-bit base each give the adapter one
-process gives for the same global batch; FSDP's sharded checkpoints resume the run exactly."""
+"""Several processes on CPU (gloo): FSDP2 (also with a token budget per micro-batch), two torchrun "nodes" and DDP
+with a 4-bit base each give the adapter one process gives for the same global batch; FSDP's sharded checkpoints
+resume the run exactly."""
 
 import os
 import shutil
@@ -52,6 +53,15 @@ def test_fsdp_matches_one_process_and_resumes(tiny_checkpoint, tiny_data, one_pr
     proc = finetune(tiny_checkpoint, tiny_data, killed, *ARGS, "--devices", 2, "--strategy", "fsdp", "--resume", "auto")
     assert "Resumed from" in proc.stdout and "step-000003" in proc.stdout
     assert_same_run(killed, full, exact=True)
+
+
+def test_fsdp_with_a_token_budget_matches_one_process(tiny_checkpoint, tiny_data, one_process, tmp_path):  # noqa: F811
+    """--micro_batch_tokens 150 on 2 FSDP processes: at some steps one process's share needs two micro-batches and
+    the other's one, which is then split in two (FSDP gathers each block's weights in every forward and backward:
+    unequal numbers of passes hang). Same run as one process with micro-batches of 2."""
+    out = tmp_path / "fsdp-tokens"
+    finetune(tiny_checkpoint, tiny_data, out, *ARGS, "--devices", 2, "--strategy", "fsdp", "--micro_batch_tokens", 150)
+    assert_same_run(out, one_process)
 
 
 def free_port() -> int:

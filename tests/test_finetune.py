@@ -126,7 +126,8 @@ def test_resume_reproduces_uninterrupted_run(tiny_checkpoint, tiny_data, tmp_pat
 
 def test_the_loss_of_a_step_does_not_depend_on_micro_batches_or_devices(tiny_checkpoint, tiny_data, tmp_path):
     """The loss of a step is the token-sum over the global batch / its number of targets: a global batch of 8 as
-    1 x 8, 4 x 2 and 8 x 1 micro-batches, on 2 DDP processes (CPU, gloo), padding-free (the default) or padded, gives
+    1 x 8, 4 x 2 and 8 x 1 micro-batches, by a token budget, on 2 DDP processes (CPU, gloo), padding-free (the
+    default) or padded, gives
     the same losses and the same adapter. The responses differ in length, so a mean of per-micro-batch means (the
     old rule) differs: checked against the examples' own losses."""
     from lit_gpt.data import collate, load_prepared
@@ -138,7 +139,13 @@ def test_the_loss_of_a_step_does_not_depend_on_micro_batches_or_devices(tiny_che
             "--save_interval", 3, "--batch_size", 8]
     runs = {"1x8": ["--micro_batch_size", 8], "4x2": ["--micro_batch_size", 2], "8x1": ["--micro_batch_size", 1],
             "2 devices": ["--micro_batch_size", 2, "--devices", 2],
-            "1x8 padded": ["--micro_batch_size", 8, "--padding_free", "false"]}
+            "1x8 padded": ["--micro_batch_size", 8, "--padding_free", "false"],
+            # micro-batches of up to 150 tokens (one or two examples of 57-92 here: 8, 4 and 5 micro-batches in the
+            # three steps), and on 2 processes whose shares need different numbers of them (4 and 2 at step 2: the one
+            # needing fewer splits its fullest, both run as many passes)
+            "150 tokens": ["--micro_batch_tokens", 150], "150 tokens padded": ["--micro_batch_tokens", 150,
+                                                                               "--padding_free", "false"],
+            "150 tokens, 2 devices": ["--micro_batch_tokens", 150, "--devices", 2]}
     for name, extra in runs.items():
         finetune(tiny_checkpoint, tiny_data, tmp_path / name, *args, *extra)
     reference = torch.load(tmp_path / "1x8" / "lit_model_lora_finetuned.pth", weights_only=True)
@@ -189,6 +196,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_checkpoint, tiny_data, tm
      "--num_nodes = 8"),
     (["--resume", "nope.pth"], "--resume 'nope.pth' is not a checkpoint file"),
     (["--max_iters", 0], "--max_iters must be at least 1"),
+    (["--micro_batch_tokens", 0], "--micro_batch_tokens must be at least 1"),
+    (["--micro_batch_tokens", 64, "--batch_size", 3, "--devices", 2], "--batch_size 3 must be a multiple of --devices "
+     "x --num_nodes = 2"),
 ])
 def test_bad_input(tiny_checkpoint, tiny_data, tmp_path, args, message):
     out = tmp_path / "out"

@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_model import SIZES, lit_model_from_hf, tiny_hf_model
 
-from lit_gpt.data import collate, pack
+from lit_gpt.data import collate, pack, token_budget_batches
 from lit_gpt.lora import LoRAConfig, add_lora, mark_only_lora_as_trainable
 from lit_gpt.utils import response_loss
 
@@ -106,3 +106,23 @@ def test_lengths_must_describe_the_row() -> None:
     model = lit_model_from_hf(tiny_hf_model("llama-gqa"))
     with pytest.raises(ValueError, match="must sum to the 5 tokens"):
         model(torch.zeros(1, 5, dtype=torch.long), lengths=[2, 2])
+
+
+def test_token_budget_batches() -> None:
+    """Every example once, first fit longest first, each micro-batch within the budget (padding-free: summed;
+    padded: count x longest) unless one example alone is over it; `count` halves the fullest micro-batches until
+    there are that many."""
+    lengths = [30, 120, 10, 55, 70, 5, 90, 40]
+    for padded in (False, True):
+        batches = token_budget_batches(lengths, 100, padded)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+        assert all(lengths[b[0]] == max(lengths[i] for i in b) for b in batches)
+        for b in batches:
+            cost = len(b) * max(lengths[i] for i in b) if padded else sum(lengths[i] for i in b)
+            assert cost <= 100 or len(b) == 1
+    assert token_budget_batches(lengths, 100) == [[1], [6, 2], [4, 0], [3, 7, 5]]  # first fit, fullest
+    assert token_budget_batches(lengths, 100, padded=True) == [[1], [6], [4], [3], [7, 0], [2, 5]]
+    split = token_budget_batches(lengths, 100, count=6)
+    assert len(split) == 6 and sorted(i for b in split for i in b) == list(range(len(lengths)))
+    assert len(token_budget_batches([5, 5], 100, count=4)) == 2  # no more micro-batches than examples
