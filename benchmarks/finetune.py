@@ -31,7 +31,9 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   within its bin, the first min(48, half) tokens of each example its prompt (no loss: Alpaca's template and
   instruction are ~30 + ~15 tokens). Their tokens are the prepared training text, cut to those lengths. `--data_steps`
   timed steps of `--batch_size` examples (one micro-batch) after `--warmup`, the same examples for every side:
-  lit_gpt padded to the longest in the batch (finetune/lora.py --padding_free false) and packed (the default);
+  lit_gpt padded to the longest in the batch (finetune/lora.py --padding_free false) and packed (the default),
+  each in its own process (for its peak memory) and both alternating step by step in one (for their speed ratio,
+  which the machine's drift between two processes would otherwise move);
   transformers + peft padded with an attention mask (its default collation) and with `DataCollatorWithFlattening`
   (one row, position ids restarting at each example: on CPU transformers turns them into a block-diagonal sdpa mask
   over the whole row). Tokens/s counts real tokens only (padding excluded), peak RSS as in the steady part. The
@@ -88,7 +90,7 @@ DEVICE = torch.device("cpu")  # --device: where every measurement of the run (an
 # Alpaca's token lengths (alpaca-lora, lengths.ipynb: Alpaca template + eos, LLaMA tokenizer): bin edges and counts
 ALPACA_LENGTHS = ([60, 184.5, 309, 433.5, 558, 682.5, 807, 931.5, 1056, 1180.5, 1305],
                   [42516, 8250, 983, 191, 35, 16, 9, 0, 1, 1])
-COLLATIONS = {"lit": ("padded", "packed"), "hf": ("padded", "flattening")}
+COLLATIONS = {"lit": ("padded", "packed", "alternate"), "hf": ("padded", "flattening")}
 
 
 def main(
@@ -464,7 +466,8 @@ def alpaca_like_batches(data_dir: Path, n: int, batch_size: int) -> list:
 
 def data_lit(checkpoint_dir: Path, data_dir: Path, precision: str, collation: str, batch_size: int, data_steps: int,
              warmup: int, **_) -> dict:
-    """finetune/lora.py's training step on the Alpaca-like batches, padded (`--padding_free false`) or packed."""
+    """finetune/lora.py's training step on the Alpaca-like batches, padded (`--padding_free false`) or packed, or
+    both alternating step by step (`alternate`: the machine's drift hits both alike)."""
     from lit_gpt.data import collate, pack
     from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
     from lit_gpt.quantize import load_model
@@ -480,8 +483,8 @@ def data_lit(checkpoint_dir: Path, data_dir: Path, precision: str, collation: st
     model.train()
     load_time = time.perf_counter() - start
 
-    def loss_of(samples: list) -> torch.Tensor:
-        if collation == "packed":
+    def loss_of(samples: list, how: str) -> torch.Tensor:
+        if how == "packed":
             x, y, lengths = pack(samples, device=DEVICE)
             with training_attention(DEVICE, max(lengths)):
                 return response_loss(model, x, y, lengths=lengths)
@@ -489,7 +492,8 @@ def data_lit(checkpoint_dir: Path, data_dir: Path, precision: str, collation: st
         with training_attention(DEVICE, x.size(1)):
             return response_loss(model, x, y)
 
-    return timed_data_steps(model, loss_of, batches, warmup, load_time)
+    hows = ("packed", "padded") if collation == "alternate" else (collation,)
+    return timed_data_steps(model, loss_of, batches, warmup, load_time, hows)
 
 
 def data_hf(hf_dir: Path, data_dir: Path, precision: str, collation: str, batch_size: int, data_steps: int,
@@ -505,7 +509,7 @@ def data_hf(hf_dir: Path, data_dir: Path, precision: str, collation: str, batch_
     load_time = time.perf_counter() - start
     flatten = DataCollatorWithFlattening(return_tensors="pt")
 
-    def loss_of(samples: list) -> torch.Tensor:
+    def loss_of(samples: list, _) -> torch.Tensor:
         if collation == "flattening":
             features = [{"input_ids": s["input_ids"].tolist(), "labels": s["labels"].tolist()} for s in samples]
             return model(**{k: v.to(DEVICE) for k, v in flatten(features).items()}).loss
@@ -527,11 +531,16 @@ def hf_padded(samples: list, pad_id: int) -> dict:
     return {"input_ids": input_ids.to(DEVICE), "attention_mask": attention_mask.to(DEVICE), "labels": labels.to(DEVICE)}
 
 
-def timed_data_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, load_time: float) -> dict:
-    """`timed_steps` on lists of samples: each step's real tokens (the model reads all but each sample's last)."""
+def timed_data_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, load_time: float,
+                     hows: tuple = (None,)) -> dict:
+    """`timed_steps` on lists of samples, each batch run once per collation in `hows` (`loss_of(samples, how)`), one
+    after the other; each step's real tokens (the model reads all but each sample's last). With several `hows`,
+    `step_times_of` has each one's step times."""
     lengths = [[len(s["input_ids"]) - 1 for s in batch] for batch in batches[warmup:]]
     targets = [sum(int((s["labels"][1:] != -100).sum()) for s in batch) for batch in batches[warmup:]]
-    result = timed_steps(model, lambda samples, _: loss_of(samples), [(b, None) for b in batches], warmup, load_time)
+    steps = [(batch, how) for batch in batches for how in hows]
+    result = timed_steps(model, loss_of, steps, warmup * len(hows), load_time)
+    result["step_times_of"] = {how: result["step_times"][k::len(hows)] for k, how in enumerate(hows)}
     return {**result, "tokens": [sum(row) for row in lengths], "lengths": lengths, "targets": targets,
             "padded_tokens": [len(row) * max(row) for row in lengths]}
 
@@ -631,12 +640,17 @@ def label(precision: str, quantize: str) -> str:
 def data_label(precision: str, side: str, collation: str) -> str:
     if side == "hf":
         return f"transformers + peft, {'padded' if collation == 'padded' else 'DataCollatorWithFlattening'}"
+    if collation == "alternate":
+        return "lit_gpt padding-free and padded alternating step by step, one process"
     return f"lit_gpt {'padding-free' if collation == 'packed' else 'padded (--padding_free false)'}"
 
 
 def fmt_data(r: dict) -> str:
-    return (f"{sum(r['tokens']) / sum(r['step_times']):,.0f} real tokens/s, step "
-            f"{statistics.median(r['step_times']):.2f}s (median), peak memory {r['peak_rss'] / 1e9:.2f} GB")
+    several = len(r["step_times_of"]) > 1
+    speeds = ", ".join(f"{how + ' ' if several else ''}{sum(r['tokens']) / sum(times):,.0f}"
+                       for how, times in r["step_times_of"].items())
+    return (f"{speeds} real tokens/s, step {statistics.median(r['step_times']):.2f}s (median), peak memory "
+            f"{r['peak_rss'] / 1e9:.2f} GB")
 
 
 def flop_ceiling(checkpoint_dir: Path, lengths: list, targets: list) -> tuple:
@@ -671,10 +685,18 @@ def report_data(model: str, data: dict, batch_size: int, checkpoint_dir: Path, d
           f"not timed) padding is {mix_padding:.0%} and that ceiling {mix_ceiling:.2f}x.\n")
     print("| Settings | Real tokens/s | Step time (median) | Training memory |")
     print("|---|---|---|---|")
+    alternating = {k[0]: r for k, r in data.items() if k[2] == "alternate"}
+    data = {k: r for k, r in data.items() if k[2] != "alternate"}
     speed = {k: sum(r["tokens"]) / sum(r["step_times"]) for k, r in data.items()}
     for (prec, side, collation), r in data.items():
         print(f"| {data_label(prec, side, collation)} ({prec}) | {speed[prec, side, collation]:,.0f} | "
               f"{statistics.median(r['step_times']):.2f} s | {r['peak_rss'] / 1e9:.2f} GB |")
+    for prec, r in alternating.items():
+        for how, times in r["step_times_of"].items():
+            print(f"| lit_gpt {'padding-free' if how == 'packed' else 'padded'}, alternating with "
+                  f"{'padded' if how == 'packed' else 'padding-free'} in one process ({prec}) | "
+                  f"{sum(r['tokens']) / sum(times):,.0f} | {statistics.median(times):.2f} s | (both: "
+                  f"{r['peak_rss'] / 1e9:.2f} GB) |")
     print(f"\nTargets ({model}, Alpaca's length mix):")
     for prec in sorted({k[0] for k in data}):
         ours, theirs = data.get((prec, "lit", "packed")), speed.get((prec, "hf", "padded"))
@@ -689,6 +711,13 @@ def report_data(model: str, data: dict, batch_size: int, checkpoint_dir: Path, d
                   f"{ratio / ceiling:.0%} of the {ceiling:.2f}x their FLOPs allow; at that share of the whole mix's "
                   f"{mix_ceiling:.2f}x: {mix_ratio:.2f}x (target >= 1.8x) {'PASS' if mix_ratio >= 1.8 else 'FAIL'}; "
                   f"peak memory {'not above' if memory else 'ABOVE'} padded's")
+        if prec in alternating:  # the same comparison with the machine's drift cancelled
+            times = alternating[prec]["step_times_of"]
+            ratio = sum(times["padded"]) / sum(times["packed"])
+            mix_ratio = ratio / ceiling * mix_ceiling
+            print(f"  {prec}: the same, alternating step by step in one process: {ratio:.2f}x, "
+                  f"{ratio / ceiling:.0%} of the ceiling; at that share of the whole mix's: {mix_ratio:.2f}x "
+                  f"(target >= 1.8x) {'PASS' if mix_ratio >= 1.8 else 'FAIL'}")
         if theirs:
             ratio = mine / theirs
             memory = ours["peak_rss"] <= data[prec, "hf", "padded"]["peak_rss"]
