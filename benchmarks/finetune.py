@@ -536,13 +536,18 @@ def timed_data_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int
     """`timed_steps` on lists of samples, each batch run once per collation in `hows` (`loss_of(samples, how)`), one
     after the other; each step's real tokens (the model reads all but each sample's last). With several `hows`,
     `step_times_of` has each one's step times."""
-    lengths = [[len(s["input_ids"]) - 1 for s in batch] for batch in batches[warmup:]]
-    targets = [sum(int((s["labels"][1:] != -100).sum()) for s in batch) for batch in batches[warmup:]]
+    lengths, targets = lengths_and_targets(batches[warmup:])
     steps = [(batch, how) for batch in batches for how in hows]
     result = timed_steps(model, loss_of, steps, warmup * len(hows), load_time)
     result["step_times_of"] = {how: result["step_times"][k::len(hows)] for k, how in enumerate(hows)}
     return {**result, "tokens": [sum(row) for row in lengths], "lengths": lengths, "targets": targets,
             "padded_tokens": [len(row) * max(row) for row in lengths]}
+
+
+def lengths_and_targets(batches: list) -> tuple:
+    """Per batch of samples: the tokens each sample's step reads (all but its last), and the batch's targets."""
+    return ([[len(s["input_ids"]) - 1 for s in batch] for batch in batches],
+            [sum(int((s["labels"][1:] != -100).sum()) for s in batch) for batch in batches])
 
 
 def short_batches(train: list, batch_size: int, steps: int) -> list:
@@ -657,9 +662,8 @@ def flop_ceiling(checkpoint_dir: Path, lengths: list, targets: list) -> tuple:
     """(padded model FLOPs, padding-free model FLOPs) of steps whose examples have `lengths` (a list per step) and
     `targets`: padded, every example as long as its step's longest; padding-free, each its own length. Their ratio is
     what padding-free gains at equal FLOP/s, the most dropping the padding can gain."""
-    padded = sum(flops_per_step(checkpoint_dir, [max(row)] * len(row), t)[0] for row, t in zip(lengths, targets))
-    packed = sum(flops_per_step(checkpoint_dir, row, t)[0] for row, t in zip(lengths, targets))
-    return padded, packed
+    padded = flops_per_step(checkpoint_dir, [max(row) for row in lengths for _ in row], sum(targets))[0]
+    return padded, flops_per_step(checkpoint_dir, [n for row in lengths for n in row], sum(targets))[0]
 
 
 def report_data(model: str, data: dict, batch_size: int, checkpoint_dir: Path, data_dir: Path,
@@ -670,10 +674,8 @@ def report_data(model: str, data: dict, batch_size: int, checkpoint_dir: Path, d
     ceiling = work[0] / work[1]
     # the mix as a whole: a few timed steps are a small draw from its long tail (the ceiling of 10 steps of 8 ranges
     # about 1.55x-2.1x from draw to draw for SmolLM2); counted, not timed, over `mix_steps` more
-    mix = alpaca_like_batches(data_dir, mix_steps, batch_size)
-    mix_lengths = [[len(s["input_ids"]) - 1 for s in batch] for batch in mix]
-    mix_work = flop_ceiling(checkpoint_dir, mix_lengths,
-                            [sum(int((s["labels"][1:] != -100).sum()) for s in batch) for batch in mix])
+    mix_lengths, mix_targets = lengths_and_targets(alpaca_like_batches(data_dir, mix_steps, batch_size))
+    mix_work = flop_ceiling(checkpoint_dir, mix_lengths, mix_targets)
     mix_ceiling = mix_work[0] / mix_work[1]
     mix_padding = 1 - sum(map(sum, mix_lengths)) / sum(len(row) * max(row) for row in mix_lengths)
     print(f"\n{model}, Alpaca's length mix: {len(any_run['tokens'])} timed steps of {batch_size} examples, "
