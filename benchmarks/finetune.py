@@ -391,7 +391,7 @@ def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: s
                steps: int, warmup: int, **_) -> dict:
     from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
     from lit_gpt.quantize import load_model
-    from lit_gpt.utils import response_loss, training_attention
+    from lit_gpt.utils import response_loss
 
     torch.manual_seed(SEED)
     batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
@@ -403,8 +403,7 @@ def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: s
     load_time = time.perf_counter() - start
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # as finetune/lora.py's training step
-        with training_attention(DEVICE, x.size(1)):
-            return response_loss(model, x.to(DEVICE), y.to(DEVICE))
+        return response_loss(model, x.to(DEVICE), y.to(DEVICE))
 
     return timed_steps(model, loss_of, batches, warmup, load_time)
 
@@ -471,7 +470,7 @@ def data_lit(checkpoint_dir: Path, data_dir: Path, precision: str, collation: st
     from lit_gpt.data import collate, pack
     from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
     from lit_gpt.quantize import load_model
-    from lit_gpt.utils import response_loss, training_attention
+    from lit_gpt.utils import response_loss
 
     torch.manual_seed(SEED)
     batches = alpaca_like_batches(data_dir, warmup + data_steps, batch_size)
@@ -486,11 +485,9 @@ def data_lit(checkpoint_dir: Path, data_dir: Path, precision: str, collation: st
     def loss_of(samples: list, how: str) -> torch.Tensor:
         if how == "packed":
             x, y, lengths = pack(samples, device=DEVICE)
-            with training_attention(DEVICE, max(lengths)):
-                return response_loss(model, x, y, lengths=lengths)
+            return response_loss(model, x, y, lengths=lengths)
         x, y = collate(samples, device=DEVICE)
-        with training_attention(DEVICE, x.size(1)):
-            return response_loss(model, x, y)
+        return response_loss(model, x, y)
 
     hows = ("packed", "padded") if collation == "alternate" else (collation,)
     return timed_data_steps(model, loss_of, batches, warmup, load_time, hows)

@@ -35,7 +35,6 @@ from lit_gpt.utils import (
     lazy_load,
     num_parameters,
     response_loss,
-    training_attention,
 )
 
 # Hyperparameters: edit them here, or set any of them on the command line (e.g. `--learning_rate 1e-4`).
@@ -313,9 +312,7 @@ def train(fabric, model, raw_model, optimizer, scheduler, train_data: list, val_
         for i, idx in enumerate(mine):
             input_ids, targets, lengths = micro_batch([train_data[j] for j in idx], max_seq_length, fabric, h)
             with fabric.no_backward_sync(model, enabled=i < len(mine) - 1):
-                longest = max(lengths) if lengths else input_ids.size(1)
-                with training_attention(fabric.device, longest, raw_model.activation_checkpointing):
-                    loss = response_loss(model, input_ids, targets, reduction="sum", lengths=lengths)
+                loss = response_loss(model, input_ids, targets, reduction="sum", lengths=lengths)
                 fabric.backward(loss * (fabric.world_size / n_targets))  # DDP averages the gradients of the ranks
             loss_sum += loss.item()
             del loss  # its graph (holding the logits the loss was computed from) would outlive the next forward pass

@@ -1,5 +1,7 @@
 """GPT against transformers on tiny random models of every family, KV-cache decoding, presets."""
 
+from typing import Optional
+
 import pytest
 import torch
 
@@ -159,6 +161,46 @@ def test_logits_at_gives_the_full_logits_at_those_positions_and_the_same_loss() 
         full = model(idx)
         torch.testing.assert_close(model(idx, logits_at=at), full[at])
         torch.testing.assert_close(response_loss(model, idx, targets), chunked_cross_entropy(full, targets))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_chunked_cross_entropy_equals_torch_cross_entropy_in_float32(dtype: torch.dtype, reduction: str) -> None:
+    """Loss and logits gradient as F.cross_entropy on the logits upcast to float32, with ignored targets and chunks
+    that do not divide the rows; the logits are left as they were (float32 chunks are views of them)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(3, 37, 101, generator=gen) * 4).to(dtype)
+    targets = torch.randint(0, 101, (3, 37), generator=gen)
+    targets[0, :5], targets[2, 30:] = -100, -100
+    before = logits.clone()
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = chunked_cross_entropy(ours, targets, chunk_size=8, reduction=reduction)
+    expected = torch.nn.functional.cross_entropy(theirs.float().flatten(0, 1), targets.flatten(), reduction=reduction)
+    (loss * 1.7).backward()
+    (expected * 1.7).backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(ours.grad, theirs.grad)
+    assert ours.grad.dtype == dtype and torch.equal(ours.detach(), before)
+    assert chunked_cross_entropy(logits, torch.full((3, 37), -100)).item() == 0  # nothing to learn: 0, not nan
+
+
+@pytest.mark.parametrize("n_head, n_query_groups, scale", [(6, 2, None), (4, 4, None), (4, 1, 0.3)])
+def test_folded_attention_equals_sdpa(n_head: int, n_query_groups: int, scale: Optional[float]) -> None:
+    """The CPU training attention (query heads of a group stacked along the sequence) gives SDPA's causal attention
+    and its gradients, for grouped, multi-head and multi-query attention, on a batch of 2 rows."""
+    from lit_gpt.model import folded_attention
+
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 11, n_head, 16, generator=gen).transpose(1, 2).requires_grad_()  # (B, n_head, T, hs) view
+    k = torch.randn(2, n_query_groups, 11, 16, generator=gen, requires_grad=True)
+    v = torch.randn(2, n_query_groups, 11, 16, generator=gen, requires_grad=True)
+    grad = torch.randn(2, n_head, 11, 16, generator=gen)
+    ours = folded_attention(q, k, v, scale)
+    theirs = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                              enable_gqa=n_head != n_query_groups)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(torch.autograd.grad(ours, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad))
 
 
 def test_default_cpu_precision_is_the_faster_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
