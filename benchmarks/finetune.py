@@ -32,8 +32,9 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   instruction are ~30 + ~15 tokens). Their tokens are the prepared training text, cut to those lengths. `--data_steps`
   timed steps of `--batch_size` examples (one micro-batch) after `--warmup`, the same examples for every side:
   lit_gpt padded to the longest in the batch (finetune/lora.py --padding_free false) and packed (the default),
-  each in its own process (for its peak memory) and both alternating step by step in one (for their speed ratio,
-  which the machine's drift between two processes would otherwise move);
+  each in `--data_repeats` processes of its own (for its peak memory), taking turns so that the machine's drift
+  between processes hits both alike, and both alternating step by step in one (each step then runs after the other
+  path's, whose memory the allocator may hold: a second view of their ratio, not the one a user gets);
   transformers + peft padded with an attention mask (its default collation) and with `DataCollatorWithFlattening`
   (one row, position ids restarting at each example: on CPU transformers turns them into a block-diagonal sdpa mask
   over the whole row). Tokens/s counts real tokens only (padding excluded), peak RSS as in the steady part. The
@@ -90,7 +91,7 @@ DEVICE = torch.device("cpu")  # --device: where every measurement of the run (an
 # Alpaca's token lengths (alpaca-lora, lengths.ipynb: Alpaca template + eos, LLaMA tokenizer): bin edges and counts
 ALPACA_LENGTHS = ([60, 184.5, 309, 433.5, 558, 682.5, 807, 931.5, 1056, 1180.5, 1305],
                   [42516, 8250, 983, 191, 35, 16, 9, 0, 1, 1])
-COLLATIONS = {"lit": ("padded", "packed", "alternate"), "hf": ("padded", "flattening")}
+HF_COLLATIONS = ("padded", "flattening")
 
 
 def main(
@@ -108,6 +109,7 @@ def main(
     short_steps: int = 20,
     eval_iters: int = 2,
     data_steps: int = 10,
+    data_repeats: int = 2,
     threads: Optional[int] = None,
     device: str = "auto",
     worker: Optional[Literal["lit", "hf", "hf-short", "lit-data", "hf-data"]] = None,
@@ -139,6 +141,7 @@ def main(
         short_steps: Optimizer steps of the short real run.
         eval_iters: Validation batches finetune/lora.py runs at the end of the short run.
         data_steps: Timed steps of `batch_size` examples in the data part.
+        data_repeats: Processes each of lit_gpt's padded and padding-free paths runs in the data part, taking turns.
         threads: torch threads for every measurement (default: torch's choice, one per core).
         device: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N. On a GPU, training memory is
             the CUDA allocator's peak, and transformers + peft also runs with bitsandbytes 4-bit (`--quantize`).
@@ -174,9 +177,9 @@ def main(
         fail(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}; got {precisions!r}")
     if set(quantize_list) - set(QUANTIZE):
         fail(f"--quantize takes a comma-separated list of {', '.join(QUANTIZE)}; got {quantize!r}")
-    if min(batch_size, seq_length, steps, short_steps, data_steps) < 1 or warmup < 0 or eval_iters < 1:
-        fail("--batch_size, --seq_length, --steps, --short_steps, --data_steps and --eval_iters must be positive, "
-             "--warmup >= 0")
+    if min(batch_size, seq_length, steps, short_steps, data_steps, data_repeats) < 1 or warmup < 0 or eval_iters < 1:
+        fail("--batch_size, --seq_length, --steps, --short_steps, --data_steps, --data_repeats and --eval_iters must "
+             "be positive, --warmup >= 0")
     from lit_gpt.gguf import pypi_gguf_path, pypi_gguf_source
 
     repo_id, prompt_style = MODELS[model]
@@ -225,12 +228,13 @@ def main(
     data = {}  # (precision, side, collation) -> result
     if "data" in part_list:
         for prec in precision_list:
-            for side, collations in COLLATIONS.items():
-                for collation in collations:
-                    data[prec, side, collation] = run_worker(["--worker", f"{side}-data", "--precision", prec,
-                                                              "--collation", collation] + common)
-                    print(f"  {data_label(prec, side, collation)}: {fmt_data(data[prec, side, collation])} | load "
-                          f"{fmt_load()}", flush=True)
+            # lit padded and padding-free in `data_repeats` processes each, taking turns (the machine's drift
+            # between processes hits both alike), then both in one process; transformers once each
+            runs = [("lit", c) for _ in range(data_repeats) for c in ("padded", "packed")] + [("lit", "alternate")]
+            for side, collation in runs + [("hf", c) for c in HF_COLLATIONS]:
+                r = run_worker(["--worker", f"{side}-data", "--precision", prec, "--collation", collation] + common)
+                print(f"  {data_label(prec, side, collation)}: {fmt_data(r)} | load {fmt_load()}", flush=True)
+                data[prec, side, collation] = merge_runs(data.get((prec, side, collation)), r)
     peaks = {prec: max(peak, matmul_peak(DTYPES[prec])) for prec, peak in peaks.items()}  # the best of the run
     timed = packed_batches(data_dir, warmup + steps, batch_size, seq_length)[warmup:]
     targets = sum(int((y != -100).sum()) for _, y in timed) / len(timed)
@@ -647,6 +651,20 @@ def data_label(precision: str, side: str, collation: str) -> str:
     return f"lit_gpt {'padding-free' if collation == 'packed' else 'padded (--padding_free false)'}"
 
 
+def merge_runs(first: Optional[dict], r: dict) -> dict:
+    """The results of several processes on the same batches as one: their step times together, the highest peak
+    memory; `runs` counts them (`tokens` stays one run's)."""
+    if first is None:
+        return {**r, "runs": 1}
+    return {**first, "runs": first["runs"] + 1, "step_times": first["step_times"] + r["step_times"],
+            "peak_rss": max(first["peak_rss"], r["peak_rss"])}
+
+
+def data_speed(r: dict) -> float:
+    """Real tokens/s over all of a (merged) result's runs."""
+    return r["runs"] * sum(r["tokens"]) / sum(r["step_times"])
+
+
 def fmt_data(r: dict) -> str:
     several = len(r["step_times_of"]) > 1
     speeds = ", ".join(f"{how + ' ' if several else ''}{sum(r['tokens']) / sum(times):,.0f}"
@@ -681,12 +699,13 @@ def report_data(model: str, data: dict, batch_size: int, checkpoint_dir: Path, d
           f"head at the {sum(any_run['targets']):,} targets on both paths): padded {work[0] / 1e12:.1f} TFLOP, "
           f"padding-free {work[1] / 1e12:.1f} TFLOP: at equal FLOP/s padding-free is {ceiling:.2f}x as fast, "
           f"the most dropping the padding can gain on these batches. Over {mix_steps:,} batches of the mix (counted, "
-          f"not timed) padding is {mix_padding:.0%} and that ceiling {mix_ceiling:.2f}x.\n")
+          f"not timed) padding is {mix_padding:.0%} and that ceiling {mix_ceiling:.2f}x. lit_gpt padded and "
+          f"padding-free: {max(r['runs'] for r in data.values())} processes each, taking turns.\n")
     print("| Settings | Real tokens/s | Step time (median) | Training memory |")
     print("|---|---|---|---|")
     alternating = {k[0]: r for k, r in data.items() if k[2] == "alternate"}
     data = {k: r for k, r in data.items() if k[2] != "alternate"}
-    speed = {k: sum(r["tokens"]) / sum(r["step_times"]) for k, r in data.items()}
+    speed = {k: data_speed(r) for k, r in data.items()}
     for (prec, side, collation), r in data.items():
         print(f"| {data_label(prec, side, collation)} ({prec}) | {speed[prec, side, collation]:,.0f} | "
               f"{statistics.median(r['step_times']):.2f} s | {r['peak_rss'] / 1e9:.2f} GB |")
