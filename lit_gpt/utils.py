@@ -239,9 +239,9 @@ def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_siz
 
     `chunk_size` rows of logits are upcast at a time, in both passes: the forward pass keeps only each row's
     log-sum-exp, the backward pass writes softmax - one-hot straight into the logits' gradient. No float32 copy of
-    the whole logits and no log-softmax of them are ever held, and each chunk is read twice in all (forward, backward)
-    instead of the six passes of an upcast `F.cross_entropy` recomputed in backward: with a 49k vocabulary, 4-5x
-    faster on CPU (measured, 836 rows), where small chunks stay in cache.
+    the whole logits and no log-softmax of them are ever held, and each chunk is read once a pass, where an upcast
+    `F.cross_entropy` recomputed in backward (what this replaced) makes several passes over float32 copies: with
+    SmolLM2's 49k vocabulary, 836 rows in bf16, forward + backward 60-70 ms vs 270 ms for that on a 2-core AMX Xeon.
     """
     logits = logits.reshape(-1, logits.size(-1))
     targets = targets.reshape(-1)
