@@ -188,3 +188,12 @@ def test_truncated_weights_in_process(tmp_path):
         message = str(e.value)
         assert "\n" not in message and len(message) < 300 and repr(str(path)) in message, message
         assert "corrupt or truncated? download or convert it again" in message, message
+
+
+def test_benchmark_counts_must_be_positive():
+    """benchmarks/finetune.py refuses a count below 1 (here the processes per path of the data part) in one line,
+    before it converts or loads anything."""
+    proc = run_script("benchmarks/finetune.py", "--parts", "data", "--data_repeats", "0", check=False, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "--data_repeats" in line and len(line) < 300, line
