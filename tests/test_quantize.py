@@ -29,6 +29,7 @@ from lit_gpt.quantize import (
     Linear,
     check_quantize,
     dequantize_weight,
+    linear,
     load_model,
     quantize_mode,
     quantize_model,
@@ -146,9 +147,36 @@ def test_tied_head_stays_float_and_shared():
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "32-true", "bf16-mixed"])
-def test_check_quantize_accepts_every_mode_on_cpu(precision):
+def test_check_quantize_runs_every_mode_on_cpu(precision, monkeypatch):
+    """Every mode passes on CPU, and passing means its kernels ran: a quantized forward in the precision's dtype that
+    computes x @ dequantize(W)^T, and a backward that reached x. A kernel that raises is reported in one line."""
+    probes = []
+
+    def recorded_linear(x, weight, bias):
+        out = linear(x, weight, bias)
+        probes.append((x, weight, out))
+        return out
+
+    monkeypatch.setattr(lit_gpt.quantize, "linear", recorded_linear)
     for mode in (None, *QUANTIZE_MODES):
-        check_quantize(mode, precision, "cpu")  # runs a tiny quantized forward + backward on the device
+        assert check_quantize(mode, precision, "cpu") is None
+    assert [quantize_mode(weight) for _, weight, _ in probes] == list(QUANTIZE_MODES)  # None: nothing to probe
+    dtype = torch.float32 if precision == "32-true" else torch.bfloat16
+    for x, weight, out in probes:
+        w = dequantize_weight(weight).to(dtype)
+        assert x.dtype == out.dtype == dtype and out.shape == (2, 64)
+        tolerance = 0.02 if quantize_mode(weight) == "bnb.int8" else 0.01  # int8 also rounds x; 4-bit: dtype only
+        assert relative_error(out, x @ w.T) < tolerance
+        assert relative_error(x.grad, w.sum(0).expand_as(x)) < tolerance  # d sum(x @ W^T) / dx
+
+    def broken_linear(x, weight, bias):
+        raise RuntimeError("no kernel image for this device\nmore details")
+
+    monkeypatch.setattr(lit_gpt.quantize, "linear", broken_linear)
+    with pytest.raises(UserError) as error:
+        check_quantize("bnb.nf4-dq", precision, "cpu")
+    assert str(error.value) == (f"--quantize bnb.nf4-dq with precision {precision} does not run on cpu (RuntimeError: "
+                                "no kernel image for this device); try no --quantize")
 
 
 def test_check_quantize_rejects_with_what_works(monkeypatch):
