@@ -102,8 +102,8 @@ def main(
     from lm_eval.models.huggingface import HFLM
 
     from lit_gpt.lm_eval import LitLM, load_tasks, task_manager, wants_prompt_style
+    from lit_gpt.load import load_model
     from lit_gpt.prompts import PromptStyle
-    from lit_gpt.quantize import load_model
     from lit_gpt.tokenizer import Tokenizer
 
     datasets.disable_progress_bars()

@@ -393,8 +393,8 @@ def timed_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, loa
 
 def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: str, batch_size: int, seq_length: int,
                steps: int, warmup: int, **_) -> dict:
+    from lit_gpt.load import load_model
     from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
-    from lit_gpt.quantize import load_model
     from lit_gpt.utils import response_loss
 
     torch.manual_seed(SEED)
@@ -472,8 +472,8 @@ def data_lit(checkpoint_dir: Path, data_dir: Path, precision: str, collation: st
     """finetune/lora.py's training step on the Alpaca-like batches, padded (`--padding_free false`) or packed, or
     both alternating step by step (`alternate`: the machine's drift hits both alike)."""
     from lit_gpt.data import collate, pack
+    from lit_gpt.load import load_model
     from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
-    from lit_gpt.quantize import load_model
     from lit_gpt.utils import response_loss
 
     torch.manual_seed(SEED)

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from lit_gpt.generate import generate
+from lit_gpt.load import load_model
 from lit_gpt.prompts import PromptStyle
-from lit_gpt.quantize import load_model
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, pick_device
 

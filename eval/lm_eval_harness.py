@@ -29,15 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.peft import check_adapter_fits, load_lora_run, pick_prompt_style  # noqa: E402
+from lit_gpt.load import check_adapter_fits, load_lora_run, load_model, pick_prompt_style  # noqa: E402
 from lit_gpt.prompts import PromptStyleName  # noqa: E402
-from lit_gpt.quantize import check_quantize, load_model  # noqa: E402
+from lit_gpt.quantize import check_quantize  # noqa: E402
 from lit_gpt.utils import (  # noqa: E402
     atomic_write_text,
     check_valid_checkpoint_dir,
     cli,
     fail,
     inference_precision,
+    peak_memory_gb,
     pick_device,
 )
 
@@ -86,8 +87,8 @@ def setup(
         device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         max_seq_length: Longest input in tokens (default: the model's block_size); longer contexts are cut from the
             left.
-        prompt_style: Prompt style for tasks that apply one (default: the adapter's, else the checkpoint's
-            prompt_style.json, else the model's default).
+        prompt_style: Prompt style for tasks that apply one (default: the adapter's: its run record, else its
+            prompt_style.json; else the checkpoint's prompt_style.json, else the model's default).
         apply_prompt_style: Prompt every task in the prompt style (true) or none (false); default: the tasks whose
             YAML asks for it.
         log_samples: Also save every document's prompt and model output in the JSON file.
@@ -119,7 +120,6 @@ def setup(
     import datasets
     from lm_eval.utils import handle_non_serializable, make_table
 
-    from lit_gpt.generate import peak_memory_gb
     from lit_gpt.lm_eval import LitLM, evaluate, load_tasks, task_manager
     from lit_gpt.tokenizer import Tokenizer
 
@@ -129,7 +129,7 @@ def setup(
     tokenizer = Tokenizer(checkpoint_dir)
 
     t0 = time.perf_counter()
-    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_path=lora_path,
+    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_path=run,
                        max_seq_length=max_seq_length)
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     lm = LitLM(model, tokenizer, prompt_style=style, batch_size=batch_size,

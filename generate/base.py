@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config
 from lit_gpt.generate import check_generate_flags, check_prompt_length, print_samples, prompt_ids
-from lit_gpt.quantize import check_quantize, load_model
+from lit_gpt.load import load_model
+from lit_gpt.quantize import check_quantize
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import check_valid_checkpoint_dir, cli, inference_precision, pick_device
 

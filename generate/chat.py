@@ -23,16 +23,22 @@ from lit_gpt.generate import (  # noqa: E402
     common_prefix_length,
     generate,
     generate_tokens,
-    peak_memory_gb,
     stream_text,
 )
+from lit_gpt.load import check_adapter_fits, load_lora_run, load_model, pick_prompt_style  # noqa: E402
 from lit_gpt.lora import merge_lora_weights  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.peft import check_adapter_fits, load_lora_run, pick_prompt_style  # noqa: E402
 from lit_gpt.prompts import PromptStyle  # noqa: E402
-from lit_gpt.quantize import check_quantize, load_model  # noqa: E402
+from lit_gpt.quantize import check_quantize  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
-from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, inference_precision, pick_device  # noqa: E402
+from lit_gpt.utils import (  # noqa: E402
+    check_valid_checkpoint_dir,
+    cli,
+    fail,
+    inference_precision,
+    peak_memory_gb,
+    pick_device,
+)
 
 DEFAULT_CHECKPOINT = Path("checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct")
 
@@ -71,7 +77,8 @@ def main(
             bnb.int8 (null: no quantization).
         device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         prompt_style: How the conversation is written (alpaca, chatml, ...). Default: the style the adapter was
-            trained with, else the checkpoint's prompt_style.json, else the model's own chat template or alpaca.
+            trained with (its run record, else its prompt_style.json), else the checkpoint's prompt_style.json, else
+            the model's own chat template or alpaca.
         system_prompt: The system message. Default: the one the adapter was trained with (prepare_chat.py
             --system_prompt), else the prompt style's own.
         compile: Compile the decoding step with torch.compile (float weights only; see generate/base.py).
@@ -94,7 +101,7 @@ def main(
         system_prompt = (run.run.get("data") or {}).get("system_prompt")
     tokenizer = Tokenizer(checkpoint_dir)
 
-    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_path=lora_path)
+    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_path=run)
     if lora_path is not None and quantize is None:  # one matmul per layer; 4-bit weights would be re-quantized
         merge_lora_weights(model)
     if compile:  # before the first message (a minute the first time, then from the disk cache)

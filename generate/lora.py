@@ -13,18 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config
 from lit_gpt.generate import check_generate_flags, check_prompt_length, print_samples, prompt_ids
-from lit_gpt.lora import LoRAConfig, lora_files, merge_lora_weights
-from lit_gpt.quantize import check_quantize, load_model
+from lit_gpt.load import check_adapter_fits, load_lora_run, load_model, pick_prompt_style
+from lit_gpt.lora import merge_lora_weights
+from lit_gpt.quantize import check_quantize
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import (
-    check_valid_checkpoint_dir,
-    cli,
-    dataclass_from_json,
-    fail,
-    inference_precision,
-    pick_device,
-    read_json,
-)
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, inference_precision, pick_device
 
 
 def main(
@@ -50,7 +43,8 @@ def main(
 
     Args:
         lora_path: The out dir of finetune/lora.py, or an adapter file in it (lit_model_lora_finetuned.pth or
-            checkpoints/step-*.pth). Its lora_config.json gives the LoRA settings, base checkpoint and prompt style.
+            checkpoints/step-*.pth). Its run record (lora_config.json, or the checkpoint's own) gives the LoRA
+            settings, the base checkpoint and the prompt style.
         prompt: The instruction (or, with --prompt_style raw, the exact text) to answer.
         input: Optional input/context for the instruction.
         checkpoint_dir: Use this base checkpoint dir instead of the one in lora_config.json.
@@ -68,7 +62,7 @@ def main(
         device: Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
         stream: Print the answer as it is generated (default: when stdout is a terminal).
         prompt_style: How the prompt is formatted (alpaca, chatml, ...; raw or none: as is). Default: the style the
-            adapter was trained with.
+            adapter was trained with (its run record, else its prompt_style.json), else the base checkpoint's.
         compile: Compile the decoding step with torch.compile: faster tokens (1.8x for SmolLM2-135M in bf16 on CPU)
             after a warm-up that takes about a minute the first time (then cached on disk). Float weights only.
     """
@@ -77,25 +71,19 @@ def main(
     device = pick_device(device)
     precision = precision or inference_precision(device)
     check_quantize(quantize, precision, device)
-    adapter_file, config_file = lora_files(lora_path)
-    if config_file is None:
-        fail(f"No lora_config.json next to {str(adapter_file)!r}: pass the out dir that finetune/lora.py wrote")
-    fix = "fix it, or finetune again (finetune/lora.py writes it)"
-    run = read_json(config_file, fix)
-    lora_config = dataclass_from_json(LoRAConfig, run.get("lora"), config_file, fix, key="lora")
-    if checkpoint_dir is None and not isinstance(run.get("checkpoint_dir"), str):
-        fail(f"{str(config_file)!r} names no base checkpoint_dir: pass --checkpoint_dir")
-    checkpoint_dir = checkpoint_dir or Path(run["checkpoint_dir"])
-    prompt_style = prompt_style or run.get("prompt_style")
-    check_valid_checkpoint_dir(checkpoint_dir)
-
+    run = load_lora_run(lora_path)
+    checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir or run.checkpoint_dir)
     config = Config.from_checkpoint(checkpoint_dir)
+    check_adapter_fits(run, config, checkpoint_dir)
+    if prompt_style not in ("raw", "none"):
+        prompt_style = pick_prompt_style(prompt_style, run, checkpoint_dir).name
+
     tokenizer = Tokenizer(checkpoint_dir)
     prompt_tokens, stop_tokens = prompt_ids(tokenizer, prompt_style, checkpoint_dir, prompt, input)
     check_prompt_length(len(prompt_tokens), max_new_tokens, config.block_size)
 
-    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_config=lora_config,
-                       lora_path=adapter_file, max_seq_length=len(prompt_tokens) + max_new_tokens)
+    model = load_model(checkpoint_dir, precision=precision, quantize=quantize, device=device, lora_path=run,
+                       max_seq_length=len(prompt_tokens) + max_new_tokens)
     if quantize is None:  # one matmul per layer instead of three; 4-bit weights would be re-quantized
         merge_lora_weights(model)
     print_samples(model, tokenizer, prompt_tokens.to(device), num_samples=num_samples, max_new_tokens=max_new_tokens,

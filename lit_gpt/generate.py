@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from lit_gpt.model import GPT
 from lit_gpt.prompts import resolve_prompt_style
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import fail
+from lit_gpt.utils import fail, peak_memory_gb
 
 
 def process_logits(logits: torch.Tensor, seen: Optional[torch.Tensor] = None, *, temperature: float = 1.0,
@@ -341,12 +341,3 @@ def print_samples(model: GPT, tokenizer: Tokenizer, prompt: torch.Tensor, *, num
         print(f"Time for inference {i + 1}: {elapsed:.2f} s for {count} tokens, {count / elapsed:.2f} tokens/s",
               file=sys.stderr, flush=True)
     print(f"Peak memory: {peak_memory_gb(prompt.device):.2f} GB", file=sys.stderr)
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak memory of this process: allocated CUDA memory on a GPU, else the maximum resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # kilobytes on Linux

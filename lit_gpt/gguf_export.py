@@ -20,7 +20,7 @@ one pair of rank k * r (A stacked, B block-diagonal and multiplied by k, as llam
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from lit_gpt.gguf import (
     llama3_divisors,
 )
 from lit_gpt.utils import atomic_path, fail, lazy_load, read_json
+
+if TYPE_CHECKING:
+    from lit_gpt.load import LoRARun
 
 NORMAL, UNUSED = 1, 5  # llama.cpp token types besides the importer's
 # our hf_model_type -> llama.cpp architecture (GPT-NeoX and Falcon have none we export)
@@ -386,14 +389,11 @@ def chat_template(checkpoint_dir: Path, tokenizer_config: dict) -> Optional[str]
 # LoRA adapters
 
 
-def export_lora_gguf(lora_path: Union[str, Path], out: Union[str, Path], outtype: str = "f32") -> Path:
-    """Writes a finetune out dir's adapter as a llama.cpp LoRA GGUF, to apply on the base model's GGUF."""
-    from lit_gpt.lora import lora_files
-    from lit_gpt.peft import load_lora_run
-
-    run = load_lora_run(lora_path)
+def export_lora_gguf(run: "LoRARun", out: Union[str, Path], outtype: str = "f32") -> Path:
+    """Writes a finetune run's adapter (`lit_gpt.load.load_lora_run`) as a llama.cpp LoRA GGUF, to apply on the base
+    model's GGUF."""
     config, where = run.config, repr(str(run.adapter_file))
-    arch = gguf_architecture(config, f"The adapter's {str(lora_files(lora_path)[1])!r}")
+    arch = gguf_architecture(config, f"The adapter's {str(run.run_file)!r}")
     if run.lora.head and config.tie_embeddings:
         fail(f"The adapter {where} adapts the LM head, which {config.name} ties to the embedding: llama.cpp cannot "
              "apply that (its GGUF has no output.weight). Export the merged model instead (scripts/merge_lora.py "

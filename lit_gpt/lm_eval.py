@@ -43,7 +43,7 @@ class LitLM(TemplateLM):
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, prompt_style: Optional[PromptStyle] = None,
                  batch_size: int = 8, max_gen_toks: int = 256, autocast_dtype: Optional[torch.dtype] = None,
                  name: str = "lit_gpt") -> None:
-        """model: in eval mode, on its device (see `lit_gpt.quantize.load_model`); its `max_seq_length` is the
+        """model: in eval mode, on its device (see `lit_gpt.load.load_model`); its `max_seq_length` is the
         longest input. batch_size: rows per forward pass (a row: the requests that share a context, like the choices of
         a question) and prompts generated at once. autocast_dtype: for "-mixed" precisions."""
         super().__init__()

@@ -14,9 +14,8 @@ B covering only that part's rows. They are exactly Hugging Face PEFT's `q_proj`/
 """
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass, replace
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,7 +30,7 @@ from lit_gpt.quantize import (
     weight_dtype,
     weight_shape,
 )
-from lit_gpt.utils import fail, lazy_load
+from lit_gpt.utils import fail
 
 
 @dataclass
@@ -62,13 +61,6 @@ class LoRAConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "LoRAConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            fail(f"Unknown LoRA settings {unknown}; known are {[f.name for f in fields(cls)]}")
-        return cls(**data)
 
 
 class LoRALinear(Linear):
@@ -307,25 +299,6 @@ def load_lora_state_dict(model: nn.Module, adapter: Dict[str, torch.Tensor], sou
             params[name].copy_(value)
 
 
-def lora_files(lora_path: Union[str, Path]) -> Tuple[Path, Optional[Path]]:
-    """(adapter file, its lora_config.json or None) for a finetune out dir, an adapter file or a training checkpoint.
-
-    lora_config.json is looked up next to the file and one level up (for `out_dir/checkpoints/step-*.pth`).
-    """
-    lora_path = Path(lora_path)
-    adapter = lora_path / "lit_model_lora_finetuned.pth" if lora_path.is_dir() else lora_path
-    if not adapter.is_file():
-        fail(f"No adapter at {str(adapter)!r}: pass the out dir of finetune/lora.py or a .pth file it wrote")
-    configs = [d / "lora_config.json" for d in (adapter.parent, adapter.parent.parent)]
-    return adapter, next((c for c in configs if c.is_file()), None)
-
-
-def load_lora_checkpoint(model: nn.Module, path: Union[str, Path]) -> None:
-    """Loads an adapter file (`lit_model_lora_finetuned.pth`, or a training checkpoint holding {"adapter": ...})."""
-    adapter = lazy_load(path)
-    load_lora_state_dict(model, adapter.get("adapter", adapter), source=repr(str(path)))
-
-
 def check_base_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "the checkpoint"
                           ) -> None:
     """A base checkpoint fits a (LoRA) model if only LoRA keys are missing, none is unexpected and shapes agree.
@@ -345,13 +318,3 @@ def check_base_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor],
         if tuple(tensor.shape) != shape:
             fail(f"{source}: {name!r} has shape {tuple(tensor.shape)} in the checkpoint but {shape} in the model"
                  " (does lit_config.json belong to this lit_model.pth?)")
-
-
-def load_base_checkpoint(model: nn.Module, path: Union[str, Path]) -> None:
-    """Loads a base `lit_model.pth` into a materialized model that may have LoRA layers (their keys may be missing).
-
-    To build a model from a checkpoint on the meta device, quantized or not, use `lit_gpt.quantize.load_model`.
-    """
-    state_dict = lazy_load(path)
-    check_base_state_dict(model, state_dict, source=repr(str(path)))
-    model.load_state_dict(state_dict, strict=False)

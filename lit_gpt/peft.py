@@ -1,7 +1,4 @@
-"""LoRA adapters as files: our finetune out dirs, and Hugging Face PEFT adapter dirs in both directions.
-
-A finetune out dir holds `lit_model_lora_finetuned.pth` (our LoRA parameters by name) and `lora_config.json` (the
-LoRA settings, the model config, the base checkpoint dir, the prompt style); `load_lora_run` reads and checks both.
+"""Our LoRA adapters as Hugging Face PEFT adapter dirs, in both directions (our finetune out dirs: lit_gpt/load.py).
 
 A PEFT adapter dir holds `adapter_config.json` and `adapter_model.safetensors`, whose tensors are named
 `base_model.model.<transformers module>.lora_A.weight` (r, in) and `...lora_B.weight` (out, r) and scaled by
@@ -30,7 +27,7 @@ module whose alpha / r differs from the adapter's has its B rescaled). Settings 
 import json
 import re
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -43,56 +40,12 @@ from lit_gpt.convert import (
     qkv_to_interleaved,
     separate_qkv,
 )
-from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, check_lora_state_dict, lora_files, lora_filter, suffix
+from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, suffix
 from lit_gpt.model import GPT
-from lit_gpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, resolve_prompt_style
-from lit_gpt.utils import UserError, atomic_dir, dataclass_from_json, fail, lazy_load, read_json
+from lit_gpt.utils import atomic_dir, fail
 
 PREFIX = "base_model.model."
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# our finetune out dirs
-
-
-class LoRARun(NamedTuple):
-    adapter_file: Path
-    adapter: Dict[str, torch.Tensor]  # memory-mapped
-    lora: LoRAConfig
-    config: Config  # the model the adapter was trained on
-    checkpoint_dir: Path  # its base checkpoint, as recorded (it may have moved since)
-    prompt_style: Optional[str]
-    run: dict  # all of lora_config.json
-
-
-def load_lora_run(lora_path: Union[str, Path]) -> LoRARun:
-    """Reads an adapter (finetune out dir, adapter file or training checkpoint) and its lora_config.json, checked."""
-    adapter_file, config_file = lora_files(lora_path)
-    if config_file is None:
-        fail(f"No lora_config.json next to {str(adapter_file)!r} (nor one dir up): the LoRA and model settings are "
-             "read from it. finetune/lora.py and scripts/import_peft.py write it next to the adapter")
-    fix = "fix it, or finetune again (finetune/lora.py writes it)"
-    run = read_json(config_file, fix)
-    missing = [key for key in ("lora", "model", "checkpoint_dir") if key not in run]
-    if missing or not isinstance(run["model"], dict) or not isinstance(run["checkpoint_dir"], str):
-        fail(f"{str(config_file)!r} is not a lora_config.json of finetune/lora.py (missing or malformed: "
-             f"{', '.join(missing) or 'model, checkpoint_dir'}); {fix}")
-    lora = dataclass_from_json(LoRAConfig, run["lora"], config_file, fix, key="lora")
-    model = {k: v for k, v in run["model"].items() if k != "rope_n_elem"}
-    config = dataclass_from_json(Config, model, config_file, fix, key="model")
-    checkpoint_dir = Path(run["checkpoint_dir"])
-    adapter = lazy_load(adapter_file)
-    if isinstance(adapter, dict) and isinstance(adapter.get("adapter"), dict):  # a resumable training checkpoint
-        adapter = adapter["adapter"]
-    names = list(adapter) if isinstance(adapter, dict) else []
-    if not names or not all(isinstance(k, str) and lora_filter(k) and isinstance(v, torch.Tensor)
-                            for k, v in adapter.items()):
-        other = [k for k in names if not (isinstance(k, str) and lora_filter(k))][:3]
-        hint = " (it looks like a base lit_model.pth)" if "transformer.wte.weight" in names else ""
-        fail(f"{str(adapter_file)!r} is not a LoRA adapter{hint}: expected only lora_A*/lora_B* tensors"
-             f"{', found ' + ', '.join(map(str, other)) if other else ''}. Pass the out dir of finetune/lora.py")
-    return LoRARun(adapter_file, adapter, lora, config, checkpoint_dir, run.get("prompt_style"), run)
 
 
 def lora_layers(config: Config, lora: LoRAConfig) -> Dict[str, LoRALinear]:
@@ -100,28 +53,6 @@ def lora_layers(config: Config, lora: LoRAConfig) -> Dict[str, LoRALinear]:
     with torch.device("meta"):
         model = add_lora(GPT(config), lora)
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-
-
-def pick_prompt_style(name: Optional[str], run: Optional[LoRARun], checkpoint_dir: Path) -> PromptStyle:
-    """--prompt_style, else the adapter's (what it was finetuned with), else the checkpoint's."""
-    if name is None and run is not None:
-        if has_prompt_style(run.adapter_file.parent):
-            return load_prompt_style(run.adapter_file.parent)
-        name = run.prompt_style
-    return resolve_prompt_style(name, checkpoint_dir)
-
-
-def check_adapter_fits(run: LoRARun, config: Config, base: Union[str, Path]) -> GPT:
-    """The LoRA model of `config` on the meta device, after checking that the adapter's tensors fit it; else fails
-    with both shapes and both models (`base`: where `config` comes from)."""
-    with torch.device("meta"):
-        model = add_lora(GPT(config), run.lora)
-    try:
-        check_lora_state_dict(model, run.adapter, source=repr(str(run.adapter_file)))
-    except UserError as e:
-        fail(f"{e}. The base is {str(base)!r} ({config.name}); the adapter was trained on "
-             f"{str(run.checkpoint_dir)!r} ({run.config.name})")
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""bitsandbytes quantization of the frozen linear weights (QLoRA), and `load_model`, which builds a `GPT` from a
-checkpoint dir tensor by tensor so that a quantized model never exists in full precision.
+"""bitsandbytes quantization of the frozen linear weights (QLoRA). `lit_gpt.load.load_model` quantizes a checkpoint
+tensor by tensor while loading it, so that a quantized model never exists in full precision.
 
 What is quantized: the weight of every linear layer (attention qkv and proj, the MLP linears, and `lm_head` unless
 it is tied to the embedding, which has to stay a float matrix). Embeddings, norms, biases and the LoRA adapters stay
@@ -12,20 +12,13 @@ Modes: "bnb.nf4" / "bnb.fp4" (4-bit, blocks of 64, `-dq`: double quantization of
 
 import logging
 import math
-from collections import defaultdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lit_gpt.config import Config
-from lit_gpt.model import GPT
-from lit_gpt.utils import check_valid_checkpoint_dir, dataclass_from_json, fail, lazy_load, read_json
-
-if TYPE_CHECKING:
-    from lit_gpt.lora import LoRAConfig
+from lit_gpt.utils import fail
 
 QUANTIZE_MODES = ("bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
 PRECISIONS = ("bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true")
@@ -206,7 +199,7 @@ def weight_shape(weight: torch.Tensor) -> tuple:
     return tuple(quant_state.shape) if quant_state is not None else tuple(weight.shape)
 
 
-def _quantizable_weights(model: nn.Module) -> dict:
+def quantizable_weights(model: nn.Module) -> dict:
     """Turns `nn.Linear`s into `Linear`s and returns {id(weight): weight} of those whose weight is not shared with
     an embedding (a tied lm_head)."""
     for parent in list(model.modules()):
@@ -217,100 +210,9 @@ def _quantizable_weights(model: nn.Module) -> dict:
     return {id(m.weight): m.weight for m in model.modules() if isinstance(m, Linear) and id(m.weight) not in embedding}
 
 
-def _replace_parameters(model: nn.Module, new: dict) -> None:
+def replace_parameters(model: nn.Module, new: dict) -> None:
     """Puts new[id(old)] in every slot that holds `old`: shared parameters stay shared."""
     for module in model.modules():
         for name, param in list(module._parameters.items()):
             if param is not None and id(param) in new:
                 module._parameters[name] = new[id(param)]
-
-
-@torch.no_grad()
-def quantize_model(model: nn.Module, mode: str) -> nn.Module:
-    """Quantizes the linear weights of a materialized model in place (`nn.Linear`s become `Linear`s)."""
-    weights = _quantizable_weights(model)
-    _replace_parameters(model, {key: w if quantize_mode(w) else quantize_weight(w, mode) for key, w in weights.items()})
-    return model
-
-
-def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true", quantize: Optional[str] = None,
-               device: Union[str, torch.device] = "cpu", lora_config: Optional["LoRAConfig"] = None,
-               lora_path: Optional[Union[str, Path]] = None, max_seq_length: Optional[int] = None) -> GPT:
-    """Builds the `GPT` of a checkpoint dir on `device`, in eval mode, optionally quantized and with LoRA.
-
-    The model is created on the meta device; then `lit_model.pth` is memory-mapped and each tensor is moved to
-    `device`, cast to the precision's dtype and, for linear weights, quantized before the next one is read, so peak
-    memory stays near the final model's size. New LoRA parameters are initialized (A random, B zero) in the same
-    dtype; `lora_path` (a finetune out dir, an adapter file or a training checkpoint) then fills them. Without
-    `lora_config`, LoRA settings come from the `lora_config.json` next to `lora_path`. The RoPE cache is float32 on
-    `device`. Parameters keep `requires_grad=True` (quantized weights: False); call `mark_only_lora_as_trainable`.
-
-    With Fabric: `fabric = L.Fabric(precision=precision)`, then `load_model(..., precision=precision,
-    device=fabric.device)` and `fabric.setup_module(model)`: a "-true" precision finds the weights already in its
-    dtype (it casts the RoPE cache to it, which is what Hugging Face models do before applying it) and a "-mixed" one
-    autocasts the forward (quantized matmuls included). Without Fabric, call the model inside
-    `torch.autocast(device_type, dtype)` for "-mixed" precisions.
-    """
-    # imported here because lit_gpt.lora imports this module
-    from lit_gpt.lora import (
-        LoRAConfig,
-        LoRALinear,
-        add_lora,
-        check_base_state_dict,
-        check_lora_state_dict,
-        load_lora_state_dict,
-        lora_files,
-    )
-
-    check_quantize(quantize, precision, device)
-    checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir)
-    device, dtype = torch.device(device), precision_dtype(precision)
-    config = Config.from_checkpoint(checkpoint_dir)
-    if max_seq_length is not None and not 0 < max_seq_length <= config.block_size:
-        fail(f"max_seq_length={max_seq_length} must be between 1 and the model's block_size={config.block_size}")
-    adapter = None
-    if lora_path is not None:
-        adapter_file, config_file = lora_files(lora_path)
-        if lora_config is None:
-            if config_file is None:
-                fail(f"No lora_config.json next to {str(adapter_file)!r}: pass the LoRA settings it was trained with")
-            fix = "fix it, or finetune again (finetune/lora.py writes it)"
-            lora_config = dataclass_from_json(LoRAConfig, read_json(config_file, fix).get("lora"), config_file, fix,
-                                              key="lora")
-        adapter = lazy_load(adapter_file)
-        adapter = adapter.get("adapter", adapter)
-
-    with torch.device("meta"):
-        model = GPT(config)
-        if lora_config is not None:
-            add_lora(model, lora_config)
-    to_quantize = _quantizable_weights(model) if quantize else {}
-    state_dict = lazy_load(checkpoint_dir / "lit_model.pth")
-    check_base_state_dict(model, state_dict, source=repr(str(checkpoint_dir / "lit_model.pth")))
-    if adapter is not None:
-        check_lora_state_dict(model, adapter, source=repr(str(adapter_file)))
-
-    slots = defaultdict(list)  # id(parameter) -> its names (several when tied)
-    for name, param in model.named_parameters(remove_duplicate=False):
-        slots[id(param)].append((name, param))
-    new = {}
-    with torch.no_grad():
-        for key, names in slots.items():
-            param = names[0][1]
-            stored = next((state_dict[name] for name, _ in names if name in state_dict), None)
-            if stored is None:  # a LoRA parameter, initialized below
-                new[key] = nn.Parameter(torch.empty(param.shape, device=device, dtype=dtype))
-            elif key in to_quantize:
-                new[key] = quantize_weight(stored, quantize, device=device, dtype=dtype)
-            else:
-                new[key] = nn.Parameter(stored.to(device=device, dtype=dtype, copy=True),
-                                        requires_grad=param.requires_grad)
-        _replace_parameters(model, new)
-    del new, slots, state_dict
-    for module in model.modules():
-        if isinstance(module, LoRALinear):
-            module.reset_lora_parameters()
-    if adapter is not None:
-        load_lora_state_dict(model, adapter, source=repr(str(adapter_file)))
-    model.max_seq_length = max_seq_length or config.block_size  # rebuilds the RoPE cache on `device`
-    return model.eval()

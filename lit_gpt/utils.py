@@ -1,7 +1,8 @@
-"""Checkpoint loading, atomic writes, user-facing errors, parameter counts and a chunked cross-entropy."""
+"""Checkpoint reading, atomic writes, user-facing errors, parameter counts, peak memory and a chunked cross-entropy."""
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import re
@@ -188,15 +189,13 @@ def lazy_load(path: Union[str, Path]) -> dict:
         fail(f"Could not read {str(path)!r} ({first_line(e, 100)}): corrupt or truncated? {fix}")
 
 
-def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True) -> None:
-    """Loads a checkpoint file into `model` without a second in-memory copy (mmap + `assign` on meta models)."""
-    state_dict = lazy_load(path)
-    state_dict = state_dict.get("model", state_dict)
-    on_meta = any(p.is_meta for p in model.parameters())
-    try:
-        model.load_state_dict(state_dict, strict=strict, assign=on_meta)
-    except RuntimeError as e:
-        fail(f"{str(path)!r} does not fit this model ({shorten(one_line(str(e)), 200)})")
+def file_sha256(path: Union[str, Path]) -> str:
+    """The hex sha256 of a file's bytes, read 16 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_valid_checkpoint_dir(checkpoint_dir: Union[str, Path], model_filename: str = "lit_model.pth") -> Path:
@@ -230,6 +229,18 @@ def num_parameters(module: nn.Module, requires_grad: Optional[bool] = None) -> i
         quant_state = getattr(p, "quant_state", None)
         total += quant_state.shape.numel() if quant_state is not None else p.numel()
     return total
+
+
+def peak_memory_gb(device: Union[str, torch.device]) -> float:
+    """Peak memory of this process in GB (1e9 bytes): the CUDA allocator's peak on a GPU, else the peak resident set
+    size (which counts memory-mapped checkpoint pages that were read)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss * (1 if sys.platform == "darwin" else 1024) / 1e9  # bytes on macOS, kilobytes on Linux
 
 
 def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 32,

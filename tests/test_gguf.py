@@ -17,7 +17,7 @@ from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.gguf import convert_gguf
 from lit_gpt.model import GPT
-from lit_gpt.utils import UserError, load_checkpoint
+from lit_gpt.utils import UserError, lazy_load
 
 SAMPLE = """The quick brown fox jumps over the lazy dog. I'm sure they'll say it's fine, aren't you?
 def add(a, b):\n    return a + b  # 12 + 30 = 42\n\tTabs\tand   spaces   here.
@@ -198,7 +198,7 @@ def hf_tokenizer_from_gguf(gguf_path: Path):
 
 def load_lit(checkpoint_dir: Path) -> GPT:
     model = GPT(Config.from_checkpoint(checkpoint_dir))
-    load_checkpoint(model, checkpoint_dir / "lit_model.pth")
+    model.load_state_dict(lazy_load(checkpoint_dir / "lit_model.pth"))
     return model.eval()
 
 

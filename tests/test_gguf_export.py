@@ -16,9 +16,10 @@ from conftest import REPO, run_script
 from lit_gpt.config import Config
 from lit_gpt.gguf import convert_gguf
 from lit_gpt.gguf_export import export_gguf, export_lora_gguf
+from lit_gpt.load import load_lora_run
 from lit_gpt.lora import LoRAConfig, add_lora, lora_state_dict, merge_lora_weights
 from lit_gpt.model import GPT
-from lit_gpt.utils import UserError, load_checkpoint
+from lit_gpt.utils import UserError, lazy_load
 
 xllamacpp = pytest.importorskip("xllamacpp")
 
@@ -74,7 +75,7 @@ def banned_ids(checkpoint_dir: Path) -> list:
 
 def load(checkpoint_dir: Path) -> GPT:
     model = GPT(Config.from_checkpoint(checkpoint_dir)).eval()
-    load_checkpoint(model, checkpoint_dir / "lit_model.pth")
+    model.load_state_dict(lazy_load(checkpoint_dir / "lit_model.pth"))
     return model
 
 
@@ -221,7 +222,7 @@ def test_tiny_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, 
     tied = Config.from_checkpoint(checkpoint_dir).tie_embeddings
     merged = finetune_out_dir(tmp_path / "lora", checkpoint_dir, LoRAConfig(r=4, alpha=8, head=not tied))
     base = export_gguf(checkpoint_dir, tmp_path / "base.gguf", "f32")
-    adapter = export_lora_gguf(tmp_path / "lora", tmp_path / "adapter.gguf")
+    adapter = export_lora_gguf(load_lora_run(tmp_path / "lora"), tmp_path / "adapter.gguf")
     fields, tensors = gguf_contents(adapter)
     assert (fields["general.type"][1], fields["adapter.type"][1], fields["adapter.lora.alpha"][1]) == (
         "adapter", "lora", 8.0)
@@ -249,7 +250,7 @@ def test_lora_on_a_tied_lm_head_is_refused(tmp_path):
     _, checkpoint_dir = tiny_case(tmp_path, "qwen2")
     finetune_out_dir(tmp_path / "lora", checkpoint_dir, LoRAConfig(r=2, alpha=4, head=True))
     with pytest.raises(UserError, match="adapts the LM head, which .* ties to the embedding"):
-        export_lora_gguf(tmp_path / "lora", tmp_path / "adapter.gguf")
+        export_lora_gguf(load_lora_run(tmp_path / "lora"), tmp_path / "adapter.gguf")
     assert not (tmp_path / "adapter.gguf").exists() and list(tmp_path.glob(".*.tmp")) == []
 
 

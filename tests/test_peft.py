@@ -21,8 +21,8 @@ from test_model import SIZES, TINY, lit_model_from_hf, tiny_hf_model
 from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.convert import convert_hf_checkpoint, export_hf_checkpoint, load_lit_state_dict
+from lit_gpt.load import load_model
 from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, lora_filter, merge_lora_weights
-from lit_gpt.quantize import load_model
 from lit_gpt.utils import UserError
 
 transformers = pytest.importorskip("transformers")

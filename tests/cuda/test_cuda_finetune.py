@@ -11,7 +11,7 @@ import torch
 from test_finetune import finetune, read_metrics, tiny_checkpoint, tiny_data  # noqa: F401 (fixtures)
 
 from conftest import run_script
-from lit_gpt.quantize import load_model
+from lit_gpt.load import load_model
 
 NATIVE_BF16 = torch.cuda.is_bf16_supported(including_emulation=False)
 

@@ -13,7 +13,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
-from lit_gpt.quantize import load_model
+from lit_gpt.load import load_model
 from lit_gpt.tokenizer import Tokenizer
 
 TEXT = ("<|im_start|>user\nA farmer has 17 sheep and buys 5 more. How many sheep does he have? Explain step by step."
