@@ -552,11 +552,11 @@ def lengths_and_targets(batches: list) -> tuple:
 
 
 def short_batches(train: list, batch_size: int, steps: int) -> list:
-    """The sample indices finetune/lora.py trains on (micro-batch = batch): longest first, then random draws."""
-    order = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]), reverse=True)
-    rng = torch.Generator().manual_seed(SEED)
-    return [order[:batch_size]] + [torch.randint(len(train), (batch_size,), generator=rng).tolist()
-                                   for _ in range(steps - 1)]
+    """The sample indices finetune/lora.py trains on (micro-batch = batch): its epochs' order."""
+    from lit_gpt.training import EpochOrder
+
+    order = EpochOrder(train, batch_size, SEED)
+    return [order.batch(step) for step in range(steps)]
 
 
 def short_hf(hf_dir: Path, data_dir: Path, precision: str, short_steps: int, out_dir: Path, **_) -> dict:
@@ -584,7 +584,8 @@ def short_lit(checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision: st
     come from the metrics.csv it writes."""
     args = ["--checkpoint_dir", checkpoint_dir, "--data_dir", data_dir, "--out_dir", out_dir, "--precision",
             precision, "--max_iters", steps, "--batch_size", 8, "--micro_batch_size", 8, "--eval_interval", 1000,
-            "--save_interval", 1000, "--eval_iters", eval_iters, "--seed", SEED, "--accelerator", DEVICE.type]
+            "--save_interval", 1000, "--eval_iters", eval_iters, "--seed", SEED, "--accelerator", DEVICE.type,
+            "--overwrite", "true"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -398,6 +398,18 @@ def prepare_chat(train_rows: list[dict], val_rows: Optional[list[dict]], *, chec
 
 def load_prepared(data_dir: Union[str, Path]) -> tuple[list[dict], list[dict], dict]:
     """(train, val, prepare_config) of a prepared-data dir."""
+    config = prepared_config(data_dir)
+    splits = []
+    for name in ("train.pt", "val.pt"):
+        try:
+            splits.append(torch.load(Path(data_dir) / name, weights_only=True))
+        except Exception as e:
+            fail(f"Could not read {str(Path(data_dir) / name)!r} ({type(e).__name__}): prepare the data again")
+    return splits[0], splits[1], config
+
+
+def prepared_config(data_dir: Union[str, Path]) -> dict:
+    """The prepare_config.json of a prepared-data dir, checked."""
     data_dir = Path(data_dir)
     path = data_dir / "prepare_config.json"
     if not path.is_file():
@@ -408,13 +420,7 @@ def load_prepared(data_dir: Union[str, Path]) -> tuple[list[dict], list[dict], d
     length = config.get("max_seq_length")
     if not isinstance(config.get("prompt_style"), str) or not (length is None or type(length) is int):
         fail(f"{str(path)!r} needs a prompt_style (a name) and a max_seq_length (a number or null); {fix}")
-    splits = []
-    for name in ("train.pt", "val.pt"):
-        try:
-            splits.append(torch.load(data_dir / name, weights_only=True))
-        except Exception as e:
-            fail(f"Could not read {str(data_dir / name)!r} ({type(e).__name__}): prepare the data again")
-    return splits[0], splits[1], config
+    return config
 
 
 def collate(samples: list[dict], max_seq_length: Optional[int] = None, pad_multiple: int = 1,

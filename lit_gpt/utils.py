@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -28,11 +29,30 @@ def fail(message: str) -> None:
 
 
 def cli(function: Any, **kwargs: Any) -> Any:
-    """`jsonargparse.CLI(function)` that turns a `UserError` into a one-line message and exit status 1."""
-    from jsonargparse import CLI
+    """`jsonargparse.CLI(function)` that turns a `UserError` into a one-line message and exit status 1.
 
+    A parameter of `function` annotated with a dataclass, whose default is an instance of it (a finetune script's
+    hyperparameters), becomes one flag per field (`--learning_rate`, not `--hp.learning_rate`), defaulting to that
+    instance's values."""
+    from jsonargparse import CLI, ArgumentParser
+
+    groups = {name: p for name, p in inspect.signature(function).parameters.items()
+              if dataclasses.is_dataclass(p.annotation) and isinstance(p.default, p.annotation)}
     try:
-        return CLI(function, **kwargs)
+        if not groups:
+            return CLI(function, **kwargs)
+        parser = ArgumentParser(description=(function.__doc__ or "").split("\n\n")[0], **kwargs)
+        parser.add_function_arguments(function, skip=set(groups), nested_key=None)
+        for p in groups.values():
+            parser.add_class_arguments(p.annotation, nested_key=None)
+            parser.set_defaults({f.name: getattr(p.default, f.name) for f in dataclasses.fields(p.annotation)})
+        for action in parser._actions:  # every flag has a default now: none is required
+            action.required = False
+        values = parser.parse_args().as_dict()
+        values.pop("config", None)
+        for name, p in groups.items():
+            values[name] = p.annotation(**{f.name: values.pop(f.name) for f in dataclasses.fields(p.annotation)})
+        return function(**values)
     except UserError as e:
         print(f"error: {shorten(one_line(str(e)), 600)}", file=sys.stderr)
         raise SystemExit(1)

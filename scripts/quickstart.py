@@ -82,7 +82,7 @@ def main(
         shutil.rmtree(lora_dir, ignore_errors=True)
         args = ["--checkpoint_dir", checkpoint_dir, "--data_dir", data_dir, "--out_dir", lora_dir,
                 "--max_iters", max_iters, "--batch_size", batch_size,
-                "--micro_batch_size", micro_batch_size, "--learning_rate", learning_rate, "--warmup_steps", 10,
+                "--micro_batch_size", micro_batch_size, "--learning_rate", learning_rate,
                 "--eval_interval", max(1, max_iters // 3), "--save_interval", max(1, max_iters // 3),
                 "--log_interval", 10]
         if quantize:

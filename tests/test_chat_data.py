@@ -294,7 +294,7 @@ def test_chat_finetune_end_to_end(tmp_path: Path, smollm2_dir: Path) -> None:
             "oldest turns dropped to fit max_seq_length=160), skipped 0") in proc.stdout
     run_script("finetune/lora.py", "--checkpoint_dir", smollm2_dir, "--data_dir", data, "--out_dir", out,
                "--precision", "32-true", "--max_iters", 8, "--batch_size", 4, "--micro_batch_size", 4,
-               "--learning_rate", 3e-3, "--warmup_steps", 1, "--eval_interval", 8, "--eval_iters", 1,
+               "--learning_rate", 3e-3, "--warmup_fraction", 0.1, "--eval_interval", 8, "--eval_iters", 1,
                "--save_interval", 100)
     run = json.loads((out / "lora_config.json").read_text())
     assert run["prompt_style"] == "chatml" and run["data"]["format"] == "chat"

@@ -3,7 +3,7 @@ with a 4-bit base each give the adapter one process gives for the same global ba
 resume the run exactly."""
 
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,10 +46,21 @@ def test_fsdp_matches_one_process_and_resumes(tiny_checkpoint, tiny_data, one_pr
     # each step-* checkpoint is a dir: one file of shards per process and the rest in meta.pth
     step_3 = full / "checkpoints" / "step-000003"
     assert len(list(step_3.glob("*.distcp"))) == 2 and (step_3 / "meta.pth").is_file()
-    killed = tmp_path / "killed"  # stopped after the step-3 checkpoint (simulated: the later files removed)
-    shutil.copytree(full, killed)
-    shutil.rmtree(killed / "checkpoints" / "step-000006")
-    (killed / "lit_model_lora_finetuned.pth").unlink()
+    # both processes SIGKILLed as soon as step 5 is printed (during step 6, after the step-3 checkpoint)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "finetune/lora.py"), "--checkpoint_dir", str(tiny_checkpoint),
+                             "--data_dir", str(tiny_data), "--out_dir", str(killed), *map(str, FAST + ARGS),
+                             "--devices", "2", "--strategy", "fsdp"], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:
+        if line.startswith("step 5/6"):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    assert not (killed / "lit_model_lora_finetuned.pth").exists()
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir() if not p.name.endswith(".tmp")) == \
+        ["step-000003"]
     proc = finetune(tiny_checkpoint, tiny_data, killed, *ARGS, "--devices", 2, "--strategy", "fsdp", "--resume", "auto")
     assert "Resumed from" in proc.stdout and "step-000003" in proc.stdout
     assert_same_run(killed, full, exact=True)

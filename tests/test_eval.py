@@ -13,9 +13,9 @@ import torch
 
 from conftest import REPO, run_script
 from lit_gpt.config import Config
+from lit_gpt.load import load_model
 from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict
 from lit_gpt.prompts import PromptStyle
-from lit_gpt.quantize import load_model
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError
 

@@ -333,7 +333,7 @@ def test_smollm2_finetune_merge_export_round_trip(tmp_path, smollm2_dir):
                REPO / "data/arithmetic/train.jsonl", "--destination_path", data, "--max_seq_length", 256)
     run_script("finetune/lora.py", "--checkpoint_dir", smollm2_dir, "--data_dir", data, "--out_dir", lora,
                "--quantize", "bnb.nf4", "--lora_head", "false", "--max_iters", 12, "--batch_size", 8,
-               "--micro_batch_size", 8, "--learning_rate", 3e-3, "--warmup_steps", 2, "--eval_interval", 12,
+               "--micro_batch_size", 8, "--learning_rate", 3e-3, "--warmup_fraction", 0.1, "--eval_interval", 12,
                "--save_interval", 12, "--log_interval", 12)
     run_script("scripts/merge_lora.py", "--lora_path", lora, "--out_dir", merged, "--gguf", tmp_path / "merged.gguf",
                "--gguf_outtype", "f32")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import lit_gpt.quantize
 from lit_gpt.config import Config
+from lit_gpt.load import load_model
 from lit_gpt.lora import (
     LoRAConfig,
     add_lora,
@@ -30,13 +31,22 @@ from lit_gpt.quantize import (
     check_quantize,
     dequantize_weight,
     linear,
-    load_model,
+    quantizable_weights,
     quantize_mode,
-    quantize_model,
     quantize_weight,
+    replace_parameters,
     weight_dtype,
 )
 from lit_gpt.utils import UserError, atomic_save, atomic_write_text
+
+
+@torch.no_grad()
+def quantize_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The reference for load_model's quantization: a materialized model's linear weights quantized in place."""
+    weights = quantizable_weights(model)
+    replace_parameters(model, {key: w if quantize_mode(w) else quantize_weight(w, mode) for key, w in weights.items()})
+    return model
+
 
 FOUR_BIT = [m for m in QUANTIZE_MODES if m != "bnb.int8"]
 
@@ -246,7 +256,8 @@ def test_load_model_with_adapter_from_out_dir(tmp_path):
     randomize_lora(trained, std=0.05)
     out_dir = tmp_path / "out"
     atomic_save(lora_state_dict(trained), out_dir / "lit_model_lora_finetuned.pth")
-    atomic_write_text(out_dir / "lora_config.json", json.dumps({"lora": lora_config.to_dict()}))
+    run = {"lora": lora_config.to_dict(), "model": config.to_dict(), "checkpoint_dir": str(tmp_path / "ckpt")}
+    atomic_write_text(out_dir / "lora_config.json", json.dumps(run))
     x = tokens()
     loaded = load_model(tmp_path / "ckpt", precision="32-true", lora_path=out_dir)  # settings from lora_config.json
     assert torch.equal(loaded(x), trained(x))
@@ -348,7 +359,8 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # -3: M_MMAP_THRESHOLD
 from test_quantize import peak_memory_increase
 from lit_gpt.lora import LoRAConfig
-from lit_gpt.quantize import check_quantize, load_model
+from lit_gpt.load import load_model
+from lit_gpt.quantize import check_quantize
 check_quantize("bnb.nf4", "bf16-true", "cpu")  # bitsandbytes imported and warmed up before measuring
 model, nf4 = peak_memory_increase(lambda: load_model({str(tmp_path / "ckpt")!r}, quantize="bnb.nf4",
                                                      lora_config=LoRAConfig()))
