@@ -353,7 +353,7 @@ class Trainer:
     def __init__(self, fabric, run: Run, max_seq_length: int, lora_path: Optional[Path] = None) -> None:
         hp = self.hp = run.hp
         self.fabric, self.run, self.out_dir = fabric, run, run.out_dir
-        fabric.seed_everything(hp.seed)  # same LoRA init and data order on every rank
+        fabric.seed_everything(hp.seed, verbose=False)  # same LoRA init and dropout on every rank
         t0 = time.perf_counter()
         model = load_model(run.checkpoint_dir, precision=run.precision, quantize=run.launch.quantize,
                            device=fabric.device, lora_config=hp.lora_config(), max_seq_length=max_seq_length)

@@ -32,7 +32,7 @@ def main(
     max_iters: int = 60,
     batch_size: int = 8,
     micro_batch_size: int = 8,
-    learning_rate: float = 2e-3,
+    learning_rate: Optional[float] = None,
     quantize: Optional[Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]] = "bnb.nf4",
     limit: Optional[int] = None,
     retrain: bool = False,
@@ -47,7 +47,7 @@ def main(
         max_iters: Finetuning steps.
         batch_size: Examples per step.
         micro_batch_size: Examples per forward/backward pass.
-        learning_rate: Peak learning rate.
+        learning_rate: Peak learning rate (default: finetune/lora.py's).
         quantize: How the frozen base weights are quantized while finetuning (QLoRA).
         limit: Evaluate on only this many held-out problems (default: all 100).
         retrain: Finetune again even if `out_dir` already holds an adapter.
@@ -82,11 +82,13 @@ def main(
         shutil.rmtree(lora_dir, ignore_errors=True)
         args = ["--checkpoint_dir", checkpoint_dir, "--data_dir", data_dir, "--out_dir", lora_dir,
                 "--max_iters", max_iters, "--batch_size", batch_size,
-                "--micro_batch_size", micro_batch_size, "--learning_rate", learning_rate,
+                "--micro_batch_size", micro_batch_size,
                 "--eval_interval", max(1, max_iters // 3), "--save_interval", max(1, max_iters // 3),
                 "--log_interval", 10]
         if quantize:
             args += ["--quantize", quantize]
+        if learning_rate is not None:
+            args += ["--learning_rate", learning_rate]
         train_log = run("finetune/lora.py", *args, capture=True)
         (lora_dir / "quickstart_train.log").write_text(train_log)
 

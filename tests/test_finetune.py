@@ -151,13 +151,14 @@ def test_the_loss_of_a_step_does_not_depend_on_micro_batches_or_devices(tiny_che
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_checkpoint, tiny_data, tmp_path):
     out = tmp_path / "out"
     proc = finetune(tiny_checkpoint, tiny_data, out, "--precision", "32-true", "--max_iters", 20,
-                    "--learning_rate", 1e4, "--grad_clip", 0, "--save_interval", 1, "--eval_interval", 100,
+                    "--learning_rate", 1e30, "--warmup_fraction", 0.9, "--grad_clip", 0, "--save_interval", 1,
+                    "--eval_interval", 100,
                     check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and "--resume auto" in proc.stderr, proc.stderr
     failed_at = int(re.search(r"(?:loss became \S+|LoRA weights became inf/NaN) at step (\d+)",
                               proc.stderr).group(1))
-    assert failed_at > 1  # the run trained at least one good step first
+    assert failed_at > 1  # the run trained at least one good step first (lr 5e28 after warmup's first step)
     assert not (out / "lit_model_lora_finetuned.pth").exists()
     # every step before the bad one left its checkpoint, each of finite weights: the last one is the last good step
     kept = sorted((out / "checkpoints").glob("*.pth"))
@@ -201,5 +202,6 @@ def test_bad_checkpoint_dir(tiny_data, tmp_path):
 def test_help():
     proc = run_script("finetune/lora.py", "--help")
     for flag in ("--quantize", "--precision", "--devices", "--resume", "--lora_r", "--lora_head", "--learning_rate",
-                 "--micro_batch_size", "--epochs", "--activation_checkpointing"):
+                 "--micro_batch_size", "--epochs", "--activation_checkpointing", "--lr_schedule", "--warmup_fraction",
+                 "--min_lr_ratio", "--pad_multiple", "--logger", "--overwrite"):
         assert flag in proc.stdout

@@ -111,7 +111,7 @@ def test_a_checkpoint_of_another_run_is_refused(tiny_checkpoint, tiny_data, tmp_
     out, args = tmp_path / "x", ["--checkpoint_dir", tiny_checkpoint, "--data_dir", tiny_data, *ARGS]
     first = [*args, "--max_iters", 9, "--save_interval", 3]
     finetune(tiny_checkpoint, tiny_data, out, *first[4:])
-    second = [*args, "--learning_rate", 1e-3, "--lora_r", 4]
+    second = [*args, "--learning_rate", 1e-3, "--lora_r", 4, "--lora_dropout", 0.0]
 
     proc = run_script("finetune/lora.py", *second, "--out_dir", out, check=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr

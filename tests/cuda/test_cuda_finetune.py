@@ -4,11 +4,11 @@ step's loss equal to the CPU's, resume, and the adapters merged (scripts/merge_l
 from cuda_suite import peak_memory  # noqa: I001 (first: skips this module without a GPU)
 
 import json
-import shutil
+import signal
 
 import pytest
 import torch
-from test_finetune import finetune, read_metrics, tiny_checkpoint, tiny_data  # noqa: F401 (fixtures)
+from test_finetune import FAST, finetune, read_metrics, tiny_checkpoint, tiny_data  # noqa: F401 (fixtures)
 
 from conftest import run_script
 from lit_gpt.load import load_model
@@ -66,17 +66,17 @@ def test_first_step_loss_equals_the_cpus(tiny_checkpoint, tiny_data, tmp_path): 
 
 
 def test_resume_on_the_gpu(tiny_checkpoint, tiny_data, tmp_path):  # noqa: F811
-    """QLoRA (nf4) in float32 for 6 steps; killed after step 3 (later files removed) and resumed: the same adapter.
+    """QLoRA (nf4) in float32 for 6 steps; SIGKILLed after step 3 and resumed: the same adapter and losses.
     Not bit for bit as on the CPU: SDPA's backward on CUDA adds with atomics. No dropout, to compare the adapters
     and not the random masks."""
     full = tmp_path / "full"
     args = ["--precision", "32-true", "--quantize", "bnb.nf4", "--max_iters", 6, "--save_interval", 3,
             "--eval_interval", 3, "--lora_dropout", 0]
     finetune(tiny_checkpoint, tiny_data, full, *args)
-    killed = tmp_path / "killed"
-    shutil.copytree(full, killed)
-    for name in ("lit_model_lora_finetuned.pth", "lora_config.json", "checkpoints/step-000006.pth"):
-        (killed / name).unlink()
+    killed = tmp_path / "killed"  # SIGKILLed while writing the step-6 checkpoint (its 4th atomic rename)
+    proc = run_script("tests/sigkill_at.py", 4, "finetune/lora.py", "--checkpoint_dir", tiny_checkpoint, "--data_dir",
+                      tiny_data, "--out_dir", killed, *FAST, *args, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     proc = finetune(tiny_checkpoint, tiny_data, killed, *args, "--resume", "auto")
     assert "Resumed from" in proc.stdout and "step-000003.pth" in proc.stdout
     assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("step ") and "| loss" in line] \
