@@ -350,7 +350,7 @@ def max_seq_length(hp: TrainArgs, data_config: dict, config: Config, train_data:
 class Trainer:
     """The model with its adapter, the optimizer and schedule, the run's state; `fit` trains it."""
 
-    def __init__(self, fabric, run: Run, max_seq_length: int, lora_path: Optional[Path] = None) -> None:
+    def __init__(self, fabric, run: Run, max_seq_length: int) -> None:
         hp = self.hp = run.hp
         self.fabric, self.run, self.out_dir = fabric, run, run.out_dir
         fabric.seed_everything(hp.seed, verbose=False)  # same LoRA init and dropout on every rank
@@ -371,14 +371,13 @@ class Trainer:
         self.raw_model = self.model.module  # the GPT itself: its parameter names are the adapter's keys
         self.max_seq_length = max_seq_length
         self.state = {"iter_num": 0, "step_count": 0, "metrics": [], "elapsed": 0.0}
-        self.max_iters = hp.max_iters
-        self.scheduler = None
+        self.scheduler = None  # made by `fit`: the number of steps depends on the data (--epochs)
 
     def fit(self, train_data: list, val_data: list, objective: Objective) -> None:
         """Trains to `max_iters` steps (or `epochs`), validating, checkpointing and logging, then saves the adapter."""
         fabric, hp, state, out_dir = self.fabric, self.hp, self.state, self.out_dir
         order = EpochOrder(train_data, hp.batch_size, hp.seed)
-        self.max_iters = max_iters = order.steps(hp.epochs) if hp.epochs is not None else hp.max_iters
+        max_iters = order.steps(hp.epochs) if hp.epochs is not None else hp.max_iters
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(hp, max_iters))
         if self.run.resume_path is not None:
             self.resume_from(self.run.resume_path)
@@ -428,9 +427,8 @@ class Trainer:
                 row["tokens_per_sec"] = round(tok_s, 1)
                 extra = "".join(f" | {key} {value:.4f}" for key, value in means.items() if key != "loss")
                 fabric.print(f"step {step}/{max_iters} | epoch {row['epoch']:.2f} | loss {means['loss']:.4f}{extra} | "
-                             f"lr {lr:.2e} | "
-                             f"{tok_s:,.0f} tokens/s | elapsed {fmt_time(elapsed)} | eta {fmt_time(eta)} | "
-                             f"peak mem {peak_memory_gb(fabric.device):.2f} GB", flush=True)
+                             f"lr {lr:.2e} | {tok_s:,.0f} tokens/s | elapsed {fmt_time(elapsed)} | eta "
+                             f"{fmt_time(eta)} | peak mem {peak_memory_gb(fabric.device):.2f} GB", flush=True)
             if step % hp.eval_interval == 0 or step == max_iters:
                 val = self.validate(val_data, objective)
                 row.update({f"val_{key}": round(value, 4) for key, value in val.items()})
