@@ -585,7 +585,7 @@ def short_lit(checkpoint_dir: Path, data_dir: Path, out_dir: Path, precision: st
     args = ["--checkpoint_dir", checkpoint_dir, "--data_dir", data_dir, "--out_dir", out_dir, "--precision",
             precision, "--max_iters", steps, "--batch_size", 8, "--micro_batch_size", 8, "--eval_interval", 1000,
             "--save_interval", 1000, "--eval_iters", eval_iters, "--seed", SEED, "--accelerator", DEVICE.type,
-            "--overwrite", "true"]
+            "--overwrite", "true", "--learning_rate", LEARNING_RATE]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -22,7 +22,7 @@ from lit_gpt.training import Launch, TrainArgs, Trainer, make_fabric, max_seq_le
 from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, response_loss
 
 HYPERPARAMETERS = TrainArgs(
-    learning_rate=3e-4,
+    learning_rate=2e-3,  # the sweep on SmolLM2-135M (README); QLoRA used 2e-4 for 7B-13B, 1e-4 for 33B-65B
     lr_schedule="cosine",
     warmup_fraction=0.1,
     min_lr_ratio=0.1,

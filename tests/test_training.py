@@ -109,7 +109,7 @@ def test_a_checkpoint_of_another_run_is_refused(tiny_checkpoint, tiny_data, tmp_
     --overwrite), killed after its first checkpoint; --resume auto with the first run's settings is refused, with the
     new ones it resumes and ends with the adapter the new settings give uninterrupted."""
     out, args = tmp_path / "x", ["--checkpoint_dir", tiny_checkpoint, "--data_dir", tiny_data, *ARGS]
-    first = [*args, "--max_iters", 9, "--save_interval", 3]
+    first = [*args, "--max_iters", 9, "--save_interval", 3, "--learning_rate", 3e-4]
     finetune(tiny_checkpoint, tiny_data, out, *first[4:])
     second = [*args, "--learning_rate", 1e-3, "--lora_r", 4, "--lora_dropout", 0.0]
 
