@@ -14,8 +14,9 @@ B covering only that part's rows. They are exactly Hugging Face PEFT's `q_proj`/
 """
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -87,6 +88,10 @@ class LoRALinear(Linear):
                 torch.empty(self.parts[part], r, device=weight.device, dtype=dtype)))
         self.reset_lora_parameters()
         self.merged = False
+        # the reference model of preference and reward training (`reference_model`): the adapter off, or a frozen
+        # copy of the adapter it started from (`keep_reference`: plain tensors, in no state dict)
+        self.as_reference = False
+        self.reference: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None
 
     @classmethod
     def from_linear(cls, module: nn.Module, config: LoRAConfig, parts: Optional[Dict[str, int]] = None,
@@ -106,20 +111,22 @@ class LoRALinear(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = linear(x, self.weight, self.bias)  # (..., out_features)
-        if self.merged or not self.adapted:
+        if self.merged or not self.adapted or (self.as_reference and self.reference is None):
             return out
-        A, B = self.stacked_lora()  # (k r, in_features), (out_features, k r) for k adapted parts
-        h, rescale = lora_dropout(x, self.dropout, self.training)
+        # (k r, in_features), (out_features, k r) for k adapted parts
+        A, B = self.stacked_lora(self.reference if self.as_reference else None)
+        h, rescale = lora_dropout(x, self.dropout, self.training and not self.as_reference)
         t = F.linear(h.to(A.dtype), A) * (self.scaling * rescale)  # (..., k r): scaled here, where it is small
         # out + t B^T in one matmul that accumulates into `out` (no separate scale and add passes over the output)
         out_2d = out.reshape(-1, out.size(-1))
         return torch.addmm(out_2d, t.reshape(-1, t.size(-1)).to(out.dtype), B.t().to(out.dtype)).view(out.shape)
 
-    def stacked_lora(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The adapters as one pair: A stacks the adapted parts' A (one matmul with the input for all parts), B is
-        block-diagonal, the rows of each part holding its own B next to zeros (and all zeros for parts without an
-        adapter), so that `x A^T B^T` is every part's update at its rows."""
-        pairs = self.lora_pairs()
+    def stacked_lora(self, pairs: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The adapters (`pairs`, default: the trained ones) as one pair: A stacks the adapted parts' A (one matmul
+        with the input for all parts), B is block-diagonal, the rows of each part holding its own B next to zeros (and
+        all zeros for parts without an adapter), so that `x A^T B^T` is every part's update at its rows."""
+        pairs = pairs or self.lora_pairs()
         if len(self.parts) == 1:
             return next(iter(pairs.values()))
         A = torch.cat([a for a, _ in pairs.values()])
@@ -220,6 +227,31 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     if config.head:
         model.lm_head = LoRALinear.from_linear(model.lm_head, config)
     return model
+
+
+@torch.no_grad()
+def keep_reference(model: nn.Module) -> None:
+    """Keeps a frozen copy of every adapter's current weights (kilobytes to megabytes; whole tensors also under FSDP:
+    every rank must call this) as the reference `reference_model` switches to."""
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            module.reference = {part: tuple((w.full_tensor() if hasattr(w, "full_tensor") else w).detach().clone()
+                                            for w in pair) for part, pair in module.lora_pairs().items()}
+
+
+@contextmanager
+def reference_model(model: nn.Module) -> Iterator[nn.Module]:
+    """The model as the reference of preference (DPO) and reward (GRPO) training, which is the model training
+    started from: the base with every adapter off, or, after `keep_reference`, with the frozen copy of the adapter it
+    started from. No second copy of the base weights; no LoRA dropout."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for layer in layers:
+        layer.as_reference = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.as_reference = False
 
 
 def lora_filter(name: str, tensor: Optional[torch.Tensor] = None) -> bool:

@@ -70,7 +70,8 @@ class GPT(nn.Module):
                 logits_at: Optional[torch.Tensor] = None, lengths: Optional[list[int]] = None) -> torch.Tensor:
         """idx: (B, T) token ids. With `input_pos` (T,) the KV cache is used: positions are written, then read.
         With `lengths`, idx (1, T) holds examples of these lengths laid end to end (padding-free training): each one's
-        positions start at 0 and its tokens attend only to its own earlier tokens.
+        positions start at 0 and its tokens attend only to its own earlier tokens. An entry (p, a_1, a_2, ...) is a
+        prompt of p tokens followed by answers that share it (see `packed_inputs`).
 
         Returns (B, T, padded_vocab_size) logits, or with `logits_at`, a (B, T) bool mask, (N, padded_vocab_size) for
         its N true positions in row-major order: training computes the head only where there are targets.
@@ -78,8 +79,10 @@ class GPT(nn.Module):
         T = idx.size(1)
         cache = mask = None
         if lengths is not None:
-            if max(lengths) > self.max_seq_length or sum(lengths) != T or idx.size(0) != 1:
-                raise ValueError(f"lengths {lengths} must sum to the {T} tokens of one row, each at most "
+            sizes = [n if isinstance(n, int) else sum(n) for n in lengths]
+            longest = max(n if isinstance(n, int) else n[0] + max(n[1:]) for n in lengths)
+            if longest > self.max_seq_length or sum(sizes) != T or idx.size(0) != 1:
+                raise ValueError(f"lengths {lengths} must sum to the {T} tokens of one row, each sequence at most "
                                  f"max_seq_length={self.max_seq_length}")
             inputs = self.packed_inputs(lengths, idx.device)
         else:
@@ -134,19 +137,44 @@ class GPT(nn.Module):
         local = key_pos[..., None, :] > pos[..., :, None] - w
         return local & (key_pos[..., None, :] <= pos[..., :, None] if mask is None else mask)
 
-    def packed_inputs(self, lengths: list[int], device: torch.device) -> dict:
+    def packed_inputs(self, lengths: list, device: torch.device) -> dict:
         """`layer_inputs` for examples of `lengths` laid end to end: RoPE positions restart at 0 for each, and the mask
-        is a list of (start, end, mask) spans, one causal attention per example (`mask` None, or a sliding layer's
+        is a list of (start, end, mask) spans, one attention per example (`mask` None: causal; or a sliding layer's
         window in an example longer than it). Attention costs the sum of the examples' squared lengths, not the
-        square of their total as one block-diagonal mask would."""
-        pos = torch.cat([torch.arange(n, device=device) for n in lengths])  # (T,)
-        last = torch.cat([torch.full((n, 1), n - 1, device=device) for n in lengths])  # (T, 1)
-        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        square of their total as one block-diagonal mask would.
+
+        An entry (p, a_1, a_2, ...) is a prompt of p tokens and answers that share it, laid out prompt, a_1, a_2, ...:
+        each answer's positions continue the prompt's and it sees the prompt and its own earlier tokens only, so each
+        answer is computed as if it followed the prompt alone while the prompt runs once (preference pairs, groups of
+        samples of one prompt)."""
+        pos, last, spans, start = [], [], [], 0
+        for entry in lengths:
+            if isinstance(entry, int):
+                p, seg, ends = torch.arange(entry, device=device), None, [entry]
+            else:
+                prompt, answers = entry[0], entry[1:]
+                p = torch.cat([torch.arange(prompt, device=device)]
+                              + [torch.arange(prompt, prompt + a, device=device) for a in answers])
+                seg = torch.repeat_interleave(torch.arange(len(entry), device=device),
+                                              torch.tensor(entry, device=device))
+                ends = [prompt + a for a in answers]
+            if (self.config.rope_scaling or {}).get("type") == "longrope":
+                original = self.config.rope_scaling["original_max_position_embeddings"]
+                if len({n > original for n in ends}) > 1:  # the shared prompt would need both RoPE tables
+                    raise ValueError(f"LongRoPE: the answers of {entry} end on both sides of the original context "
+                                     f"{original}: run them as separate examples")
+            pos.append(p)
+            last.append(torch.full((len(p), 1), max(ends) - 1, device=device))
+            # a key is visible when it is not later than the query and in the prompt or the query's own answer
+            tree = None
+            if seg is not None:
+                tree = (p[None, :] <= p[:, None]) & ((seg[None, :] == 0) | (seg[None, :] == seg[:, None]))  # (n, n)
+            spans.append((start, start + len(p), p, tree))
+            start += len(p)
         inputs = {}
-        for sliding, (cos, sin) in self.rope(pos, last).items():
-            spans = [(start, start + n, self.window(*[torch.arange(n, device=device)] * 2, None) if sliding else None)
-                     for start, n in zip(starts, lengths)]
-            inputs[sliding] = (cos, sin, spans)
+        for sliding, (cos, sin) in self.rope(torch.cat(pos), torch.cat(last)).items():
+            inputs[sliding] = (cos, sin, [(a, b, self.window(p, p, tree) if sliding else tree)
+                                          for a, b, p, tree in spans])
         return inputs
 
     def rope(self, pos: torch.Tensor, last: torch.Tensor) -> dict:

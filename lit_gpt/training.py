@@ -28,9 +28,17 @@ from typing import Callable, Literal, Optional, Protocol, Union
 import torch
 
 from lit_gpt.config import Config
-from lit_gpt.data import longest_first, token_budget_batches
+from lit_gpt.data import token_budget_batches
 from lit_gpt.load import ADAPTER_FILE, RUN_FILE, load_model
-from lit_gpt.lora import LoRAConfig, lora_filter, lora_state_dict, mark_only_lora_as_trainable, trainable_report
+from lit_gpt.lora import (
+    LoRAConfig,
+    keep_reference,
+    load_lora_state_dict,
+    lora_filter,
+    lora_state_dict,
+    mark_only_lora_as_trainable,
+    trainable_report,
+)
 from lit_gpt.quantize import check_quantize
 from lit_gpt.utils import (
     atomic_path,
@@ -181,9 +189,10 @@ class Run:
 
 
 def prepare_run(checkpoint_dir: Path, data_dir: Path, data_config: dict, out_dir: Path, launch: Launch, hp: TrainArgs,
-                objective: str) -> Run:
+                objective: str, objective_args: Optional[dict] = None) -> Run:
     """Checks the flags, resolves precision and device, and finds the checkpoint to resume from (of the same run
-    only). Every check that can fail happens here, before anything is loaded or written."""
+    only). Every check that can fail happens here, before anything is loaded or written. `objective_args`: the
+    script's own settings (e.g. DPO's beta), recorded with the hyperparameters."""
     world_size = launch.devices * launch.num_nodes
     if min(launch.devices, launch.num_nodes) < 1:
         fail(f"--devices and --num_nodes must be at least 1, got {launch.devices} and {launch.num_nodes}")
@@ -217,7 +226,8 @@ def prepare_run(checkpoint_dir: Path, data_dir: Path, data_config: dict, out_dir
               "model": config.to_dict(), "lora": hp.lora_config().to_dict(),
               "prompt_style": data_config["prompt_style"],
               "data": {**data_config, "data_dir": str(Path(data_dir).resolve())},
-              "train": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(hp).items()},
+              "train": {k: str(v) if isinstance(v, Path) else v
+                        for k, v in {**dataclasses.asdict(hp), **(objective_args or {})}.items()},
               "precision": precision, "quantize": launch.quantize}
     resume_path = find_resume(Path(out_dir), launch, record)
     return Run(Path(checkpoint_dir), Path(out_dir), hp, launch, precision, accelerator, record, resume_path)
@@ -340,6 +350,10 @@ class Objective(Protocol):
     def evaluate(self, fabric, model) -> None:
         """At every evaluation, after validation (e.g. print a sample generation); `model` is the unwrapped GPT."""
 
+    # optional: `start_batch(samples)`, called with all the examples of a step (of every device) before its
+    # micro-batches, and with the validation examples before validation: for a loss normalized by a batch total
+    # other than the sum of `count`s (ORPO's token mean next to its pair mean)
+
 
 def max_seq_length(hp: TrainArgs, data_config: dict, config: Config, train_data: list, length: Callable) -> int:
     """--max_seq_length, else the data's, else its longest example; at most the model's context."""
@@ -350,13 +364,18 @@ def max_seq_length(hp: TrainArgs, data_config: dict, config: Config, train_data:
 class Trainer:
     """The model with its adapter, the optimizer and schedule, the run's state; `fit` trains it."""
 
-    def __init__(self, fabric, run: Run, max_seq_length: int) -> None:
+    def __init__(self, fabric, run: Run, max_seq_length: int, start_adapter: Optional[dict] = None) -> None:
+        """`start_adapter`: LoRA weights to start from (e.g. an SFT adapter); the model keeps a frozen copy as its
+        reference (`lit_gpt.lora.reference_model`)."""
         hp = self.hp = run.hp
         self.fabric, self.run, self.out_dir = fabric, run, run.out_dir
         fabric.seed_everything(hp.seed, verbose=False)  # same LoRA init and dropout on every rank
         t0 = time.perf_counter()
         model = load_model(run.checkpoint_dir, precision=run.precision, quantize=run.launch.quantize,
                            device=fabric.device, lora_config=hp.lora_config(), max_seq_length=max_seq_length)
+        if start_adapter is not None:
+            load_lora_state_dict(model, start_adapter)
+            keep_reference(model)
         mark_only_lora_as_trainable(model)
         model.train()  # load_model returns eval mode; LoRA dropout needs train mode
         model.activation_checkpointing = hp.activation_checkpointing
@@ -376,7 +395,7 @@ class Trainer:
     def fit(self, train_data: list, val_data: list, objective: Objective) -> None:
         """Trains to `max_iters` steps (or `epochs`), validating, checkpointing and logging, then saves the adapter."""
         fabric, hp, state, out_dir = self.fabric, self.hp, self.state, self.out_dir
-        order = EpochOrder(train_data, hp.batch_size, hp.seed)
+        order = EpochOrder(train_data, hp.batch_size, hp.seed, objective.length)
         max_iters = order.steps(hp.epochs) if hp.epochs is not None else hp.max_iters
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(hp, max_iters))
         if self.run.resume_path is not None:
@@ -397,6 +416,8 @@ class Trainer:
             # the loss of the step: the losses of the whole global batch (all micro-batches, all devices) summed,
             # divided by its count (SFT: its targets); every rank counts them from the same global batch
             n = max(1, sum(objective.count(train_data[j]) for j in global_idx))
+            if hasattr(objective, "start_batch"):
+                objective.start_batch([train_data[j] for j in global_idx])
             sums: dict = {"loss": 0.0}
             for i, idx in enumerate(mine):
                 with fabric.no_backward_sync(self.model, enabled=i < len(mine) - 1):
@@ -465,6 +486,8 @@ class Trainer:
         else:  # the same examples, in micro-batches of the token budget
             lengths = [objective.length(val_data[i]) for i in examples]
             batches = token_budget_batches(lengths, hp.micro_batch_tokens, not hp.padding_free)
+        if hasattr(objective, "start_batch"):
+            objective.start_batch([val_data[i] for i in examples])
         sums: dict = {"loss": 0.0}
         for batch in batches:
             loss, metrics = objective.loss(self.model, [val_data[i] for i in batch])
@@ -523,8 +546,6 @@ class Trainer:
             checkpoint = lazy_load(path / "meta.pth")
         else:
             checkpoint = lazy_load(path)
-            from lit_gpt.lora import load_lora_state_dict
-
             load_lora_state_dict(model, checkpoint["adapter"])
             optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -587,9 +608,11 @@ class EpochOrder:
     `batch_size` examples (an out-of-memory shows at step one). A batch that reaches an epoch's end goes on with the
     next epoch's first examples, so every step has `batch_size` examples."""
 
-    def __init__(self, data: list, batch_size: int, seed: int) -> None:
+    def __init__(self, data: list, batch_size: int, seed: int, length: Optional[Callable[[dict], int]] = None) -> None:
+        """`length`: an example's size (default: its number of tokens)."""
         self.n, self.batch_size, self.seed = len(data), batch_size, seed
-        self.longest = longest_first(data)[:batch_size]
+        size = [(length or (lambda s: len(s["input_ids"])))(s) for s in data]
+        self.longest = sorted(range(self.n), key=lambda i: -size[i])[:batch_size]  # ties: in data order
         self.orders: dict = {}
 
     def epoch(self, e: int) -> list[int]:
