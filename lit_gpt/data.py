@@ -490,3 +490,158 @@ def pack(samples: list[dict], max_seq_length: Optional[int] = None, device: Opti
     input_ids = torch.cat([s["input_ids"][:n] for s, n in zip(samples, lengths)])
     targets = torch.cat([s["labels"][1:n + 1] for s, n in zip(samples, lengths)])
     return input_ids[None].to(device), targets[None].to(device), lengths
+
+
+# Preference pairs (DPO), in TRL's three layouts: {"prompt": str, "chosen": str, "rejected": str} (the prompt an
+# instruction), {"prompt": [messages], "chosen": [messages], "rejected": [messages]}, and the implicit prompt
+# {"chosen": [messages], "rejected": [messages]} (their shared leading messages). A prepared sample is
+# {"prompt_ids": (p,), "chosen_ids": (c,), "rejected_ids": (r,)}: prompt + chosen and prompt + rejected are the two
+# sequences trained, each one encoding of its whole text, rendered as a conversation by the prompt style.
+PREFERENCE_SKIPS = ("identical", "empty_answer", "not_one_answer", "prompts_differ", "role_order", "empty_message",
+                    "identical_after_truncation", "prompt_too_long")
+
+
+def load_preferences(path: Union[str, Path]) -> list[dict]:
+    """The preference pairs of a JSON array or JSON-lines file (see `parse_preference`)."""
+    rows = load_rows(path, required=(), format="json")
+    return [parse_preference(row, f"{str(path)!r} row {number}") for number, row in enumerate(rows, 1)]
+
+
+def parse_preference(row: dict, at: str) -> dict:
+    """{"system": str or None, "turns": [(user, answer), ...] before the last user message, "prompt": that message,
+    "chosen": str, "rejected": str}, or {"skip": kind, "reason": ...} (kinds: PREFERENCE_SKIPS) for a pair that
+    teaches nothing: identical answers, an empty answer or prompt, an answer that is not one assistant message after
+    the prompt, implicit prompts that differ, roles out of order (as `parse_conversation`). A row that cannot be read
+    (a missing field or one neither a text nor a list, layouts mixed, a bad message) is an error naming `at`."""
+    for name in ("prompt", "chosen", "rejected"):
+        value = row.get(name)
+        if (value is not None or name != "prompt") and not isinstance(value, (str, list)):
+            problem = "has no" if value is None else "has a non-text, non-list"
+            fail(f"{at} {problem} {name!r} field, expected a text or a list of {{\"role\", \"content\"}} messages "
+                 f"(fields: {', '.join(map(str, row))})")
+    given = [name for name in ("prompt", "chosen", "rejected") if row.get(name) is not None]
+    if len({type(row[name]) for name in given}) > 1:
+        kinds = ", ".join(f"{name!r} is a {'text' if isinstance(row[name], str) else 'list'}" for name in given)
+        fail(f"{at} mixes layouts ({kinds}): give {', '.join(given)} all as texts or all as message lists")
+    if isinstance(row["chosen"], str):
+        if "prompt" not in given:
+            fail(f"{at} has no 'prompt' field: texts need one (only message lists have an implicit prompt, their "
+                 "shared leading messages)")
+        if not row["prompt"].strip():
+            return {"skip": "empty_message", "reason": "empty prompt"}
+        prompt, chosen, rejected = [("user", row["prompt"])], [("assistant", row["chosen"])], \
+            [("assistant", row["rejected"])]
+    else:
+        prompt, chosen, rejected = (_messages(row[name], f"{at} {name}") if name in given else None
+                                    for name in ("prompt", "chosen", "rejected"))
+        if prompt is None and chosen and rejected:
+            shared = common_prefix_length(chosen[:-1], rejected[:-1])  # the last message of each is its answer
+            if shared == 0:
+                return {"skip": "prompts_differ", "reason": "chosen and rejected share no leading messages"}
+            if len(chosen) - shared > 1 and len(rejected) - shared > 1:
+                return {"skip": "prompts_differ", "reason": f"chosen and rejected differ from messages[{shared}] on"}
+            prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    for name, answer in (("chosen", chosen), ("rejected", rejected)):
+        if [role for role, _ in answer] != ["assistant"]:
+            roles = ", ".join(role for role, _ in answer) or "none"
+            return {"skip": "not_one_answer", "reason": f"{name} is not one assistant message after the prompt "
+                                                        f"(roles: {roles})"}
+        if not answer[0][1].strip():
+            return {"skip": "empty_answer", "reason": f"empty {name}"}
+    if chosen == rejected:
+        return {"skip": "identical", "reason": "identical chosen and rejected"}
+    conversation = parse_conversation({"messages": [{"role": role, "content": text} for role, text in
+                                                    prompt + chosen]}, at)
+    if "skip" in conversation:
+        return {"skip": conversation["skip"], "reason": f"prompt + chosen: {conversation['reason']}"}
+    *turns, (message, _) = conversation["turns"]
+    return {"system": conversation["system"], "turns": turns, "prompt": message, "chosen": chosen[0][1],
+            "rejected": rejected[0][1]}
+
+
+def _messages(messages: list, at: str) -> list[tuple[str, str]]:
+    """(role, text) of each message, the roles as ROLES names them; a bad message is `parse_conversation`'s error."""
+    parse_conversation({"messages": messages}, at)
+    return [(ROLES[m.get("role", m.get("from"))], m.get("content", m.get("value"))) for m in messages]
+
+
+def prepare_preference(preference: dict, tokenizer: Any, style: PromptStyle, max_seq_length: int,
+                       system: Optional[str] = None) -> dict:
+    """Tokenizes a pair of `parse_preference`: {"prompt_ids", "chosen_ids", "rejected_ids", "truncated_prompt",
+    "truncated_answers"}, or {"skip": kind, "reason": ...}. `system`: the system message of a pair without one
+    (None: the style's default).
+
+    The prompt + answer of each is its conversation rendered by `style` and tokenized as SFT's conversations are
+    (`tokenize_pieces`: one encoding of the whole text; plain styles: eos after the answer). prompt_ids are the
+    tokens that both encodings share with the prompt's own (TRL's DPO trainer splits so too), the answers the rest.
+    When prompt + the longer answer exceeds `max_seq_length`, the prompt loses its first tokens (BOS kept), down to
+    max_seq_length // 2 of them, then the answers their last tokens.
+    """
+    system = preference["system"] or system
+    turns, message = preference["turns"], preference["prompt"]
+
+    def encode(pieces: list[str]) -> list[int]:
+        return [i for piece in tokenize_pieces(tokenizer, style, pieces) for i in piece]
+
+    own = encode(style.conversation_pieces(turns, message, system=system))
+    chosen, rejected = (encode(style.conversation_pieces([*turns, (message, preference[name])], system=system))
+                        for name in ("chosen", "rejected"))
+    if chosen == rejected:
+        return {"skip": "identical", "reason": "chosen and rejected identical once rendered"}
+    p = min(common_prefix_length(own, chosen), common_prefix_length(own, rejected))
+    prompt_ids, chosen_ids, rejected_ids = chosen[:p], chosen[p:], rejected[p:]
+    longest = max(len(chosen_ids), len(rejected_ids))
+    truncated_prompt = truncated_answers = False
+    if p + longest > max_seq_length:
+        keep = max(max_seq_length - longest, min(p, max_seq_length // 2))
+        if keep < p:
+            bos = int(prompt_ids[:1] == [tokenizer.bos_id])
+            if keep <= bos:
+                return {"skip": "prompt_too_long", "reason": f"no prompt token fits max_seq_length={max_seq_length}"}
+            prompt_ids, truncated_prompt = prompt_ids[:bos] + prompt_ids[p - keep + bos:], True
+        room = max_seq_length - len(prompt_ids)
+        if longest > room:
+            chosen_ids, rejected_ids, truncated_answers = chosen_ids[:room], rejected_ids[:room], True
+            if chosen_ids == rejected_ids:
+                return {"skip": "identical_after_truncation",
+                        "reason": f"chosen and rejected identical once cut to max_seq_length={max_seq_length}"}
+    return {"prompt_ids": torch.tensor(prompt_ids, dtype=torch.long),
+            "chosen_ids": torch.tensor(chosen_ids, dtype=torch.long),
+            "rejected_ids": torch.tensor(rejected_ids, dtype=torch.long),
+            "truncated_prompt": truncated_prompt, "truncated_answers": truncated_answers}
+
+
+def prepare_preferences(train_rows: list[dict], val_rows: Optional[list[dict]], *, checkpoint_dir: Path,
+                        destination_path: Path, source: str, prompt_style: Optional[str] = None,
+                        max_seq_length: Optional[int] = None, system_prompt: Optional[str] = None,
+                        val_split_fraction: Optional[float] = None, seed: int = 42) -> dict:
+    """Tokenizes pairs of `parse_preference` (skips counted and listed), splits off validation ones unless
+    `val_rows` are given, writes the prepared-data dir ("format": "preference") and prints the counts. Returns
+    prepare_config.json's content."""
+    style, max_seq_length, tokenizer = _style_length_tokenizer(prompt_style, checkpoint_dir, max_seq_length)
+    counts = {"train": 0, "val": 0, "truncated_prompt": 0, "truncated_answers": 0,
+              **{f"skipped_{kind}": 0 for kind in PREFERENCE_SKIPS}}
+    skipped_rows = []
+
+    def tokenize(rows: list[dict], where: str) -> list[dict]:
+        samples = []
+        for number, row in enumerate(rows, 1):
+            sample = row if "skip" in row else prepare_preference(row, tokenizer, style, max_seq_length,
+                                                                  system_prompt)
+            if "skip" in sample:
+                counts[f"skipped_{sample['skip']}"] += 1
+                skipped_rows.append(f"{where}row {number} ({sample['reason']})")
+                continue
+            counts["truncated_prompt"] += sample.pop("truncated_prompt")
+            counts["truncated_answers"] += sample.pop("truncated_answers")
+            samples.append(sample)
+        return samples
+
+    train = tokenize(train_rows, "")
+    val = tokenize(val_rows, "val_file ") if val_rows is not None else None
+    config = {"checkpoint_dir": str(Path(checkpoint_dir).resolve()), "prompt_style": style.name,
+              "format": "preference", "max_seq_length": max_seq_length, "system_prompt": system_prompt,
+              "seed": seed, "source": str(Path(source).resolve()), "counts": counts}
+    return _finish(destination_path, train, val, style, config, skipped_rows, val_split_fraction, seed,
+                   f"truncated {counts['truncated_prompt']} prompts (start cut) and {counts['truncated_answers']} "
+                   f"answer pairs (ends cut) to fit max_seq_length={max_seq_length}")
