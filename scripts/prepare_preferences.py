@@ -62,8 +62,8 @@ def setup(
         val_file: A file of validation pairs in the same format; default: split them off the data.
         val_split_fraction: Fraction of the pairs held out for validation (default 0.05; not with --val_file).
         system_prompt: The system message of pairs that have none (default: the prompt style's own, if any).
-        max_seq_length: The longest prompt + answer: longer pairs lose the start of their prompt (down to half of
-            it), then the ends of their answers (default: the model's context length).
+        max_seq_length: The longest prompt + answer: longer pairs lose the start of their prompt (which keeps at
+            least max_seq_length // 2 tokens), then the ends of their answers (default: the model's context length).
         seed: Seed of the train/val split.
         prompt_style: Prompt template. Default: the checkpoint's prompt_style.json, else the template its model was
             trained with (chat models), else alpaca.
