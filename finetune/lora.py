@@ -80,7 +80,11 @@ def setup(
     if not (Path(data_dir) / "train.pt").is_file():
         fail(f"No prepared data in {str(data_dir)!r}. Create it with e.g.: python scripts/prepare_gsm8k.py "
              f"--data_file data/arithmetic/train.jsonl --checkpoint_dir {checkpoint_dir} --destination_path {data_dir}")
-    run = prepare_run(checkpoint_dir, data_dir, prepared_config(data_dir), out_dir, launch, hp, objective="sft")
+    data_config = prepared_config(data_dir)
+    if data_config.get("format") == "preference":
+        fail(f"{str(data_dir)!r} holds preference pairs, which are for finetune/dpo.py: python finetune/dpo.py "
+             f"--checkpoint_dir {checkpoint_dir} --data_dir {data_dir}")
+    run = prepare_run(checkpoint_dir, data_dir, data_config, out_dir, launch, hp, objective="sft")
     fabric = make_fabric(run)
     fabric.launch(main, run=run, data_dir=Path(data_dir), sample_instruction=sample_instruction)
 
