@@ -5,6 +5,7 @@ steps the adapter equals TRL's. Also: a starting adapter as the reference, nf4, 
 2 micro-batches vs 1 and 2 devices vs 1, the shared-prompt forward, bad inputs, and the out dir read by merge."""
 
 import copy
+import csv
 import json
 import shutil
 import warnings
@@ -387,14 +388,28 @@ def test_micro_batches_and_devices_give_the_same_step(tiny_run, tmp_path, loss_t
             "two devices": ["--devices", 2, "--micro_batch_size", 2]}
     if loss_type == "sigmoid":
         runs["precomputed"] = ["--precompute_reference", "true"]
-    adapters = {}
+    adapters, metrics = {}, {}
     for name, args in runs.items():
-        train(hf_dir, data, tmp_path / name.replace(" ", "-"), *flags, *args)
-        adapters[name] = adapter(tmp_path / name.replace(" ", "-"))
-    for name, weights in adapters.items():
-        for key, value in adapters["one"].items():
-            close(weights[key], value, f"{name}: {key}")
+        out = tmp_path / name.replace(" ", "-")
+        train(hf_dir, data, out, *flags, *args)
+        adapters[name] = adapter(out)
+        metrics[name] = [{k: float(v) for k, v in row.items() if k not in ("tokens_per_sec", "elapsed") and v}
+                         for row in csv.DictReader(open(out / "metrics.csv"))]
     assert any(v.abs().sum() > 0 for k, v in adapters["one"].items() if "lora_B" in k)
+    for name in runs:
+        # the losses and metrics of each step (normalized over the whole batch: AdamW's update alone would hardly
+        # show a wrong scale) ...
+        assert metrics[name][0].keys() == metrics["one"][0].keys()
+        for step, (row, expected) in enumerate(zip(metrics[name], metrics["one"])):
+            if step == 0:  # policy = reference: rewards 0 up to rounding, which decides chosen > rejected
+                row, expected = ({k: v for k, v in r.items() if k != "rewards/accuracies"} for r in (row, expected))
+            assert row == pytest.approx(expected, rel=1e-4, abs=1e-5), name
+        # ... and the adapter (AdamW divides each entry's step by its gradient's size: noise-sized gradients of
+        # entries near zero move by up to 1e-4 of the learning rate)
+        for key, value in adapters["one"].items():
+            torch.testing.assert_close(adapters[name][key], value, rtol=1e-4,
+                                       atol=1e-6 + 1e-3 * float(value.abs().max()),
+                                       msg=lambda m, key=key, name=name: f"{name}: {key}: {m}")
 
 
 def test_out_dir_is_an_adapter_dir(tiny_run, tmp_path):
