@@ -102,6 +102,8 @@ def main(fabric, run, data_dir: Path, sample_instruction: str) -> None:
 class SFT:
     """Supervised finetuning: the summed cross-entropy of the response tokens; a step's loss is their mean."""
 
+    perplexity = True
+
     def __init__(self, max_seq_length: int, hp: TrainArgs, device: torch.device, tokenizer: Tokenizer,
                  prompt_style: PromptStyle, sample_instruction: str) -> None:
         self.max_seq_length, self.hp, self.device = max_seq_length, hp, device

@@ -350,7 +350,8 @@ class Objective(Protocol):
     def evaluate(self, fabric, model) -> None:
         """At every evaluation, after validation (e.g. print a sample generation); `model` is the unwrapped GPT."""
 
-    # optional: `start_batch(samples)`, called with all the examples of a step (of every device) before its
+    # optional: `perplexity = True`: validation also prints exp(loss) (a loss that is a mean token cross-entropy);
+    # `start_batch(samples)`, called with all the examples of a step (of every device) before its
     # micro-batches, and with the validation examples before validation: for a loss normalized by a batch total
     # other than the sum of `count`s (ORPO's token mean next to its pair mean)
 
@@ -453,7 +454,9 @@ class Trainer:
             if step % hp.eval_interval == 0 or step == max_iters:
                 val = self.validate(val_data, objective)
                 row.update({f"val_{key}": round(value, 4) for key, value in val.items()})
-                fabric.print(f"step {step}: val loss {val['loss']:.4f}, val ppl {math.exp(min(val['loss'], 50)):.2f}")
+                shown = {"loss": val["loss"], **({"ppl": math.exp(min(val["loss"], 50))}
+                                                  if getattr(objective, "perplexity", False) else {}), **val}
+                fabric.print(f"step {step}: " + ", ".join(f"val {key} {value:.4f}" for key, value in shown.items()))
                 self.raw_model.eval()
                 objective.evaluate(fabric, self.raw_model)
                 self.raw_model.train()

@@ -317,12 +317,15 @@ def write_pairs(path: Path, pairs: list, val: list = None) -> Path:
     return path
 
 
+def flags(hf_dir: Path, data: Path, out: Path, *args) -> list:
+    return ["finetune/dpo.py", "--checkpoint_dir", hf_dir, "--data_dir", data, "--out_dir", out, "--precision",
+            "32-true", "--batch_size", 4, "--micro_batch_size", 4, "--max_iters", 3, "--lr_schedule", "constant",
+            "--warmup_fraction", 0, "--learning_rate", 1e-2, "--eval_interval", 3, "--eval_iters", 1,
+            "--save_interval", 3, *args]
+
+
 def train(hf_dir: Path, data: Path, out: Path, *args, check: bool = True):
-    return run_script("finetune/dpo.py", "--checkpoint_dir", hf_dir, "--data_dir", data, "--out_dir", out,
-                      "--precision", "32-true", "--batch_size", 4, "--micro_batch_size", 4, "--max_iters", 3,
-                      "--lr_schedule", "constant", "--warmup_fraction", 0, "--learning_rate", 1e-2,
-                      "--eval_interval", 3, "--eval_iters", 1, "--save_interval", 3, *args, check=check,
-                      env={"OMP_NUM_THREADS": "1"})
+    return run_script(*flags(hf_dir, data, out, *args), check=check, env={"OMP_NUM_THREADS": "1"})
 
 
 def adapter(out: Path) -> dict:
@@ -380,14 +383,16 @@ def tiny_run(tmp_path_factory, smollm2_dir):
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "orpo"])
 def test_micro_batches_and_devices_give_the_same_step(tiny_run, tmp_path, loss_type):
-    """One step of 4 pairs: in 1 micro-batch, in 2 (ORPO's token-mean NLL normalized over the whole batch), on 2
-    devices (DDP, 2 each), padded; with precomputed reference log-probs (sigmoid): the same adapter."""
+    """Two steps of 4 pairs: in 1 micro-batch, in 2 (ORPO's token-mean NLL normalized over the whole batch), on 2
+    devices (DDP, 2 each), padded; with precomputed reference log-probs and under FSDP (sigmoid): the same losses,
+    metrics and adapter."""
     hf_dir, data = tiny_run
     flags = ["--loss_type", loss_type, "--max_iters", 2]
     runs = {"one": [], "two micro-batches": ["--micro_batch_size", 2], "padded": ["--padding_free", "false"],
             "two devices": ["--devices", 2, "--micro_batch_size", 2]}
     if loss_type == "sigmoid":
         runs["precomputed"] = ["--precompute_reference", "true"]
+        runs["fsdp"] = ["--devices", 2, "--strategy", "fsdp", "--micro_batch_size", 2]
     adapters, metrics = {}, {}
     for name, args in runs.items():
         out = tmp_path / name.replace(" ", "-")
@@ -410,6 +415,24 @@ def test_micro_batches_and_devices_give_the_same_step(tiny_run, tmp_path, loss_t
             torch.testing.assert_close(adapters[name][key], value, rtol=1e-4,
                                        atol=1e-6 + 1e-3 * float(value.abs().max()),
                                        msg=lambda m, key=key, name=name: f"{name}: {key}: {m}")
+
+
+def test_a_killed_run_resumes_to_the_same_adapter(tiny_run, tmp_path):
+    """SIGKILLed while writing its step-4 checkpoint (tests/sigkill_at.py: the 4th atomic rename), then --resume
+    auto from step 2 (the reference log-probs precomputed again): the uninterrupted run's adapter, bit for bit."""
+    hf_dir, data = tiny_run
+    args = ["--max_iters", 4, "--save_interval", 2, "--eval_interval", 2, "--precompute_reference", "true"]
+    train(hf_dir, data, tmp_path / "full", *args)
+    out = tmp_path / "killed"
+    proc = run_script("tests/sigkill_at.py", 4, *flags(hf_dir, data, out, *args), check=False,
+                      env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -9 and not (out / ADAPTER_FILE).exists()
+    assert "Resumed from" in train(hf_dir, data, out, *args, "--resume", "auto").stdout
+    expected, actual = adapter(tmp_path / "full"), adapter(out)
+    assert all(torch.equal(actual[k], v) for k, v in expected.items())
+    rows = [[{k: v for k, v in row.items() if k not in ("tokens_per_sec", "elapsed")}
+             for row in csv.DictReader(open(path / "metrics.csv"))] for path in (out, tmp_path / "full")]
+    assert rows[0] == rows[1]
 
 
 def test_out_dir_is_an_adapter_dir(tiny_run, tmp_path):
