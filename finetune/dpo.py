@@ -92,6 +92,9 @@ class PreferenceArgs:
         label_smoothing: The probability that a pair's preference is flipped: conservative DPO (sigmoid, simpo),
             robust DPO (robust, in [0, 0.5)).
         simpo_gamma: SimPO's target reward margin.
+        sft_weight: Add this times the NLL of the chosen answers (their token mean over the batch: TRL's "sft" loss
+            in loss_type=[..., "sft"] with this weight; CPO's cpo_alpha for simpo): DPO + NLL, "RPO", which keeps
+            the chosen answers likely instead of only pushing the rejected ones down (not with orpo: it has its own).
         precompute_reference: Compute the reference log-probs of every pair once before training instead of in
             every step (one forward pass per pair fewer in each step).
     """
@@ -100,6 +103,7 @@ class PreferenceArgs:
     beta: float = 0.1
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
+    sft_weight: float = 0.0
     precompute_reference: bool = False
 
 
@@ -108,7 +112,7 @@ REFERENCE_FREE = ("simpo", "orpo")
 
 def setup(
     checkpoint_dir: Path = Path("checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct"),
-    data_dir: Path = Path("data/arithmetic/preferences"),
+    data_dir: Path = Path("data/prepared/arithmetic-preferences"),
     out_dir: Path = Path("out/dpo/arithmetic"),
     lora_path: Optional[Path] = None,
     launch: Launch = Launch(),
@@ -139,6 +143,8 @@ def setup(
     if not 0 <= p.label_smoothing < limit or (p.label_smoothing and p.loss_type not in ("sigmoid", "robust", "simpo")):
         fail(f"--label_smoothing {p.label_smoothing}: it must be in [0, {limit}) and applies to the sigmoid, robust "
              f"and simpo losses only (--loss_type {p.loss_type})")
+    if p.sft_weight < 0 or (p.sft_weight and p.loss_type == "orpo"):
+        fail(f"--sft_weight {p.sft_weight}: it must be at least 0, and orpo has its own NLL term (its weight is 1)")
     if p.precompute_reference and p.loss_type in REFERENCE_FREE:
         fail(f"--precompute_reference: --loss_type {p.loss_type} uses no reference model; drop the flag")
     extra = {**asdict(p), "lora_path": None}
@@ -190,7 +196,7 @@ class Preference:
                  prompt_style: PromptStyle, sample_pair: dict) -> None:
         self.args, self.hp, self.device = args, hp, device
         self.tokenizer, self.prompt_style, self.sample_pair = tokenizer, prompt_style, sample_pair
-        self.nll_weight = 0.0  # ORPO: pairs / NLL tokens of the batch (`start_batch`)
+        self.nll_weight = self.sft_norm = 0.0  # pairs / NLL tokens of the batch (`start_batch`): ORPO, --sft_weight
 
     def length(self, sample: dict) -> int:
         p, c, r = (len(sample[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
@@ -200,15 +206,18 @@ class Preference:
         return 1
 
     def start_batch(self, samples: list) -> None:
-        """ORPO's NLL is the mean over the batch's tokens of prompt + chosen (but the first), as TRL's: each pair's
-        NLL sum is weighted by pairs / tokens of the whole batch, which the step then divides by its pairs."""
+        """ORPO's NLL is the mean over the batch's tokens of prompt + chosen (but the first), --sft_weight's over
+        those of the chosen answers, as TRL's: each pair's NLL sum is weighted by pairs / tokens of the whole batch,
+        which the step then divides by its pairs."""
         tokens = sum(len(s["prompt_ids"]) + len(s["chosen_ids"]) - 1 for s in samples)
         self.nll_weight = len(samples) / max(1, tokens)
+        self.sft_norm = len(samples) / max(1, sum(len(s["chosen_ids"]) for s in samples))
 
     def loss(self, model, samples: list) -> tuple:
         a, beta = self.args, self.args.beta
         logps = answer_logps(model, samples, self.hp.padding_free, self.device, nll=a.loss_type == "orpo")
         chosen, rejected = logps["chosen"], logps["rejected"]
+        sft = -chosen * self.sft_norm  # the chosen answers' NLL, for --sft_weight
         if a.loss_type in REFERENCE_FREE:  # length-normalized log-probs; rewards are beta times them
             chosen, rejected = chosen / logps["chosen_tokens"], rejected / logps["rejected_tokens"]
             reward_chosen, reward_rejected = beta * chosen.detach(), beta * rejected.detach()
@@ -237,6 +246,8 @@ class Preference:
             losses = nll - beta * ratio
             metrics = {"nll_loss": nll.sum().item(), "log_odds_ratio": ratio.sum().item(),
                        "log_odds_chosen": log_odds.sum().item()}
+        if a.sft_weight:
+            losses = losses + a.sft_weight * sft
         return losses.sum(), {
             "rewards/chosen": reward_chosen.sum().item(), "rewards/rejected": reward_rejected.sum().item(),
             "rewards/accuracies": (reward_chosen > reward_rejected).sum().item(),

@@ -19,7 +19,7 @@ from test_model import tiny_hf_model
 from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.convert import convert_hf_checkpoint, lit_to_hf
-from lit_gpt.data import write_prepared
+from lit_gpt.data import load_prepared, write_prepared
 from lit_gpt.load import ADAPTER_FILE, load_model
 from lit_gpt.lora import keep_reference, load_lora_state_dict, lora_filter
 from lit_gpt.model import GPT
@@ -156,11 +156,15 @@ def trl_step(trainer, pairs: list) -> tuple:
 
 @pytest.mark.parametrize("loss_type, args", [
     ("sigmoid", {}), ("robust", {"label_smoothing": 0.2}), ("hinge", {"beta": 0.5}), ("ipo", {"beta": 0.3}),
+    ("sigmoid", {"sft_weight": 0.6}),  # DPO + NLL: TRL's loss_type=["sigmoid", "sft"], loss_weights=[1, 0.6]
 ])
 def test_dpo_losses_equal_trl(tiny, loss_type, args, tmp_path):
     kind, hf, hf_dir, tokenizer = tiny
     pairs = random_pairs(hf.config.vocab_size)
-    trainer = trl_dpo_trainer(hf, tokenizer, tmp_path, loss_type=[loss_type], **args)
+    trl_args = {k: v for k, v in args.items() if k != "sft_weight"}
+    if "sft_weight" in args:
+        trl_args.update(loss_type=[loss_type, "sft"], loss_weights=[1.0, args["sft_weight"]])
+    trainer = trl_dpo_trainer(hf, tokenizer, tmp_path, **{"loss_type": [loss_type], **trl_args})
     randomize_lora(trainer.model)  # a new adapter with nonzero weights: the reference is the base (adapters off)
     trl_loss, trl_metrics, trl_grads = trl_step(trainer, pairs)
     assert trl_metrics["rewards/chosen"] != 0
@@ -204,10 +208,10 @@ def cpo_batch(pairs: list) -> dict:
     return batch
 
 
-@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
-def test_reference_free_losses_equal_trl(tiny, loss_type, tmp_path):
-    """SimPO = TRL's CPOTrainer with loss_type="simpo" and cpo_alpha=0 (no NLL term); ORPO = ORPOTrainer (its NLL is
-    over prompt + chosen, as TRL's)."""
+@pytest.mark.parametrize("loss_type, sft_weight", [("simpo", 0.0), ("simpo", 0.4), ("orpo", 0.0)])
+def test_reference_free_losses_equal_trl(tiny, loss_type, sft_weight, tmp_path):
+    """SimPO = TRL's CPOTrainer with loss_type="simpo" and cpo_alpha=0 (no NLL term), or with cpo_alpha = our
+    --sft_weight; ORPO = ORPOTrainer (its NLL is over prompt + chosen, as TRL's)."""
     from trl.experimental.cpo import CPOConfig, CPOTrainer
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -220,7 +224,7 @@ def test_reference_free_losses_equal_trl(tiny, loss_type, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if loss_type == "simpo":
-            trainer = CPOTrainer(model=copy.deepcopy(hf), args=CPOConfig(loss_type="simpo", cpo_alpha=0.0,
+            trainer = CPOTrainer(model=copy.deepcopy(hf), args=CPOConfig(loss_type="simpo", cpo_alpha=sft_weight,
                                                                          simpo_gamma=0.7, **common),
                                  train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
         else:
@@ -232,7 +236,7 @@ def test_reference_free_losses_equal_trl(tiny, loss_type, tmp_path):
     loss, metrics = trainer.get_batch_loss_metrics(model, cpo_batch(pairs))
     loss.backward()
     ours = ours_from_peft(hf_dir, peft_tensors(model))
-    args = {"beta": 0.2, **({"simpo_gamma": 0.7} if loss_type == "simpo" else {})}
+    args = {"beta": 0.2, **({"simpo_gamma": 0.7, "sft_weight": sft_weight} if loss_type == "simpo" else {})}
     for padding_free in (True, False):
         our_loss, our_metrics, grads = our_step(ours, pairs, loss_type, padding_free, **args)
         assert our_loss == pytest.approx(loss.item(), rel=1e-5)
@@ -486,3 +490,34 @@ def test_help():
     for flag in ("--loss_type", "--beta", "--label_smoothing", "--simpo_gamma", "--precompute_reference",
                  "--lora_path", "--quantize", "--devices", "--resume", "--micro_batch_size"):
         assert flag in proc.stdout
+
+
+def test_smollm2_end_to_end(tmp_path, smollm2_dir):
+    """SmolLM2-135M-Instruct: prepare the shipped arithmetic pairs, DPO for a few steps (QLoRA), then the held-out
+    pairs' margin log p(chosen) - log p(rejected) has grown, on average and for most pairs; merge + generate of the
+    DPO adapter answer a held-out problem."""
+    data, out = tmp_path / "pairs", tmp_path / "dpo"
+    proc = run_script("scripts/prepare_preferences.py", "--checkpoint_dir", smollm2_dir, "--data_file",
+                      Path(__file__).parent.parent / "data/arithmetic/preferences.jsonl", "--destination_path", data)
+    assert "train 570, val 30" in proc.stdout
+    run_script("finetune/dpo.py", "--checkpoint_dir", smollm2_dir, "--data_dir", data, "--out_dir", out,
+               "--precision", "32-true", "--quantize", "bnb.nf4", "--max_iters", 6, "--batch_size", 8,
+               "--micro_batch_size", 8, "--learning_rate", 2e-3, "--eval_interval", 6, "--eval_iters", 1,
+               "--save_interval", 100, env={"OMP_NUM_THREADS": "2"})
+    _, val, _ = load_prepared(data)
+
+    @torch.no_grad()
+    def margins(lora_path) -> torch.Tensor:
+        model = load_model(smollm2_dir, precision="32-true", lora_path=lora_path)
+        logps = [dpo.answer_logps(model, val[i:i + 10], True, torch.device("cpu")) for i in range(0, len(val), 10)]
+        return torch.cat([x["chosen"] - x["rejected"] for x in logps])
+
+    before, after = margins(None), margins(out)
+    assert after.mean() > before.mean() + 1.0, (before.mean(), after.mean())
+    # the base already prefers the chosen answer of 29 of the 30 pairs; DPO may flip one or two (README: measured)
+    assert (after > 0).sum() >= 27 and (after > before).float().mean() > 0.6
+    run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
+    proc = run_script("generate/base.py", "--checkpoint_dir", tmp_path / "merged", "--prompt",
+                      "Lily has 9 apples and eats 4. How many apples does Lily have left?", "--temperature", 0,
+                      "--max_new_tokens", 40, "--stream", "false")
+    assert proc.stdout.strip()
