@@ -493,7 +493,7 @@ def test_help():
 
 
 def test_smollm2_end_to_end(tmp_path, smollm2_dir):
-    """SmolLM2-135M-Instruct: prepare the shipped arithmetic pairs, DPO for a few steps (QLoRA), then the held-out
+    """SmolLM2-135M-Instruct: prepare the shipped arithmetic pairs, DPO for a few steps, then the held-out
     pairs' margin log p(chosen) - log p(rejected) has grown, on average and for most pairs; merge + generate of the
     DPO adapter answer a held-out problem."""
     data, out = tmp_path / "pairs", tmp_path / "dpo"
@@ -501,7 +501,7 @@ def test_smollm2_end_to_end(tmp_path, smollm2_dir):
                       Path(__file__).parent.parent / "data/arithmetic/preferences.jsonl", "--destination_path", data)
     assert "train 570, val 30" in proc.stdout
     run_script("finetune/dpo.py", "--checkpoint_dir", smollm2_dir, "--data_dir", data, "--out_dir", out,
-               "--precision", "32-true", "--quantize", "bnb.nf4", "--max_iters", 6, "--batch_size", 8,
+               "--precision", "32-true", "--max_iters", 6, "--batch_size", 8,
                "--micro_batch_size", 8, "--learning_rate", 2e-3, "--eval_interval", 6, "--eval_iters", 1,
                "--save_interval", 100, env={"OMP_NUM_THREADS": "2"})
     _, val, _ = load_prepared(data)

@@ -64,7 +64,9 @@ def test_packed_equals_one_at_a_time(kind: str) -> None:
     assert packed_grads.keys() == alone_grads.keys() and len(packed_grads) > 0
     for name, grad in packed_grads.items():
         assert grad.abs().sum() > 0, name
-        torch.testing.assert_close(grad, alone_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+        # float32 sums in another order: up to ~2e-5 on single entries (measured on Gemma 3's q adapter)
+        torch.testing.assert_close(grad, alone_grads[name], rtol=1e-4, atol=5e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "phi3-longrope"])
