@@ -502,7 +502,7 @@ def test_smollm2_end_to_end(tmp_path, smollm2_dir):
     assert "train 570, val 30" in proc.stdout
     run_script("finetune/dpo.py", "--checkpoint_dir", smollm2_dir, "--data_dir", data, "--out_dir", out,
                "--precision", "32-true", "--max_iters", 6, "--batch_size", 8,
-               "--micro_batch_size", 8, "--learning_rate", 2e-3, "--eval_interval", 6, "--eval_iters", 1,
+               "--micro_batch_size", 8, "--learning_rate", 5e-4, "--eval_interval", 6, "--eval_iters", 1,
                "--save_interval", 100, env={"OMP_NUM_THREADS": "2"})
     _, val, _ = load_prepared(data)
 
@@ -513,7 +513,7 @@ def test_smollm2_end_to_end(tmp_path, smollm2_dir):
         return torch.cat([x["chosen"] - x["rejected"] for x in logps])
 
     before, after = margins(None), margins(out)
-    assert after.mean() > before.mean() + 1.0, (before.mean(), after.mean())
+    assert after.mean() > before.mean() + 0.5, (before.mean(), after.mean())
     # the base already prefers the chosen answer of 29 of the 30 pairs; DPO may flip one or two (README: measured)
     assert (after > 0).sum() >= 27 and (after > before).float().mean() > 0.6
     run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
