@@ -645,3 +645,93 @@ def prepare_preferences(train_rows: list[dict], val_rows: Optional[list[dict]], 
     return _finish(destination_path, train, val, style, config, skipped_rows, val_split_fraction, seed,
                    f"truncated {counts['truncated_prompt']} prompts (start cut) and {counts['truncated_answers']} "
                    f"answer pairs (ends cut) to fit max_seq_length={max_seq_length}")
+
+
+# Prompts for reinforcement learning (finetune/grpo.py): rows with a prompt and a reference answer, rendered and
+# tokenized as SFT renders a prompt. Three layouts: Alpaca {"instruction", "input" (optional), "output"}, GSM8K
+# {"question", "answer"} (the reference answer of both: what follows the last "####", else the whole text), and
+# {"prompt": text or [{"role", "content"}, ...], "answer": any JSON value}.
+PROMPT_LAYOUTS = ('{"prompt": text or [{"role", "content"} messages], "answer"}, {"question", "answer"} (GSM8K) or '
+                  '{"instruction", "input" (optional), "output"} (Alpaca)')
+
+
+def load_prompt_rows(path: Union[str, Path]) -> list[dict]:
+    """The rows (objects) of a JSON array or JSON-lines file, for `prepare_prompts`."""
+    return load_rows(path, required=(), format="json")
+
+
+def parse_prompt_row(row: dict, at: str) -> Optional[dict]:
+    """{"prompt": text or [(role, content), ...] messages, "input": text (Alpaca's, else ""), "answer": text} of a
+    row in one of the three layouts (PROMPT_LAYOUTS), or None when it has no answer (missing or empty). A row of no
+    layout, a non-text prompt or messages that do not end a conversation with a user message are errors naming
+    `at`, the row."""
+    layout = next((keys for keys in (("prompt", "answer"), ("question", "answer"), ("instruction", "output"))
+                   if keys[0] in row), None)
+    if layout is None:
+        fail(f"{at} is in none of the prompt layouts {PROMPT_LAYOUTS} (fields: {', '.join(map(str, row))})")
+    key, answer_key = layout
+    prompt, answer, input = row[key], row.get(answer_key), row.get("input") or ""
+    if isinstance(prompt, list) and key == "prompt":
+        prompt = _messages(prompt, f"{at} prompt")
+        _prompt_conversation(prompt, at)
+    elif not isinstance(prompt, str) or not isinstance(input, str):
+        name = key if not isinstance(prompt, str) else "input"
+        fail(f"{at} has a non-text {name!r} field{' (a text or a list of messages)' if name == 'prompt' else ''}")
+    if answer is None:
+        return None
+    if key == "prompt":
+        answer = answer if isinstance(answer, str) else json.dumps(answer)
+    elif not isinstance(answer, str):
+        fail(f"{at} has a non-text {answer_key!r} field")
+    else:
+        answer = answer.rsplit("####", 1)[-1]
+    return {"prompt": prompt, "input": input, "answer": answer.strip()} if answer.strip() else None
+
+
+def _prompt_conversation(messages: list[tuple[str, str]], at: str) -> tuple[Optional[str], list, str]:
+    """(system, turns, message) of a prompt's messages: an optional system message, then user, assistant, ..., user
+    (checked by `parse_conversation`, with an answer added)."""
+    if not messages:
+        fail(f"{at} has an empty 'prompt' list of messages")
+    if messages[-1][0] != "user":
+        fail(f"{at} prompt's last message is {messages[-1][0]!r}: it must be the user message to answer")
+    conversation = parse_conversation({"messages": [{"role": role, "content": text} for role, text in messages]
+                                       + [{"role": "assistant", "content": "answer"}]}, at)
+    if "skip" in conversation:
+        fail(f"{at} prompt: {conversation['reason']}: a prompt is an optional system message, then user, assistant, "
+             "..., user messages, none empty")
+    *turns, (message, _) = conversation["turns"]
+    return conversation["system"], turns, message
+
+
+def prepare_prompts(rows: list[dict], tokenizer: Any, style: PromptStyle, max_prompt_length: int,
+                    where: str = "row") -> tuple[list[dict], list[tuple[str, str]]]:
+    """(samples, skipped) of rows of `parse_prompt_row`'s layouts: each sample {"prompt_ids": (p,), "prompt_text",
+    "answer"}; skipped: (where, reason) of each row without an answer. `where`: how the rows are named in messages
+    (row 1, row 2, ...).
+
+    A text prompt is rendered as SFT renders one (`prepare_sample`: `style.apply(instruction, input)`), messages as
+    SFT's conversations (`style.conversation_pieces`, `tokenize_pieces`), up to where the answer starts. A prompt
+    longer than `max_prompt_length` tokens is an error.
+    """
+    samples, skipped = [], []
+    for number, row in enumerate(rows, 1):
+        at = f"{where} {number}"
+        parsed = parse_prompt_row(row, at)
+        if parsed is None:
+            skipped.append((at, "no answer"))
+            continue
+        if isinstance(parsed["prompt"], str):
+            text = style.apply(parsed["prompt"], parsed["input"])
+            prompt_ids = tokenizer.encode(text)
+        else:
+            system, turns, message = _prompt_conversation(parsed["prompt"], at)
+            pieces = style.conversation_pieces(turns, message, system=system)
+            text = "".join(pieces)
+            prompt_ids = torch.tensor([i for piece in tokenize_pieces(tokenizer, style, pieces) for i in piece],
+                                      dtype=torch.long)
+        if len(prompt_ids) > max_prompt_length:
+            fail(f"{at}: the prompt has {len(prompt_ids)} tokens, longer than the {max_prompt_length} allowed: shorten "
+                 "it or raise --max_seq_length / lower --max_new_tokens")
+        samples.append({"prompt_ids": prompt_ids.long(), "prompt_text": text, "answer": parsed["answer"]})
+    return samples, skipped
