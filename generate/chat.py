@@ -19,15 +19,15 @@ import torch  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.generate import (  # noqa: E402
+    Engine,
+    Request,
     check_generate_flags,
     common_prefix_length,
     generate,
-    generate_tokens,
     stream_text,
 )
 from lit_gpt.load import check_adapter_fits, load_lora_run, load_model, pick_prompt_style  # noqa: E402
 from lit_gpt.lora import merge_lora_weights  # noqa: E402
-from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.prompts import PromptStyle  # noqa: E402
 from lit_gpt.quantize import check_quantize  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
@@ -108,13 +108,12 @@ def main(
         start = time.perf_counter()
         generate(model, tokenizer.encode(style.apply("Hi")).to(device), 2, temperature=0.0, compile=True)
         note(f"Compiled the decoding step in {time.perf_counter() - start:.2f} s")
-    generator = torch.Generator(device).manual_seed(seed)
+    engine = Engine(model, rows=1, compile=compile)  # keeps the conversation's KV cache from turn to turn
     stop_tokens = style.stop_tokens(tokenizer)
     adapter = f" + adapter {lora_path}" if lora_path else ""
     note(f"Chatting with {checkpoint_dir}{adapter} on {device} ({precision}{f', {quantize}' if quantize else ''}, "
          f"{style.name} prompts). /reset starts over, /quit or Ctrl-D ends, Ctrl-C stops an answer.")
     turns: List[Tuple[str, str]] = []
-    cached: List[int] = []  # the tokens whose keys and values the model's KV cache holds, from position 0
     while (message := read_message()) is not None:
         if message == "/quit":
             break
@@ -133,20 +132,19 @@ def main(
         if kept < len(turns):
             note(f"(the {len(turns) - kept} oldest turn(s) no longer fit the context: left out)")
             turns = turns[len(turns) - kept:]
-        # the conversation so far is in the KV cache: only what follows the part that is unchanged runs again
+        # the conversation so far is in the engine's KV cache: only what follows the unchanged part runs again
         ids = prompt.tolist()
-        same = common_prefix_length(cached, ids)
-        grow_kv_cache(model, len(ids) + max_new_tokens, keep=same)
+        same = common_prefix_length(engine.kept, ids)
+        request = Request(ids, max_new_tokens, stop_tokens=stop_tokens, seed=seed + len(turns), **sampling)
         answer: List[int] = []
         start = first = time.perf_counter()
 
         def collect() -> Iterator[int]:
             nonlocal first
-            for token in generate_tokens(model, prompt.to(device), max_new_tokens, stop_tokens=stop_tokens,
-                                         generator=generator, compile=compile, cached=same, **sampling):
-                first = first if answer else time.perf_counter()
-                answer.append(token)
-                yield token
+            for _, _, new, _ in engine.stream([request]):
+                first = first if answer or not new else time.perf_counter()
+                answer.extend(new)
+                yield from new
 
         try:
             for piece in stream_text(tokenizer, collect()):
@@ -158,23 +156,7 @@ def main(
         note(f"({len(answer)} tokens in {elapsed:.2f} s, {len(answer) / elapsed:.2f} tokens/s, the first after "
              f"{first - start:.2f} s; prompt {len(ids)} tokens, {len(ids) - min(same, len(ids) - 1)} of them run; "
              f"peak memory {peak_memory_gb(device):.2f} GB)")
-        # all answer tokens but the last went through the model (none if it was stopped before the first)
-        cached = ids + answer[:-1] if answer else ids[:same]
         turns.append((message, tokenizer.decode(answer)))
-
-
-def grow_kv_cache(model: GPT, positions: int, keep: int) -> None:
-    """Gives the model a KV cache of at least `positions` (doubling, up to max_seq_length), keeping its first `keep`
-    positions."""
-    old = [block.attn.kv_cache for block in model.transformer.h]
-    size = old[0].k.size(2) if old[0] is not None else 0
-    if size >= positions:
-        return
-    model.set_kv_cache(1, min(model.max_seq_length, max(positions, 2 * size)))
-    for block, cache in zip(model.transformer.h, old):
-        if cache is not None and keep:
-            block.attn.kv_cache.k[:, :, :keep] = cache.k[:, :, :keep]
-            block.attn.kv_cache.v[:, :, :keep] = cache.v[:, :, :keep]
 
 
 def note(text: str) -> None:

@@ -67,17 +67,21 @@ class GPT(nn.Module):
             block.attn.kv_cache = None
 
     def forward(self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None,
-                logits_at: Optional[torch.Tensor] = None, lengths: Optional[list[int]] = None) -> torch.Tensor:
-        """idx: (B, T) token ids. With `input_pos` (T,) the KV cache is used: positions are written, then read.
-        With `lengths`, idx (1, T) holds examples of these lengths laid end to end (padding-free training): each one's
-        positions start at 0 and its tokens attend only to its own earlier tokens. An entry (p, a_1, a_2, ...) is a
-        prompt of p tokens followed by answers that share it (see `packed_inputs`).
+                logits_at: Optional[torch.Tensor] = None, lengths: Optional[list[int]] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """idx: (B, T) token ids at positions `input_pos`, (T,) for every row or (B, T) per row (default 0..T-1).
+        With a KV cache (`set_kv_cache`) each row's tokens are written to the cache slots of their positions, then
+        attend to the row's slots up to their own position; without one they attend to each other causally. `mask`
+        (B, T, L), for per-row positions: which of the L keys (cache slots, or the T tokens) each query sees instead
+        (a token trie). With `lengths`, idx (1, T) holds examples of these lengths laid end to end (padding-free
+        training): each one's positions start at 0 and its tokens attend only to its own earlier tokens. An entry
+        (p, a_1, a_2, ...) is a prompt of p tokens followed by answers that share it (see `packed_inputs`).
 
         Returns (B, T, padded_vocab_size) logits, or with `logits_at`, a (B, T) bool mask, (N, padded_vocab_size) for
         its N true positions in row-major order: training computes the head only where there are targets.
         """
         T = idx.size(1)
-        cache = mask = None
+        cache = None
         if lengths is not None:
             sizes = [n if isinstance(n, int) else sum(n) for n in lengths]
             longest = max(n if isinstance(n, int) else n[0] + max(n[1:]) for n in lengths)
@@ -89,15 +93,20 @@ class GPT(nn.Module):
             if input_pos is None:
                 if T > self.max_seq_length:
                     raise ValueError(f"Sequence of {T} tokens is longer than max_seq_length={self.max_seq_length}")
-                input_pos = key_pos = torch.arange(T, device=idx.device)
-            else:
-                length = int(input_pos[-1]) + 1  # attention reads the filled part of the cache only
+                input_pos = torch.arange(T, device=idx.device)
+            per_row = input_pos.dim() == 2
+            pos = input_pos[:, None] if per_row else input_pos  # (B, 1, T): broadcasts over the heads
+            if mask is not None:
+                mask = mask[:, None]  # (B, 1, T, L)
+            key_pos = pos
+            if self.transformer.h[0].attn.kv_cache is not None:
+                length = int(input_pos.max()) + 1  # attention reads the filled part of the cache only
                 torch._check(length >= 1)  # compiled (capture_scalar_outputs): the data-dependent length is a size
                 key_pos = torch.arange(length, device=idx.device)
-                if 1 < T < length:  # a chunk after a prefix: explicit causal mask (T, length)
-                    mask = key_pos <= input_pos[:, None]
+                if mask is None and (per_row or 1 < T < length):  # not plain causal: a mask (..., T, length)
+                    mask = key_pos <= pos[..., None]
                 cache = (input_pos, length)
-            inputs = self.layer_inputs(input_pos, key_pos, mask)
+            inputs = self.layer_inputs(pos, key_pos, mask)
         x = self.embed(idx)  # (B, T, n_embd)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -122,7 +131,7 @@ class GPT(nn.Module):
         which keys each query sees (None: causal, query i sees keys 0..i). A sliding layer sees, of those, only the
         keys less than `sliding_window` positions back; its mask is None when no key is that far.
         """
-        tables = self.rope(pos, pos.max())
+        tables = self.rope(pos, pos.amax(-1, keepdim=True).unsqueeze(-1))  # LongRoPE: each row's last position
         inputs = {False: (*tables[False], mask)}
         if True in tables:
             inputs[True] = (*tables[True], self.window(pos, key_pos, mask))
@@ -352,18 +361,30 @@ def build_norm(config: Config, size: Optional[int] = None) -> nn.Module:
 
 
 class KVCache(nn.Module):
+    """Keys and values of `rows` sequences, `slots` positions each. A batch of B rows uses cache rows
+    first_row .. first_row + B - 1 (`first_row` is set by whoever fills rows independently, e.g. the engine)."""
+
     def __init__(self, batch_size: int, max_seq_length: int, config: Config, device: torch.device,
                  dtype: torch.dtype) -> None:
         super().__init__()
         shape = (batch_size, config.n_query_groups, max_seq_length, config.head_size)
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.first_row = 0
 
     def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        n = k.size(0)  # a batch smaller than the cache's uses its first rows
-        self.k[:n].index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v[:n].index_copy_(2, input_pos, v.to(self.v.dtype))
-        return self.k[:n], self.v[:n]
+        """Writes k, v (B, n_query_groups, T, hs) at positions `input_pos`, (T,) or per row (B, T); returns the
+        batch's rows of the cache."""
+        rows = slice(self.first_row, self.first_row + k.size(0))
+        cache_k, cache_v = self.k[rows], self.v[rows]
+        if input_pos.dim() == 1:
+            cache_k.index_copy_(2, input_pos, k.to(cache_k.dtype))
+            cache_v.index_copy_(2, input_pos, v.to(cache_v.dtype))
+        else:
+            b = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1) with input_pos (B, T)
+            cache_k[b, :, input_pos] = k.transpose(1, 2).to(cache_k.dtype)  # indexes (B, T, n_query_groups, hs)
+            cache_v[b, :, input_pos] = v.transpose(1, 2).to(cache_v.dtype)
+        return cache_k, cache_v
 
 
 def build_rope_cache(seq_len: int, n_elem: int, base: float, scaling: Optional[dict] = None,

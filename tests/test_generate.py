@@ -11,7 +11,7 @@ import torch
 
 from conftest import run_script
 from lit_gpt.config import Config
-from lit_gpt.generate import generate, generate_tokens, process_logits, stream_text
+from lit_gpt.generate import Engine, Request, generate, process_logits, stream_text
 from lit_gpt.load import load_model
 from lit_gpt.lora import LoRAConfig, add_lora, lora_filter, lora_state_dict
 from lit_gpt.model import GPT
@@ -61,7 +61,7 @@ def test_only_the_real_vocabulary_is_sampled():
     with torch.no_grad():
         model.lm_head.weight[100:] = model.lm_head.weight[:100].abs().max() * 50  # padding rows would win
     prompt = torch.tensor([1, 2, 3])
-    for kwargs in (dict(temperature=0.0), dict(temperature=1.0, generator=torch.Generator().manual_seed(0))):
+    for kwargs in (dict(temperature=0.0), dict(temperature=1.0, seed=0)):
         assert generate(model, prompt, 20, **kwargs).max() < 100
 
 
@@ -70,7 +70,7 @@ def test_sampling_seeds():
     prompt = torch.tensor([5, 6, 7])
 
     def run(seed, **kwargs):
-        return generate(model, prompt, 40, temperature=1.5, generator=torch.Generator().manual_seed(seed), **kwargs)
+        return generate(model, prompt, 40, temperature=1.5, seed=seed, **kwargs)
 
     torch.testing.assert_close(run(1), run(1), rtol=0, atol=0)
     assert not torch.equal(run(1), run(2))
@@ -131,8 +131,7 @@ def test_stop_tokens():
     prompt = torch.tensor([1, 2, 3])
 
     def run(stop_tokens=()):  # sampled (the same draws every time) for a varied sequence
-        return list(generate_tokens(model, prompt, 30, temperature=1.0, generator=torch.Generator().manual_seed(0),
-                                    stop_tokens=stop_tokens))
+        return generate(model, prompt, 30, temperature=1.0, seed=0, stop_tokens=stop_tokens).tolist()
 
     full = run()
     assert len(set(full[:8])) == 8
@@ -168,34 +167,37 @@ def test_compiled_decoding_matches_eager():
         compiled = generate(model, prompt, new, temperature=0.0, compile=True)
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
         counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-        sampled = [generate(model, prompt, new, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(0),
-                            compile=c) for c in (False, True)]
+        sampled = [generate(model, prompt, new, temperature=1.0, top_k=20, seed=0, compile=c) for c in (False, True)]
         torch.testing.assert_close(sampled[1], sampled[0], rtol=0, atol=0)
     assert counts[0] > 0 and counts[-1] == counts[0]  # the later lengths reused the first compilation
     assert all(block.attn.kv_cache is None for block in model.transformer.h)
 
 
-def test_generation_continues_from_a_kept_kv_cache():
-    """cached=n: the model's KV cache holds the first n prompt tokens (an earlier turn and its answer); running only
-    the rest gives the tokens a fresh generation over the whole prompt gives."""
+def test_generation_continues_from_the_engines_kept_kv_cache():
+    """A single request whose prompt starts with the previous one's prompt and answer (a chat's next turn) runs only
+    the rest of it, and gives the tokens a fresh generation over the whole prompt gives."""
     model = tiny_model()
     gen = torch.Generator().manual_seed(2)
-    first = torch.randint(0, 100, (9,), generator=gen)
-    model.set_kv_cache(1, 60)
-    answer = list(generate_tokens(model, first, 8, temperature=0.0, cached=0))
-    assert answer == generate(model, first, 8, temperature=0.0).tolist()
-    second = torch.cat([first, torch.tensor(answer), torch.randint(0, 100, (5,), generator=gen)])
+    first = torch.randint(0, 100, (9,), generator=gen).tolist()
+    engine = Engine(model, rows=1)
+    lengths = []
+    model.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    answer = engine.generate([Request(first, 8)])[0][0].tokens
+    assert answer == generate(model, torch.tensor(first), 8, temperature=0.0).tolist()
+    second = first + answer + torch.randint(0, 100, (5,), generator=gen).tolist()
     kept = len(first) + len(answer) - 1  # the last answer token never went through the model
-    again = list(generate_tokens(model, second, 10, temperature=0.0, cached=kept))
-    for block in model.transformer.h:  # the kept positions are read, not run again: garbage there shows
-        block.attn.kv_cache.k[:, :, :kept].normal_(generator=gen)
-    assert list(generate_tokens(model, second, 10, temperature=0.0, cached=kept)) != again
-    model.clear_kv_cache()
-    assert again == generate(model, second, 10, temperature=0.0).tolist() == greedy_without_cache(model, second,
-                                                                                                    10).tolist()
-    model.set_kv_cache(1, 20)
-    with pytest.raises(ValueError, match="KV cache to hold the prompt \\+ max_new_tokens \\(25 positions\\)"):
-        list(generate_tokens(model, second[:15], 10, cached=5))
+    assert engine.kept == second[:kept]
+    lengths.clear()
+    again = engine.generate([Request(second, 40)])[0][0].tokens  # 56 positions: the cache of 17 grows
+    assert lengths[0] == len(second) - kept
+    assert again == generate(model, torch.tensor(second), 40, temperature=0.0).tolist()
+    assert again == greedy_without_cache(model, torch.tensor(second), 40).tolist()
+    with torch.inference_mode():  # the kept positions are read, not run again: garbage there shows
+        for cache in engine.caches:
+            cache.k[:, :, :kept].normal_(generator=gen)
+    engine.kept = second[:kept]
+    assert engine.generate([Request(second, 40)])[0][0].tokens != again
+    assert all(block.attn.kv_cache is None for block in model.transformer.h)
 
 
 def test_kv_cache_overflow_is_an_error():
@@ -259,9 +261,10 @@ def expected_text(checkpoint_dir: Path, prompt: str, max_new_tokens: int, style:
                        lora_path=lora_path)
     if lora_path is not None and quantize is None:
         merge_lora_weights(model)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    texts = [tokenizer.decode(generate(model, ids, max_new_tokens, stop_tokens=stops, generator=generator,
-                                       **sampling)) for _ in range(num_samples)]
+    # sample j of the script's batch draws from a generator seeded seed + j, as it would alone
+    texts = [tokenizer.decode(generate(model, ids, max_new_tokens, stop_tokens=stops,
+                                       seed=None if seed is None else seed + j, **sampling))
+             for j in range(num_samples)]
     return "".join(text + "\n" for text in texts)
 
 
@@ -300,7 +303,7 @@ def test_base_script_greedy_and_sampled(tiny_checkpoint):
     assert proc.stdout == expected
     first, second = expected.split("\n")[:2]
     assert first != second  # the two samples differ
-    assert proc.stderr.count("tokens/s") == 2
+    assert proc.stderr.count("tokens/s") == 1 and "2 sample(s) in one batch" in proc.stderr
     # not streamed: the same text
     proc = run_script("generate/base.py", "--checkpoint_dir", tiny_checkpoint, "--prompt", prompt, "--input",
                       "Answer briefly.", "--prompt_style", "alpaca", "--precision", "32-true", "--stream", "false",
