@@ -289,7 +289,6 @@ class Preference:
         max_new = min(64, model.max_seq_length - len(prompt))
         out = generate(model, prompt, max_new, temperature=0.0,
                        stop_tokens=self.prompt_style.stop_tokens(self.tokenizer)) if max_new > 0 else prompt[:0]
-        model.clear_kv_cache()
         fabric.print(f"sample: {self.tokenizer.decode(prompt)!r} -> {self.tokenizer.decode(out)!r}", flush=True)
 
 

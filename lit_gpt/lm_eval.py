@@ -20,15 +20,15 @@ import logging
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
-import torch.nn as nn
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from lit_gpt.generate import Engine, Request
 from lit_gpt.model import GPT
 from lit_gpt.prompts import PromptStyle
 from lit_gpt.tokenizer import Tokenizer
@@ -143,7 +143,7 @@ class LitLM(TemplateLM):
 
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
-        with self._inference() as head:
+        with self._inference():
             for start in range(0, len(rows), self.batch_size):
                 # `batch_size` rows per forward pass; short rows share a sequence instead of being padded
                 batch, sequences, sizes = rows[start:start + self.batch_size], [], []
@@ -155,7 +155,7 @@ class LitLM(TemplateLM):
                     else:
                         sequences.append(list(ids))
                         sizes.append(size)
-                scores = self._score_tries([[(inputs[i], requests[i][2]) for i in ids] for ids in sequences], head)
+                scores = self._score_tries([[(inputs[i], requests[i][2]) for i in ids] for ids in sequences])
                 for i, score in zip([i for ids in sequences for i in ids], scores):
                     results[i] = score
                     if requests[i][0] is not None:
@@ -164,7 +164,7 @@ class LitLM(TemplateLM):
         pbar.close()
         return results
 
-    def _score_tries(self, sequences: list[list[tuple[list[int], list[int]]]], head: nn.Module) -> list[tuple]:
+    def _score_tries(self, sequences: list[list[tuple[list[int], list[int]]]]) -> list[tuple]:
         """One forward pass over right-padded sequences, each holding the (input, continuation) pairs of several
         requests as a token trie; returns the scores in order.
 
@@ -183,19 +183,20 @@ class LitLM(TemplateLM):
             idx[b, :n], pos[b, :n], last[b, :n] = (torch.tensor(x) for x in (trie.tokens, trie.depths, trie.last))
         at = torch.arange(L)
         mask = (at[None, None, :] <= at[None, :, None]) & (at[None, :, None] <= last[:, None, :])  # (B, L, L)
-        slots = torch.arange(L, device=self._device).expand(B, L)
-        with self._kv_caches(B, L):
-            hidden = self._forward(idx.to(self._device), pos.to(self._device), slots, mask=mask.to(self._device),
-                                   key_positions=pos.to(self._device))
         # an input of n tokens with a continuation of c: its nodes n - c, ..., n - 1 predict the continuation
         scored = [b * L + node for b, (trie, sequence) in enumerate(zip(tries, sequences))
                   for path, (tokens, cont) in zip(trie.paths, sequence) for node in path[len(tokens) - len(cont):]]
-        selected = hidden.flatten(0, 1)[torch.tensor(scored, device=self._device)]
-        return self._score(selected, [cont for sequence in sequences for _, cont in sequence], head)
+        at = torch.zeros(B * L, dtype=torch.bool)
+        at[scored] = True  # the LM head runs on these positions only (once each, in row-major order)
+        where = at.cumsum(0) - 1
+        logits = self.model(idx.to(self._device), pos.to(self._device), logits_at=at.view(B, L).to(self._device),
+                            mask=mask.to(self._device))
+        return self._score(logits[where[scored].to(self._device)], [cont for sequence in sequences
+                                                                     for _, cont in sequence])
 
-    def _score(self, hidden: torch.Tensor, continuations: list[list[int]], head: nn.Module) -> list[tuple]:
-        """hidden: (sum of continuation lengths, n_embd), the states that predict the continuation tokens."""
-        logprobs = torch.log_softmax(head(hidden).float(), dim=-1)  # (N, vocab)
+    def _score(self, logits: torch.Tensor, continuations: list[list[int]]) -> list[tuple]:
+        """logits: (sum of continuation lengths, vocab), those that predict the continuation tokens."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (N, vocab)
         targets = torch.tensor([t for cont in continuations for t in cont], device=logprobs.device)
         token_logprobs = logprobs.gather(1, targets[:, None]).squeeze(1)
         greedy = logprobs.argmax(dim=-1) == targets
@@ -234,27 +235,29 @@ class LitLM(TemplateLM):
             by_kwargs[json.dumps(request.args[1], sort_keys=True, default=str)].append(i)
         eos_text = self.tokenizer.decode([self.eot_token_id]) if self.eot_token_id is not None else None
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running generate_until requests")
-        with self._inference() as head:
+        with self._inference():
             for ids in by_kwargs.values():
                 kwargs = dict(normalize_gen_kwargs(requests[ids[0]].args[1], self.max_gen_toks))
                 until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
                 max_new = kwargs.pop("max_gen_toks")
-                pick = _token_picker(kwargs)
+                settings = sampling_settings(kwargs)
                 max_context = self.max_length - max_new
                 if max_context <= 0:
                     raise ValueError(f"max_gen_toks={max_new} leaves no room for a context in max_length "
                                      f"{self.max_length}")
-                # an empty context (HFLM cannot generate from one) starts from the prefix token
-                prompts = {i: self._encode_prompt(requests[i].args[0])[-max_context:] or [self.prefix_token_id]
-                           for i in ids}
-                order = sorted(ids, key=lambda i: -len(prompts[i]))
-
-                def done(k: int, text: str) -> None:
-                    results[order[k]] = text
-                    self.cache_hook.add_partial("generate_until", requests[order[k]].args, text)
+                # an empty context (HFLM cannot generate from one) starts from the prefix token; longest first
+                order = sorted(ids, key=lambda i: -len(requests[i].args[0]))
+                batch = [Request(self._encode_prompt(requests[i].args[0])[-max_context:] or [self.prefix_token_id],
+                                 max_new, stop_tokens=[[t] for t in self.tokenizer.stop_ids], stop_texts=until,
+                                 **settings) for i in order]
+                engine = Engine(self.model, rows=self.batch_size, tokenizer=self.tokenizer)
+                for k, _, _, done in engine.stream(batch):
+                    if done is None:
+                        continue
+                    text = self.tokenizer.decode(done.tokens, skip_special_tokens=True)
+                    results[order[k]] = postprocess_generated_text(text, until, None)
+                    self.cache_hook.add_partial("generate_until", requests[order[k]].args, results[order[k]])
                     pbar.update(1)
-
-                self._generate([prompts[i] for i in order], max_new, until, pick, head, done)
         pbar.close()
         return results
 
@@ -263,104 +266,13 @@ class LitLM(TemplateLM):
         no_bos = bool(self._bos_text) and text.startswith(self._bos_text)
         return self.tokenizer.encode(text, bos=False if no_bos else None).tolist()
 
-    def _generate(self, prompts: list[list[int]], max_new: int, until: list[str],
-                  pick: Callable[[torch.Tensor], torch.Tensor], head: nn.Module,
-                  done: Callable[[int, str], None]) -> None:
-        """Generates for all prompts with `batch_size` rows, refilled as soon as a row's answer ends (continuous
-        batching): decoding costs about the same for 1 or 8 rows, so the rows are kept busy. Every row is at its own
-        position; its prompt and answer fill its own KV-cache slots 0, 1, ... `done(k, text)` receives answers."""
-        stop_ids = set(self.tokenizer.stop_ids)
-        queue = list(range(len(prompts)))
-        active: list[int] = []  # the prompt in each cache row
-        positions: list[int] = []  # each row's next position (= slot)
-        generated: dict[int, list[int]] = {}
-        hidden = torch.empty(0, self.model.config.n_embd, device=self._device,  # each row's last state
-                             dtype=self.model.transformer.wte.weight.dtype)
-        with self._kv_caches(min(self.batch_size, len(prompts)), max(map(len, prompts)) + max_new) as caches:
-            while queue or active:
-                if queue and len(active) < self.batch_size:  # prefill new prompts into the free rows
-                    new, queue = queue[:self.batch_size - len(active)], queue[self.batch_size - len(active):]
-                    L = max(len(prompts[k]) for k in new)
-                    idx = torch.zeros(len(new), L, dtype=torch.long)
-                    for j, k in enumerate(new):
-                        idx[j, :len(prompts[k])] = torch.tensor(prompts[k])
-                    slots = torch.arange(L, device=self._device).expand(len(new), L)
-                    out = self._forward(idx.to(self._device), slots, slots, first_row=len(active))
-                    last = torch.stack([out[j, len(prompts[k]) - 1] for j, k in enumerate(new)])
-                    hidden = torch.cat([hidden, last])
-                    active, positions = active + new, positions + [len(prompts[k]) for k in new]
-                    generated.update((k, []) for k in new)
-                tokens = pick(head(hidden).float()).tolist()
-                keep = []
-                for r, (k, token) in enumerate(zip(active, tokens)):
-                    if token not in stop_ids:
-                        generated[k].append(token)
-                        # a character whose bytes are not all generated yet decodes as U+FFFD: not text yet
-                        text = self.tokenizer.decode(generated[k]).rstrip("\ufffd")
-                        if len(generated[k]) < max_new and not any(s and s in text for s in until):
-                            keep.append(r)
-                            continue
-                    text = self.tokenizer.decode(generated.pop(k), skip_special_tokens=True)
-                    done(k, postprocess_generated_text(text, until, None))
-                if len(keep) < len(active):  # finished rows leave; the others move up
-                    rows = torch.tensor(keep, dtype=torch.long, device=self._device)
-                    for cache in caches:
-                        cache.k[:len(keep)], cache.v[:len(keep)] = cache.k[rows], cache.v[rows]
-                    active, positions = [active[r] for r in keep], [positions[r] for r in keep]
-                    tokens = [tokens[r] for r in keep]
-                if not active:
-                    hidden = hidden[:0]
-                    continue
-                pos = torch.tensor(positions, device=self._device)[:, None]  # (rows, 1)
-                mask = torch.arange(max(positions) + 1, device=self._device) <= pos[..., None]  # (rows, 1, length)
-                hidden = self._forward(torch.tensor(tokens, device=self._device)[:, None], pos, pos, mask=mask)[:, -1]
-                positions = [p + 1 for p in positions]
-
-    # ---------------------------------------------------------------------------------------------------- utils
-    def _forward(self, idx: torch.Tensor, positions: torch.Tensor, slots: Optional[torch.Tensor] = None,
-                 first_row: int = 0, mask: Optional[torch.Tensor] = None,
-                 key_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The model's final hidden states (B, T, n_embd), before the LM head (applied to scored positions only).
-
-        Row b's tokens are at RoPE positions `positions[b]` (B or 1, T). With `slots` (B, T) they are written to
-        those slots of KV-cache row first_row + b and attend to the row's slots up to the largest one: as `mask`
-        (B, T, length) allows, or causally if it is None (a prefill from slot 0). `key_positions` (B, length): the
-        positions of the tokens in those slots (default: slot i holds position i), for sliding-window layers.
-        `GPT.forward` gives all rows the same positions and slots, so this runs its blocks with the per-row RoPE
-        cos/sin and masks of `GPT.layer_inputs`, and the row-wise `_KVCache`s of `_kv_caches`.
-        """
-        model = self.model
-        length = int(slots.max()) + 1 if slots is not None else idx.size(1)
-        cache_input = None if slots is None else ((first_row, slots), length)
-        if key_positions is None:
-            key_positions = torch.arange(length, device=idx.device)
-        inputs = model.layer_inputs(positions.unsqueeze(1), key_positions.unsqueeze(-2) if key_positions.dim() > 1
-                                    else key_positions, None if mask is None else mask.unsqueeze(1))
-        x = model.embed(idx)
-        for block in model.transformer.h:
-            x = block(x, *inputs[block.sliding], cache_input)
-        return model.transformer.ln_f(x)
-
     @contextmanager
-    def _kv_caches(self, rows: int, slots: int) -> Iterator[list["_KVCache"]]:
-        blocks = self.model.transformer.h
-        dtype = self.model.transformer.wte.weight.dtype
-        caches = [_KVCache(rows, slots, self.model.config, self._device, dtype) for _ in blocks]
-        for block, cache in zip(blocks, caches):
-            block.attn.kv_cache = cache
-        try:
-            yield caches
-        finally:
-            for block in blocks:
-                block.attn.kv_cache = None
-
-    @contextmanager
-    def _inference(self) -> Iterator[nn.Module]:
-        """No autograd and the precision's autocast; yields the LM head."""
+    def _inference(self) -> Iterator[None]:
+        """No autograd and the precision's autocast."""
         autocast = (torch.autocast(self._device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
         with torch.inference_mode(), autocast:
-            yield self.model.lm_head
+            yield
 
 
 class _TokenTrie:
@@ -396,49 +308,18 @@ class _TokenTrie:
         self.paths = [[index[node] for node in path] for path in paths]
 
 
-class _KVCache(nn.Module):
-    """A KV cache whose rows fill independently, for `LitLM._forward`: `CausalSelfAttention` calls it with
-    `(first_row, slots)`; the batch is rows first_row, first_row + 1, ... and row b writes its keys and values at
-    `slots[b]` (T,). Returns the batch's rows (all their slots; the attention reads the first `length`)."""
-
-    def __init__(self, rows: int, slots: int, config: Any, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__()
-        shape = (rows, config.n_query_groups, slots, config.head_size)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-
-    def forward(self, where: tuple, k: torch.Tensor, v: torch.Tensor) -> tuple:
-        first_row, slots = where  # k, v: (B, n_query_groups, T, head_size); slots: (B, T)
-        B = k.size(0)
-        rows = torch.arange(first_row, first_row + B, device=k.device)[:, None]  # (B, 1)
-        self.k[rows, :, slots] = k.transpose(1, 2).to(self.k.dtype)  # indexes (B, T, n_query_groups, head_size)
-        self.v[rows, :, slots] = v.transpose(1, 2).to(self.v.dtype)
-        return self.k[first_row:first_row + B], self.v[first_row:first_row + B]
-
-
-def _token_picker(kwargs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Greedy (argmax) unless `do_sample`: then softmax sampling with `temperature`, `top_k` and `top_p`."""
+def sampling_settings(kwargs: dict) -> dict:
+    """The engine's `Request` settings for lm-eval's generation arguments: greedy unless `do_sample`, then
+    `temperature`, `top_k` and `top_p` (transformers' order of the filters)."""
     do_sample = kwargs.pop("do_sample", False)
     temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
     top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
     if kwargs:
         log.warning(f"Ignoring generation arguments lit_gpt does not implement: {kwargs}")
     if not do_sample or temperature <= 0:
-        return lambda logits: logits.argmax(dim=-1)
-
-    def sample(logits: torch.Tensor) -> torch.Tensor:
-        logits = logits / temperature
-        if top_k:
-            kth = torch.topk(logits, min(int(top_k), logits.size(-1))).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p is not None and float(top_p) < 1.0:
-            sorted_logits, indices = logits.sort(dim=-1, descending=True)
-            cumulative = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cumulative - sorted_logits.softmax(-1) > float(top_p)  # keep the first token past top_p
-            logits = logits.scatter(-1, indices, sorted_logits.masked_fill(drop, float("-inf")))
-        return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
-
-    return sample
+        return {"temperature": 0.0}
+    return {"temperature": temperature, "top_k": int(top_k) if top_k else None,
+            "top_p": float(top_p) if top_p is not None else None}
 
 
 # -------------------------------------------------------------------------------------------------------- tasks
