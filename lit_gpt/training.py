@@ -353,7 +353,15 @@ class Objective(Protocol):
     # optional: `perplexity = True`: validation also prints exp(loss) (a loss that is a mean token cross-entropy);
     # `start_batch(samples)`, called with all the examples of a step (of every device) before its
     # micro-batches, and with the validation examples before validation: for a loss normalized by a batch total
-    # other than the sum of `count`s (ORPO's token mean next to its pair mean)
+    # other than the sum of `count`s (ORPO's token mean next to its pair mean);
+    # `rollout(fabric, model, micro_batches, step) -> (micro_batches, n)` (reinforcement learning): called with this
+    # device's micro-batches of the step's examples (prompts) and the unwrapped model, returns what the step trains
+    # on instead (e.g. the prompts' sampled completions) and the step's normalizer over all devices;
+    # `step_metrics(fabric) -> metrics`: after the step's micro-batches, metrics that are not sums (floats, the same
+    # on every device);
+    # `repeat_batches = k`: each batch of examples makes k consecutive steps (GRPO's num_iterations);
+    # `validate(fabric, model, val_data) -> metrics` replaces the loss over the validation examples;
+    # `progress = [metric names]`: the metrics of the progress line (default: all; metrics.csv has all).
 
 
 def max_seq_length(hp: TrainArgs, data_config: dict, config: Config, train_data: list, length: Callable) -> int:
@@ -397,7 +405,8 @@ class Trainer:
         """Trains to `max_iters` steps (or `epochs`), validating, checkpointing and logging, then saves the adapter."""
         fabric, hp, state, out_dir = self.fabric, self.hp, self.state, self.out_dir
         order = EpochOrder(train_data, hp.batch_size, hp.seed, objective.length)
-        max_iters = order.steps(hp.epochs) if hp.epochs is not None else hp.max_iters
+        repeat = getattr(objective, "repeat_batches", 1)
+        max_iters = order.steps(hp.epochs) * repeat if hp.epochs is not None else hp.max_iters
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(hp, max_iters))
         if self.run.resume_path is not None:
             self.resume_from(self.run.resume_path)
@@ -412,23 +421,27 @@ class Trainer:
         elapsed_before, start_step = state["elapsed"], state["step_count"]
         while state["step_count"] < max_iters:
             step = state["step_count"]
-            global_idx = order.batch(step)  # the same on every rank; each rank takes its share of micro-batches
-            mine = self.micro_batches(global_idx, train_data, objective)
+            global_idx = order.batch(step // repeat)  # the same on every rank; each rank takes its share
+            mine = [[train_data[j] for j in idx] for idx in self.micro_batches(global_idx, train_data, objective)]
             # the loss of the step: the losses of the whole global batch (all micro-batches, all devices) summed,
             # divided by its count (SFT: its targets); every rank counts them from the same global batch
             n = max(1, sum(objective.count(train_data[j]) for j in global_idx))
             if hasattr(objective, "start_batch"):
                 objective.start_batch([train_data[j] for j in global_idx])
+            if hasattr(objective, "rollout"):
+                mine, n = objective.rollout(fabric, self.raw_model, mine, step)
             sums: dict = {"loss": 0.0}
-            for i, idx in enumerate(mine):
+            for i, batch in enumerate(mine):
                 with fabric.no_backward_sync(self.model, enabled=i < len(mine) - 1):
-                    loss, metrics = objective.loss(self.model, [train_data[j] for j in idx])
+                    loss, metrics = objective.loss(self.model, batch)
                     fabric.backward(loss * (fabric.world_size / n))  # DDP averages the gradients of the ranks
                 for key, value in {"loss": loss.item(), **metrics}.items():
                     sums[key] = sums.get(key, 0.0) + value
                 del loss  # its graph (holding the logits) would outlive the next forward pass
-                tokens_done += sum(objective.length(train_data[j]) for j in idx) * fabric.world_size
+                tokens_done += sum(map(objective.length, batch)) * fabric.world_size
             means = {key: value / n for key, value in all_sum(fabric, sums).items()}
+            if hasattr(objective, "step_metrics"):
+                means.update(objective.step_metrics(fabric))
             if not math.isfinite(means["loss"]):
                 self.stop_not_finite(f"loss became {means['loss']}", step + 1)
             if hp.grad_clip > 0:
@@ -441,21 +454,22 @@ class Trainer:
             state["iter_num"] += len(mine)
 
             elapsed = elapsed_before + time.perf_counter() - t_start
-            row = {"step": step, "epoch": round(step * hp.batch_size / len(train_data), 4), **means, "lr": lr,
+            row = {"step": step, "epoch": round(step // repeat * hp.batch_size / len(train_data), 4), **means, "lr": lr,
                    "val_loss": "", "tokens_per_sec": "", "elapsed": round(elapsed, 2)}
             if step % hp.log_interval == 0 or step == max_iters:
                 tok_s = tokens_done / max(1e-9, time.perf_counter() - t_start)
                 eta = (elapsed - elapsed_before) / max(1, step - start_step) * (max_iters - step)
                 row["tokens_per_sec"] = round(tok_s, 1)
-                extra = "".join(f" | {key} {value:.4f}" for key, value in means.items() if key != "loss")
+                shown = getattr(objective, "progress", None) or means  # the progress line's metrics
+                extra = "".join(f" | {key} {means[key]:.4f}" for key in shown if key != "loss" and key in means)
                 fabric.print(f"step {step}/{max_iters} | epoch {row['epoch']:.2f} | loss {means['loss']:.4f}{extra} | "
                              f"lr {lr:.2e} | {tok_s:,.0f} tokens/s | elapsed {fmt_time(elapsed)} | eta "
                              f"{fmt_time(eta)} | peak mem {peak_memory_gb(fabric.device):.2f} GB", flush=True)
             if step % hp.eval_interval == 0 or step == max_iters:
                 val = self.validate(val_data, objective)
                 row.update({f"val_{key}": round(value, 4) for key, value in val.items()})
-                shown = {"loss": val["loss"], **({"ppl": math.exp(min(val["loss"], 50))}
-                                                  if getattr(objective, "perplexity", False) else {}), **val}
+                shown = {**({"loss": val["loss"], "ppl": math.exp(min(val["loss"], 50))}
+                            if getattr(objective, "perplexity", False) else {}), **val}
                 fabric.print(f"step {step}: " + ", ".join(f"val {key} {value:.4f}" for key, value in shown.items()))
                 self.raw_model.eval()
                 objective.evaluate(fabric, self.raw_model)
@@ -482,8 +496,10 @@ class Trainer:
         """The loss and metrics over the first `eval_iters` x `micro_batch_size` validation examples (each rank runs
         them all), normalized as in training."""
         hp = self.hp
-        self.model.eval()
         examples = list(range(min(len(val_data), hp.eval_iters * hp.micro_batch_size)))
+        if hasattr(objective, "validate"):
+            return objective.validate(self.fabric, self.raw_model, [val_data[i] for i in examples])
+        self.model.eval()
         if hp.micro_batch_tokens is None:
             batches = [examples[i: i + hp.micro_batch_size] for i in range(0, len(examples), hp.micro_batch_size)]
         else:  # the same examples, in micro-batches of the token budget
