@@ -58,7 +58,7 @@ HYPERPARAMETERS = TrainArgs(
     grad_clip=1.0,
     max_seq_length=None,  # the longest prompt + max_new_tokens
     eval_interval=25,
-    eval_iters=20,  # validation prompts (greedy), x micro_batch_size
+    eval_iters=20,  # validation prompts (greedy)
     save_interval=25,
     log_interval=1,
     lora_r=8,  # with --lora_path: the LoRA settings are the starting adapter's
@@ -156,7 +156,7 @@ def setup(
     try:
         rewards = resolve_rewards(g.reward, g.reward_weights)
     except ValueError as e:
-        fail(f"--reward {g.reward}: {e}")
+        fail(str(e))
     if g.num_generations < 2:
         fail(f"--num_generations {g.num_generations}: GRPO compares the completions of a prompt: sample at least 2")
     if g.max_new_tokens < 1 or not g.temperature > 0 or not 0 < g.top_p <= 1 or (g.top_k is not None and g.top_k < 1):
@@ -220,6 +220,8 @@ def main(fabric, run, data_file: Path, grpo: GRPOArgs, lora_path: Optional[Path]
         val_data = prompts(grpo.val_file, "validation")
     else:
         train_data, val_data = split_rows(train_data, grpo.val_fraction, run.hp.seed)
+    for i, sample in enumerate(train_data):  # its completions' seeds: the same whatever the devices and batching
+        sample["index"] = i
     fabric.print(f"{len(train_data)} training prompts, {len(val_data)} validation prompts ({style.name} style)")
     longest = max(len(s["prompt_ids"]) for s in train_data + val_data) + grpo.max_new_tokens
     start = load_lora_run(lora_path).adapter if lora_path is not None else None
@@ -266,8 +268,8 @@ class GRPO:
         t0 = time.perf_counter()
         requests = [Request(s["prompt_ids"].tolist(), a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                             top_p=a.top_p, stop_tokens=self.stop_tokens, n=a.num_generations,
-                            seed=hash((self.hp.seed, first, fabric.global_rank, i)) % 2 ** 62)
-                   for i, s in enumerate(prompts)]
+                            seed=hash((self.hp.seed, first, s["index"])) % 2 ** 62)  # the prompt's own draws
+                   for s in prompts]
         with fabric.autocast():
             results = Engine(model, rows=a.generation_rows).generate(requests)
         gen_time = time.perf_counter() - t0
@@ -364,8 +366,9 @@ class GRPO:
     # ---- validation
     @torch.no_grad()
     def validate(self, fabric, model, val_data: list) -> dict:
-        """The mean greedy reward on the validation prompts (each device runs them all), per function too."""
-        a = self.args
+        """The mean greedy reward on the first eval_iters validation prompts (each device runs them all), per
+        function too."""
+        a, val_data = self.args, val_data[:self.hp.eval_iters]
         requests = [Request(s["prompt_ids"].tolist(), a.max_new_tokens, stop_tokens=self.stop_tokens)
                     for s in val_data]
         with fabric.autocast():

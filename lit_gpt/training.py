@@ -360,7 +360,7 @@ class Objective(Protocol):
     # `step_metrics(fabric) -> metrics`: after the step's micro-batches, metrics that are not sums (floats, the same
     # on every device);
     # `repeat_batches = k`: each batch of examples makes k consecutive steps (GRPO's num_iterations);
-    # `validate(fabric, model, val_data) -> metrics` replaces the loss over the validation examples;
+    # `validate(fabric, model, val_data) -> metrics` replaces the loss over the validation examples (all given);
     # `progress = [metric names]`: the metrics of the progress line (default: all; metrics.csv has all).
 
 
@@ -496,10 +496,10 @@ class Trainer:
         """The loss and metrics over the first `eval_iters` x `micro_batch_size` validation examples (each rank runs
         them all), normalized as in training."""
         hp = self.hp
-        examples = list(range(min(len(val_data), hp.eval_iters * hp.micro_batch_size)))
         if hasattr(objective, "validate"):
-            return objective.validate(self.fabric, self.raw_model, [val_data[i] for i in examples])
+            return objective.validate(self.fabric, self.raw_model, val_data)
         self.model.eval()
+        examples = list(range(min(len(val_data), hp.eval_iters * hp.micro_batch_size)))
         if hp.micro_batch_tokens is None:
             batches = [examples[i: i + hp.micro_batch_size] for i in range(0, len(examples), hp.micro_batch_size)]
         else:  # the same examples, in micro-batches of the token budget

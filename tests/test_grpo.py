@@ -6,18 +6,22 @@ gradient equal TRL's in float32. TRL runs its own `_generate_and_score_completio
 `rollout_func`, our rewards through reward functions) and `_compute_loss`."""
 
 import copy
+import csv
+import json
 import math
 import shutil
 import warnings
 
 import pytest
 import torch
-from test_dpo import PEFT_CONFIG, TARGETS, ours_from_peft, peft_tensors, randomize_lora
+from test_dpo import PEFT_CONFIG, TARGETS, adapter, ours_from_peft, peft_tensors, randomize_lora
 from test_merge import script
 from test_model import tiny_hf_model
 
+from conftest import run_script
 from lit_gpt.config import Config
 from lit_gpt.convert import convert_hf_checkpoint
+from lit_gpt.load import ADAPTER_FILE
 from lit_gpt.lora import load_lora_state_dict, reference_model
 from lit_gpt.peft import from_peft
 
@@ -259,3 +263,163 @@ def test_empty_completion_and_micro_batches(tiny):
         assert two_sums == pytest.approx(one_sums, rel=1e-6)
         for x, y in zip(two_grads, one_grads):
             torch.testing.assert_close(x, y)
+
+
+############
+# the script
+############
+LENGTH_REWARD = '''
+def length(prompts, completions, answers):
+    """A reward that varies between completions of a random model: their length in characters."""
+    return [len(c) / 50 for c in completions]
+
+
+def wrong_count(prompts, completions, answers):
+    return [0.0]
+'''
+
+
+@pytest.fixture(scope="module")
+def prompts_run(tmp_path_factory, smollm2_dir):
+    """(a tiny random Llama with the SmolLM2 tokenizer, 8 GSM8K rows + 2 without an answer, 2 held-out, a reward
+    file)."""
+    from test_generate import TINY as TINY_LLAMA
+
+    from lit_gpt.model import GPT
+
+    tmp = tmp_path_factory.mktemp("grpo-run")
+    checkpoint = tmp / "tiny"
+    checkpoint.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+        shutil.copy(smollm2_dir / name, checkpoint / name)
+    config = Config(**TINY_LLAMA)
+    torch.manual_seed(0)
+    GPT(config)  # the same draws as the generate tests' tiny model, then its own
+    model = GPT(config)
+    config.save(checkpoint / "lit_config.json")
+    torch.save(model.state_dict(), checkpoint / "lit_model.pth")
+    rows = [json.loads(line) for line in open("data/arithmetic/train.jsonl")][:10]
+    rows[3] = {"question": rows[3]["question"], "answer": ""}
+    rows[7] = {"question": rows[7]["question"]}
+    (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held_out = [json.loads(line) for line in open("data/arithmetic/test.jsonl")][:2]
+    (tmp / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
+    (tmp / "rewards.py").write_text(LENGTH_REWARD)
+    return checkpoint, tmp
+
+
+def grpo_flags(run, out, *args) -> list:
+    checkpoint, tmp = run
+    return ["finetune/grpo.py", "--checkpoint_dir", checkpoint, "--data_file", tmp / "train.jsonl", "--val_file",
+            tmp / "val.jsonl", "--out_dir", out, "--precision", "32-true", "--batch_size", 2, "--micro_batch_size", 2,
+            "--num_generations", 3, "--max_new_tokens", 8, "--max_iters", 2, "--eval_interval", 2, "--eval_iters", 1,
+            "--save_interval", 2, "--learning_rate", 1e-2, "--reward", f"exact_match,{tmp / 'rewards.py'}:length",
+            "--reward_weights", "1,0.5", "--temperature", 1.5, "--prompt_style", "chatml", *args]
+
+
+def grpo_train(run, out, *args, check: bool = True):
+    return run_script(*grpo_flags(run, out, *args), check=check, env={"OMP_NUM_THREADS": "1"})
+
+
+def metric_rows(out) -> list:
+    return [{k: float(v) for k, v in row.items() if k not in ("tokens_per_sec", "elapsed") and "_per_sec" not in k
+             and k != "generation_sec" and v} for row in csv.DictReader(open(out / "metrics.csv"))]
+
+
+def test_script_trains_and_its_out_dir_is_an_adapter_dir(prompts_run, tmp_path):
+    """Skipped rows listed; TRL's metric names in metrics.csv (the reward functions', validation's); the plot; the
+    run record; merge and generate read the out dir."""
+    out = tmp_path / "out"
+    proc = grpo_train(prompts_run, out)
+    assert "train: skipped 2 row(s) without an answer (rows 4, 8)" in proc.stdout
+    assert "8 training prompts, 2 validation prompts (chatml style)" in proc.stdout
+    assert "sample (reward" in proc.stdout
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("loss", "reward", "reward_std", "frac_reward_zero_std", "rewards/exact_match/mean",
+                 "rewards/length/mean", "rewards/length/std", "completions/mean_length", "completions/clipped_ratio",
+                 "clip_ratio/region_mean", "clip_ratio/low_min", "clip_ratio/high_max", "entropy",
+                 "generation_tokens_per_sec", "train_tokens_per_sec", "val_reward", "val_rewards/length/mean"):
+        assert name in header, name
+    rows = metric_rows(out)
+    assert all(0 < r["rewards/length/mean"] for r in rows) and rows[0]["reward_std"] > 0
+    assert (out / "loss.png").stat().st_size > 0
+    record = json.loads((out / "lora_config.json").read_text())
+    assert record["objective"] == "grpo.dapo" and record["train"]["num_generations"] == 3
+    assert record["data"]["format"] == "prompts" and record["prompt_style"] == "chatml"
+    weights = adapter(out)
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+    run_script("scripts/merge_lora.py", "--lora_path", out, "--out_dir", tmp_path / "merged")
+    proc = run_script("generate/lora.py", "--lora_path", out, "--prompt", "Hi", "--max_new_tokens", 5,
+                      "--precision", "32-true")
+    assert "tokens/s" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--loss_type", "grpo", "--beta", 0.04, "--num_iterations", 2,
+                                       "--scale_rewards", "batch"]])
+def test_micro_batches_and_devices_give_the_same_steps(prompts_run, tmp_path, args):
+    """Each prompt's completions are drawn from its own seed, the advantages and normalizers are the whole batch's:
+    2 steps in 1 micro-batch, in 2, and on 2 devices (DDP) give the same metrics and adapter."""
+    runs = {"one": [], "two micro-batches": ["--micro_batch_size", 1],
+            "two devices": ["--devices", 2, "--micro_batch_size", 1]}
+    adapters, metrics = {}, {}
+    for name, extra in runs.items():
+        out = tmp_path / name.replace(" ", "-")
+        grpo_train(prompts_run, out, *args, *extra)
+        adapters[name], metrics[name] = adapter(out), metric_rows(out)
+    assert any(abs(r["loss"]) > 0 for r in metrics["one"])
+    for name in runs:
+        for row, expected in zip(metrics[name], metrics["one"]):
+            drop = ("completions/min_length", "completions/max_length")  # of each device's completions
+            row, expected = ({k: v for k, v in r.items() if k not in drop} for r in (row, expected))
+            assert row.keys() == expected.keys()
+            assert row == pytest.approx(expected, rel=1e-4, abs=1e-5, nan_ok=True), name
+        for key, value in adapters["one"].items():
+            torch.testing.assert_close(adapters[name][key], value, rtol=1e-4,
+                                       atol=1e-6 + 1e-3 * float(value.abs().max()),
+                                       msg=lambda m, key=key, name=name: f"{name}: {key}: {m}")
+
+
+def test_a_killed_run_resumes_to_the_same_adapter(prompts_run, tmp_path):
+    """SIGKILLed while writing its step-4 checkpoint, then --resume auto from step 2: the completions of steps 3-4
+    are drawn from the same seeds, so the adapter is the uninterrupted run's, bit for bit."""
+    args = ["--max_iters", 4, "--save_interval", 2, "--eval_interval", 4]
+    grpo_train(prompts_run, tmp_path / "full", *args)
+    out = tmp_path / "killed"
+    proc = run_script("tests/sigkill_at.py", 3, *grpo_flags(prompts_run, out, *args), check=False,
+                      env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -9 and not (out / ADAPTER_FILE).exists()
+    assert "Resumed from" in grpo_train(prompts_run, out, *args, "--resume", "auto").stdout
+    expected, actual = adapter(tmp_path / "full"), adapter(out)
+    assert all(torch.equal(actual[k], v) for k, v in expected.items())
+
+
+def test_bad_inputs_are_one_line_errors(prompts_run, tmp_path):
+    checkpoint, tmp = prompts_run
+    (tmp / "broken.py").write_text("import no_such_module\n")
+    (tmp / "none.jsonl").write_text(json.dumps({"question": "2 + 2?"}) + "\n")
+    (tmp / "long.jsonl").write_text(json.dumps({"question": "word " * 200, "answer": "#### 1"}) + "\n")
+    cases = [
+        (["--reward", "exact"], "Unknown reward 'exact'"),
+        (["--reward", f"{tmp / 'missing.py'}:f"], "missing.py"),
+        (["--reward", f"{tmp / 'broken.py'}:f"], "no_such_module"),
+        (["--reward", f"{tmp / 'rewards.py'}:wrong_count"], "wrong_count"),
+        (["--reward", "exact_match,format", "--reward_weights", "1"], "weight"),
+        (["--data_file", tmp / "none.jsonl"], "no prompt with an answer"),
+        (["--data_file", tmp / "long.jsonl", "--max_seq_length", 64], "the prompt has"),
+        (["--num_generations", 1], "--num_generations 1"),
+        (["--strategy", "fsdp", "--devices", 2], "--strategy fsdp"),
+        (["--temperature", 0], "--temperature 0"),
+    ]
+    for args, message in cases:
+        proc = grpo_train(prompts_run, tmp_path / "out", *args, check=False)
+        assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr[-2000:])
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (tmp_path / "out" / ADAPTER_FILE).exists()
+
+
+def test_help():
+    proc = run_script("finetune/grpo.py", "--help")
+    for flag in ("--reward", "--reward_weights", "--num_generations", "--max_new_tokens", "--temperature", "--top_p",
+                 "--scale_rewards", "--loss_type", "--epsilon", "--epsilon_high", "--num_iterations", "--beta",
+                 "--mask_truncated_completions", "--lora_path", "--quantize", "--devices", "--batch_size"):
+        assert flag in proc.stdout
