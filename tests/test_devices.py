@@ -82,6 +82,50 @@ def test_eval_benchmark_on_cpu(smollm2_gguf, smollm2_dir, tmp_path):
     assert "SmolLM2-135M-Instruct on cpu:" in proc.stdout and "is_greedy equal 8/8" in proc.stdout  # 2 x 4 choices
 
 
+
+def markdown_rows(text: str, first: str) -> dict:
+    """The cells of the markdown table rows of `text` whose first cell starts with `first`, by that cell."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(f"| {first}")]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_finetune_benchmark_grpo_on_cpu(smollm2_gguf, smollm2_dir, tmp_path):
+    """--parts grpo at tiny settings: both sides train 2 steps of 1 prompt x 2 completions of at most 4 tokens on the
+    same prompts, and the table compares them."""
+    pytest.importorskip("trl")
+    (tmp_path / "SmolLM2-135M-Instruct").symlink_to(smollm2_dir)  # converted already: only the export is made
+    proc = run_script("benchmarks/finetune.py", "--parts", "grpo", "--precisions", "32-true", "--gguf_path",
+                      smollm2_gguf, "--cache_dir", tmp_path, "--device", "cpu", "--threads", 1, "--grpo_steps", 2,
+                      "--grpo_batch_size", 1, "--grpo_generations", 2, "--grpo_max_new_tokens", 4, "--grpo_repeats", 1)
+    assert "2 of the 2 prompts TRL generated from were token-identical to ours" in proc.stdout, proc.stdout
+    ours = markdown_rows(proc.stdout, "lit_gpt finetune/grpo.py")["lit_gpt finetune/grpo.py"]
+    trl = next(cells for side, cells in markdown_rows(proc.stdout, "TRL ").items() if "GRPOTrainer" in side)
+    for cells in (ours, trl):
+        speed, tokens, memory = float(cells[1].split()[0]), float(cells[6]), float(cells[9].split()[0])
+        assert speed > 0 and 2 <= tokens <= 8 and 0.3 < memory < 20, cells  # 2 completions of 1 to 4 ids each
+    ratio = float(ours[10].split("x")[0])
+    assert abs(ratio - float(ours[1].split()[0]) / float(trl[1].split()[0])) < 0.02 + 0.01 * ratio, (ours, trl)
+    assert "steps/s, finetune/grpo.py / TRL GRPOTrainer, all steps but the first" in proc.stdout
+
+
+def test_generate_benchmark_batched_on_cpu(smollm2_gguf, smollm2_dir, tmp_path):
+    """The batched table at tiny settings: the Engine and llama.cpp (f16) decode 4 tokens in 1 and in 3 rows."""
+    pytest.importorskip("xllamacpp")
+    (tmp_path / "SmolLM2-135M-Instruct").symlink_to(smollm2_dir)  # converted already: only the GGUF export is made
+    proc = run_script("benchmarks/generate.py", "--gguf_path", smollm2_gguf, "--cache_dir", tmp_path, "--device",
+                      "cpu", "--threads", 1, "--modes", "[]", "--transformers", "false", "--llama_cpp", "[]",
+                      "--batch_rows", "[3]", "--batch_llama_cpp", "[f16]", "--max_new_tokens", 4, "--repeats", 1,
+                      "--batch_precision", "32-true")
+    assert "4 new tokens in every row" in proc.stdout and "ours in 32-true" in proc.stdout, proc.stdout
+    rows = markdown_rows(proc.stdout, "")
+    assert list(rows)[1:] == ["1", "3"], rows  # after the header
+    for count in ("1", "3"):
+        ours, ours_x, theirs, theirs_x, ratio = rows[count]
+        assert float(ours) > 0 and float(theirs) > 0, rows[count]
+        assert abs(float(ratio[:-1]) - float(ours) / float(theirs)) < 0.01 + 0.01 * float(ratio[:-1]), rows[count]
+    assert rows["1"][1] == rows["1"][3] == "1.00x"
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: tests/cuda runs the scripts on it")
 @pytest.mark.parametrize("script, args", [
     ("generate/base.py", ["--checkpoint_dir", "{checkpoint}"]),
