@@ -49,19 +49,6 @@ def process_logits(logits: torch.Tensor, seen: Optional[torch.Tensor] = None, *,
     return logits
 
 
-def sample(logits: torch.Tensor, seen: Optional[torch.Tensor] = None, *, temperature: float = 0.8,
-           top_k: Optional[int] = None, top_p: Optional[float] = None, repetition_penalty: float = 1.0,
-           generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """The next token (0-dim LongTensor) from the logits (V,) of the last position. temperature=0: greedy."""
-    if temperature == 0 or top_k == 1:
-        if repetition_penalty != 1.0:
-            logits = process_logits(logits, seen, repetition_penalty=repetition_penalty)
-        return logits.argmax()
-    logits = process_logits(logits, seen, temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty)
-    return torch.multinomial(logits.softmax(0), 1, generator=generator)[0]
-
-
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
                         repetition_penalty: float) -> None:
     """Raises ValueError on arguments the sampler cannot use (scripts turn these into one-line errors)."""

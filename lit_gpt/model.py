@@ -254,8 +254,6 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if cache is not None:
-            if self.kv_cache is None:
-                raise RuntimeError("`input_pos` needs a KV cache: call `model.set_kv_cache(batch_size)` first")
             input_pos, length = cache
             size = self.kv_cache.k.size(2)  # checked on the int `length`: no tensor sync, no graph break in compile
             if not torch.compiler.is_compiling() and length > size:

@@ -4,9 +4,9 @@ equals transformers' `generate` (two families, one with a sliding window shorter
 
 import pytest
 import torch
+from test_model import lit_model_from_hf, tiny_hf_model
 
 from lit_gpt.generate import Engine, Request
-from test_model import lit_model_from_hf, tiny_hf_model
 
 VOCAB = 120  # test_model's tiny vocabulary
 
@@ -123,8 +123,9 @@ def test_lora_merged_and_unmerged_and_4bit_rows_equal_alone():
     pytest.importorskip("bitsandbytes")
     import copy
 
-    from lit_gpt.lora import LoRAConfig, add_lora, merge_lora_weights
     from test_quantize import quantize_model
+
+    from lit_gpt.lora import LoRAConfig, add_lora, merge_lora_weights
 
     hf_model = tiny_hf_model("llama-gqa")
     model = add_lora(lit_model_from_hf(hf_model), LoRAConfig(r=4, alpha=8, mlp=True, head=True))
