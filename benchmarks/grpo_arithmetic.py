@@ -9,8 +9,8 @@ the base model; exact match on the 100 held-out problems before and after, with 
 2. "sft": finetune/grpo.py --lora_path <the SFT adapter> --reward exact_match on the same 600 problems (GSM8K rows:
    the reward checks the number after ####).
 3. "base": finetune/grpo.py from the base model (a new adapter) with --reward exact_match,format --reward_weights
-   1,0.2, the prompts carrying a system message that asks for the format (the base model never writes "####"
-   unprompted: 0 of 48 samples did, with the system message 2 of 48).
+   1,0.2 --mask_truncated_completions true, the prompts carrying a system message that asks for the format (the base
+   model never writes "####" unprompted: 0 of 48 samples did, with the system message 2 of 48).
 4. Scores, greedy, on data/arithmetic/test.jsonl rendered as each run was trained (the engine, lit_gpt.rewards):
    exact match and the fraction in the "#### N" format; for the SFT line also eval/lm_eval_harness.py's
    lit_arithmetic (the number the quickstart reports).
@@ -46,7 +46,7 @@ def main(
     parts: str = "sft,base",
     grpo_iters: int = 40,
     learning_rate: float = 3e-4,
-    base_learning_rate: float = 1e-3,
+    base_learning_rate: float = 5e-4,
     batch_size: int = 4,
     num_generations: int = 8,
     max_new_tokens: int = 64,
@@ -107,7 +107,7 @@ def main(
         t = time.perf_counter()
         run("finetune/grpo.py", *common, "--data_file", prompts["train"], "--val_file", prompts["test"], "--out_dir",
             grpo_dir, "--reward", "exact_match,format", "--reward_weights", "1,0.2", "--learning_rate",
-            base_learning_rate)
+            base_learning_rate, "--mask_truncated_completions", "true")
         timings["GRPO from base"] = time.perf_counter() - t
         for name, lora_path in (("base", None), (f"base + GRPO ({grpo_iters} steps)", grpo_dir)):
             rows.append((name, "system message asking for ####", *scores(lora_path, prompts["test"]), None))

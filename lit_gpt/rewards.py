@@ -97,13 +97,18 @@ def math_reward(prompts: list[str], completions: list[str], answers: list[str]) 
 
 def format_reward(prompts: list[str], completions: list[str], answers: list[str]) -> list[float]:
     """1.0 where the completion ends in a final answer in the trained format, else 0.0: its last non-empty line,
-    stripped, is "####" followed by a non-empty answer (GSM8K, data/arithmetic), or it holds a complete
-    \\boxed{...} with non-empty content (anywhere). The answer is not checked."""
-    def ok(completion: str) -> bool:
-        lines = [line.strip() for line in completion.splitlines() if line.strip()]
-        return bool(lines and lines[-1].startswith("####") and lines[-1][4:].strip()) or bool(_last_boxed(completion))
+    stripped, is "####", a space and an answer of at most 40 characters without "#" (GSM8K, data/arithmetic), or it
+    holds a complete \\boxed{...} with non-empty content (anywhere). The answer is not checked. (A looser check,
+    any text after "####", was gamed within 10 GRPO steps by completions of nothing but "#".)"""
+    return [float(bool(FINAL_LINE.fullmatch(_last_line(c)) or _last_boxed(c))) for c in completions]
 
-    return [float(ok(completion)) for completion in completions]
+
+FINAL_LINE = re.compile(r"#### [^#\s][^#]{0,39}")
+
+
+def _last_line(completion: str) -> str:
+    lines = [line.strip() for line in completion.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 REWARDS: dict[str, RewardFunction] = {"exact_match": exact_match_reward, "math": math_reward, "format": format_reward}

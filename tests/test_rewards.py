@@ -59,7 +59,8 @@ def test_math_without_math_verify(monkeypatch) -> None:
 def test_format() -> None:
     cases = [("2 * 6 = 12\n#### 12\n\n", 1.0), ("  #### 12  ", 1.0), ("#### 12\nSo the answer is 12.", 0.0),
              ("#### \n", 0.0), ("12", 0.0), ("", 0.0), ("So it is \\boxed{5}, done.", 1.0), ("\\boxed{}", 0.0),
-             ("\\boxed{5", 0.0)]
+             ("\\boxed{5", 0.0), ("#" * 200, 0.0), ("#### ####", 0.0), ("#### 12 #", 0.0), ("####12", 0.0),
+             ("#### " + "1" * 41, 0.0), ("#### twelve apples", 1.0)]
     assert rewards(format_reward, [c[0] for c in cases], [""] * len(cases)) == [c[1] for c in cases]
 
 
