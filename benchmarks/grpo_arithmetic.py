@@ -9,8 +9,9 @@ the base model; exact match on the 100 held-out problems before and after, with 
 2. "sft": finetune/grpo.py --lora_path <the SFT adapter> --reward exact_match on the same 600 problems (GSM8K rows:
    the reward checks the number after ####).
 3. "base": finetune/grpo.py from the base model (a new adapter) with --reward exact_match,format --reward_weights
-   1,0.2 --mask_truncated_completions true, the prompts carrying a system message that asks for the format (the base
-   model never writes "####" unprompted: 0 of 48 samples did, with the system message 2 of 48).
+   1,0.2, the prompts carrying a system message that asks for the format (the base model never writes "####"
+   unprompted: 0 of 48 samples did, with the system message 2 of 48). Not --mask_truncated_completions: the base
+   model's answers run past 64 tokens, all of them at first, which would leave nothing to learn from.
 4. Scores, greedy, on data/arithmetic/test.jsonl rendered as each run was trained (the engine, lit_gpt.rewards):
    exact match and the fraction in the "#### N" format; for the SFT line also eval/lm_eval_harness.py's
    lit_arithmetic (the number the quickstart reports).
@@ -107,7 +108,7 @@ def main(
         t = time.perf_counter()
         run("finetune/grpo.py", *common, "--data_file", prompts["train"], "--val_file", prompts["test"], "--out_dir",
             grpo_dir, "--reward", "exact_match,format", "--reward_weights", "1,0.2", "--learning_rate",
-            base_learning_rate, "--mask_truncated_completions", "true")
+            base_learning_rate)
         timings["GRPO from base"] = time.perf_counter() - t
         for name, lora_path in (("base", None), (f"base + GRPO ({grpo_iters} steps)", grpo_dir)):
             rows.append((name, "system message asking for ####", *scores(lora_path, prompts["test"]), None))
