@@ -49,6 +49,15 @@ def process_logits(logits: torch.Tensor, seen: Optional[torch.Tensor] = None, *,
     return logits
 
 
+def draw(logits: torch.Tensor, generators: Sequence[Optional[torch.Generator]]) -> List[int]:
+    """One id per row of `logits` (N, V), sampled from its softmax with the row's own generator: inverse-CDF, one
+    uniform draw per row, one batched cumsum and search (torch.multinomial draws an exponential per vocabulary entry:
+    15% of a 32-row decoding step of SmolLM2 here)."""
+    cdf = logits.softmax(-1).cumsum(-1)  # (N, V)
+    u = torch.cat([torch.rand(1, generator=g, device=cdf.device) for g in generators]) * cdf[:, -1]
+    return torch.searchsorted(cdf, u[:, None], right=True).clamp_(max=cdf.size(-1) - 1)[:, 0].tolist()
+
+
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
                         repetition_penalty: float) -> None:
     """Raises ValueError on arguments the sampler cannot use (scripts turn these into one-line errors)."""
@@ -319,9 +328,7 @@ class Engine:
                 processed = (process_logits(lg[0], seen, temperature=q.temperature, top_k=q.top_k, top_p=q.top_p,
                                             repetition_penalty=q.repetition_penalty)[None] if seen is not None else
                              process_logits(lg, temperature=q.temperature, top_k=q.top_k, top_p=q.top_p))
-                probs = processed.softmax(-1)
-                picked = [int(torch.multinomial(probs[k], 1, generator=rows[r].generator))
-                          for k, r in enumerate(members)]
+                picked = draw(processed, [rows[r].generator for r in members])
             for r, token in zip(members, picked):
                 tokens[r] = token
         return tokens

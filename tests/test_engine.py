@@ -143,3 +143,20 @@ def test_lora_merged_and_unmerged_and_4bit_rows_equal_alone():
     greedy = [i for i, q in enumerate(batch) if q.temperature == 0]
     merged = Engine(model, rows=4).generate([batch[i] for i in greedy])
     assert [[c.tokens for c in r] for r in merged] == [[c.tokens for c in unmerged[i]] for i in greedy]
+
+
+def test_draw_samples_the_softmax():
+    """The engine's sampler: each row's ids follow its softmax (filtered tokens never drawn), and a row's draws
+    depend on its own generator only."""
+    from lit_gpt.generate import draw
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, float("-inf"), -1.0], [3.0, float("-inf"), 0.0, 0.5, 0.0]])
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    counts = torch.zeros(2, 5)
+    for _ in range(20000):
+        for row, token in enumerate(draw(logits, gens)):
+            counts[row, token] += 1
+    assert counts[0, 3] == 0 and counts[1, 1] == 0
+    torch.testing.assert_close(counts / 20000, logits.softmax(-1), atol=0.012, rtol=0)
+    alone = draw(logits[1:], [torch.Generator().manual_seed(5)])
+    assert draw(logits, [torch.Generator().manual_seed(9), torch.Generator().manual_seed(5)])[1:] == alone
