@@ -28,7 +28,7 @@ Delta = [log pi(y_w) - log ref(y_w)] - [log pi(y_l) - log ref(y_l)]:
 
 import os
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -40,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lit_gpt.config import Config
 from lit_gpt.data import load_prepared, prepared_config
 from lit_gpt.generate import generate
-from lit_gpt.load import check_adapter_fits, load_lora_run
+from lit_gpt.load import load_lora_run
 from lit_gpt.lora import reference_model
 from lit_gpt.prompts import PromptStyle
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.training import Launch, TrainArgs, Trainer, make_fabric, prepare_run
-from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, file_sha256
+from lit_gpt.training import Launch, TrainArgs, Trainer, make_fabric, prepare_run, start_from_adapter
+from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail
 
 HYPERPARAMETERS = TrainArgs(
     learning_rate=5e-4,
@@ -147,17 +147,8 @@ def setup(
         fail(f"--sft_weight {p.sft_weight}: it must be at least 0, and orpo has its own NLL term (its weight is 1)")
     if p.precompute_reference and p.loss_type in REFERENCE_FREE:
         fail(f"--precompute_reference: --loss_type {p.loss_type} uses no reference model; drop the flag")
-    extra = {**asdict(p), "lora_path": None}
-    if lora_path is not None:
-        start = load_lora_run(lora_path)
-        check_adapter_fits(start, Config.from_checkpoint(checkpoint_dir), checkpoint_dir)
-        lora = start.lora
-        changed = {f"lora_{k}": getattr(lora, k) for k in ("r", "alpha", "query", "key", "value", "projection", "mlp",
-                                                           "head") if getattr(hp, f"lora_{k}") != getattr(lora, k)}
-        if changed:
-            print(f"--lora_path: the starting adapter's LoRA settings: {changed}")
-            hp = replace(hp, **changed)
-        extra.update(lora_path=str(start.adapter_file.resolve()), lora_path_sha256=file_sha256(start.adapter_file))
+    _, hp, start = start_from_adapter(lora_path, hp, checkpoint_dir)
+    extra = {**asdict(p), **start}
     run = prepare_run(checkpoint_dir, data_dir, data_config, out_dir, launch, hp, objective=f"dpo.{p.loss_type}",
                       objective_args=extra)
     fabric = make_fabric(run)

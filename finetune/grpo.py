@@ -26,7 +26,7 @@ eval and the exports read it).
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lit_gpt.config import Config
 from lit_gpt.data import load_prompt_rows, prepare_prompts, split_rows
 from lit_gpt.generate import Engine, Request
-from lit_gpt.load import check_adapter_fits, load_lora_run, pick_prompt_style
+from lit_gpt.load import load_lora_run, pick_prompt_style
 from lit_gpt.lora import reference_model
 from lit_gpt.rewards import combine, resolve_rewards, score
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.training import Launch, TrainArgs, Trainer, make_fabric, prepare_run
+from lit_gpt.training import Launch, TrainArgs, Trainer, make_fabric, prepare_run, start_from_adapter
 from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, file_sha256
 
 HYPERPARAMETERS = TrainArgs(
@@ -172,24 +172,12 @@ def setup(
              "follow; use --strategy ddp")
     if not hp.padding_free:
         fail("--padding_free false: GRPO runs each prompt and its completions as one packed row; drop the flag")
-    config = Config.from_checkpoint(checkpoint_dir)
-    start = None
-    if lora_path is not None:
-        start = load_lora_run(lora_path)
-        check_adapter_fits(start, config, checkpoint_dir)
-        lora = start.lora
-        changed = {f"lora_{k}": getattr(lora, k) for k in ("r", "alpha", "query", "key", "value", "projection", "mlp",
-                                                           "head") if getattr(hp, f"lora_{k}") != getattr(lora, k)}
-        if changed:
-            print(f"--lora_path: the starting adapter's LoRA settings: {changed}")
-            hp = replace(hp, **changed)
+    start, hp, start_record = start_from_adapter(lora_path, hp, checkpoint_dir)
     style = pick_prompt_style(g.prompt_style, start, checkpoint_dir)
     data_config = {"format": "prompts", "prompt_style": style.name, "data_file": str(Path(data_file).resolve()),
                    "data_sha256": file_sha256(data_file) if Path(data_file).is_file() else None,
                    "val_file": str(Path(g.val_file).resolve()) if g.val_file else None}
-    extra = {**asdict(g), "reward_weights": rewards[2], "lora_path": None}
-    if start is not None:
-        extra.update(lora_path=str(start.adapter_file.resolve()), lora_path_sha256=file_sha256(start.adapter_file))
+    extra = {**asdict(g), "reward_weights": rewards[2], **start_record}
     run = prepare_run(checkpoint_dir, Path(data_file), data_config, out_dir, launch, hp,
                       objective=f"grpo.{g.loss_type}", objective_args=extra)
     fabric = make_fabric(run)

@@ -29,7 +29,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.data import token_budget_batches
-from lit_gpt.load import ADAPTER_FILE, RUN_FILE, load_model
+from lit_gpt.load import ADAPTER_FILE, RUN_FILE, check_adapter_fits, load_lora_run, load_model
 from lit_gpt.lora import (
     LoRAConfig,
     keep_reference,
@@ -231,6 +231,23 @@ def prepare_run(checkpoint_dir: Path, data_dir: Path, data_config: dict, out_dir
               "precision": precision, "quantize": launch.quantize}
     resume_path = find_resume(Path(out_dir), launch, record)
     return Run(Path(checkpoint_dir), Path(out_dir), hp, launch, precision, accelerator, record, resume_path)
+
+
+def start_from_adapter(lora_path: Optional[Path], hp: TrainArgs, checkpoint_dir: Path) -> tuple:
+    """(the starting adapter's run or None, hp with the adapter's LoRA settings, what the run record says of it) for
+    a --lora_path to continue training from (DPO, GRPO after SFT); fails if the adapter does not fit the model."""
+    if lora_path is None:
+        return None, hp, {"lora_path": None}
+    start = load_lora_run(lora_path)
+    check_adapter_fits(start, Config.from_checkpoint(checkpoint_dir), checkpoint_dir)
+    changed = {f"lora_{k}": getattr(start.lora, k) for k in ("r", "alpha", "query", "key", "value", "projection",
+                                                             "mlp", "head")
+               if getattr(hp, f"lora_{k}") != getattr(start.lora, k)}
+    if changed:
+        print(f"--lora_path: the starting adapter's LoRA settings: {changed}")
+        hp = dataclasses.replace(hp, **changed)
+    return start, hp, {"lora_path": str(start.adapter_file.resolve()),
+                       "lora_path_sha256": file_sha256(start.adapter_file)}
 
 
 def find_resume(out_dir: Path, launch: Launch, record: dict) -> Optional[Path]:
