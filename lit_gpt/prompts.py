@@ -179,6 +179,15 @@ class Qwen25(ChatML):
     system = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
+def _split_reasoning(answer: str) -> Tuple[str, str]:
+    """(reasoning, text) of an answer written "<think>{reasoning}</think>{text}", as the Qwen templates split it
+    (newlines around the reasoning and before the text dropped); ("", answer) when it has no "</think>"."""
+    if "</think>" not in answer:
+        return "", answer
+    return (answer.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n"),
+            answer.split("</think>")[-1].lstrip("\n"))
+
+
 class Qwen3(ChatML):
     """Qwen3 (the hybrid thinking models): ChatML without a default system turn, rendered as the template does by
     default (thinking enabled): the prompt ends with "<|im_start|>assistant\n" and the model writes
@@ -190,12 +199,19 @@ class Qwen3(ChatML):
     name = "qwen3"
     system = ""
     response_prefix = "<think>\n\n</think>\n\n"
+    prompt_end = ""  # what the template writes after "<|im_start|>assistant\n" in a prompt
+
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        pieces, end = super().conversation_pieces(turns, message, system), self.prompt_end
+        if end and message is not None:
+            pieces[-1] += end
+        elif end and pieces and pieces[-1].startswith(end):  # the final answer's opening belongs to its prompt
+            pieces[-2:] = [pieces[-2] + end, pieces[-1][len(end):]]
+        return pieces
 
     def answer(self, text: str, last: bool) -> str:
-        reasoning = ""
-        if "</think>" in text:
-            reasoning = text.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
-            text = text.split("</think>")[-1].lstrip("\n")
+        reasoning, text = _split_reasoning(text)
         if not last:
             return text
         return "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + text.lstrip("\n")
@@ -208,15 +224,39 @@ class Qwen3NoThink(Qwen3):
 
     name = "qwen3-nothink"
     response_prefix = ""
+    prompt_end = "<think>\n\n</think>\n\n"
+
+
+class Qwen35(Qwen3):
+    """Qwen3.5 (Qwen3.5-4B and larger, whose template thinks by default): Qwen3's ChatML with every message stripped
+    (the system message, the user messages, the answers), and the prompt already opening the think block:
+    "<|im_start|>assistant\n<think>\n". Earlier answers keep only their text after "</think>"; the final answer of a
+    finished conversation is "<think>\n{reasoning}\n</think>\n\n{answer}", its "<think>\n" belonging to the prompt, so
+    training on plain instruction data (response_prefix) closes an empty reasoning before the answer. No default
+    system turn, no BOS; the answer ends with <|im_end|> (the tokenizer's eos)."""
+
+    name = "qwen3.5"
+    response_prefix = "\n</think>\n\n"
+    prompt_end = "<think>\n"
 
     def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
                             system: Optional[str] = None) -> list[str]:
-        pieces, think = super().conversation_pieces(turns, message, system), "<think>\n\n</think>\n\n"
-        if message is not None:
-            pieces[-1] += think
-        elif pieces and pieces[-1].startswith(think):
-            pieces[-2:] = [pieces[-2] + think, pieces[-1][len(think):]]
-        return pieces
+        turns = [(user.strip(), answer) for user, answer in turns]
+        return super().conversation_pieces(turns, None if message is None else message.strip(), (system or "").strip())
+
+    def answer(self, text: str, last: bool) -> str:
+        reasoning, text = _split_reasoning(text.strip())
+        return f"<think>\n{reasoning.strip()}\n</think>\n\n{text}" if last else text
+
+
+class Qwen35NoThink(Qwen35):
+    """Qwen3.5 without thinking: the default of Qwen3.5-0.8B's and -2B's template, `enable_thinking=False` for the
+    others. The prompt ends with an empty think block, which a finished conversation's final answer (without
+    reasoning) has in its prompt, as Qwen3's."""
+
+    name = "qwen3.5-nothink"
+    response_prefix = ""
+    prompt_end = "<think>\n\n</think>\n\n"
 
 
 class Llama2Chat(ChatStyle):
@@ -337,6 +377,82 @@ class MistralNemo(ChatStyle):
                            "")
 
 
+# SmolLM3's "Custom Instructions" when there is no system message, in each reasoning mode
+SMOLLM3_INSTRUCTIONS = {
+    "/think": ("You are a helpful AI assistant named SmolLM, trained by Hugging Face. Your role as an assistant "
+               "involves thoroughly exploring questions through a systematic thinking process before providing the "
+               "final precise and accurate solutions. This requires engaging in a comprehensive cycle of analysis, "
+               "summarizing, exploration, reassessment, reflection, backtracking, and iteration to develop well-"
+               "considered thinking process. Please structure your response into two main sections: Thought and "
+               "Solution using the specified format: <think> Thought section </think> Solution section. In the "
+               "Thought section, detail your reasoning process in steps. Each step should include detailed "
+               "considerations such as analysing questions, summarizing relevant findings, brainstorming new ideas, "
+               "verifying the accuracy of the current steps, refining any errors, and revisiting previous steps. In "
+               "the Solution section, based on various attempts, explorations, and reflections from the Thought "
+               "section, systematically present the final solution that you deem correct. The Solution section "
+               "should be logical, accurate, and concise and detail necessary steps needed to reach the conclusion."),
+    "/no_think": "You are a helpful AI assistant named SmolLM, trained by Hugging Face.",
+}
+
+
+class SmolLM3(ChatStyle):
+    """SmolLM3-3B: ChatML after a system block the template always writes, "## Metadata" (knowledge cutoff, today's
+    date, "Reasoning Mode: /think" or "/no_think") then "## Custom Instructions": the system message, else SmolLM's
+    default for the mode. The block has no <|im_end|> (the template writes one only with tools). Thinking is the
+    default; a system message containing "/no_think" (or "/think") switches the mode, and the flags are taken out of
+    it; one containing "/system_override" replaces the whole block. Without thinking, each answer starts with an empty
+    think block "<think>\n\n</think>\n", which belongs to its prompt. The 3B's template dates the prompt with the
+    current day (transformers' `strftime_now`): this style writes 08 July 2025 (SmolLM3's release), so a prompt does
+    not change with the day. No BOS; the answer ends with <|im_end|>."""
+
+    name = "smollm3"
+    date = "08 July 2025"
+    mode = "/think"  # the template's default (enable_thinking); "/no_think": SmolLM3NoThink
+    stop_strings = ("<|im_end|>",)
+    answer_end = "<|im_end|>"
+
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        mode, instructions = self.mode, ""
+        if system:
+            mode = "/no_think" if "/no_think" in system else "/think" if "/think" in system else mode
+            instructions = system.replace("/no_think", "").replace("/think", "").rstrip()
+        if system and "/system_override" in system:
+            head = instructions.replace("/system_override", "").rstrip() + "<|im_end|>\n"
+        else:
+            head = (f"## Metadata\n\nKnowledge Cutoff Date: June 2025\nToday Date: {self.date}\nReasoning Mode: {mode}"
+                    f"\n\n## Custom Instructions\n\n{instructions or SMOLLM3_INSTRUCTIONS[mode]}\n\n")
+        think = "" if mode == "/think" else "<think>\n\n</think>\n"
+        return _join_turns("<|im_start|>system\n" + head,
+                           [f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{think}"
+                            for user in _users(turns, message)],
+                           [answer.lstrip("\n") + "<|im_end|>" for _, answer in turns], "\n")
+
+
+class SmolLM3NoThink(SmolLM3):
+    """SmolLM3-3B with the template's `enable_thinking=False` ("Reasoning Mode: /no_think", the empty think block before
+    each answer); a system message containing "/think" still switches thinking on."""
+
+    name = "smollm3-nothink"
+    mode = "/no_think"
+
+
+class OLMo2(ChatStyle):
+    """OLMo-2-*-Instruct (Tülu 3's format): "<|user|>\n{text}\n<|assistant|>\n", a "<|system|>\n{text}\n" turn when a
+    system message is given (none of its own). The template starts with its bos_token, <|endoftext|>, which the OLMo 2
+    tokenizer does not add itself: this style writes it. The answer ends with <|endoftext|> (the tokenizer's eos),
+    followed by "\n" when another turn follows."""
+
+    name = "olmo2"
+    stop_strings = ("<|endoftext|>",)
+
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        return _join_turns("<|endoftext|>" + (f"<|system|>\n{system}\n" if system else ""),
+                           [f"<|user|>\n{user}\n<|assistant|>\n" for user in _users(turns, message)],
+                           [f"{answer}<|endoftext|>" for _, answer in turns], "\n")
+
+
 class FalconInstruct(PromptStyle):
     """falcon-7b-instruct: TII publishes no prompt format; this style uses "User: ...\\nFalcon:" turns. The model
     seldom emits eos, so a new "\\nUser:" line also ends an answer."""
@@ -350,10 +466,12 @@ class FalconInstruct(PromptStyle):
 
 
 prompt_styles = {cls.name: cls for cls in (Alpaca, QA, ChatML, Llama2Chat, TinyLlamaChat, FalconInstruct, Llama31,
-                                            Qwen25, Qwen3, Qwen3NoThink, Gemma3, Phi3, Phi4Mini, MistralNemo)}
+                                            Qwen25, Qwen3, Qwen3NoThink, Qwen35, Qwen35NoThink, Gemma3, Phi3, Phi4Mini,
+                                            MistralNemo, SmolLM3, SmolLM3NoThink, OLMo2)}
 # for script flags (jsonargparse shows the choices in --help)
 PromptStyleName = Literal["alpaca", "qa", "chatml", "llama2-chat", "tinyllama-chat", "falcon-instruct", "llama3.1",
-                          "qwen2.5", "qwen3", "qwen3-nothink", "gemma3", "phi3", "phi4-mini", "mistral-nemo"]
+                          "qwen2.5", "qwen3", "qwen3-nothink", "qwen3.5", "qwen3.5-nothink", "gemma3", "phi3",
+                          "phi4-mini", "mistral-nemo", "smollm3", "smollm3-nothink", "olmo2"]
 assert list(get_args(PromptStyleName)) == list(prompt_styles)
 
 # chat presets (lit_gpt/config.py names) -> the template they were trained with; every other model gets "alpaca"
@@ -365,10 +483,14 @@ _chat_models = [
     (r"Llama-3\.[123]-[0-9.]+B-Instruct", "llama3.1"),
     (r"Qwen2\.5-[0-9.]+B-Instruct", "qwen2.5"),
     (r"Qwen3-[0-9.]+B", "qwen3"),  # hybrid thinking models; the base ones are "Qwen3-*B-Base"
+    (r"Qwen3\.5-(0\.8|2)B", "qwen3.5-nothink"),  # their template thinks only when asked to
+    (r"Qwen3\.5-[0-9.]+B(-A[0-9.]+B)?", "qwen3.5"),  # the base ones are "Qwen3.5-*B-Base"
     (r"gemma-3-[0-9]+[mb]-it", "gemma3"),
     (r"Phi-3-mini-4k-instruct", "phi3"),
     (r"Phi-4-mini-instruct", "phi4-mini"),
     (r"Mistral-Nemo-Instruct-2407", "mistral-nemo"),
+    (r"SmolLM3-3B", "smollm3"),
+    (r"OLMo-2-[0-9]{4}-[0-9]+B-Instruct", "olmo2"),
 ]
 
 

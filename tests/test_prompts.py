@@ -1,9 +1,12 @@
 import json
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from jinja2 import nodes
+from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lit_gpt.config import Config, name_to_config
@@ -57,13 +60,24 @@ ALPACA_PROMPT_NO_INPUT = (
 )
 
 
+class GenerationBlocks(Extension):
+    """The {% generation %} ... {% endgeneration %} blocks transformers' templates may mark the assistant's text with:
+    rendered as their content."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        return nodes.Scope(parser.parse_statements(("name:endgeneration",), drop_needle=True), lineno=lineno)
+
+
 def render(template: str, messages: list, add_generation_prompt: bool = True, **special: Any) -> str:
     """Renders a chat template the way transformers' apply_chat_template does (sandboxed jinja2, trimmed blocks,
-    `raise_exception` and `strftime_now` as globals)."""
+    `raise_exception` and `strftime_now` as globals, {% generation %} blocks)."""
     def raise_exception(message: str) -> None:
         raise ValueError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlocks])
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
@@ -142,26 +156,41 @@ def test_from_name_unknown_lists_names() -> None:
         assert PromptStyle.from_name(name).name == name
 
 
+# chat presets (named as the Hugging Face repos, without the organization) -> their style; the 2026 ones need not be
+# presets yet: a name that is not one is checked by name alone
+CHAT_PRESETS = {
+    "Llama-2-7b-chat-hf": "llama2-chat", "Llama-2-70b-chat-hf": "llama2-chat",
+    "TinyLlama-1.1B-Chat-v1.0": "tinyllama-chat", "SmolLM2-135M-Instruct": "chatml", "SmolLM2-1.7B-Instruct": "chatml",
+    "falcon-7b-instruct": "falcon-instruct", "Llama-3.2-1B-Instruct": "llama3.1", "Llama-3.2-3B-Instruct": "llama3.1",
+    "Llama-3.1-8B-Instruct": "llama3.1", "Llama-3.3-70B-Instruct": "llama3.1",
+    **{f"Qwen2.5-{size}-Instruct": "qwen2.5" for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")},
+    **{f"Qwen3-{size}": "qwen3" for size in ("0.6B", "1.7B", "4B", "8B", "14B", "32B")},  # hybrid instruct
+    **{f"gemma-3-{size}-it": "gemma3" for size in ("270m", "1b", "4b", "12b", "27b")},
+    "Phi-3-mini-4k-instruct": "phi3", "Phi-4-mini-instruct": "phi4-mini", "Mistral-Nemo-Instruct-2407": "mistral-nemo",
+    **{f"Qwen3.5-{size}": "qwen3.5-nothink" for size in ("0.8B", "2B")},  # instruct; their template thinks when asked
+    **{f"Qwen3.5-{size}": "qwen3.5" for size in ("4B", "9B", "27B", "35B-A3B", "122B-A10B", "397B-A17B")},
+    "SmolLM3-3B": "smollm3",
+    **{f"OLMo-2-{size}-Instruct": "olmo2" for size in ("0425-1B", "1124-7B", "1124-13B", "0325-32B")},
+}
+BASE_PRESETS = ("gemma-3-270m", "gemma-3-1b-pt", "Qwen2.5-7B", "Llama-3.2-1B", "Mistral-Nemo-Base-2407",
+                "Qwen3.5-0.8B-Base", "Qwen3.5-9B-Base", "Qwen3.5-35B-A3B-Base", "SmolLM3-3B-Base", "OLMo-2-1124-7B",
+                "OLMo-2-0425-1B")
+
+
+def preset_or_name(name: str) -> Any:
+    return Config.from_name(name) if name in name_to_config else SimpleNamespace(name=name)
+
+
 def test_default_prompt_style_for_every_preset() -> None:
-    expected = {"Llama-2-7b-chat-hf": "llama2-chat", "Llama-2-70b-chat-hf": "llama2-chat",
-                "TinyLlama-1.1B-Chat-v1.0": "tinyllama-chat", "SmolLM2-135M-Instruct": "chatml",
-                "SmolLM2-1.7B-Instruct": "chatml", "falcon-7b-instruct": "falcon-instruct",
-                "Llama-3.2-1B-Instruct": "llama3.1", "Llama-3.2-3B-Instruct": "llama3.1",
-                "Llama-3.1-8B-Instruct": "llama3.1", "Llama-3.3-70B-Instruct": "llama3.1",
-                **{f"Qwen2.5-{size}-Instruct": "qwen2.5" for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")},
-                **{f"Qwen3-{size}": "qwen3" for size in ("0.6B", "1.7B", "4B", "8B", "14B", "32B")},  # hybrid instruct
-                **{f"gemma-3-{size}-it": "gemma3" for size in ("270m", "1b", "4b", "12b", "27b")},
-                "Phi-3-mini-4k-instruct": "phi3", "Phi-4-mini-instruct": "phi4-mini",
-                "Mistral-Nemo-Instruct-2407": "mistral-nemo"}
-    for name, style in expected.items():
-        assert default_prompt_style(Config.from_name(name)).name == style, name
+    for name, style in CHAT_PRESETS.items():
+        assert default_prompt_style(preset_or_name(name)).name == style, name
+    for name in BASE_PRESETS:
+        assert default_prompt_style(preset_or_name(name)).name == "alpaca", name
     # the other presets: chat models by name get some chat style, base models (gemma-3-270m, Qwen2.5-7B,
     # Mistral-Nemo-Base-2407, ...) get alpaca
-    for name in set(name_to_config) - set(expected):
+    for name in set(name_to_config) - set(CHAT_PRESETS):
         chat = any(word in name for word in ("chat", "Chat", "Instruct", "instruct", "-it"))
         assert (default_prompt_style(Config.from_name(name)).name != "alpaca") == chat, name
-    for name in ("gemma-3-270m", "gemma-3-1b-pt", "Qwen2.5-7B", "Llama-3.2-1B", "Mistral-Nemo-Base-2407"):
-        assert default_prompt_style(Config.from_name(name)).name == "alpaca", name
 
 
 def test_save_load_resolve(tmp_path: Path) -> None:
@@ -801,6 +830,486 @@ MISTRAL_NEMO_CHAT_TEMPLATE = (
     "{%- endfor %}\n"
 )
 
+# The chat templates of the 2026 instruct models, verbatim, where a copy could be found (Gemma 4's, Olmo 3's and
+# Ministral 3's were not: their published templates changed or differ between the copies read).
+
+# Qwen/Qwen3.5-27B [a module that holds the template "extracted from Qwen/Qwen3.5-27B tokenizer_config.json";
+# mlx-community/Qwen3.5-35B-A3B-4bit's chat_template.jinja, in a Swift test fixture, agrees]: thinking unless
+# enable_thinking is false. Qwen3.5-4B, -9B and the MoE sizes are taken to share it.
+QWEN35_CHAT_TEMPLATE = (
+    "{%- set image_count = namespace(value=0) %}\n"
+    "{%- set video_count = namespace(value=0) %}\n"
+    "{%- macro render_content(content, do_vision_count, is_system_content=false) %}\n"
+    "    {%- if content is string %}\n"
+    "        {{- content }}\n"
+    "    {%- elif content is iterable and content is not mapping %}\n"
+    "        {%- for item in content %}\n"
+    "            {%- if 'image' in item or 'image_url' in item or item.type == 'image' %}\n"
+    "                {%- if is_system_content %}\n"
+    "                    {{- raise_exception('System message cannot contain images.') }}\n"
+    "                {%- endif %}\n"
+    "                {%- if do_vision_count %}\n"
+    "                    {%- set image_count.value = image_count.value + 1 %}\n"
+    "                {%- endif %}\n"
+    "                {%- if add_vision_id %}\n"
+    "                    {{- 'Picture ' ~ image_count.value ~ ': ' }}\n"
+    "                {%- endif %}\n"
+    "                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}\n"
+    "            {%- elif 'video' in item or item.type == 'video' %}\n"
+    "                {%- if is_system_content %}\n"
+    "                    {{- raise_exception('System message cannot contain videos.') }}\n"
+    "                {%- endif %}\n"
+    "                {%- if do_vision_count %}\n"
+    "                    {%- set video_count.value = video_count.value + 1 %}\n"
+    "                {%- endif %}\n"
+    "                {%- if add_vision_id %}\n"
+    "                    {{- 'Video ' ~ video_count.value ~ ': ' }}\n"
+    "                {%- endif %}\n"
+    "                {{- '<|vision_start|><|video_pad|><|vision_end|>' }}\n"
+    "            {%- elif 'text' in item %}\n"
+    "                {{- item.text }}\n"
+    "            {%- else %}\n"
+    "                {{- raise_exception('Unexpected item type in content.') }}\n"
+    "            {%- endif %}\n"
+    "        {%- endfor %}\n"
+    "    {%- elif content is none or content is undefined %}\n"
+    "        {{- '' }}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception('Unexpected content type.') }}\n"
+    "    {%- endif %}\n"
+    "{%- endmacro %}\n"
+    "{%- if not messages %}\n"
+    "    {{- raise_exception('No messages provided.') }}\n"
+    "{%- endif %}\n"
+    "{%- if tools and tools is iterable and tools is not mapping %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    '    {{- "# Tools\\n\\nYou have access to the following functions:\\n\\n<tools>" }}\n'
+    "    {%- for tool in tools %}\n"
+    '        {{- "\\n" }}\n'
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    '    {{- "\\n</tools>" }}\n'
+    "    {{- '\\n\\nIf you choose to call a function ONLY reply in the following format with NO "
+    "suffix:\\n\\n<tool_call>\\n<function=example_function_name>\\n<parameter=example_parameter_1>\\nvalue_1\\n</parame"
+    "ter>\\n<parameter=example_parameter_2>\\nThis is the value for the second parameter\\nthat can span\\nmultiple "
+    "lines\\n</parameter>\\n</function>\\n</tool_call>\\n\\n<IMPORTANT>\\nReminder:\\n- Function calls MUST follow the "
+    "specified format: an inner <function=...></function> block must be nested within <tool_call></tool_call> XML "
+    "tags\\n- Required parameters MUST be specified\\n- You may provide optional reasoning for your function call in "
+    "natural language BEFORE the function call, but NOT after\\n- If there is no function call available, answer the "
+    "question like normal with your current knowledge and do not tell the user about function calls\\n</IMPORTANT>' "
+    "}}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {%- set content = render_content(messages[0].content, false, true)|trim %}\n"
+    "        {%- if content %}\n"
+    "            {{- '\\n\\n' + content }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "    {{- '<|im_end|>\\n' }}\n"
+    "{%- else %}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {%- set content = render_content(messages[0].content, false, true)|trim %}\n"
+    "        {{- '<|im_start|>system\\n' + content + '<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}\n"
+    "{%- for message in messages[::-1] %}\n"
+    "    {%- set index = (messages|length - 1) - loop.index0 %}\n"
+    '    {%- if ns.multi_step_tool and message.role == "user" %}\n'
+    "        {%- set content = render_content(message.content, false)|trim %}\n"
+    "        {%- if not(content.startswith('<tool_response>') and content.endswith('</tool_response>')) %}\n"
+    "            {%- set ns.multi_step_tool = false %}\n"
+    "            {%- set ns.last_query_index = index %}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if ns.multi_step_tool %}\n"
+    "    {{- raise_exception('No user query found in messages.') }}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- set content = render_content(message.content, true)|trim %}\n"
+    '    {%- if message.role == "system" %}\n'
+    "        {%- if not loop.first %}\n"
+    "            {{- raise_exception('System message must be at the beginning.') }}\n"
+    "        {%- endif %}\n"
+    '    {%- elif message.role == "user" %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    "        {%- set reasoning_content = '' %}\n"
+    "        {%- if message.reasoning_content is string %}\n"
+    "            {%- set reasoning_content = message.reasoning_content %}\n"
+    "        {%- else %}\n"
+    "            {%- if '</think>' in content %}\n"
+    "                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip"
+    "('\\n') %}\n"
+    "                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}\n"
+    "            {%- endif %}\n"
+    "        {%- endif %}\n"
+    "        {%- set reasoning_content = reasoning_content|trim %}\n"
+    "        {%- if loop.index0 > ns.last_query_index %}\n"
+    "            {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content + '\\n</think>\\n\\n' + "
+    "content }}\n"
+    "        {%- else %}\n"
+    "            {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    "        {%- endif %}\n"
+    "        {%- if message.tool_calls and message.tool_calls is iterable and message.tool_calls is not mapping %}\n"
+    "            {%- for tool_call in message.tool_calls %}\n"
+    "                {%- if tool_call.function is defined %}\n"
+    "                    {%- set tool_call = tool_call.function %}\n"
+    "                {%- endif %}\n"
+    "                {%- if loop.first %}\n"
+    "                    {%- if content|trim %}\n"
+    "                        {{- '\\n\\n<tool_call>\\n<function=' + tool_call.name + '>\\n' }}\n"
+    "                    {%- else %}\n"
+    "                        {{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}\n"
+    "                    {%- endif %}\n"
+    "                {%- else %}\n"
+    "                    {{- '\\n<tool_call>\\n<function=' + tool_call.name + '>\\n' }}\n"
+    "                {%- endif %}\n"
+    "                {%- if tool_call.arguments is defined %}\n"
+    "                    {%- for args_name, args_value in tool_call.arguments|items %}\n"
+    "                        {{- '<parameter=' + args_name + '>\\n' }}\n"
+    "                        {%- set args_value = args_value | tojson | safe if args_value is mapping or (args_value "
+    "is sequence and args_value is not string) else args_value | string %}\n"
+    "                        {{- args_value }}\n"
+    "                        {{- '\\n</parameter>\\n' }}\n"
+    "                    {%- endfor %}\n"
+    "                {%- endif %}\n"
+    "                {{- '</function>\\n</tool_call>' }}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if loop.previtem and loop.previtem.role != "tool" %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if not loop.last and loop.nextitem.role != "tool" %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- elif loop.last %}\n"
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception('Unexpected message role.') }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    "    {%- else %}\n"
+    "        {{- '<think>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}"
+)
+
+# Qwen/Qwen3.5-0.8B [unsloth/Qwen3.5-0.8B-GGUF's tokenizer.chat_template, quoted in full in an API document; 7,816
+# characters, as another report of that GGUF counts]: the 27B's with thinking only when enable_thinking is true, and
+# tool-call arguments iterated by key, unsloth's edit (a report comparing it with the Hub's chat_template.jinja names
+# that one difference; another, diffing the Hub's 0.8B and 9B files, finds only the enable_thinking condition).
+# Qwen3.5-2B is taken to share it.
+QWEN35_SMALL_CHAT_TEMPLATE = (
+    "{%- set image_count = namespace(value=0) %}\n"
+    "{%- set video_count = namespace(value=0) %}\n"
+    "{%- macro render_content(content, do_vision_count, is_system_content=false) %}\n"
+    "    {%- if content is string %}\n"
+    "        {{- content }}\n"
+    "    {%- elif content is iterable and content is not mapping %}\n"
+    "        {%- for item in content %}\n"
+    "            {%- if 'image' in item or 'image_url' in item or item.type == 'image' %}\n"
+    "                {%- if is_system_content %}\n"
+    "                    {{- raise_exception('System message cannot contain images.') }}\n"
+    "                {%- endif %}\n"
+    "                {%- if do_vision_count %}\n"
+    "                    {%- set image_count.value = image_count.value + 1 %}\n"
+    "                {%- endif %}\n"
+    "                {%- if add_vision_id %}\n"
+    "                    {{- 'Picture ' ~ image_count.value ~ ': ' }}\n"
+    "                {%- endif %}\n"
+    "                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}\n"
+    "            {%- elif 'video' in item or item.type == 'video' %}\n"
+    "                {%- if is_system_content %}\n"
+    "                    {{- raise_exception('System message cannot contain videos.') }}\n"
+    "                {%- endif %}\n"
+    "                {%- if do_vision_count %}\n"
+    "                    {%- set video_count.value = video_count.value + 1 %}\n"
+    "                {%- endif %}\n"
+    "                {%- if add_vision_id %}\n"
+    "                    {{- 'Video ' ~ video_count.value ~ ': ' }}\n"
+    "                {%- endif %}\n"
+    "                {{- '<|vision_start|><|video_pad|><|vision_end|>' }}\n"
+    "            {%- elif 'text' in item %}\n"
+    "                {{- item.text }}\n"
+    "            {%- else %}\n"
+    "                {{- raise_exception('Unexpected item type in content.') }}\n"
+    "            {%- endif %}\n"
+    "        {%- endfor %}\n"
+    "    {%- elif content is none or content is undefined %}\n"
+    "        {{- '' }}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception('Unexpected content type.') }}\n"
+    "    {%- endif %}\n"
+    "{%- endmacro %}\n"
+    "{%- if not messages %}\n"
+    "    {{- raise_exception('No messages provided.') }}\n"
+    "{%- endif %}\n"
+    "{%- if tools and tools is iterable and tools is not mapping %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    '    {{- "# Tools\\n\\nYou have access to the following functions:\\n\\n<tools>" }}\n'
+    "    {%- for tool in tools %}\n"
+    '        {{- "\\n" }}\n'
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    '    {{- "\\n</tools>" }}\n'
+    "    {{- '\\n\\nIf you choose to call a function ONLY reply in the following format with NO "
+    "suffix:\\n\\n<tool_call>\\n<function=example_function_name>\\n<parameter=example_parameter_1>\\nvalue_1\\n</parame"
+    "ter>\\n<parameter=example_parameter_2>\\nThis is the value for the second parameter\\nthat can span\\nmultiple "
+    "lines\\n</parameter>\\n</function>\\n</tool_call>\\n\\n<IMPORTANT>\\nReminder:\\n- Function calls MUST follow the "
+    "specified format: an inner <function=...></function> block must be nested within <tool_call></tool_call> XML "
+    "tags\\n- Required parameters MUST be specified\\n- You may provide optional reasoning for your function call in "
+    "natural language BEFORE the function call, but NOT after\\n- If there is no function call available, answer the "
+    "question like normal with your current knowledge and do not tell the user about function calls\\n</IMPORTANT>' "
+    "}}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {%- set content = render_content(messages[0].content, false, true)|trim %}\n"
+    "        {%- if content %}\n"
+    "            {{- '\\n\\n' + content }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "    {{- '<|im_end|>\\n' }}\n"
+    "{%- else %}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {%- set content = render_content(messages[0].content, false, true)|trim %}\n"
+    "        {{- '<|im_start|>system\\n' + content + '<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}\n"
+    "{%- for message in messages[::-1] %}\n"
+    "    {%- set index = (messages|length - 1) - loop.index0 %}\n"
+    '    {%- if ns.multi_step_tool and message.role == "user" %}\n'
+    "        {%- set content = render_content(message.content, false)|trim %}\n"
+    "        {%- if not(content.startswith('<tool_response>') and content.endswith('</tool_response>')) %}\n"
+    "            {%- set ns.multi_step_tool = false %}\n"
+    "            {%- set ns.last_query_index = index %}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if ns.multi_step_tool %}\n"
+    "    {{- raise_exception('No user query found in messages.') }}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- set content = render_content(message.content, true)|trim %}\n"
+    '    {%- if message.role == "system" %}\n'
+    "        {%- if not loop.first %}\n"
+    "            {{- raise_exception('System message must be at the beginning.') }}\n"
+    "        {%- endif %}\n"
+    '    {%- elif message.role == "user" %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    "        {%- set reasoning_content = '' %}\n"
+    "        {%- if message.reasoning_content is string %}\n"
+    "            {%- set reasoning_content = message.reasoning_content %}\n"
+    "        {%- else %}\n"
+    "            {%- if '</think>' in content %}\n"
+    "                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip"
+    "('\\n') %}\n"
+    "                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}\n"
+    "            {%- endif %}\n"
+    "        {%- endif %}\n"
+    "        {%- set reasoning_content = reasoning_content|trim %}\n"
+    "        {%- if loop.index0 > ns.last_query_index %}\n"
+    "            {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content + '\\n</think>\\n\\n' + "
+    "content }}\n"
+    "        {%- else %}\n"
+    "            {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    "        {%- endif %}\n"
+    "        {%- if message.tool_calls and message.tool_calls is iterable and message.tool_calls is not mapping %}\n"
+    "            {%- for tool_call in message.tool_calls %}\n"
+    "                {%- if tool_call.function is defined %}\n"
+    "                    {%- set tool_call = tool_call.function %}\n"
+    "                {%- endif %}\n"
+    "                {%- if loop.first %}\n"
+    "                    {%- if content|trim %}\n"
+    "                        {{- '\\n\\n<tool_call>\\n<function=' + tool_call.name + '>\\n' }}\n"
+    "                    {%- else %}\n"
+    "                        {{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}\n"
+    "                    {%- endif %}\n"
+    "                {%- else %}\n"
+    "                    {{- '\\n<tool_call>\\n<function=' + tool_call.name + '>\\n' }}\n"
+    "                {%- endif %}\n"
+    "                {%- if tool_call.arguments is mapping %}\n"
+    "                    {%- for args_name in tool_call.arguments %}\n"
+    "                        {%- set args_value = tool_call.arguments[args_name] %}\n"
+    "                        {{- '<parameter=' + args_name + '>\\n' }}\n"
+    "                        {%- set args_value = args_value | tojson | safe if args_value is mapping or (args_value "
+    "is sequence and args_value is not string) else args_value | string %}\n"
+    "                        {{- args_value }}\n"
+    "                        {{- '\\n</parameter>\\n' }}\n"
+    "                    {%- endfor %}\n"
+    "                {%- endif %}\n"
+    "                {{- '</function>\\n</tool_call>' }}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if loop.previtem and loop.previtem.role != "tool" %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if not loop.last and loop.nextitem.role != "tool" %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- elif loop.last %}\n"
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception('Unexpected message role.') }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "    {%- if enable_thinking is defined and enable_thinking is true %}\n"
+    "        {{- '<think>\\n' }}\n"
+    "    {%- else %}\n"
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}"
+)
+
+# HuggingFaceTB/SmolLM3-3B chat_template.jinja [the smollm3 entry of a Swift collection of templates; the Hub page's
+# text, read through a mirror, agrees as far as the mirror showed it]: thinking unless enable_thinking is false or the
+# system message says /no_think; today's date (strftime_now) in the system block
+SMOLLM3_CHAT_TEMPLATE = (
+    "{# ───── defaults ───── #}\n"
+    "{%- if enable_thinking is not defined -%}\n"
+    "{%- set enable_thinking = true -%}\n"
+    "{%- endif -%}\n"
+    "\n"
+    "{# ───── reasoning mode ───── #}\n"
+    "{%- if enable_thinking -%}\n"
+    '{%- set reasoning_mode = "/think" -%}\n'
+    "{%- else -%}\n"
+    '{%- set reasoning_mode = "/no_think" -%}\n'
+    "{%- endif -%}\n"
+    "\n"
+    "{# ───── header (system message) ───── #}\n"
+    '{{- "<|im_start|>system\\n" -}}\n'
+    "\n"
+    '{%- if messages[0].role == "system" -%}\n'
+    "{%- set system_message = messages[0].content -%}\n"
+    '{%- if "/no_think" in system_message -%}\n'
+    '{%- set reasoning_mode = "/no_think" -%}\n'
+    '{%- elif "/think" in system_message -%}\n'
+    '{%- set reasoning_mode = "/think" -%}\n'
+    "{%- endif -%}\n"
+    '{%- set custom_instructions = system_message.replace("/no_think", "").replace("/think", "").rstrip() -%}\n'
+    "{%- endif -%}\n"
+    "\n"
+    '{%- if "/system_override" in system_message -%}\n'
+    '{{- custom_instructions.replace("/system_override", "").rstrip() -}}\n'
+    '{{- "<|im_end|>\\n" -}}\n'
+    "{%- else -%}\n"
+    '{{- "## Metadata\\n\\n" -}}\n'
+    '{{- "Knowledge Cutoff Date: June 2025\\n" -}}\n'
+    '{%- set today = strftime_now("%d %B %Y") -%}\n'
+    '{{- "Today Date: " ~ today ~ "\\n" -}}\n'
+    '{{- "Reasoning Mode: " + reasoning_mode + "\\n\\n" -}}\n'
+    "\n"
+    '{{- "## Custom Instructions\\n\\n" -}}\n'
+    "{%- if custom_instructions -%}\n"
+    '{{- custom_instructions + "\\n\\n" -}}\n'
+    '{%- elif reasoning_mode == "/think" -%}\n'
+    '{{- "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Your role as an assistant involves '
+    "thoroughly exploring questions through a systematic thinking process before providing the final precise and "
+    "accurate solutions. This requires engaging in a comprehensive cycle of analysis, summarizing, exploration, "
+    "reassessment, reflection, backtracking, and iteration to develop well-considered thinking process. Please "
+    "structure your response into two main sections: Thought and Solution using the specified format: <think> Thought "
+    "section </think> Solution section. In the Thought section, detail your reasoning process in steps. Each step "
+    "should include detailed considerations such as analysing questions, summarizing relevant findings, brainstorming "
+    "new ideas, verifying the accuracy of the current steps, refining any errors, and revisiting previous steps. In "
+    "the Solution section, based on various attempts, explorations, and reflections from the Thought section, "
+    "systematically present the final solution that you deem correct. The Solution section should be logical, "
+    'accurate, and concise and detail necessary steps needed to reach the conclusion.\\n\\n" -}}\n'
+    "{%- else -%}\n"
+    '{{- "You are a helpful AI assistant named SmolLM, trained by Hugging Face.\\n\\n" -}}\n'
+    "{%- endif -%}\n"
+    "\n"
+    "{%- if xml_tools or python_tools -%}\n"
+    '{{- "### Tools\\n\\n" -}}\n'
+    "{%- if xml_tools -%}\n"
+    '  {%- set ns = namespace(xml_tool_string="You may call one or more functions to assist with the user query.\\nYou '
+    'are provided with function signatures within <tools></tools> XML tags:\\n\\n<tools>\\n") -%}\n'
+    "  {%- for tool in xml_tools[:] -%} {# The slicing makes sure that xml_tools is a list #}\n"
+    '    {%- set ns.xml_tool_string = ns.xml_tool_string ~ (tool | string) ~ "\\n" -%}\n'
+    "  {%- endfor -%}\n"
+    '  {%- set xml_tool_string = ns.xml_tool_string + "</tools>\\n\\nFor each function call, return a json object with '
+    'function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": '
+    '<function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call>" -%}\n'
+    "  {{- xml_tool_string -}}\n"
+    "{%- endif -%}\n"
+    "{%- if python_tools -%}\n"
+    "  {%- set ns = namespace(python_tool_string=\"When you send a message containing Python code between '<code>' and "
+    "'</code>' tags, it will be executed in a stateful Jupyter notebook environment, and you will then be given the "
+    "output to continued reasoning in an agentic loop.\\n\\nYou can use the following tools in your python code like "
+    'regular functions:\\n<tools>\\n") -%}\n'
+    "  {%- for tool in python_tools[:] -%} {# The slicing makes sure that python_tools is a list #}\n"
+    '    {%- set ns.python_tool_string = ns.python_tool_string ~ (tool | string) ~ "\\n" -%}\n'
+    "  {%- endfor -%}\n"
+    '  {%- set python_tool_string = ns.python_tool_string + "</tools>\\n\\nThe state persists between code executions: '
+    'so variables that you define in one step are still available thereafter." -%}\n'
+    "  {{- python_tool_string -}}\n"
+    "{%- endif -%}\n"
+    '{{- "\\n\\n" -}}\n'
+    '{{- "<|im_end|>\\n" -}}\n'
+    "{%- endif -%}\n"
+    "{%- endif -%}\n"
+    "{# ───── main loop ───── #}\n"
+    "{%- for message in messages -%}\n"
+    '{%- set content = message.content if message.content is string else "" -%}\n'
+    '{%- if message.role == "user" -%}\n'
+    '    {{ "<|im_start|>" + message.role + "\\n"  + content + "<|im_end|>\\n" }}\n'
+    '{%- elif message.role == "assistant" -%}\n'
+    "    {% generation %}\n"
+    '    {%- if reasoning_mode == "/think" -%}\n'
+    '        {{ "<|im_start|>assistant\\n" + content.lstrip("\\n") + "<|im_end|>\\n" }}\n'
+    "    {%- else -%}\n"
+    '        {{ "<|im_start|>assistant\\n" + "<think>\\n\\n</think>\\n" + content.lstrip("\\n") + "<|im_end|>\\n" }}\n'
+    "    {%- endif -%}\n"
+    "    {% endgeneration %}\n"
+    '{%- elif message.role == "tool" -%}\n'
+    '{{ "<|im_start|>" + "user\\n"  + content + "<|im_end|>\\n" }}\n'
+    "{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{# ───── generation prompt ───── #}\n"
+    "{%- if add_generation_prompt -%}\n"
+    '{%- if reasoning_mode == "/think" -%}\n'
+    '    {{ "<|im_start|>assistant\\n" }}\n'
+    "{%- else -%}\n"
+    '    {{ "<|im_start|>assistant\\n" + "<think>\\n\\n</think>\\n"  }}\n'
+    "{%- endif -%}\n"
+    "{%- endif -%}"
+)
+
+# allenai/OLMo-2-1124-7B-Instruct: Tülu 3's template with a leading bos_token [third-party copies, which agree, one
+# naming allenai/OLMo-2-1124-7B-SFT's tokenizer_config.json; the Instruct models are taken to share it]
+OLMO2_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' + "
+    "message['content'] + '\\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' "
+    "}}{% elif message['role'] == 'assistant' %}{% if not loop.last %}{{ '<|assistant|>\\n'  + message['content'] + "
+    "eos_token + '\\n' }}{% else %}{{ '<|assistant|>\\n'  + message['content'] + eos_token }}{% endif %}{% endif %}{% "
+    "if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}"
+)
+
+
+def on_day(day: datetime) -> Any:
+    """A `strftime_now` for templates that date the prompt, fixed to `day`."""
+    return lambda format: day.strftime(format)
+
+
+SMOLLM3_DAY = on_day(datetime(2025, 7, 8))  # the date the smollm3 styles write
+
 # a conversation whose texts have newlines and leading/trailing spaces (some templates strip them, others do not)
 TURNS = [("  What is 7 times 8?\nShow your work. ", "\n7 times 8 is 56.\n"), (" And 9 times 9?", " It is 81. \n")]
 MESSAGE = "Thanks!\nNow add them.  "
@@ -817,6 +1326,15 @@ CHAT_FAMILIES = [
     ("phi3", PHI3_CHAT_TEMPLATE, dict(eos_token="<|endoftext|>"), "", "<|end|>"),
     ("phi4-mini", PHI4_MINI_CHAT_TEMPLATE, dict(eos_token="<|endoftext|>"), "", "<|end|>"),
     ("mistral-nemo", MISTRAL_NEMO_CHAT_TEMPLATE, dict(bos_token="<s>", eos_token="</s>"), "<s>", "</s>"),
+    ("qwen3.5", QWEN35_CHAT_TEMPLATE, {}, "", "<|im_end|>"),
+    ("qwen3.5-nothink", QWEN35_CHAT_TEMPLATE, dict(enable_thinking=False), "", "<|im_end|>"),
+    ("qwen3.5-nothink", QWEN35_SMALL_CHAT_TEMPLATE, {}, "", "<|im_end|>"),
+    ("qwen3.5", QWEN35_SMALL_CHAT_TEMPLATE, dict(enable_thinking=True), "", "<|im_end|>"),
+    ("smollm3", SMOLLM3_CHAT_TEMPLATE, dict(strftime_now=SMOLLM3_DAY), "", "<|im_end|>"),
+    ("smollm3-nothink", SMOLLM3_CHAT_TEMPLATE, dict(enable_thinking=False, strftime_now=SMOLLM3_DAY), "",
+     "<|im_end|>"),
+    # the OLMo 2 tokenizer adds no BOS: the style writes the template's
+    ("olmo2", OLMO2_CHAT_TEMPLATE, dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>"), "", "<|endoftext|>"),
 ]
 
 
@@ -847,13 +1365,55 @@ def test_llama32_template_dates_with_today() -> None:
 
 
 def test_qwen3_drops_earlier_reasoning() -> None:
-    """Earlier answers keep only their text after </think>, newlines in front stripped, as the template does; an
-    answer without reasoning stays as it is."""
+    """Earlier answers keep only their text after </think>, newlines in front stripped, as the templates do; an
+    answer without reasoning stays as it is (Qwen3.5 strips it)."""
     turns = [("What is 7 times 8?", "<think>\n7 * 8 = 56\n</think>\n\n56."), ("And 9 times 9?", "\n\n81.\n")]
-    for name, variables in (("qwen3", {}), ("qwen3-nothink", dict(enable_thinking=False))):
+    for name, template, variables in [("qwen3", QWEN3_CHAT_TEMPLATE, {}),
+                                      ("qwen3-nothink", QWEN3_CHAT_TEMPLATE, dict(enable_thinking=False)),
+                                      ("qwen3.5", QWEN35_CHAT_TEMPLATE, {}),
+                                      ("qwen3.5-nothink", QWEN35_SMALL_CHAT_TEMPLATE, {})]:
         prompt = PromptStyle.from_name(name).apply_conversation(turns, "Add them.")
-        assert prompt == render(QWEN3_CHAT_TEMPLATE, chat_messages(turns, "Add them."), **variables)
+        assert prompt == render(template, chat_messages(turns, "Add them."), **variables)
         assert "7 * 8" not in prompt and "<|im_start|>assistant\n56.<|im_end|>" in prompt
+
+
+def test_qwen35_prompts_open_the_think_block() -> None:
+    """Qwen3.5's prompt ends inside an open think block where Qwen3's stops before it (the model opens it); without
+    thinking both end with an empty one. The small models' template has the opposite default, so their presets get
+    qwen3.5-nothink; a finished conversation's final reasoning goes in its answer."""
+    empty = "assistant\n<think>\n\n</think>\n\n"
+    endings = {"qwen3": "assistant\n", "qwen3.5": "assistant\n<think>\n", "qwen3-nothink": empty,
+               "qwen3.5-nothink": empty}
+    for name, ending in endings.items():
+        assert PromptStyle.from_name(name).apply("Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>" + ending
+    user = [{"role": "user", "content": "Hi"}]
+    assert render(QWEN35_SMALL_CHAT_TEMPLATE, user) == render(QWEN35_CHAT_TEMPLATE, user, enable_thinking=False)
+    assert render(QWEN35_SMALL_CHAT_TEMPLATE, user, enable_thinking=True) == render(QWEN35_CHAT_TEMPLATE, user)
+    turns = [("Add 2 and 2.", "<think>\n2 + 2 = 4\n</think>\n\nFour.")]
+    for name in ("qwen3.5", "qwen3.5-nothink"):
+        pieces = PromptStyle.from_name(name).conversation_pieces(turns)
+        assert "".join(pieces) + "\n" == render(QWEN35_CHAT_TEMPLATE, finished_messages(turns), False)
+        assert pieces[1].startswith("2 + 2 = 4") if name == "qwen3.5" else pieces[1].startswith("<think>\n2 + 2")
+
+
+def test_smollm3_system_flags_and_date() -> None:
+    """SmolLM3's system message switches the reasoning mode with /think or /no_think (the flags taken out of it) and
+    replaces the whole system block with /system_override, as the template does; the template dates the prompt with
+    today, the style with 08 July 2025, the only difference."""
+    for system in ("/no_think Be brief.", "Be brief. /think", "/no_think", "/system_override You are a calculator. ",
+                   SYSTEM):
+        for name, variables in (("smollm3", {}), ("smollm3-nothink", dict(enable_thinking=False))):
+            messages = [{"role": "system", "content": system}] + chat_messages(TURNS, MESSAGE)
+            prompt = PromptStyle.from_name(name).apply_conversation(TURNS, MESSAGE, system=system)
+            assert prompt == render(SMOLLM3_CHAT_TEMPLATE, messages, strftime_now=SMOLLM3_DAY, **variables), system
+            if "think" in system:
+                assert prompt.endswith("<think>\n\n</think>\n") == ("/no_think" in system)
+    assert "## Custom Instructions\n\nBe brief.\n\n<|im_start|>user" in PromptStyle.from_name(
+        "smollm3-nothink").apply_conversation([], "Hi", system="Be brief. /think")
+    today = datetime.now().strftime("%d %B %Y")
+    for name, variables in (("smollm3", {}), ("smollm3-nothink", dict(enable_thinking=False))):
+        rendered = render(SMOLLM3_CHAT_TEMPLATE, chat_messages(TURNS, MESSAGE), **variables)
+        assert rendered == PromptStyle.from_name(name).apply_conversation(TURNS, MESSAGE).replace("08 July 2025", today)
 
 
 def test_finetuning_ends_an_answer_with_the_templates_end_of_turn(tmp_path: Path) -> None:
