@@ -30,7 +30,13 @@ class Config:
     #   {"type": "longrope", "short_factor": [...], "long_factor": [...], "original_max_position_embeddings",
     #    "attention_factor"}: Phi-3's LongRoPE, long factors when a position >= original_max_position_embeddings
     rope_scaling: Optional[dict] = None
+    #   {"type": "yarn", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate",
+    #    "attention_factor"}: YaRN
     rope_local_base: Optional[float] = None  # unscaled RoPE base of the sliding-window layers (None: as global)
+    nope_layer_every: int = 0  # every N-th layer has no RoPE at all (SmolLM3: 4); 0: every layer has RoPE
+    # queries scaled by 1 + query_scale_beta * log(1 + floor(pos / original)), original being rope_scaling's
+    # original_max_position_embeddings (Ministral 3); 0: none
+    query_scale_beta: float = 0.0
     sliding_window: Optional[int] = None  # a token attends to itself and the sliding_window - 1 tokens before it
     global_layer_every: int = 0  # with a window: every N-th layer attends globally (Gemma 3: 6); 0: none does
     parallel_residual: bool = True
@@ -44,8 +50,19 @@ class Config:
     norm_eps: float = 1e-5
     norm_unit_offset: bool = False  # RMSNorm scales by (1 + weight) (Gemma)
     norm_qk: bool = False  # per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3)
+    norm_qk_all_heads: bool = False  # with norm_qk: one norm over all the heads' queries (and one over keys) (OLMo 2)
+    norm_upcast: bool = False  # RMSNorm multiplies by its weight in float32, then casts (OLMo 2/3)
+    pre_norms: bool = True  # norms before the attention and the MLP; False: after them only (OLMo 2/3)
     post_norms: bool = False  # norms after the attention and MLP outputs too, four per block (Gemma 3)
     attention_scalar: Optional[float] = None  # scores scaled by attention_scalar ** -0.5 (default: head_size)
+    # Gated DeltaNet linear attention (lit_gpt/deltanet.py) in every layer but each global_layer_every-th (Qwen3.5)
+    linear_attention: bool = False
+    linear_n_key_heads: int = 0
+    linear_n_value_heads: int = 0  # a multiple of linear_n_key_heads: the key heads are shared like GQA's
+    linear_key_head_size: int = 128
+    linear_value_head_size: int = 128
+    linear_conv_kernel: int = 4  # the causal depthwise convolution over q|k|v
+    attention_output_gate: bool = False  # the query projection also yields a per-head sigmoid gate of the output
     mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP", "GemmaMLP"] = "GptNeoxMLP"  # GemmaMLP: LLaMAMLP with GELU
     gelu_approximate: str = "none"
     intermediate_size: Optional[int] = None
@@ -74,6 +91,15 @@ class Config:
             self.hf_model_type = ("llama" if self.mlp_class_name == "LLaMAMLP" else "gemma3_text"
                                   if self.mlp_class_name == "GemmaMLP" else "falcon" if self.shared_attention_norm
                                   else "gpt_neox")
+
+    def is_linear(self, layer: int) -> bool:
+        """Whether block `layer` is a Gated DeltaNet (linear attention) layer."""
+        every = self.global_layer_every
+        return self.linear_attention and not (every and (layer + 1) % every == 0)
+
+    def has_rope(self, layer: int) -> bool:
+        every = self.nope_layer_every
+        return not (every and (layer + 1) % every == 0)
 
     def is_sliding(self, layer: int) -> bool:
         """Whether block `layer` attends within the sliding window."""
@@ -123,8 +149,9 @@ class Config:
 
         Raises ValueError naming the key for anything the model would not reproduce exactly.
         """
-        if hf.get("model_type") == "gemma3" and isinstance(hf.get("text_config"), dict):  # multimodal: its text model
-            hf = {"_name_or_path": hf.get("_name_or_path", ""), **hf["text_config"], "model_type": "gemma3_text"}
+        if hf.get("model_type") in _TEXT_MODELS and isinstance(hf.get("text_config"), dict):  # multimodal: its text
+            outer = {k: hf[k] for k in ("_name_or_path", "tie_word_embeddings") if k in hf}
+            hf = {**outer, **hf["text_config"], "model_type": _TEXT_MODELS[hf["model_type"]]}
         model_type = hf.get("model_type")
         name = hf.get("_name_or_path", "").rstrip("/").split("/")[-1] or model_type
 
@@ -141,12 +168,13 @@ class Config:
                       padding_multiple=1, n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
                       n_head=hf["num_attention_heads"], hf_model_type=model_type)
         rope_base, rope_scaling = _hf_rope(hf, name, "full_attention")
-        if model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3"):
+        if model_type in _LLAMA_LIKE:
             rotary = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1))
             cfg = dict(common, head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
                        n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
                        rotary_percentage=rotary, rope_base=rope_base, rope_scaling=rope_scaling,
-                       parallel_residual=False, bias=False, tie_embeddings=hf.get("tie_word_embeddings", False),
+                       parallel_residual=False, bias=False,
+                       tie_embeddings=hf.get("tie_word_embeddings", model_type == "smollm3"),
                        norm_class_name="RMSNorm", norm_eps=hf["rms_norm_eps"], mlp_class_name="LLaMAMLP",
                        intermediate_size=hf["intermediate_size"])
             act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
@@ -160,15 +188,38 @@ class Config:
                 local_base, local_scaling = _hf_rope(hf, name, "sliding_attention")
                 if local_scaling is not None:
                     raise ValueError(f"{name!r}: RoPE scaling on the sliding-window layers is not supported")
-                cfg.update(rope_local_base=local_base if local_base != rope_base else None)
+                cfg.update(rope_local_base=local_base if local_base != rope_base or rope_scaling else None)
             elif act != "silu":
                 refuse("hidden_act")
-            if model_type in ("llama", "qwen3"):
-                if model_type == "llama" and bool(hf.get("mlp_bias")) != bool(hf.get("attention_bias")):
+            if model_type in ("llama", "qwen3", "smollm3", "olmo2", "olmo3"):
+                if model_type in ("llama", "smollm3") and bool(hf.get("mlp_bias")) != bool(hf.get("attention_bias")):
                     raise ValueError(f"{name!r}: attention_bias and mlp_bias differ, which is not supported")
                 cfg.update(bias=bool(hf.get("attention_bias")), qkv_bias=bool(hf.get("attention_bias")))
-                if model_type == "qwen3" and hf.get("attention_bias"):
-                    refuse("attention_bias", "a Qwen3 with biases, which is not supported")
+                if model_type in ("qwen3", "olmo2", "olmo3") and hf.get("attention_bias"):
+                    refuse("attention_bias", "biases with q/k norms, which is not supported")
+            if model_type == "smollm3":
+                if hf.get("use_sliding_window"):
+                    refuse("use_sliding_window")
+                cfg.update(nope_layer_every=_nope_layer_every(hf, name))
+            if model_type == "ministral3":
+                beta = (hf.get("rope_parameters") or {}).get("llama_4_scaling_beta") or 0.0
+                if beta and not (rope_scaling or {}).get("original_max_position_embeddings"):
+                    refuse("rope_parameters", "llama_4_scaling_beta without original_max_position_embeddings")
+                if hf.get("sliding_window"):
+                    refuse("sliding_window")
+                cfg.update(query_scale_beta=beta)
+            if model_type in ("olmo2", "olmo3"):
+                if hf.get("clip_qkv"):
+                    refuse("clip_qkv")
+                cfg.update(norm_qk=True, norm_qk_all_heads=True, norm_upcast=True, pre_norms=False, post_norms=True)
+            if model_type == "olmo3" and hf.get("sliding_window"):
+                every = _global_layer_every(hf, name, default=4)
+                if every != 1:
+                    local_base, local_scaling = _hf_rope(hf, name, "sliding_attention")
+                    if local_scaling is not None:
+                        raise ValueError(f"{name!r}: RoPE scaling on the sliding-window layers is not supported")
+                    cfg.update(sliding_window=hf["sliding_window"], global_layer_every=every,
+                               rope_local_base=local_base if local_base != rope_base or rope_scaling else None)
             if model_type == "qwen2":
                 cfg.update(qkv_bias=True)  # Qwen2's q/k/v projections always have a bias, o_proj none
             if model_type == "qwen3":
@@ -199,8 +250,8 @@ class Config:
                        norm_eps=hf["layer_norm_epsilon"], mlp_class_name="GptNeoxMLP",
                        intermediate_size=hf.get("ffn_hidden_size") or 4 * hf["hidden_size"])
         else:
-            raise ValueError(f"Unsupported model_type {model_type!r}: supported are llama, mistral, qwen2, qwen3, "
-                             "gemma3_text, gemma3, phi3, gpt_neox, falcon")
+            raise ValueError(f"Unsupported model_type {model_type!r}: supported are {', '.join(_LLAMA_LIKE)}, "
+                             f"{', '.join(_TEXT_MODELS)}, gpt_neox, falcon")
         return cls(**{**cfg, **kwargs})
 
     def to_dict(self) -> dict:
@@ -211,6 +262,11 @@ class Config:
         from lit_gpt.utils import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+# the causal-LM families read by `Config.from_hf_config`; vision-language model_type -> that of its text model
+_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3", "ministral3", "olmo2", "olmo3")
+_TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3"}
 
 
 def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
@@ -238,6 +294,21 @@ def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
             return base, dict(type="llama3", factor=params["factor"], low_freq_factor=params["low_freq_factor"],
                               high_freq_factor=params["high_freq_factor"],
                               original_max_position_embeddings=params["original_max_position_embeddings"])
+        if kind == "yarn":
+            original = params["original_max_position_embeddings"]
+            factor = params.get("factor") or hf["max_position_embeddings"] / original
+            attention = params.get("attention_factor")
+            if attention is None:  # transformers' default, from the factor (and mscale / mscale_all_dim)
+                def mscale(m: float) -> float:
+                    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+                m, m_all = params.get("mscale"), params.get("mscale_all_dim")
+                attention = mscale(m) / mscale(m_all) if m and m_all else mscale(1)
+            # transformers reads `truncate` from the top of rope_parameters, also when it holds one dict per layer type
+            truncate = (hf.get("rope_parameters") or hf.get("rope_scaling") or {}).get("truncate", True)
+            return base, dict(type="yarn", factor=factor, original_max_position_embeddings=original,
+                              beta_fast=params.get("beta_fast") or 32, beta_slow=params.get("beta_slow") or 1,
+                              truncate=bool(truncate), attention_factor=float(attention))
         if kind == "longrope":
             original = params.get("original_max_position_embeddings", hf.get("original_max_position_embeddings"))
             factor = params.get("factor") or hf["max_position_embeddings"] / original
@@ -252,25 +323,38 @@ def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
     except (KeyError, TypeError) as e:
         raise ValueError(f"{name!r}: config.json's {key} of type {kind!r} lacks {e}")
     raise ValueError(f"{name!r}: config.json's {key} has RoPE type {kind!r}, which is not supported "
-                     "(supported: default, linear, llama3, longrope)")
+                     "(supported: default, linear, llama3, longrope, yarn)")
 
 
-def _global_layer_every(hf: dict, name: str) -> int:
-    """Gemma 3's layer pattern as `Config.global_layer_every`: from `layer_types` (transformers 5) or
-    `sliding_window_pattern` (4); 1 means every layer is global."""
+def _global_layer_every(hf: dict, name: str, default: int = 6, other: str = "sliding_attention") -> int:
+    """The layer pattern as `Config.global_layer_every`: from `layer_types` (transformers 5) or Gemma 3's
+    `sliding_window_pattern` (4); 1 means every layer is a full-attention one. `other`: the other layers' type."""
     types = hf.get("layer_types")
     if not types:
-        return int(hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6)
-    full = [i for i, t in enumerate(types) if t == "full_attention"]
-    if set(types) - {"full_attention", "sliding_attention"}:
+        return int(hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or default)
+    if set(types) - {"full_attention", other}:
         raise ValueError(f"{name!r}: config.json's layer_types has {sorted(set(types))}, which is not supported")
-    if not full:
+    return _every([t == "full_attention" for t in types], f"{name!r}: config.json's layer_types puts full attention")
+
+
+def _every(flags: list, what: str) -> int:
+    """N where exactly every N-th of the layers' `flags` is true (0: none is)."""
+    marked = [i for i, f in enumerate(flags) if f]
+    if not marked:
         return 0
-    every = full[0] + 1
-    if full != [i for i in range(len(types)) if (i + 1) % every == 0]:
-        raise ValueError(f"{name!r}: config.json's layer_types puts full attention at layers {full}, not every "
-                         f"{every}-th layer, which is not supported")
+    every = marked[0] + 1
+    if marked != [i for i in range(len(flags)) if (i + 1) % every == 0]:
+        raise ValueError(f"{what} at layers {marked}, not every {every}-th layer, which is not supported")
     return every
+
+
+def _nope_layer_every(hf: dict, name: str) -> int:
+    """SmolLM3's `no_rope_layers` (1: the layer has RoPE) as `Config.nope_layer_every`."""
+    flags = hf.get("no_rope_layers")
+    if flags is None:
+        every = hf.get("no_rope_layer_interval", 4)
+        flags = [int((i + 1) % every != 0) for i in range(hf["num_hidden_layers"])]
+    return _every([not f for f in flags], f"{name!r}: config.json's no_rope_layers leaves RoPE out")
 
 
 def _gelu(hidden_act: str) -> str:

@@ -69,12 +69,20 @@ _NAMES["gemma3_text"] = {**_NAMES["llama"], **_QK_NORMS,
                              "transformer.h.{}.post_attention_norm.weight",
                          "model.layers.{}.pre_feedforward_layernorm.weight": "transformer.h.{}.norm_2.weight",
                          "model.layers.{}.post_feedforward_layernorm.weight": "transformer.h.{}.post_mlp_norm.weight"}
+_NAMES["smollm3"] = _NAMES["ministral3"] = _NAMES["llama"]
+# OLMo 2/3 norm the attention and MLP outputs only (no input norms), q and k over all heads
+_NAMES["olmo2"] = _NAMES["olmo3"] = {**{k: v for k, v in _NAMES["llama"].items() if "layernorm" not in k}, **_QK_NORMS,
+                                     "model.layers.{}.post_attention_layernorm.weight":
+                                         "transformer.h.{}.post_attention_norm.weight",
+                                     "model.layers.{}.post_feedforward_layernorm.weight":
+                                         "transformer.h.{}.post_mlp_norm.weight"}
 _NAMES["phi3"] = {**{k: v for k, v in _NAMES["llama"].items() if ".mlp.gate_proj" not in k and ".mlp.up_proj" not in k},
                   "model.layers.{}.self_attn.qkv_proj.weight": "transformer.h.{}.attn.qkv.weight"}
-_SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+_SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3", "ministral3", "olmo2", "olmo3")
 _LLAMA_QKV = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 _PHI3_GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"  # rows [gate | up] = our fc_1, fc_2
-# a multimodal Gemma 3 checkpoint: its text model's weights under a prefix (transformers 4 / 5); the rest is skipped
+# a vision-language checkpoint (Gemma 3, Mistral 3): its text model's weights under a prefix (transformers 4 / 5); the
+# rest is skipped
 _TEXT_MODEL = re.compile(r"^(?:language_model\.|model\.language_(?=model\.))")  # -> "" / "model."
 _NOT_TEXT = re.compile(r"^(?:model\.)?(?:vision_tower|multi_modal_projector)\.")
 # buffers some old checkpoints saved with the weights
@@ -198,10 +206,9 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
     fam, out = family(config), {}
     pending: Dict[str, Dict[str, torch.Tensor]] = {}  # q/k/v waiting for their siblings
     for hf_name, tensor in hf_items:
-        if _IGNORED.match(hf_name) or (fam == "gemma3_text" and _NOT_TEXT.match(hf_name)):
+        if _IGNORED.match(hf_name) or _NOT_TEXT.match(hf_name):
             continue
-        if fam == "gemma3_text":
-            hf_name = _TEXT_MODEL.sub("", hf_name)
+        hf_name = _TEXT_MODEL.sub("", hf_name)
         name, part = hf_to_lit_name(hf_name, config)
         if name is None:
             raise ValueError(f"Unexpected weight {hf_name!r} for a {fam} model: is this the right config?")
@@ -263,18 +270,27 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat
 
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+                  "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
+                  "smollm3": "SmolLM3ForCausalLM", "ministral3": "Ministral3ForCausalLM",
+                  "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM"}
 # the layout each decoder family has in transformers (fields not listed are free: sizes, RoPE, tied embeddings)
 _LAYOUTS = {
     "llama": dict(norm_qk=False, post_norms=False, norm_unit_offset=False, scale_embeddings=False,
                   mlp_class_name="LLaMAMLP", sliding_window=None, rope_local_base=None, attention_scalar=None,
-                  rotary_percentage=1.0),
+                  rotary_percentage=1.0, nope_layer_every=0, query_scale_beta=0.0, norm_qk_all_heads=False,
+                  norm_upcast=False, pre_norms=True, linear_attention=False, attention_output_gate=False),
     "qwen2": dict(bias=False, qkv_bias=True),
     "qwen3": dict(bias=False, qkv_bias=False, norm_qk=True),
     "mistral": dict(bias=False, qkv_bias=False, global_layer_every=0),
     "phi3": dict(bias=False, qkv_bias=False, global_layer_every=0),
     "gemma3_text": dict(bias=False, qkv_bias=False, norm_qk=True, post_norms=True, norm_unit_offset=True,
                         scale_embeddings=True, mlp_class_name="GemmaMLP"),
+    "smollm3": dict(),  # bias and nope_layer_every free
+    "ministral3": dict(bias=False, qkv_bias=False),  # query_scale_beta free
+    "olmo2": dict(bias=False, qkv_bias=False, norm_qk=True, norm_qk_all_heads=True, norm_upcast=True,
+                  pre_norms=False, post_norms=True),
+    "olmo3": dict(bias=False, qkv_bias=False, norm_qk=True, norm_qk_all_heads=True, norm_upcast=True,
+                  pre_norms=False, post_norms=True),
 }
 
 
@@ -303,13 +319,16 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
     if c.lm_head_bias:
         problems.append("lm_head_bias=True")
     if fam in _ARCHITECTURES:
-        layout = {**_LAYOUTS["llama"], **(_LAYOUTS[fam] if fam != "llama" else dict(qkv_bias=c.bias))}
-        if fam in ("mistral", "phi3", "gemma3_text"):
-            layout.pop("sliding_window")
+        layout = {**_LAYOUTS["llama"], **(_LAYOUTS[fam] if fam not in ("llama", "smollm3") else dict(qkv_bias=c.bias))}
+        for key, families in (("sliding_window", ("mistral", "phi3", "gemma3_text", "olmo3")),
+                              ("rope_local_base", ("gemma3_text", "olmo3")), ("nope_layer_every", ("smollm3",)),
+                              ("query_scale_beta", ("ministral3",))):
+            if fam in families:
+                layout.pop(key)
         if fam in ("phi3", "gemma3_text"):
             layout.pop("rotary_percentage")
         if fam == "gemma3_text":
-            layout.pop("rope_local_base"), layout.pop("attention_scalar")
+            layout.pop("attention_scalar")
         problems += [f"{k}={getattr(c, k)!r} (a {fam} model has {v!r})" for k, v in layout.items()
                      if getattr(c, k) != v]
         if c.parallel_residual or c.norm_class_name != "RMSNorm":
@@ -318,8 +337,26 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                   intermediate_size=c.intermediate_size, num_key_value_heads=c.n_query_groups, head_dim=c.head_size,
                   hidden_act="silu", rms_norm_eps=c.norm_eps, rope_theta=c.rope_base, rope_parameters=rope,
                   rope_scaling=rope_scaling, attention_dropout=0.0)
+        if fam in ("llama", "smollm3"):
+            hf.update(attention_bias=c.bias, mlp_bias=c.bias)
         if fam == "llama":
-            hf.update(attention_bias=c.bias, mlp_bias=c.bias, pretraining_tp=1)
+            hf.update(pretraining_tp=1)
+        if fam == "smollm3":
+            hf.update(no_rope_layers=[int(c.has_rope(i)) for i in range(c.n_layer)], use_sliding_window=False,
+                      sliding_window=None, layer_types=["full_attention"] * c.n_layer)
+        if fam == "ministral3":
+            if c.query_scale_beta and not (c.rope_scaling or {}).get("original_max_position_embeddings"):
+                problems.append("query_scale_beta without rope_scaling's original_max_position_embeddings")
+            hf.update(sliding_window=None, rope_parameters=dict(rope, llama_4_scaling_beta=c.query_scale_beta))
+        if fam in ("olmo2", "olmo3"):
+            hf.update(attention_bias=False)
+        if fam == "olmo3":
+            layer_types = ["sliding_attention" if c.is_sliding(i) else "full_attention" for i in range(c.n_layer)]
+            local = _rope_parameters(c.rope_base if c.rope_local_base is None else c.rope_local_base, None)
+            if c.rope_local_base is None and c.rope_scaling is not None and c.sliding_window is not None:
+                problems.append("RoPE scaling without a local RoPE base in an OLMo 3 model")
+            hf.update(sliding_window=c.sliding_window or c.block_size, layer_types=layer_types,
+                      rope_parameters=dict(full_attention=rope, sliding_attention=local))
         elif fam in ("qwen2", "qwen3"):
             hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.n_layer,
                       attention_bias=False, layer_types=["full_attention"] * c.n_layer)

@@ -2,7 +2,7 @@
 Phi-3 and Falcon, one code path driven by `Config` fields."""
 
 import math
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from lit_gpt.config import Config
+from lit_gpt.deltanet import DeltaNetState, GatedDeltaNet
 
 
 class GPT(nn.Module):
@@ -60,7 +61,7 @@ class GPT(nn.Module):
         device = device or self.lm_head.weight.device
         dtype = dtype or self.transformer.wte.weight.dtype
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, max_seq_length, self.config, device, dtype)
+            block.attn.kv_cache = block.build_cache(batch_size, max_seq_length, device, dtype)
 
     def clear_kv_cache(self) -> None:
         for block in self.transformer.h:
@@ -107,12 +108,13 @@ class GPT(nn.Module):
                     mask = key_pos <= pos[..., None]
                 cache = (input_pos, length)
             inputs = self.layer_inputs(pos, key_pos, mask)
+        inputs["linear"] = (None, None, lengths, None)  # linear attention: the packed examples' lengths, if any
         x = self.embed(idx)  # (B, T, n_embd)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, *inputs[block.sliding], cache, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, *inputs[block.kind], cache, use_reentrant=False)
             else:
-                x = block(x, *inputs[block.sliding], cache)
+                x = block(x, *inputs[block.kind], cache)
         if logits_at is not None:
             x = x[logits_at]  # (N, n_embd)
         x = self.transformer.ln_f(x)
@@ -125,17 +127,26 @@ class GPT(nn.Module):
         return x
 
     def layer_inputs(self, pos: torch.Tensor, key_pos: torch.Tensor, mask: Optional[torch.Tensor]) -> dict:
-        """{sliding: (cos, sin, mask)} for the global (False) and sliding-window (True) layers.
+        """{kind: (cos, sin, mask, query scale)} for the "global" and "sliding" (window) attention layers.
 
         pos: (..., T) positions of the queries, key_pos: (..., L) of the keys they may attend to, `mask` (..., T, L)
         which keys each query sees (None: causal, query i sees keys 0..i). A sliding layer sees, of those, only the
         keys less than `sliding_window` positions back; its mask is None when no key is that far.
         """
         tables = self.rope(pos, pos.amax(-1, keepdim=True).unsqueeze(-1))  # LongRoPE: each row's last position
-        inputs = {False: (*tables[False], mask)}
-        if True in tables:
-            inputs[True] = (*tables[True], self.window(pos, key_pos, mask))
+        scale = self.query_scale(pos)
+        inputs = {"global": (*tables["global"], mask, scale)}
+        if "sliding" in tables:
+            inputs["sliding"] = (*tables["sliding"], self.window(pos, key_pos, mask), scale)
         return inputs
+
+    def query_scale(self, pos: torch.Tensor) -> Optional[torch.Tensor]:
+        """(..., T, 1) factors of the queries at positions `pos` (Ministral 3), None when the model has none."""
+        c = self.config
+        if not c.query_scale_beta:
+            return None
+        original = c.rope_scaling["original_max_position_embeddings"]
+        return (1 + c.query_scale_beta * torch.log1p(torch.floor(pos / original)))[..., None]
 
     def window(self, pos: torch.Tensor, key_pos: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The mask of a sliding-window layer: of the keys `mask` allows, those less than `sliding_window` positions
@@ -180,44 +191,58 @@ class GPT(nn.Module):
                 tree = (p[None, :] <= p[:, None]) & ((seg[None, :] == 0) | (seg[None, :] == seg[:, None]))  # (n, n)
             spans.append((start, start + len(p), p, tree))
             start += len(p)
-        inputs = {}
-        for sliding, (cos, sin) in self.rope(torch.cat(pos), torch.cat(last)).items():
-            inputs[sliding] = (cos, sin, [(a, b, self.window(p, p, tree) if sliding else tree)
-                                          for a, b, p, tree in spans])
+        inputs, scale = {}, self.query_scale(torch.cat(pos))
+        for kind, (cos, sin) in self.rope(torch.cat(pos), torch.cat(last)).items():
+            inputs[kind] = (cos, sin, [(a, b, self.window(p, p, tree) if kind == "sliding" else tree)
+                                       for a, b, p, tree in spans], scale)
         return inputs
 
     def rope(self, pos: torch.Tensor, last: torch.Tensor) -> dict:
-        """{sliding: (cos, sin)}, each (..., T, rope_n_elem), for positions `pos`. `last`: the last position of the
-        sequence (or, broadcast with `pos`, of each token's own sequence): LongRoPE, as transformers, uses its long
-        factors for all positions of a sequence once one is past the original context."""
+        """{kind: (cos, sin)}, each (..., T, rope_n_elem), at positions `pos`, of the "global" and "sliding" layers.
+        `last`: the last position of the sequence (or, broadcast with `pos`, of each token's own sequence): LongRoPE,
+        as transformers, uses its long factors for all positions of a sequence once one is past the original context."""
         c = self.config
         cos, sin = self.cos[pos], self.sin[pos]
         if (c.rope_scaling or {}).get("type") == "longrope":
             long = last >= c.rope_scaling["original_max_position_embeddings"]
             cos, sin = torch.where(long, self.cos_long[pos], cos), torch.where(long, self.sin_long[pos], sin)
-        tables = {False: (cos, sin)}
+        tables = {"global": (cos, sin)}
         if c.sliding_window is not None:
-            tables[True] = (self.cos_local[pos], self.sin_local[pos]) if c.rope_local_base is not None else (cos, sin)
+            local = c.rope_local_base is not None
+            tables["sliding"] = (self.cos_local[pos], self.sin_local[pos]) if local else (cos, sin)
         return tables
 
 
 class Block(nn.Module):
     def __init__(self, config: Config, index: int = 0) -> None:
         super().__init__()
-        self.norm_1 = build_norm(config)
-        self.attn = CausalSelfAttention(config)
-        self.norm_2 = None if config.shared_attention_norm else build_norm(config)
+        self.norm_1 = build_norm(config) if config.pre_norms else nn.Identity()
+        self.kind = "linear" if config.is_linear(index) else "sliding" if config.is_sliding(index) else "global"
+        self.attn = GatedDeltaNet(config) if self.kind == "linear" else CausalSelfAttention(config, index)
+        self.norm_2 = build_norm(config) if config.pre_norms else nn.Identity()
+        if config.shared_attention_norm:  # Falcon: norm_1 feeds the MLP too
+            self.norm_2 = None
         self.mlp = GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
         # Gemma 3 normalizes the attention and MLP outputs too, before adding them to the residual stream
         self.post_attention_norm = build_norm(config) if config.post_norms else nn.Identity()
         self.post_mlp_norm = build_norm(config) if config.post_norms else nn.Identity()
         self.parallel_residual = config.parallel_residual
-        self.sliding = config.is_sliding(index)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                cache: Optional[tuple] = None) -> torch.Tensor:
+    def build_cache(self, rows: int, slots: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        """What this layer keeps while decoding: keys and values of `slots` positions, or a linear layer's state."""
+        if self.kind == "linear":
+            return DeltaNetState(rows, self.attn.config, device, dtype)
+        return KVCache(rows, slots, self.attn.config, device, dtype)
+
+    def forward(self, x: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], mask: Any = None,
+                q_scale: Optional[torch.Tensor] = None, cache: Optional[tuple] = None) -> torch.Tensor:
+        """cos, sin, mask, q_scale: this layer kind's from `GPT.layer_inputs` (a linear-attention layer gets the
+        packed lengths as `mask`); cache: from `GPT.forward`."""
         n_1 = self.norm_1(x)
-        h = self.post_attention_norm(self.attn(n_1, cos, sin, mask, cache))
+        if self.kind == "linear":
+            h = self.post_attention_norm(self.attn(n_1, cos, sin, mask, cache))
+        else:
+            h = self.post_attention_norm(self.attn(n_1, cos, sin, mask, cache, q_scale))
         if self.parallel_residual:
             n_2 = n_1 if self.norm_2 is None else self.norm_2(x)
             return x + h + self.post_mlp_norm(self.mlp(n_2))
@@ -226,32 +251,44 @@ class Block(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, index: int = 0) -> None:
         super().__init__()
-        # one fused projection, rows laid out as [all queries | all keys | all values]
-        qkv_size = (config.n_head + 2 * config.n_query_groups) * config.head_size
-        self.qkv = nn.Linear(config.n_embd, qkv_size, bias=config.qkv_bias)
+        # one fused projection, rows laid out as [all queries | all keys | all values]; with an output gate each head's
+        # query rows are followed by its gate's
+        q_size = config.n_head * config.head_size * (2 if config.attention_output_gate else 1)
+        self.qkv = nn.Linear(config.n_embd, q_size + 2 * config.n_query_groups * config.head_size,
+                             bias=config.qkv_bias)
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
-        if config.norm_qk:  # one RMSNorm over each head's features, shared by the heads
-            self.norm_q = build_norm(config, config.head_size)
-            self.norm_k = build_norm(config, config.head_size)
+        if config.norm_qk:  # one RMSNorm over each head's features, shared by the heads (or over all heads' features)
+            heads = (config.n_head, config.n_query_groups) if config.norm_qk_all_heads else (1, 1)
+            self.norm_q = build_norm(config, heads[0] * config.head_size)
+            self.norm_k = build_norm(config, heads[1] * config.head_size)
         self.kv_cache: Optional[KVCache] = None
+        self.rope = config.has_rope(index)
         self.config = config
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                cache: Optional[tuple] = None) -> torch.Tensor:
+                cache: Optional[tuple] = None, q_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """mask: which keys each query sees, (T, L) or (B, 1, T, L), None: causal. cache: (positions (T,) to write,
-        cache length to attend over), from `GPT.forward`."""
+        cache length to attend over), from `GPT.forward`. q_scale: (..., T, 1) factors of the queries after RoPE."""
         B, T, _ = x.shape
         c = self.config
-        q, k, v = self.qkv(x).split([c.n_head * c.head_size, c.n_query_groups * c.head_size,
-                                     c.n_query_groups * c.head_size], dim=-1)
-        q = q.view(B, T, c.n_head, c.head_size).transpose(1, 2)  # (B, n_head, T, hs)
+        q, k, v = self.qkv(x).split([self.qkv.out_features - 2 * c.n_query_groups * c.head_size,
+                                     c.n_query_groups * c.head_size, c.n_query_groups * c.head_size], dim=-1)
+        gate = None
+        if c.attention_output_gate:
+            q, gate = q.view(B, T, c.n_head, 2 * c.head_size).chunk(2, dim=-1)  # each (B, T, n_head, hs)
+        if c.norm_qk and c.norm_qk_all_heads:
+            q, k = self.norm_q(q.reshape(B, T, -1)), self.norm_k(k)
+        q = q.reshape(B, T, c.n_head, c.head_size).transpose(1, 2)  # (B, n_head, T, hs)
         k = k.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, n_query_groups, T, hs)
         v = v.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)
-        if c.norm_qk:
+        if c.norm_qk and not c.norm_qk_all_heads:
             q, k = self.norm_q(q), self.norm_k(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if q_scale is not None:
+            q = q * q_scale.to(q.dtype)
 
         if cache is not None:
             input_pos, length = cache
@@ -271,6 +308,8 @@ class CausalSelfAttention(nn.Module):
         else:
             y = self.attend(q, k, v, mask, scale)
         y = y.transpose(1, 2).reshape(B, T, c.n_head * c.head_size)
+        if gate is not None:
+            y = y * torch.sigmoid(gate.reshape(B, T, -1))
         return self.proj(y)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
@@ -335,26 +374,30 @@ class LLaMAMLP(nn.Module):
 
 class RMSNorm(nn.Module):
     """Normalizes in float32, like the reference Llama implementation, then scales in the input dtype. Gemma's
-    variant (`unit_offset`) scales by (1 + weight) in float32, then casts, as its reference does."""
+    variant (`unit_offset`) scales by (1 + weight) in float32, then casts, as its reference does; `upcast` (OLMo)
+    scales by the weight in float32, then casts."""
 
-    def __init__(self, size: int, eps: float = 1e-5, unit_offset: bool = False) -> None:
+    def __init__(self, size: int, eps: float = 1e-5, unit_offset: bool = False, upcast: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(size) if unit_offset else torch.ones(size))
         self.eps = eps
         self.unit_offset = unit_offset
+        self.upcast = upcast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.unit_offset:
             return (x32 * (1.0 + self.weight.float())).to(x.dtype)
+        if self.upcast:
+            return (x32 * self.weight.float()).to(x.dtype)
         return self.weight * x32.to(x.dtype)
 
 
 def build_norm(config: Config, size: Optional[int] = None) -> nn.Module:
     size = size or config.n_embd
     if config.norm_class_name == "RMSNorm":
-        return RMSNorm(size, eps=config.norm_eps, unit_offset=config.norm_unit_offset)
+        return RMSNorm(size, eps=config.norm_eps, unit_offset=config.norm_unit_offset, upcast=config.norm_upcast)
     return nn.LayerNorm(size, eps=config.norm_eps)
 
 
@@ -369,6 +412,9 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.first_row = 0
+
+    def copy_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        self.k[dst], self.v[dst] = self.k[src], self.v[src]
 
     def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Writes k, v (B, n_query_groups, T, hs) at positions `input_pos`, (T,) or per row (B, T); returns the
@@ -392,7 +438,8 @@ def build_rope_cache(seq_len: int, n_elem: int, base: float, scaling: Optional[d
     `scaling` (`Config.rope_scaling`) rescales the frequencies: "linear" divides them all by `factor`; "llama3"
     divides the low ones (wavelengths past original / low_freq_factor) by `factor`, keeps the high ones (shorter than
     original / high_freq_factor) and blends in between; "longrope" divides each by its own short (or, `long`, long)
-    factor and multiplies cos and sin by `attention_factor`.
+    factor and multiplies cos and sin by `attention_factor`; "yarn" keeps the fast frequencies, divides the slow ones
+    by `factor`, ramps in between, and multiplies cos and sin by `attention_factor`.
     """
     exponents = torch.arange(0, n_elem, 2, device=device, dtype=torch.int64).float() / n_elem
     inv_freq = 1.0 / (base ** exponents)  # (n_elem / 2,)
@@ -412,8 +459,23 @@ def build_rope_cache(seq_len: int, n_elem: int, base: float, scaling: Optional[d
         factors = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32, device=device)
         inv_freq = 1.0 / (factors * base ** exponents)
         scale = scaling["attention_factor"]
+    elif kind == "yarn":
+        # the frequencies that turn fewer than beta_slow times over the original context are divided by `factor`, those
+        # that turn more than beta_fast times are kept, a linear ramp over the dimensions blends the ones in between
+        def dimension(turns: float) -> float:  # the (fractional) dimension whose frequency turns `turns` times
+            return n_elem * math.log(scaling["original_max_position_embeddings"] / (turns * 2 * math.pi)) / (
+                2 * math.log(base))
+
+        low, high = dimension(scaling["beta_fast"]), dimension(scaling["beta_slow"])
+        if scaling.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, n_elem - 1)
+        ramp = ((torch.arange(n_elem // 2, device=device, dtype=torch.float32) - low)
+                / (high - low if high != low else 0.001)).clamp(0, 1)  # 0: kept, 1: divided by factor
+        inv_freq = 1.0 / (scaling["factor"] * base ** exponents) * ramp + inv_freq * (1 - ramp)
+        scale = scaling["attention_factor"]
     elif kind is not None:
-        raise ValueError(f"Unknown rope_scaling type {kind!r}: known are linear, llama3, longrope")
+        raise ValueError(f"Unknown rope_scaling type {kind!r}: known are linear, llama3, longrope, yarn")
     t = torch.arange(seq_len, device=device, dtype=torch.int64).float()
     freqs = torch.outer(t, inv_freq)  # (seq_len, n_elem / 2)
     emb = torch.cat((freqs, freqs), dim=-1)

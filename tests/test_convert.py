@@ -314,7 +314,8 @@ def test_transformers_4_style_config_gives_the_same_config(kind: str) -> None:
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("rope_parameters", dict(rope_type="yarn", rope_theta=10000.0, factor=4.0), "RoPE type 'yarn'"),
+    ("rope_parameters", dict(rope_type="yarn", rope_theta=10000.0, factor=4.0),
+     "lacks 'original_max_position_embeddings'"),
     ("rope_parameters", dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0), "RoPE type 'dynamic'"),
     ("rope_parameters", dict(rope_type="llama3", rope_theta=10000.0, factor=8.0), "lacks 'low_freq_factor'"),
     ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0"),

@@ -53,6 +53,25 @@ TINY = {
                                              long_factor=[3.0, 5.0, 11.0]))),
     "mistral-head_dim-sliding": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
                                                        sliding_window=5, tie_word_embeddings=False)),
+    # the 2026 dense families: SmolLM3's NoPE layers, Ministral 3's YaRN + query scaling past its original context (8),
+    # OLMo 2's output-only norms and whole-width q/k norms, OLMo 3's window with YaRN on its full layers only
+    "smollm3-nope": ("SmolLM3Config", dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+                                           no_rope_layer_interval=2, tie_word_embeddings=True, pad_token_id=0,
+                                           bos_token_id=1, eos_token_id=2,
+                                           rope_parameters=dict(rope_type="default", rope_theta=50000.0))),
+    "ministral3-yarn": ("Ministral3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                                 tie_word_embeddings=False, rope_parameters=dict(
+                                                     rope_type="yarn", rope_theta=1e6, factor=4.0,
+                                                     original_max_position_embeddings=8, beta_fast=32.0,
+                                                     beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0,
+                                                     llama_4_scaling_beta=0.1))),
+    "olmo2": ("Olmo2Config", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)),
+    "olmo3-yarn-sliding": ("Olmo3Config", dict(num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=4,
+                                               sliding_window=5, tie_word_embeddings=False, rope_parameters=dict(
+                                                   full_attention=dict(rope_type="yarn", rope_theta=5e5, factor=8.0,
+                                                                       original_max_position_embeddings=8,
+                                                                       beta_fast=32.0, beta_slow=1.0),
+                                                   sliding_attention=dict(rope_type="default", rope_theta=5e5)))),
 }
 SIZES = dict(vocab_size=120, hidden_size=32, intermediate_size=56, num_hidden_layers=2, max_position_embeddings=64)
 
@@ -103,7 +122,8 @@ def test_logits_match_transformers(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like", "gemma3", "phi3-partial-sliding",
-                                  "mistral-head_dim-sliding", "qwen3-head_dim"])
+                                  "mistral-head_dim-sliding", "qwen3-head_dim", "ministral3-yarn",
+                                  "olmo3-yarn-sliding", "smollm3-nope"])
 def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
     # float64: the paths differ only in float error, which the Gemma-like weights make ~1e-5 in float32
     model = lit_model_from_hf(tiny_hf_model(kind, seed=2)).double()
