@@ -97,6 +97,12 @@ class Config:
         every = self.global_layer_every
         return self.linear_attention and not (every and (layer + 1) % every == 0)
 
+    def qkv_sizes(self) -> tuple:
+        """The rows of an attention layer's fused qkv: queries (with an output gate: each head's query and gate), keys,
+        values."""
+        q = self.n_head * self.head_size * (2 if self.attention_output_gate else 1)
+        return q, self.n_query_groups * self.head_size, self.n_query_groups * self.head_size
+
     def has_rope(self, layer: int) -> bool:
         every = self.nope_layer_every
         return not (every and (layer + 1) % every == 0)
@@ -208,6 +214,16 @@ class Config:
                 if hf.get("sliding_window"):
                     refuse("sliding_window")
                 cfg.update(query_scale_beta=beta)
+            if model_type == "qwen3_5_text":
+                if hf.get("attention_bias"):
+                    refuse("attention_bias")
+                every = _global_layer_every(hf, name, default=4, other="linear_attention")
+                cfg.update(norm_unit_offset=True, norm_qk=True, attention_output_gate=True, linear_attention=every != 1,
+                           global_layer_every=every, linear_n_key_heads=hf["linear_num_key_heads"],
+                           linear_n_value_heads=hf["linear_num_value_heads"],
+                           linear_key_head_size=hf["linear_key_head_dim"],
+                           linear_value_head_size=hf["linear_value_head_dim"],
+                           linear_conv_kernel=hf["linear_conv_kernel_dim"])
             if model_type in ("olmo2", "olmo3"):
                 if hf.get("clip_qkv"):
                     refuse("clip_qkv")
@@ -265,8 +281,9 @@ class Config:
 
 
 # the causal-LM families read by `Config.from_hf_config`; vision-language model_type -> that of its text model
-_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3", "ministral3", "olmo2", "olmo3")
-_TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3"}
+_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3", "ministral3", "olmo2", "olmo3",
+               "qwen3_5_text")
+_TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3", "qwen3_5": "qwen3_5_text"}
 
 
 def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:

@@ -76,15 +76,23 @@ _NAMES["olmo2"] = _NAMES["olmo3"] = {**{k: v for k, v in _NAMES["llama"].items()
                                          "transformer.h.{}.post_attention_norm.weight",
                                      "model.layers.{}.post_feedforward_layernorm.weight":
                                          "transformer.h.{}.post_mlp_norm.weight"}
+# Qwen3.5: (1 + weight) norms as Gemma's; its Gated DeltaNet layers (lit_gpt/deltanet.py) have their own names
+_NAMES["qwen3_5_text"] = {**_NAMES["llama"], **_QK_NORMS, **{
+    f"model.layers.{{}}.linear_attn.{hf}": f"transformer.h.{{}}.attn.{lit}" for hf, lit in (
+        ("in_proj_qkv.weight", "qkv.weight"), ("in_proj_z.weight", "gate.weight"), ("in_proj_b.weight", "beta.weight"),
+        ("in_proj_a.weight", "decay.weight"), ("conv1d.weight", "conv.weight"), ("dt_bias", "dt_bias"),
+        ("A_log", "A_log"), ("norm.weight", "norm.weight"), ("out_proj.weight", "proj.weight"))}}
 _NAMES["phi3"] = {**{k: v for k, v in _NAMES["llama"].items() if ".mlp.gate_proj" not in k and ".mlp.up_proj" not in k},
                   "model.layers.{}.self_attn.qkv_proj.weight": "transformer.h.{}.attn.qkv.weight"}
-_SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3", "ministral3", "olmo2", "olmo3")
+_SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3", "ministral3", "olmo2", "olmo3",
+                 "qwen3_5_text")
 _LLAMA_QKV = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 _PHI3_GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"  # rows [gate | up] = our fc_1, fc_2
 # a vision-language checkpoint (Gemma 3, Mistral 3): its text model's weights under a prefix (transformers 4 / 5); the
 # rest is skipped
 _TEXT_MODEL = re.compile(r"^(?:language_model\.|model\.language_(?=model\.))")  # -> "" / "model."
-_NOT_TEXT = re.compile(r"^(?:model\.)?(?:vision_tower|multi_modal_projector)\.")
+_NOT_TEXT = re.compile(r"^(?:model\.)?(?:vision_tower|multi_modal_projector|visual)\.|^mtp\.")  # mtp: Qwen3.5's
+# multi-token prediction layer, which transformers does not run either
 # buffers some old checkpoints saved with the weights
 _IGNORED = re.compile(r".*(rotary_emb\.inv_freq|attention\.bias|attention\.masked_bias)$")
 
@@ -94,7 +102,9 @@ def _expand(table: Dict[str, str]) -> Dict[str, str]:
 
 
 _HF_TO_LIT = {family: _expand(table) for family, table in _NAMES.items()}
-_LIT_TO_HF = {family: {lit: hf for hf, lit in table.items()} for family, table in _HF_TO_LIT.items()}  # last wins
+_LIT_TO_HF = {family: {lit: hf for hf, lit in table.items() if ".linear_attn." not in hf}  # last wins
+              for family, table in _HF_TO_LIT.items()}
+_LINEAR_LIT_TO_HF = {lit: hf for hf, lit in _HF_TO_LIT["qwen3_5_text"].items() if ".linear_attn." in hf}
 
 
 def family(config: Config) -> str:
@@ -134,8 +144,7 @@ def qkv_to_interleaved(t: torch.Tensor, config: Config) -> torch.Tensor:
 
 def qkv_split(t: torch.Tensor, config: Config) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Our fused qkv rows -> (q, k, v) rows."""
-    q_rows, kv_rows = config.n_head * config.head_size, config.n_query_groups * config.head_size
-    return tuple(t.split([q_rows, kv_rows, kv_rows]))  # type: ignore[return-value]
+    return tuple(t.split(config.qkv_sizes()))  # type: ignore[return-value]
 
 
 def hf_to_lit_name(name: str, config: Config) -> Tuple[Optional[str], Optional[str]]:
@@ -162,9 +171,14 @@ def lit_to_hf_name(name: str, config: Config, part: Optional[str] = None) -> str
     """
     pattern, layer = _split_layer(name)
     suffix = ""
-    if not pattern.endswith((".weight", ".bias")):  # a module name
+    if not pattern.endswith((".weight", ".bias")) and pattern not in _LINEAR_LIT_TO_HF:  # a module name
         pattern, suffix = pattern + ".weight", ".weight"
-    if separate_qkv(config) and pattern.startswith("transformer.h.{}.attn.qkv."):
+    linear = pattern.startswith("transformer.h.{}.attn.") and config.is_linear(int(layer))
+    if linear:
+        hf = _LINEAR_LIT_TO_HF.get(pattern)
+        if hf is None:
+            raise ValueError(f"{name!r} has no Hugging Face counterpart in a {family(config)} linear-attention layer")
+    elif separate_qkv(config) and pattern.startswith("transformer.h.{}.attn.qkv."):
         if part not in ("query", "key", "value"):
             raise ValueError(f"{name!r} is q_proj, k_proj and v_proj in {family(config)}: pass part='query', 'key' or "
                              "'value'")
@@ -252,7 +266,7 @@ def lit_to_hf(lit_state_dict: Dict[str, torch.Tensor], config: Config) -> Dict[s
     for name, tensor in lit_state_dict.items():
         if name == "lm_head.weight" and config.tie_embeddings:
             continue
-        if ".attn.qkv." in name and separate_qkv(config):
+        if ".attn.qkv." in name and separate_qkv(config) and not config.is_linear(int(_split_layer(name)[1])):
             for part, t in zip(("query", "key", "value"), qkv_split(tensor, config)):
                 out[lit_to_hf_name(name, config, part)] = t
         elif family(config) == "phi3" and name.endswith(".mlp.fc_1.weight"):
@@ -272,7 +286,7 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
                   "smollm3": "SmolLM3ForCausalLM", "ministral3": "Ministral3ForCausalLM",
-                  "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM"}
+                  "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "qwen3_5_text": "Qwen3_5ForCausalLM"}
 # the layout each decoder family has in transformers (fields not listed are free: sizes, RoPE, tied embeddings)
 _LAYOUTS = {
     "llama": dict(norm_qk=False, post_norms=False, norm_unit_offset=False, scale_embeddings=False,
@@ -291,6 +305,7 @@ _LAYOUTS = {
                   pre_norms=False, post_norms=True),
     "olmo3": dict(bias=False, qkv_bias=False, norm_qk=True, norm_qk_all_heads=True, norm_upcast=True,
                   pre_norms=False, post_norms=True),
+    "qwen3_5_text": dict(bias=False, qkv_bias=False, norm_qk=True, norm_unit_offset=True, attention_output_gate=True),
 }
 
 
@@ -321,6 +336,7 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
     if fam in _ARCHITECTURES:
         layout = {**_LAYOUTS["llama"], **(_LAYOUTS[fam] if fam not in ("llama", "smollm3") else dict(qkv_bias=c.bias))}
         for key, families in (("sliding_window", ("mistral", "phi3", "gemma3_text", "olmo3")),
+                              ("linear_attention", ("qwen3_5_text",)), ("rotary_percentage", ("qwen3_5_text",)),
                               ("rope_local_base", ("gemma3_text", "olmo3")), ("nope_layer_every", ("smollm3",)),
                               ("query_scale_beta", ("ministral3",))):
             if fam in families:
@@ -350,6 +366,14 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
             hf.update(sliding_window=None, rope_parameters=dict(rope, llama_4_scaling_beta=c.query_scale_beta))
         if fam in ("olmo2", "olmo3"):
             hf.update(attention_bias=False)
+        if fam == "qwen3_5_text":
+            if c.global_layer_every and not c.linear_attention:
+                problems.append("global_layer_every without linear attention in a Qwen3.5 model")
+            hf.update(attention_bias=False, rope_parameters=dict(rope, partial_rotary_factor=c.rotary_percentage),
+                      layer_types=["linear_attention" if c.is_linear(i) else "full_attention" for i in range(c.n_layer)],
+                      linear_num_key_heads=c.linear_n_key_heads, linear_num_value_heads=c.linear_n_value_heads,
+                      linear_key_head_dim=c.linear_key_head_size, linear_value_head_dim=c.linear_value_head_size,
+                      linear_conv_kernel_dim=c.linear_conv_kernel)
         if fam == "olmo3":
             layer_types = ["sliding_attention" if c.is_sliding(i) else "full_attention" for i in range(c.n_layer)]
             local = _rope_parameters(c.rope_base if c.rope_local_base is None else c.rope_local_base, None)

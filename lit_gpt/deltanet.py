@@ -45,7 +45,8 @@ class GatedDeltaNet(nn.Module):
         Hv, dv = c.linear_n_value_heads, c.linear_value_head_size
         qkv = self.qkv(x)  # (B, T, conv_dim)
         beta = self.beta(x).sigmoid()  # (B, T, Hv)
-        g = -self.A_log.float().exp() * F.softplus(self.decay(x).float() + self.dt_bias)  # (B, T, Hv) log decay, < 0
+        wide = torch.promote_types(x.dtype, torch.float32)  # the rule's dtype: float32 (float64 for float64 models)
+        g = -self.A_log.to(wide).exp() * F.softplus(self.decay(x).to(wide) + self.dt_bias.to(wide))  # (B, T, Hv) < 0
         zero = x.new_zeros(B, self.conv_dim, c.linear_conv_kernel - 1)  # the conv history before a sequence
         if lengths is not None:
             sizes = [n for e in lengths for n in ((e,) if isinstance(e, int) else e)]
@@ -80,12 +81,12 @@ class GatedDeltaNet(nn.Module):
         full = torch.cat([hist, qkv.transpose(1, 2)], -1)  # (B, conv_dim, kernel - 1 + T)
         hist = full[..., full.size(-1) - hist.size(-1):]
         qkv = F.silu(self.conv(full)).transpose(1, 2).contiguous()  # (B, T, conv_dim); contiguous: sums as HF's
-        q, k, v = qkv.float().split([Hk * dk, Hk * dk, Hv * dv], -1)
+        q, k, v = qkv.to(g.dtype).split([Hk * dk, Hk * dk, Hv * dv], -1)
         # each key head serves Hv / Hk consecutive value heads
         q = l2norm(q.view(B, T, Hk, dk)).repeat_interleave(Hv // Hk, 2) * dk ** -0.5  # (B, T, Hv, dk)
         k = l2norm(k.view(B, T, Hk, dk)).repeat_interleave(Hv // Hk, 2)
         rule = recurrent_delta_rule if T == 1 and S is not None else chunked_delta_rule
-        o, S = rule(q, k, v.view(B, T, Hv, dv), g, beta.float(), S)
+        o, S = rule(q, k, v.view(B, T, Hv, dv), g, beta.to(g.dtype), S)
         return o.to(qkv.dtype), hist, S
 
 
@@ -116,7 +117,7 @@ def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: tor
     q_S = q * g.exp()[..., None]  # the queries reading the chunk's initial state
     k_S = k * (g[..., -1:] - g).exp()[..., None]  # the keys decayed to the chunk's end
     end = g[..., -1, None, None].exp()  # (B, H, N, 1, 1)
-    S = q.new_zeros(B, H, dk, dv) if S is None else S.float()
+    S = q.new_zeros(B, H, dk, dv) if S is None else S.to(q.dtype)
     o = []
     for n in range(g.size(2)):
         d = u[:, :, n] - w[:, :, n] @ S  # (B, H, C, dv)
@@ -130,7 +131,7 @@ def recurrent_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: t
                          S: Optional[torch.Tensor] = None) -> tuple:
     """The gated delta rule token by token (decoding), arguments and returns as `chunked_delta_rule`."""
     B, T, H, dk = k.shape
-    S = q.new_zeros(B, H, dk, v.size(-1)) if S is None else S.float()
+    S = q.new_zeros(B, H, dk, v.size(-1)) if S is None else S.to(q.dtype)
     o = []
     for t in range(T):
         S = S * g[:, t, :, None, None].exp()  # (B, H, dk, dv)
@@ -166,7 +167,8 @@ class DeltaNetState(nn.Module):
         Hk, Hv, dk, dv = c.linear_n_key_heads, c.linear_n_value_heads, c.linear_key_head_size, c.linear_value_head_size
         conv = torch.zeros(rows, 2 * Hk * dk + Hv * dv, c.linear_conv_kernel - 1, device=device, dtype=dtype)
         self.register_buffer("conv", conv, persistent=False)
-        self.register_buffer("recurrent", torch.zeros(rows, Hv, dk, dv, device=device, dtype=torch.float32),
+        self.register_buffer("recurrent", torch.zeros(rows, Hv, dk, dv, device=device,
+                                                      dtype=torch.promote_types(dtype, torch.float32)),
                              persistent=False)
         self.first_row = 0
 

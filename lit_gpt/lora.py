@@ -43,7 +43,7 @@ class LoRAConfig:
     dropout: float = 0.05
     query: bool = True  # the query rows of attn.qkv
     key: bool = True  # the key rows of attn.qkv
-    value: bool = True  # the value rows of attn.qkv
+    value: bool = True  # the value rows of attn.qkv (any of the three: a linear-attention layer's qkv, gate, beta, decay)
     projection: bool = True  # attn.proj
     mlp: bool = True  # GptNeoxMLP fc, proj / LLaMAMLP fc_1, fc_2, proj
     head: bool = True  # lm_head
@@ -213,9 +213,12 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
         raise ValueError("add_lora was already applied to this model")
     for block in model.transformer.h:
         attn, c = block.attn, model.config
-        q_rows, kv_rows = c.n_head * c.head_size, c.n_query_groups * c.head_size
+        q_rows, kv_rows, _ = c.qkv_sizes()
         adapted = [part for part in ("query", "key", "value") if getattr(config, part)]
-        if adapted:
+        if block.kind == "linear" and adapted:  # Gated DeltaNet: one pair on all of q|k|v, as PEFT's in_proj_qkv
+            for name in ("qkv", "gate", "beta", "decay"):
+                setattr(attn, name, LoRALinear.from_linear(getattr(attn, name), config))
+        elif adapted:
             attn.qkv = LoRALinear.from_linear(attn.qkv, config, {"query": q_rows, "key": kv_rows, "value": kv_rows},
                                               adapted)
         if config.projection:

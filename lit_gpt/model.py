@@ -255,9 +255,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         # one fused projection, rows laid out as [all queries | all keys | all values]; with an output gate each head's
         # query rows are followed by its gate's
-        q_size = config.n_head * config.head_size * (2 if config.attention_output_gate else 1)
-        self.qkv = nn.Linear(config.n_embd, q_size + 2 * config.n_query_groups * config.head_size,
-                             bias=config.qkv_bias)
+        self.qkv = nn.Linear(config.n_embd, sum(config.qkv_sizes()), bias=config.qkv_bias)
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
         if config.norm_qk:  # one RMSNorm over each head's features, shared by the heads (or over all heads' features)
             heads = (config.n_head, config.n_query_groups) if config.norm_qk_all_heads else (1, 1)
@@ -273,8 +271,7 @@ class CausalSelfAttention(nn.Module):
         cache length to attend over), from `GPT.forward`. q_scale: (..., T, 1) factors of the queries after RoPE."""
         B, T, _ = x.shape
         c = self.config
-        q, k, v = self.qkv(x).split([self.qkv.out_features - 2 * c.n_query_groups * c.head_size,
-                                     c.n_query_groups * c.head_size, c.n_query_groups * c.head_size], dim=-1)
+        q, k, v = self.qkv(x).split(c.qkv_sizes(), dim=-1)
         gate = None
         if c.attention_output_gate:
             q, gate = q.view(B, T, c.n_head, 2 * c.head_size).chunk(2, dim=-1)  # each (B, T, n_head, hs)

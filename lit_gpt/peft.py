@@ -240,6 +240,8 @@ def _kinds(name: str, part: Optional[str]) -> List[str]:
     """Our LoRAConfig switches that adapt module `name` (part: Llama's q/k/v) or its part."""
     if name.endswith(".attn.qkv"):
         return [part] if part else ["query", "key", "value"]
+    if name.endswith((".attn.gate", ".attn.beta", ".attn.decay")):  # a linear-attention layer's, adapted with its qkv
+        return ["query", "key", "value"]
     if name.endswith(".attn.proj"):
         return ["projection"]
     return ["head"] if name == "lm_head" else ["mlp"]

@@ -72,6 +72,13 @@ TINY = {
                                                                        original_max_position_embeddings=8,
                                                                        beta_fast=32.0, beta_slow=1.0),
                                                    sliding_attention=dict(rope_type="default", rope_theta=5e5)))),
+    # Qwen3.5: three Gated DeltaNet layers to one gated full-attention layer, partial RoPE; sequences past a chunk (64)
+    "qwen3_5-hybrid": ("Qwen3_5TextConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                                 layer_types=["linear_attention", "full_attention"],
+                                                 num_hidden_layers=2, linear_num_key_heads=2,
+                                                 linear_num_value_heads=4, linear_key_head_dim=8,
+                                                 linear_value_head_dim=12, max_position_embeddings=256,
+                                                 tie_word_embeddings=False)),
 }
 SIZES = dict(vocab_size=120, hidden_size=32, intermediate_size=56, num_hidden_layers=2, max_position_embeddings=64)
 
@@ -109,7 +116,8 @@ def test_logits_match_transformers(kind: str) -> None:
     hf_model = tiny_hf_model(kind)
     model = lit_model_from_hf(hf_model)
     assert family(model.config) == hf_model.config.model_type
-    for T in (17, 9):  # past the windows and the long-RoPE switch (12), and before
+    for T in (17, 9) + ((150,) if hf_model.config.max_position_embeddings > 150 else ()):
+        # past the windows, the long-RoPE switch (12) and YaRN's original context (8), and before; Qwen3.5 past 2 chunks
         idx = torch.randint(0, SIZES["vocab_size"], (2, T), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected = hf_model(idx).logits
@@ -123,7 +131,7 @@ def test_logits_match_transformers(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like", "gemma3", "phi3-partial-sliding",
                                   "mistral-head_dim-sliding", "qwen3-head_dim", "ministral3-yarn",
-                                  "olmo3-yarn-sliding", "smollm3-nope"])
+                                  "olmo3-yarn-sliding", "smollm3-nope", "qwen3_5-hybrid"])
 def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
     # float64: the paths differ only in float error, which the Gemma-like weights make ~1e-5 in float32
     model = lit_model_from_hf(tiny_hf_model(kind, seed=2)).double()
@@ -136,6 +144,29 @@ def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
     model.clear_kv_cache()
     assert all(block.attn.kv_cache is None for block in model.transformer.h)
+
+
+def test_hybrid_cached_decoding_across_chunks_matches_full_forward() -> None:
+    """Qwen3.5's linear layers decode from their conv and recurrent state: a prefill past one chunk, a chunk across the
+    next boundary, single tokens; per-row positions where one row restarts at 0 while the other continues."""
+    model = lit_model_from_hf(tiny_hf_model("qwen3_5-hybrid", seed=2)).double()
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 140), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(idx)
+        model.set_kv_cache(batch_size=2, max_seq_length=160)
+        steps = [model(idx[:, :70], torch.arange(0, 70)), model(idx[:, 70:126], torch.arange(70, 126))]
+        steps += [model(idx[:, i:i + 1], torch.tensor([i])) for i in range(126, 140)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), full)
+        # row 0 starts over with a new sequence, row 1 goes on with its own
+        other = torch.randint(0, SIZES["vocab_size"], (1, 5), generator=torch.Generator().manual_seed(4))
+        pos = torch.stack([torch.arange(0, 5), torch.arange(140, 145)])
+        both = model(torch.cat([other, idx[1:, :5]]), pos)
+    model.clear_kv_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(both[0], model(other)[0])
+        # (the norms round to float32 also in a float64 model: 145 tokens in one go round a few ulps differently)
+        torch.testing.assert_close(both[1], model(torch.cat([idx[1:], idx[1:, :5]], 1))[0, 140:], rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_every_preset_builds_a_config_that_transformers_can_express() -> None:
