@@ -27,6 +27,16 @@ CONFIGS = {
     "neox": dict(n_head=4, rotary_percentage=0.25, parallel_residual=True, bias=True),
     "falcon-mqa": dict(n_head=4, n_query_groups=1, rotary_percentage=1.0, parallel_residual=True,
                        shared_attention_norm=True, bias=False),
+    # a Gated DeltaNet layer and a gated full-attention one; OLMo 3's output norms, window and YaRN
+    "qwen3_5-hybrid": dict(LLAMA, n_head=4, n_query_groups=2, head_size=8, rotary_percentage=0.25, norm_eps=1e-6,
+                           norm_unit_offset=True, norm_qk=True, attention_output_gate=True, linear_attention=True,
+                           global_layer_every=2, linear_n_key_heads=2, linear_n_value_heads=4,
+                           linear_key_head_size=8, linear_value_head_size=12, hf_model_type="qwen3_5_text"),
+    "olmo3-yarn": dict(LLAMA, n_head=4, n_query_groups=2, norm_qk=True, norm_qk_all_heads=True, norm_upcast=True,
+                       pre_norms=False, post_norms=True, sliding_window=4, global_layer_every=2,
+                       rope_local_base=10000, hf_model_type="olmo3",
+                       rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, beta_fast=32,
+                                         beta_slow=1, truncate=True, attention_factor=1.1386)),
 }
 
 

@@ -262,6 +262,12 @@ SEPARATE = ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "
      dict(target_modules="all-linear", rank_pattern={"gate_up_proj": 2}, alpha_pattern={"qkv_proj": 3})),
     ("phi3-longrope", LoRAConfig(r=3, alpha=5, key=False, head=False),  # multi-head, tied; k rows unadapted
      dict(target_modules=["qkv_proj", "gate_up_proj", "down_proj", "lm_head"])),
+    # the 2026 families: Gated DeltaNet projections (in_proj_qkv/z/b/a, out_proj) beside gated attention; YaRN;
+    # output-only norms; NoPE layers
+    ("qwen3_5-hybrid", LoRAConfig(r=2, alpha=6), dict(target_modules="all-linear")),
+    ("olmo3-yarn-sliding", LoRAConfig(r=2, alpha=6), dict(target_modules="all-linear")),
+    ("ministral3-yarn", LoRAConfig(r=2, alpha=6, mlp=False), dict(target_modules=["q_proj", "v_proj", "o_proj"])),
+    ("smollm3-nope", LoRAConfig(r=2, alpha=6), dict(target_modules=SEPARATE)),
 ])
 def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, tmp_path, smollm2_dir):
     model, base = hf_base(kind, tmp_path, smollm2_dir)
@@ -285,8 +291,9 @@ def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, 
         assert peft_config["rank_pattern"] == {"qkv_proj": parts * lora.r, "gate_up_proj": 2 * lora.r}
         assert peft_config["alpha_pattern"] == {"qkv_proj": parts * lora.alpha, "gate_up_proj": 2 * lora.alpha}
     else:
-        assert peft_config["target_modules"] == [m for m in SEPARATE if not (
-            (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value))]
+        linear = ["in_proj_a", "in_proj_b", "in_proj_qkv", "in_proj_z", "out_proj"] if kind.startswith("qwen3_5") else []
+        assert peft_config["target_modules"] == sorted(linear + [m for m in SEPARATE if not (
+            (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value))])
         assert peft_config["rank_pattern"] == {}
 
     # import: our model with the imported adapter gives the logits of `peft`'s model
