@@ -370,7 +370,7 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
             if c.global_layer_every and not c.linear_attention:
                 problems.append("global_layer_every without linear attention in a Qwen3.5 model")
             hf.update(attention_bias=False, rope_parameters=dict(rope, partial_rotary_factor=c.rotary_percentage),
-                      layer_types=["linear_attention" if c.is_linear(i) else "full_attention" for i in range(c.n_layer)],
+                      layer_types=[("linear" if c.is_linear(i) else "full") + "_attention" for i in range(c.n_layer)],
                       linear_num_key_heads=c.linear_n_key_heads, linear_num_value_heads=c.linear_n_value_heads,
                       linear_key_head_dim=c.linear_key_head_size, linear_value_head_dim=c.linear_value_head_size,
                       linear_conv_kernel_dim=c.linear_conv_kernel)

@@ -130,6 +130,10 @@ class Engine:
             raise ValueError(f"rows={rows}: the engine needs at least one row")
         if compile and is_quantized(model):
             raise ValueError("compile=True needs float weights: bitsandbytes layers do not compile")
+        if model.config.linear_attention:  # its padded prefill and moved rows would corrupt a recurrent state
+            fail(f"{model.config.name!r} has linear-attention (Gated DeltaNet) layers, which the generation engine "
+                 "does not run yet: generation, chat, sampling during finetuning and generative evaluation tasks "
+                 "are not available for it")
         self.model, self.rows, self.tokenizer, self.compile = model, rows, tokenizer, compile
         self.caches: Optional[List[KVCache]] = None
         self.kept: List[int] = []  # the ids whose keys and values row 0 of the cache holds

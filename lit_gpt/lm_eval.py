@@ -47,6 +47,9 @@ class LitLM(TemplateLM):
         longest input. batch_size: rows per forward pass (a row: the requests that share a context, like the choices of
         a question) and prompts generated at once. autocast_dtype: for "-mixed" precisions."""
         super().__init__()
+        if model.config.linear_attention:  # the token trie shares prefixes through attention masks only
+            fail(f"{model.config.name!r} has linear-attention (Gated DeltaNet) layers, which the evaluation does not "
+                 "score yet")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prompt_style = prompt_style

@@ -43,7 +43,7 @@ class LoRAConfig:
     dropout: float = 0.05
     query: bool = True  # the query rows of attn.qkv
     key: bool = True  # the key rows of attn.qkv
-    value: bool = True  # the value rows of attn.qkv (any of the three: a linear-attention layer's qkv, gate, beta, decay)
+    value: bool = True  # the value rows of attn.qkv (any of the 3: a linear-attention layer's qkv, gate, beta, decay)
     projection: bool = True  # attn.proj
     mlp: bool = True  # GptNeoxMLP fc, proj / LLaMAMLP fc_1, fc_2, proj
     head: bool = True  # lm_head

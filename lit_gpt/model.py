@@ -95,6 +95,8 @@ class GPT(nn.Module):
                 if T > self.max_seq_length:
                     raise ValueError(f"Sequence of {T} tokens is longer than max_seq_length={self.max_seq_length}")
                 input_pos = torch.arange(T, device=idx.device)
+            if mask is not None and self.config.linear_attention:
+                raise ValueError("A mask (a token trie) cannot reach linear-attention layers: run each sequence alone")
             per_row = input_pos.dim() == 2
             pos = input_pos[:, None] if per_row else input_pos  # (B, 1, T): broadcasts over the heads
             if mask is not None:

@@ -291,7 +291,7 @@ def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, 
         assert peft_config["rank_pattern"] == {"qkv_proj": parts * lora.r, "gate_up_proj": 2 * lora.r}
         assert peft_config["alpha_pattern"] == {"qkv_proj": parts * lora.alpha, "gate_up_proj": 2 * lora.alpha}
     else:
-        linear = ["in_proj_a", "in_proj_b", "in_proj_qkv", "in_proj_z", "out_proj"] if kind.startswith("qwen3_5") else []
+        linear = ["in_proj_a", "in_proj_b", "in_proj_qkv", "in_proj_z", "out_proj"] * kind.startswith("qwen3_5")
         assert peft_config["target_modules"] == sorted(linear + [m for m in SEPARATE if not (
             (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value))])
         assert peft_config["rank_pattern"] == {}
