@@ -10,7 +10,7 @@ from test_model import SIZES, TINY, tiny_hf_model
 
 from conftest import run_script
 from lit_gpt.config import Config
-from lit_gpt.convert import convert_hf_checkpoint, hf_to_lit, lit_to_hf, lit_to_hf_name
+from lit_gpt.convert import convert_hf_checkpoint, hf_config_from_lit, hf_to_lit, lit_to_hf, lit_to_hf_name
 from lit_gpt.model import GPT
 from lit_gpt.utils import UserError
 
@@ -338,3 +338,23 @@ def test_gemma3_layer_types_without_a_regular_pattern_are_refused() -> None:
     hf["layer_types"] = ["full_attention", "sliding_attention", "full_attention"]
     with pytest.raises(ValueError, match="layer_types puts full attention at layers"):
         Config.from_hf_config(hf)
+
+
+HF_CONFIGS = Path(__file__).parent / "data" / "hf_configs"  # published config.json files (copies: see the note)
+
+
+@pytest.mark.parametrize("name, expected", [
+    # Qwen3.5-0.8B: the text decoder of a vision-language checkpoint; 3 Gated DeltaNet layers to 1 full, RoPE on 64
+    # of 256 head features, tied embeddings
+    ("Qwen3.5-0.8B", dict(n_layer=24, n_embd=1024, linear_attention=True, global_layer_every=4, rope_n_elem=64,
+                          attention_output_gate=True, tie_embeddings=True, linear_n_value_heads=16,
+                          hf_model_type="qwen3_5_text")),
+    ("OLMo-2-1124-7B-Instruct", dict(n_layer=32, n_embd=4096, pre_norms=False, post_norms=True, norm_qk_all_heads=True,
+                                     tie_embeddings=False, hf_model_type="olmo2")),
+])
+def test_published_configs_convert_and_round_trip(name: str, expected: dict) -> None:
+    hf = json.loads((HF_CONFIGS / f"{name}.json").read_text())
+    config = Config.from_hf_config(hf)
+    assert {k: getattr(config, k) for k in expected} == expected
+    again = Config.from_hf_config(hf_config_from_lit(config))
+    assert {**again.to_dict(), "name": config.name} == config.to_dict()
