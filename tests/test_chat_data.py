@@ -105,7 +105,7 @@ def check_chat_labels(name: str, template: str, variables: dict, bos: str, end: 
     assert len(runs) == 3 and torch.equal(labels[labels != IGNORE_INDEX], ids[labels != IGNORE_INDEX])
     end = " </s>" if name == "llama2-chat" else end
     for i, ((start, stop), (_, answer)) in enumerate(zip(runs, TURNS)):
-        prefix = style.response_prefix if name not in ("qwen3", "qwen3.5") or i == 2 else ""  # a think block on the last
+        prefix = style.response_prefix if name not in ("qwen3", "qwen3.5") or i == 2 else ""  # Qwen: think on the last
         assert tokenizer.decode(ids[start:stop]) == prefix + answer + end, name
     last = prepare_conversation(conversation, tokenizer, style, 1000, train_on="last")
     assert label_runs(last["labels"]) == runs[-1:] and torch.equal(last["input_ids"], ids)
