@@ -11,7 +11,8 @@ from lit_gpt.utils import response_loss
 
 # a window (5 or 6) shorter than some examples, partial rotary, LongRoPE (original context 12: one example past it,
 # the others not: each keeps its own factors), parallel residual, GQA, q/k norms
-KINDS = ["llama-gqa", "gemma3", "phi3-partial-sliding", "phi3-longrope", "gpt_neox-parallel", "qwen3-head_dim"]
+KINDS = ["llama-gqa", "gemma3", "phi3-partial-sliding", "phi3-longrope", "gpt_neox-parallel", "qwen3-head_dim",
+         "qwen3_5-hybrid", "olmo3-yarn-sliding"]
 LENGTHS = [9, 3, 17, 1, 6]  # tokens read by the model (the samples are one longer)
 
 
@@ -69,7 +70,7 @@ def test_packed_equals_one_at_a_time(kind: str) -> None:
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "phi3-longrope"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "phi3-longrope", "qwen3_5-hybrid"])
 def test_an_example_never_sees_another(kind: str) -> None:
     """Changing one example's tokens (or its length, hence every later example's place in the row) leaves the other
     examples' logits as they were."""
