@@ -160,3 +160,18 @@ def test_draw_samples_the_softmax():
     torch.testing.assert_close(counts / 20000, logits.softmax(-1), atol=0.012, rtol=0)
     alone = draw(logits[1:], [torch.Generator().manual_seed(5)])
     assert draw(logits, [torch.Generator().manual_seed(9), torch.Generator().manual_seed(5)])[1:] == alone
+
+
+def test_linear_attention_models_are_refused_in_one_line() -> None:
+    """The engine's padded prefill and moved rows, and the evaluation's token trie, would corrupt a recurrent state:
+    both refuse a Qwen3.5-style model, and a trie mask cannot reach its linear layers."""
+    from lit_gpt.lm_eval import LitLM
+    from lit_gpt.utils import UserError
+
+    model = lit_model_from_hf(tiny_hf_model("qwen3_5-hybrid"))
+    with pytest.raises(UserError, match="linear-attention"):
+        Engine(model)
+    with pytest.raises(UserError, match="linear-attention"):
+        LitLM(model, tokenizer=None)
+    with pytest.raises(ValueError, match="cannot reach linear-attention"):
+        model(torch.zeros(1, 3, dtype=torch.long), torch.arange(3)[None], mask=torch.ones(1, 3, 3, dtype=torch.bool))
