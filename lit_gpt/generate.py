@@ -130,10 +130,6 @@ class Engine:
             raise ValueError(f"rows={rows}: the engine needs at least one row")
         if compile and is_quantized(model):
             raise ValueError("compile=True needs float weights: bitsandbytes layers do not compile")
-        if model.config.linear_attention:  # its padded prefill and moved rows would corrupt a recurrent state
-            fail(f"{model.config.name!r} has linear-attention (Gated DeltaNet) layers, which the generation engine "
-                 "does not run yet: generation, chat, sampling during finetuning and generative evaluation tasks "
-                 "are not available for it")
         self.model, self.rows, self.tokenizer, self.compile = model, rows, tokenizer, compile
         self.caches: Optional[List[KVCache]] = None
         self.kept: List[int] = []  # the ids whose keys and values row 0 of the cache holds
@@ -193,6 +189,8 @@ class Engine:
         stops = [[tuple(int(t) for t in seq) for seq in r.stop_tokens if len(seq)] for r in requests]
         single = len(requests) == 1 and requests[0].n == 1
         reuse = common_prefix_length(self.kept, requests[0].prompt) if single else 0
+        if model.config.linear_attention and not (reuse == len(self.kept) < len(requests[0].prompt)):
+            reuse = 0  # a recurrent state holds the whole kept sequence, not a prefix of it
         self._allocate(min(self.rows, sum(len(s) for _, s in queue)),
                        max(len(r.prompt) + r.max_new_tokens for r in requests), keep=reuse)
         self.kept = []
@@ -253,16 +251,20 @@ class Engine:
     def _allocate(self, rows: int, slots: int, keep: int) -> None:
         """Puts a cache of at least `rows` x `slots` into the model, keeping the first `keep` slots of row 0."""
         model, caches = self.model, self.caches
-        if caches is None or caches[0].k.size(0) < rows or caches[0].k.size(2) < slots:
-            if caches is not None:  # grow (a chat's cache doubles, so that later turns fit)
-                old_rows, old_slots = caches[0].k.size(0), caches[0].k.size(2)
+        kv = next((c for c in caches if isinstance(c, KVCache)), None) if caches is not None else None
+        if kv is None or kv.k.size(0) < rows or kv.k.size(2) < slots:
+            if kv is not None:  # grow (a chat's cache doubles, so that later turns fit)
+                old_rows, old_slots = kv.k.size(0), kv.k.size(2)
                 rows, slots = max(rows, old_rows), min(model.max_seq_length, max(slots, 2 * old_slots))
             dtype = model.transformer.wte.weight.dtype
             device = model.transformer.wte.weight.device
-            new = [KVCache(rows, slots, model.config, device, dtype) for _ in model.transformer.h]
+            new = [block.build_cache(rows, slots, device, dtype) for block in model.transformer.h]
             if caches is not None and keep:
                 for old, cache in zip(caches, new):
-                    cache.k[0, :, :keep], cache.v[0, :, :keep] = old.k[0, :, :keep], old.v[0, :, :keep]
+                    if isinstance(cache, KVCache):
+                        cache.k[0, :, :keep], cache.v[0, :, :keep] = old.k[0, :, :keep], old.v[0, :, :keep]
+                    else:  # a linear-attention layer's state after the kept tokens
+                        cache.conv[0], cache.recurrent[0] = old.conv[0], old.recurrent[0]
             self.caches = caches = new
         for block, cache in zip(model.transformer.h, caches):
             block.attn.kv_cache = cache
@@ -284,7 +286,15 @@ class Engine:
         for cache in self.caches:
             cache.first_row = first_row
         try:
-            logits = model(idx.to(device), pos, logits_at=last.to(device))[:, :model.config.vocab_size]
+            if model.config.linear_attention:  # each prompt alone: padding would run through the recurrent states
+                logits = []
+                for j, p in enumerate(prompts):
+                    for cache in self.caches:
+                        cache.first_row = first_row + j
+                    logits.append(model(idx[j:j + 1, :len(p)].to(device), pos[j:j + 1, :len(p)])[0, -1:])
+                logits = torch.cat(logits)[:, :model.config.vocab_size]
+            else:
+                logits = model(idx.to(device), pos, logits_at=last.to(device))[:, :model.config.vocab_size]
         finally:
             for cache in self.caches:
                 cache.first_row = 0
@@ -293,7 +303,7 @@ class Engine:
             src = torch.tensor(sources, device=device) + first_row
             dst = torch.arange(len(sources), device=device) + first_row + len(chunks)
             for cache in self.caches:
-                cache.k[dst], cache.v[dst] = cache.k[src], cache.v[src]
+                cache.copy_rows(src, dst)
         rows = [self._row(requests, i, samples[0]) for i, samples in chunks]
         rows += [self._row(requests, i, j) for i, samples in chunks for j in samples[1:]]
         return rows, torch.cat([logits, logits[torch.tensor(sources, dtype=torch.long, device=device)]])
@@ -347,7 +357,7 @@ class Engine:
             device = self.model.transformer.wte.weight.device
             src, dst = torch.tensor(movers, device=device), torch.tensor(holes, device=device)
             for cache in self.caches:
-                cache.k[dst], cache.v[dst] = cache.k[src], cache.v[src]
+                cache.copy_rows(src, dst)
         order = list(range(count))
         for hole, mover in zip(holes, movers):
             order[hole] = mover

@@ -38,7 +38,7 @@ def alone(model, request: Request) -> list:
     return out
 
 
-@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "qwen3_5-hybrid"])
 @pytest.mark.parametrize("rows", [3, 16])
 def test_batched_rows_equal_each_request_alone(kind, rows):
     """3 rows for 11 samples: rows are refilled as answers end (continuous batching); 16: all at once."""
@@ -51,7 +51,8 @@ def test_batched_rows_equal_each_request_alone(kind, rows):
     hook = model.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape)))
     results = Engine(model, rows=rows).generate(batch)
     hook.remove()
-    assert max(b for b, _ in sizes) == 3 if rows == 3 else sizes[0] == (6, 12)  # 16: one prefill of every prompt
+    if not model.config.linear_attention:  # which prefills each prompt alone
+        assert max(b for b, _ in sizes) == 3 if rows == 3 else sizes[0] == (6, 12)  # 16: one prefill of every prompt
     for request, completions in zip(batch, results):
         assert [c.tokens for c in completions] == alone(model, request)
     greedy = results[4]
@@ -96,7 +97,7 @@ def test_streaming_gives_the_completions_ids_in_order():
     assert all(got[key] == c.tokens for key, c in done.items())
 
 
-@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "qwen3_5-hybrid"])
 def test_greedy_equals_transformers_generate(kind):
     """Rows of different prompt lengths, budgets and stop ids, decoded together, each equal to transformers'
     greedy `generate` of that prompt alone (gemma3: windows of 5 on two of its layers, sequences up to 30)."""
@@ -162,16 +163,36 @@ def test_draw_samples_the_softmax():
     assert draw(logits, [torch.Generator().manual_seed(9), torch.Generator().manual_seed(5)])[1:] == alone
 
 
-def test_linear_attention_models_are_refused_in_one_line() -> None:
-    """The engine's padded prefill and moved rows, and the evaluation's token trie, would corrupt a recurrent state:
-    both refuse a Qwen3.5-style model, and a trie mask cannot reach its linear layers."""
+def test_linear_attention_models_are_refused_by_the_evaluation() -> None:
+    """The evaluation's token trie shares prefixes through attention masks: it refuses a Qwen3.5-style model, and a
+    trie mask cannot reach its linear layers."""
     from lit_gpt.lm_eval import LitLM
     from lit_gpt.utils import UserError
 
     model = lit_model_from_hf(tiny_hf_model("qwen3_5-hybrid"))
     with pytest.raises(UserError, match="linear-attention"):
-        Engine(model)
-    with pytest.raises(UserError, match="linear-attention"):
         LitLM(model, tokenizer=None)
     with pytest.raises(ValueError, match="cannot reach linear-attention"):
         model(torch.zeros(1, 3, dtype=torch.long), torch.arange(3)[None], mask=torch.ones(1, 3, 3, dtype=torch.bool))
+
+
+def test_linear_attention_chat_continues_from_the_kept_state():
+    """Qwen3.5: a next turn that extends the kept sequence runs only its new tokens from the recurrent states and
+    gives what a fresh engine gives; one that diverges inside the kept sequence runs again from position 0."""
+    model = lit_model_from_hf(tiny_hf_model("qwen3_5-hybrid"))
+    gen = torch.Generator().manual_seed(2)
+    first = torch.randint(3, VOCAB, (9,), generator=gen).tolist()
+    engine = Engine(model, rows=2)
+    answer = engine.generate([Request(first, 8)])[0][0].tokens
+    second = first + answer + torch.randint(3, VOCAB, (5,), generator=gen).tolist()
+    lengths = []
+    hook = model.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    again = engine.generate([Request(second, 30)])[0][0].tokens
+    assert lengths[0] == len(second) - (len(first) + len(answer) - 1)
+    assert again == Engine(model, rows=1).generate([Request(second, 30)])[0][0].tokens
+    lengths.clear()
+    other = second[:4] + [second[4] % (VOCAB - 3) + 3] + second[5:]  # differs inside the kept tokens
+    tokens = engine.generate([Request(other, 10)])[0][0].tokens
+    assert lengths[0] == len(other)
+    assert tokens == Engine(model).generate([Request(other, 10)])[0][0].tokens
+    hook.remove()
