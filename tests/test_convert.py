@@ -358,3 +358,18 @@ def test_published_configs_convert_and_round_trip(name: str, expected: dict) -> 
     assert {k: getattr(config, k) for k in expected} == expected
     again = Config.from_hf_config(hf_config_from_lit(config))
     assert {**again.to_dict(), "name": config.name} == config.to_dict()
+
+
+@pytest.mark.parametrize("kind, key, value, match", [
+    ("olmo2", "clip_qkv", 8.0, "clip_qkv=8.0"),
+    ("olmo2", "attention_bias", True, "biases with q/k norms"),
+    ("smollm3-nope", "use_sliding_window", True, "use_sliding_window=True"),
+    ("smollm3-nope", "no_rope_layers", [0, 1, 1, 0], "no_rope_layers leaves RoPE out at layers"),
+    ("ministral3-yarn", "sliding_window", 4, "sliding_window=4"),
+    ("qwen3_5-hybrid", "attention_bias", True, "attention_bias=True"),
+])
+def test_new_family_configs_we_would_not_reproduce_are_refused(kind: str, key: str, value, match: str) -> None:
+    hf = tiny_hf_model(kind).config.to_dict()
+    hf[key] = value
+    with pytest.raises(ValueError, match=match):
+        Config.from_hf_config(hf)
