@@ -6,6 +6,9 @@ windows are lm-eval's. On the same weights it returns the same log-likelihoods a
 - the inputs of a forward pass run as a token trie: tokens that several inputs start with (the context of a
   multiple-choice question's choices, a prompt template, a few-shot prefix) run once; every token is at its own
   position and attends to the tokens before it in its own inputs only (a tree-shaped attention mask);
+- a model with linear-attention layers (Qwen3.5's Gated DeltaNet), whose recurrent states a mask cannot split into
+  branches, runs the common prefix of a row once instead and continues each continuation from a copy of every layer's
+  state after it (keys and values, or conv and recurrent state);
 - the LM head and the log-softmax run on the scored positions only;
 - generation keeps `batch_size` rows busy: a row whose answer ended takes the next prompt at once (decoding one or
   eight rows costs about the same on a CPU); every row is at its own position, no padding is attended to.
@@ -47,9 +50,6 @@ class LitLM(TemplateLM):
         longest input. batch_size: rows per forward pass (a row: the requests that share a context, like the choices of
         a question) and prompts generated at once. autocast_dtype: for "-mixed" precisions."""
         super().__init__()
-        if model.config.linear_attention:  # the token trie shares prefixes through attention masks only
-            fail(f"{model.config.name!r} has linear-attention (Gated DeltaNet) layers, which the evaluation does not "
-                 "score yet")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prompt_style = prompt_style
@@ -120,7 +120,9 @@ class LitLM(TemplateLM):
         len(continuation) positions are scored. Requests whose inputs agree up to the first scored position (the
         choices of a multiple-choice question) form a row, split where the row's prefix and the rest of its
         continuations would pass max_length. `batch_size` rows per forward pass, longest first; short rows share a
-        sequence, where every token that inputs have in common runs once (`_score_tries`).
+        sequence, where every token that inputs have in common runs once (`_score_tries`). A model with
+        linear-attention layers runs each row's prefix once and its continuations from copies of the prefix's state
+        (`_score_from_state`).
         """
         inputs, groups = [], defaultdict(list)
         for i, (_, context, continuation) in enumerate(requests):
@@ -146,19 +148,25 @@ class LitLM(TemplateLM):
 
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
-        with self._inference():
+        linear = self.model.config.linear_attention
+        with self._inference(), self._caches(max(map(len, inputs))) if linear else nullcontext():
             for start in range(0, len(rows), self.batch_size):
-                # `batch_size` rows per forward pass; short rows share a sequence instead of being padded
-                batch, sequences, sizes = rows[start:start + self.batch_size], [], []
-                capacity = max(batch[0][0], PACKED_LENGTH)
-                for size, ids in batch:
-                    if sequences and sizes[-1] + size <= capacity:
-                        sequences[-1] += ids
-                        sizes[-1] += size
-                    else:
-                        sequences.append(list(ids))
-                        sizes.append(size)
-                scores = self._score_tries([[(inputs[i], requests[i][2]) for i in ids] for ids in sequences])
+                batch = rows[start:start + self.batch_size]
+                if linear:  # no trie: each row's prefix runs once, its continuations go on from copies of its state
+                    sequences = [ids for _, ids in batch]
+                    scores = [score for ids in sequences
+                              for score in self._score_from_state([(inputs[i], requests[i][2]) for i in ids])]
+                else:  # `batch_size` rows per forward pass; short rows share a sequence instead of being padded
+                    sequences, sizes = [], []
+                    capacity = max(batch[0][0], PACKED_LENGTH)
+                    for size, ids in batch:
+                        if sequences and sizes[-1] + size <= capacity:
+                            sequences[-1] += ids
+                            sizes[-1] += size
+                        else:
+                            sequences.append(list(ids))
+                            sizes.append(size)
+                    scores = self._score_tries([[(inputs[i], requests[i][2]) for i in ids] for ids in sequences])
                 for i, score in zip([i for ids in sequences for i in ids], scores):
                     results[i] = score
                     if requests[i][0] is not None:
@@ -196,6 +204,43 @@ class LitLM(TemplateLM):
                             mask=mask.to(self._device))
         return self._score(logits[where[scored].to(self._device)], [cont for sequence in sequences
                                                                      for _, cont in sequence])
+
+    def _score_from_state(self, row: list[tuple[list[int], list[int]]]) -> list[tuple]:
+        """The (input, continuation) pairs of one row, for a model with linear-attention layers: the inputs' common
+        prefix (up to the first scored position) runs once into cache row 0; then, at most `batch_size` at a time, each
+        input's rest continues from a copy of row 0 (every layer's keys and values, or conv and recurrent state) in
+        rows 1, 2, ..., right-padded: the padding comes after a row's tokens, so it changes none of their outputs.
+        Every input scores as if it ran alone."""
+        model, device = self.model, self._device
+        caches = [block.attn.kv_cache for block in model.transformer.h]
+        n = len(row[0][0]) - len(row[0][1]) + 1  # the prefix: the same length for every input of the row
+        prefix = torch.tensor([row[0][0][:n]], device=device)
+        at = torch.zeros(1, n, dtype=torch.bool, device=device)
+        at[0, -1] = True
+        first = model(prefix, torch.arange(n, device=device), logits_at=at)  # (1, vocab): predicts each cont[0]
+        logits = [[first] for _ in row]
+        rest = [k for k, (tokens, _) in enumerate(row) if len(tokens) > n]
+        for start in range(0, len(rest), self.batch_size):
+            chunk = rest[start:start + self.batch_size]
+            T = max(len(row[k][0]) - n for k in chunk)
+            idx = torch.zeros(len(chunk), T, dtype=torch.long)
+            at = torch.zeros(len(chunk), T, dtype=torch.bool)
+            for r, k in enumerate(chunk):
+                tail = row[k][0][n:]
+                idx[r, :len(tail)] = torch.tensor(tail)
+                at[r, :len(tail)] = True
+            for cache in caches:
+                cache.copy_rows(torch.zeros(1, dtype=torch.long, device=device),
+                                torch.arange(1, len(chunk) + 1, device=device))
+                cache.first_row = 1
+            try:
+                out = model(idx.to(device), n + torch.arange(T, device=device), logits_at=at.to(device))
+            finally:
+                for cache in caches:
+                    cache.first_row = 0
+            for k, part in zip(chunk, out.split(at.sum(1).tolist())):  # (N, vocab) in row-major order
+                logits[k].append(part)
+        return self._score(torch.cat([x for parts in logits for x in parts]), [cont for _, cont in row])
 
     def _score(self, logits: torch.Tensor, continuations: list[list[int]]) -> list[tuple]:
         """logits: (sum of continuation lengths, vocab), those that predict the continuation tokens."""
@@ -268,6 +313,19 @@ class LitLM(TemplateLM):
         """HFLM's batch encoding: no BOS added to a text that starts with the BOS text."""
         no_bos = bool(self._bos_text) and text.startswith(self._bos_text)
         return self.tokenizer.encode(text, bos=False if no_bos else None).tolist()
+
+    @contextmanager
+    def _caches(self, slots: int) -> Iterator[None]:
+        """Decoding caches of `batch_size` + 1 rows of `slots` positions in the model while it scores
+        (`_score_from_state`), the ones it had put back after."""
+        blocks = self.model.transformer.h
+        previous = [block.attn.kv_cache for block in blocks]
+        self.model.set_kv_cache(self.batch_size + 1, slots)
+        try:
+            yield
+        finally:
+            for block, cache in zip(blocks, previous):
+                block.attn.kv_cache = cache
 
     @contextmanager
     def _inference(self) -> Iterator[None]:

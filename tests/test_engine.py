@@ -163,19 +163,6 @@ def test_draw_samples_the_softmax():
     assert draw(logits, [torch.Generator().manual_seed(9), torch.Generator().manual_seed(5)])[1:] == alone
 
 
-def test_linear_attention_models_are_refused_by_the_evaluation() -> None:
-    """The evaluation's token trie shares prefixes through attention masks: it refuses a Qwen3.5-style model, and a
-    trie mask cannot reach its linear layers."""
-    from lit_gpt.lm_eval import LitLM
-    from lit_gpt.utils import UserError
-
-    model = lit_model_from_hf(tiny_hf_model("qwen3_5-hybrid"))
-    with pytest.raises(UserError, match="linear-attention"):
-        LitLM(model, tokenizer=None)
-    with pytest.raises(ValueError, match="cannot reach linear-attention"):
-        model(torch.zeros(1, 3, dtype=torch.long), torch.arange(3)[None], mask=torch.ones(1, 3, 3, dtype=torch.bool))
-
-
 def test_linear_attention_chat_continues_from_the_kept_state():
     """Qwen3.5: a next turn that extends the kept sequence runs only its new tokens from the recurrent states and
     gives what a fresh engine gives; one that diverges inside the kept sequence runs again from position 0."""

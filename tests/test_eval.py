@@ -1,6 +1,6 @@
-"""eval/lm_eval_harness.py and lit_gpt/lm_eval.py: LitLM against lm-eval's `hf` backend (HFLM) on the same weights,
-rolling log-likelihoods, generation stops, LoRA == merged, QLoRA == its dequantized weights, the local tasks' scoring,
-bad inputs."""
+"""eval/lm_eval_harness.py and lit_gpt/lm_eval.py: LitLM against lm-eval's `hf` backend (HFLM) on the same weights
+(Llama, GPT-NeoX, a Qwen3.5 linear-attention hybrid), rolling log-likelihoods, generation stops, LoRA == merged,
+QLoRA == its dequantized weights, the local tasks' scoring, bad inputs."""
 
 import copy
 import importlib.util
@@ -84,6 +84,11 @@ def make_hf_checkpoint(path: Path, arch: str) -> Path:
         model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
             **{**common, "num_hidden_layers": 3}, num_key_value_heads=2, head_dim=16, sliding_window=4,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"], query_pre_attn_scalar=24))
+    elif arch == "qwen3_5":  # a Gated DeltaNet (linear-attention) layer, then a gated full-attention one
+        model = transformers.AutoModelForCausalLM.from_config(transformers.Qwen3_5TextConfig(
+            **common, num_key_value_heads=2, head_dim=16, layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=12,
+            tie_word_embeddings=False))
     else:  # parallel residual, partial rotary, biases, no BOS
         model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**common, rotary_pct=0.25,
                                                                            tie_word_embeddings=False))
@@ -96,7 +101,7 @@ def make_hf_checkpoint(path: Path, arch: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["llama", "neox"])
+@pytest.fixture(scope="module", params=["llama", "neox", "qwen3_5"])
 def hf_dir(request, tmp_path_factory) -> Path:
     return make_hf_checkpoint(tmp_path_factory.mktemp("eval") / request.param, request.param)
 
@@ -508,6 +513,78 @@ def test_inputs_that_share_tokens_run_them_once_and_score_as_if_alone(checkpoint
         targets = torch.tensor(choice)[:, None]
         assert logprob == pytest.approx(logprobs.gather(1, targets).sum().item(), rel=1e-5)
         assert greedy == bool((logprobs.argmax(-1) == targets[:, 0]).all())
+
+
+@pytest.fixture(scope="module")
+def qwen3_5_dir(tmp_path_factory) -> Path:
+    return make_hf_checkpoint(tmp_path_factory.mktemp("eval") / "qwen3_5", "qwen3_5")
+
+
+def test_linear_attention_model_scores_and_generates_as_each_request_alone(qwen3_5_dir):
+    """Qwen3.5 (a Gated DeltaNet layer, a full-attention one): a trie's mask cannot reach the recurrent layers, so a
+    row's prefix runs once and each continuation goes on from a copy of its state. Contexts (one cut from the left)
+    with more continuations than batch_size (greedy ones, ones sharing first tokens, one-token ones), a rolling text of
+    several windows, and batched greedy generation: each equals plain forward passes over its own tokens alone."""
+    lm = lit_lm(qwen3_5_dir, max_length=32, batch_size=2)
+    model = lm.model
+    with pytest.raises(ValueError, match="cannot reach linear-attention"):
+        model(torch.zeros(1, 3, dtype=torch.long), torch.arange(3)[None], mask=torch.ones(1, 3, 3, dtype=torch.bool))
+
+    def logprobs(tokens: list) -> torch.Tensor:  # (len(tokens), vocab): a plain causal forward of `tokens` alone
+        with torch.no_grad():
+            return torch.log_softmax(model(torch.tensor([tokens])).float(), dim=-1)[0]
+
+    def greedy_loop(tokens: list, n: int) -> list:
+        for _ in range(n):
+            tokens = tokens + [int(logprobs(tokens)[-1].argmax())]
+        return tokens[-n:]
+
+    gen = torch.Generator().manual_seed(2)
+
+    def rand(n: int) -> list:
+        return torch.randint(3, 300, (n,), generator=gen).tolist()
+
+    requests = []
+    for context in (rand(6), rand(11), rand(40)):
+        best = greedy_loop(context[-(lm.max_length - 2):], 3)  # the tokens its input keeps
+        shared = rand(2)
+        choices = [best, best[:2] + [best[2] % 290 + 3], shared + rand(1), shared + rand(4), [5], rand(6)]
+        requests += [(None, context, choice) for choice in choices]
+    tokens_run = []
+    hook = model.register_forward_pre_hook(lambda module, args: tokens_run.append(args[0].numel()))
+    got = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    hook.remove()
+    inputs = [(context + choice)[-(lm.max_length + 1):][:-1] for _, context, choice in requests]
+    assert sum(tokens_run) < 0.8 * sum(map(len, inputs))  # a shared prefix ran once, not once per continuation
+    for (_, context, choice), tokens, (logprob, greedy) in zip(requests, inputs, got):
+        expected = logprobs(tokens)[-len(choice):]
+        targets = torch.tensor(choice)[:, None]
+        assert logprob == pytest.approx(expected.gather(1, targets).sum().item(), rel=1e-5)
+        assert greedy == bool((expected.argmax(-1) == targets[:, 0]).all())
+    assert [greedy for _, greedy in got].count(True) == 3  # the greedy choice of each context, and no other
+    assert all(block.attn.kv_cache is None for block in model.transformer.h)  # the scoring caches are taken out
+
+    # perplexity: lm-eval's disjoint windows of max_length tokens, each a forward pass alone
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    text = json.loads((TASKS_DIR / "paragraphs.jsonl").read_text().splitlines()[0])["text"]
+    ids = lm.tok_encode(text)
+    assert len(ids) > 3 * lm.max_length
+    expected = 0.0
+    for context, continuation in map(make_disjoint_window, get_rolling_token_windows(
+            ids, lm.prefix_token_id, lm.max_length, 1)):
+        window = logprobs((context + continuation)[:-1])[-len(continuation):]
+        expected += window.gather(1, torch.tensor(continuation)[:, None]).sum().item()
+    (rolling,) = lm.loglikelihood_rolling([instance("loglikelihood_rolling", (text,))], disable_tqdm=True)
+    assert rolling == pytest.approx(expected, rel=1e-5)
+
+    # generation: the engine, rows refilled as answers end, each answer the greedy loop of its prompt alone
+    contexts = ["Tom has 3 apples and buys 5 more", "Ann buys 2 pens at $4 each. How much", "Hi"]
+    kwargs = {"until": [], "max_gen_toks": 5, "do_sample": False}
+    texts = lm.generate_until([instance("generate_until", (c, kwargs), i) for i, c in enumerate(contexts)],
+                              disable_tqdm=True)
+    for context, text in zip(contexts, texts):
+        assert text == lm.tokenizer.decode(greedy_loop(lm.tok_encode(context), 5), skip_special_tokens=True)
 
 
 def test_sliding_window_generation_matches_a_greedy_loop_and_transformers(gemma_dir):
