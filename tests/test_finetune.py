@@ -1,4 +1,5 @@
-"""finetune/lora.py end to end on a tiny random model: precisions, quantization, resume, two devices, bad input."""
+"""finetune/lora.py end to end on a tiny random model: precisions, quantization, resume, two devices, bad input; a
+tiny Qwen3.5 (linear attention) through finetune -> merge -> generate."""
 
 import csv
 import json
@@ -89,6 +90,34 @@ def test_finetune_end_to_end(tiny_checkpoint, tiny_data, tmp_path, precision, qu
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002.pth", "step-000004.pth"]
     assert not list(out.rglob("*.tmp"))
+
+
+def test_linear_attention_model_finetunes_merges_and_generates(tiny_data, smollm2_dir, tmp_path, capsys):
+    """A tiny Qwen3.5 (a Gated DeltaNet layer, a gated full-attention one; the SmolLM2 tokenizer the data was prepared
+    with): a few LoRA steps, merge_lora.py, then generate/base.py on the merged dir prints what generate/lora.py
+    prints with the adapter, and not what the base model prints."""
+    from test_merge import make_checkpoint, script, tiny_config
+
+    base = make_checkpoint(tmp_path / "base", tiny_config("qwen3_5-hybrid", block_size=256), smollm2_dir)
+    out = tmp_path / "out"
+    finetune(base, tiny_data, out, "--precision", "32-true", "--max_iters", 2, "--learning_rate", 0.01,
+             "--eval_interval", 2)
+    adapter = torch.load(out / "lit_model_lora_finetuned.pth", weights_only=True)
+    assert any(".attn.qkv.lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # the linear layer too
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in read_metrics(out))
+    script("scripts/merge_lora.py").main(lora_path=out, out_dir=tmp_path / "merged")
+    capsys.readouterr()
+    greedy = dict(prompt="What is 2 + 3?", max_new_tokens=12, temperature=0.0, precision="32-true", stream=False)
+    style = json.loads((out / "prompt_style.json").read_text())["name"]  # the merged dir has it, the base by flag
+    texts = {}
+    for name, run in [("lora", lambda: script("generate/lora.py").main(lora_path=out, **greedy)),
+                      ("merged", lambda: script("generate/base.py").main(checkpoint_dir=tmp_path / "merged", **greedy)),
+                      ("base", lambda: script("generate/base.py").main(checkpoint_dir=base, prompt_style=style,
+                                                                       **greedy))]:
+        run()
+        texts[name] = capsys.readouterr().out
+    assert texts["merged"] == texts["lora"] != texts["base"], texts
+    assert texts["merged"].strip()
 
 
 def test_loss_goes_down(tiny_checkpoint, tiny_data, tmp_path):
