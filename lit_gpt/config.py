@@ -4,7 +4,7 @@ import difflib
 import json
 import math
 from copy import deepcopy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -32,6 +32,8 @@ class Config:
     rope_scaling: Optional[dict] = None
     #   {"type": "yarn", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate",
     #    "attention_factor"}: YaRN
+    #   {"type": "proportional", "partial_rotary_factor", "factor"}: Gemma 4's, RoPE over the whole head whose slowest
+    #    1 - partial_rotary_factor of the frequencies are 0
     rope_local_base: Optional[float] = None  # unscaled RoPE base of the sliding-window layers (None: as global)
     nope_layer_every: int = 0  # every N-th layer has no RoPE at all (SmolLM3: 4); 0: every layer has RoPE
     # queries scaled by 1 + query_scale_beta * log(1 + floor(pos / original)), original being rope_scaling's
@@ -63,6 +65,22 @@ class Config:
     linear_value_head_size: int = 128
     linear_conv_kernel: int = 4  # the causal depthwise convolution over q|k|v
     attention_output_gate: bool = False  # the query projection also yields a per-head sigmoid gate of the output
+    # Gemma 4: the global (non-sliding) layers' own head size and key/value heads (None: as the others'), and values
+    # taken from the keys' projection (no value projection; the keys then get their norm and RoPE, the values not)
+    global_head_size: Optional[int] = None
+    global_n_query_groups: Optional[int] = None
+    attention_k_eq_v: bool = False
+    norm_v: bool = False  # values RMS-normalized per head, without a weight (Gemma 4)
+    # the last kv_shared_layers layers compute no keys and values: each attends over those of the last earlier layer
+    # of its kind (sliding or global), with an MLP twice intermediate_size wide when double_wide_mlp (Gemma 4)
+    kv_shared_layers: int = 0
+    double_wide_mlp: bool = False
+    # per-layer embeddings (Gemma 4 E2B/E4B): a second table of per_layer_embd features per layer and token (and a
+    # projection of the embeddings) gives each layer an input, gated by and added to its output; 0: none
+    per_layer_embd: int = 0
+    per_layer_vocab_size: Optional[int] = None  # that table's rows (None: padded_vocab_size)
+    layer_scalar: bool = False  # each block's output multiplied by a stored scalar of its own (Gemma 4)
+    final_logit_softcapping: Optional[float] = None  # logits = cap * tanh(logits / cap)
     mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP", "GemmaMLP"] = "GptNeoxMLP"  # GemmaMLP: LLaMAMLP with GELU
     gelu_approximate: str = "none"
     intermediate_size: Optional[int] = None
@@ -87,6 +105,8 @@ class Config:
                 raise ValueError(f"{self.name!r}: the LLaMAMLP needs `intermediate_size`")
             self.intermediate_size = 4 * self.n_embd
         self.rope_n_elem = int(self.rotary_percentage * self.head_size)
+        if self.per_layer_embd and self.per_layer_vocab_size is None:
+            self.per_layer_vocab_size = self.padded_vocab_size
         if not self.hf_model_type:
             self.hf_model_type = ("llama" if self.mlp_class_name == "LLaMAMLP" else "gemma3_text"
                                   if self.mlp_class_name == "GemmaMLP" else "falcon" if self.shared_attention_norm
@@ -97,11 +117,33 @@ class Config:
         every = self.global_layer_every
         return self.linear_attention and not (every and (layer + 1) % every == 0)
 
-    def qkv_sizes(self) -> tuple:
-        """The rows of an attention layer's fused qkv: queries (with an output gate: each head's query and gate), keys,
-        values."""
+    def qkv_sizes(self, kv: bool = True) -> tuple:
+        """The rows of an attention layer's fused qkv (of a `layer` view's for per-layer shapes): queries (with an
+        output gate: each head's query and gate), keys, values (0 with `attention_k_eq_v`); `kv` False: queries only
+        (a layer reusing an earlier one's keys and values)."""
         q = self.n_head * self.head_size * (2 if self.attention_output_gate else 1)
-        return q, self.n_query_groups * self.head_size, self.n_query_groups * self.head_size
+        k = self.n_query_groups * self.head_size if kv else 0
+        return q, k, 0 if self.attention_k_eq_v else k
+
+    def layer(self, index: int) -> "Config":
+        """The config as attention layer `index` sees it: a global layer's own head size and key/value heads, and
+        `attention_k_eq_v` in the global layers only (Gemma 4). Itself for models without these."""
+        if self.is_sliding(index):
+            return replace(self, attention_k_eq_v=False) if self.attention_k_eq_v else self
+        if self.global_head_size is None and self.global_n_query_groups is None:
+            return self
+        return replace(self, head_size=self.global_head_size or self.head_size,
+                       n_query_groups=self.global_n_query_groups or self.n_query_groups)
+
+    def kv_source(self, index: int) -> Optional[int]:
+        """The earlier layer whose keys and values layer `index` attends over (`kv_shared_layers`); None: its own."""
+        first = self.n_layer - self.kv_shared_layers
+        if not self.kv_shared_layers or index < first:
+            return None
+        same = [i for i in range(first) if self.is_sliding(i) == self.is_sliding(index)]
+        if not same:
+            raise ValueError(f"{self.name!r}: layer {index} reuses keys and values, but no earlier one is of its kind")
+        return same[-1]
 
     def has_rope(self, layer: int) -> bool:
         every = self.nope_layer_every
@@ -167,12 +209,16 @@ class Config:
         for key in ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size"):
             if hf.get(key):
                 refuse(key, "a mixture of experts, which is not supported")
-        for key in ("attn_logit_softcapping", "final_logit_softcapping", "use_bidirectional_attention"):
-            if hf.get(key):
-                refuse(key)
+        if hf.get("attn_logit_softcapping"):
+            refuse("attn_logit_softcapping")
+        # Gemma 4's "vision": image tokens attend both ways, text (all the text decoder sees here) causally
+        if hf.get("use_bidirectional_attention") and (model_type, hf["use_bidirectional_attention"]) != (
+                "gemma4_text", "vision"):
+            refuse("use_bidirectional_attention")
         common = dict(name=name, block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
                       padding_multiple=1, n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
-                      n_head=hf["num_attention_heads"], hf_model_type=model_type)
+                      n_head=hf["num_attention_heads"], hf_model_type=model_type,
+                      final_logit_softcapping=hf.get("final_logit_softcapping"))
         rope_base, rope_scaling = _hf_rope(hf, name, "full_attention")
         if model_type in _LLAMA_LIKE:
             rotary = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1))
@@ -184,7 +230,7 @@ class Config:
                        norm_class_name="RMSNorm", norm_eps=hf["rms_norm_eps"], mlp_class_name="LLaMAMLP",
                        intermediate_size=hf["intermediate_size"])
             act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
-            if model_type == "gemma3_text":
+            if model_type in ("gemma3_text", "gemma4_text"):
                 if act not in ("gelu_pytorch_tanh", "gelu"):
                     refuse("hidden_activation")
                 cfg.update(mlp_class_name="GemmaMLP", gelu_approximate=_gelu(act), norm_unit_offset=True,
@@ -195,6 +241,8 @@ class Config:
                 if local_scaling is not None:
                     raise ValueError(f"{name!r}: RoPE scaling on the sliding-window layers is not supported")
                 cfg.update(rope_local_base=local_base if local_base != rope_base or rope_scaling else None)
+                if model_type == "gemma4_text":
+                    cfg.update(_gemma4(hf, name))
             elif act != "silu":
                 refuse("hidden_act")
             if model_type in ("llama", "qwen3", "smollm3", "olmo2", "olmo3"):
@@ -242,9 +290,9 @@ class Config:
                 cfg.update(norm_qk=True)
             if model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
                 refuse("use_sliding_window")
-            if model_type in ("mistral", "phi3", "gemma3_text") and hf.get("sliding_window"):
+            if model_type in ("mistral", "phi3", "gemma3_text", "gemma4_text") and hf.get("sliding_window"):
                 window, every = hf["sliding_window"], 0
-                if model_type == "gemma3_text":
+                if model_type in ("gemma3_text", "gemma4_text"):
                     every = _global_layer_every(hf, name)
                 if every != 1:
                     cfg.update(sliding_window=window, global_layer_every=every)
@@ -282,8 +330,8 @@ class Config:
 
 # the causal-LM families read by `Config.from_hf_config`; vision-language model_type -> that of its text model
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3", "ministral3", "olmo2", "olmo3",
-               "qwen3_5_text")
-_TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3", "qwen3_5": "qwen3_5_text"}
+               "qwen3_5_text", "gemma4_text")
+_TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3", "qwen3_5": "qwen3_5_text", "gemma4": "gemma4_text"}
 
 
 def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
@@ -326,6 +374,9 @@ def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
             return base, dict(type="yarn", factor=factor, original_max_position_embeddings=original,
                               beta_fast=params.get("beta_fast") or 32, beta_slow=params.get("beta_slow") or 1,
                               truncate=bool(truncate), attention_factor=float(attention))
+        if kind == "proportional":
+            return base, dict(type="proportional", partial_rotary_factor=params.get("partial_rotary_factor", 1.0),
+                              factor=params.get("factor", 1.0))
         if kind == "longrope":
             original = params.get("original_max_position_embeddings", hf.get("original_max_position_embeddings"))
             factor = params.get("factor") or hf["max_position_embeddings"] / original
@@ -340,7 +391,41 @@ def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
     except (KeyError, TypeError) as e:
         raise ValueError(f"{name!r}: config.json's {key} of type {kind!r} lacks {e}")
     raise ValueError(f"{name!r}: config.json's {key} has RoPE type {kind!r}, which is not supported "
-                     "(supported: default, linear, llama3, longrope, yarn)")
+                     "(supported: default, linear, llama3, longrope, yarn, proportional)")
+
+
+def _gemma4(hf: dict, name: str) -> dict:
+    """The `Config` fields of Gemma 4 beyond Gemma 3's: plain (x * w) norms in float32, a value norm, attention
+    scale 1, the global layers' head size and key/value heads (`per_layer_config`, as transformers saves them, or the
+    published `global_head_dim` / `num_global_key_value_heads`), k = v, shared keys and values, per-layer inputs."""
+    n_layer, k_eq_v = hf["num_hidden_layers"], bool(hf.get("attention_k_eq_v"))
+    for key in ("enable_moe_block", "attention_bias"):
+        if hf.get(key):
+            raise ValueError(f"{name!r}: config.json has {key}={hf[key]!r}, which is not supported")
+    shared = hf.get("num_kv_shared_layers") or 0
+    if shared >= n_layer:
+        raise ValueError(f"{name!r}: config.json has num_kv_shared_layers={shared} of {n_layer} layers: some layer "
+                         "must compute keys and values")
+    every = _global_layer_every(hf, name) if hf.get("sliding_window") else 1
+    full = [i for i in range(n_layer) if every and (i + 1) % every == 0]
+    overrides = hf.get("per_layer_config")
+    if overrides is None:  # transformers' defaults: head 512; the kv heads set only with k = v
+        overrides = {i: {"head_dim": hf.get("global_head_dim", 512)} for i in full}
+        if k_eq_v and hf.get("num_global_key_value_heads") is not None:
+            heads = hf["num_global_key_value_heads"]
+            overrides = {i: {**o, "num_key_value_heads": heads} for i, o in overrides.items()}
+    values = {json.dumps(o, sort_keys=True) for o in overrides.values()}
+    if {int(i) for i in overrides} != set(full) or len(values) > 1 or any(
+            set(o) - {"head_dim", "num_key_value_heads"} for o in overrides.values()):
+        raise ValueError(f"{name!r}: config.json's per-layer overrides {overrides} are not one head_dim (and "
+                         "num_key_value_heads) for exactly the full-attention layers, which is not supported")
+    one = json.loads(values.pop()) if values else {}
+    per_layer = hf.get("hidden_size_per_layer_input") or 0
+    return dict(norm_unit_offset=False, norm_upcast=True, norm_v=True, attention_scalar=1.0,
+                global_head_size=one.get("head_dim"), global_n_query_groups=one.get("num_key_value_heads"),
+                attention_k_eq_v=k_eq_v, kv_shared_layers=shared, double_wide_mlp=bool(hf.get("use_double_wide_mlp")),
+                per_layer_embd=per_layer, layer_scalar=True,
+                per_layer_vocab_size=hf.get("vocab_size_per_layer_input", hf["vocab_size"]) if per_layer else None)
 
 
 def _global_layer_every(hf: dict, name: str, default: int = 6, other: str = "sliding_attention") -> int:
@@ -567,5 +652,90 @@ for _name in ("Mistral-Nemo-Base-2407", "Mistral-Nemo-Instruct-2407"):
     configs.append(dict(_llama, name=_name, hf_config=dict(org="mistralai", name=_name), block_size=131072,
                         vocab_size=131072, padding_multiple=1, n_layer=40, n_embd=5120, n_head=32, n_query_groups=8,
                         head_size=128, intermediate_size=14336, rope_base=1000000, hf_model_type="mistral"))
+
+############
+# Qwen3.5 dense (the text decoder of `qwen3_5`'s vision-language checkpoints, without its multi-token-prediction
+# layer): three Gated DeltaNet layers (16 key heads, 128-wide keys and values, a width-4 convolution) to one
+# full-attention layer whose query projection also yields a sigmoid output gate, (1 + w) norms, q/k norms, RoPE on a
+# quarter of each 256-wide head, 248320-token vocabulary, 262144 context. The model cards' layouts and config.json
+# (0.8B: tests/data/hf_configs); 0.8B-4B tie embeddings. -Base: the pretrained checkpoints, published for 0.8B-9B only.
+############
+_qwen35 = dict(_llama, block_size=262144, vocab_size=248320, padding_multiple=1, head_size=256, rotary_percentage=0.25,
+               rope_base=10000000, norm_eps=1e-6, norm_unit_offset=True, norm_qk=True, attention_output_gate=True,
+               linear_attention=True, global_layer_every=4, linear_n_key_heads=16, linear_key_head_size=128,
+               linear_value_head_size=128, linear_conv_kernel=4, hf_model_type="qwen3_5_text")
+for _size, _kinds, _n_layer, _n_embd, _n_head, _groups, _value_heads, _inter in [
+    ("0.8B", ("", "-Base"), 24, 1024, 8, 2, 16, 3584),
+    ("2B", ("", "-Base"), 24, 2048, 8, 2, 16, 6144),
+    ("4B", ("", "-Base"), 32, 2560, 16, 4, 32, 9216),
+    ("9B", ("", "-Base"), 32, 4096, 16, 4, 32, 12288),
+    ("27B", ("",), 64, 5120, 24, 4, 48, 17408),
+]:
+    for _kind in _kinds:
+        _name = f"Qwen3.5-{_size}{_kind}"
+        configs.append(dict(_qwen35, name=_name, hf_config=dict(org="Qwen", name=_name), n_layer=_n_layer,
+                            n_embd=_n_embd, n_head=_n_head, n_query_groups=_groups, linear_n_value_heads=_value_heads,
+                            intermediate_size=_inter, tie_embeddings=_n_embd <= 2560))
+
+############
+# SmolLM3 (config.json of HuggingFaceTB/SmolLM3-3B and -Base): Llama layout without RoPE in every 4th layer, 4 kv heads,
+# RoPE base 5M, 64K context, tied embeddings
+############
+for _name in ("SmolLM3-3B-Base", "SmolLM3-3B"):
+    configs.append(dict(_llama, name=_name, hf_config=dict(org="HuggingFaceTB", name=_name), block_size=65536,
+                        vocab_size=128256, padding_multiple=1, n_layer=36, n_embd=2048, n_head=16, n_query_groups=4,
+                        intermediate_size=11008, rope_base=5000000, norm_eps=1e-6, nope_layer_every=4,
+                        tie_embeddings=True, hf_model_type="smollm3"))
+
+############
+# Ministral 3 (`mistral3`'s text model; config.json, transformers' Ministral3Config defaults = the 8B, NVIDIA
+# Megatron-Bridge's Ministral 3 providers): 32 heads of 128, 8 kv heads, YaRN x16 of a 16384 context (mscale 1 over
+# mscale_all_dim 1: no attention factor), queries scaled by llama_4_scaling_beta 0.1 past each 16384 positions, 256K
+# context; the 3B ties embeddings, the 14B has RoPE base 1e9. Base models only: the Instruct and Reasoning ones'
+# chat template is not a prompt style yet.
+############
+for _size, _n_layer, _n_embd, _inter, _rope in [
+    ("3B", 26, 3072, 9216, 1000000),
+    ("8B", 34, 4096, 14336, 1000000),
+    ("14B", 40, 5120, 16384, 1000000000),
+]:
+    _name = f"Ministral-3-{_size}-Base-2512"
+    configs.append(dict(_llama, name=_name, hf_config=dict(org="mistralai", name=_name), block_size=262144,
+                        vocab_size=131072, padding_multiple=1, n_layer=_n_layer, n_embd=_n_embd, n_head=32,
+                        n_query_groups=8, head_size=128, intermediate_size=_inter, rope_base=_rope,
+                        rope_scaling=dict(type="yarn", factor=16.0, original_max_position_embeddings=16384,
+                                          beta_fast=32.0, beta_slow=1.0, truncate=True, attention_factor=1.0),
+                        query_scale_beta=0.1, tie_embeddings=_size == "3B", hf_model_type="ministral3"))
+
+############
+# OLMo 2 / OLMo 3: norms after the attention and the MLP only, q/k RMSNorm over all heads, RoPE base 500000, untied.
+# OLMo 2 (config.json; 7B-Instruct's in tests/data/hf_configs): 4K context, 100352 embedding rows, 32B with 8 kv
+# heads. OLMo 3 (config.json; the same sizes, 100278 rows): three layers of four attend within 4096 tokens, YaRN x8
+# of an 8192 context on the full-attention layers only, 64K context. OLMo 3 base models only: the Instruct and Think
+# ones' chat template is not a prompt style yet.
+############
+_olmo = dict(_llama, padding_multiple=1, rope_base=500000, norm_eps=1e-6, norm_qk=True, norm_qk_all_heads=True,
+             norm_upcast=True, pre_norms=False, post_norms=True)
+for _size, _n_layer, _n_embd, _n_head, _groups, _inter in [
+    ("1124-7B", 32, 4096, 32, 32, 11008),
+    ("1124-13B", 40, 5120, 40, 40, 13824),
+    ("0325-32B", 64, 5120, 40, 8, 27648),
+]:
+    for _kind in ("", "-Instruct"):
+        _name = f"OLMo-2-{_size}{_kind}"
+        configs.append(dict(_olmo, name=_name, hf_config=dict(org="allenai", name=_name), block_size=4096,
+                            vocab_size=100352, n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head, n_query_groups=_groups,
+                            intermediate_size=_inter, hf_model_type="olmo2"))
+for _size, _n_layer, _n_embd, _n_head, _groups, _inter in [
+    ("1025-7B", 32, 4096, 32, 32, 11008),
+    ("1125-32B", 64, 5120, 40, 8, 27648),
+]:
+    _name = f"Olmo-3-{_size}"
+    configs.append(dict(_olmo, name=_name, hf_config=dict(org="allenai", name=_name), block_size=65536,
+                        vocab_size=100278, n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head, n_query_groups=_groups,
+                        intermediate_size=_inter, sliding_window=4096, global_layer_every=4, rope_local_base=500000,
+                        rope_scaling=dict(type="yarn", factor=8.0, original_max_position_embeddings=8192, beta_fast=32,
+                                          beta_slow=1, truncate=True, attention_factor=1.2079441541679836),
+                        hf_model_type="olmo3"))
 
 name_to_config = {c["name"]: c for c in configs}

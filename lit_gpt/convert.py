@@ -82,17 +82,27 @@ _NAMES["qwen3_5_text"] = {**_NAMES["llama"], **_QK_NORMS, **{
         ("in_proj_qkv.weight", "qkv.weight"), ("in_proj_z.weight", "gate.weight"), ("in_proj_b.weight", "beta.weight"),
         ("in_proj_a.weight", "decay.weight"), ("conv1d.weight", "conv.weight"), ("dt_bias", "dt_bias"),
         ("A_log", "A_log"), ("norm.weight", "norm.weight"), ("out_proj.weight", "proj.weight"))}}
+# Gemma 4: Gemma 3's names, plain norms, a stored scalar per layer and the per-layer inputs (E2B / E4B)
+_NAMES["gemma4_text"] = {**_NAMES["gemma3_text"], "model.layers.{}.layer_scalar": "transformer.h.{}.layer_scalar",
+                         "model.layers.{}.per_layer_input_gate.weight": "transformer.h.{}.per_layer_gate.weight",
+                         "model.layers.{}.per_layer_projection.weight": "transformer.h.{}.per_layer_proj.weight",
+                         "model.layers.{}.post_per_layer_input_norm.weight": "transformer.h.{}.per_layer_norm.weight",
+                         "model.embed_tokens_per_layer.weight": "transformer.wte_per_layer.weight",
+                         "model.per_layer_model_projection.weight": "transformer.per_layer_proj.weight",
+                         "model.per_layer_projection_norm.weight": "transformer.per_layer_norm.weight"}
 _NAMES["phi3"] = {**{k: v for k, v in _NAMES["llama"].items() if ".mlp.gate_proj" not in k and ".mlp.up_proj" not in k},
                   "model.layers.{}.self_attn.qkv_proj.weight": "transformer.h.{}.attn.qkv.weight"}
 _SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3", "ministral3", "olmo2", "olmo3",
-                 "qwen3_5_text")
+                 "qwen3_5_text", "gemma4_text")
 _LLAMA_QKV = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 _PHI3_GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"  # rows [gate | up] = our fc_1, fc_2
 # a vision-language checkpoint (Gemma 3, Mistral 3): its text model's weights under a prefix (transformers 4 / 5); the
 # rest is skipped
 _TEXT_MODEL = re.compile(r"^(?:language_model\.|model\.language_(?=model\.))")  # -> "" / "model."
-_NOT_TEXT = re.compile(r"^(?:model\.)?(?:vision_tower|multi_modal_projector|visual)\.|^mtp\.")  # mtp: Qwen3.5's
-# multi-token prediction layer, which transformers does not run either
+_NOT_TEXT = re.compile(r"^(?:model\.)?(?:vision_tower|multi_modal_projector|visual|audio_tower|embed_vision|"
+                       r"embed_audio)\.|^mtp\.")  # mtp: Qwen3.5's multi-token prediction layer (transformers skips it)
+# the keys and values (and their norms) Gemma 4 checkpoints keep in the layers that reuse an earlier layer's, unused
+_UNUSED_KV = re.compile(r"model\.layers\.\{\}\.self_attn\.(?:[kv]_proj|[kv]_norm)\.weight")
 # buffers some old checkpoints saved with the weights
 _IGNORED = re.compile(r".*(rotary_emb\.inv_freq|attention\.bias|attention\.masked_bias)$")
 
@@ -142,9 +152,17 @@ def qkv_to_interleaved(t: torch.Tensor, config: Config) -> torch.Tensor:
     return parts.transpose(0, 1).reshape(t.shape)
 
 
-def qkv_split(t: torch.Tensor, config: Config) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Our fused qkv rows -> (q, k, v) rows."""
-    return tuple(t.split(config.qkv_sizes()))  # type: ignore[return-value]
+def qkv_parts(config: Config, layer: int) -> Dict[str, int]:
+    """The rows of layer `layer`'s fused qkv by part ("query", "key", "value"), the parts it has (Gemma 4: no value
+    with k = v, queries alone in a layer reusing an earlier one's keys and values)."""
+    sizes = config.layer(layer).qkv_sizes(config.kv_source(layer) is None)
+    return {part: n for part, n in zip(("query", "key", "value"), sizes) if n}
+
+
+def qkv_split(t: torch.Tensor, config: Config, layer: int = 0) -> Dict[str, torch.Tensor]:
+    """Our fused qkv rows of layer `layer` -> {part: rows} (see `qkv_parts`)."""
+    parts = qkv_parts(config, layer)
+    return dict(zip(parts, t.split(list(parts.values()))))
 
 
 def hf_to_lit_name(name: str, config: Config) -> Tuple[Optional[str], Optional[str]]:
@@ -171,7 +189,8 @@ def lit_to_hf_name(name: str, config: Config, part: Optional[str] = None) -> str
     """
     pattern, layer = _split_layer(name)
     suffix = ""
-    if not pattern.endswith((".weight", ".bias")) and pattern not in _LINEAR_LIT_TO_HF:  # a module name
+    if not pattern.endswith((".weight", ".bias")) and pattern not in _LINEAR_LIT_TO_HF and pattern not in _LIT_TO_HF[
+            family(config)]:  # a module name
         pattern, suffix = pattern + ".weight", ".weight"
     linear = pattern.startswith("transformer.h.{}.attn.") and config.is_linear(int(layer))
     if linear:
@@ -223,6 +242,9 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
         if _IGNORED.match(hf_name) or _NOT_TEXT.match(hf_name):
             continue
         hf_name = _TEXT_MODEL.sub("", hf_name)
+        pattern, layer = _split_layer(hf_name)
+        if layer is not None and _UNUSED_KV.fullmatch(pattern) and config.kv_source(int(layer)) is not None:
+            continue
         name, part = hf_to_lit_name(hf_name, config)
         if name is None:
             raise ValueError(f"Unexpected weight {hf_name!r} for a {fam} model: is this the right config?")
@@ -234,8 +256,11 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
         elif part is not None:
             parts = pending.setdefault(name, {})
             parts[part] = tensor
-            if len(parts) == 3:
-                out[name] = torch.cat([parts["query"], parts["key"], parts["value"]])
+            needed = qkv_parts(config, int(_split_layer(name)[1]))
+            if set(parts) - set(needed):
+                raise ValueError(f"Unexpected weight {hf_name!r}: its layer has only {list(needed)}")
+            if len(parts) == len(needed):
+                out[name] = torch.cat([parts[p] for p in needed])
                 del pending[name]
         elif name.startswith("transformer.h.") and ".attn.qkv." in name and _interleaved_qkv(config):
             _check_shape(hf_name, tensor, expected_shapes(config)[name])
@@ -267,7 +292,7 @@ def lit_to_hf(lit_state_dict: Dict[str, torch.Tensor], config: Config) -> Dict[s
         if name == "lm_head.weight" and config.tie_embeddings:
             continue
         if ".attn.qkv." in name and separate_qkv(config) and not config.is_linear(int(_split_layer(name)[1])):
-            for part, t in zip(("query", "key", "value"), qkv_split(tensor, config)):
+            for part, t in qkv_split(tensor, config, int(_split_layer(name)[1])).items():
                 out[lit_to_hf_name(name, config, part)] = t
         elif family(config) == "phi3" and name.endswith(".mlp.fc_1.weight"):
             out[lit_to_hf_name(name, config)] = torch.cat([tensor, lit_state_dict[name.replace(".fc_1.", ".fc_2.")]])
@@ -286,13 +311,16 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
                   "smollm3": "SmolLM3ForCausalLM", "ministral3": "Ministral3ForCausalLM",
-                  "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "qwen3_5_text": "Qwen3_5ForCausalLM"}
+                  "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "qwen3_5_text": "Qwen3_5ForCausalLM",
+                  "gemma4_text": "Gemma4ForCausalLM"}
 # the layout each decoder family has in transformers (fields not listed are free: sizes, RoPE, tied embeddings)
 _LAYOUTS = {
     "llama": dict(norm_qk=False, post_norms=False, norm_unit_offset=False, scale_embeddings=False,
                   mlp_class_name="LLaMAMLP", sliding_window=None, rope_local_base=None, attention_scalar=None,
                   rotary_percentage=1.0, nope_layer_every=0, query_scale_beta=0.0, norm_qk_all_heads=False,
-                  norm_upcast=False, pre_norms=True, linear_attention=False, attention_output_gate=False),
+                  norm_upcast=False, pre_norms=True, linear_attention=False, attention_output_gate=False,
+                  global_head_size=None, global_n_query_groups=None, attention_k_eq_v=False, norm_v=False,
+                  kv_shared_layers=0, double_wide_mlp=False, per_layer_embd=0, layer_scalar=False),
     "qwen2": dict(bias=False, qkv_bias=True),
     "qwen3": dict(bias=False, qkv_bias=False, norm_qk=True),
     "mistral": dict(bias=False, qkv_bias=False, global_layer_every=0),
@@ -306,6 +334,9 @@ _LAYOUTS = {
     "olmo3": dict(bias=False, qkv_bias=False, norm_qk=True, norm_qk_all_heads=True, norm_upcast=True,
                   pre_norms=False, post_norms=True),
     "qwen3_5_text": dict(bias=False, qkv_bias=False, norm_qk=True, norm_unit_offset=True, attention_output_gate=True),
+    "gemma4_text": dict(bias=False, qkv_bias=False, norm_qk=True, post_norms=True, scale_embeddings=True,
+                        mlp_class_name="GemmaMLP", norm_upcast=True, norm_v=True, layer_scalar=True,
+                        attention_scalar=1.0),
 }
 
 
@@ -335,12 +366,18 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
         problems.append("lm_head_bias=True")
     if fam in _ARCHITECTURES:
         layout = {**_LAYOUTS["llama"], **(_LAYOUTS[fam] if fam not in ("llama", "smollm3") else dict(qkv_bias=c.bias))}
-        for key, families in (("sliding_window", ("mistral", "phi3", "gemma3_text", "olmo3")),
+        for key, families in (("sliding_window", ("mistral", "phi3", "gemma3_text", "olmo3", "gemma4_text")),
                               ("linear_attention", ("qwen3_5_text",)), ("rotary_percentage", ("qwen3_5_text",)),
-                              ("rope_local_base", ("gemma3_text", "olmo3")), ("nope_layer_every", ("smollm3",)),
-                              ("query_scale_beta", ("ministral3",))):
+                              ("rope_local_base", ("gemma3_text", "olmo3", "gemma4_text")),
+                              ("nope_layer_every", ("smollm3",)), ("query_scale_beta", ("ministral3",))):
             if fam in families:
                 layout.pop(key)
+        if fam == "gemma4_text":
+            for key in ("global_head_size", "global_n_query_groups", "attention_k_eq_v", "kv_shared_layers",
+                        "double_wide_mlp", "per_layer_embd"):
+                layout.pop(key)
+        elif c.final_logit_softcapping is not None:
+            problems.append(f"final_logit_softcapping in a {fam} model")
         if fam in ("phi3", "gemma3_text"):
             layout.pop("rotary_percentage")
         if fam == "gemma3_text":
@@ -406,6 +443,22 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                       attn_logit_softcapping=None, attention_bias=False,
                       rope_parameters=dict(full_attention=rope, sliding_attention=local))
             del hf["hidden_act"]
+        if fam == "gemma4_text":
+            types = ["sliding_attention" if c.is_sliding(i) else "full_attention" for i in range(c.n_layer)]
+            if types[-1] != "full_attention":
+                problems.append("a last layer that is not a global one in a Gemma 4 model")
+            local = _rope_parameters(c.rope_base if c.rope_local_base is None else c.rope_local_base, None)
+            shapes = {str(i): dict(head_dim=c.layer(i).head_size, num_key_value_heads=c.layer(i).n_query_groups)
+                      for i, t in enumerate(types) if t == "full_attention"}
+            hf.update(hidden_activation="gelu_pytorch_tanh" if c.gelu_approximate == "tanh" else "gelu",
+                      sliding_window=c.sliding_window or c.block_size, layer_types=types, per_layer_config=shapes,
+                      rope_parameters=dict(full_attention=rope, sliding_attention=local),
+                      final_logit_softcapping=c.final_logit_softcapping, attention_bias=False,
+                      attention_k_eq_v=c.attention_k_eq_v, num_kv_shared_layers=c.kv_shared_layers,
+                      use_double_wide_mlp=c.double_wide_mlp, hidden_size_per_layer_input=c.per_layer_embd,
+                      vocab_size_per_layer_input=c.per_layer_vocab_size or c.padded_vocab_size,
+                      enable_moe_block=False, use_bidirectional_attention=None)
+            del hf["hidden_act"], hf["rope_theta"], hf["rope_scaling"]
     elif fam == "gpt_neox":
         if c.norm_class_name != "LayerNorm" or c.head_size * c.n_head != c.n_embd:
             problems.append("RMSNorm or head_size * n_head != n_embd in a GPT-NeoX model")

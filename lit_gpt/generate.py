@@ -131,7 +131,8 @@ class Engine:
         if compile and is_quantized(model):
             raise ValueError("compile=True needs float weights: bitsandbytes layers do not compile")
         self.model, self.rows, self.tokenizer, self.compile = model, rows, tokenizer, compile
-        self.caches: Optional[List[KVCache]] = None
+        self.caches: Optional[List[KVCache]] = None  # the layers' caches (a layer reusing another's keys has none)
+        self._per_block: list = []  # each block's cache or None
         self.kept: List[int] = []  # the ids whose keys and values row 0 of the cache holds
 
     def generate(self, requests: Sequence[Request]) -> List[List[Completion]]:
@@ -260,13 +261,13 @@ class Engine:
             device = model.transformer.wte.weight.device
             new = [block.build_cache(rows, slots, device, dtype) for block in model.transformer.h]
             if caches is not None and keep:
-                for old, cache in zip(caches, new):
+                for old, cache in zip(self._per_block, new):
                     if isinstance(cache, KVCache):
                         cache.k[0, :, :keep], cache.v[0, :, :keep] = old.k[0, :, :keep], old.v[0, :, :keep]
-                    else:  # a linear-attention layer's state after the kept tokens
+                    elif cache is not None:  # a linear-attention layer's state after the kept tokens
                         cache.conv[0], cache.recurrent[0] = old.conv[0], old.recurrent[0]
-            self.caches = caches = new
-        for block, cache in zip(model.transformer.h, caches):
+            self._per_block, self.caches = new, [c for c in new if c is not None]
+        for block, cache in zip(model.transformer.h, self._per_block):
             block.attn.kv_cache = cache
 
     def _prefill(self, requests: List[Request], chunks: list, first_row: int, start: int

@@ -212,15 +212,16 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("add_lora was already applied to this model")
     for block in model.transformer.h:
-        attn, c = block.attn, model.config
-        q_rows, kv_rows, _ = c.qkv_sizes()
+        attn = block.attn
         adapted = [part for part in ("query", "key", "value") if getattr(config, part)]
         if block.kind == "linear" and adapted:  # Gated DeltaNet: one pair on all of q|k|v, as PEFT's in_proj_qkv
             for name in ("qkv", "gate", "beta", "decay"):
                 setattr(attn, name, LoRALinear.from_linear(getattr(attn, name), config))
-        elif adapted:
-            attn.qkv = LoRALinear.from_linear(attn.qkv, config, {"query": q_rows, "key": kv_rows, "value": kv_rows},
-                                              adapted)
+        elif adapted:  # the parts the layer has (Gemma 4: no value projection with k = v, no k/v when reused)
+            parts = dict(zip(("query", "key", "value"), attn.config.qkv_sizes(attn.kv_source is None)))
+            adapted = [part for part in adapted if parts[part]]
+            if adapted:
+                attn.qkv = LoRALinear.from_linear(attn.qkv, config, {p: n for p, n in parts.items() if n}, adapted)
         if config.projection:
             attn.proj = LoRALinear.from_linear(attn.proj, config)
         if config.mlp:

@@ -2,6 +2,7 @@
 Phi-3 and Falcon, one code path driven by `Config` fields."""
 
 import math
+from dataclasses import replace
 from typing import Any, Optional, Tuple
 
 import torch
@@ -25,6 +26,11 @@ class GPT(nn.Module):
                 ln_f=build_norm(config),
             )
         )
+        if config.per_layer_embd:  # Gemma 4: a table of each layer's input per token, and a projection of the embedding
+            n = config.n_layer * config.per_layer_embd
+            self.transformer.update(dict(wte_per_layer=nn.Embedding(config.per_layer_vocab_size, n),
+                                         per_layer_proj=nn.Linear(config.n_embd, n, bias=False),
+                                         per_layer_norm=build_norm(config, config.per_layer_embd)))
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.max_seq_length = config.block_size
@@ -43,11 +49,12 @@ class GPT(nn.Module):
         device = self.transformer.wte.weight.device
         device = torch.device("cpu") if device.type == "meta" else device
         c = self.config
-        tables = {"": build_rope_cache(value, c.rope_n_elem, c.rope_base, c.rope_scaling, device)}
+        n_elem = int(c.rotary_percentage * (c.global_head_size or c.head_size))  # the global layers' RoPE features
+        tables = {"": build_rope_cache(value, n_elem, c.rope_base, c.rope_scaling, device)}
         if c.rope_local_base is not None:  # sliding-window layers: their own base, unscaled
             tables["_local"] = build_rope_cache(value, c.rope_n_elem, c.rope_local_base, None, device)
         if (c.rope_scaling or {}).get("type") == "longrope":
-            tables["_long"] = build_rope_cache(value, c.rope_n_elem, c.rope_base, c.rope_scaling, device, long=True)
+            tables["_long"] = build_rope_cache(value, n_elem, c.rope_base, c.rope_scaling, device, long=True)
         for suffix, (cos, sin) in tables.items():
             self.register_buffer("cos" + suffix, cos, persistent=False)
             self.register_buffer("sin" + suffix, sin, persistent=False)
@@ -112,21 +119,34 @@ class GPT(nn.Module):
             inputs = self.layer_inputs(pos, key_pos, mask)
         inputs["linear"] = (None, None, lengths, None)  # linear attention: the packed examples' lengths, if any
         x = self.embed(idx)  # (B, T, n_embd)
-        for block in self.transformer.h:
+        per_layer = self.per_layer_inputs(idx, x) if self.config.per_layer_embd else None
+        shared = {} if self.config.kv_shared_layers else None  # layer index -> the keys and values others reuse
+        for i, block in enumerate(self.transformer.h):
+            extra = (None if per_layer is None else per_layer[:, :, i], shared)
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, *inputs[block.kind], cache, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, *inputs[block.kind], cache, *extra, use_reentrant=False)
             else:
-                x = block(x, *inputs[block.kind], cache)
+                x = block(x, *inputs[block.kind], cache, *extra)
         if logits_at is not None:
             x = x[logits_at]  # (N, n_embd)
-        x = self.transformer.ln_f(x)
-        return self.lm_head(x)
+        x = self.lm_head(self.transformer.ln_f(x))
+        cap = self.config.final_logit_softcapping
+        return x if cap is None else torch.tanh(x / cap) * cap
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.transformer.wte(idx)  # (B, T, n_embd)
         if self.config.scale_embeddings:
             x = x * torch.tensor(self.config.n_embd ** 0.5, dtype=x.dtype)
         return x
+
+    def per_layer_inputs(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_layer, per_layer_embd): each layer's input for each token (Gemma 4), the mean of its row of the
+        per-layer table (scaled by sqrt(per_layer_embd)) and the normalized projection of the token's embedding x."""
+        c, t = self.config, self.transformer
+        shape = (*idx.shape, c.n_layer, c.per_layer_embd)
+        table = t.wte_per_layer(idx) * torch.tensor(c.per_layer_embd ** 0.5, dtype=x.dtype)
+        projected = t.per_layer_norm((t.per_layer_proj(x) * c.n_embd ** -0.5).view(shape))
+        return (projected + table.view(shape)) * 2 ** -0.5
 
     def layer_inputs(self, pos: torch.Tensor, key_pos: torch.Tensor, mask: Optional[torch.Tensor]) -> dict:
         """{kind: (cos, sin, mask, query scale)} for the "global" and "sliding" (window) attention layers.
@@ -220,75 +240,109 @@ class Block(nn.Module):
         super().__init__()
         self.norm_1 = build_norm(config) if config.pre_norms else nn.Identity()
         self.kind = "linear" if config.is_linear(index) else "sliding" if config.is_sliding(index) else "global"
-        self.attn = GatedDeltaNet(config) if self.kind == "linear" else CausalSelfAttention(config, index)
+        kv_source = config.kv_source(index)
+        self.attn = (GatedDeltaNet(config) if self.kind == "linear"
+                     else CausalSelfAttention(config.layer(index), index, kv_source))
         self.norm_2 = build_norm(config) if config.pre_norms else nn.Identity()
         if config.shared_attention_norm:  # Falcon: norm_1 feeds the MLP too
             self.norm_2 = None
+        if config.double_wide_mlp and kv_source is not None:
+            config = replace(config, intermediate_size=2 * config.intermediate_size)
         self.mlp = GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
         # Gemma 3 normalizes the attention and MLP outputs too, before adding them to the residual stream
         self.post_attention_norm = build_norm(config) if config.post_norms else nn.Identity()
         self.post_mlp_norm = build_norm(config) if config.post_norms else nn.Identity()
         self.parallel_residual = config.parallel_residual
+        if config.per_layer_embd:  # Gemma 4: the layer's own input, gated by its output, added to it
+            self.per_layer_gate = nn.Linear(config.n_embd, config.per_layer_embd, bias=False)
+            self.per_layer_proj = nn.Linear(config.per_layer_embd, config.n_embd, bias=False)
+            self.per_layer_norm = build_norm(config)
+            self.gelu = config.gelu_approximate
+        self.layer_scalar = nn.Buffer(torch.ones(1)) if config.layer_scalar else None
 
-    def build_cache(self, rows: int, slots: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
-        """What this layer keeps while decoding: keys and values of `slots` positions, or a linear layer's state."""
+    def build_cache(self, rows: int, slots: int, device: torch.device, dtype: torch.dtype) -> Optional[nn.Module]:
+        """What this layer keeps while decoding: keys and values of `slots` positions, or a linear layer's state;
+        None for a layer that reuses an earlier one's keys and values."""
         if self.kind == "linear":
             return DeltaNetState(rows, self.attn.config, device, dtype)
-        return KVCache(rows, slots, self.attn.config, device, dtype)
+        return None if self.attn.kv_source is not None else KVCache(rows, slots, self.attn.config, device, dtype)
 
     def forward(self, x: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], mask: Any = None,
-                q_scale: Optional[torch.Tensor] = None, cache: Optional[tuple] = None) -> torch.Tensor:
+                q_scale: Optional[torch.Tensor] = None, cache: Optional[tuple] = None,
+                per_layer: Optional[torch.Tensor] = None, shared: Optional[dict] = None) -> torch.Tensor:
         """cos, sin, mask, q_scale: this layer kind's from `GPT.layer_inputs` (a linear-attention layer gets the
-        packed lengths as `mask`); cache: from `GPT.forward`."""
+        packed lengths as `mask`); cache: from `GPT.forward`; per_layer: (B, T, per_layer_embd) this layer's input;
+        shared: the keys and values of the layers others reuse."""
         n_1 = self.norm_1(x)
         if self.kind == "linear":
             h = self.post_attention_norm(self.attn(n_1, cos, sin, mask, cache))
         else:
-            h = self.post_attention_norm(self.attn(n_1, cos, sin, mask, cache, q_scale))
+            h = self.post_attention_norm(self.attn(n_1, cos, sin, mask, cache, q_scale, shared))
         if self.parallel_residual:
             n_2 = n_1 if self.norm_2 is None else self.norm_2(x)
-            return x + h + self.post_mlp_norm(self.mlp(n_2))
-        x = x + h
-        return x + self.post_mlp_norm(self.mlp(self.norm_2(x)))
+            x = x + h + self.post_mlp_norm(self.mlp(n_2))
+        else:
+            x = x + h
+            x = x + self.post_mlp_norm(self.mlp(self.norm_2(x)))
+        if per_layer is not None:
+            gated = F.gelu(self.per_layer_gate(x), approximate=self.gelu) * per_layer
+            x = x + self.per_layer_norm(self.per_layer_proj(gated))
+        return x if self.layer_scalar is None else x * self.layer_scalar
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: Config, index: int = 0) -> None:
+    def __init__(self, config: Config, index: int = 0, kv_source: Optional[int] = None) -> None:
+        """config: the layer's view (`Config.layer`); kv_source: the earlier layer whose keys and values it reuses."""
         super().__init__()
         # one fused projection, rows laid out as [all queries | all keys | all values]; with an output gate each head's
         # query rows are followed by its gate's
-        self.qkv = nn.Linear(config.n_embd, sum(config.qkv_sizes()), bias=config.qkv_bias)
+        self.qkv = nn.Linear(config.n_embd, sum(config.qkv_sizes(kv_source is None)), bias=config.qkv_bias)
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
         if config.norm_qk:  # one RMSNorm over each head's features, shared by the heads (or over all heads' features)
             heads = (config.n_head, config.n_query_groups) if config.norm_qk_all_heads else (1, 1)
             self.norm_q = build_norm(config, heads[0] * config.head_size)
-            self.norm_k = build_norm(config, heads[1] * config.head_size)
+            if kv_source is None:
+                self.norm_k = build_norm(config, heads[1] * config.head_size)
         self.kv_cache: Optional[KVCache] = None
         self.rope = config.has_rope(index)
+        self.index, self.kv_source = index, kv_source
+        self.is_kv_source = index in {config.kv_source(i) for i in range(config.n_layer)}
         self.config = config
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                cache: Optional[tuple] = None, q_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cache: Optional[tuple] = None, q_scale: Optional[torch.Tensor] = None,
+                shared: Optional[dict] = None) -> torch.Tensor:
         """mask: which keys each query sees, (T, L) or (B, 1, T, L), None: causal. cache: (positions (T,) to write,
-        cache length to attend over), from `GPT.forward`. q_scale: (..., T, 1) factors of the queries after RoPE."""
+        cache length to attend over), from `GPT.forward`. q_scale: (..., T, 1) factors of the queries after RoPE.
+        shared: layer index -> keys and values, read by a layer with a `kv_source`, written by such a source."""
         B, T, _ = x.shape
         c = self.config
-        q, k, v = self.qkv(x).split(c.qkv_sizes(), dim=-1)
+        q, k, v = self.qkv(x).split(c.qkv_sizes(self.kv_source is None), dim=-1)
+        if c.attention_k_eq_v:
+            v = k  # the keys' projection, before their norm and RoPE
         gate = None
         if c.attention_output_gate:
             q, gate = q.view(B, T, c.n_head, 2 * c.head_size).chunk(2, dim=-1)  # each (B, T, n_head, hs)
         if c.norm_qk and c.norm_qk_all_heads:
             q, k = self.norm_q(q.reshape(B, T, -1)), self.norm_k(k)
         q = q.reshape(B, T, c.n_head, c.head_size).transpose(1, 2)  # (B, n_head, T, hs)
+        if c.norm_qk and not c.norm_qk_all_heads:
+            q = self.norm_q(q)
+        if self.rope:
+            q = apply_rope(q, cos, sin)
+        if q_scale is not None:
+            q = q * q_scale.to(q.dtype)
+        if self.kv_source is not None:
+            k, v = shared[self.kv_source]  # (B, n_query_groups, L, hs): those the source layer attended over
+            return self.output(q, k, v, mask, gate)
         k = k.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, n_query_groups, T, hs)
         v = v.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)
         if c.norm_qk and not c.norm_qk_all_heads:
-            q, k = self.norm_q(q), self.norm_k(k)
+            k = self.norm_k(k)
+        if c.norm_v:
+            v = rms_norm(v, c.norm_eps)
         if self.rope:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if q_scale is not None:
-            q = q * q_scale.to(q.dtype)
-
+            k = apply_rope(k, cos, sin)
         if cache is not None:
             input_pos, length = cache
             size = self.kv_cache.k.size(2)  # checked on the int `length`: no tensor sync, no graph break in compile
@@ -297,6 +351,15 @@ class CausalSelfAttention(nn.Module):
             torch._check(length <= size)  # compiled: a runtime assert that also bounds the data-dependent length
             k, v = self.kv_cache(input_pos, k, v)
             k, v = k[:, :, :length], v[:, :, :length]  # (B, n_query_groups, length, hs)
+        if self.is_kv_source:
+            shared[self.index] = (k, v)
+        return self.output(q, k, v, mask, gate)
+
+    def output(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any,
+               gate: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attention of q (B, n_head, T, hs) over k, v, through the output gate and projection: (B, T, n_embd)."""
+        B, _, T, _ = q.shape
+        c = self.config
         scale = None if c.attention_scalar is None else c.attention_scalar ** -0.5
         if isinstance(mask, list):  # packed examples (`GPT.packed_inputs`): each attends to itself only
             # split, not sliced: backward concatenates the examples' gradients in one pass, where each slice's
@@ -384,13 +447,18 @@ class RMSNorm(nn.Module):
         self.upcast = upcast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        x32 = rms_norm(x.float(), self.eps)
         if self.unit_offset:
             return (x32 * (1.0 + self.weight.float())).to(x.dtype)
         if self.upcast:
             return (x32 * self.weight.float()).to(x.dtype)
         return self.weight * x32.to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x divided by the root mean square of its last dimension, computed in float32, in x's dtype."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def build_norm(config: Config, size: Optional[int] = None) -> nn.Module:
@@ -438,7 +506,8 @@ def build_rope_cache(seq_len: int, n_elem: int, base: float, scaling: Optional[d
     divides the low ones (wavelengths past original / low_freq_factor) by `factor`, keeps the high ones (shorter than
     original / high_freq_factor) and blends in between; "longrope" divides each by its own short (or, `long`, long)
     factor and multiplies cos and sin by `attention_factor`; "yarn" keeps the fast frequencies, divides the slow ones
-    by `factor`, ramps in between, and multiplies cos and sin by `attention_factor`.
+    by `factor`, ramps in between, and multiplies cos and sin by `attention_factor`; "proportional" (Gemma 4) keeps
+    the fastest `partial_rotary_factor` of the frequencies of the whole head, divided by `factor`, the others 0.
     """
     exponents = torch.arange(0, n_elem, 2, device=device, dtype=torch.int64).float() / n_elem
     inv_freq = 1.0 / (base ** exponents)  # (n_elem / 2,)
@@ -473,8 +542,11 @@ def build_rope_cache(seq_len: int, n_elem: int, base: float, scaling: Optional[d
                 / (high - low if high != low else 0.001)).clamp(0, 1)  # 0: kept, 1: divided by factor
         inv_freq = 1.0 / (scaling["factor"] * base ** exponents) * ramp + inv_freq * (1 - ramp)
         scale = scaling["attention_factor"]
+    elif kind == "proportional":  # the first partial_rotary_factor of the frequencies turn, the others are 0
+        turning = int(scaling["partial_rotary_factor"] * n_elem // 2)
+        inv_freq = torch.cat([inv_freq[:turning], torch.zeros_like(inv_freq[turning:])]) / scaling.get("factor", 1.0)
     elif kind is not None:
-        raise ValueError(f"Unknown rope_scaling type {kind!r}: known are linear, llama3, longrope, yarn")
+        raise ValueError(f"Unknown rope_scaling type {kind!r}: known are linear, llama3, longrope, yarn, proportional")
     t = torch.arange(seq_len, device=device, dtype=torch.int64).float()
     freqs = torch.outer(t, inv_freq)  # (seq_len, n_elem / 2)
     emb = torch.cat((freqs, freqs), dim=-1)

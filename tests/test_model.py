@@ -79,6 +79,21 @@ TINY = {
                                                  linear_num_value_heads=4, linear_key_head_dim=8,
                                                  linear_value_head_dim=12, max_position_embeddings=256,
                                                  tie_word_embeddings=False)),
+    # Gemma 4: per-layer inputs, the last two layers reusing keys and values (double-wide MLPs), a global layer of
+    # its own head size; k = v with fewer global kv heads, logit softcapping; proportional RoPE; windows of 5
+    "gemma4-ple-shared-kv": ("Gemma4TextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, global_head_dim=16, num_hidden_layers=6,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2, sliding_window=5,
+        num_kv_shared_layers=2, use_double_wide_mlp=True, hidden_size_per_layer_input=8, vocab_size_per_layer_input=120,
+        rope_parameters=dict(full_attention=dict(rope_type="proportional", partial_rotary_factor=0.25, rope_theta=1e6),
+                             sliding_attention=dict(rope_type="default", rope_theta=10000.0)))),
+    "gemma4-k_eq_v": ("Gemma4TextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, global_head_dim=16, num_global_key_value_heads=1,
+        attention_k_eq_v=True, num_hidden_layers=3, layer_types=["sliding_attention", "sliding_attention",
+                                                                 "full_attention"],
+        sliding_window=5, hidden_size_per_layer_input=0, final_logit_softcapping=3.0, tie_word_embeddings=False,
+        rope_parameters=dict(full_attention=dict(rope_type="proportional", partial_rotary_factor=0.25, rope_theta=1e6),
+                             sliding_attention=dict(rope_type="default", rope_theta=10000.0)))),
 }
 SIZES = dict(vocab_size=120, hidden_size=32, intermediate_size=56, num_hidden_layers=2, max_position_embeddings=64)
 
@@ -100,6 +115,9 @@ def tiny_hf_model(kind: str, seed: int = 0) -> torch.nn.Module:
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 1 else 0.2) + (1.0 if "norm" in name and
                                                                              name.endswith("weight") else 0.0))
+        for name, b in model.named_buffers():  # Gemma 4's stored per-layer scalars
+            if name.endswith("layer_scalar"):
+                b.copy_(torch.rand_like(b) + 0.5)
     return model
 
 
@@ -131,7 +149,8 @@ def test_logits_match_transformers(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like", "gemma3", "phi3-partial-sliding",
                                   "mistral-head_dim-sliding", "qwen3-head_dim", "ministral3-yarn",
-                                  "olmo3-yarn-sliding", "smollm3-nope", "qwen3_5-hybrid"])
+                                  "olmo3-yarn-sliding", "smollm3-nope", "qwen3_5-hybrid", "gemma4-ple-shared-kv",
+                                  "gemma4-k_eq_v"])
 def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
     # float64: the paths differ only in float error, which the Gemma-like weights make ~1e-5 in float32
     model = lit_model_from_hf(tiny_hf_model(kind, seed=2)).double()
