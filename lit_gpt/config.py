@@ -211,6 +211,8 @@ class Config:
                 refuse(key, "a mixture of experts, which is not supported")
         if hf.get("attn_logit_softcapping"):
             refuse("attn_logit_softcapping")
+        if hf.get("final_logit_softcapping") and model_type != "gemma4_text":  # Gemma 4's is ours, Gemma 2's not
+            refuse("final_logit_softcapping")
         # Gemma 4's "vision": image tokens attend both ways, text (all the text decoder sees here) causally
         if hf.get("use_bidirectional_attention") and (model_type, hf["use_bidirectional_attention"]) != (
                 "gemma4_text", "vision"):
@@ -218,7 +220,8 @@ class Config:
         common = dict(name=name, block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
                       padding_multiple=1, n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
                       n_head=hf["num_attention_heads"], hf_model_type=model_type,
-                      final_logit_softcapping=hf.get("final_logit_softcapping"))
+                      final_logit_softcapping=hf.get("final_logit_softcapping") if model_type == "gemma4_text"
+                      else None)
         rope_base, rope_scaling = _hf_rope(hf, name, "full_attention")
         if model_type in _LLAMA_LIKE:
             rotary = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1))

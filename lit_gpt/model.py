@@ -258,7 +258,8 @@ class Block(nn.Module):
             self.per_layer_proj = nn.Linear(config.per_layer_embd, config.n_embd, bias=False)
             self.per_layer_norm = build_norm(config)
             self.gelu = config.gelu_approximate
-        self.layer_scalar = nn.Buffer(torch.ones(1)) if config.layer_scalar else None
+        # a parameter (transformers: a buffer) so that it loads, casts and shards as the weights do
+        self.layer_scalar = nn.Parameter(torch.ones(1)) if config.layer_scalar else None
 
     def build_cache(self, rows: int, slots: int, device: torch.device, dtype: torch.dtype) -> Optional[nn.Module]:
         """What this layer keeps while decoding: keys and values of `slots` positions, or a linear layer's state;

@@ -37,6 +37,15 @@ CONFIGS = {
                        rope_local_base=10000, hf_model_type="olmo3",
                        rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, beta_fast=32,
                                          beta_slow=1, truncate=True, attention_factor=1.1386)),
+    # Gemma 4: per-layer inputs, the last two layers reusing keys and values, global layers of their own head size
+    # with k = v, proportional RoPE, softcapping
+    "gemma4": dict(LLAMA, mlp_class_name="GemmaMLP", gelu_approximate="tanh", n_layer=4, n_head=4, n_query_groups=2,
+                   head_size=8, global_head_size=16, global_n_query_groups=1, attention_k_eq_v=True, norm_qk=True,
+                   norm_v=True, norm_upcast=True, post_norms=True, scale_embeddings=True, attention_scalar=1.0,
+                   sliding_window=4, global_layer_every=2, rope_base=1000000, rope_local_base=10000,
+                   rope_scaling=dict(type="proportional", partial_rotary_factor=0.25, factor=1.0), kv_shared_layers=2,
+                   double_wide_mlp=True, per_layer_embd=8, layer_scalar=True, final_logit_softcapping=30.0,
+                   tie_embeddings=True, hf_model_type="gemma4_text"),
 }
 
 
@@ -143,7 +152,7 @@ def test_merged_equals_unmerged_float32(kind, tmp_path, smollm2_dir):
     merged_config = Config.from_checkpoint(tmp_path / "merged")
     assert merged_config.tie_embeddings is False  # a merged head adapter unties a tied head
     hf_config = json.loads((tmp_path / "merged" / "config.json").read_text())
-    assert hf_config["tie_word_embeddings"] is False and hf_config["num_hidden_layers"] == 2
+    assert hf_config["tie_word_embeddings"] is False and hf_config["num_hidden_layers"] == merged_config.n_layer
     assert leftovers(tmp_path) == []
 
 

@@ -268,6 +268,9 @@ SEPARATE = ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "
     ("olmo3-yarn-sliding", LoRAConfig(r=2, alpha=6), dict(target_modules="all-linear")),
     ("ministral3-yarn", LoRAConfig(r=2, alpha=6, mlp=False), dict(target_modules=["q_proj", "v_proj", "o_proj"])),
     ("smollm3-nope", LoRAConfig(r=2, alpha=6), dict(target_modules=SEPARATE)),
+    # Gemma 4: layers without k/v projections (reused) or without v_proj (k = v); per-layer inputs left frozen
+    ("gemma4-ple-shared-kv", LoRAConfig(r=2, alpha=6), dict(target_modules=SEPARATE)),
+    ("gemma4-k_eq_v", LoRAConfig(r=2, alpha=6, key=False), dict(target_modules=SEPARATE)),
 ])
 def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, tmp_path, smollm2_dir):
     model, base = hf_base(kind, tmp_path, smollm2_dir)
@@ -293,7 +296,8 @@ def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, 
     else:
         linear = ["in_proj_a", "in_proj_b", "in_proj_qkv", "in_proj_z", "out_proj"] * kind.startswith("qwen3_5")
         assert peft_config["target_modules"] == sorted(linear + [m for m in SEPARATE if not (
-            (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value))])
+            (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value)
+            or (m == "k_proj" and not lora.key))])
         assert peft_config["rank_pattern"] == {}
 
     # import: our model with the imported adapter gives the logits of `peft`'s model
