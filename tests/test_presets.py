@@ -1,5 +1,8 @@
 """Every preset builds a model whose parameter count is the one its publishers state."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,6 +45,20 @@ PUBLISHED = {
     # HF
     "Phi-3-mini-4k-instruct": ("3.82B", None), "Phi-4-mini-instruct": ("3.84B", None),
     "Mistral-Nemo-Base-2407": ("12.2B", None), "Mistral-Nemo-Instruct-2407": ("12.2B", None),
+    # Qwen3.5 cards ("Number of Parameters" of the language model; the multi-token-prediction layer, not in these
+    # presets, adds under 2%)
+    **{f"Qwen3.5-{size}{kind}": (size, None) for kind in ("", "-Base") for size in ("0.8B", "2B", "4B", "9B")},
+    "Qwen3.5-27B": ("27B", None),
+    # SmolLM3 card ("a 3B parameter language model")
+    "SmolLM3-3B": ("3B", None), "SmolLM3-3B-Base": ("3B", None),
+    # Ministral 3 cards ("3.4B Language Model", "13.5B Language Model"). The 8B card's "8.4B Language Model" is its
+    # 8,489,553,920 parameters cut, not rounded (config.json gives them exactly): the Ministral 3 report's "8B" instead
+    "Ministral-3-3B-Base-2512": ("3.4B", None), "Ministral-3-8B-Base-2512": ("8B", None),
+    "Ministral-3-14B-Base-2512": ("13.5B", None),
+    # HF
+    **{f"OLMo-2-{size}{kind}": (total, None) for kind in ("", "-Instruct")
+       for size, total in (("1124-7B", "7.3B"), ("1124-13B", "13.7B"), ("0325-32B", "32.2B"))},
+    "Olmo-3-1025-7B": ("7.3B", None), "Olmo-3-1125-32B": ("32.2B", None),
 }
 # no count published (StableLM-Alpha's card says 3B/7B of 3.6B/7.9B models; the Pythia table predates these two)
 NOT_PUBLISHED = {"stablelm-base-alpha-3b", "stablelm-base-alpha-7b", "pythia-14m", "pythia-31m"}
@@ -87,6 +104,18 @@ def test_parameter_count_matches_the_published_size(name: str) -> None:
 ])
 def test_exact_parameter_count(name: str, published: int) -> None:
     assert num_parameters(meta_model(name)) == published
+
+
+@pytest.mark.parametrize("name, config_json", [
+    ("Qwen3.5-0.8B", "Qwen3.5-0.8B.json"),
+    ("OLMo-2-1124-7B-Instruct", "OLMo-2-1124-7B-Instruct.json"),
+])
+def test_preset_is_its_published_config_json(name: str, config_json: str) -> None:
+    """The preset is what `Config.from_hf_config` reads from the repo's config.json, field by field."""
+    hf = json.loads((Path(__file__).parent / "data" / "hf_configs" / config_json).read_text())
+    ignore = {"name", "hf_config"}  # config.json names no repo (the OLMo one: "allenai/open_instruct_dev")
+    converted = {k: v for k, v in Config.from_hf_config(hf).to_dict().items() if k not in ignore}
+    assert {k: v for k, v in Config.from_name(name).to_dict().items() if k not in ignore} == converted
 
 
 def test_gemma_3_270m_is_mostly_embeddings() -> None:

@@ -173,8 +173,10 @@ CHAT_PRESETS = {
     **{f"OLMo-2-{size}-Instruct": "olmo2" for size in ("0425-1B", "1124-7B", "1124-13B", "0325-32B")},
 }
 BASE_PRESETS = ("gemma-3-270m", "gemma-3-1b-pt", "Qwen2.5-7B", "Llama-3.2-1B", "Mistral-Nemo-Base-2407",
-                "Qwen3.5-0.8B-Base", "Qwen3.5-9B-Base", "Qwen3.5-35B-A3B-Base", "SmolLM3-3B-Base", "OLMo-2-1124-7B",
-                "OLMo-2-0425-1B")
+                *(f"Qwen3.5-{size}-Base" for size in ("0.8B", "2B", "4B", "9B", "35B-A3B")), "SmolLM3-3B-Base",
+                *(f"Ministral-3-{size}-Base-2512" for size in ("3B", "8B", "14B")),
+                "OLMo-2-1124-7B", "OLMo-2-1124-13B", "OLMo-2-0325-32B", "OLMo-2-0425-1B", "Olmo-3-1025-7B",
+                "Olmo-3-1125-32B")
 
 
 def preset_or_name(name: str) -> Any:
