@@ -92,13 +92,15 @@ def test_finetune_end_to_end(tiny_checkpoint, tiny_data, tmp_path, precision, qu
     assert not list(out.rglob("*.tmp"))
 
 
-def test_linear_attention_model_finetunes_merges_and_generates(tiny_data, smollm2_dir, tmp_path, capsys):
-    """A tiny Qwen3.5 (a Gated DeltaNet layer, a gated full-attention one; the SmolLM2 tokenizer the data was prepared
-    with): a few LoRA steps, merge_lora.py, then generate/base.py on the merged dir prints what generate/lora.py
-    prints with the adapter, and not what the base model prints."""
+@pytest.mark.parametrize("kind", ["qwen3_5-hybrid", "gemma4"])
+def test_new_family_model_finetunes_merges_and_generates(kind, tiny_data, smollm2_dir, tmp_path, capsys):
+    """A tiny Qwen3.5 (a Gated DeltaNet layer, a gated full-attention one) and a tiny Gemma 4 (per-layer inputs, layers
+    reusing keys and values, k = v), with the SmolLM2 tokenizer the data was prepared with: a few LoRA steps,
+    merge_lora.py, then generate/base.py on the merged dir prints what generate/lora.py prints with the adapter, and
+    not what the base model prints."""
     from test_merge import make_checkpoint, script, tiny_config
 
-    base = make_checkpoint(tmp_path / "base", tiny_config("qwen3_5-hybrid", block_size=256), smollm2_dir)
+    base = make_checkpoint(tmp_path / "base", tiny_config(kind, block_size=256), smollm2_dir)
     out = tmp_path / "out"
     finetune(base, tiny_data, out, "--precision", "32-true", "--max_iters", 2, "--learning_rate", 0.01,
              "--eval_interval", 2)
