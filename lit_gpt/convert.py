@@ -603,10 +603,23 @@ def convert_hf_checkpoint(checkpoint_dir: Union[str, Path], model_name: Optional
              f"python scripts/download.py --repo_id <org>/<name>")
     config = config_for_hf_dir(checkpoint_dir, model_name)
     files = hf_weight_files(checkpoint_dir)
+    skipped: Dict[str, int] = {}  # a vision-language checkpoint's vision / audio towers: module -> weights
+
+    def text_weights() -> Iterator[Tuple[str, torch.Tensor]]:
+        for name, tensor in iter_hf_weights(files):
+            if _NOT_TEXT.match(name):
+                module = _NOT_TEXT.match(name).group(0).strip(".")
+                skipped[module] = skipped.get(module, 0) + 1
+                continue
+            yield name, tensor
+
     try:
-        state_dict = hf_to_lit(iter_hf_weights(files), config, dtype)
+        state_dict = hf_to_lit(text_weights(), config, dtype)
     except ValueError as e:
         fail(f"{str(checkpoint_dir)!r}: {e}")
+    if skipped:
+        print(f"Converted the text decoder only; skipped {sum(skipped.values())} weights of "
+              f"{', '.join(f'{m} ({n})' for m, n in sorted(skipped.items()))}")
     with atomic_path(checkpoint_dir / "lit_model.pth") as tmp:
         torch.save(state_dict, tmp)
         config.save(checkpoint_dir / "lit_config.json")

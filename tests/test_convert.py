@@ -373,3 +373,34 @@ def test_new_family_configs_we_would_not_reproduce_are_refused(kind: str, key: s
     hf[key] = value
     with pytest.raises(ValueError, match=match):
         Config.from_hf_config(hf)
+
+
+def test_gemma4_vision_language_checkpoint_converts_its_text_decoder(tmp_path: Path, capsys) -> None:
+    """A Gemma4ForConditionalGeneration dir (the layout of the published gemma-4 repos: the text model under
+    model.language_model, a vision tower beside it): its text decoder converts, gives transformers' logits on text,
+    and the vision weights are skipped with a note."""
+    import transformers
+
+    from lit_gpt.convert import convert_hf_checkpoint
+
+    _, kwargs = TINY["gemma4-ple-shared-kv"]
+    text = transformers.Gemma4TextConfig(**{**SIZES, **kwargs})
+    vision = transformers.Gemma4VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2, head_dim=8, patch_size=4,
+                                             position_embedding_size=64)
+    torch.manual_seed(0)
+    hf_model = transformers.Gemma4ForConditionalGeneration(transformers.Gemma4Config(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), audio_config=None)).eval()
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    hf_model.save_pretrained(tmp_path / "gemma4-tiny")
+    capsys.readouterr()
+    config = convert_hf_checkpoint(tmp_path / "gemma4-tiny")
+    note = capsys.readouterr().out
+    assert "Converted the text decoder only" in note and "model.vision_tower" in note and "model.embed_vision" in note
+    model = GPT(config)
+    model.load_state_dict(torch.load(tmp_path / "gemma4-tiny" / "lit_model.pth", weights_only=True))
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(idx), hf_model(input_ids=idx).logits)
