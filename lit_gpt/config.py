@@ -281,6 +281,10 @@ class Config:
                 cfg.update(norm_qk=True, norm_qk_all_heads=True, norm_upcast=True, pre_norms=False, post_norms=True)
             if model_type == "olmo3" and hf.get("sliding_window"):
                 every = _global_layer_every(hf, name, default=4)
+                flat = hf.get("rope_parameters") or {}
+                if "full_attention" not in flat and flat.get("rope_type", "default") != "default":
+                    refuse("rope_parameters", "one RoPE for all layer types, which transformers' Olmo3 reads as no "
+                           "scaling at all: give it full_attention and sliding_attention entries")
                 if every != 1:
                     local_base, local_scaling = _hf_rope(hf, name, "sliding_attention")
                     if local_scaling is not None:
@@ -345,8 +349,9 @@ def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
         params = params[layer_type]
     elif not params:
         params = dict(hf.get("rope_scaling") or {})
-        if layer_type == "sliding_attention":  # Gemma 3 (transformers 4): its default local base is 10,000
-            params = {"rope_theta": hf.get("rope_local_base_freq", 10000)}
+        if layer_type == "sliding_attention":  # unscaled; Gemma 3 (transformers 4): its local base, 10,000 by default
+            default = 10000 if hf.get("model_type") == "gemma3_text" else hf.get("rope_theta", 10000)
+            params = {"rope_theta": hf.get("rope_local_base_freq", default)}
     if not isinstance(params, dict):
         raise ValueError(f"{name!r}: config.json has rope_parameters={params!r}, which is not a dict")
     base = params.get("rope_theta", hf.get("rope_theta", 10000))

@@ -299,6 +299,9 @@ V4_STYLE = {
                                                               original_max_position_embeddings=32)),
     "gemma3": dict(rope_theta=1e6, rope_local_base_freq=10000.0, sliding_window_pattern=2,
                    rope_scaling=dict(rope_type="linear", factor=4.0)),
+    # OLMo 3 as transformers 4.57 saved it: YaRN on the full layers, the sliding ones at the same base, unscaled
+    "olmo3-yarn-sliding": dict(rope_theta=5e5, rope_scaling=dict(rope_type="yarn", factor=8.0, beta_fast=32.0,
+                                                                 original_max_position_embeddings=8, beta_slow=1.0)),
     "phi3-longrope": dict(rope_theta=10000.0, partial_rotary_factor=0.75, original_max_position_embeddings=12,
                           rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5, 2.0],
                                             long_factor=[3.0, 5.0, 11.0])),
@@ -367,6 +370,12 @@ def test_published_configs_convert_and_round_trip(name: str, expected: dict) -> 
     ("smollm3-nope", "no_rope_layers", [0, 1, 1, 0], "no_rope_layers leaves RoPE out at layers"),
     ("ministral3-yarn", "sliding_window", 4, "sliding_window=4"),
     ("qwen3_5-hybrid", "attention_bias", True, "attention_bias=True"),
+    ("olmo3-yarn-sliding", "rope_parameters", dict(rope_type="yarn", rope_theta=5e5, factor=8.0,
+                                                   original_max_position_embeddings=8), "one RoPE for all layer types"),
+    ("gemma4-ple-shared-kv", "enable_moe_block", True, "enable_moe_block=True"),
+    ("gemma4-ple-shared-kv", "num_kv_shared_layers", 6, "some layer must compute keys and values"),
+    ("gemma4-k_eq_v", "per_layer_config", {"2": {"head_dim": 16}, "1": {"head_dim": 8}}, "per-layer overrides"),
+    ("gemma4-k_eq_v", "use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
 ])
 def test_new_family_configs_we_would_not_reproduce_are_refused(kind: str, key: str, value, match: str) -> None:
     hf = tiny_hf_model(kind).config.to_dict()
