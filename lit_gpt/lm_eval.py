@@ -212,7 +212,7 @@ class LitLM(TemplateLM):
         rows 1, 2, ..., right-padded: the padding comes after a row's tokens, so it changes none of their outputs.
         Every input scores as if it ran alone."""
         model, device = self.model, self._device
-        caches = [block.attn.kv_cache for block in model.transformer.h]
+        caches = [block.attn.kv_cache for block in model.transformer.h if block.attn.kv_cache is not None]
         n = len(row[0][0]) - len(row[0][1]) + 1  # the prefix: the same length for every input of the row
         prefix = torch.tensor([row[0][0][:n]], device=device)
         at = torch.zeros(1, n, dtype=torch.bool, device=device)

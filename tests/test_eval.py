@@ -7,6 +7,7 @@ import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -89,19 +90,27 @@ def make_hf_checkpoint(path: Path, arch: str) -> Path:
             **common, num_key_value_heads=2, head_dim=16, layer_types=["linear_attention", "full_attention"],
             linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=12,
             tie_word_embeddings=False))
+    elif arch == "gemma4":  # per-layer inputs, the last 2 layers reusing keys and values, k = v, window 4, softcapping
+        model = transformers.AutoModelForCausalLM.from_config(transformers.Gemma4TextConfig(
+            **{**common, "num_hidden_layers": 4}, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+            num_global_key_value_heads=1, attention_k_eq_v=True, sliding_window=4, num_kv_shared_layers=2,
+            layer_types=["sliding_attention", "full_attention"] * 2, hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=vocab, final_logit_softcapping=30.0, pad_token_id=None))
     else:  # parallel residual, partial rotary, biases, no BOS
         model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**common, rotary_pct=0.25,
                                                                            tie_word_embeddings=False))
     with torch.no_grad():  # larger than the init's weights: peaked distributions, greedy ties are unlikely
-        for param in model.parameters():
+        for name, param in model.named_parameters():
             if param.dim() == 2:
                 param.normal_(0, 0.2)
+            elif arch == "gemma4" and "norm" in name:  # its plain (x * w) norms: around 1, not degenerate
+                param.normal_(1, 0.5)
     model.save_pretrained(path)
     convert_hf_checkpoint(path)
     return path
 
 
-@pytest.fixture(scope="module", params=["llama", "neox", "qwen3_5"])
+@pytest.fixture(scope="module", params=["llama", "neox", "qwen3_5", "gemma4"])
 def hf_dir(request, tmp_path_factory) -> Path:
     return make_hf_checkpoint(tmp_path_factory.mktemp("eval") / request.param, request.param)
 
@@ -204,11 +213,14 @@ def test_generation_matches_hf_and_stops_at_until(hf_dir):
                 tokens.append(int(ours.model(torch.tensor([tokens]))[0, -1].argmax()))
         assert text == ours.tokenizer.decode(tokens[-4:], skip_special_tokens=True)
     # until: each answer ends where a stop string first appears in the full answer
-    def printable_pair(text: str, start: int) -> str:  # random weights generate bytes: pick two ASCII letters
-        return next(text[i:i + 2] for i in range(start, len(text) - 1) if text[i:i + 2].isascii()
-                    and text[i:i + 2].isalpha())
+    def printable_pair(text: str, start: int) -> Optional[str]:  # random weights generate bytes: two ASCII letters
+        return next((text[i:i + 2] for i in range(start, len(text) - 1) if text[i:i + 2].isascii()
+                     and text[i:i + 2].isalpha()), None)
 
-    stops = [printable_pair(full[0], len(full[0]) // 3), printable_pair(full[3], 1)]
+    # two answers' stops, one from a third of the way in, one near the start
+    first = next(k for k, text in enumerate(full) if printable_pair(text, len(text) // 3))
+    second = next(k for k, text in enumerate(full) if k != first and printable_pair(text, 1))
+    stops = [printable_pair(full[first], len(full[first]) // 3), printable_pair(full[second], 1)]
     stopped = generate(ours, stops, 16)
     assert stopped == generate(theirs, stops, 16)
     for text, long in zip(stopped, full):
@@ -216,7 +228,7 @@ def test_generation_matches_hf_and_stops_at_until(hf_dir):
         for stop in stops:
             expected = expected.split(stop)[0]
         assert text == expected
-    assert len(stopped[0]) < len(full[0]) and len(stopped[3]) < len(full[3])
+    assert len(stopped[first]) < len(full[first]) and len(stopped[second]) < len(full[second])
 
 
 def test_prompt_style_chat_template(llama_dir):
