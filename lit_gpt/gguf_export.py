@@ -4,6 +4,12 @@ The inverse of lit_gpt/gguf.py (the importer), with its tensor names: the file i
 converter (convert_hf_to_gguf.py) lays out the same model, so llama.cpp, Ollama and LM Studio run it:
 - llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...): q/k rows of each head interleaved for llama.cpp's RoPE kernel;
   Llama 3's RoPE scaling as the `rope_freqs` tensor of per-frequency divisors.
+- smollm3, mistral3: q/k rows interleaved as llama's; SmolLM3's NoPE layers must be every 4th (llama.cpp hardcodes it),
+  Ministral 3's YaRN and query scaling become `rope.scaling.*` and `attention.temperature_*` keys.
+- olmo2 (OLMo 2 and 3): output norms only, q/k norms over all heads, always an `output.weight`; OLMo 3's window and
+  layer pattern as keys (llama.cpp's window layers: RoPE unscaled, the global base; its YaRN betas: 32 and 1).
+- qwen35 (Qwen3.5): the Gated DeltaNet layers as `ssm_*`, `attn_qkv`, `attn_gate` with the value heads tiled, the
+  gated attention layers' q rows with their gates as ours; norms as 1 + weight (not the DeltaNet's gated norm).
 - qwen2, qwen3, gemma3, phi3: q/k rows as ours. Gemma's norms stored as 1 + weight; Phi-3's q/k/v and gate/up fused;
   its LongRoPE factors as `rope_factors_long/short` tensors (llama.cpp picks one set per context size, not per
   position as we do: the long factors when the context exceeds the original one).
@@ -19,6 +25,7 @@ one pair of rank k * r (A stacked, B block-diagonal and multiplied by k, as llam
 """
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -30,14 +37,21 @@ from lit_gpt.gguf import (
     ARCHITECTURES,
     BYTE,
     CONTROL,
+    INTERLEAVED,
+    LINEAR_NAMES,
     NO_CLEAN_SPACES,
     PRE_TOKENIZERS,
     QKV_NAMES,
+    SMOLLM3_NOPE_EVERY,
     TENSOR_NAMES,
     UNKNOWN,
     USER_DEFINED,
+    YARN_BETAS,
+    deltanet_to_gguf,
     interleave_heads,
     llama3_divisors,
+    tensor_names,
+    yarn_magnitude,
 )
 from lit_gpt.utils import atomic_path, fail, lazy_load, read_json
 
@@ -46,7 +60,7 @@ if TYPE_CHECKING:
 
 NORMAL, UNUSED = 1, 5  # llama.cpp token types besides the importer's
 # our hf_model_type -> llama.cpp architecture (GPT-NeoX and Falcon have none we export)
-GGUF_ARCHITECTURES = {**{hf: arch for arch, hf in ARCHITECTURES.items()}, "mistral": "llama"}
+GGUF_ARCHITECTURES = {**{hf: arch for arch, hf in ARCHITECTURES.items()}, "mistral": "llama", "olmo3": "olmo2"}
 # outtype -> (tensor type of the 2-D weights, general.file_type), for the types the gguf package can write
 OUTTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
             "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
@@ -66,22 +80,58 @@ def gguf_architecture(config: Config, what: str) -> str:
     arch = GGUF_ARCHITECTURES.get(config.hf_model_type)
     if arch is None:
         fail(f"{what} is a {config.hf_model_type} model, which has no llama.cpp architecture we export. Exported: "
-             "llama (Llama, Mistral, SmolLM2, TinyLlama), qwen2, qwen3, gemma3, phi3")
-    c, kind = config, (config.rope_scaling or {}).get("type")
+             "llama (Llama, Mistral, SmolLM2, TinyLlama), qwen2, qwen3, gemma3, phi3, smollm3, mistral3 (Ministral 3), "
+             "olmo2 (OLMo 2 and 3), qwen35 (Qwen3.5)")
+    c, scaling = config, config.rope_scaling or {}
+    kind, every = scaling.get("type"), c.nope_layer_every
+    rope_kinds = {"llama": ("linear", "llama3"), "qwen2": ("linear",), "qwen3": ("linear",), "gemma3": ("linear",),
+                  "phi3": ("linear", "longrope"), "olmo2": ("yarn",), "mistral3": ("yarn",)}
     problems = {
         "parallel residual blocks": c.parallel_residual, "LayerNorm": c.norm_class_name != "RMSNorm",
         "biases other than Qwen2's q/k/v": c.bias or c.lm_head_bias or (c.qkv_bias and arch != "qwen2"),
-        f"RoPE scaling {kind!r}": kind not in (None, "linear", {"llama": "llama3", "phi3": "longrope"}.get(arch)),
-        "RoPE on part of each head": c.rope_n_elem != c.head_size and arch != "phi3",
-        "q/k norms": c.norm_qk and arch not in ("qwen3", "gemma3"),
-        "Gemma's norms and MLP": (c.norm_unit_offset or c.post_norms or c.mlp_class_name == "GemmaMLP"
-                                  or c.scale_embeddings) != (arch == "gemma3"),
+        f"RoPE scaling {kind!r}": kind not in (None, *rope_kinds.get(arch, ())),
+        "RoPE on part of each head": c.rope_n_elem != c.head_size and arch not in ("phi3", "qwen35"),
+        # what only some architectures have, and those require (Gemma's (1 + w) norms are stored as 1 + w: any can)
+        "q/k norms" if c.norm_qk else "no q/k norms": c.norm_qk != (arch in ("qwen3", "gemma3", "olmo2", "qwen35")),
+        "q/k norms over all heads" if c.norm_qk_all_heads else "q/k norms per head":
+            c.norm_qk and c.norm_qk_all_heads != (arch == "olmo2"),
+        "norms after the attention and MLP" if c.post_norms else "no norms after the attention and MLP":
+            c.post_norms != (arch in ("gemma3", "olmo2")),
+        "no norms before the attention and MLP" if not c.pre_norms else "norms before the attention and MLP":
+            c.pre_norms == (arch == "olmo2"),
+        "Gemma's MLP and embeddings": (c.mlp_class_name == "GemmaMLP" or c.scale_embeddings) != (arch == "gemma3"),
+        "Gated DeltaNet layers" if c.linear_attention else "no Gated DeltaNet layers":
+            c.linear_attention != (arch == "qwen35"),
+        "an output gate" if c.attention_output_gate else "no output gate":
+            c.attention_output_gate != (arch == "qwen35"),
+        f"no RoPE in every {every}-th layer" if every else "RoPE in every layer":  # smollm3: none in every 4th
+            every != (SMOLLM3_NOPE_EVERY if arch == "smollm3" else 0),
+        "query scaling": c.query_scale_beta and arch != "mistral3",
+        "an attention scalar": c.attention_scalar not in (None, c.head_size) and arch != "gemma3",
     }
+    if kind == "yarn":  # ggml's YaRN rounds the bounds of its ramp outwards
+        problems.update({"YaRN without truncated ramp bounds": not scaling.get("truncate", True),
+                         f"YaRN betas {scaling['beta_fast']} and {scaling['beta_slow']} (llama.cpp: 32 and 1)":
+                             arch not in YARN_BETAS and (scaling["beta_fast"], scaling["beta_slow"]) != (32, 1)})
     if arch == "gemma3":  # llama.cpp hardcodes these
         scalar = c.n_embd // c.n_head if c.n_layer == 62 else c.head_size
         problems.update({"a layer pattern other than every 6th layer global": c.global_layer_every != 6,
                          f"an attention scalar other than {scalar}": (c.attention_scalar or c.head_size) != scalar,
                          "no sliding window": c.sliding_window is None})
+    if arch == "olmo2":  # its window layers: RoPE unscaled, with the global base
+        local = c.rope_local_base if scaling or c.rope_local_base is not None else c.rope_base
+        problems.update({"a head size other than n_embd / n_head": c.head_size * c.n_head != c.n_embd,
+                         "a sliding window in every layer": c.sliding_window and c.global_layer_every < 2,
+                         "another RoPE in the window layers than the global one unscaled":
+                             c.sliding_window and local != c.rope_base})
+    if arch == "qwen35":
+        problems.update({"linear-attention key and value heads of different sizes":
+                             c.linear_key_head_size != c.linear_value_head_size,
+                         "only linear-attention layers": c.global_layer_every == 0})
+    if arch in ("smollm3", "mistral3", "qwen35", "qwen3", "qwen2") and c.sliding_window is not None:
+        problems["a sliding window"] = True
+    if c.query_scale_beta and arch == "mistral3" and not scaling.get("original_max_position_embeddings"):
+        problems["query scaling without YaRN's original context"] = True
     bad = [name for name, found in problems.items() if found]
     if bad:
         fail(f"{what} ({config.name}) has {', '.join(bad)}, which llama.cpp's {arch} architecture does not compute")
@@ -132,15 +182,36 @@ def model_metadata(config: Config, arch: str) -> dict:
             "attention.layer_norm_rms_epsilon": float(c.norm_eps), "rope.freq_base": float(c.rope_base)}
     if c.hf_config.get("org"):
         meta["general.organization"] = c.hf_config["org"]
-    if arch in ("llama", "phi3"):
+    if arch in (*INTERLEAVED, "phi3", "qwen35"):
         meta["rope.dimension_count"] = c.rope_n_elem
-    if arch == "llama":
+    if arch in INTERLEAVED:
         meta["vocab_size"] = c.padded_vocab_size
-    if arch in ("qwen3", "gemma3") or c.head_size != c.n_embd // c.n_head:
+    if arch in ("qwen3", "gemma3", "qwen35") or c.head_size != c.n_embd // c.n_head:
         meta.update({"attention.key_length": c.head_size, "attention.value_length": c.head_size})
     scaling = c.rope_scaling or {}
     if scaling.get("type") == "linear":
         meta.update({"rope.scaling.type": "linear", "rope.scaling.factor": float(scaling["factor"])})
+    if scaling.get("type") == "yarn":
+        meta.update({"rope.scaling.type": "yarn", "rope.scaling.factor": float(scaling["factor"]),
+                     "rope.scaling.original_context_length": scaling["original_max_position_embeddings"],
+                     "rope.scaling.yarn_beta_fast": float(scaling["beta_fast"]),
+                     "rope.scaling.yarn_beta_slow": float(scaling["beta_slow"])})
+        attention = scaling["attention_factor"] / yarn_magnitude(scaling["factor"])  # what ggml's does not give
+        if not math.isclose(attention, 1.0, rel_tol=1e-6):
+            meta["rope.scaling.attn_factor"] = attention
+    if c.query_scale_beta:  # Ministral 3: queries times 1 + beta log(1 + floor(pos / original))
+        meta.update({"attention.temperature_scale": float(c.query_scale_beta),
+                     "attention.temperature_length": scaling["original_max_position_embeddings"]})
+    if arch == "olmo2" and c.sliding_window:
+        meta.update({"attention.sliding_window": c.sliding_window, "attention.sliding_window_pattern":
+                     c.global_layer_every, "rope.freq_base_swa": float(c.rope_base)})
+    if arch == "qwen35":  # text positions are the same in every M-RoPE section: any split of the frequencies will do
+        pairs = c.rope_n_elem // 2
+        meta.update({"full_attention_interval": c.global_layer_every, "ssm.conv_kernel": c.linear_conv_kernel,
+                     "ssm.state_size": c.linear_key_head_size, "ssm.group_count": c.linear_n_key_heads,
+                     "ssm.time_step_rank": c.linear_n_value_heads,
+                     "ssm.inner_size": c.linear_n_value_heads * c.linear_value_head_size,
+                     "rope.dimension_sections": [-(-pairs // 3), -(-pairs // 3), pairs - 2 * -(-pairs // 3), 0]})
     if scaling.get("type") == "longrope":
         meta.update({"rope.scaling.original_context_length": scaling["original_max_position_embeddings"],
                      "rope.scaling.attn_factor": float(scaling["attention_factor"])})
@@ -167,24 +238,34 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
             return interleave_heads(w, heads) if heads else w
         return make
 
-    for ours, name in TENSOR_NAMES.items():
+    for ours, name in tensor_names(arch).items():
         for i in range(c.n_layer) if "{}" in ours else [None]:
             key, name_i = ours.format(i), name.format(i)
-            if key not in state or (key == "lm_head.weight" and c.tie_embeddings) or (arch == "phi3" and ".fc_" in key):
-                continue  # not in this model, tied (llama.cpp uses the embedding), or fused below
+            if key not in state or (arch == "phi3" and ".fc_" in key) or (i is not None and c.is_linear(i) and
+                                                                          ".attn." in key):
+                continue  # not in this model, fused below, or a Gated DeltaNet layer's (below)
+            if key == "lm_head.weight" and c.tie_embeddings and arch != "olmo2":
+                continue  # tied: llama.cpp uses the embedding (its olmo2 needs output.weight)
             shift = offset if name_i.endswith("norm.weight") else 0.0
             add(name_i, lambda key=key, shift=shift: state[key].float() + shift, state[key].shape)
     q, kv = c.n_head * c.head_size, c.n_query_groups * c.head_size
-    for i in range(c.n_layer):  # the parts of our fused q/k/v, Phi-3's fused gate/up
+    for i in range(c.n_layer):  # the parts of our fused q/k/v, Phi-3's fused gate/up, Gated DeltaNet layers
         p, b = f"transformer.h.{i}.", f"blk.{i}."
+        if c.is_linear(i):
+            for ours, name in LINEAR_NAMES.items():
+                key = f"{p}attn.{ours}"
+                shape = tuple(state[key].shape[:1]) + tuple(state[key].shape[2 if ours == "conv.weight" else 1:])
+                add(b + name, lambda key=key, ours=ours: deltanet_to_gguf(ours, state[key].float(), c), shape)
+            continue
         if arch == "phi3":
             add(b + "attn_qkv.weight", rows(p + "attn.qkv.weight", 0, q + 2 * kv), (q + 2 * kv, c.n_embd))
             add(b + "ffn_up.weight", lambda p=p: torch.cat([state[f"{p}mlp.fc_{j}.weight"].float() for j in (1, 2)]),
                 (2 * c.intermediate_size, c.n_embd))
             continue
-        for part, start, size, heads in (("query", 0, q, c.n_head), ("key", q, kv, c.n_query_groups),
-                                         ("value", q + kv, kv, 0)):
-            heads = heads if arch == "llama" else 0
+        q_rows = c.qkv_sizes()[0]  # with an output gate, each head's query rows and then its gate's
+        for part, start, size, heads in (("query", 0, q_rows, c.n_head), ("key", q_rows, kv, c.n_query_groups),
+                                         ("value", q_rows + kv, kv, 0)):
+            heads = heads if arch in INTERLEAVED else 0
             add(f"{b}{QKV_NAMES[part]}.weight", rows(p + "attn.qkv.weight", start, size, heads), (size, c.n_embd))
             if c.qkv_bias:
                 add(f"{b}{QKV_NAMES[part]}.bias", rows(p + "attn.qkv.bias", start, size), (size,))
@@ -421,7 +502,7 @@ def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: s
         if module.endswith("attn.qkv") and arch != "phi3":
             for part, (A, B) in pairs.items():
                 heads = {"query": c.n_head, "key": c.n_query_groups}.get(part)
-                if arch == "llama" and heads:
+                if arch in INTERLEAVED and heads:
                     B = interleave_heads(B, heads)
                 yield from lora_pair(f"blk.{i}.{QKV_NAMES[part]}.weight", A, B)
         elif module.endswith("attn.qkv"):  # Phi-3's fused attn_qkv: one pair over all rows

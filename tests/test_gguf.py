@@ -386,6 +386,12 @@ REFUSED = {
     "IQ4_NL": (dict(types=("F32", "IQ4_NL")), "type IQ4_NL"),
     "no_tokenizer_pre": (dict(pre="no-such-pre"), "'no-such-pre' pre-tokenizer"),
     "missing_bias": (dict(arch="qwen2"), "does not hold a qwen2 model we can convert: missing blk.0.attn_q.bias"),
+    "query_scale_without_yarn": (dict(arch="mistral3", metadata={"mistral3.attention.temperature_scale": 0.1}),
+                                 "scales its queries over mistral3.attention.temperature_length=None positions"),
+    "qwen35_without_ssm_keys": (dict(arch="qwen35"), "lacks one of the keys qwen35.ssm"),
+    "olmo2_yarn_without_original": (dict(arch="olmo2", metadata={"olmo2.rope.scaling.type": "yarn",
+                                                                 "olmo2.rope.scaling.factor": 4.0}),
+                                    "YaRN RoPE scaling but no olmo2.rope.scaling.original_context_length"),
 }
 
 

@@ -45,10 +45,11 @@ class LlamaCpp:
         self.server = xllamacpp.Server(params)
         self.bias = [[i, False] for i in banned]
 
-    def complete(self, prompt, n: int, k: int = 1) -> list:
-        """Per new token: {"id", "logprob", "top_logprobs": [{"id", "logprob"}, ...]} (log-probs of the raw logits)."""
+    def complete(self, prompt, n: int, k: int = 1, cache: bool = True) -> list:
+        """Per new token: {"id", "logprob", "top_logprobs": [{"id", "logprob"}, ...]} (log-probs of the raw logits).
+        `cache`: reuse the previous prompt's common prefix."""
         out = self.server.handle_completions({"prompt": prompt, "n_predict": n, "temperature": 0.0, "n_probs": k,
-                                              "ignore_eos": True, "cache_prompt": True, "logit_bias": self.bias})
+                                              "ignore_eos": True, "cache_prompt": cache, "logit_bias": self.bias})
         assert "error" not in out, out
         content = out["choices"][0]["logprobs"]["content"]
         assert len(content) == n, out
@@ -57,9 +58,11 @@ class LlamaCpp:
     def greedy(self, ids: list, n: int) -> list:
         return [t["id"] for t in self.complete(ids, n)]
 
-    def logprobs(self, ids: list, start: int, k: int = 5) -> list:
-        """Teacher-forced: {id: log-prob} of the top k next tokens after each prefix ids[:t], t >= start."""
-        return [{p["id"]: p["logprob"] for p in self.complete(ids[:t], 1, k)[0]["top_logprobs"]}
+    def logprobs(self, ids: list, start: int, k: int = 5, cache: bool = True) -> list:
+        """Teacher-forced: {id: log-prob} of the top k next tokens after each prefix ids[:t], t >= start. With a
+        sliding window, pass cache=False: this llama.cpp's server, reusing the prefix of a prompt after others, can
+        give log-probs off by up to 3 (an OLMo 3 here)."""
+        return [{p["id"]: p["logprob"] for p in self.complete(ids[:t], 1, k, cache)[0]["top_logprobs"]}
                 for t in range(start, len(ids))]
 
 
@@ -195,6 +198,153 @@ def test_tiny_export_is_what_llama_cpps_converter_writes(tmp_path, case):
     fields, tensors = gguf_contents(out)
     assert {kind for kind, _, _ in tensors.values()} == {"F32"}
     assert fields["general.file_type"][1] == 0 and fields["general.type"][1] == "model"
+
+
+# --- the 2026 families: a transformers model -> our checkpoint dir -> GGUF (llama.cpp runs it) -> back to a dir ---
+
+# (transformers config class, kwargs) of tiny models, with what llama.cpp's architecture hardcodes: SmolLM3's NoPE
+# every 4th layer, Qwen3.5's linear-attention key and value heads of one size. The sequences reach past the windows
+# (5), Ministral 3's original context (16: its query scale steps there) and a DeltaNet chunk (64). A long original
+# context (1024) makes YaRN's betas change the RoPE: Ministral 3's other than the defaults (llama.cpp's olmo2 ignores
+# them), OLMo 3's with another attention factor.
+FAMILIES = {
+    "smollm3": ("SmolLM3Config", dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+                                      no_rope_layer_interval=4, tie_word_embeddings=True,
+                                      rope_parameters=dict(rope_type="default", rope_theta=50000.0))),
+    "olmo2": ("Olmo2Config", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+    "olmo3": ("Olmo3Config", dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4, sliding_window=5,
+                                  tie_word_embeddings=False, rope_parameters=dict(
+                                      full_attention=dict(rope_type="yarn", rope_theta=5e5, factor=4.0,
+                                                          original_max_position_embeddings=1024,
+                                                          attention_factor=0.8),
+                                      sliding_attention=dict(rope_type="default", rope_theta=5e5)))),
+    "qwen3_5": ("Qwen3_5TextConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                          num_hidden_layers=4, linear_num_key_heads=2, linear_num_value_heads=4,
+                                          linear_key_head_dim=16, linear_value_head_dim=16,
+                                          tie_word_embeddings=False)),
+    "ministral3": ("Ministral3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                            tie_word_embeddings=False, rope_parameters=dict(
+                                                rope_type="yarn", rope_theta=1e6, factor=4.0,
+                                                original_max_position_embeddings=16, beta_fast=32.0, beta_slow=1.0,
+                                                mscale=1.0, mscale_all_dim=1.0, llama_4_scaling_beta=0.1))),
+    "ministral3-betas": ("Ministral3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                                  tie_word_embeddings=False, rope_parameters=dict(
+                                                      rope_type="yarn", rope_theta=1e6, factor=4.0,
+                                                      original_max_position_embeddings=1024, beta_fast=8.0,
+                                                      beta_slow=0.5, llama_4_scaling_beta=0.1))),
+}
+
+
+def write_tokenizer(checkpoint_dir: Path) -> int:
+    """A byte-level BPE trained on test_gguf's SAMPLE as the dir's tokenizer.json (+ tokenizer_config.json); returns
+    its size."""
+    from test_gguf import SAMPLE
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([SAMPLE] * 20, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok.save(str(checkpoint_dir / "tokenizer.json"))
+    (checkpoint_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False}))
+    return tok.get_vocab_size()
+
+
+def family_dir(tmp_path: Path, family: str) -> tuple:
+    """(a tiny transformers model of `family` with seeded random weights, our checkpoint dir converted from it)."""
+    import transformers
+
+    from lit_gpt.convert import hf_to_lit
+
+    checkpoint_dir = tmp_path / "ckpt"
+    checkpoint_dir.mkdir()
+    class_name, kwargs = FAMILIES[family]
+    sizes = dict(vocab_size=write_tokenizer(checkpoint_dir), hidden_size=64, intermediate_size=128,
+                 num_hidden_layers=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(getattr(transformers, class_name)(**{**sizes, **kwargs}),
+                                                       attn_implementation="sdpa").eval()
+    unit_offset = family == "qwen3_5"  # its norms scale by 1 + weight (but the gated one of its linear layers)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            one = name.endswith("norm.weight") and (not unit_offset or ".linear_attn." in name)
+            p.copy_(torch.randn_like(p) * (0.2 if p.dim() == 1 else 0.1) + (1.0 if one else 0.0))
+    config = Config.from_hf_config(hf.config.to_dict())
+    torch.save(hf_to_lit(iter(hf.state_dict().items()), config), checkpoint_dir / "lit_model.pth")
+    config.save(checkpoint_dir / "lit_config.json")
+    return hf, checkpoint_dir
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_export_runs_in_llama_cpp_as_ours_and_converts_back(tmp_path, family):
+    """Our f32 GGUF of each family: llama.cpp's greedy continuations equal ours (24 tokens, 3 prompts), and its
+    log-probs of its top 5 tokens, teacher-forced along them and along a 100-token sequence, ours within 1e-4
+    (measured: 2e-6 to 1.3e-5, Qwen3.5 the most). Converted back, the dir's model gives the transformers source's
+    logits, with the config we converted it from."""
+    hf, checkpoint_dir = family_dir(tmp_path, family)
+    out = export_gguf(checkpoint_dir, tmp_path / "out.gguf", "f32")
+    model, banned = load(checkpoint_dir), banned_ids(checkpoint_dir)
+    llama = LlamaCpp(out, banned)
+    long = torch.randint(3, model.config.vocab_size, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    sequences = [(long, 1)]
+    for ids in ([5, 17, 42, 99], [200, 3, 3, 7, 150, 11, 64, 301, 12, 9, 77, 18, 250, 33], [64]):
+        expected = ours_greedy(model, ids, 24, banned)
+        assert llama.greedy(ids, 24) == expected, ids
+        sequences.append((ids + expected, len(ids)))
+    worst = 0.0
+    for ids, start in sequences:
+        ours = ours_logprobs(model, ids, start)
+        for t, top in enumerate(llama.logprobs(ids, start, cache=False)):
+            worst = max(worst, *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
+    print(f"{family}: llama.cpp vs ours, max |log-prob difference| {worst:.1e}")
+    assert worst < 1e-4
+
+    back = load(convert_gguf(out, tmp_path / "back"))
+
+    def fields(config: Config) -> dict:  # to 6 digits (the file keeps float32); llama.cpp's olmo2 needs output.weight
+        kept = {k: v for k, v in config.to_dict().items() if k not in ("name", "hf_config", "tie_embeddings")}
+        return json.loads(json.dumps(kept), parse_float=lambda x: float(f"{float(x):.6g}"))
+
+    assert fields(back.config) == fields(model.config)
+    with torch.no_grad():
+        torch.testing.assert_close(back(torch.tensor([long])), hf(torch.tensor([long])).logits, rtol=1e-4, atol=1e-4)
+
+
+# (family, lit_config.json fields changed, the refusal): what llama.cpp's architecture computes otherwise
+FAMILY_REFUSALS = {
+    "nope-interval": ("smollm3", dict(nope_layer_every=2), "no RoPE in every 2-th layer"),
+    "nope-none": ("smollm3", dict(nope_layer_every=0), "RoPE in every layer"),
+    "linear-head-sizes": ("qwen3_5", dict(linear_value_head_size=8), "linear-attention key and value heads of diff"),
+    "all-linear": ("qwen3_5", dict(global_layer_every=0), "only linear-attention layers"),
+    "olmo2-betas": ("olmo3", dict(rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=1024,
+                                                    beta_fast=16, beta_slow=2, truncate=True, attention_factor=1.0)),
+                    "YaRN betas 16 and 2 \\(llama.cpp: 32 and 1\\)"),
+    "olmo2-untruncated": ("olmo3", dict(rope_scaling=dict(type="yarn", factor=4.0, beta_fast=32, beta_slow=1,
+                                                          original_max_position_embeddings=1024, truncate=False,
+                                                          attention_factor=1.0)), "YaRN without truncated ramp"),
+    "olmo3-local-base": ("olmo3", dict(rope_local_base=10000), "another RoPE in the window layers"),
+    "olmo2-head-size": ("olmo2", dict(head_size=8), "a head size other than n_embd / n_head"),
+    "olmo2-pre-norms": ("olmo2", dict(pre_norms=True), "norms before the attention and MLP"),
+    "ministral3-window": ("ministral3", dict(sliding_window=8), "a sliding window"),
+    "ministral3-no-yarn": ("ministral3", dict(rope_scaling=None), "query scaling without YaRN's original context"),
+    "qwen35-scaling": ("qwen3_5", dict(rope_scaling=dict(type="linear", factor=2.0)), "RoPE scaling 'linear'"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAMILY_REFUSALS))
+def test_family_export_refuses_what_llama_cpp_computes_otherwise(tmp_path, case):
+    family, changes, expected = FAMILY_REFUSALS[case]
+    _, checkpoint_dir = family_dir(tmp_path, family)
+    config = json.loads((checkpoint_dir / "lit_config.json").read_text())
+    (checkpoint_dir / "lit_config.json").write_text(json.dumps({**config, **changes}))
+    with pytest.raises(UserError, match=f"has .*{expected}.*, which llama.cpp's .* architecture does not compute"
+                       ) as info:
+        export_gguf(checkpoint_dir, tmp_path / "out.gguf")
+    assert "\n" not in str(info.value) and not (tmp_path / "out.gguf").exists()
 
 
 # --- LoRA adapters: llama.cpp applies our LoRA GGUF on the base GGUF ---
