@@ -20,8 +20,9 @@ converter (convert_hf_to_gguf.py) lays out the same model, so llama.cpp, Ollama 
 
 A LoRA GGUF (`general.type = adapter`) holds `<tensor>.lora_a` (r, in) and `.lora_b` (out, r) for each adapted
 tensor of the base GGUF, scaled by llama.cpp with `adapter.lora.alpha` / r: our fused q/k/v adapter becomes one pair
-per attn_q/attn_k/attn_v (lora_b rows interleaved like the base's for llama). Phi-3's fused attn_qkv and ffn_up take
-one pair of rank k * r (A stacked, B block-diagonal and multiplied by k, as llama.cpp divides by the rank it sees).
+per attn_q/attn_k/attn_v (lora_b rows interleaved like the base's for llama, smollm3, mistral3). Phi-3's fused attn_qkv
+and ffn_up take one pair of rank k * r (A stacked, B block-diagonal and multiplied by k, as llama.cpp divides by the
+rank it sees). Qwen3.5's DeltaNet adapters keep their pairs, the value heads of B's rows (ssm_out: A's columns) tiled.
 """
 
 import json
@@ -43,7 +44,6 @@ from lit_gpt.gguf import (
     PRE_TOKENIZERS,
     QKV_NAMES,
     SMOLLM3_NOPE_EVERY,
-    TENSOR_NAMES,
     UNKNOWN,
     USER_DEFINED,
     YARN_BETAS,
@@ -499,7 +499,12 @@ def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: s
         pairs = {part: (adapter[f"{module}.lora_A{'_' + part if part else ''}"].float(),
                         adapter[f"{module}.lora_B{'_' + part if part else ''}"].float()) for part in layer.adapted}
         i = module.split(".")[2] if module.startswith("transformer.h.") else None
-        if module.endswith("attn.qkv") and arch != "phi3":
+        if i is not None and c.is_linear(int(i)) and ".attn." in module:  # Gated DeltaNet: its value heads tiled
+            part = module.split(".attn.")[1] + ".weight"
+            A, B = pairs[""]
+            A, B = (deltanet_to_gguf(part, A, c), B) if part == "proj.weight" else (A, deltanet_to_gguf(part, B, c))
+            yield from lora_pair(f"blk.{i}.{LINEAR_NAMES[part]}", A, B)
+        elif module.endswith("attn.qkv") and arch != "phi3":
             for part, (A, B) in pairs.items():
                 heads = {"query": c.n_head, "key": c.n_query_groups}.get(part)
                 if arch in INTERLEAVED and heads:
@@ -513,7 +518,7 @@ def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: s
                 up = adapter_pair(adapter, module.replace("fc_1", "fc_2"))
                 yield from lora_pair(f"blk.{i}.ffn_up.weight", *stacked([pairs[""], up], [layer.out_features] * 2))
         else:
-            name = TENSOR_NAMES[(module + ".weight").replace(f".{i}.", ".{}.") if i else module + ".weight"]
+            name = tensor_names(arch)[(module + ".weight").replace(f".{i}.", ".{}.") if i else module + ".weight"]
             yield from lora_pair(name.format(i), *pairs[""])
 
 
