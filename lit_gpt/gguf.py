@@ -50,7 +50,8 @@ ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3":
 INTERLEAVED = ("llama", "smollm3", "mistral3")  # their RoPE kernel rotates adjacent rows: q/k rows interleaved
 SMOLLM3_NOPE_EVERY = 4  # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a constant, not a key
 YARN_ARCHITECTURES = ("olmo2", "mistral3")  # whose YaRN llama.cpp computes as we do (the checks in gguf_export.py)
-YARN_BETAS = ("mistral3",)  # those that read rope.scaling.yarn_beta_fast/slow; olmo2 takes 32 and 1 whatever the file
+# those that read rope.scaling.yarn_beta_fast/slow and yarn_log_multiplier; olmo2 takes 32 and 1 whatever the file
+YARN_BETAS = ("mistral3",)
 CONTROL, USER_DEFINED, UNKNOWN, BYTE = 3, 4, 2, 6  # llama.cpp token types (the sentencepiece ones)
 LLAMA3_ORIGINAL_CONTEXT = 8192  # the one llama.cpp's converter computes `rope_freqs` with (only ratios to it matter)
 
@@ -339,10 +340,10 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     if fields.get("sliding_window") and arch == "olmo2" and fields["rope_scaling"]:
         fields["rope_local_base"] = fields["rope_base"]  # llama.cpp: its window layers unscaled, with the same base
     original = (fields["rope_scaling"] or {}).get("original_max_position_embeddings")
-    if fields.get("query_scale_beta") and (original is None or key("attention.temperature_length") != original):
-        fail(f"{where} scales its queries over {arch}.attention.temperature_length="
-             f"{key('attention.temperature_length')} positions, not YaRN's original context {original}, which our "
-             "model does not support")
+    length = key("attention.temperature_length", original)  # llama.cpp's default: YaRN's original context
+    if fields.get("query_scale_beta") and (original is None or length != original):
+        fail(f"{where} scales its queries over {arch}.attention.temperature_length={length} positions, not YaRN's "
+             f"original context {original}, which our model does not support")
     return Config(**fields)
 
 
@@ -403,19 +404,28 @@ def _rope_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optio
         if original is None:
             fail(f"{where} has YaRN RoPE scaling but no {arch}.rope.scaling.original_context_length")
         factor, read = _float32(factor), arch in YARN_BETAS
+        # the factor of cos and sin: ggml's magnitude times attn_factor; with a yarn_log_multiplier m (mistral3 reads
+        # it, as its converter writes Ministral 3's mscale_all_dim), HF's magnitude(1) / magnitude(m) instead
+        log_mul = key("rope.scaling.yarn_log_multiplier", 0.0) if read else 0.0
+        attention = key("rope.scaling.attn_factor")
+        if log_mul and attention is not None:
+            fail(f"{where} has both {arch}.rope.scaling.yarn_log_multiplier and attn_factor, which cannot be converted")
+        attention = (yarn_magnitude(factor) / yarn_magnitude(factor, _float32(log_mul)) if log_mul
+                     else _float32(1.0 if attention is None else attention) * yarn_magnitude(factor))
         return dict(type="yarn", factor=factor, original_max_position_embeddings=original,
                     beta_fast=_float32(key("rope.scaling.yarn_beta_fast", 32.0)) if read else 32.0,
                     beta_slow=_float32(key("rope.scaling.yarn_beta_slow", 1.0)) if read else 1.0, truncate=True,
-                    attention_factor=_float32(key("rope.scaling.attn_factor", 1.0)) * yarn_magnitude(factor))
+                    attention_factor=attention)
     if kind != "none":
         fail(f"{where} uses RoPE scaling of type {kind!r}, which our model does not support (supported: linear, "
              "Llama 3's rope_freqs, Phi-3's LongRoPE factors, YaRN in olmo2 and mistral3)")
     return None
 
 
-def yarn_magnitude(factor: float) -> float:
-    """What ggml's YaRN multiplies cos and sin by, besides `rope.scaling.attn_factor`: 1 + 0.1 ln(factor)."""
-    return 1.0 + 0.1 * math.log(factor)
+def yarn_magnitude(factor: float, mscale: float = 1.0) -> float:
+    """1 + 0.1 mscale ln(factor): with mscale 1, what ggml's YaRN multiplies cos and sin by besides
+    `rope.scaling.attn_factor`."""
+    return 1.0 + 0.1 * mscale * math.log(factor)
 
 
 def _llama3_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optional[dict]:

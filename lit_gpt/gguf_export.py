@@ -197,7 +197,10 @@ def model_metadata(config: Config, arch: str) -> dict:
                      "rope.scaling.yarn_beta_fast": float(scaling["beta_fast"]),
                      "rope.scaling.yarn_beta_slow": float(scaling["beta_slow"])})
         attention = scaling["attention_factor"] / yarn_magnitude(scaling["factor"])  # what ggml's does not give
-        if not math.isclose(attention, 1.0, rel_tol=1e-6):
+        if arch in YARN_BETAS and not math.isclose(attention, 1.0, rel_tol=1e-6):  # as Ministral 3's converter:
+            # HF's magnitude(1) / magnitude(mscale_all_dim), mscale_all_dim as yarn_log_multiplier
+            meta["rope.scaling.yarn_log_multiplier"] = (1 / attention - 1) / (0.1 * math.log(scaling["factor"]))
+        elif not math.isclose(attention, 1.0, rel_tol=1e-6):
             meta["rope.scaling.attn_factor"] = attention
     if c.query_scale_beta:  # Ministral 3: queries times 1 + beta log(1 + floor(pos / original))
         meta.update({"attention.temperature_scale": float(c.query_scale_beta),

@@ -392,6 +392,10 @@ REFUSED = {
     "olmo2_yarn_without_original": (dict(arch="olmo2", metadata={"olmo2.rope.scaling.type": "yarn",
                                                                  "olmo2.rope.scaling.factor": 4.0}),
                                     "YaRN RoPE scaling but no olmo2.rope.scaling.original_context_length"),
+    "mistral3_two_yarn_magnitudes": (dict(arch="mistral3", metadata={
+        "mistral3.rope.scaling.type": "yarn", "mistral3.rope.scaling.factor": 4.0,
+        "mistral3.rope.scaling.original_context_length": 16, "mistral3.rope.scaling.yarn_log_multiplier": 1.0,
+        "mistral3.rope.scaling.attn_factor": 0.9}), "has both mistral3.rope.scaling.yarn_log_multiplier and attn"),
 }
 
 
