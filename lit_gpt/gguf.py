@@ -224,8 +224,8 @@ class GGUFFile:
         if self.arch not in ARCHITECTURES:
             moe = " (a mixture of experts)" if "moe" in str(self.arch) else ""
             fail(f"{self.where} holds a {self.arch!r} model{moe}, which cannot be converted. Supported architectures: "
-                 "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3, smollm3, mistral3 "
-                 "(Ministral 3), olmo2 (OLMo 2 and 3), qwen35 (Qwen3.5)")
+                 "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3, smollm3, mistral3, "
+                 "olmo2 (OLMo 2/3), qwen35")
         bad = sorted({t.tensor_type.name for t in self.reader.tensors} - set(SUPPORTED_TYPES))
         if bad:
             fail(f"{self.where} has tensors of type {', '.join(bad)}, which cannot be converted. "

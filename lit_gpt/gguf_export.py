@@ -80,8 +80,7 @@ def gguf_architecture(config: Config, what: str) -> str:
     arch = GGUF_ARCHITECTURES.get(config.hf_model_type)
     if arch is None:
         fail(f"{what} is a {config.hf_model_type} model, which has no llama.cpp architecture we export. Exported: "
-             "llama (Llama, Mistral, SmolLM2, TinyLlama), qwen2, qwen3, gemma3, phi3, smollm3, mistral3 (Ministral 3), "
-             "olmo2 (OLMo 2 and 3), qwen35 (Qwen3.5)")
+             "llama, qwen2, qwen3, gemma3, phi3, smollm3, mistral3, olmo2 (OLMo 2/3), qwen35")
     c, scaling = config, config.rope_scaling or {}
     kind, every = scaling.get("type"), c.nope_layer_every
     rope_kinds = {"llama": ("linear", "llama3"), "qwen2": ("linear",), "qwen3": ("linear",), "gemma3": ("linear",),
