@@ -24,8 +24,9 @@ What llama.cpp's converter (convert_hf_to_gguf.py) does to a model, undone here:
 - qwen35: Gated DeltaNet layers (`ssm_*` tensors, `attn_qkv`, `attn_gate`) and every `full_attention_interval`-th a
   gated attention layer; norms as 1 + ours but the DeltaNet's gated one; the value heads tiled (`tile_heads`), A_log
   stored as -exp(A_log), the convolution without its middle axis.
-- YaRN (olmo2, mistral3): ggml multiplies cos and sin by 1 + 0.1 ln(factor) and `rope.scaling.attn_factor`; olmo2
-  reads no betas (32 and 1), mistral3 does.
+- YaRN (olmo2, mistral3): ggml multiplies cos and sin by 1 + 0.1 ln(factor) and `rope.scaling.attn_factor`; mistral3
+  reads the betas and `yarn_log_multiplier` (Ministral 3's mscale_all_dim, as HF's ratio of magnitudes), olmo2 neither
+  (its betas are 32 and 1).
 """
 
 import json
