@@ -746,4 +746,34 @@ for _size, _n_layer, _n_embd, _n_head, _groups, _inter in [
                                           beta_slow=1, truncate=True, attention_factor=1.2079441541679836),
                         hf_model_type="olmo3"))
 
+############
+# Gemma 4 (the text decoder of `gemma4`'s vision-language checkpoints; text_config as copies of the releases'
+# config.json give it, which with the encoders and the unused keys and values the checkpoints keep add up to the
+# safetensors' exact parameter counts): Gemma 3's four norms per block, but plain (x * w) norms in float32, a value norm
+# and attention scale 1; sliding-window layers of 256-wide heads (RoPE base 10000) with every 5th (E2B) or 6th layer
+# global: 512-wide heads, proportional RoPE (a quarter of the frequencies, base 1M); a stored scalar per layer, final
+# logits capped at 30, 262144 vocabulary, tied embeddings. E2B / E4B: per-layer embeddings (256 features per layer),
+# the last 20 / 18 layers reusing keys and values (E2B: with MLPs twice as wide), 128K context. 31B: 16 kv heads in
+# the window layers, 4 in the global ones whose values are their keys, 256K context.
+############
+_gemma4_text = dict(rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm",
+                    norm_eps=1e-6, norm_upcast=True, norm_qk=True, norm_v=True, post_norms=True, scale_embeddings=True,
+                    tie_embeddings=True, mlp_class_name="GemmaMLP", gelu_approximate="tanh", padding_multiple=1,
+                    vocab_size=262144, head_size=256, global_head_size=512, attention_scalar=1.0, rope_base=1000000,
+                    rope_scaling=dict(type="proportional", partial_rotary_factor=0.25, factor=1.0),
+                    rope_local_base=10000, layer_scalar=True, final_logit_softcapping=30.0, hf_model_type="gemma4_text")
+for (_size, _n_layer, _n_embd, _n_head, _groups, _global_groups, _inter, _window, _global_every, _per_layer, _shared,
+     _block) in [
+    ("E2B", 35, 1536, 8, 1, None, 6144, 512, 5, 256, 20, 131072),
+    ("E4B", 42, 2560, 8, 2, None, 10240, 512, 6, 256, 18, 131072),
+    ("31B", 60, 5376, 32, 16, 4, 21504, 1024, 6, 0, 0, 262144),
+]:
+    for _kind in ("", "-it"):
+        _name = f"gemma-4-{_size}{_kind}"
+        configs.append(dict(_gemma4_text, name=_name, hf_config=dict(org="google", name=_name), block_size=_block,
+                            n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head, n_query_groups=_groups,
+                            global_n_query_groups=_global_groups, attention_k_eq_v=_global_groups is not None,
+                            intermediate_size=_inter, sliding_window=_window, global_layer_every=_global_every,
+                            per_layer_embd=_per_layer, kv_shared_layers=_shared, double_wide_mlp=_size == "E2B"))
+
 name_to_config = {c["name"]: c for c in configs}

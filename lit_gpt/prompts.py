@@ -331,6 +331,54 @@ class Gemma3(ChatStyle):
                            [f"{answer.strip()}<end_of_turn>" for _, answer in turns], "\n")
 
 
+def _without_thoughts(answer: str) -> str:
+    """An answer as the Gemma 4 template writes it: its "<|channel>...<channel|>" thoughts dropped, then stripped."""
+    return "".join(part.partition("<|channel>")[0] for part in answer.split("<channel|>")).strip()
+
+
+class Gemma4(ChatStyle):
+    """gemma-4-E2B-it / -E4B-it (their template, "Google Gemma 4 Canonical Chat Template" of 2026-07-09, thinking off
+    by default): "<|turn>{role}\n{text}<turn|>\n" turns with the roles system, user and model, the messages stripped;
+    a system message is a system turn (none of its own). Answers lose their "<|channel>...<channel|>" thoughts, as the
+    template drops them from every answer it renders. The template starts with <bos>, which this style leaves to the
+    tokenizer (it adds it). The answer ends with <turn|>, not the tokenizer's eos (<eos>)."""
+
+    name = "gemma4"
+    stop_strings = ("<turn|>",)
+    answer_end = "<turn|>"
+    think = ""  # what the system turn starts with ("<|think|>\n": thinking, written with or without a system message)
+    prompt_end = ""  # what the prompt for a new message's answer ends with after "<|turn>model\n"
+
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        head = f"<|turn>system\n{self.think}{(system or '').strip()}<turn|>\n" if system or self.think else ""
+        pieces = _join_turns(head, [f"<|turn>user\n{user.strip()}<turn|>\n<|turn>model\n"
+                                    for user in _users(turns, message)],
+                             [f"{_without_thoughts(answer)}<turn|>" for _, answer in turns], "\n")
+        if message is not None:
+            pieces[-1] += self.prompt_end
+        return pieces
+
+
+class Gemma4Think(Gemma4):
+    """Gemma 4 with the template's `enable_thinking=True`: the system turn always written, starting with "<|think|>\n";
+    the model then writes "<|channel>thought\n...<channel|>" before its answer. The E2B/E4B template and the larger
+    models' (31B, 26B-A4B) render the same prompt with thinking on."""
+
+    name = "gemma4-think"
+    think = "<|think|>\n"
+
+
+class Gemma4NoThink(Gemma4):
+    """gemma-4-31B-it (its template, shared by the 26B-A4B, thinking off by default): Gemma4 whose prompt for an answer
+    ends with an empty thought channel, "<|turn>model\n<|channel>thought\n<channel|>", so that the model answers at
+    once. A finished conversation has none, as the template renders it (so conversation data trains without it);
+    an instruction's training text is the prompt, channel included, then the answer."""
+
+    name = "gemma4-nothink"
+    prompt_end = "<|channel>thought\n<channel|>"
+
+
 class Phi3(ChatStyle):
     """Phi-3-mini-4k-instruct: "<|user|>\n{text}<|end|>\n<|assistant|>\n", a "<|system|>" turn when a system message
     is given (none of its own), no BOS in the template. The answer ends with <|end|>, not the tokenizer's eos
@@ -466,12 +514,14 @@ class FalconInstruct(PromptStyle):
 
 
 prompt_styles = {cls.name: cls for cls in (Alpaca, QA, ChatML, Llama2Chat, TinyLlamaChat, FalconInstruct, Llama31,
-                                            Qwen25, Qwen3, Qwen3NoThink, Qwen35, Qwen35NoThink, Gemma3, Phi3, Phi4Mini,
-                                            MistralNemo, SmolLM3, SmolLM3NoThink, OLMo2)}
+                                            Qwen25, Qwen3, Qwen3NoThink, Qwen35, Qwen35NoThink, Gemma3, Gemma4,
+                                            Gemma4Think, Gemma4NoThink, Phi3, Phi4Mini, MistralNemo, SmolLM3,
+                                            SmolLM3NoThink, OLMo2)}
 # for script flags (jsonargparse shows the choices in --help)
 PromptStyleName = Literal["alpaca", "qa", "chatml", "llama2-chat", "tinyllama-chat", "falcon-instruct", "llama3.1",
-                          "qwen2.5", "qwen3", "qwen3-nothink", "qwen3.5", "qwen3.5-nothink", "gemma3", "phi3",
-                          "phi4-mini", "mistral-nemo", "smollm3", "smollm3-nothink", "olmo2"]
+                          "qwen2.5", "qwen3", "qwen3-nothink", "qwen3.5", "qwen3.5-nothink", "gemma3", "gemma4",
+                          "gemma4-think", "gemma4-nothink", "phi3", "phi4-mini", "mistral-nemo", "smollm3",
+                          "smollm3-nothink", "olmo2"]
 assert list(get_args(PromptStyleName)) == list(prompt_styles)
 
 # chat presets (lit_gpt/config.py names) -> the template they were trained with; every other model gets "alpaca"
@@ -486,6 +536,8 @@ _chat_models = [
     (r"Qwen3\.5-(0\.8|2)B", "qwen3.5-nothink"),  # their template thinks only when asked to
     (r"Qwen3\.5-[0-9.]+B(-A[0-9.]+B)?", "qwen3.5"),  # the base ones are "Qwen3.5-*B-Base"
     (r"gemma-3-[0-9]+[mb]-it", "gemma3"),
+    (r"gemma-4-E[0-9]+B-it", "gemma4"),
+    (r"gemma-4-[0-9]+B(-A[0-9]+B)?-it", "gemma4-nothink"),  # the 31B's and 26B-A4B's template
     (r"Phi-3-mini-4k-instruct", "phi3"),
     (r"Phi-4-mini-instruct", "phi4-mini"),
     (r"Mistral-Nemo-Instruct-2407", "mistral-nemo"),

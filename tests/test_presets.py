@@ -59,16 +59,32 @@ PUBLISHED = {
     **{f"OLMo-2-{size}{kind}": (total, None) for kind in ("", "-Instruct")
        for size, total in (("1124-7B", "7.3B"), ("1124-13B", "13.7B"), ("0325-32B", "32.2B"))},
     "Olmo-3-1025-7B": ("7.3B", None), "Olmo-3-1125-32B": ("32.2B", None),
+    # Gemma 4 cards: "2.3B effective (5.1B with embeddings)", "4.5B effective (8B with embeddings)", "30.7B", beside
+    # vision encoders of ~150M, ~150M, ~550M and audio encoders of ~300M (E2B, E4B). The 31B's figure is its text
+    # decoder (its safetensors hold 31.27B with the vision encoder); the E2B's and E4B's totals count their encoders,
+    # which ENCODERS adds to these text-decoder presets' counts
+    **{f"gemma-4-{size}{kind}": (total, None) for kind in ("", "-it")
+       for size, total in (("E2B", "5.1B"), ("E4B", "8B"), ("31B", "30.7B"))},
 }
+# parameters a published total counts beyond the model the preset builds: Gemma 4 E2B's and E4B's vision and audio
+# encoders, as their cards give them
+ENCODERS = {f"gemma-4-{size}{kind}": ("150M", "300M") for size in ("E2B", "E4B") for kind in ("", "-it")}
 # no count published (StableLM-Alpha's card says 3B/7B of 3.6B/7.9B models; the Pythia table predates these two)
 NOT_PUBLISHED = {"stablelm-base-alpha-3b", "stablelm-base-alpha-7b", "pythia-14m", "pythia-31m"}
 
 
-def matches(count: int, published: str) -> bool:
+SCALE = {"M": 1e6, "B": 1e9}
+
+
+def value(published: str) -> float:
+    """A published "8.03B" or "268M" as a number."""
+    return float(published[:-1]) * SCALE[published[-1]]
+
+
+def matches(count: float, published: str) -> bool:
     """`count` agrees with a published "8.03B" or "268M": within 1% or half a unit of its last digit."""
-    number, scale = published[:-1], {"M": 1e6, "B": 1e9}[published[-1]]
-    value, unit = float(number) * scale, 10.0 ** -len(number.partition(".")[2]) * scale
-    return abs(count - value) <= max(0.01 * value, unit / 2)
+    unit = 10.0 ** -len(published[:-1].partition(".")[2]) * SCALE[published[-1]]
+    return abs(count - value(published)) <= max(0.01 * value(published), unit / 2)
 
 
 def meta_model(name: str) -> GPT:
@@ -88,7 +104,8 @@ def test_parameter_count_matches_the_published_size(name: str) -> None:
     config, total = model.config, num_parameters(model)
     non_embedding = total - config.padded_vocab_size * config.n_embd * (1 if config.tie_embeddings else 2)
     published_total, published_non_embedding = PUBLISHED[name]
-    assert published_total is None or matches(total, published_total), (total, published_total)
+    counted = total + sum(value(encoder) for encoder in ENCODERS.get(name, ()))
+    assert published_total is None or matches(counted, published_total), (counted, published_total)
     assert published_non_embedding is None or matches(non_embedding, published_non_embedding), \
         (non_embedding, published_non_embedding)
 
@@ -123,6 +140,16 @@ def test_gemma_3_270m_is_mostly_embeddings() -> None:
     assert matches(num_parameters(model), "268M")
     assert matches(model.transformer.wte.weight.numel(), "0.17B")  # the card: "170 million embedding parameters"
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_gemma_4_e2b_is_mostly_per_layer_embeddings() -> None:
+    """E2B's "2.3B effective" is its decoder without the per-layer embedding table, a lookup of 35 x 256 features per
+    token. (E4B's "4.5B effective" is not that difference, 4.64B, and no split of decoder, embedding tables and
+    encoders tried gives both cards' effective figures.)"""
+    model = meta_model("gemma-4-E2B")
+    table = model.transformer.wte_per_layer.weight
+    assert table.shape == (262144, 35 * 256)
+    assert matches(num_parameters(model) - table.numel(), "2.3B")
 
 
 def test_matches_reads_the_precision_of_the_published_figure() -> None:

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
@@ -171,12 +172,14 @@ CHAT_PRESETS = {
     **{f"Qwen3.5-{size}": "qwen3.5" for size in ("4B", "9B", "27B", "35B-A3B", "122B-A10B", "397B-A17B")},
     "SmolLM3-3B": "smollm3",
     **{f"OLMo-2-{size}-Instruct": "olmo2" for size in ("0425-1B", "1124-7B", "1124-13B", "0325-32B")},
+    "gemma-4-E2B-it": "gemma4", "gemma-4-E4B-it": "gemma4", "gemma-4-31B-it": "gemma4-nothink",
+    "gemma-4-26B-A4B-it": "gemma4-nothink",
 }
 BASE_PRESETS = ("gemma-3-270m", "gemma-3-1b-pt", "Qwen2.5-7B", "Llama-3.2-1B", "Mistral-Nemo-Base-2407",
                 *(f"Qwen3.5-{size}-Base" for size in ("0.8B", "2B", "4B", "9B", "35B-A3B")), "SmolLM3-3B-Base",
                 *(f"Ministral-3-{size}-Base-2512" for size in ("3B", "8B", "14B")),
                 "OLMo-2-1124-7B", "OLMo-2-1124-13B", "OLMo-2-0325-32B", "OLMo-2-0425-1B", "Olmo-3-1025-7B",
-                "Olmo-3-1125-32B")
+                "Olmo-3-1125-32B", "gemma-4-E2B", "gemma-4-E4B", "gemma-4-31B")
 
 
 def preset_or_name(name: str) -> Any:
@@ -832,8 +835,8 @@ MISTRAL_NEMO_CHAT_TEMPLATE = (
     "{%- endfor %}\n"
 )
 
-# The chat templates of the 2026 instruct models, verbatim, where a copy could be found (Gemma 4's, Olmo 3's and
-# Ministral 3's were not: their published templates changed or differ between the copies read).
+# The chat templates of the 2026 instruct models, verbatim, where a copy could be found (Olmo 3's and Ministral 3's
+# were not: their published templates changed or differ between the copies read).
 
 # Qwen/Qwen3.5-27B [a module that holds the template "extracted from Qwen/Qwen3.5-27B tokenizer_config.json";
 # mlx-community/Qwen3.5-35B-A3B-4bit's chat_template.jinja, in a Swift test fixture, agrees]: thinking unless
@@ -1180,6 +1183,413 @@ QWEN35_SMALL_CHAT_TEMPLATE = (
     "{%- endif %}"
 )
 
+# google/gemma-4-E2B-it's chat_template.jinja, the Hub's since 2026-07-09 ("Google Gemma 4 Canonical Chat Template")
+# [ollama/ollama's model/renderers/testdata/gemma4_e2b_chat_template.jinja2: its SHA-256 is the one a template
+# provenance table gives for the Hub's E2B-it and E4B-it files, fetched 2026-07-20, and its 18,569 bytes those a
+# description of the Hub's E2B-it file counts]: thinking only when enable_thinking is true. Earlier versions differed
+# in the generation prompt (an empty thought channel, or an opened one with thinking), hence the hash.
+GEMMA4_CHAT_TEMPLATE = (
+    "{#\n"
+    "  Template: Google Gemma 4 Canonical Chat Template\n"
+    "  Author: Google Gemma Engineering Team\n"
+    "  Published: 2026-07-09\n"
+    "  Context: Fixed tool-calling loops, turn closures, and thinking content-ordering.\n"
+    "#}\n"
+    "{%- macro format_parameters(properties, required, filter_keys=false) -%}\n"
+    "    {%- set standard_keys = ['description', 'type', 'properties', 'required', 'nullable'] -%}\n"
+    "    {%- set ns = namespace(found_first=false) -%}\n"
+    "    {%- for key, value in properties | dictsort -%}\n"
+    "        {%- set add_comma = false -%}\n"
+    "        {%- if not filter_keys or key not in standard_keys -%}\n"
+    "            {%- if ns.found_first %},{% endif -%}\n"
+    "            {%- set ns.found_first = true -%}\n"
+    "            {{ key }}:{\n"
+    "            {%- if value['description'] -%}\n"
+    "                description:<|\"|>{{ value['description'] }}<|\"|>\n"
+    "                {%- set add_comma = true -%}\n"
+    "            {%- endif -%}\n"
+    "            {%- if value['type'] | upper == 'STRING' -%}\n"
+    "                {%- if value['enum'] -%}\n"
+    "                    {%- if add_comma %},{%- else -%} {%- set add_comma = true -%} {% endif -%}\n"
+    "                    enum:{{ format_argument(value['enum']) }}\n"
+    "                {%- endif -%}\n"
+    "            {%- elif value['type'] | upper == 'ARRAY' -%}\n"
+    "                {%- if value['items'] is mapping and value['items'] -%}\n"
+    "                    {%- if add_comma %},{%- else -%} {%- set add_comma = true -%} {% endif -%}\n"
+    "                    items:{\n"
+    "                    {%- set ns_items = namespace(found_first=false) -%}\n"
+    "                    {%- for item_key, item_value in value['items'] | dictsort -%}\n"
+    "                        {%- if item_value is not none -%}\n"
+    "                            {%- if ns_items.found_first %},{% endif -%}\n"
+    "                            {%- set ns_items.found_first = true -%}\n"
+    "                            {%- if item_key == 'properties' -%}\n"
+    "                                properties:{\n"
+    "                                {%- if item_value is mapping -%}\n"
+    "                                    {{- format_parameters(item_value, value['items']['required'] | default([])) -}"
+    "}\n"
+    "                                {%- endif -%}\n"
+    "                                }\n"
+    "                            {%- elif item_key == 'required' -%}\n"
+    "                                required:[\n"
+    "                                {%- for req_item in item_value -%}\n"
+    '                                    <|"|>{{- req_item -}}<|"|>\n'
+    "                                    {%- if not loop.last %},{% endif -%}\n"
+    "                                {%- endfor -%}\n"
+    "                                ]\n"
+    "                            {%- elif item_key == 'type' -%}\n"
+    "                                {%- if item_value is string -%}\n"
+    "                                    type:{{ format_argument(item_value | upper) }}\n"
+    "                                {%- else -%}\n"
+    "                                    type:{{ format_argument(item_value | map('upper') | list) }}\n"
+    "                                {%- endif -%}\n"
+    "                            {%- else -%}\n"
+    "                                {{ item_key }}:{{ format_argument(item_value) }}\n"
+    "                            {%- endif -%}\n"
+    "                        {%- endif -%}\n"
+    "                    {%- endfor -%}\n"
+    "                    }\n"
+    "                {%- endif -%}\n"
+    "            {%- endif -%}\n"
+    "            {%- if value['nullable'] %}\n"
+    "                {%- if add_comma %},{%- else -%} {%- set add_comma = true -%} {% endif -%}\n"
+    "                nullable:true\n"
+    "            {%- endif -%}\n"
+    "            {%- if value['type'] | upper == 'OBJECT' -%}\n"
+    "                {%- if value['properties'] is defined and value['properties'] is mapping -%}\n"
+    "                    {%- if add_comma %},{%- else -%} {%- set add_comma = true -%} {% endif -%}\n"
+    "                    properties:{\n"
+    "                    {{- format_parameters(value['properties'], value['required'] | default([])) -}}\n"
+    "                    }\n"
+    "                {%- elif value is mapping -%}\n"
+    "                    {%- if add_comma %},{%- else -%} {%- set add_comma = true -%} {% endif -%}\n"
+    "                    properties:{\n"
+    "                    {{- format_parameters(value, value['required'] | default([]), filter_keys=true) -}}\n"
+    "                    }\n"
+    "                {%- endif -%}\n"
+    "                {%- if value['required'] -%}\n"
+    "                    {%- if add_comma %},{%- else -%} {%- set add_comma = true -%} {% endif -%}\n"
+    "                    required:[\n"
+    "                    {%- for item in value['required'] | default([]) -%}\n"
+    '                        <|"|>{{- item -}}<|"|>\n'
+    "                        {%- if not loop.last %},{% endif -%}\n"
+    "                    {%- endfor -%}\n"
+    "                    ]\n"
+    "                {%- endif -%}\n"
+    "            {%- endif -%}\n"
+    "            {%- if add_comma %},{%- else -%} {%- set add_comma = true -%} {% endif -%}\n"
+    "            type:<|\"|>{{ value['type'] | upper }}<|\"|>}\n"
+    "        {%- endif -%}\n"
+    "    {%- endfor -%}\n"
+    "{%- endmacro -%}\n"
+    "{%- macro format_function_declaration(tool_data) -%}\n"
+    "    declaration:{{- tool_data['function']['name'] -}}{description:<|\"|>{{- tool_data['function']['description'] -"
+    "}}<|\"|>\n"
+    "    {%- set params = tool_data['function']['parameters'] -%}\n"
+    "    {%- if params -%}\n"
+    "        ,parameters:{\n"
+    "        {%- if params['properties'] -%}\n"
+    "            properties:{ {{- format_parameters(params['properties'], params['required']) -}} },\n"
+    "        {%- endif -%}\n"
+    "        {%- if params['required'] -%}\n"
+    "            required:[\n"
+    "            {%- for item in params['required'] -%}\n"
+    '                <|"|>{{- item -}}<|"|>\n'
+    "                {{- ',' if not loop.last -}}\n"
+    "            {%- endfor -%}\n"
+    "            ],\n"
+    "        {%- endif -%}\n"
+    "        {%- if params['type'] -%}\n"
+    "            type:<|\"|>{{- params['type'] | upper -}}<|\"|>}\n"
+    "        {%- endif -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- if 'response' in tool_data['function'] -%}\n"
+    "        {%- set response_declaration = tool_data['function']['response'] -%}\n"
+    "        ,response:{\n"
+    "        {%- if response_declaration['description'] -%}\n"
+    "            description:<|\"|>{{- response_declaration['description'] -}}<|\"|>,\n"
+    "        {%- endif -%}\n"
+    "        {%- if response_declaration['type'] | upper == 'OBJECT' -%}\n"
+    "            type:<|\"|>{{- response_declaration['type'] | upper -}}<|\"|>}\n"
+    "        {%- endif -%}\n"
+    "    {%- endif -%}\n"
+    "    }\n"
+    "{%- endmacro -%}\n"
+    "{%- macro format_argument(argument, escape_keys=True) -%}\n"
+    "    {%- if argument is none -%}\n"
+    "        {{- 'null' -}}\n"
+    "    {%- elif argument is string -%}\n"
+    "        {{- '<|\"|>' + argument + '<|\"|>' -}}\n"
+    "    {%- elif argument is boolean -%}\n"
+    "        {{- 'true' if argument else 'false' -}}\n"
+    "    {%- elif argument is mapping -%}\n"
+    "        {{- '{' -}}\n"
+    "        {%- set ns = namespace(found_first=false) -%}\n"
+    "        {%- for key, value in argument | dictsort -%}\n"
+    "            {%- if ns.found_first %},{% endif -%}\n"
+    "            {%- set ns.found_first = true -%}\n"
+    "            {%- if escape_keys -%}\n"
+    "                {{- '<|\"|>' + key + '<|\"|>' -}}\n"
+    "            {%- else -%}\n"
+    "                {{- key -}}\n"
+    "            {%- endif -%}\n"
+    "            :{{- format_argument(value, escape_keys=escape_keys) -}}\n"
+    "        {%- endfor -%}\n"
+    "        {{- '}' -}}\n"
+    "    {%- elif argument is sequence -%}\n"
+    "        {{- '[' -}}\n"
+    "        {%- for item in argument -%}\n"
+    "            {{- format_argument(item, escape_keys=escape_keys) -}}\n"
+    "            {%- if not loop.last %},{% endif -%}\n"
+    "        {%- endfor -%}\n"
+    "        {{- ']' -}}\n"
+    "    {%- else -%}\n"
+    "        {{- argument -}}\n"
+    "    {%- endif -%}\n"
+    "{%- endmacro -%}\n"
+    "{%- macro strip_thinking(text) -%}\n"
+    "    {%- set ns = namespace(result='') -%}\n"
+    "    {%- for part in text.split('<channel|>') -%}\n"
+    "        {%- if '<|channel>' in part -%}\n"
+    "            {%- set ns.result = ns.result + part.split('<|channel>')[0] -%}\n"
+    "        {%- else -%}\n"
+    "            {%- set ns.result = ns.result + part -%}\n"
+    "        {%- endif -%}\n"
+    "    {%- endfor -%}\n"
+    "    {{- ns.result | trim -}}\n"
+    "{%- endmacro -%}\n"
+    "\n"
+    "{%- macro format_tool_response_block(tool_name, response) -%}\n"
+    "    {{- '<|tool_response>' -}}\n"
+    "    {%- if response is mapping -%}\n"
+    "        {{- 'response:' + tool_name + '{' -}}\n"
+    "        {%- for key, value in response | dictsort -%}\n"
+    "            {{- key -}}:{{- format_argument(value, escape_keys=False) -}}\n"
+    "            {%- if not loop.last %},{% endif -%}\n"
+    "        {%- endfor -%}\n"
+    "        {{- '}' -}}\n"
+    "    {%- else -%}\n"
+    "        {{- 'response:' + tool_name + '{value:' + format_argument(response, escape_keys=False) + '}' -}}\n"
+    "    {%- endif -%}\n"
+    "    {{- '<tool_response|>' -}}\n"
+    "{%- endmacro -%}\n"
+    "\n"
+    "{#- ===== SETUP ===== -#}\n"
+    "{%- set ns = namespace(prev_message_type=None, prev_non_tool_role=None) -%}\n"
+    "{%- set loop_messages = messages -%}\n"
+    "{%- set enable_thinking = enable_thinking | default(false) -%}\n"
+    "{%- set preserve_thinking = preserve_thinking | default(false) -%}\n"
+    "{{- bos_token -}}\n"
+    "{#- Handle System/Tool Definitions Block -#}\n"
+    "{%- if enable_thinking or tools or (messages and messages[0]['role'] in ['system', 'developer']) -%}\n"
+    "    {{- '<|turn>system\\n' -}}\n"
+    "    {#- Inject Thinking token at the very top of the FIRST system turn -#}\n"
+    "    {%- if enable_thinking -%}\n"
+    "        {{- '<|think|>\\n' -}}\n"
+    "        {%- set ns.prev_message_type = 'think' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- if messages and messages[0]['role'] in ['system', 'developer'] -%}\n"
+    "        {%- if messages[0]['content'] is string -%}\n"
+    "            {{- messages[0]['content'] | trim -}}\n"
+    "        {%- elif messages[0]['content'] is sequence -%}\n"
+    "            {%- for item in messages[0]['content'] -%}\n"
+    "                {{- item['text'] | trim + ' '-}}\n"
+    "            {%- endfor -%}\n"
+    "        {%- endif -%}\n"
+    "        {%- set loop_messages = messages[1:] -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- if tools -%}\n"
+    "        {%- for tool in tools %}\n"
+    "            {{- '<|tool>' -}}\n"
+    "            {{- format_function_declaration(tool) | trim -}}\n"
+    "            {{- '<tool|>' -}}\n"
+    "        {%- endfor %}\n"
+    "        {%- set ns.prev_message_type = 'tool' -%}\n"
+    "    {%- endif -%}\n"
+    "    {{- '<turn|>\\n' -}}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{#- Pre-scan: find last user message index for reasoning guard -#}\n"
+    "{%- set ns_turn = namespace(last_user_idx=-1) -%}\n"
+    "{%- for i in range(loop_messages | length) -%}\n"
+    "    {%- if loop_messages[i]['role'] == 'user' -%}\n"
+    "        {%- set ns_turn.last_user_idx = i -%}\n"
+    "    {%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "\n"
+    "{#- Loop through messages -#}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if message['role'] != 'tool' -%}\n"
+    "    {%- set ns.prev_message_type = None -%}\n"
+    "    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\n"
+    "    {#- Detect continuation using tracked state — O(1) instead of O(n) backward scan -#}\n"
+    "    {%- set continue_same_model_turn = (role == 'model' and ns.prev_non_tool_role == 'assistant') -%}\n"
+    "    {%- if not continue_same_model_turn -%}\n"
+    "        {{- '<|turn>' + role + '\\n' }}\n"
+    "    {%- endif -%}\n"
+    "\n"
+    "    {#- Render reasoning/reasoning_content as thinking channel -#}\n"
+    "    {%- set thinking_text = message.get('reasoning') or message.get('reasoning_content') -%}\n"
+    "    {%- set thinking_gate = (loop.index0 > ns_turn.last_user_idx) or (preserve_thinking and message.get('tool_call"
+    "s')) -%}\n"
+    "    {%- if thinking_text and thinking_gate -%}\n"
+    "        {{- '<|channel>thought\\n' + thinking_text + '\\n<channel|>' -}}\n"
+    "    {%- endif -%}\n"
+    "\n"
+    "            {%- if message.get('tool_calls') -%}\n"
+    "                {%- for tool_call in message.get('tool_calls') -%}\n"
+    "                    {%- set function = tool_call['function'] -%}\n"
+    "                    {{- '<|tool_call>call:' + function['name'] + '{' -}}\n"
+    "                    {%- if function['arguments'] is mapping -%}\n"
+    "                        {%- set ns_args = namespace(found_first=false) -%}\n"
+    "                        {%- for key, value in function['arguments'] | dictsort -%}\n"
+    "                            {%- if ns_args.found_first %},{% endif -%}\n"
+    "                            {%- set ns_args.found_first = true -%}\n"
+    "                            {{- key -}}:{{- format_argument(value, escape_keys=False) -}}\n"
+    "                        {%- endfor -%}\n"
+    "                    {%- elif function['arguments'] is none -%}\n"
+    "                    {%- else -%}\n"
+    "                        {{- raise_exception(\n"
+    '                            "chat_template: tool_calls[].function.arguments must be a "\n'
+    '                            "JSON object (mapping), not a string. Deserialize arguments "\n'
+    '                            "before passing to the template."\n'
+    "                        ) -}}\n"
+    "                    {%- endif -%}\n"
+    "                    {{- '}<tool_call|>' -}}\n"
+    "                {%- endfor -%}\n"
+    "                {%- set ns.prev_message_type = 'tool_call' -%}\n"
+    "            {%- endif -%}\n"
+    "\n"
+    "            {%- set ns_tr_out = namespace(flag=false) -%}\n"
+    "            {%- if message.get('tool_responses') -%}\n"
+    "                {#- Legacy: tool_responses embedded on the assistant message (Google/Gemma native) -#}\n"
+    "                {%- for tool_response in message.get('tool_responses') -%}\n"
+    "                    {{- format_tool_response_block(tool_response['name'] | default('unknown', true), tool_response"
+    "['response']) -}}\n"
+    "                    {%- set ns_tr_out.flag = true -%}\n"
+    "                    {%- set ns.prev_message_type = 'tool_response' -%}\n"
+    "                {%- endfor -%}\n"
+    "            {%- elif message.get('tool_calls') -%}\n"
+    "                {#- OpenAI Chat Completions: forward-scan consecutive role:tool messages -#}\n"
+    "                {%- set ns_tool_scan = namespace(stopped=false) -%}\n"
+    "                {%- for k in range(loop.index0 + 1, loop_messages | length) -%}\n"
+    "                    {%- if ns_tool_scan.stopped -%}\n"
+    "                    {%- elif loop_messages[k]['role'] != 'tool' -%}\n"
+    "                        {%- set ns_tool_scan.stopped = true -%}\n"
+    "                    {%- else -%}\n"
+    "                        {%- set follow = loop_messages[k] -%}\n"
+    "                        {#- Resolve tool_call_id to function name -#}\n"
+    "                        {%- set ns_tname = namespace(name=follow.get('name') or 'unknown') -%}\n"
+    "                        {%- for tc in message.get('tool_calls') -%}\n"
+    "                            {%- if tc.get('id') == follow.get('tool_call_id') -%}\n"
+    "                                {%- set ns_tname.name = tc['function']['name'] -%}\n"
+    "                            {%- endif -%}\n"
+    "                        {%- endfor -%}\n"
+    "                        {#- Handle content as string or content-parts array -#}\n"
+    "                        {%- set tool_body = follow.get('content') -%}\n"
+    "                        {%- if tool_body is string -%}\n"
+    "                            {{- format_tool_response_block(ns_tname.name, tool_body) -}}\n"
+    "                        {%- elif tool_body is sequence and tool_body is not string -%}\n"
+    "                            {%- set ns_txt = namespace(s='') -%}\n"
+    "                            {%- for part in tool_body -%}\n"
+    "                                {%- if part.get('type') == 'text' -%}\n"
+    "                                    {%- set ns_txt.s = ns_txt.s + (part.get('text') | default('')) -%}\n"
+    "                                {%- endif -%}\n"
+    "                            {%- endfor -%}\n"
+    "                            {{- format_tool_response_block(ns_tname.name, ns_txt.s) -}}\n"
+    "                            {%- for part in tool_body -%}\n"
+    "                                {%- if part.get('type') in ['image', 'image_url'] -%}\n"
+    "                                    {{- '<|image|>' -}}\n"
+    "                                {%- elif part.get('type') in ['audio', 'input_audio'] -%}\n"
+    "                                    {{- '<|audio|>' -}}\n"
+    "                                {%- elif part.get('type') == 'video' -%}\n"
+    "                                    {{- '<|video|>' -}}\n"
+    "                                {%- endif -%}\n"
+    "                            {%- endfor -%}\n"
+    "                        {%- else -%}\n"
+    "                            {{- format_tool_response_block(ns_tname.name, tool_body) -}}\n"
+    "                        {%- endif -%}\n"
+    "                        {%- set ns_tr_out.flag = true -%}\n"
+    "                        {%- set ns.prev_message_type = 'tool_response' -%}\n"
+    "                    {%- endif -%}\n"
+    "                {%- endfor -%}\n"
+    "            {%- endif -%}\n"
+    "\n"
+    "            {%- set captured_content -%}\n"
+    "            {%- if message.get('content') is string -%}\n"
+    "                {%- if role == 'model' -%}\n"
+    "                    {{- strip_thinking(message['content']) -}}\n"
+    "                {%- else -%}\n"
+    "                    {{- message['content'] | trim -}}\n"
+    "                {%- endif -%}\n"
+    "            {%- elif message.get('content') is sequence -%}\n"
+    "                {%- for item in message['content'] -%}\n"
+    "                    {%- if item.get('type') == 'text' -%}\n"
+    "                        {%- if role == 'model' -%}\n"
+    "                            {{- strip_thinking(item['text']) -}}\n"
+    "                        {%- else -%}\n"
+    "                            {{- item['text'] | trim -}}\n"
+    "                        {%- endif -%}\n"
+    "                    {%- elif item.get('type') in ['image', 'image_url'] -%}\n"
+    "                        {{- '<|image|>' -}}\n"
+    "                    {%- elif item.get('type') in ['audio', 'input_audio'] -%}\n"
+    "                        {{- '<|audio|>' -}}\n"
+    "                    {%- elif item.get('type') == 'video' -%}\n"
+    "                        {{- '<|video|>' -}}\n"
+    "                    {%- endif -%}\n"
+    "                {%- endfor -%}\n"
+    "            {%- endif -%}\n"
+    "            {%- endset -%}\n"
+    "\n"
+    "            {{- captured_content -}}\n"
+    "            {%- set has_content = captured_content | trim | length > 0 -%}\n"
+    "\n"
+    "        {#- Forward-scan: find next non-tool message role for continuation detection -#}\n"
+    "        {%- set next_nt = namespace(role=None, found=false) -%}\n"
+    "        {%- for j in range(loop.index0 + 1, loop_messages | length) -%}\n"
+    "            {%- if not next_nt.found -%}\n"
+    "                {%- if loop_messages[j]['role'] != 'tool' -%}\n"
+    "                    {%- set next_nt.role = loop_messages[j]['role'] -%}\n"
+    "                    {%- set next_nt.found = true -%}\n"
+    "                {%- endif -%}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "\n"
+    "        {%- set continues_into_next = (\n"
+    "            role == 'model'\n"
+    "            and next_nt.role == 'assistant'\n"
+    "            and (not message.get('tool_calls') or ns_tr_out.flag)\n"
+    "        ) -%}\n"
+    "\n"
+    "        {%- if ns.prev_message_type == 'tool_call' and not ns_tr_out.flag -%}\n"
+    "            {{- '<|tool_response>' -}}\n"
+    "        {%- elif continues_into_next -%}\n"
+    "        {%- elif not (ns_tr_out.flag and not has_content and not next_nt.found) -%}\n"
+    "            {{- '<turn|>\\n' -}}\n"
+    "        {%- endif -%}\n"
+    "\n"
+    "    {#- Track previous non-tool role for next iteration (avoids O(n) backward scan) -#}\n"
+    "    {%- set ns.prev_non_tool_role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {%- if ns.prev_message_type != 'tool_response' and ns.prev_message_type != 'tool_call' -%}\n"
+    "        {{- '<|turn>model\\n' -}}\n"
+    "    {%- elif ns.prev_message_type == 'tool_response' and enable_thinking -%}\n"
+    "        {{- '<|channel>thought\\n' -}}\n"
+    "    {%- endif -%}\n"
+    "{%- endif -%}\n"
+)
+
+# google/gemma-4-31B-it's (and -26B-A4B-it's): the same but for a blank line and, without thinking, an empty thought
+# channel closing the generation prompt [the SHA-256 the same table gives for those files]
+GEMMA4_LARGE_CHAT_TEMPLATE = GEMMA4_CHAT_TEMPLATE.replace(
+    "{{- '<|turn>' + role + '\\n' }}\n    {%- endif -%}", "{{- '<|turn>' + role + '\\n' }}\n\n    {%- endif -%}"
+).replace(
+    "        {{- '<|turn>model\\n' -}}\n    {%- elif",
+    "        {{- '<|turn>model\\n' -}}\n        {%- if not enable_thinking -%}\n"
+    "            {{- '<|channel>thought\\n<channel|>' -}}\n        {%- endif -%}\n    {%- elif")
+
 # HuggingFaceTB/SmolLM3-3B chat_template.jinja [the smollm3 entry of a Swift collection of templates; the Hub page's
 # text, read through a mirror, agrees as far as the mirror showed it]: thinking unless enable_thinking is false or the
 # system message says /no_think; today's date (strftime_now) in the system block
@@ -1337,7 +1747,13 @@ CHAT_FAMILIES = [
      "<|im_end|>"),
     # the OLMo 2 tokenizer adds no BOS: the style writes the template's
     ("olmo2", OLMO2_CHAT_TEMPLATE, dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>"), "", "<|endoftext|>"),
+    ("gemma4", GEMMA4_CHAT_TEMPLATE, dict(bos_token="<bos>"), "<bos>", "<turn|>"),
+    ("gemma4-think", GEMMA4_CHAT_TEMPLATE, dict(bos_token="<bos>", enable_thinking=True), "<bos>", "<turn|>"),
+    ("gemma4-think", GEMMA4_LARGE_CHAT_TEMPLATE, dict(bos_token="<bos>", enable_thinking=True), "<bos>", "<turn|>"),
+    ("gemma4-nothink", GEMMA4_LARGE_CHAT_TEMPLATE, dict(bos_token="<bos>"), "<bos>", "<turn|>"),
 ]
+# what a style's prompt for an answer ends with that its template leaves out of a finished conversation's answers
+DROPPED_FROM_HISTORY = {"gemma4-nothink": "<|channel>thought\n<channel|>"}
 
 
 @pytest.mark.parametrize("name, template, variables, bos, end", CHAT_FAMILIES)
@@ -1353,7 +1769,8 @@ def test_chat_styles_are_published_templates(name: str, template: str, variables
         # the training text (prompt, response prefix, answer) is the template's rendering of the finished exchange,
         # which then ends the answer with `end`; generation stops there (Mistral Nemo's </s> is its eos)
         full = render(template, user + [{"role": "assistant", "content": "It is 56."}], False, **variables)
-        assert full.startswith(bos + style.apply(instruction, input) + style.response_prefix + "It is 56." + end)
+        prompt = style.apply(instruction, input).removesuffix(DROPPED_FROM_HISTORY.get(name, ""))
+        assert full.startswith(bos + prompt + style.response_prefix + "It is 56." + end)
     assert end == "</s>" or end in style.stop_strings
 
 
@@ -1398,6 +1815,36 @@ def test_qwen35_prompts_open_the_think_block() -> None:
         assert pieces[1].startswith("2 + 2 = 4") if name == "qwen3.5" else pieces[1].startswith("<think>\n2 + 2")
 
 
+def test_gemma4_templates_are_the_published_files() -> None:
+    """The stored E2B/E4B template and the 31B/26B-A4B one derived from it are, byte for byte, the Hub's files."""
+    assert hashlib.sha256(GEMMA4_CHAT_TEMPLATE.encode()).hexdigest() == (
+        "0a2c8073c878ab1da004bee933a998606537bbb62016310352c7285c3f01c5b5")
+    assert len(GEMMA4_CHAT_TEMPLATE.encode()) == 18569
+    assert hashlib.sha256(GEMMA4_LARGE_CHAT_TEMPLATE.encode()).hexdigest() == (
+        "ae53464bf3be25802b3a5b37def7fd89667067d7577049b3b2d74c4d8de4c6d4")
+
+
+def test_gemma4_drops_thoughts_and_closes_an_empty_one_on_the_large_models() -> None:
+    """Answers lose their thought channels, as both templates write them; with thinking the system turn opens with
+    <|think|> and both templates prompt alike; without it the large models' prompt closes an empty thought channel,
+    which a finished conversation does not have before any answer, as the template renders it."""
+    turns = [("What is 7 times 8?", "<|channel>thought\n7 * 8 = 56<channel|>56."), ("And 9 times 9?", " 81.\n")]
+    for name, template, variables in [("gemma4", GEMMA4_CHAT_TEMPLATE, {}),
+                                      ("gemma4-think", GEMMA4_LARGE_CHAT_TEMPLATE, dict(enable_thinking=True)),
+                                      ("gemma4-nothink", GEMMA4_LARGE_CHAT_TEMPLATE, {})]:
+        prompt = PromptStyle.from_name(name).apply_conversation(turns, "Add them.")
+        assert "<bos>" + prompt == render(template, chat_messages(turns, "Add them."), bos_token="<bos>", **variables)
+        assert "7 * 8" not in prompt and "<|turn>model\n56.<turn|>\n" in prompt
+    user = "<|turn>user\nHi<turn|>\n<|turn>model\n"
+    assert PromptStyle.from_name("gemma4").apply(" Hi ") == user
+    assert PromptStyle.from_name("gemma4-think").apply("Hi") == "<|turn>system\n<|think|>\n<turn|>\n" + user
+    assert PromptStyle.from_name("gemma4-nothink").apply("Hi") == user + "<|channel>thought\n<channel|>"
+    hi = [{"role": "user", "content": "Hi"}]
+    assert render(GEMMA4_CHAT_TEMPLATE, hi, enable_thinking=True) == render(GEMMA4_LARGE_CHAT_TEMPLATE, hi,
+                                                                           enable_thinking=True)
+    assert "<channel|>" not in "".join(PromptStyle.from_name("gemma4-nothink").conversation_pieces(turns))
+
+
 def test_smollm3_system_flags_and_date() -> None:
     """SmolLM3's system message switches the reasoning mode with /think or /no_think (the flags taken out of it) and
     replaces the whole system block with /system_override, as the template does; the template dates the prompt with
@@ -1419,7 +1866,7 @@ def test_smollm3_system_flags_and_date() -> None:
 
 
 def test_finetuning_ends_an_answer_with_the_templates_end_of_turn(tmp_path: Path) -> None:
-    """Gemma 3 and Phi end an answer with <end_of_turn> / <|end|>, which is not their tokenizers' eos: training text
+    """Gemma 3, Gemma 4 and Phi end an answer with <end_of_turn> / <turn|> / <|end|>, not their tokenizers' eos: text
     ends with that token, as the template renders a finished turn; other styles end with eos."""
     from tokenizers import AddedToken, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
@@ -1427,16 +1874,17 @@ def test_finetuning_ends_an_answer_with_the_templates_end_of_turn(tmp_path: Path
     from lit_gpt.data import prepare_sample
 
     words = ["<unk>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<|user|>", "<|assistant|>", "<|end|>",
-             "user", "model", "hi", "hello", "there", "\n"]
+             "<|turn>", "<turn|>", "user", "model", "hi", "hello", "there", "\n"]
     hf = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    hf.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in words[:8]])
+    hf.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in words[:10]])
     hf.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>",
                                                                 "add_bos_token": True}))
     tokenizer = Tokenizer(tmp_path)
     example = {"instruction": "hi", "output": "hello there"}
-    for name, end in [("gemma3", "<end_of_turn>"), ("phi3", "<|end|>"), ("phi4-mini", "<|end|>"), ("alpaca", "<eos>")]:
+    for name, end in [("gemma3", "<end_of_turn>"), ("gemma4", "<turn|>"), ("phi3", "<|end|>"), ("phi4-mini", "<|end|>"),
+                      ("alpaca", "<eos>")]:
         sample = prepare_sample(example, tokenizer, PromptStyle.from_name(name), max_seq_length=64)
         assert sample["input_ids"][-1] == words.index(end), name
         assert sample["input_ids"][-3:-1].tolist() == [words.index("hello"), words.index("there")], name
@@ -1479,8 +1927,10 @@ def check_system_and_pieces(name: str, template: str, variables: dict, bos: str,
         assert rendered.startswith(ours), (rendered, ours)
         eos = variables.get("eos_token", "")
         assert rendered[len(ours):] in ("", "\n", eos, "\n" + eos), rendered[len(ours):]
-        # the prompt before the last answer is the prompt generation shows at that point
-        assert "".join(pieces[:-1]) == style.apply_conversation(turns[:-1], MESSAGE, system=system)
+        # the prompt before the last answer is the prompt generation shows at that point (but for what the
+        # template leaves out of an answer it renders)
+        assert "".join(pieces[:-1]) + DROPPED_FROM_HISTORY.get(name, "") == style.apply_conversation(
+            turns[:-1], MESSAGE, system=system)
 
 
 @pytest.mark.parametrize("name, template, variables, bos, end", SYSTEM_FAMILIES)
