@@ -501,6 +501,69 @@ class OLMo2(ChatStyle):
                            [f"{answer}<|endoftext|>" for _, answer in turns], "\n")
 
 
+_NO_FUNCTIONS = "You do not currently have access to any functions. <functions></functions>"
+
+
+class OLMo3(ChatStyle):
+    """Olmo-3-7B-Instruct: ChatML turns, "<|im_start|>{role}\n{text}<|im_end|>\n", the messages as they are, after a
+    system turn the template always writes: a given system message, else "You are a helpful function-calling AI
+    assistant." and that it has no functions (tools, which the template can list, are not supported here). Earlier
+    answers end with <|im_end|>; the template ends a finished conversation's last answer with eos_token (<|endoftext|>,
+    the OLMo 3 tokenizer's eos, which finetuning also appends after an instruction's answer). No BOS."""
+
+    name = "olmo3"
+    system = f"You are a helpful function-calling AI assistant. {_NO_FUNCTIONS}"
+    stop_strings = ("<|im_end|>", "<|endoftext|>")
+    system_suffix = ""  # what the template writes after a given system message
+    prompt_end = ""  # what the prompt for a new message's answer ends with after "<|im_start|>assistant\n"
+
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        system = system + self.system_suffix if system else self.system
+        last = len(turns) - 1 if message is None else None  # the answer the template ends with eos_token
+        pieces = _join_turns(f"<|im_start|>system\n{system}<|im_end|>\n",
+                             [f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+                              for user in _users(turns, message)],
+                             [answer + ("<|endoftext|>" if i == last else "<|im_end|>")
+                              for i, (_, answer) in enumerate(turns)], "\n")
+        if message is not None:
+            pieces[-1] += self.prompt_end
+        return pieces
+
+
+class OLMo31(OLMo3):
+    """Olmo-3.1-32B-Instruct: Olmo 3's template with Ai2's Olmo identity as the default system message (and the same
+    no-functions line after it)."""
+
+    name = "olmo3.1"
+    system = ("You are Olmo, a helpful AI assistant built by Ai2. Your date cutoff is December 2024, and your model "
+              f"weights are available at https://huggingface.co/allenai. {_NO_FUNCTIONS}")
+
+
+class OLMo3Think(OLMo3):
+    """Olmo-3-7B-Think (the Hub's template; Ollama's olmo3-think renderer writes the 3.1 identity instead): Olmo 3's
+    turns and ends, a given system message followed by " You do not currently have access to any functions.
+    <functions></functions>", else "You are OLMo, a helpful function-calling AI assistant built by Ai2. ..." with that
+    line. The prompt for an answer opens the think block, "<|im_start|>assistant\n<think>"; the model writes its
+    reasoning, "</think>" and the answer. A finished conversation has no "<think>" of its own, as the template writes
+    each answer as it is (so conversation data trains without it); an instruction's training text is the prompt,
+    "<think>" included, then the answer (no response_prefix: the template does not say how a reasoning closes)."""
+
+    name = "olmo3-think"
+    system = ("You are OLMo, a helpful function-calling AI assistant built by Ai2. Your date cutoff is November 2024, "
+              f"and your model weights are available at https://huggingface.co/allenai. {_NO_FUNCTIONS}")
+    system_suffix = f" {_NO_FUNCTIONS}"
+    prompt_end = "<think>"
+
+
+class OLMo3Think32B(OLMo3Think):
+    """Olmo-3-32B-Think: Olmo-3-7B-Think's template with "You are a helpful AI assistant." (alone) as the default system
+    message."""
+
+    name = "olmo3-32b-think"
+    system = "You are a helpful AI assistant."
+
+
 class FalconInstruct(PromptStyle):
     """falcon-7b-instruct: TII publishes no prompt format; this style uses "User: ...\\nFalcon:" turns. The model
     seldom emits eos, so a new "\\nUser:" line also ends an answer."""
@@ -516,12 +579,12 @@ class FalconInstruct(PromptStyle):
 prompt_styles = {cls.name: cls for cls in (Alpaca, QA, ChatML, Llama2Chat, TinyLlamaChat, FalconInstruct, Llama31,
                                             Qwen25, Qwen3, Qwen3NoThink, Qwen35, Qwen35NoThink, Gemma3, Gemma4,
                                             Gemma4Think, Gemma4NoThink, Phi3, Phi4Mini, MistralNemo, SmolLM3,
-                                            SmolLM3NoThink, OLMo2)}
+                                            SmolLM3NoThink, OLMo2, OLMo3, OLMo31, OLMo3Think, OLMo3Think32B)}
 # for script flags (jsonargparse shows the choices in --help)
 PromptStyleName = Literal["alpaca", "qa", "chatml", "llama2-chat", "tinyllama-chat", "falcon-instruct", "llama3.1",
                           "qwen2.5", "qwen3", "qwen3-nothink", "qwen3.5", "qwen3.5-nothink", "gemma3", "gemma4",
                           "gemma4-think", "gemma4-nothink", "phi3", "phi4-mini", "mistral-nemo", "smollm3",
-                          "smollm3-nothink", "olmo2"]
+                          "smollm3-nothink", "olmo2", "olmo3", "olmo3.1", "olmo3-think", "olmo3-32b-think"]
 assert list(get_args(PromptStyleName)) == list(prompt_styles)
 
 # chat presets (lit_gpt/config.py names) -> the template they were trained with; every other model gets "alpaca"
@@ -543,6 +606,10 @@ _chat_models = [
     (r"Mistral-Nemo-Instruct-2407", "mistral-nemo"),
     (r"SmolLM3-3B", "smollm3"),
     (r"OLMo-2-[0-9]{4}-[0-9]+B-Instruct", "olmo2"),
+    (r"Olmo-3-7B-Instruct", "olmo3"),
+    (r"Olmo-3\.1-32B-Instruct", "olmo3.1"),
+    (r"Olmo-3-7B-Think", "olmo3-think"),
+    (r"Olmo-3-32B-Think", "olmo3-32b-think"),  # Olmo-3.1-32B-Think's template is not known: not mapped
 ]
 
 

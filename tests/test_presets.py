@@ -59,6 +59,9 @@ PUBLISHED = {
     **{f"OLMo-2-{size}{kind}": (total, None) for kind in ("", "-Instruct")
        for size, total in (("1124-7B", "7.3B"), ("1124-13B", "13.7B"), ("0325-32B", "32.2B"))},
     "Olmo-3-1025-7B": ("7.3B", None), "Olmo-3-1125-32B": ("32.2B", None),
+    # whatmodel.sh's model pages (the Hub pages now round to "7B" / "32B")
+    "Olmo-3-7B-Instruct": ("7.3B", None), "Olmo-3-7B-Think": ("7.3B", None), "Olmo-3-32B-Think": ("32.2B", None),
+    "Olmo-3.1-32B-Instruct": ("32.2B", None),
     # Gemma 4 cards: "2.3B effective (5.1B with embeddings)", "4.5B effective (8B with embeddings)", "30.7B", beside
     # vision encoders of ~150M, ~150M, ~550M and audio encoders of ~300M (E2B, E4B). The 31B's figure is its text
     # decoder (its safetensors hold 31.27B with the vision encoder); the E2B's and E4B's totals count their encoders,

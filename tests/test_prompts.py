@@ -174,6 +174,8 @@ CHAT_PRESETS = {
     **{f"OLMo-2-{size}-Instruct": "olmo2" for size in ("0425-1B", "1124-7B", "1124-13B", "0325-32B")},
     "gemma-4-E2B-it": "gemma4", "gemma-4-E4B-it": "gemma4", "gemma-4-31B-it": "gemma4-nothink",
     "gemma-4-26B-A4B-it": "gemma4-nothink",
+    "Olmo-3-7B-Instruct": "olmo3", "Olmo-3.1-32B-Instruct": "olmo3.1", "Olmo-3-7B-Think": "olmo3-think",
+    "Olmo-3-32B-Think": "olmo3-32b-think",
 }
 BASE_PRESETS = ("gemma-3-270m", "gemma-3-1b-pt", "Qwen2.5-7B", "Llama-3.2-1B", "Mistral-Nemo-Base-2407",
                 *(f"Qwen3.5-{size}-Base" for size in ("0.8B", "2B", "4B", "9B", "35B-A3B")), "SmolLM3-3B-Base",
@@ -835,8 +837,8 @@ MISTRAL_NEMO_CHAT_TEMPLATE = (
     "{%- endfor %}\n"
 )
 
-# The chat templates of the 2026 instruct models, verbatim, where a copy could be found (Olmo 3's and Ministral 3's
-# were not: their published templates changed or differ between the copies read).
+# The chat templates of the 2026 instruct models, verbatim, where a copy could be found (Ministral 3's was not: its
+# Instruct and Reasoning repos publish none).
 
 # Qwen/Qwen3.5-27B [a module that holds the template "extracted from Qwen/Qwen3.5-27B tokenizer_config.json";
 # mlx-community/Qwen3.5-35B-A3B-4bit's chat_template.jinja, in a Swift test fixture, agrees]: thinking unless
@@ -1714,6 +1716,94 @@ OLMO2_CHAT_TEMPLATE = (
     "if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}"
 )
 
+# The OLMo 3 post-trained models' chat_template.jinja, verbatim: each text's SHA-256 is the one other projects pinned
+# for the Hub file (test_olmo3_templates_are_the_published_files). allenai/Olmo-3-7B-Instruct [OlmoHack-MATS's
+# harbor/prompts/olmo3-instruct-rlvr-released.jinja less its packaging newline; f5186d42... is pinned for
+# @6e5971d9 and for the OLMo-3-7B-Instruct GGUF]; allenai/Olmo-3.1-32B-Instruct [lmstudio-community's MLX re-upload's
+# template, quoted in an mlx_lm server script; 49a944c9... is pinned for @ac0587e4, in the table where the pin of
+# gemma-4-31B-it is GEMMA4_LARGE_CHAT_TEMPLATE's]; allenai/Olmo-3-7B-Think [open-instruct's "olmo_thinker" at
+# d928a7c, copied with its pinned hash; 6d549883... is pinned for the repo's file at @d97e442d7cc6 and for the Think
+# RLVR checkpoints']; allenai/Olmo-3-32B-Think [open-instruct's "olmo_thinker" now, its default system message "You
+# are a helpful AI assistant."; eba6e269... is the copied "olmo-thinker.jinja"'s, and a read of @f2edda15216e's file
+# gives its first 16 digits]. The 3.1 32B Instruct's and the 32B Think's are written as their differences from the 7B
+# ones. allenai/Olmo-3.1-32B-Think's was not found (no copy, no pinned hash): it has no style and no preset.
+OLMO3_CHAT_TEMPLATE = (
+    "{%- set has_system = messages|selectattr('role', 'equalto', 'system')|list|length > 0 -%}{%- if not has_system -"
+    "%}{{- '<|im_start|>system\n"
+    "You are a helpful function-calling AI assistant. ' -}}{%- if tools is none -%}{{- 'You do not currently have acc"
+    "ess to any functions. <functions></functions><|im_end|>\n"
+    "' -}}{%- else -%}{{- 'You are provided with function signatures within <functions></functions> XML tags. You may"
+    " call one or more functions to assist with the user query. Output any function calls within <function_calls></fu"
+    "nction_calls> XML tags. Do not make assumptions about what values to plug into functions.' -}}{{- '<functions>' "
+    "-}}{{- tools | tojson -}}{{- '</functions><|im_end|>\n"
+    "' -}}{%- endif -%}{%- endif -%}{%- for message in messages -%}{%- if message['role'] == 'system' -%}{{- '<|im_st"
+    "art|>system\n"
+    "' + message['content'] -}}{%- if tools is not none -%}{{- '<functions>' -}}{{- tools | tojson -}}{{- '</function"
+    "s>' -}}{%- elif message.get('functions', none) is not none -%}{{- ' <functions>' + message['functions'] + '</fun"
+    "ctions>' -}}{%- endif -%}{{- '<|im_end|>\n"
+    "' -}}{%- elif message['role'] == 'user' -%}{{- '<|im_start|>user\n"
+    "' + message['content'] + '<|im_end|>\n"
+    "' -}}{%- elif message['role'] == 'assistant' -%}{{- '<|im_start|>assistant\n"
+    "' -}}{%- if message.get('content', none) is not none -%}{{- message['content'] -}}{%- endif -%}{%- if message.ge"
+    "t('function_calls', none) is not none -%}{{- '<function_calls>' + message['function_calls'] + '</function_calls>"
+    "' -}}{% elif message.get('tool_calls', none) is not none %}{{- '<function_calls>' -}}{%- for tool_call in messag"
+    "e['tool_calls'] %}{%- if tool_call is mapping and tool_call.get('function', none) is not none %}{%- set args = t"
+    "ool_call['function']['arguments'] -%}{%- set ns = namespace(arguments_list=[]) -%}{%- for key, value in args.ite"
+    "ms() -%}{%- set ns.arguments_list = ns.arguments_list + [key ~ '=' ~ (value | tojson)] -%}{%- endfor -%}{%- set "
+    "arguments = ns.arguments_list | join(', ') -%}{{- tool_call['function']['name'] + '(' + arguments + ')' -}}{%- i"
+    "f not loop.last -%}{{ '\n"
+    "' }}{%- endif -%}{% else %}{{- tool_call -}}{%- endif %}{%- endfor %}{{- '</function_calls>' -}}{%- endif -%}{%-"
+    " if not loop.last -%}{{- '<|im_end|>' + '\n"
+    "' -}}{%- else -%}{{- eos_token -}}{%- endif -%}{%- elif message['role'] == 'environment' -%}{{- '<|im_start|>env"
+    "ironment\n"
+    "' + message['content'] + '<|im_end|>\n"
+    "' -}}{%- elif message['role'] == 'tool' -%}{{- '<|im_start|>environment\n"
+    "' + message['content'] + '<|im_end|>\n"
+    "' -}}{%- endif -%}{%- if loop.last and add_generation_prompt -%}{{- '<|im_start|>assistant\n"
+    "' -}}{%- endif -%}{%- endfor -%}"
+)
+
+# the 3.1 32B Instruct's: the Olmo identity, an empty tool list taken for none, the generation prompt's newline escaped
+OLMO31_CHAT_TEMPLATE = OLMO3_CHAT_TEMPLATE.replace(
+    "You are a helpful function-calling AI assistant. ",
+    "You are Olmo, a helpful AI assistant built by Ai2. Your date cutoff is December 2024, and your model weights are "
+    "available at https://huggingface.co/allenai. ").replace(
+    "{%- if tools is none -%}", "{%- if tools is none or (tools | length) == 0 -%}").replace(
+    "{{- '<|im_start|>assistant\n' -}}{%- endif -%}{%- endfor -%}",
+    "{{- '<|im_start|>assistant\\n' -}}{%- endif -%}{%- endfor -%}")
+
+OLMO3_THINK_CHAT_TEMPLATE = (
+    "{% set has_system = messages|selectattr('role', 'equalto', 'system')|list|length > 0 %}{% if not has_system %}{{"
+    " '<|im_start|>system\n"
+    "You are OLMo, a helpful function-calling AI assistant built by Ai2. Your date cutoff is November 2024, and your "
+    "model weights are available at https://huggingface.co/allenai. You do not currently have access to any functions"
+    ". <functions></functions><|im_end|>\n"
+    "' }}{% endif %}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|im_start|>system\n"
+    "' + message['content'] }}{% if message.get('functions', none) is not none %}{{ ' <functions>' + message['functio"
+    "ns'] + '</functions><|im_end|>\n"
+    "' }}{% else %}{{ ' You do not currently have access to any functions. <functions></functions><|im_end|>\n"
+    "' }}{% endif %}{% elif message['role'] == 'user' %}{% if message.get('functions', none) is not none %}{{ '<|im_s"
+    "tart|>user\n"
+    "' + message['content'] + '\n"
+    "' + '<functions>' + message['functions'] + '</functions><|im_end|>\n"
+    "' }}{% else %}{{ '<|im_start|>user\n"
+    "' + message['content'] + '<|im_end|>\n"
+    "' }}{% endif %}{% elif message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n"
+    "' }}{% if message.get('content', none) is not none %}{{ message['content'] }}{% endif %}{% if message.get('funct"
+    "ion_calls', none) is not none %}{{ '<function_calls>' + message['function_calls'] + '</function_calls>' }}{% end"
+    "if %}{% if not loop.last %}{{ '<|im_end|>' + '\n"
+    "' }}{% else %}{{ eos_token }}{% endif %}{% elif message['role'] == 'environment' %}{{ '<|im_start|>environment\n"
+    "' + message['content'] + '<|im_end|>\n"
+    "' }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|im_start|>assistant\n"
+    "<think>' }}{% endif %}{% endfor %}"
+)
+
+# the 32B Think's: the one-line default system message
+OLMO3_32B_THINK_CHAT_TEMPLATE = OLMO3_THINK_CHAT_TEMPLATE.replace(
+    "You are OLMo, a helpful function-calling AI assistant built by Ai2. Your date cutoff is November 2024, and your "
+    "model weights are available at https://huggingface.co/allenai. You do not currently have access to any functions. "
+    "<functions></functions>", "You are a helpful AI assistant.")
+
 
 def on_day(day: datetime) -> Any:
     """A `strftime_now` for templates that date the prompt, fixed to `day`."""
@@ -1752,11 +1842,22 @@ CHAT_FAMILIES = [
     ("gemma4-think", GEMMA4_LARGE_CHAT_TEMPLATE, dict(bos_token="<bos>", enable_thinking=True), "<bos>", "<turn|>"),
     ("gemma4-nothink", GEMMA4_LARGE_CHAT_TEMPLATE, dict(bos_token="<bos>"), "<bos>", "<turn|>"),
 ]
+# the OLMo 3 templates end a finished conversation's last answer with eos_token and the earlier ones with <|im_end|>
+# (transformers passes tools=None, which their system turn reads)
+OLMO3_VARIABLES = dict(tools=None, eos_token="<|endoftext|>")
+OLMO3_FAMILIES = [
+    ("olmo3", OLMO3_CHAT_TEMPLATE, OLMO3_VARIABLES, "", "<|endoftext|>"),
+    ("olmo3.1", OLMO31_CHAT_TEMPLATE, OLMO3_VARIABLES, "", "<|endoftext|>"),
+    ("olmo3-think", OLMO3_THINK_CHAT_TEMPLATE, OLMO3_VARIABLES, "", "<|endoftext|>"),
+    ("olmo3-32b-think", OLMO3_32B_THINK_CHAT_TEMPLATE, OLMO3_VARIABLES, "", "<|endoftext|>"),
+]
+EARLIER_ANSWERS_END = {family[0]: "<|im_end|>" for family in OLMO3_FAMILIES}
 # what a style's prompt for an answer ends with that its template leaves out of a finished conversation's answers
-DROPPED_FROM_HISTORY = {"gemma4-nothink": "<|channel>thought\n<channel|>"}
+DROPPED_FROM_HISTORY = {"gemma4-nothink": "<|channel>thought\n<channel|>", "olmo3-think": "<think>",
+                        "olmo3-32b-think": "<think>"}
 
 
-@pytest.mark.parametrize("name, template, variables, bos, end", CHAT_FAMILIES)
+@pytest.mark.parametrize("name, template, variables, bos, end", CHAT_FAMILIES + OLMO3_FAMILIES)
 def test_chat_styles_are_published_templates(name: str, template: str, variables: dict, bos: str, end: str) -> None:
     """What a style renders is what its model's template renders with add_generation_prompt=True, less the BOS that
     the tokenizer adds itself."""
@@ -1916,7 +2017,8 @@ def check_system_and_pieces(name: str, template: str, variables: dict, bos: str,
     turns = TURNS + [(MESSAGE, "\nThe sum is 137. ")]
     for system in (None, SYSTEM):
         pieces = style.conversation_pieces(turns, system=system)
-        assert len(pieces) == 2 * len(turns) and all(answer.endswith(end) for answer in pieces[1::2])
+        ends = [EARLIER_ANSWERS_END.get(name, end)] * (len(turns) - 1) + [end]
+        assert len(pieces) == 2 * len(turns) and all(map(str.endswith, pieces[1::2], ends))
         # the finished conversation is the template's rendering of it, less what follows the last end of turn
         # the Llama 2 and TinyLlama templates have no default system message: the style's is passed to them
         given = system or (style.system if name in ("llama2-chat", "tinyllama-chat") else None)
@@ -1933,14 +2035,59 @@ def check_system_and_pieces(name: str, template: str, variables: dict, bos: str,
             turns[:-1], MESSAGE, system=system)
 
 
-@pytest.mark.parametrize("name, template, variables, bos, end", SYSTEM_FAMILIES)
+@pytest.mark.parametrize("name, template, variables, bos, end", SYSTEM_FAMILIES + OLMO3_FAMILIES)
 def test_system_messages_and_finished_conversations_are_the_templates(name: str, template: str, variables: dict,
                                                                       bos: str, end: str) -> None:
     """A given system message is rendered where and as each template renders it (ChatML/Qwen replace their default
     system turn, Llama 3.1 writes it after the dates, Gemma 3 before the first user message, Phi a <|system|> turn,
-    Mistral Nemo before the last user message, Llama 2 in <<SYS>>, TinyLlama a <|system|> turn); a finished
-    conversation in pieces is the template's rendering, each answer piece ending with the end-of-turn token."""
+    Mistral Nemo before the last user message, Llama 2 in <<SYS>>, TinyLlama a <|system|> turn, OLMo 3 in its system
+    turn, the Think ones followed by a no-functions line); a finished conversation in pieces is the template's
+    rendering, each answer piece ending with the end-of-turn token (OLMo 3: the last one with eos)."""
     check_system_and_pieces(name, template, variables, bos, end)
+
+
+def test_olmo3_templates_are_the_published_files() -> None:
+    """The stored OLMo 3 templates are, byte for byte, the files whose SHA-256 others pinned at the Hub revisions."""
+    for template, sha256 in [
+        (OLMO3_CHAT_TEMPLATE, "f5186d42d99c8a0445d37fd8a6c7ccf07fe3e24a29ce622d8bd245da9507b12b"),
+        (OLMO31_CHAT_TEMPLATE, "49a944c9814e130bd3cc80a2420c55ff22e24a4e4ba97009aa60000909b5eac3"),
+        (OLMO3_THINK_CHAT_TEMPLATE, "6d549883b5ed12879e191845c256a30c7dfd4eced0a4f160060a3ea0199d9e3a"),
+        (OLMO3_32B_THINK_CHAT_TEMPLATE, "eba6e269f669706e5c788e370160dad953137f3fa7014fa69d03c7b3ad9f0e72"),
+    ]:
+        assert hashlib.sha256(template.encode()).hexdigest() == sha256
+
+
+def test_olmo3_think_keeps_earlier_reasoning_and_opens_the_block() -> None:
+    """The Think templates write earlier answers as they are, reasoning included, and open the think block for the
+    next one; the Instruct ones do neither. The default system messages are each template's."""
+    turns = [("What is 7 times 8?", "7 * 8 = 56</think>\n\n56."), ("And 9 times 9?", "<think>9 * 9</think>81.")]
+    for name, template, variables, _, _ in OLMO3_FAMILIES:
+        style = PromptStyle.from_name(name)
+        prompt = style.apply_conversation(turns, "Add them.")
+        assert prompt == render(template, chat_messages(turns, "Add them."), **variables)
+        assert "<|im_start|>assistant\n7 * 8 = 56</think>\n\n56.<|im_end|>\n" in prompt
+        assert prompt.startswith(f"<|im_start|>system\n{style.system}<|im_end|>\n<|im_start|>user\n")
+        assert prompt.endswith("<|im_start|>assistant\n" + ("<think>" if "think" in name else ""))
+    assert PromptStyle.from_name("olmo3-32b-think").system == "You are a helpful AI assistant."
+
+
+@pytest.mark.parametrize("name, template, variables, bos, end", OLMO3_FAMILIES)
+def test_olmo3_labels_end_earlier_answers_with_im_end_and_the_last_with_eos(name: str, template: str, variables: dict,
+                                                                            bos: str, end: str,
+                                                                            smollm2_dir: Path) -> None:
+    """A conversation's tokens (SmolLM2's tokenizer knows <|im_start|>, <|im_end|> and <|endoftext|>) are the template's
+    rendering; the labels sit on each answer and its end: <|im_end|> for the earlier ones, eos for the last."""
+    from lit_gpt.data import IGNORE_INDEX, prepare_conversation
+
+    tokenizer = Tokenizer(smollm2_dir)
+    turns = [("What is 7 times 8?", "7 * 8 = 56\n#### 56"), (" And 9 times 9?", "It is 81. "), (MESSAGE, "137.")]
+    sample = prepare_conversation({"system": SYSTEM, "turns": turns}, tokenizer, PromptStyle.from_name(name), 1000)
+    ids, labelled = sample["input_ids"], (sample["labels"] != IGNORE_INDEX).tolist()
+    assert tokenizer.decode(ids) == render(template, finished_messages(turns, SYSTEM), False, **variables)
+    starts = [i for i, on in enumerate(labelled) if on and (i == 0 or not labelled[i - 1])]
+    stops = [i + 1 for i, on in enumerate(labelled) if on and (i + 1 == len(labelled) or not labelled[i + 1])]
+    assert [tokenizer.decode(ids[a:b]) for a, b in zip(starts, stops)] == [
+        answer + ("<|im_end|>" if i < len(turns) - 1 else end) for i, (_, answer) in enumerate(turns)]
 
 
 def test_chatml_system_message_is_smollm2_template(smollm2_chat_template: str) -> None:
