@@ -73,6 +73,7 @@ HYPERPARAMETERS = TrainArgs(
     lora_projection=True,
     lora_mlp=True,
     lora_head=False,  # TRL refuses an adapter on the LM head in DPO
+    lora_experts=True,  # mixture-of-experts models: the expert tensors too
     padding_free=True,  # the shared-prompt packing; false: two padded rows per pair
     pad_multiple=32,
     activation_checkpointing=False,

@@ -70,6 +70,7 @@ HYPERPARAMETERS = TrainArgs(
     lora_projection=True,
     lora_mlp=True,
     lora_head=False,
+    lora_experts=True,  # mixture-of-experts models: the expert tensors too
     padding_free=True,  # the shared-prompt packing (the only layout here)
     pad_multiple=32,
     activation_checkpointing=False,

@@ -47,6 +47,7 @@ HYPERPARAMETERS = TrainArgs(
     lora_projection=True,
     lora_mlp=True,
     lora_head=True,
+    lora_experts=True,  # mixture-of-experts models: the expert tensors too
     # lay the examples of a micro-batch end to end, each attending to itself only: no compute is spent on padding
     # (measured on CPU: benchmarks/finetune.py --parts data); False pads each micro-batch to its longest
     padding_free=True,

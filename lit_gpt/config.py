@@ -81,6 +81,26 @@ class Config:
     per_layer_vocab_size: Optional[int] = None  # that table's rows (None: padded_vocab_size)
     layer_scalar: bool = False  # each block's output multiplied by a stored scalar of its own (Gemma 4)
     final_logit_softcapping: Optional[float] = None  # logits = cap * tanh(logits / cap)
+    # mixture of experts (lit_gpt/moe.py) in place of the MLP of the sparse layers: every moe_sparse_step-th layer but
+    # moe_dense_layers; a router picks n_expert_per_token of n_expert experts of moe_intermediate_size per token
+    n_expert: int = 0
+    n_expert_per_token: int = 0
+    moe_intermediate_size: int = 0
+    moe_sparse_step: int = 1
+    moe_dense_layers: list = field(default_factory=list)
+    router_bias: bool = False
+    # "softmax_topk": softmax over all experts, the top k (renormalised with norm_topk_prob); "topk_softmax": the top k
+    # logits, a softmax over them (gpt-oss)
+    router_scoring: Literal["softmax_topk", "topk_softmax"] = "softmax_topk"
+    norm_topk_prob: bool = True
+    router_norm: bool = False  # Gemma 4's router: a normalised, scaled input and per-expert scales
+    moe_activation: Literal["silu", "gelu", "clamped_swiglu"] = "silu"  # clamped_swiglu: gpt-oss's
+    swiglu_limit: float = 7.0
+    swiglu_alpha: float = 1.702
+    moe_transposed: bool = False  # gpt-oss's expert layout: (E, in, out) tensors, gate/up interleaved, biases
+    moe_interleaved: bool = False
+    moe_bias: bool = False
+    moe_shared_intermediate_size: int = 0  # a gated shared expert every token goes through (Qwen3.5-MoE); 0: none
     mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP", "GemmaMLP"] = "GptNeoxMLP"  # GemmaMLP: LLaMAMLP with GELU
     gelu_approximate: str = "none"
     intermediate_size: Optional[int] = None
@@ -145,6 +165,10 @@ class Config:
             raise ValueError(f"{self.name!r}: layer {index} reuses keys and values, but no earlier one is of its kind")
         return same[-1]
 
+    def is_sparse(self, layer: int) -> bool:
+        """Whether block `layer`'s MLP is a mixture of experts."""
+        return bool(self.n_expert) and layer not in self.moe_dense_layers and (layer + 1) % self.moe_sparse_step == 0
+
     def has_rope(self, layer: int) -> bool:
         every = self.nope_layer_every
         return not (every and (layer + 1) % every == 0)
@@ -207,7 +231,7 @@ class Config:
             raise ValueError(f"{name!r}: config.json has {key}={hf.get(key)!r}, {why}")
 
         for key in ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size"):
-            if hf.get(key):
+            if hf.get(key) and model_type not in _MOE:
                 refuse(key, "a mixture of experts, which is not supported")
         if hf.get("attn_logit_softcapping"):
             refuse("attn_logit_softcapping")
@@ -248,11 +272,11 @@ class Config:
                     cfg.update(_gemma4(hf, name))
             elif act != "silu":
                 refuse("hidden_act")
-            if model_type in ("llama", "qwen3", "smollm3", "olmo2", "olmo3"):
+            if model_type in ("llama", "qwen3", "smollm3", "olmo2", "olmo3", "qwen3_moe"):
                 if model_type in ("llama", "smollm3") and bool(hf.get("mlp_bias")) != bool(hf.get("attention_bias")):
                     raise ValueError(f"{name!r}: attention_bias and mlp_bias differ, which is not supported")
                 cfg.update(bias=bool(hf.get("attention_bias")), qkv_bias=bool(hf.get("attention_bias")))
-                if model_type in ("qwen3", "olmo2", "olmo3") and hf.get("attention_bias"):
+                if model_type in ("qwen3", "olmo2", "olmo3", "qwen3_moe") and hf.get("attention_bias"):
                     refuse("attention_bias", "biases with q/k norms, which is not supported")
             if model_type == "smollm3":
                 if hf.get("use_sliding_window"):
@@ -293,9 +317,17 @@ class Config:
                                rope_local_base=local_base if local_base != rope_base or rope_scaling else None)
             if model_type == "qwen2":
                 cfg.update(qkv_bias=True)  # Qwen2's q/k/v projections always have a bias, o_proj none
-            if model_type == "qwen3":
+            if model_type in ("qwen3", "qwen3_moe"):
                 cfg.update(norm_qk=True)
-            if model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+            if model_type == "qwen3_moe":  # softmax over the experts, the top k, renormalised only with norm_topk_prob
+                # config.json files say num_experts, transformers 5 saves num_local_experts
+                cfg.update(n_expert=hf.get("num_experts") or hf["num_local_experts"],
+                           n_expert_per_token=hf["num_experts_per_tok"],
+                           moe_intermediate_size=hf["moe_intermediate_size"],
+                           moe_sparse_step=hf.get("decoder_sparse_step") or 1,
+                           moe_dense_layers=sorted(hf.get("mlp_only_layers") or []),
+                           norm_topk_prob=bool(hf.get("norm_topk_prob", False)))
+            if model_type in ("qwen2", "qwen3", "qwen3_moe") and hf.get("use_sliding_window"):
                 refuse("use_sliding_window")
             if model_type in ("mistral", "phi3", "gemma3_text", "gemma4_text") and hf.get("sliding_window"):
                 window, every = hf["sliding_window"], 0
@@ -337,7 +369,8 @@ class Config:
 
 # the causal-LM families read by `Config.from_hf_config`; vision-language model_type -> that of its text model
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3", "ministral3", "olmo2", "olmo3",
-               "qwen3_5_text", "gemma4_text")
+               "qwen3_5_text", "gemma4_text", "qwen3_moe")
+_MOE = ("qwen3_moe",)  # the mixture-of-experts families
 _TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3", "qwen3_5": "qwen3_5_text", "gemma4": "gemma4_text"}
 
 

@@ -63,6 +63,12 @@ _QK_NORMS = {"model.layers.{}.self_attn.q_norm.weight": "transformer.h.{}.attn.n
              "model.layers.{}.self_attn.k_norm.weight": "transformer.h.{}.attn.norm_k.weight"}
 _NAMES["mistral"] = _NAMES["qwen2"] = _NAMES["llama"]
 _NAMES["qwen3"] = {**_NAMES["llama"], **_QK_NORMS}
+# Qwen3-MoE: a router and the experts fused as 3-D tensors (transformers 5's layout; the Hub's per-expert
+# `experts.{e}.gate_proj/up_proj/down_proj` are stacked while converting, see `_EXPERT`); dense layers as Qwen3's
+_NAMES["qwen3_moe"] = {**_NAMES["qwen3"], "model.layers.{}.mlp.gate.weight": "transformer.h.{}.mlp.router.weight",
+                       "model.layers.{}.mlp.experts.gate_up_proj": "transformer.h.{}.mlp.experts.gate_up_proj",
+                       "model.layers.{}.mlp.experts.down_proj": "transformer.h.{}.mlp.experts.down_proj"}
+_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
 # Gemma's post_attention_layernorm is a norm after the attention, before the residual add
 _NAMES["gemma3_text"] = {**_NAMES["llama"], **_QK_NORMS,
                          "model.layers.{}.post_attention_layernorm.weight":
@@ -93,7 +99,7 @@ _NAMES["gemma4_text"] = {**_NAMES["gemma3_text"], "model.layers.{}.layer_scalar"
 _NAMES["phi3"] = {**{k: v for k, v in _NAMES["llama"].items() if ".mlp.gate_proj" not in k and ".mlp.up_proj" not in k},
                   "model.layers.{}.self_attn.qkv_proj.weight": "transformer.h.{}.attn.qkv.weight"}
 _SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3", "ministral3", "olmo2", "olmo3",
-                 "qwen3_5_text", "gemma4_text")
+                 "qwen3_5_text", "gemma4_text", "qwen3_moe")
 _LLAMA_QKV = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 _PHI3_GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"  # rows [gate | up] = our fc_1, fc_2
 # a vision-language checkpoint (Gemma 3, Mistral 3): its text model's weights under a prefix (transformers 4 / 5); the
@@ -238,10 +244,25 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
     """
     fam, out = family(config), {}
     pending: Dict[str, Dict[str, torch.Tensor]] = {}  # q/k/v waiting for their siblings
+    experts: Dict[str, Dict[tuple, torch.Tensor]] = {}  # a layer's per-expert weights waiting for the others
     for hf_name, tensor in hf_items:
         if _IGNORED.match(hf_name) or _NOT_TEXT.match(hf_name):
             continue
         hf_name = _TEXT_MODEL.sub("", hf_name)
+        expert = _EXPERT.fullmatch(hf_name) if config.n_expert else None
+        if expert:  # stacked into the layer's fused tensors once all its experts are there
+            layer, e, proj = expert.groups()
+            if dtype is not None:
+                tensor = tensor.to(dtype)
+            parts = experts.setdefault(layer, {})
+            parts[int(e), proj] = tensor
+            if len(parts) == 3 * config.n_expert:
+                E = range(config.n_expert)
+                out[f"transformer.h.{layer}.mlp.experts.gate_up_proj"] = torch.stack(
+                    [torch.cat([parts[e, "gate_proj"], parts[e, "up_proj"]]) for e in E])
+                out[f"transformer.h.{layer}.mlp.experts.down_proj"] = torch.stack([parts[e, "down_proj"] for e in E])
+                del experts[layer]
+            continue
         pattern, layer = _split_layer(hf_name)
         if layer is not None and _UNUSED_KV.fullmatch(pattern) and config.kv_source(int(layer)) is not None:
             continue
@@ -269,6 +290,9 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
             out[name] = tensor
     if pending:
         raise ValueError(f"Incomplete q/k/v projections for {sorted(pending)}")
+    if experts:
+        raise ValueError(f"Incomplete experts in layers {sorted(experts, key=int)}: each needs gate_proj, up_proj "
+                         f"and down_proj of all {config.n_expert} experts")
     shapes = expected_shapes(config)
     for name in ("transformer.wte.weight", "lm_head.weight"):  # vocabulary rows padded up to padded_vocab_size
         if name in out and out[name].shape[0] < shapes[name][0] and out[name].shape[1:] == shapes[name][1:]:
@@ -312,7 +336,7 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", 
                   "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
                   "smollm3": "SmolLM3ForCausalLM", "ministral3": "Ministral3ForCausalLM",
                   "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "qwen3_5_text": "Qwen3_5ForCausalLM",
-                  "gemma4_text": "Gemma4ForCausalLM"}
+                  "gemma4_text": "Gemma4ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 # the layout each decoder family has in transformers (fields not listed are free: sizes, RoPE, tied embeddings)
 _LAYOUTS = {
     "llama": dict(norm_qk=False, post_norms=False, norm_unit_offset=False, scale_embeddings=False,
@@ -320,9 +344,12 @@ _LAYOUTS = {
                   rotary_percentage=1.0, nope_layer_every=0, query_scale_beta=0.0, norm_qk_all_heads=False,
                   norm_upcast=False, pre_norms=True, linear_attention=False, attention_output_gate=False,
                   global_head_size=None, global_n_query_groups=None, attention_k_eq_v=False, norm_v=False,
-                  kv_shared_layers=0, double_wide_mlp=False, per_layer_embd=0, layer_scalar=False),
+                  kv_shared_layers=0, double_wide_mlp=False, per_layer_embd=0, layer_scalar=False, n_expert=0,
+                  router_bias=False, router_scoring="softmax_topk", router_norm=False, moe_activation="silu",
+                  moe_transposed=False, moe_interleaved=False, moe_bias=False, moe_shared_intermediate_size=0),
     "qwen2": dict(bias=False, qkv_bias=True),
     "qwen3": dict(bias=False, qkv_bias=False, norm_qk=True),
+    "qwen3_moe": dict(bias=False, qkv_bias=False, norm_qk=True),  # the expert counts and sizes free
     "mistral": dict(bias=False, qkv_bias=False, global_layer_every=0),
     "phi3": dict(bias=False, qkv_bias=False, global_layer_every=0),
     "gemma3_text": dict(bias=False, qkv_bias=False, norm_qk=True, post_norms=True, norm_unit_offset=True,
@@ -372,6 +399,8 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                               ("nope_layer_every", ("smollm3",)), ("query_scale_beta", ("ministral3",))):
             if fam in families:
                 layout.pop(key)
+        if fam == "qwen3_moe":
+            layout.pop("n_expert")
         if fam == "gemma4_text":
             for key in ("global_head_size", "global_n_query_groups", "attention_k_eq_v", "kv_shared_layers",
                         "double_wide_mlp", "per_layer_embd"):
@@ -418,9 +447,14 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                 problems.append("RoPE scaling without a local RoPE base in an OLMo 3 model")
             hf.update(sliding_window=c.sliding_window or c.block_size, layer_types=layer_types,
                       rope_parameters=dict(full_attention=rope, sliding_attention=local))
-        elif fam in ("qwen2", "qwen3"):
+        elif fam in ("qwen2", "qwen3", "qwen3_moe"):
             hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.n_layer,
                       attention_bias=False, layer_types=["full_attention"] * c.n_layer)
+        if fam == "qwen3_moe":
+            hf.update(num_experts=c.n_expert, num_experts_per_tok=c.n_expert_per_token,
+                      moe_intermediate_size=c.moe_intermediate_size, decoder_sparse_step=c.moe_sparse_step,
+                      mlp_only_layers=list(c.moe_dense_layers), norm_topk_prob=c.norm_topk_prob,
+                      output_router_logits=False)
         elif fam in ("mistral", "phi3"):
             hf.update(sliding_window=c.sliding_window)
         if fam == "phi3":

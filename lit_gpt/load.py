@@ -31,6 +31,7 @@ from lit_gpt.lora import (
     lora_filter,
 )
 from lit_gpt.model import GPT
+from lit_gpt.moe import Experts
 from lit_gpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, resolve_prompt_style
 from lit_gpt.quantize import check_quantize, precision_dtype, quantizable_weights, quantize_weight, replace_parameters
 from lit_gpt.utils import (
@@ -196,7 +197,7 @@ def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true"
         replace_parameters(model, new)
     del new, slots, state_dict
     for module in model.modules():
-        if isinstance(module, LoRALinear):
+        if isinstance(module, (LoRALinear, Experts)):
             module.reset_lora_parameters()
     if run is not None:
         load_lora_state_dict(model, run.adapter, source=repr(str(run.adapter_file)))

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lit_gpt.moe import Experts, MoE
 from lit_gpt.quantize import (
     Linear,
     dequantize_weight,
@@ -47,14 +48,16 @@ class LoRAConfig:
     projection: bool = True  # attn.proj
     mlp: bool = True  # GptNeoxMLP fc, proj / LLaMAMLP fc_1, fc_2, proj
     head: bool = True  # lm_head
+    experts: bool = True  # the expert tensors of mixture-of-experts layers (PEFT's target_parameters; no dropout)
 
     def __post_init__(self) -> None:
         if self.r < 1:
             fail(f"LoRA rank r={self.r} must be at least 1")
         if not 0 <= self.dropout < 1:
             fail(f"LoRA dropout={self.dropout} must be in [0, 1)")
-        if not any((self.query, self.key, self.value, self.projection, self.mlp, self.head)):
-            fail("LoRA is disabled everywhere: enable at least one of query, key, value, projection, mlp, head")
+        if not any((self.query, self.key, self.value, self.projection, self.mlp, self.head, self.experts)):
+            fail("LoRA is disabled everywhere: enable at least one of query, key, value, projection, mlp, head, "
+                 "experts")
 
     @property
     def scaling(self) -> float:
@@ -209,7 +212,7 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
 
     The base weights are kept as they are (same Parameter objects), so loading and weight tying are unaffected.
     """
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
+    if any(isinstance(m, LoRALinear) or isinstance(m, Experts) and m.r for m in model.modules()):
         raise ValueError("add_lora was already applied to this model")
     for block in model.transformer.h:
         attn = block.attn
@@ -224,12 +227,22 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
                 attn.qkv = LoRALinear.from_linear(attn.qkv, config, {p: n for p, n in parts.items() if n}, adapted)
         if config.projection:
             attn.proj = LoRALinear.from_linear(attn.proj, config)
-        if config.mlp:
+        if isinstance(block.mlp, MoE):  # the router stays frozen; a shared expert's linears are MLP linears
+            if config.experts:
+                block.mlp.experts.add_lora(config.r, config.alpha)
+            shared = block.mlp.shared_expert
+            if config.mlp and shared is not None:
+                for name in ("fc_1", "fc_2", "proj"):
+                    setattr(shared, name, LoRALinear.from_linear(getattr(shared, name), config))
+        elif config.mlp:
             for name, child in list(block.mlp.named_children()):
                 if hasattr(child, "weight"):
                     setattr(block.mlp, name, LoRALinear.from_linear(child, config))
     if config.head:
         model.lm_head = LoRALinear.from_linear(model.lm_head, config)
+    if not any(lora_filter(name) for name, _ in model.named_parameters()):
+        fail(f"LoRA adapts nothing in {model.config.name!r} (experts only, and it has no experts): enable query, "
+             "key, value, projection, mlp or head")
     return model
 
 
@@ -237,10 +250,16 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
 def keep_reference(model: nn.Module) -> None:
     """Keeps a frozen copy of every adapter's current weights (kilobytes to megabytes; whole tensors also under FSDP:
     every rank must call this) as the reference `reference_model` switches to."""
+    def frozen(w: torch.Tensor) -> torch.Tensor:
+        return (w.full_tensor() if hasattr(w, "full_tensor") else w).detach().clone()
+
     for module in model.modules():
         if isinstance(module, LoRALinear):
-            module.reference = {part: tuple((w.full_tensor() if hasattr(w, "full_tensor") else w).detach().clone()
-                                            for w in pair) for part, pair in module.lora_pairs().items()}
+            module.reference = {part: tuple(frozen(w) for w in pair) for part, pair in module.lora_pairs().items()}
+        elif isinstance(module, Experts) and module.r:
+            module.reference = {name: (frozen(getattr(module, f"lora_A_{name}")),
+                                       frozen(getattr(module, f"lora_B_{name}")))
+                                for name in ("gate_up", "down") if hasattr(module, f"lora_A_{name}")}
 
 
 @contextmanager
@@ -248,7 +267,7 @@ def reference_model(model: nn.Module) -> Iterator[nn.Module]:
     """The model as the reference of preference (DPO) and reward (GRPO) training, which is the model training
     started from: the base with every adapter off, or, after `keep_reference`, with the frozen copy of the adapter it
     started from. No second copy of the base weights; no LoRA dropout."""
-    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear) or isinstance(m, Experts) and m.r]
     for layer in layers:
         layer.as_reference = True
     try:
@@ -280,7 +299,7 @@ def merge_lora_weights(model: nn.Module) -> nn.Module:
     `model.config` is replaced by a copy with `tie_embeddings=False`, so a saved merged model keeps both matrices.
     """
     for module in model.modules():
-        if isinstance(module, LoRALinear):
+        if isinstance(module, (LoRALinear, Experts)):
             module.merge()
     config = getattr(model, "config", None)
     if config is not None and config.tie_embeddings and model.lm_head.weight is not model.transformer.wte.weight:

@@ -12,6 +12,7 @@ import torch.utils.checkpoint
 
 from lit_gpt.config import Config
 from lit_gpt.deltanet import DeltaNetState, GatedDeltaNet
+from lit_gpt.moe import MoE
 from lit_gpt.rope import rope_frequencies
 
 
@@ -249,7 +250,8 @@ class Block(nn.Module):
             self.norm_2 = None
         if config.double_wide_mlp and kv_source is not None:
             config = replace(config, intermediate_size=2 * config.intermediate_size)
-        self.mlp = GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
+        self.mlp = (MoE(config) if config.is_sparse(index) else GptNeoxMLP(config)
+                    if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config))
         # Gemma 3 normalizes the attention and MLP outputs too, before adding them to the residual stream
         self.post_attention_norm = build_norm(config) if config.post_norms else nn.Identity()
         self.post_mlp_norm = build_norm(config) if config.post_norms else nn.Identity()

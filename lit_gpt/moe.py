@@ -110,6 +110,8 @@ class Experts(nn.Module):
         self.activation, self.gelu_approximate = c.moe_activation, c.gelu_approximate
         self.swiglu_limit, self.swiglu_alpha = c.swiglu_limit, c.swiglu_alpha
         self.r, self.alpha, self.scaling, self.merged = 0, 0, 0.0, False
+        # `lit_gpt.lora.reference_model`: the adapters off, or this frozen copy of them ({name: (A, B)})
+        self.as_reference, self.reference = False, None
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x (M, n_embd) rows sorted by expert, counts (n_expert,) the rows of each -> (M, n_embd)."""
@@ -141,6 +143,8 @@ class Experts(nn.Module):
         bias = getattr(self, f"{name}_proj_bias")
         biases = [None] * E if bias is None else bias.unbind(0)
         A, B = getattr(self, f"lora_A_{name}", None), getattr(self, f"lora_B_{name}", None)
+        if self.as_reference:
+            A, B = (self.reference or {}).get(name, (None, None))
         if A is None or self.merged:
             return [(w, b, None, None) for w, b in zip(weights, biases)]
         A = A.view(E, self.r, A.size(1)).unbind(0)  # (r, in) each
@@ -169,11 +173,18 @@ class Experts(nn.Module):
                 continue
             w = getattr(self, f"{name}_proj")
             n_in, n_out = (w.shape[1], w.shape[2]) if self.transposed else (w.shape[2], w.shape[1])
-            A = nn.Parameter(torch.empty(E * r, n_in, device=w.device, dtype=w.dtype))
-            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
-            self.register_parameter(f"lora_A_{name}", A)
-            self.register_parameter(f"lora_B_{name}", nn.Parameter(torch.zeros(n_out, r * E, device=w.device,
+            self.register_parameter(f"lora_A_{name}", nn.Parameter(torch.empty(E * r, n_in, device=w.device,
                                                                                dtype=w.dtype)))
+            self.register_parameter(f"lora_B_{name}", nn.Parameter(torch.empty(n_out, r * E, device=w.device,
+                                                                               dtype=w.dtype)))
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """A like an nn.Linear weight (Kaiming-uniform, a=sqrt(5)), B zero: no change."""
+        for name in ("gate_up", "down"):
+            if hasattr(self, f"lora_A_{name}") and not getattr(self, f"lora_A_{name}").is_meta:
+                nn.init.kaiming_uniform_(getattr(self, f"lora_A_{name}"), a=math.sqrt(5))
+                nn.init.zeros_(getattr(self, f"lora_B_{name}"))
 
     @torch.no_grad()
     def delta_weight(self, name: str) -> Optional[torch.Tensor]:
@@ -182,11 +193,7 @@ class Experts(nn.Module):
         A, B = getattr(self, f"lora_A_{name}", None), getattr(self, f"lora_B_{name}", None)
         if A is None:
             return None
-        E, wide = self.gate_up_proj.size(0), torch.promote_types(A.dtype, torch.float32)
-        A = A.to(wide).view(E, self.r, -1)  # (E, r, in)
-        B = B.to(wide).view(B.size(0), self.r, E).permute(2, 0, 1)  # (E, out, r)
-        delta = torch.bmm(B, A) * self.scaling  # (E, out, in)
-        return delta.transpose(1, 2) if self.transposed else delta
+        return expert_delta(A, B, self.gate_up_proj.size(0), self.scaling, self.transposed)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -199,6 +206,17 @@ class Experts(nn.Module):
                 w = getattr(self, f"{name}_proj")
                 w.copy_((w.to(delta.dtype) + delta).to(w.dtype))
         self.merged = True
+
+
+def expert_delta(A: torch.Tensor, B: torch.Tensor, n_expert: int, scaling: float, transposed: bool) -> torch.Tensor:
+    """The update an adapter (A (E r, in), B (out, r E)) adds to an expert tensor, in its layout ((E, out, in), or
+    (E, in, out) when `transposed`), in float32 (float64 for float64 adapters)."""
+    wide = torch.promote_types(A.dtype, torch.float32)
+    r = A.size(0) // n_expert
+    A = A.to(wide).view(n_expert, r, -1)  # (E, r, in)
+    B = B.to(wide).view(B.size(0), r, n_expert).permute(2, 0, 1)  # (E, out, r)
+    delta = torch.bmm(B, A) * scaling  # (E, out, in)
+    return delta.transpose(1, 2) if transposed else delta
 
 
 class SharedExpert(nn.Module):

@@ -91,6 +91,8 @@ class TrainArgs:
         lora_projection: LoRA on the attention output projection.
         lora_mlp: LoRA on the MLP linears.
         lora_head: LoRA on the LM head.
+        lora_experts: LoRA on the expert tensors of mixture-of-experts layers (one pair per tensor, as PEFT's
+            target_parameters; no dropout there); the router stays frozen.
         padding_free: Run each micro-batch as one row of its examples laid end to end (positions and attention
             restart at each example, no padding); false pads the examples to the longest of the micro-batch.
         pad_multiple: Without padding_free, on GPUs: pad micro-batches to a multiple of this length (few distinct
@@ -124,6 +126,7 @@ class TrainArgs:
     lora_projection: bool
     lora_mlp: bool
     lora_head: bool
+    lora_experts: bool
     padding_free: bool
     pad_multiple: int
     activation_checkpointing: bool
@@ -132,7 +135,7 @@ class TrainArgs:
     def lora_config(self) -> LoRAConfig:
         return LoRAConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout, query=self.lora_query,
                           key=self.lora_key, value=self.lora_value, projection=self.lora_projection, mlp=self.lora_mlp,
-                          head=self.lora_head)
+                          head=self.lora_head, experts=self.lora_experts)
 
 
 # settings that change how a run is computed, not what it computes: a resume may change them

@@ -27,6 +27,7 @@ from lit_gpt.gguf_export import check_outtype, export_gguf, gguf_architecture, t
 from lit_gpt.load import LoRARun, check_adapter_fits, load_lora_run, pick_prompt_style  # noqa: E402
 from lit_gpt.lora import LoRALinear, check_base_state_dict, lora_filter, suffix  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
+from lit_gpt.moe import Experts, expert_delta  # noqa: E402
 from lit_gpt.prompts import save_prompt_style  # noqa: E402
 from lit_gpt.quantize import precision_dtype  # noqa: E402
 from lit_gpt.utils import (  # noqa: E402
@@ -134,6 +135,13 @@ def merge(model: GPT, base: Dict[str, torch.Tensor], adapter: Dict[str, torch.Te
         real.merge()
         merged[f"{name}.weight"] = real.weight.to(dtype)
         del real, weight
+    for name, layer in model.named_modules():  # mixture-of-experts layers: their expert tensors' adapters
+        if isinstance(layer, Experts) and layer.r:
+            for part in ("gate_up", "down"):
+                if f"{name}.lora_A_{part}" in adapter:
+                    delta = expert_delta(adapter[f"{name}.lora_A_{part}"], adapter[f"{name}.lora_B_{part}"],
+                                         layer.gate_up_proj.size(0), layer.scaling, layer.transposed)
+                    merged[f"{name}.{part}_proj"] = (base[f"{name}.{part}_proj"].float() + delta).to(dtype)
     config = model.config
     if config.tie_embeddings and "lm_head.weight" in merged:  # the merged head is no longer the embedding
         config = replace(config, tie_embeddings=False)

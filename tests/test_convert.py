@@ -413,3 +413,29 @@ def test_gemma4_vision_language_checkpoint_converts_its_text_decoder(tmp_path: P
     idx = torch.randint(0, SIZES["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(idx), hf_model(input_ids=idx).logits)
+
+
+def test_per_expert_checkpoint_stacks_into_the_fused_experts() -> None:
+    """The Hub's Qwen3-MoE checkpoints store each expert's gate_proj / up_proj / down_proj (transformers 5 fuses them
+    while loading): they convert to the same tensors as transformers' fused ones, in any order."""
+    hf_model = tiny_hf_model("qwen3_moe")
+    config = Config.from_hf_config(hf_model.config.to_dict())
+    fused = hf_model.state_dict()
+    per_expert = {}
+    for name, t in fused.items():
+        if name.endswith("experts.gate_up_proj"):
+            for e, w in enumerate(t):
+                gate, up = w.chunk(2)
+                per_expert[name.replace("gate_up_proj", f"{e}.gate_proj.weight")] = gate
+                per_expert[name.replace("gate_up_proj", f"{e}.up_proj.weight")] = up
+        elif name.endswith("experts.down_proj"):
+            for e, w in enumerate(t):
+                per_expert[name.replace("down_proj", f"{e}.down_proj.weight")] = w
+        else:
+            per_expert[name] = t
+    items = sorted(per_expert.items(), reverse=True)  # experts of a layer interleaved with other weights
+    ours, expected = hf_to_lit(iter(items), config), hf_to_lit(iter(fused.items()), config)
+    assert ours.keys() == expected.keys() and all(torch.equal(ours[k], expected[k]) for k in ours)
+    incomplete = [(k, v) for k, v in items if ".experts.3." not in k]
+    with pytest.raises(ValueError, match="Incomplete experts in layers"):
+        hf_to_lit(iter(incomplete), config)

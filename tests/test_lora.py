@@ -305,7 +305,10 @@ def test_lora_config_round_trip_and_validation():
     with pytest.raises(UserError, match="r=0"):
         LoRAConfig(r=0)
     with pytest.raises(UserError, match="at least one"):
-        LoRAConfig(query=False, key=False, value=False, projection=False, mlp=False, head=False)
+        LoRAConfig(query=False, key=False, value=False, projection=False, mlp=False, head=False, experts=False)
+    with pytest.raises(UserError, match="adapts nothing"):  # experts alone, in a model without experts
+        add_lora(GPT(tiny_config("llama-gqa")), LoRAConfig(query=False, key=False, value=False, projection=False,
+                                                           mlp=False, head=False))
 
 
 def test_add_lora_on_meta_device():

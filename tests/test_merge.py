@@ -37,6 +37,9 @@ CONFIGS = {
                        rope_local_base=10000, hf_model_type="olmo3",
                        rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, beta_fast=32,
                                          beta_slow=1, truncate=True, attention_factor=1.1386)),
+    # Qwen3-MoE: a dense first layer, 4 experts of 24 (2 per token) with their adapters
+    "qwen3_moe": dict(LLAMA, n_layer=3, n_head=4, n_query_groups=2, head_size=8, norm_qk=True, n_expert=4,
+                      n_expert_per_token=2, moe_intermediate_size=24, moe_dense_layers=[0], hf_model_type="qwen3_moe"),
     # Gemma 4: per-layer inputs, the last two layers reusing keys and values, global layers of their own head size
     # with k = v, proportional RoPE, softcapping
     "gemma4": dict(LLAMA, mlp_class_name="GemmaMLP", gelu_approximate="tanh", n_layer=4, n_head=4, n_query_groups=2,

@@ -94,6 +94,10 @@ TINY = {
         sliding_window=5, hidden_size_per_layer_input=0, final_logit_softcapping=3.0, tie_word_embeddings=False,
         rope_parameters=dict(full_attention=dict(rope_type="proportional", partial_rotary_factor=0.25, rope_theta=1e6),
                              sliding_attention=dict(rope_type="default", rope_theta=10000.0)))),
+    # mixtures of experts: Qwen3-MoE with a dense first layer, 6 experts of which 2 per token, renormalised
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=3,
+                                         num_experts=6, num_experts_per_tok=2, moe_intermediate_size=16,
+                                         mlp_only_layers=[0], norm_topk_prob=True, tie_word_embeddings=False)),
 }
 SIZES = dict(vocab_size=120, hidden_size=32, intermediate_size=56, num_hidden_layers=2, max_position_embeddings=64)
 

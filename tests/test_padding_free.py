@@ -12,7 +12,8 @@ from lit_gpt.utils import response_loss
 # a window (5 or 6) shorter than some examples, partial rotary, LongRoPE (original context 12: one example past it,
 # the others not: each keeps its own factors), parallel residual, GQA, q/k norms
 KINDS = ["llama-gqa", "gemma3", "phi3-partial-sliding", "phi3-longrope", "gpt_neox-parallel", "qwen3-head_dim",
-         "qwen3_5-hybrid", "olmo3-yarn-sliding", "gemma4-ple-shared-kv", "gemma4-k_eq_v"]
+         "qwen3_5-hybrid", "olmo3-yarn-sliding", "gemma4-ple-shared-kv", "gemma4-k_eq_v",
+         "qwen3_moe"]
 LENGTHS = [9, 3, 17, 1, 6]  # tokens read by the model (the samples are one longer)
 
 
