@@ -116,6 +116,10 @@ def to_peft(adapter: Dict[str, torch.Tensor], lora: LoRAConfig, config: Config, 
     """(adapter_config.json dict, adapter_model.safetensors tensors) of our adapter, for the transformers model of
     `config`. `vocab_size`: rows of the transformers model's lm_head when fewer than our padded vocabulary."""
     _check_family(config)
+    experts = sorted({name.rsplit(".", 1)[0] for name in adapter if ".experts.lora_" in name})
+    if experts:  # PEFT's target_parameters (its ParamWrapper key names) are not written yet
+        fail(f"The adapter has LoRA on expert tensors ({experts[0]}, ...), which the PEFT export does not write yet: "
+             "finetune with --lora_experts false to export it, or merge it (scripts/merge_lora.py)")
     tensors, targets, ranks = {}, set(), {}
     layers = lora_layers(config, lora)
 
