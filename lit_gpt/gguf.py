@@ -1,7 +1,8 @@
 """Turns a llama.cpp GGUF file into a complete checkpoint dir.
 
 Architectures (`general.architecture`): llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3,
-smollm3, mistral3 (Ministral 3), olmo2 (OLMo 2; with a sliding window, OLMo 3), qwen35 (Qwen3.5 dense).
+smollm3, mistral3 (Ministral 3), olmo2 (OLMo 2; with a sliding window, OLMo 3), qwen35 (Qwen3.5 dense), gemma4
+(Gemma 4's text decoder).
 The dir holds our GPT's weights (dequantized), `lit_config.json`, the Hugging Face `config.json`, a `tokenizer.json`
 rebuilt from the GGUF's own vocabulary, `tokenizer_config.json`, `generation_config.json` and, for chat models,
 `prompt_style.json`. Where transformers' GGUF loader and llama.cpp disagree, we follow llama.cpp: it is what the file
@@ -24,6 +25,15 @@ What llama.cpp's converter (convert_hf_to_gguf.py) does to a model, undone here:
 - qwen35: Gated DeltaNet layers (`ssm_*` tensors, `attn_qkv`, `attn_gate`) and every `full_attention_interval`-th a
   gated attention layer; norms as 1 + ours but the DeltaNet's gated one; the value heads tiled (`tile_heads`), A_log
   stored as -exp(A_log), the convolution without its middle axis.
+- gemma4: plain norms (stored as ours), `attention.sliding_window_pattern` one flag per layer (true: a window), the
+  global layers' head size as `key_length` and the window layers' as `key_length_swa`, kv heads per layer where they
+  differ, per-layer MLP widths (`feed_forward_length`) where the shared-KV layers' are double; proportional RoPE as a
+  `rope_freqs` tensor of the global layers (1 for the frequencies that turn, 1e30 for the others); values are the
+  keys' projection where a layer has no `attn_v`; the per-layer inputs as `per_layer_*` tensors, `inp_gate`, `proj`,
+  `post_norm`, the layer scalars as `layer_output_scale` (none: 1). llama.cpp hardcodes the attention scale 1, the
+  value norm and which layers the last `shared_kv_layers` reuse (window layers the second before them, global ones
+  the one before them); without `final_logit_softcapping` it caps the logits at 30. Its converter keeps the unused
+  keys and values of the reusing layers: skipped.
 - YaRN (olmo2, mistral3): ggml multiplies cos and sin by 1 + 0.1 ln(factor) and `rope.scaling.attn_factor`; mistral3
   reads the betas and `yarn_log_multiplier` (Ministral 3's mscale_all_dim, as HF's ratio of magnitudes), olmo2 neither
   (its betas are 32 and 1).
@@ -39,7 +49,7 @@ import numpy as np
 import torch
 
 from lit_gpt.config import Config, name_to_config
-from lit_gpt.convert import hf_config_from_lit
+from lit_gpt.convert import hf_config_from_lit, qkv_parts
 from lit_gpt.prompts import default_prompt_style
 from lit_gpt.utils import atomic_dir, fail
 
@@ -47,13 +57,16 @@ SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 # GGUF architecture -> transformers model_type (Config.hf_model_type); olmo2 with a sliding window is OLMo 3
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3",
-                 "smollm3": "smollm3", "mistral3": "ministral3", "olmo2": "olmo2", "qwen35": "qwen3_5_text"}
+                 "smollm3": "smollm3", "mistral3": "ministral3", "olmo2": "olmo2", "qwen35": "qwen3_5_text",
+                 "gemma4": "gemma4_text"}
 INTERLEAVED = ("llama", "smollm3", "mistral3")  # their RoPE kernel rotates adjacent rows: q/k rows interleaved
 SMOLLM3_NOPE_EVERY = 4  # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a constant, not a key
 YARN_ARCHITECTURES = ("olmo2", "mistral3")  # whose YaRN llama.cpp computes as we do (the checks in gguf_export.py)
 # those that read rope.scaling.yarn_beta_fast/slow and yarn_log_multiplier; olmo2 takes 32 and 1 whatever the file
 YARN_BETAS = ("mistral3",)
 CONTROL, USER_DEFINED, UNKNOWN, BYTE = 3, 4, 2, 6  # llama.cpp token types (the sentencepiece ones)
+GEMMA4_SOFTCAPPING = 30.0  # llama.cpp caps a gemma4 file's logits at 30 unless final_logit_softcapping says (0: none)
+STILL = 1e20  # Gemma 4's rope_freqs: frequencies divided by more than this stand still (its converter: 1e30)
 LLAMA3_ORIGINAL_CONTEXT = 8192  # the one llama.cpp's converter computes `rope_freqs` with (only ratios to it matter)
 
 # llama.cpp's pre-tokenizer regexes (src/llama-vocab.cpp, `llm_tokenizer_bpe`), applied one after the other, each
@@ -100,6 +113,14 @@ TENSOR_NAMES = {
     "transformer.h.{}.mlp.fc_1.weight": "blk.{}.ffn_gate.weight",
     "transformer.h.{}.mlp.fc_2.weight": "blk.{}.ffn_up.weight",
     "transformer.h.{}.mlp.proj.weight": "blk.{}.ffn_down.weight",
+    # Gemma 4: the layer scalars and per-layer inputs
+    "transformer.h.{}.layer_scalar": "blk.{}.layer_output_scale.weight",
+    "transformer.h.{}.per_layer_gate.weight": "blk.{}.inp_gate.weight",
+    "transformer.h.{}.per_layer_proj.weight": "blk.{}.proj.weight",
+    "transformer.h.{}.per_layer_norm.weight": "blk.{}.post_norm.weight",
+    "transformer.wte_per_layer.weight": "per_layer_token_embd.weight",
+    "transformer.per_layer_proj.weight": "per_layer_model_proj.weight",
+    "transformer.per_layer_norm.weight": "per_layer_proj_norm.weight",
 }
 QKV_NAMES = {"query": "attn_q", "key": "attn_k", "value": "attn_v"}  # the parts of our attn.qkv
 # a Gated DeltaNet layer's (lit_gpt/deltanet.py) "transformer.h.{}.attn.<ours>" -> "blk.{}.<llama.cpp's>" (qwen35)
@@ -226,7 +247,7 @@ class GGUFFile:
             moe = " (a mixture of experts)" if "moe" in str(self.arch) else ""
             fail(f"{self.where} holds a {self.arch!r} model{moe}, which cannot be converted. Supported architectures: "
                  "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3, smollm3, mistral3, "
-                 "olmo2 (OLMo 2/3), qwen35")
+                 "olmo2 (OLMo 2/3), qwen35, gemma4")
         bad = sorted({t.tensor_type.name for t in self.reader.tensors} - set(SUPPORTED_TYPES))
         if bad:
             fail(f"{self.where} has tensors of type {', '.join(bad)}, which cannot be converted. "
@@ -266,13 +287,13 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     if key("expert_count", 0):
         fail(f"{where} is a mixture-of-experts model, which cannot be converted")
     for k in ("attn_logit_softcapping", "final_logit_softcapping"):
-        if key(k):
+        if key(k) and (arch, k) != ("gemma4", "final_logit_softcapping"):  # Gemma 4's is ours
             fail(f"{where} soft-caps its logits ({arch}.{k}={key(k)}), which our model does not support")
     if "token_embd.weight" not in gguf.tensors:
         fail(f"{where} has no 'token_embd.weight' tensor")
     n_head = key("attention.head_count")
     n_query_groups = key("attention.head_count_kv", n_head)
-    if isinstance(n_head, list) or isinstance(n_query_groups, list):
+    if isinstance(n_head, list) or (isinstance(n_query_groups, list) and arch != "gemma4"):  # gemma4: below
         fail(f"{where} has a different number of heads per layer, which cannot be converted")
     n_embd = key("embedding_length")
     head_size = key("attention.key_length", n_embd // n_head)
@@ -319,6 +340,8 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
             fields.update(hf_model_type="olmo3", sliding_window=window, global_layer_every=every)
     elif arch == "mistral3":
         fields.update(query_scale_beta=_float32(key("attention.temperature_scale", 0.0)))
+    elif arch == "gemma4":
+        fields.update(_gemma4(gguf, fields, window))
     elif arch == "qwen35":  # Gated DeltaNet layers, a gated full-attention layer every full_attention_interval-th
         ssm = {k: key(f"ssm.{k}") for k in ("conv_kernel", "inner_size", "state_size", "time_step_rank", "group_count")}
         if None in ssm.values() or gguf.get(f"{arch}.attention.recurrent_layers") is not None:
@@ -338,6 +361,8 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         name = re.sub(r"[^\w.\-]+", "-", gguf.get("general.name") or _stem(gguf)).strip("-") or "model"
         fields.update(name=name, hf_config={"org": gguf.get("general.organization") or "gguf", "name": name})
     fields["rope_scaling"] = _rope_scaling(gguf, fields, preset)
+    if arch == "gemma4" and fields["rope_local_base"] == fields["rope_base"] and not fields["rope_scaling"]:
+        fields["rope_local_base"] = None  # as from a transformers config: only a base of their own, or unscaled
     if fields.get("sliding_window") and arch == "olmo2" and fields["rope_scaling"]:
         fields["rope_local_base"] = fields["rope_base"]  # llama.cpp: its window layers unscaled, with the same base
     original = (fields["rope_scaling"] or {}).get("original_max_position_embeddings")
@@ -346,6 +371,63 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         fail(f"{where} scales its queries over {arch}.attention.temperature_length={length} positions, not YaRN's "
              f"original context {original}, which our model does not support")
     return Config(**fields)
+
+
+def _gemma4(gguf: GGUFFile, fields: dict, window: Optional[int]) -> dict:
+    """The `Config` fields of a gemma4 file: the layer pattern, the window layers' head size (`key_length_swa`; the
+    global layers' is `key_length`) and kv heads, k = v (global layers without `attn_v`), double-wide MLPs, shared
+    keys and values, per-layer inputs, softcapping; what llama.cpp hardcodes (value norm, attention scale 1)."""
+    key, where, n_layer = gguf.hparam, gguf.where, fields["n_layer"]
+    swa = key("attention.sliding_window_pattern")
+    if not isinstance(swa, list) or len(swa) != n_layer:
+        fail(f"{where} has no gemma4.attention.sliding_window_pattern with a flag per layer, which cannot be converted")
+    every = next((i + 1 for i, s in enumerate(swa) if not s), 0)  # our layer pattern: every N-th layer global
+    if swa != [not every or (i + 1) % every != 0 for i in range(n_layer)]:
+        fail(f"{where} has global layers {[i for i, s in enumerate(swa) if not s]}, not every N-th layer, which our "
+             "model does not support")
+    head = key("attention.key_length_swa", fields["head_size"])
+    if key("attention.value_length_swa", head) != head:
+        fail(f"{where}: key and value sizes differ, which our model does not support")
+    if key("rope.dimension_count_swa", head) != head or fields["rotary_percentage"] != 1:
+        fail(f"{where}: RoPE on part of each head, which our model does not support for gemma4")
+    groups, global_groups = fields["n_query_groups"], None
+    if isinstance(groups, list):  # per layer: one number for each kind of layer
+        kinds = [{g for g, s in zip(groups, swa) if s == sliding} for sliding in (True, False)]
+        if any(len(k) > 1 for k in kinds):
+            fail(f"{where} has kv heads {groups} per layer, not one number for the window and one for the global "
+                 "layers, which cannot be converted")
+        global_groups = next(iter(kinds[1]), None)
+        groups = next(iter(kinds[0]), global_groups)
+    shared = key("attention.shared_kv_layers", 0)
+    first = n_layer - shared
+    widths, double = key("feed_forward_length"), False
+    if isinstance(widths, list):
+        double = bool(shared) and widths == [widths[0] * (1 if i < first else 2) for i in range(n_layer)]
+        if not double and widths != widths[:1] * n_layer:
+            fail(f"{where} has MLP widths {widths}, not one width (or twice it in the shared-KV layers), which "
+                 "cannot be converted")
+        widths = widths[0]
+    own = [i for i in range(first) if not swa[i]]  # the global layers with keys and values of their own
+    no_values = [i for i in range(first) if f"blk.{i}.attn_v.weight" not in gguf.tensors]
+    if no_values and no_values != own:
+        fail(f"{where}: layers {no_values} take their values from the keys' projection, which our model does in all "
+             "the global layers or none")
+    scalars = [f"blk.{i}.layer_output_scale.weight" in gguf.tensors for i in range(n_layer)]
+    if any(scalars) and not all(scalars):
+        fail(f"{where} has a layer_output_scale in some layers only, which cannot be converted")
+    per_layer = key("embedding_length_per_layer_input", 0)
+    table = gguf.tensors.get("per_layer_token_embd.weight")
+    cap = key("final_logit_softcapping", GEMMA4_SOFTCAPPING)
+    return dict(
+        mlp_class_name="GemmaMLP", gelu_approximate="tanh", norm_upcast=True, norm_qk=True, norm_v=True,
+        post_norms=True, scale_embeddings=True, attention_scalar=1.0, layer_scalar=True, head_size=head,
+        global_head_size=fields["head_size"] if every else None, n_query_groups=groups,
+        global_n_query_groups=global_groups, attention_k_eq_v=bool(no_values), kv_shared_layers=shared,
+        double_wide_mlp=double, intermediate_size=widths, sliding_window=window if every != 1 else None,
+        global_layer_every=every if every != 1 else 0, per_layer_embd=per_layer,
+        per_layer_vocab_size=int(table.shape[1]) if per_layer and table is not None else None,
+        rope_local_base=_float32(key("rope.freq_base_swa", fields["rope_base"])),
+        final_logit_softcapping=_float32(cap) if cap else None)
 
 
 def _stem(gguf: GGUFFile) -> str:
@@ -379,6 +461,10 @@ def _rope_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optio
     kind = key("rope.scaling.type", "none")
     factor = key("rope.scaling.factor", 1.0 / key("rope.scale_linear", 1.0))  # older files: the frequency scale
     longrope = [n for n in ("rope_factors_long.weight", "rope_factors_short.weight") if n in gguf.tensors]
+    if arch == "gemma4":
+        if kind != "none" or factor != 1.0:
+            fail(f"{where} has RoPE scaling {kind!r} (factor {factor}), which cannot be converted")
+        return _proportional(gguf, fields) if "rope_freqs.weight" in gguf.tensors else None
     if "rope_freqs.weight" in gguf.tensors:
         if arch != "llama" or kind not in ("none", "llama3") or longrope:
             fail(f"{where} has a 'rope_freqs' tensor in a {arch} model with RoPE scaling {kind!r}, which cannot "
@@ -421,6 +507,21 @@ def _rope_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optio
         fail(f"{where} uses RoPE scaling of type {kind!r}, which our model does not support (supported: linear, "
              "Llama 3's rope_freqs, Phi-3's LongRoPE factors, YaRN in olmo2 and mistral3)")
     return None
+
+
+def _proportional(gguf: GGUFFile, fields: dict) -> Optional[dict]:
+    """Gemma 4's proportional RoPE of the global layers from their `rope_freqs` divisors: 1 for the frequencies that
+    turn, 1e30 (more than STILL) for those that stand still."""
+    n = int(fields["rotary_percentage"] * (fields["global_head_size"] or fields["head_size"])) // 2
+    divisors = gguf.tensor("rope_freqs.weight")
+    turning = int((divisors == 1).sum())
+    if divisors.shape != (n,) or not (divisors[:turning] == 1).all() or not (divisors[turning:] > STILL).all():
+        fail(f"{gguf.where}: its 'rope_freqs' tensor is not Gemma 4's proportional RoPE (1 for the first frequencies, "
+             f"more than {STILL:g} for the other ones of {n}), so it cannot be converted")
+    if int(turning / n * (2 * n) // 2) != turning:  # how lit_gpt.rope counts them
+        fail(f"{gguf.where}: its 'rope_freqs' tensor turns {turning} of {n} frequencies, which a partial_rotary_factor "
+             "cannot express")
+    return None if turning == n else dict(type="proportional", partial_rotary_factor=turning / n, factor=1.0)
 
 
 def yarn_magnitude(factor: float, mscale: float = 1.0) -> float:
@@ -476,7 +577,7 @@ def llama3_divisors(freqs: torch.Tensor, s: dict) -> torch.Tensor:
 def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
     """Every tensor the file must hold, with its GGUF shape (columns, rows)."""
     c, arch = config, gguf.arch
-    e, f, q, kv = c.n_embd, c.intermediate_size, c.n_head * c.head_size, c.n_query_groups * c.head_size
+    e, f = c.n_embd, c.intermediate_size
     shapes = {"token_embd.weight": (e, c.padded_vocab_size), "output_norm.weight": (e,)}
     if not c.tie_embeddings:
         shapes["output.weight"] = (e, c.padded_vocab_size)
@@ -486,40 +587,60 @@ def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
     if kind == "longrope":
         shapes.update({"rope_factors_long.weight": (c.rope_n_elem // 2,), "rope_factors_short.weight":
                        (c.rope_n_elem // 2,)})
-    layer = {"ffn_down.weight": (f, e), "ffn_gate.weight": (e, f), "ffn_up.weight": (e, f)}
+    if arch == "gemma4" and "rope_freqs.weight" in gguf.tensors:  # the global layers' proportional RoPE
+        shapes["rope_freqs.weight"] = (int(c.rotary_percentage * (c.global_head_size or c.head_size)) // 2,)
+    if c.per_layer_embd:
+        n = c.n_layer * c.per_layer_embd
+        shapes.update({"per_layer_token_embd.weight": (n, c.per_layer_vocab_size), "per_layer_model_proj.weight":
+                       (e, n), "per_layer_proj_norm.weight": (c.per_layer_embd,)})
+    layer = {}
     if c.pre_norms:
         layer.update({"attn_norm.weight": (e,), ("post_attention_norm.weight" if arch == "qwen35" else
                                                  "ffn_norm.weight"): (e,)})
     if c.post_norms:
         layer.update({"post_attention_norm.weight": (e,), "post_ffw_norm.weight": (e,)})
-    q_rows, hs = c.qkv_sizes()[0], c.head_size
-    attention = {"attn_output.weight": (q, e), "attn_q.weight": (e, q_rows), "attn_k.weight": (e, kv),
-                 "attn_v.weight": (e, kv)}
-    if arch == "phi3":
-        attention = {"attn_output.weight": (q, e), "attn_qkv.weight": (e, q + 2 * kv)}
-        layer.update({"ffn_up.weight": (e, 2 * f)})
-        del layer["ffn_gate.weight"]
-    if c.qkv_bias:
-        attention.update({"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)})
-    if c.norm_qk:
-        attention.update({"attn_q_norm.weight": (q if c.norm_qk_all_heads else hs,),
-                          "attn_k_norm.weight": (kv if c.norm_qk_all_heads else hs,)})
+    if c.per_layer_embd:
+        layer.update({"inp_gate.weight": (e, c.per_layer_embd), "proj.weight": (c.per_layer_embd, e),
+                      "post_norm.weight": (e,)})
     Hv, dk, dv = c.linear_n_value_heads, c.linear_key_head_size, c.linear_value_head_size
     conv = 2 * c.linear_n_key_heads * dk + Hv * dv
     linear = {"attn_qkv.weight": (e, conv), "attn_gate.weight": (e, Hv * dv), "ssm_beta.weight": (e, Hv),
               "ssm_alpha.weight": (e, Hv), "ssm_conv1d.weight": (c.linear_conv_kernel, conv), "ssm_dt.bias": (Hv,),
               "ssm_a": (Hv,), "ssm_norm.weight": (dv,), "ssm_out.weight": (Hv * dv, e)}
     for i in range(c.n_layer):
+        view, parts = c.layer(i), qkv_parts(c, i)  # this layer's head size and kv heads, its q/k/v rows
+        q, kv, hs = view.n_head * view.head_size, view.n_query_groups * view.head_size, view.head_size
+        width = 2 * f if c.double_wide_mlp and c.kv_source(i) is not None else f
+        mlp = {"ffn_down.weight": (width, e), "ffn_gate.weight": (e, width), "ffn_up.weight": (e, width)}
+        attention = {"attn_output.weight": (q, e), **{f"{QKV_NAMES[p]}.weight": (e, n) for p, n in parts.items()}}
+        if arch == "phi3":
+            attention = {"attn_output.weight": (q, e), "attn_qkv.weight": (e, q + 2 * kv)}
+            mlp = {"ffn_down.weight": (f, e), "ffn_up.weight": (e, 2 * f)}
+        if c.qkv_bias:
+            attention.update({f"{QKV_NAMES[p]}.bias": (n,) for p, n in parts.items()})
+        if c.norm_qk:
+            attention["attn_q_norm.weight"] = (q if c.norm_qk_all_heads else hs,)
+            if "key" in parts:
+                attention["attn_k_norm.weight"] = (kv if c.norm_qk_all_heads else hs,)
+        if c.layer_scalar and f"blk.{i}.layer_output_scale.weight" in gguf.tensors:  # else 1
+            attention["layer_output_scale.weight"] = (1,)
         shapes.update({f"blk.{i}.{name}": shape for name, shape in
-                       {**layer, **(linear if c.is_linear(i) else attention)}.items()})
+                       {**layer, **mlp, **(linear if c.is_linear(i) else attention)}.items()})
     return shapes
+
+
+def unused_tensors(config: Config) -> set:
+    """The names of the tensors a file may hold that llama.cpp does not use: a Gemma 4 converted by llama.cpp keeps
+    the keys and values (and key norms) of the layers that reuse an earlier layer's."""
+    return {f"blk.{i}.{name}.weight" for i in range(config.n_layer) if config.kv_source(i) is not None
+            for name in ("attn_k", "attn_v", "attn_k_norm")}
 
 
 def _check_tensors(gguf: GGUFFile, config: Config) -> None:
     """Fails on missing, unexpected or misshapen tensors before anything is dequantized or written."""
     shapes, where = _tensor_shapes(gguf, config), gguf.where
     missing = [n for n in shapes if n not in gguf.tensors]
-    extra = [n for n in gguf.tensors if n not in shapes]
+    extra = [n for n in gguf.tensors if n not in shapes and n not in unused_tensors(config)]
     if missing or extra:
         fail(f"{where} does not hold a {gguf.arch} model we can convert: " +
              (f"missing {', '.join(missing[:5])}" if missing else f"unexpected {', '.join(extra[:5])}"))
@@ -550,23 +671,29 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
             continue
         if gguf.arch == "phi3":  # q/k/v fused as [all q | all k | all v], our layout
             state[p + "attn.qkv.weight"] = tensor(b + "attn_qkv.weight")
-        else:
-            q, k, v = (gguf.tensor(f"{b}{QKV_NAMES[part]}.weight") for part in ("query", "key", "value"))
+        else:  # the parts the layer has (Gemma 4: no values with k = v, queries alone when reusing keys and values)
+            parts = {part: gguf.tensor(f"{b}{QKV_NAMES[part]}.weight") for part in qkv_parts(c, i)}
             if gguf.arch in INTERLEAVED:  # back to half order, as transformers does
-                q, k = deinterleave_heads(q, c.n_head), deinterleave_heads(k, c.n_query_groups)
-            state[p + "attn.qkv.weight"] = torch.cat((q, k, v)).to(dtype)
-            del q, k, v
+                parts["query"] = deinterleave_heads(parts["query"], c.n_head)
+                parts["key"] = deinterleave_heads(parts["key"], c.n_query_groups)
+            state[p + "attn.qkv.weight"] = torch.cat(list(parts.values())).to(dtype)
+            del parts
         if c.qkv_bias:
-            state[p + "attn.qkv.bias"] = torch.cat([gguf.tensor(f"{b}attn_{x}.bias") for x in "qkv"]).to(dtype)
+            state[p + "attn.qkv.bias"] = torch.cat([gguf.tensor(f"{b}{QKV_NAMES[part]}.bias")
+                                                    for part in qkv_parts(c, i)]).to(dtype)
         if gguf.arch == "phi3":  # rows [gate | up], as Hugging Face's gate_up_proj
             gate, up = gguf.tensor(b + "ffn_up.weight").chunk(2)
             state[p + "mlp.fc_1.weight"], state[p + "mlp.fc_2.weight"] = gate.to(dtype), up.to(dtype)
+    unused = unused_tensors(c)
     for ours, name in tensor_names(gguf.arch).items():
         for i in range(c.n_layer) if "{}" in ours else [None]:
             ours_i, name_i = ours.format(i), name.format(i)
-            if ours_i in state or name_i not in gguf.tensors:  # assembled above, or not in this architecture
+            if ours_i in state or name_i not in gguf.tensors or name_i in unused:  # assembled above, or not ours
                 continue
             state[ours_i] = norm(name_i) if name_i.endswith("norm.weight") else tensor(name_i)
+    if c.layer_scalar:  # a Gemma 4 file without them: llama.cpp scales by 1
+        for i in range(c.n_layer):
+            state.setdefault(f"transformer.h.{i}.layer_scalar", torch.ones(1, dtype=dtype))
     # tied: the same tensor under both names (GPT's state dict has both), stored once by torch.save
     if c.tie_embeddings:
         state["lm_head.weight"] = state["transformer.wte.weight"]

@@ -10,6 +10,12 @@ converter (convert_hf_to_gguf.py) lays out the same model, so llama.cpp, Ollama 
   layer pattern as keys (llama.cpp's window layers: RoPE unscaled, the global base; its YaRN betas: 32 and 1).
 - qwen35 (Qwen3.5): the Gated DeltaNet layers as `ssm_*`, `attn_qkv`, `attn_gate` with the value heads tiled, the
   gated attention layers' q rows with their gates as ours; norms as 1 + weight (not the DeltaNet's gated norm).
+- gemma4 (Gemma 4's text decoder): norms as ours (plain x * w); the layer pattern as one flag per layer, the global
+  layers' head size (`key_length`) and kv heads beside the window layers' (`key_length_swa`), double-wide MLPs as
+  widths per layer; the global layers' proportional RoPE as a `rope_freqs` tensor (1 for the frequencies that turn,
+  1e30 for the others: they stand still); no `attn_v` where the values are the keys' projection, no keys and values in
+  the layers that reuse them; the per-layer inputs, the layer scalars, the final logit softcapping (0 for none: without
+  the key llama.cpp caps at 30). llama.cpp hardcodes the attention scale 1, the value norm and the layers reused.
 - qwen2, qwen3, gemma3, phi3: q/k rows as ours. Gemma's norms stored as 1 + weight; Phi-3's q/k/v and gate/up fused;
   its LongRoPE factors as `rope_factors_long/short` tensors (llama.cpp picks one set per context size, not per
   position as we do: the long factors when the context exceeds the original one).
@@ -34,6 +40,7 @@ import numpy as np
 import torch
 
 from lit_gpt.config import Config
+from lit_gpt.convert import qkv_parts
 from lit_gpt.gguf import (
     ARCHITECTURES,
     BYTE,
@@ -80,25 +87,28 @@ def gguf_architecture(config: Config, what: str) -> str:
     arch = GGUF_ARCHITECTURES.get(config.hf_model_type)
     if arch is None:
         fail(f"{what} is a {config.hf_model_type} model, which has no llama.cpp architecture we export. Exported: "
-             "llama, qwen2, qwen3, gemma3, phi3, smollm3, mistral3, olmo2 (OLMo 2/3), qwen35")
+             "llama, qwen2, qwen3, gemma3, phi3, smollm3, mistral3, olmo2 (OLMo 2/3), qwen35, gemma4")
     c, scaling = config, config.rope_scaling or {}
     kind, every = scaling.get("type"), c.nope_layer_every
     rope_kinds = {"llama": ("linear", "llama3"), "qwen2": ("linear",), "qwen3": ("linear",), "gemma3": ("linear",),
-                  "phi3": ("linear", "longrope"), "olmo2": ("yarn",), "mistral3": ("yarn",)}
+                  "phi3": ("linear", "longrope"), "olmo2": ("yarn",), "mistral3": ("yarn",),
+                  "gemma4": ("proportional",)}
     problems = {
         "parallel residual blocks": c.parallel_residual, "LayerNorm": c.norm_class_name != "RMSNorm",
         "biases other than Qwen2's q/k/v": c.bias or c.lm_head_bias or (c.qkv_bias and arch != "qwen2"),
         f"RoPE scaling {kind!r}": kind not in (None, *rope_kinds.get(arch, ())),
         "RoPE on part of each head": c.rope_n_elem != c.head_size and arch not in ("phi3", "qwen35"),
         # what only some architectures have, and those require (Gemma's (1 + w) norms are stored as 1 + w: any can)
-        "q/k norms" if c.norm_qk else "no q/k norms": c.norm_qk != (arch in ("qwen3", "gemma3", "olmo2", "qwen35")),
+        "q/k norms" if c.norm_qk else "no q/k norms":
+            c.norm_qk != (arch in ("qwen3", "gemma3", "olmo2", "qwen35", "gemma4")),
         "q/k norms over all heads" if c.norm_qk_all_heads else "q/k norms per head":
             c.norm_qk and c.norm_qk_all_heads != (arch == "olmo2"),
         "norms after the attention and MLP" if c.post_norms else "no norms after the attention and MLP":
-            c.post_norms != (arch in ("gemma3", "olmo2")),
+            c.post_norms != (arch in ("gemma3", "olmo2", "gemma4")),
         "no norms before the attention and MLP" if not c.pre_norms else "norms before the attention and MLP":
             c.pre_norms == (arch == "olmo2"),
-        "Gemma's MLP and embeddings": (c.mlp_class_name == "GemmaMLP" or c.scale_embeddings) != (arch == "gemma3"),
+        "Gemma's MLP and embeddings":
+            (c.mlp_class_name == "GemmaMLP" or c.scale_embeddings) != (arch in ("gemma3", "gemma4")),
         "Gated DeltaNet layers" if c.linear_attention else "no Gated DeltaNet layers":
             c.linear_attention != (arch == "qwen35"),
         "an output gate" if c.attention_output_gate else "no output gate":
@@ -106,8 +116,15 @@ def gguf_architecture(config: Config, what: str) -> str:
         f"no RoPE in every {every}-th layer" if every else "RoPE in every layer":  # smollm3: none in every 4th
             every != (SMOLLM3_NOPE_EVERY if arch == "smollm3" else 0),
         "query scaling": c.query_scale_beta and arch != "mistral3",
-        "an attention scalar": c.attention_scalar not in (None, c.head_size) and arch != "gemma3",
+        "an attention scalar": c.attention_scalar not in (None, c.head_size) and arch not in ("gemma3", "gemma4"),
     }
+    if arch != "gemma4":  # what Gemma 4 alone has
+        problems.update({
+            "a value norm": c.norm_v, "values from the keys' projection": c.attention_k_eq_v,
+            "global layers of their own head size or kv heads": c.global_head_size not in (None, c.head_size)
+            or c.global_n_query_groups not in (None, c.n_query_groups),
+            "layers reusing keys and values": c.kv_shared_layers, "per-layer inputs": c.per_layer_embd,
+            "layer scalars": c.layer_scalar, "final logit softcapping": c.final_logit_softcapping is not None})
     if kind == "yarn":  # ggml's YaRN rounds the bounds of its ramp outwards
         problems.update({"YaRN without truncated ramp bounds": not scaling.get("truncate", True),
                          f"YaRN betas {scaling['beta_fast']} and {scaling['beta_slow']} (llama.cpp: 32 and 1)":
@@ -117,6 +134,19 @@ def gguf_architecture(config: Config, what: str) -> str:
         problems.update({"a layer pattern other than every 6th layer global": c.global_layer_every != 6,
                          f"an attention scalar other than {scalar}": (c.attention_scalar or c.head_size) != scalar,
                          "no sliding window": c.sliding_window is None})
+    if arch == "gemma4":  # llama.cpp hardcodes the attention scale, the value norm and which layers are reused
+        first = c.n_layer - c.kv_shared_layers  # llama.cpp: the shared window layers reuse layer first - 2, the
+        reused = [c.kv_source(i) for i in range(first, c.n_layer)]  # global ones layer first - 1
+        expected = [first - (2 if c.is_sliding(i) else 1) for i in range(first, c.n_layer)]
+        problems.update({
+            "an attention scalar other than 1": c.attention_scalar != 1.0, "no value norm": not c.norm_v,
+            "no window layers": not any(c.is_sliding(i) for i in range(c.n_layer)),
+            "a per-layer table of other than one row per token":
+                c.per_layer_embd and c.per_layer_vocab_size != c.padded_vocab_size,
+            f"proportional RoPE of factor {scaling.get('factor')}": kind == "proportional" and scaling["factor"] != 1,
+            "RoPE scaling in the window layers": c.rope_local_base is None and kind is not None,
+            f"layers {first}+ reusing the keys and values of layers {reused} (llama.cpp: {expected}, the window and "
+            "global layers right before them)": reused != expected})
     if arch == "olmo2":  # its window layers: RoPE unscaled, with the global base
         local = c.rope_local_base if scaling or c.rope_local_base is not None else c.rope_base
         problems.update({"a head size other than n_embd / n_head": c.head_size * c.n_head != c.n_embd,
@@ -220,8 +250,30 @@ def model_metadata(config: Config, arch: str) -> dict:
     if arch == "gemma3":
         meta.update({"attention.sliding_window": c.sliding_window, "rope.freq_base_swa": float(
             c.rope_local_base if c.rope_local_base is not None else c.rope_base)})
+    if arch == "gemma4":
+        meta.update(gemma4_metadata(c))
     if arch == "phi3":
         meta["attention.sliding_window"] = c.sliding_window or 0
+    return meta
+
+
+def gemma4_metadata(config: Config) -> dict:
+    """Gemma 4's keys: per layer kind its head size, kv heads and RoPE, the layer pattern, per-layer MLP widths."""
+    c, n = config, range(config.n_layer)
+    head = c.global_head_size or c.head_size  # the global layers'
+    meta = {"attention.key_length": head, "attention.value_length": head, "attention.key_length_swa": c.head_size,
+            "attention.value_length_swa": c.head_size, "rope.dimension_count": int(c.rotary_percentage * head),
+            "rope.dimension_count_swa": c.rope_n_elem, "rope.freq_base_swa": float(
+                c.rope_local_base if c.rope_local_base is not None else c.rope_base),
+            "attention.sliding_window": c.sliding_window or c.block_size,
+            "attention.sliding_window_pattern": [c.is_sliding(i) for i in n],
+            "attention.shared_kv_layers": c.kv_shared_layers, "embedding_length_per_layer_input": c.per_layer_embd}
+    if c.global_n_query_groups is not None:
+        meta["attention.head_count_kv"] = [c.layer(i).n_query_groups for i in n]
+    if c.double_wide_mlp:
+        meta["feed_forward_length"] = [c.intermediate_size * (1 if c.kv_source(i) is None else 2) for i in n]
+    # always: without the key llama.cpp caps the logits at 30; 0 is none
+    meta["final_logit_softcapping"] = float(c.final_logit_softcapping or 0.0)
     return meta
 
 
@@ -264,18 +316,23 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
             add(b + "ffn_up.weight", lambda p=p: torch.cat([state[f"{p}mlp.fc_{j}.weight"].float() for j in (1, 2)]),
                 (2 * c.intermediate_size, c.n_embd))
             continue
-        q_rows = c.qkv_sizes()[0]  # with an output gate, each head's query rows and then its gate's
-        for part, start, size, heads in (("query", 0, q_rows, c.n_head), ("key", q_rows, kv, c.n_query_groups),
-                                         ("value", q_rows + kv, kv, 0)):
-            heads = heads if arch in INTERLEAVED else 0
+        start = 0  # the layer's parts (with an output gate, each head's query rows and then its gate's)
+        for part, size in qkv_parts(c, i).items():
+            heads = {"query": c.n_head, "key": c.n_query_groups}.get(part, 0) if arch in INTERLEAVED else 0
             add(f"{b}{QKV_NAMES[part]}.weight", rows(p + "attn.qkv.weight", start, size, heads), (size, c.n_embd))
             if c.qkv_bias:
                 add(f"{b}{QKV_NAMES[part]}.bias", rows(p + "attn.qkv.bias", start, size), (size,))
+            start += size
     kind = (c.rope_scaling or {}).get("type")
     n = c.rope_n_elem // 2
     if kind == "llama3":  # divisors of the unscaled frequencies (float32, as our RoPE computes them)
         freqs = 1.0 / (c.rope_base ** (torch.arange(0, c.rope_n_elem, 2).float() / c.rope_n_elem))
         add("rope_freqs.weight", lambda: llama3_divisors(freqs, c.rope_scaling), (n,))
+    if arch == "gemma4" and any(not c.is_sliding(i) for i in range(c.n_layer)):  # the global layers' RoPE divisors
+        n_elem = int(c.rotary_percentage * (c.global_head_size or c.head_size))  # as lit_gpt.rope counts them:
+        turning = int(c.rope_scaling["partial_rotary_factor"] * n_elem // 2) if kind == "proportional" else n_elem // 2
+        add("rope_freqs.weight", lambda: torch.tensor([1.0] * turning + [1e30] * (n_elem // 2 - turning)),
+            (n_elem // 2,))
     if kind == "longrope":
         for which in ("long", "short"):
             add(f"rope_factors_{which}.weight",
@@ -340,6 +397,8 @@ def add_value(writer, key: str, value) -> None:
         writer.add_float32(key, value)
     elif isinstance(value, str):
         writer.add_string(key, value)
+    elif value and isinstance(value[0], bool):
+        writer.add_array(key, list(value))
     elif value and isinstance(value[0], (int, float)):
         kind = gguf.GGUFValueType.FLOAT32 if isinstance(value[0], float) else gguf.GGUFValueType.INT32
         writer.add_key_value(key, list(value), gguf.GGUFValueType.ARRAY, sub_type=kind)

@@ -85,7 +85,7 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", types: tuple = ("F32",),
                     metadata: Optional[dict] = None, extra_tensors: Optional[dict] = None) -> Path:
     """A 2-layer Llama GGUF with random weights written the way llama.cpp writes them, tensor types cycling
     through `types`, and a tokenizer trained on SAMPLE (byte-level BPE, or sentencepiece for "llama"); `metadata`
-    (str, int or float values) and `extra_tensors` (float32 arrays) added as they are."""
+    (str, int, float or list values) and `extra_tensors` (float32 arrays) added as they are."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -122,7 +122,8 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", types: tuple = ("F32",),
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
     for key, value in (metadata or {}).items():
-        {str: writer.add_string, int: writer.add_uint32, float: writer.add_float32}[type(value)](key, value)
+        {str: writer.add_string, int: writer.add_uint32, float: writer.add_float32,
+         list: writer.add_array}[type(value)](key, value)
     vocab = len(tokens)
 
     weights = {"token_embd.weight": (vocab, n_embd)}
@@ -392,6 +393,21 @@ REFUSED = {
     "olmo2_yarn_without_original": (dict(arch="olmo2", metadata={"olmo2.rope.scaling.type": "yarn",
                                                                  "olmo2.rope.scaling.factor": 4.0}),
                                     "YaRN RoPE scaling but no olmo2.rope.scaling.original_context_length"),
+    "gemma4_no_pattern": (dict(arch="gemma4"), "has no gemma4.attention.sliding_window_pattern with a flag per"),
+    "gemma4_pattern": (dict(arch="gemma4", metadata={"gemma4.attention.sliding_window_pattern": [False, True]}),
+                       "has global layers \\[0\\], not every N-th layer"),
+    "gemma4_attn_softcapping": (dict(arch="gemma4", metadata={"gemma4.attn_logit_softcapping": 50.0}),
+                                "soft-caps its logits \\(gemma4.attn_logit_softcapping=50.0\\)"),
+    "gemma4_rope_scaling": (dict(arch="gemma4", metadata={"gemma4.attention.sliding_window_pattern": [True, False],
+                                                          "gemma4.rope.scaling.type": "linear",
+                                                          "gemma4.rope.scaling.factor": 2.0}),
+                            "has RoPE scaling 'linear' \\(factor 2.0\\)"),
+    "gemma4_rope_freqs": (dict(arch="gemma4", metadata={"gemma4.attention.sliding_window_pattern": [True, False]},
+                               extra_tensors={"rope_freqs.weight": [1, 1, 2, 2, 1e30, 1e30, 1e30, 1e30]}),
+                          "'rope_freqs' tensor is not Gemma 4's proportional RoPE"),
+    "gemma4_swa_rope": (dict(arch="gemma4", metadata={"gemma4.attention.sliding_window_pattern": [True, False],
+                                                      "gemma4.rope.dimension_count_swa": 8}),
+                        "RoPE on part of each head, which our model does not support for gemma4"),
     "mistral3_two_yarn_magnitudes": (dict(arch="mistral3", metadata={
         "mistral3.rope.scaling.type": "yarn", "mistral3.rope.scaling.factor": 4.0,
         "mistral3.rope.scaling.original_context_length": 16, "mistral3.rope.scaling.yarn_log_multiplier": 1.0,

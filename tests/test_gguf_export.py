@@ -5,6 +5,7 @@ it (tests/test_gguf.py's tiny ones, and the real SmolLM2 / Gemma 3 files from Py
 
 import json
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,15 @@ from test_gguf import ARCH_CASES, tiny_hf, train_byte_level_bpe, train_sentencep
 
 from conftest import REPO, run_script
 from lit_gpt.config import Config
-from lit_gpt.gguf import convert_gguf
-from lit_gpt.gguf_export import export_gguf, export_lora_gguf
+from lit_gpt.gguf import GGUFFile, config_from_gguf, convert_gguf
+from lit_gpt.gguf_export import (
+    export_gguf,
+    export_lora_gguf,
+    model_metadata,
+    model_tensors,
+    tokenizer_metadata,
+    write_gguf,
+)
 from lit_gpt.load import load_lora_run
 from lit_gpt.lora import LoRAConfig, add_lora, lora_state_dict, merge_lora_weights
 from lit_gpt.model import GPT
@@ -202,6 +210,8 @@ def test_tiny_export_is_what_llama_cpps_converter_writes(tmp_path, case):
 
 # --- the 2026 families: a transformers model -> our checkpoint dir -> GGUF (llama.cpp runs it) -> back to a dir ---
 
+GEMMA4_ROPE = dict(full_attention=dict(rope_type="proportional", partial_rotary_factor=0.25, rope_theta=1e6),
+                   sliding_attention=dict(rope_type="default", rope_theta=10000.0))
 # (transformers config class, kwargs) of tiny models, with what llama.cpp's architecture hardcodes: SmolLM3's NoPE
 # every 4th layer, Qwen3.5's linear-attention key and value heads of one size. The sequences reach past the windows
 # (5), Ministral 3's original context (16: its query scale steps there) and a DeltaNet chunk (64). A long original
@@ -232,6 +242,20 @@ FAMILIES = {
                                                       rope_type="yarn", rope_theta=1e6, factor=4.0,
                                                       original_max_position_embeddings=1024, beta_fast=8.0,
                                                       beta_slow=0.5, llama_4_scaling_beta=0.1))),
+    # Gemma 4: per-layer inputs and double-wide MLPs; the last two layers reuse the keys and values of the two before
+    # them (llama.cpp reuses those: the last window and global layers), global layers of twice the head size with
+    # proportional RoPE (a quarter of the frequencies turn); k = v with one global kv head, logit softcapping
+    "gemma4": ("Gemma4TextConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+                                        num_hidden_layers=4, layer_types=["sliding_attention", "full_attention"] * 2,
+                                        sliding_window=5, num_kv_shared_layers=2, use_double_wide_mlp=True,
+                                        hidden_size_per_layer_input=8, rope_parameters=GEMMA4_ROPE,
+                                        tie_word_embeddings=True)),
+    "gemma4-k_eq_v": ("Gemma4TextConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                               global_head_dim=32, num_global_key_value_heads=1, attention_k_eq_v=True,
+                                               num_hidden_layers=3, sliding_window=5, hidden_size_per_layer_input=0,
+                                               layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                               final_logit_softcapping=3.0, rope_parameters=GEMMA4_ROPE,
+                                               tie_word_embeddings=False)),
 }
 
 
@@ -265,6 +289,8 @@ def family_dir(tmp_path: Path, family: str) -> tuple:
     class_name, kwargs = FAMILIES[family]
     sizes = dict(vocab_size=write_tokenizer(checkpoint_dir), hidden_size=64, intermediate_size=128,
                  num_hidden_layers=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if class_name == "Gemma4TextConfig":  # its per-layer table: a row per token, as llama.cpp reads it
+        sizes["vocab_size_per_layer_input"] = sizes["vocab_size"]
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(getattr(transformers, class_name)(**{**sizes, **kwargs}),
                                                        attn_implementation="sdpa").eval()
@@ -273,35 +299,62 @@ def family_dir(tmp_path: Path, family: str) -> tuple:
         for name, p in hf.named_parameters():
             one = name.endswith("norm.weight") and (not unit_offset or ".linear_attn." in name)
             p.copy_(torch.randn_like(p) * (0.2 if p.dim() == 1 else 0.1) + (1.0 if one else 0.0))
+            if family.startswith("gemma4") and name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.mul_(0.5)  # Gemma 4 does not scale its scores: with unit q/k norms the tiny attention is one-hot
+        for name, b in hf.named_buffers():  # Gemma 4's stored layer scalars
+            if name.endswith("layer_scalar"):
+                b.copy_(torch.rand_like(b) + 0.5)
     config = Config.from_hf_config(hf.config.to_dict())
     torch.save(hf_to_lit(iter(hf.state_dict().items()), config), checkpoint_dir / "lit_model.pth")
     config.save(checkpoint_dir / "lit_config.json")
     return hf, checkpoint_dir
 
 
+@contextmanager
+def ggml_gelu():
+    """GELU as llama.cpp's CPU backend computes it (ggml's GGML_GELU_FP16, also in its GeGLU): the input rounded to
+    float16 and looked up in a table of float16 values, 0 or x itself past |x| >= 10."""
+    exact = torch.nn.functional.gelu
+
+    def table(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+        y = exact(x.half().float(), approximate=approximate).half().to(x.dtype)
+        return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, y))
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.nn.functional, "gelu", table)
+        yield
+
+
+# what the families' log-probs may differ by: Gemma 4's GELU comes from ggml's float16 table (`ggml_gelu`), whose
+# roundings float32 differences flip here and there (our own Gemma 4 with that GELU differs by up to 1.9e-3 between
+# float32 and float64 on the 100-token sequence; against our exact GELU llama.cpp differs by up to 2.3e-3)
+TOLERANCES = {"gemma4": 2e-3, "gemma4-k_eq_v": 2e-3}
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_export_runs_in_llama_cpp_as_ours_and_converts_back(tmp_path, family):
     """Our f32 GGUF of each family: llama.cpp's greedy continuations equal ours (24 tokens, 3 prompts), and its
     log-probs of its top 5 tokens, teacher-forced along them and along a 100-token sequence, ours within 1e-4
-    (measured: 2.2e-6 to 2.7e-6, Qwen3.5 1.0e-5). Converted back, the dir's model gives the transformers source's
-    logits, with the config we converted it from."""
+    (measured: 2.2e-6 to 2.7e-6, Qwen3.5 1.0e-5); Gemma 4's, ours with ggml's float16 GELU, within 2e-3 (measured:
+    5.0e-4, k = v 1.6e-4). Converted back, the dir's model gives the transformers source's logits, with the config we
+    converted it from."""
     hf, checkpoint_dir = family_dir(tmp_path, family)
     out = export_gguf(checkpoint_dir, tmp_path / "out.gguf", "f32")
     model, banned = load(checkpoint_dir), banned_ids(checkpoint_dir)
     llama = LlamaCpp(out, banned)
     long = torch.randint(3, model.config.vocab_size, (100,), generator=torch.Generator().manual_seed(0)).tolist()
-    sequences = [(long, 1)]
-    for ids in ([5, 17, 42, 99], [200, 3, 3, 7, 150, 11, 64, 301, 12, 9, 77, 18, 250, 33], [64]):
-        expected = ours_greedy(model, ids, 24, banned)
-        assert llama.greedy(ids, 24) == expected, ids
-        sequences.append((ids + expected, len(ids)))
-    worst = 0.0
-    for ids, start in sequences:
-        ours = ours_logprobs(model, ids, start)
-        for t, top in enumerate(llama.logprobs(ids, start, cache=False)):
-            worst = max(worst, *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
+    sequences, worst = [(long, 1)], 0.0
+    with ggml_gelu() if family in TOLERANCES else nullcontext():
+        for ids in ([5, 17, 42, 99], [200, 3, 3, 7, 150, 11, 64, 301, 12, 9, 77, 18, 250, 33], [64]):
+            expected = ours_greedy(model, ids, 24, banned)
+            assert llama.greedy(ids, 24) == expected, ids
+            sequences.append((ids + expected, len(ids)))
+        for ids, start in sequences:
+            ours = ours_logprobs(model, ids, start)
+            for t, top in enumerate(llama.logprobs(ids, start, cache=False)):
+                worst = max(worst, *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
     print(f"{family}: llama.cpp vs ours, max |log-prob difference| {worst:.1e}")
-    assert worst < 1e-4
+    assert worst < TOLERANCES.get(family, 1e-4)
 
     back = load(convert_gguf(out, tmp_path / "back"))
 
@@ -312,6 +365,82 @@ def test_family_export_runs_in_llama_cpp_as_ours_and_converts_back(tmp_path, fam
     assert fields(back.config) == fields(model.config)
     with torch.no_grad():
         torch.testing.assert_close(back(torch.tensor([long])), hf(torch.tensor([long])).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_gemma4_export_is_what_llama_cpps_converter_writes(tmp_path):
+    """The keys and tensors of Gemma 4 as llama.cpp's converter (convert_hf_to_gguf.py's Gemma4Model) writes them, typed
+    as it types them: the layer pattern a flag per layer, kv heads (with their own number in the global layers) and MLP
+    widths (double-wide) as int32 arrays, the window layers' head size and RoPE apart; `rope_freqs` 1 for the
+    frequencies that turn, 1e30 for the others; no attn_v where the values are the keys, queries alone in the layers
+    reusing keys and values; no softcapping written as 0 (without the key llama.cpp caps at 30)."""
+    expected = {
+        "gemma4": dict(pattern=[True, False, True, False], kv=(["UINT32"], 2),
+                       ff=(["ARRAY", "INT32"], [128] * 2 + [256] * 2), cap=0.0, queries_alone=[2, 3], no_values=[2, 3]),
+        "gemma4-k_eq_v": dict(pattern=[True, True, False], kv=(["ARRAY", "INT32"], [2, 2, 1]), ff=(["UINT32"], 128),
+                              cap=3.0, queries_alone=[], no_values=[2]),
+    }
+    for family, want in expected.items():
+        (tmp_path / family).mkdir()
+        _, checkpoint_dir = family_dir(tmp_path / family, family)
+        fields, tensors = gguf_contents(export_gguf(checkpoint_dir, tmp_path / family / "out.gguf", "f32"))
+        key = {k.removeprefix("gemma4."): v for k, v in fields.items()}
+        assert key["attention.sliding_window_pattern"] == (["ARRAY", "BOOL"], want["pattern"])
+        assert (key["attention.head_count_kv"], key["feed_forward_length"]) == (want["kv"], want["ff"])
+        assert {k: key[k][1] for k in ("attention.key_length", "attention.value_length", "attention.key_length_swa",
+                                       "attention.value_length_swa", "rope.dimension_count", "rope.dimension_count_swa",
+                                       "rope.freq_base", "rope.freq_base_swa", "attention.sliding_window",
+                                       "final_logit_softcapping")} == {
+            "attention.key_length": 32, "attention.value_length": 32, "attention.key_length_swa": 16,
+            "attention.value_length_swa": 16, "rope.dimension_count": 32, "rope.dimension_count_swa": 16,
+            "rope.freq_base": 1e6, "rope.freq_base_swa": 1e4, "attention.sliding_window": 5,
+            "final_logit_softcapping": want["cap"]}
+        assert (key["attention.shared_kv_layers"][1], key["embedding_length_per_layer_input"][1]) == (
+            len(want["queries_alone"]), 8 if family == "gemma4" else 0)
+        # a quarter of the 16 frequencies turn
+        np.testing.assert_array_equal(tensors["rope_freqs.weight"][2], np.float32([1.0] * 4 + [1e30] * 12))
+        layers = range(len(want["pattern"]))
+        assert [i for i in layers if f"blk.{i}.attn_k.weight" not in tensors] == want["queries_alone"]
+        assert [i for i in layers if f"blk.{i}.attn_v.weight" not in tensors] == want["no_values"]
+        assert tensors["blk.0.layer_output_scale.weight"][:2] == ("F32", (1,))
+        if family == "gemma4":  # the per-layer inputs: (columns, rows) as llama.cpp's loader expects them
+            assert {n: tensors[n][1] for n in ("per_layer_token_embd.weight", "per_layer_model_proj.weight",
+                                               "per_layer_proj_norm.weight", "blk.0.inp_gate.weight",
+                                               "blk.0.proj.weight", "blk.0.post_norm.weight")} == {
+                "per_layer_token_embd.weight": (32, 400), "per_layer_model_proj.weight": (64, 32),
+                "per_layer_proj_norm.weight": (8,), "blk.0.inp_gate.weight": (64, 8), "blk.0.proj.weight": (8, 64),
+                "blk.0.post_norm.weight": (64,)}
+
+
+def test_gemma4_import_reads_llama_cpps_defaults_and_skips_unused_tensors(tmp_path):
+    """A Gemma 4 GGUF as llama.cpp's converter writes it from a transformers checkpoint keeps the (unused) keys, values
+    and key norms of the layers that reuse an earlier layer's: they are skipped. Without layer_output_scale tensors
+    llama.cpp scales by 1, without final_logit_softcapping it caps at 30 (its greedy tokens are those of our model so
+    changed): so does the converted dir."""
+    _, checkpoint_dir = family_dir(tmp_path, "gemma4")
+    config = Config.from_checkpoint(checkpoint_dir)
+    state = lazy_load(checkpoint_dir / "lit_model.pth")
+    tensors = [t for t in model_tensors(state, config, "gemma4") if "layer_output_scale" not in t[0]]
+    views = {i: config.layer(i) for i in (2, 3)}  # a window layer, a global one: their own head sizes
+    unused = [(f"blk.{i}.{name}.weight", shape, lambda shape=shape: torch.randn(shape)) for i, v in views.items()
+              for name, shape in (("attn_k", (v.n_query_groups * v.head_size, config.n_embd)),
+                                  ("attn_v", (v.n_query_groups * v.head_size, config.n_embd)),
+                                  ("attn_k_norm", (v.head_size,)))]
+    metadata = {k: v for k, v in model_metadata(config, "gemma4").items() if k != "final_logit_softcapping"}
+    path = tmp_path / "converted.gguf"
+    write_gguf(path, "gemma4", {**metadata, **tokenizer_metadata(checkpoint_dir, config)}, tensors + unused, "F32",
+               "ALL_F32")
+    assert config_from_gguf(GGUFFile(path)).final_logit_softcapping == 30.0
+    back = load(convert_gguf(path, tmp_path / "back"))
+    model = load(checkpoint_dir)
+    model.config.final_logit_softcapping = 30.0
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.layer_scalar.fill_(1.0)
+        idx = torch.tensor([[5, 17, 42, 99, 200, 3, 3, 7, 150, 11]])
+        torch.testing.assert_close(back(idx), model(idx))
+    banned = banned_ids(checkpoint_dir)
+    with ggml_gelu():
+        assert LlamaCpp(path, banned).greedy([5, 17, 42, 99], 24) == ours_greedy(model, [5, 17, 42, 99], 24, banned)
 
 
 # (family, lit_config.json fields changed, the refusal): what llama.cpp's architecture computes otherwise
@@ -332,6 +461,28 @@ FAMILY_REFUSALS = {
     "ministral3-window": ("ministral3", dict(sliding_window=8), "a sliding window"),
     "ministral3-no-yarn": ("ministral3", dict(rope_scaling=None), "query scaling without YaRN's original context"),
     "qwen35-scaling": ("qwen3_5", dict(rope_scaling=dict(type="linear", factor=2.0)), "RoPE scaling 'linear'"),
+    # llama.cpp's gemma4: the window and global layers right before the shared ones reused (tests/test_model.py's tiny
+    # Gemma 4, [window, window, global] * 2 with two shared, reuses layers 3 and 2 in layers 4 and 5, llama.cpp would 2
+    # and 3: it aborts, its window cache lacks layer 2), its scores unscaled, its values normed, at least one window
+    # layer (else it aborts), a per-layer row per token
+    "gemma4-reused-layers": ("gemma4", dict(kv_shared_layers=1),
+                             "layers 3\\+ reusing the keys and values of layers \\[1\\] \\(llama.cpp: \\[2\\]"),
+    "gemma4-tiny-model-layout": ("gemma4", dict(n_layer=6, global_layer_every=3),
+                                 "layers 4\\+ reusing the keys and values of layers \\[3, 2\\] \\(llama.cpp: "
+                                 "\\[2, 3\\]"),
+    "gemma4-scalar": ("gemma4", dict(attention_scalar=16), "an attention scalar other than 1"),
+    "gemma4-value-norm": ("gemma4", dict(norm_v=False), "no value norm"),
+    "gemma4-no-window": ("gemma4", dict(sliding_window=None), "no window layers"),
+    "gemma4-per-layer-rows": ("gemma4", dict(per_layer_vocab_size=100), "a per-layer table of other than one row per"),
+    "gemma4-rope-factor": ("gemma4", dict(rope_scaling=dict(type="proportional", partial_rotary_factor=0.25,
+                                                            factor=2.0)), "proportional RoPE of factor 2.0"),
+    "gemma4-window-rope": ("gemma4", dict(rope_local_base=None), "RoPE scaling in the window layers"),
+    "gemma4-partial-rope": ("gemma4", dict(rotary_percentage=0.5), "RoPE on part of each head"),
+    "gemma4-yarn": ("gemma4", dict(rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=64,
+                                                     beta_fast=32, beta_slow=1, truncate=True, attention_factor=1.0)),
+                    "RoPE scaling 'yarn'"),
+    "softcapping-elsewhere": ("olmo2", dict(final_logit_softcapping=30.0), "final logit softcapping"),
+    "value-norm-elsewhere": ("ministral3", dict(norm_v=True), "a value norm"),
 }
 
 
@@ -394,11 +545,12 @@ def test_tiny_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, 
             assert max(abs(lp - ours[t, i].item()) for i, lp in top.items()) < 1e-3  # measured: 4e-4 (Gemma)
 
 
-@pytest.mark.parametrize("family", ["smollm3", "olmo3", "qwen3_5", "ministral3"])
+@pytest.mark.parametrize("family", ["smollm3", "olmo3", "qwen3_5", "ministral3", "gemma4", "gemma4-k_eq_v"])
 def test_family_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, family):
-    """Every linear adapted (Qwen3.5's DeltaNet projections too, their value heads tiled as the base's; the head where
-    it is not tied): llama.cpp with the LoRA GGUF on the base GGUF decodes as our merged model, log-probs within 1e-4
-    (measured: 2e-6, Qwen3.5 9e-6)."""
+    """Every linear adapted (Qwen3.5's DeltaNet projections too, their value heads tiled as the base's; Gemma 4's
+    queries alone in the layers reusing keys and values, no value adapter where v = k; the head where it is not tied):
+    llama.cpp with the LoRA GGUF on the base GGUF decodes as our merged model, log-probs within 1e-4 (measured: 2e-6,
+    Qwen3.5 9e-6); Gemma 4's, with ggml's float16 GELU, within 2e-3 (measured: 7.2e-4, k = v 9.8e-5)."""
     _, checkpoint_dir = family_dir(tmp_path, family)
     tied = Config.from_checkpoint(checkpoint_dir).tie_embeddings
     merged = finetune_out_dir(tmp_path / "lora", checkpoint_dir, LoRAConfig(r=4, alpha=8, head=not tied))
@@ -406,15 +558,16 @@ def test_family_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path
     adapter = export_lora_gguf(load_lora_run(tmp_path / "lora"), tmp_path / "adapter.gguf")
     banned = banned_ids(checkpoint_dir)
     with_lora, without, worst = LlamaCpp(base, banned, lora=adapter), load(checkpoint_dir), 0.0
-    for ids in ([5, 17, 42, 99], [200, 3, 3, 7, 150, 11]):
-        expected = ours_greedy(merged, ids, 24, banned)
-        assert with_lora.greedy(ids, 24) == expected, ids
-        assert ours_greedy(without, ids, 24, banned) != expected  # the adapter changes the continuation
-        ours = ours_logprobs(merged, ids + expected, len(ids))
-        for t, top in enumerate(with_lora.logprobs(ids + expected, len(ids), cache=False)):
-            worst = max(worst, *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
+    with ggml_gelu() if family in TOLERANCES else nullcontext():
+        for ids in ([5, 17, 42, 99], [200, 3, 3, 7, 150, 11]):
+            expected = ours_greedy(merged, ids, 24, banned)
+            assert with_lora.greedy(ids, 24) == expected, ids
+            assert ours_greedy(without, ids, 24, banned) != expected  # the adapter changes the continuation
+            ours = ours_logprobs(merged, ids + expected, len(ids))
+            for t, top in enumerate(with_lora.logprobs(ids + expected, len(ids), cache=False)):
+                worst = max(worst, *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
     print(f"{family} LoRA: llama.cpp vs our merged model, max |log-prob difference| {worst:.1e}")
-    assert worst < 1e-4
+    assert worst < TOLERANCES.get(family, 1e-4)
 
 
 def test_lora_on_a_tied_lm_head_is_refused(tmp_path):
