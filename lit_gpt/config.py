@@ -455,8 +455,8 @@ def _gemma4(hf: dict, name: str) -> dict:
         if k_eq_v and hf.get("num_global_key_value_heads") is not None:
             heads = hf["num_global_key_value_heads"]
             overrides = {i: {**o, "num_key_value_heads": heads} for i, o in overrides.items()}
-    values = {json.dumps(o, sort_keys=True) for o in overrides.values()}
-    if {int(i) for i in overrides} != set(full) or len(values) > 1 or any(
+    values = {json.dumps(o, sort_keys=True) for o in overrides.values()}  # none: the global layers are as the others
+    if overrides and {int(i) for i in overrides} != set(full) or len(values) > 1 or any(
             set(o) - {"head_dim", "num_key_value_heads"} for o in overrides.values()):
         raise ValueError(f"{name!r}: config.json's per-layer overrides {overrides} are not one head_dim (and "
                          "num_key_value_heads) for exactly the full-attention layers, which is not supported")

@@ -384,6 +384,16 @@ def test_new_family_configs_we_would_not_reproduce_are_refused(kind: str, key: s
         Config.from_hf_config(hf)
 
 
+def test_gemma4_global_layers_like_the_others_save_no_overrides() -> None:
+    """transformers saves an empty per_layer_config when the global layers' head size is the others': no override."""
+    import transformers
+
+    _, kwargs = TINY["gemma4-ple-shared-kv"]
+    hf = transformers.Gemma4TextConfig(**{**SIZES, **kwargs, "global_head_dim": 8}).to_dict()
+    config = Config.from_hf_config(hf)
+    assert config.layer(2).head_size == config.layer(0).head_size == 8 and config.global_head_size is None
+
+
 def test_gemma4_vision_language_checkpoint_converts_its_text_decoder(tmp_path: Path, capsys) -> None:
     """A Gemma4ForConditionalGeneration dir (the layout of the published gemma-4 repos: the text model under
     model.language_model, a vision tower beside it): its text decoder converts, gives transformers' logits on text,
