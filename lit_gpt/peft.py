@@ -17,6 +17,15 @@ lora_alpha / r (per module: `rank_pattern` / `alpha_pattern`): the math of our `
   `LoRALinear.stacked_lora`; rows in HF's layout: per head [q, k, v] for GPT-NeoX and multi-head Falcon, ours for
   multi-query Falcon and Phi-3), and rank_pattern / alpha_pattern give the module k*r and k*alpha, so alpha / r is
   unchanged: the same update, exactly. Importing, PEFT's A becomes every part's A and B's rows are split by part.
+- Qwen3-MoE's expert tensors are PEFT's `target_parameters` (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`,
+  matched as dotted suffixes of the parameter names), in our `Experts` layout already: A (E r, in), B (out, r E).
+  PEFT wraps each targeted tensor of a module in a ParamWrapper, nested in parameter order, so with both targeted
+  gate_up_proj's adapter is `...mlp.experts.base_layer.lora_A.weight` and down_proj's `...mlp.experts.lora_A.weight`;
+  with one targeted, it is `...mlp.experts.lora_A.weight`. PEFT refuses dropout there, and a config has one
+  lora_dropout: exports with expert adapters say 0 (dropout only acts in training). The router is never adapted:
+  importing, target_parameters that name it (PEFT adds `gate.weight` for target_modules="all-linear") are refused.
+  PEFT on transformers 5 takes target_modules gate_proj/up_proj/down_proj of these models for the experts'
+  transformers 4 names (and adapts the fused tensors instead), so adapters on dense layers' MLPs are not exported.
 
 Importing also takes adapters on a subset of modules or layers (the rest get A = B = 0: no change, and zero
 gradients keep them zero if training resumes) and per-module ranks (padded with zeros up to the largest rank; a
@@ -30,6 +39,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
 from lit_gpt.config import Config
 from lit_gpt.convert import (
@@ -42,6 +52,7 @@ from lit_gpt.convert import (
 )
 from lit_gpt.lora import LoRAConfig, LoRALinear, add_lora, suffix
 from lit_gpt.model import GPT
+from lit_gpt.moe import Experts
 from lit_gpt.utils import atomic_dir, fail
 
 PREFIX = "base_model.model."
@@ -50,9 +61,14 @@ PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 def lora_layers(config: Config, lora: LoRAConfig) -> Dict[str, LoRALinear]:
     """Our LoRA layers for these settings, by module name, on the meta device (for their names and shapes)."""
+    return {name: m for name, m in _lora_modules(config, lora).items() if isinstance(m, LoRALinear)}
+
+
+def _lora_modules(config: Config, lora: LoRAConfig) -> Dict[str, torch.nn.Module]:
+    """Our LoRA layers and experts with LoRA for these settings, by module name, on the meta device."""
     with torch.device("meta"):
         model = add_lora(GPT(config), lora)
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear) or isinstance(m, Experts) and m.r}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -106,20 +122,37 @@ def _lit_module(hf: str, config: Config) -> Tuple[Optional[str], Optional[str]]:
     return (weight_name[: -len(".weight")] if weight_name else None), part
 
 
+EXPERT_TENSORS = ("gate_up", "down")  # our Experts' adapted tensors, in the parameter order of transformers' experts
+
+
+def _adapted_experts(adapter: Dict[str, torch.Tensor]) -> Dict[str, List[str]]:
+    """Our experts modules with LoRA in `adapter` -> their adapted tensors ("gate_up", "down"), in parameter order."""
+    modules = sorted({key.rsplit(".lora_A_", 1)[0] for key in adapter if ".experts.lora_A_" in key})
+    return {m: [name for name in EXPERT_TENSORS if f"{m}.lora_A_{name}" in adapter] for m in modules}
+
+
+def _hf_experts(module: str, config: Config) -> str:
+    """The transformers experts module of ours (`transformer.h.1.mlp.experts` -> `model.layers.1.mlp.experts`)."""
+    return lit_to_hf_name(f"{module}.gate_up_proj", config).rsplit(".", 1)[0]
+
+
+def _expert_keys(hf_module: str, adapted: List[str]) -> Dict[str, str]:
+    """Where PEFT keeps the adapter of each adapted tensor of one experts module: a ParamWrapper per targeted tensor,
+    nested in parameter order (the first innermost), so the last is the module itself and each one before it is one
+    `.base_layer` deeper (gate_up_proj `...experts.base_layer`, down_proj `...experts`)."""
+    return {name: hf_module + ".base_layer" * (len(adapted) - 1 - i) for i, name in enumerate(adapted)}
+
+
 def _check_family(config: Config) -> None:
     if family(config) == "falcon" and config.n_query_groups not in (1, config.n_head):
         fail(f"{config.name!r}: Falcon with {config.n_query_groups} query groups has no transformers counterpart")
 
 
 def to_peft(adapter: Dict[str, torch.Tensor], lora: LoRAConfig, config: Config, vocab_size: Optional[int] = None
-            ) -> Tuple[dict, Dict[str, torch.Tensor]]:
-    """(adapter_config.json dict, adapter_model.safetensors tensors) of our adapter, for the transformers model of
-    `config`. `vocab_size`: rows of the transformers model's lm_head when fewer than our padded vocabulary."""
+            ) -> Tuple[dict, Dict[str, torch.Tensor], List[str]]:
+    """(adapter_config.json dict, adapter_model.safetensors tensors, notes) of our adapter, for the transformers model
+    of `config`. `vocab_size`: rows of the transformers model's lm_head when fewer than our padded vocabulary."""
     _check_family(config)
-    experts = sorted({name.rsplit(".", 1)[0] for name in adapter if ".experts.lora_" in name})
-    if experts:  # PEFT's target_parameters (its ParamWrapper key names) are not written yet
-        fail(f"The adapter has LoRA on expert tensors ({experts[0]}, ...), which the PEFT export does not write yet: "
-             "finetune with --lora_experts false to export it, or merge it (scripts/merge_lora.py)")
     tensors, targets, ranks = {}, set(), {}
     layers = lora_layers(config, lora)
 
@@ -151,15 +184,35 @@ def to_peft(adapter: Dict[str, torch.Tensor], lora: LoRAConfig, config: Config, 
             tensors[f"{PREFIX}{module}.lora_A.weight"] = A.contiguous()
             tensors[f"{PREFIX}{module}.lora_B.weight"] = B.contiguous()
             targets.add(module.rsplit(".", 1)[-1])
+    if config.n_expert and targets & {"gate_proj", "up_proj", "down_proj"}:
+        fail(f"PEFT on transformers 5 takes target_modules gate_proj/up_proj/down_proj of {family(config)} for its "
+             f"experts, so the dense layers' MLP adapters ({next(n for n in layers if '.mlp.' in n)}, ...) would not "
+             "load: finetune with --lora_mlp false, or merge (scripts/merge_lora.py)")
+
+    parameters, notes = [], []  # the expert tensors: PEFT's target_parameters, e.g. "mlp.experts.gate_up_proj"
+    for module, adapted in _adapted_experts(adapter).items():
+        hf = _hf_experts(module, config)
+        for name, key in _expert_keys(hf, adapted).items():
+            tensors[f"{PREFIX}{key}.lora_A.weight"] = adapter[f"{module}.lora_A_{name}"].contiguous()  # (E r, in)
+            tensors[f"{PREFIX}{key}.lora_B.weight"] = adapter[f"{module}.lora_B_{name}"].contiguous()  # (out, r E)
+            parameter = f"{hf.split('.', 3)[-1]}.{name}_proj"  # matched by PEFT as a dotted suffix of the name
+            if parameter not in parameters:
+                parameters.append(parameter)
+    dropout = lora.dropout
+    if parameters and dropout:  # PEFT's ParamWrapper refuses dropout; the config has one value for all modules
+        dropout = 0.0
+        notes.append(f"lora_dropout is written as 0, not the run's {lora.dropout:g} on the linear layers: PEFT refuses "
+                     "dropout on target_parameters (the expert tensors), and the config holds one value for all "
+                     "(outputs are the same: dropout acts in training only)")
     peft_config = dict(
         peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path=None, r=lora.r, lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout, target_modules=sorted(targets), bias="none", fan_in_fan_out=False,
-        use_rslora=False, use_dora=False, modules_to_save=None, init_lora_weights=True, inference_mode=True,
-        layers_to_transform=None, layers_pattern=None, lora_bias=False, ensure_weight_tying=False,
+        lora_dropout=dropout, target_modules=sorted(targets), target_parameters=parameters or None, bias="none",
+        fan_in_fan_out=False, use_rslora=False, use_dora=False, modules_to_save=None, init_lora_weights=True,
+        inference_mode=True, layers_to_transform=None, layers_pattern=None, lora_bias=False, ensure_weight_tying=False,
         rank_pattern={m: k * lora.r for m, k in ranks.items()},
         alpha_pattern={m: k * lora.alpha for m, k in ranks.items()},
     )
-    return peft_config, tensors
+    return peft_config, tensors, notes
 
 
 def write_peft_dir(out_dir: Union[str, Path], peft_config: dict, tensors: Dict[str, torch.Tensor]) -> Path:
@@ -218,10 +271,10 @@ def check_peft_config(peft_config: dict, source: str = "the PEFT adapter") -> No
     why = {"use_dora": "DoRA: a learned magnitude per output row", "use_rslora": "rsLoRA: scaled by alpha / sqrt(r)",
            "lora_bias": "a trained bias on lora_B", "fan_in_fan_out": "transposed (Conv1D) weights",
            "modules_to_save": "fully trained copies of modules", "trainable_token_indices": "trained token embeddings",
-           "layer_replication": "replicated layers", "target_parameters": "adapted nn.Parameters",
-           "use_qalora": "QA-LoRA pooling", "alora_invocation_tokens": "activated LoRA",
-           "megatron_config": "Megatron layers", "use_bdlora": "block-diagonal LoRA", "velora_config": "VeLoRA",
-           "monteclora_config": "MonteCLoRA", "kasa_config": "KaSA", "arrow_config": "Arrow routing"}
+           "layer_replication": "replicated layers", "use_qalora": "QA-LoRA pooling",
+           "alora_invocation_tokens": "activated LoRA", "megatron_config": "Megatron layers",
+           "use_bdlora": "block-diagonal LoRA", "velora_config": "VeLoRA", "monteclora_config": "MonteCLoRA",
+           "kasa_config": "KaSA", "arrow_config": "Arrow routing"}
     problems = [f"{key}={c[key]!r} ({reason})" for key, reason in why.items() if key in c]
     if c.get("bias", "none") != "none":
         problems.append(f"bias={c['bias']!r} (trained biases)")
@@ -261,7 +314,9 @@ def from_peft(peft_config: dict, tensors: Dict[str, torch.Tensor], config: Confi
     """
     _check_family(config)
     check_peft_config(peft_config, source)
-    every = lora_layers(config, LoRAConfig(r=1, alpha=1))  # every module we can adapt
+    modules = _lora_modules(config, LoRAConfig(r=1, alpha=1))  # every module we can adapt
+    every = {name: m for name, m in modules.items() if isinstance(m, LoRALinear)}
+    experts = {name: m for name, m in modules.items() if isinstance(m, Experts)}
     pairs: Dict[str, Dict[str, torch.Tensor]] = {}  # HF module -> {"A": ..., "B": ...}
     for key, tensor in tensors.items():
         name = key[len(PREFIX):] if key.startswith(PREFIX) else None
@@ -276,6 +331,7 @@ def from_peft(peft_config: dict, tensors: Dict[str, torch.Tensor], config: Confi
     if not pairs:
         fail(f"{source} holds no LoRA weights (no '...lora_A.weight' tensors)")
 
+    found_experts = _read_experts(pairs, peft_config, config, experts, source)  # (takes their pairs out)
     found = {}  # (our module, part or None) -> (A, B, alpha / r of that module)
     for module, ab in sorted(pairs.items()):
         ours, part = _lit_module(module, config)
@@ -301,14 +357,16 @@ def from_peft(peft_config: dict, tensors: Dict[str, torch.Tensor], config: Confi
         else:
             found[(ours, part)] = (A, B, module_scaling)
 
-    r = max(A.size(0) for A, _, _ in found.values())
+    ranks = [A.size(0) for A, _, _ in found.values()]
+    ranks += [A.size(0) // config.n_expert for A, _, _ in found_experts.values()]  # A: (E r, in)
+    r = max(ranks)
     scaling = peft_config.get("lora_alpha", 8) / peft_config.get("r", 8)  # PEFT's scaling outside the patterns
     alpha = scaling * r
     kinds = {kind for ours, part in found for kind in _kinds(ours, part)}
     lora = LoRAConfig(r=r, alpha=int(alpha) if float(alpha).is_integer() else alpha,
-                      dropout=peft_config.get("lora_dropout", 0.0),
+                      dropout=peft_config.get("lora_dropout", 0.0), experts=bool(found_experts),
                       **{k: k in kinds for k in ("query", "key", "value", "projection", "mlp", "head")})
-    dtype = next(iter(found.values()))[0].dtype
+    dtype = next(iter({**found, **found_experts}.values()))[0].dtype
     adapter, zero, rescaled = {}, [], 0
     for name, layer in lora_layers(config, lora).items():
         for part in layer.adapted:
@@ -328,15 +386,72 @@ def from_peft(peft_config: dict, tensors: Dict[str, torch.Tensor], config: Confi
             pad = r - A.size(0)  # zero rank padding: B @ A is unchanged
             adapter[a_name] = torch.cat([A, A.new_zeros(pad, A.size(1))]).to(dtype).contiguous()
             adapter[b_name] = torch.cat([B, B.new_zeros(B.size(0), pad)], dim=1).to(dtype).contiguous()
+    E = config.n_expert
+    for name, module in (experts.items() if lora.experts else ()):
+        for tensor in EXPERT_TENSORS:
+            a_name, b_name = f"{name}.lora_A_{tensor}", f"{name}.lora_B_{tensor}"
+            n_in, n_out = getattr(module, f"lora_A_{tensor}").size(1), getattr(module, f"lora_B_{tensor}").size(0)
+            hit = found_experts.get((name, tensor))
+            if hit is None:  # PEFT left this tensor as it is: zero
+                adapter[a_name] = torch.zeros(E * r, n_in, dtype=dtype)
+                adapter[b_name] = torch.zeros(n_out, r * E, dtype=dtype)
+                zero.append(f"{name}.{tensor}_proj")
+                continue
+            A, B, module_scaling = hit
+            if module_scaling != scaling:
+                B = (B.float() * (module_scaling / scaling)).to(B.dtype)
+                rescaled += 1
+            rank = A.size(0) // E  # A's rows expert by expert, B's columns rank-major: pad each expert's rank
+            adapter[a_name] = F.pad(A.view(E, rank, n_in), (0, 0, 0, r - rank)).reshape(E * r, n_in).to(dtype)
+            adapter[b_name] = F.pad(B.view(n_out, rank, E), (0, 0, 0, r - rank)).reshape(n_out, r * E).to(dtype)
     notes = []
     if zero:
         unique = sorted(set(zero))
         notes.append(f"{len(unique)} of our LoRA layers have no PEFT counterpart (e.g. {unique[0]!r}): zero adapters")
     if rescaled:
         notes.append(f"{rescaled} adapters with their own alpha / r had lora_B rescaled to alpha / r = {scaling:g}")
-    if any(A.size(0) != r for A, _, _ in found.values()):
+    if any(rank != r for rank in ranks):
         notes.append(f"ranks below {r} were padded with zeros to rank {r}")
     return lora, adapter, notes
+
+
+def _matches(name: str, targets: List[str]) -> bool:
+    """Whether PEFT's target_parameters select parameter `name`: an entry is the name or a dotted suffix of it."""
+    return any(name == t or name.endswith(f".{t}") for t in targets)
+
+
+def _read_experts(pairs: Dict[str, Dict[str, torch.Tensor]], peft_config: dict, config: Config,
+                  experts: Dict[str, Experts], source: str) -> Dict[Tuple[str, str], tuple]:
+    """The adapters of PEFT's target_parameters, taken out of `pairs` (HF module -> {"A", "B"}): (our experts module,
+    "gate_up" or "down") -> (A (E r, in), B (out, r E), alpha / r of that tensor). Fails on target_parameters that
+    name no expert tensor (the router) and on adapters where target_parameters put none."""
+    targets = list(peft_config.get("target_parameters") or [])
+    hf = {_hf_experts(name, config): name for name in experts}  # model.layers.1.mlp.experts -> ours
+    for t in targets:
+        if not any(_matches(f"{m}.{tensor}_proj", [t]) for m in hf for tensor in EXPERT_TENSORS):
+            hint = "; PEFT's target_modules='all-linear' adds gate.weight: list the modules" * (t == "gate.weight")
+            fail(f"{source} targets parameter {t!r}, no expert tensor of {config.name!r} (only "
+                 f"mlp.experts.gate_up_proj and down_proj have LoRA here, never the router{hint})")
+    found, E = {}, config.n_expert
+    for module in sorted(pairs):
+        root = re.sub(r"(\.base_layer)+$", "", module)
+        if root not in hf:
+            continue
+        ab = pairs.pop(module)
+        adapted = [t for t in EXPERT_TENSORS if _matches(f"{root}.{t}_proj", targets)]
+        tensor = {key: t for t, key in _expert_keys(root, adapted).items()}.get(module)
+        if tensor is None:
+            fail(f"{source} holds an adapter at {module!r}, where its target_parameters {targets} put none")
+        ours = experts[hf[root]]
+        n_in, n_out = getattr(ours, f"lora_A_{tensor}").size(1), getattr(ours, f"lora_B_{tensor}").size(0)
+        A, B = ab.get("A"), ab.get("B")
+        if A is None or B is None or A.ndim != 2 or B.ndim != 2 or A.size(0) % E or B.size(1) != A.size(0) or \
+                A.size(1) != n_in or B.size(0) != n_out:
+            fail(f"{source}: {module!r} ({tensor}_proj of {E} experts) needs lora_A ({E} r, {n_in}) and lora_B "
+                 f"({n_out}, r {E}); it has {({k: tuple(v.shape) for k, v in ab.items()})}: was the adapter trained "
+                 "on another model?")
+        found[(hf[root], tensor)] = (A, B, _module_alpha(f"{root}.{tensor}_proj", peft_config) / (A.size(0) // E))
+    return found
 
 
 def _check_saved_base_weight(name: str, tensor: torch.Tensor, config: Config,

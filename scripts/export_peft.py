@@ -2,7 +2,8 @@
 
 The dir (adapter_config.json + adapter_model.safetensors) loads with `peft.PeftModel.from_pretrained(model, dir)` onto
 the transformers model of the base checkpoint and gives the logits of our LoRA model. How our adapters map onto
-PEFT's modules (q/k/v onto GPT-NeoX's and Falcon's fused query_key_value included) is described in lit_gpt/peft.py.
+PEFT's modules (q/k/v onto GPT-NeoX's and Falcon's fused query_key_value included, expert tensors as target_parameters)
+is described in lit_gpt/peft.py.
 """
 
 import sys
@@ -54,10 +55,13 @@ def main(
         base_model_name_or_path = (f"{hf['org']}/{hf['name']}" if hf.get("org") and hf.get("name")
                                    else str(Path(checkpoint_dir or run.checkpoint_dir).resolve()))
 
-    peft_config, tensors = to_peft(run.adapter, run.lora, config, vocab_size)
+    peft_config, tensors, notes = to_peft(run.adapter, run.lora, config, vocab_size)
     peft_config["base_model_name_or_path"] = base_model_name_or_path
     write_peft_dir(out_dir, peft_config, tensors)
-    print(f"Wrote {str(out_dir / PEFT_CONFIG)!r} and {PEFT_WEIGHTS} (targets {', '.join(peft_config['target_modules'])}"
+    for note in notes:
+        print(f"note: {note}")
+    targets = peft_config["target_modules"] + (peft_config["target_parameters"] or [])
+    print(f"Wrote {str(out_dir / PEFT_CONFIG)!r} and {PEFT_WEIGHTS} (targets {', '.join(targets)}"
           f", r={peft_config['r']}, lora_alpha={peft_config['lora_alpha']}). Load it with: "
           f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_model_name_or_path!r}), "
           f"{str(out_dir)!r})")

@@ -66,7 +66,7 @@ def main(
         save_prompt_style(style, tmp)
     for note in notes:
         print(f"note: {note}")
-    switches = [k for k in ("query", "key", "value", "projection", "mlp", "head") if getattr(lora, k)]
+    switches = [k for k in ("query", "key", "value", "projection", "mlp", "head", "experts") if getattr(lora, k)]
     print(f"Imported {str(peft_dir)!r} -> {str(out_dir)!r} (r={lora.r}, alpha={lora.alpha}, on {', '.join(switches)}"
           f"; prompt style {style.name}). Next: python generate/lora.py --lora_path {out_dir} --prompt \"...\"  or  "
           f"python scripts/merge_lora.py --lora_path {out_dir}")

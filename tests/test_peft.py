@@ -248,6 +248,7 @@ def test_import_via_cli_and_export_round_trip(tmp_path, smollm2_dir, capsys):
 
 
 SEPARATE = ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj", "v_proj"]
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]  # PEFT's target_parameters of Qwen3-MoE's experts
 
 
 @pytest.mark.parametrize("kind, lora, lora_kwargs", [
@@ -271,6 +272,11 @@ SEPARATE = ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "
     # Gemma 4: layers without k/v projections (reused) or without v_proj (k = v); per-layer inputs left frozen
     ("gemma4-ple-shared-kv", LoRAConfig(r=2, alpha=6), dict(target_modules=SEPARATE)),
     ("gemma4-k_eq_v", LoRAConfig(r=2, alpha=6, key=False), dict(target_modules=SEPARATE)),
+    # Qwen3-MoE: the experts as target_parameters (no dropout there); the dense first layer's MLP left out (PEFT on
+    # transformers 5 takes gate_proj/up_proj/down_proj for the experts' v4 names)
+    ("qwen3_moe", LoRAConfig(r=2, alpha=6, mlp=False),
+     dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"], target_parameters=EXPERTS,
+          lora_dropout=0.0)),
 ])
 def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, tmp_path, smollm2_dir):
     model, base = hf_base(kind, tmp_path, smollm2_dir)
@@ -299,6 +305,7 @@ def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, 
             (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value)
             or (m == "k_proj" and not lora.key))])
         assert peft_config["rank_pattern"] == {}
+    assert peft_config["target_parameters"] == (EXPERTS if kind == "qwen3_moe" else None)
 
     # import: our model with the imported adapter gives the logits of `peft`'s model
     peft_model = peft_adapter(model, tmp_path / "peft", r=4, lora_alpha=8, **lora_kwargs)
@@ -309,6 +316,96 @@ def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, 
     imported = json.loads((tmp_path / "imported" / "lora_config.json").read_text())["lora"]
     assert imported["r"] == 4 and imported["alpha"] == 8
     torch.testing.assert_close(our_logits(base, tmp_path / "imported", x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_expert_adapters_export_to_and_import_from_peft(tmp_path, smollm2_dir, capsys):
+    """Experts only, out: PEFT's nested ParamWrapper keys, no dropout (said so); in: down_proj alone, with its own
+    rank (zero-padded expert by expert) and alpha (rescaled), gate_up_proj zero. Both: PEFT's logits."""
+    model, base = hf_base("qwen3_moe", tmp_path, smollm2_dir)
+    x = tokens(length=14, high=SIZES["vocab_size"])
+    with torch.no_grad():
+        base_out = model(input_ids=x).logits
+    lora = LoRAConfig(r=2, alpha=6, dropout=0.1, query=False, key=False, value=False, projection=False, mlp=False,
+                      head=False)
+    out = make_finetune_dir(tmp_path / "run", base, lora)
+    export(lora_path=out)
+    printed = capsys.readouterr().out
+    assert "lora_dropout is written as 0, not the run's 0.1" in printed
+    assert "targets mlp.experts.gate_up_proj, mlp.experts.down_proj," in printed
+    expected = our_logits(base, out, x)
+    actual = peft_logits(copy.deepcopy(model), out / "peft", x)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    assert (actual - base_out).abs().max() > 0.1
+    peft_config = json.loads((out / "peft" / "adapter_config.json").read_text())
+    assert (peft_config["target_modules"], peft_config["target_parameters"]) == ([], EXPERTS)
+    assert peft_config["lora_dropout"] == 0 and (peft_config["r"], peft_config["lora_alpha"]) == (2, 6)
+    from safetensors.torch import load_file
+
+    ours = torch.load(out / "lit_model_lora_finetuned.pth")
+    exported = load_file(out / "peft" / "adapter_model.safetensors")
+    assert len(exported) == 8  # 2 sparse layers x 2 tensors x (A, B); layer 0 is dense
+    for layer in (1, 2):
+        experts = f"base_model.model.model.layers.{layer}.mlp.experts"
+        for key, name in [(f"{experts}.base_layer.lora_A.weight", "lora_A_gate_up"),
+                          (f"{experts}.base_layer.lora_B.weight", "lora_B_gate_up"),
+                          (f"{experts}.lora_A.weight", "lora_A_down"), (f"{experts}.lora_B.weight", "lora_B_down")]:
+            assert torch.equal(exported[key], ours[f"transformer.h.{layer}.mlp.experts.{name}"]), key
+    assert exported[f"{experts}.lora_A.weight"].shape == (6 * 2, 16)  # (E r, moe_intermediate_size)
+
+    # import: down_proj only, rank 2 and alpha 3 of its own (r=4, alpha=8 elsewhere)
+    peft_model = peft_adapter(model, tmp_path / "peft", r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj"],
+                              target_parameters=["mlp.experts.down_proj"], rank_pattern={"down_proj": 2},
+                              alpha_pattern={"down_proj": 3})
+    with torch.no_grad():
+        expected = peft_model(input_ids=x).logits
+    saved = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    A, B = saved["base_model.model.model.layers.2.mlp.experts.lora_A.weight"], \
+        saved["base_model.model.model.layers.2.mlp.experts.lora_B.weight"]
+    assert A.shape == (6 * 2, 16) and B.shape == (32, 2 * 6)
+    import_(peft_dir=tmp_path / "peft", checkpoint_dir=base, out_dir=tmp_path / "imported")
+    printed = capsys.readouterr().out
+    assert "have no PEFT counterpart (e.g. 'transformer.h.1.mlp.experts.gate_up_proj'): zero adapters" in printed
+    assert "padded with zeros to rank 4" in printed and "rescaled" in printed and "(r=4, alpha=8, on query, experts;" \
+        in printed
+    run = json.loads((tmp_path / "imported" / "lora_config.json").read_text())["lora"]
+    assert (run["r"], run["alpha"], run["experts"], run["query"], run["mlp"]) == (4, 8, True, True, False)
+    imported = torch.load(tmp_path / "imported" / "lit_model_lora_finetuned.pth")
+    A_ours = imported["transformer.h.2.mlp.experts.lora_A_down"].view(6, 4, 16)  # (E, r, in)
+    B_ours = imported["transformer.h.2.mlp.experts.lora_B_down"].view(32, 4, 6)  # (out, r, E)
+    assert torch.equal(A_ours[:, :2], A.view(6, 2, 16)) and not A_ours[:, 2:].any()
+    torch.testing.assert_close(B_ours[:, :2], B.view(32, 2, 6) * (3 / 2) / (8 / 4))  # alpha / r: 3 / 2 -> 8 / 4
+    assert not B_ours[:, 2:].any()
+    assert not imported["transformer.h.1.mlp.experts.lora_B_gate_up"].any()
+    actual = our_logits(base, tmp_path / "imported", x)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    assert (expected - base_out).abs().max() > 0.05
+
+
+def test_expert_adapter_refusals(tmp_path, smollm2_dir):
+    """The dense layers' MLP adapters (PEFT would take gate_proj/up_proj/down_proj for the experts), the router
+    (PEFT's all-linear adds it), adapters where target_parameters put none: one line each."""
+    model, base = hf_base("qwen3_moe", tmp_path, smollm2_dir)
+    out = make_finetune_dir(tmp_path / "run", base, LoRAConfig(r=2, alpha=4))
+    with pytest.raises(UserError, match=r"of qwen3_moe for its experts, so the dense layers' MLP adapters "
+                                        r"\(transformer.h.0.mlp.fc_1, ...\) would not load: finetune with "
+                                        "--lora_mlp false") as e:
+        export(lora_path=out)
+    assert len(str(e.value)) < 300 and not (out / "peft").exists()
+
+    def fails(match: str, peft_dir: Path) -> None:
+        with pytest.raises(UserError, match=match) as e:
+            import_(peft_dir=peft_dir, checkpoint_dir=base, out_dir=tmp_path / "imported")
+        assert "\n" not in str(e.value) and len(str(e.value)) < 300 and not (tmp_path / "imported").exists()
+
+    peft_adapter(copy.deepcopy(model), tmp_path / "all", r=2, lora_dropout=0.0, target_modules="all-linear")
+    assert "gate.weight" in json.loads((tmp_path / "all" / "adapter_config.json").read_text())["target_parameters"]
+    fails(r"targets parameter 'gate.weight', no expert tensor of .*never the router; PEFT's "
+          r"target_modules='all-linear' adds gate.weight", tmp_path / "all")
+    peft_adapter(model, tmp_path / "both", r=2, lora_dropout=0.0, target_modules=[], target_parameters=EXPERTS)
+    config = json.loads((tmp_path / "both" / "adapter_config.json").read_text())
+    (tmp_path / "both" / "adapter_config.json").write_text(json.dumps({**config, "target_parameters": EXPERTS[1:]}))
+    fails(r"holds an adapter at 'model.layers.1.mlp.experts.base_layer', where its target_parameters "
+          r"\['mlp.experts.down_proj'\] put none", tmp_path / "both")
 
 
 @pytest.mark.parametrize("kind", ["gemma3", "phi3-partial-sliding"])
