@@ -811,4 +811,14 @@ for (_size, _n_layer, _n_embd, _n_head, _groups, _global_groups, _inter, _window
                             intermediate_size=_inter, sliding_window=_window, global_layer_every=_global_every,
                             per_layer_embd=_per_layer, kv_shared_layers=_shared, double_wide_mlp=_size == "E2B"))
 
+############
+# Qwen3-MoE (lit_gpt/moe.py): Qwen3's attention, every layer's MLP 128 experts of 768 of which 8 per token (the
+# top 8 of a softmax, renormalised); config.json of Qwen/Qwen3-30B-A3B (no dense layers: its intermediate_size 6144
+# is unused)
+############
+configs.append(dict(_llama, name="Qwen3-30B-A3B", hf_config=dict(org="Qwen", name="Qwen3-30B-A3B"), block_size=40960,
+                    vocab_size=151936, padding_multiple=1, n_layer=48, n_embd=2048, n_head=32, n_query_groups=4,
+                    head_size=128, intermediate_size=6144, rope_base=1000000, norm_eps=1e-6, norm_qk=True,
+                    n_expert=128, n_expert_per_token=8, moe_intermediate_size=768, hf_model_type="qwen3_moe"))
+
 name_to_config = {c["name"]: c for c in configs}

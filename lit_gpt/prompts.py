@@ -595,7 +595,7 @@ _chat_models = [
     (r"falcon-.*-instruct", "falcon-instruct"),
     (r"Llama-3\.[123]-[0-9.]+B-Instruct", "llama3.1"),
     (r"Qwen2\.5-[0-9.]+B-Instruct", "qwen2.5"),
-    (r"Qwen3-[0-9.]+B", "qwen3"),  # hybrid thinking models; the base ones are "Qwen3-*B-Base"
+    (r"Qwen3-[0-9.]+B(-A[0-9.]+B)?", "qwen3"),  # hybrid thinking models; the base ones are "Qwen3-*B-Base"
     (r"Qwen3\.5-(0\.8|2)B", "qwen3.5-nothink"),  # their template thinks only when asked to
     (r"Qwen3\.5-[0-9.]+B(-A[0-9.]+B)?", "qwen3.5"),  # the base ones are "Qwen3.5-*B-Base"
     (r"gemma-3-[0-9]+[mb]-it", "gemma3"),

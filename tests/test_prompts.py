@@ -165,7 +165,7 @@ CHAT_PRESETS = {
     "falcon-7b-instruct": "falcon-instruct", "Llama-3.2-1B-Instruct": "llama3.1", "Llama-3.2-3B-Instruct": "llama3.1",
     "Llama-3.1-8B-Instruct": "llama3.1", "Llama-3.3-70B-Instruct": "llama3.1",
     **{f"Qwen2.5-{size}-Instruct": "qwen2.5" for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")},
-    **{f"Qwen3-{size}": "qwen3" for size in ("0.6B", "1.7B", "4B", "8B", "14B", "32B")},  # hybrid instruct
+    **{f"Qwen3-{size}": "qwen3" for size in ("0.6B", "1.7B", "4B", "8B", "14B", "32B", "30B-A3B")},  # hybrid
     **{f"gemma-3-{size}-it": "gemma3" for size in ("270m", "1b", "4b", "12b", "27b")},
     "Phi-3-mini-4k-instruct": "phi3", "Phi-4-mini-instruct": "phi4-mini", "Mistral-Nemo-Instruct-2407": "mistral-nemo",
     **{f"Qwen3.5-{size}": "qwen3.5-nothink" for size in ("0.8B", "2B")},  # instruct; their template thinks when asked
