@@ -154,7 +154,7 @@ def test_logits_match_transformers(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like", "gemma3", "phi3-partial-sliding",
                                   "mistral-head_dim-sliding", "qwen3-head_dim", "ministral3-yarn",
                                   "olmo3-yarn-sliding", "smollm3-nope", "qwen3_5-hybrid", "gemma4-ple-shared-kv",
-                                  "gemma4-k_eq_v"])
+                                  "gemma4-k_eq_v", "qwen3_moe"])
 def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
     # float64: the paths differ only in float error, which the Gemma-like weights make ~1e-5 in float32
     model = lit_model_from_hf(tiny_hf_model(kind, seed=2)).double()
