@@ -1,0 +1,26 @@
+"""Causal self-attention on CPU in training: the query heads that share a key/value head folded into one matmul."""
+
+from typing import Optional
+
+import torch
+
+# Training on CPU, causal attention whose (B, n_head, T, T) scores have at most this many entries runs as
+# `folded_attention`, longer as SDPA (its flash kernel there). Measured forward + backward on a 2-core AMX Xeon, 9 query
+# heads on 3 key/value heads of 64: bf16 at 256 / 384 / 512 tokens folded 1.9 / 3.3 / 8.6 ms, SDPA math 3.5 / 6.8 /
+# 13.9, flash 2.8 / 4.8 / 7.6 (at 64-128 tokens folded and math alike, flash 2x slower); float32 folded as fast as
+# flash up to 256 tokens, within 10% of it up to 512. With 9 heads the limit is 482 tokens an example.
+FOLDED_ATTENTION_MAX_SCORES = 1 << 21
+
+
+def folded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
+    """Causal self-attention of q (B, n_head, T, hs) over k, v (B, n_query_groups, T, hs) as two batched matmuls,
+    the r = n_head / n_query_groups query heads that share a key/value head stacked along the sequence: one (r T, T)
+    score matrix per group, no copy of k and v per query head (SDPA's math kernel makes them). Softmax in float32."""
+    B, H, T, hs = q.shape
+    G = k.size(1)
+    r = H // G
+    future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)  # added to the scores
+    scores = torch.baddbmm(future.repeat(r, 1), q.reshape(B * G, r * T, hs), k.reshape(B * G, T, hs).transpose(1, 2),
+                           alpha=hs ** -0.5 if scale is None else scale)  # (B G, r T, T)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.bmm(probs, v.reshape(B * G, T, hs)).view(B, H, T, hs)
