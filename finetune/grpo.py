@@ -71,6 +71,7 @@ HYPERPARAMETERS = TrainArgs(
     lora_mlp=True,
     lora_head=False,
     lora_experts=True,  # mixture-of-experts models: the expert tensors too
+    router_aux_loss_coef=0.0,  # mixture-of-experts models: weight of the routers' load-balancing loss (e.g. 0.001)
     padding_free=True,  # the shared-prompt packing (the only layout here)
     pad_multiple=32,
     activation_checkpointing=False,

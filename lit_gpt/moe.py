@@ -52,7 +52,7 @@ class MoE(nn.Module):
         self.shared_expert = SharedExpert(c.n_embd, c.moe_shared_intermediate_size) \
             if c.moe_shared_intermediate_size else None
         self.config = config
-        self.router_logits: Optional[torch.Tensor] = None  # (B T, n_expert) of the last forward
+        self.router_logits: Optional[torch.Tensor] = None  # (B T, n_expert) of the last forward with gradients
 
     def forward(self, x: torch.Tensor, router_x: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, T, n_embd) the experts' input; router_x (B, T, n_embd) the router's if it differs (Gemma 4 routes the
@@ -60,7 +60,8 @@ class MoE(nn.Module):
         B, T, D = x.shape
         x = x.reshape(B * T, D)
         logits, weights, chosen = self.route(x if router_x is None else router_x.reshape(B * T, D))
-        self.router_logits = logits
+        # kept for the load-balancing loss of training forwards only: not a reference model's or a generation's
+        self.router_logits = logits if torch.is_grad_enabled() else None
         k = chosen.size(1)
         flat = chosen.flatten()  # (B T k,): the expert of each (token, slot)
         order = flat.argsort(stable=True)
@@ -234,7 +235,7 @@ class SharedExpert(nn.Module):
 
 
 def router_logits(model: nn.Module) -> List[torch.Tensor]:
-    """The router logits of every MoE layer of `model`'s last forward, in layer order."""
+    """The router logits of every MoE layer of `model`'s last forward with gradients enabled, in layer order."""
     return [m.router_logits for m in model.modules() if isinstance(m, MoE) and m.router_logits is not None]
 
 

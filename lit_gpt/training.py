@@ -39,6 +39,7 @@ from lit_gpt.lora import (
     mark_only_lora_as_trainable,
     trainable_report,
 )
+from lit_gpt.moe import load_balancing_loss, router_logits
 from lit_gpt.quantize import check_quantize
 from lit_gpt.utils import (
     atomic_path,
@@ -93,6 +94,12 @@ class TrainArgs:
         lora_head: LoRA on the LM head.
         lora_experts: LoRA on the expert tensors of mixture-of-experts layers (one pair per tensor, as PEFT's
             target_parameters; no dropout there); the router stays frozen.
+        router_aux_loss_coef: Mixture-of-experts models: add this times the routers' load-balancing loss (the Switch
+            Transformer's, as transformers computes it over all layers: n_expert * sum_e f_e P_e) to each training
+            micro-batch's loss, over the tokens of its forward pass; the step's is the mean of its micro-batches'
+            (one micro-batch: transformers' `loss + router_aux_loss_coef * aux_loss` exactly). The routers stay frozen
+            (as PEFT leaves them): it trains the adapter through the routers' inputs. Needs padding_free (padding would
+            count as tokens). Printed as aux_loss, apart from loss. 0: off.
         padding_free: Run each micro-batch as one row of its examples laid end to end (positions and attention
             restart at each example, no padding); false pads the examples to the longest of the micro-batch.
         pad_multiple: Without padding_free, on GPUs: pad micro-batches to a multiple of this length (few distinct
@@ -127,6 +134,7 @@ class TrainArgs:
     lora_mlp: bool
     lora_head: bool
     lora_experts: bool
+    router_aux_loss_coef: float
     padding_free: bool
     pad_multiple: int
     activation_checkpointing: bool
@@ -225,6 +233,12 @@ def prepare_run(checkpoint_dir: Path, data_dir: Path, data_config: dict, out_dir
         fail("--strategy fsdp does not shard bitsandbytes 4-bit/int8 weights: use --strategy ddp with --quantize "
              "(each process holds the quantized base), or --strategy fsdp without it")
     config = Config.from_checkpoint(checkpoint_dir)
+    if hp.router_aux_loss_coef < 0:
+        fail(f"--router_aux_loss_coef must be at least 0, got {hp.router_aux_loss_coef}")
+    if hp.router_aux_loss_coef and not any(config.is_sparse(i) for i in range(config.n_layer)):
+        fail(f"--router_aux_loss_coef: {config.name!r} has no mixture-of-experts layers; leave it at 0")
+    if hp.router_aux_loss_coef and not hp.padding_free:
+        fail("--router_aux_loss_coef needs --padding_free true: padded rows would count their padding as routed tokens")
     record = {"objective": objective, "checkpoint_dir": str(Path(checkpoint_dir).resolve()),
               "model": config.to_dict(), "lora": hp.lora_config().to_dict(),
               "prompt_style": data_config["prompt_style"],
@@ -451,13 +465,21 @@ class Trainer:
             if hasattr(objective, "rollout"):
                 mine, n = objective.rollout(fabric, self.raw_model, mine, step)
             sums: dict = {"loss": 0.0}
+            # the step's load-balancing loss: the mean of its micro-batches' (on every device), in units of n
+            aux_weight = hp.router_aux_loss_coef and n / all_sum(fabric, {"m": len(mine)})["m"]
+            top_k = self.raw_model.config.n_expert_per_token
             for i, batch in enumerate(mine):
                 with fabric.no_backward_sync(self.model, enabled=i < len(mine) - 1):
                     loss, metrics = objective.loss(self.model, batch)
-                    fabric.backward(loss * (fabric.world_size / n))  # DDP averages the gradients of the ranks
+                    total = loss
+                    if aux_weight:  # the routers of the objective's forward with gradients (not the reference's)
+                        aux = load_balancing_loss(router_logits(self.raw_model), top_k)
+                        total = loss + hp.router_aux_loss_coef * aux_weight * aux
+                        metrics = {**metrics, "aux_loss": aux.item() * aux_weight}
+                    fabric.backward(total * (fabric.world_size / n))  # DDP averages the gradients of the ranks
                 for key, value in {"loss": loss.item(), **metrics}.items():
                     sums[key] = sums.get(key, 0.0) + value
-                del loss  # its graph (holding the logits) would outlive the next forward pass
+                del loss, total  # its graph (holding the logits) would outlive the next forward pass
                 tokens_done += sum(map(objective.length, batch)) * fabric.world_size
             means = {key: value / n for key, value in all_sum(fabric, sums).items()}
             if hasattr(objective, "step_metrics"):

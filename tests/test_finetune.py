@@ -214,6 +214,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_checkpoint, tiny_data, tm
     (["--micro_batch_tokens", 0], "--micro_batch_tokens must be at least 1"),
     (["--micro_batch_tokens", 64, "--batch_size", 3, "--devices", 2], "--batch_size 3 must be a multiple of --devices "
      "x --num_nodes = 2"),
+    (["--router_aux_loss_coef", 0.01], "'tiny-llama' has no mixture-of-experts layers"),
+    (["--router_aux_loss_coef", -1], "--router_aux_loss_coef must be at least 0"),
 ])
 def test_bad_input(tiny_checkpoint, tiny_data, tmp_path, args, message):
     out = tmp_path / "out"
@@ -236,3 +238,55 @@ def test_help():
                  "--micro_batch_size", "--epochs", "--activation_checkpointing", "--lr_schedule", "--warmup_fraction",
                  "--min_lr_ratio", "--pad_multiple", "--logger", "--overwrite"):
         assert flag in proc.stdout
+
+
+def test_router_aux_loss_is_transformers(tiny_data, smollm2_dir, tmp_path):
+    """--router_aux_loss_coef on a tiny Qwen3-MoE (a dense first layer): the first step's aux_loss is transformers'
+    `aux_loss` of Qwen3MoeForCausalLM(output_router_logits=True) on the step's examples (right-padded, attention mask),
+    its loss the cross-entropy alone; with 2 micro-batches, the mean of each example's. It reaches the adapter; it
+    is refused with padding."""
+    import transformers
+    from test_merge import make_checkpoint, tiny_config
+
+    from lit_gpt.convert import lit_to_hf
+    from lit_gpt.data import collate, load_prepared
+
+    base = make_checkpoint(tmp_path / "base", tiny_config("qwen3_moe", block_size=256), smollm2_dir)
+    args = ["--precision", "32-true", "--max_iters", 1, "--batch_size", 2, "--lora_dropout", 0.0, "--eval_interval", 1,
+            "--save_interval", 1, "--learning_rate", 0.01]
+    for name, extra in {"aux": ["--router_aux_loss_coef", 10], "aux 2x1": ["--router_aux_loss_coef", 10,
+                        "--micro_batch_size", 1], "none": []}.items():
+        finetune(base, tiny_data, tmp_path / name, *args, *extra)
+    hf = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(**json.loads((base / "config.json").read_text())))
+    config = Config.from_checkpoint(base)
+    hf.load_state_dict(lit_to_hf(torch.load(base / "lit_model.pth", weights_only=True), config))
+    train = load_prepared(tiny_data)[0]
+    pair = sorted(train, key=lambda s: len(s["input_ids"]), reverse=True)[:2]  # the first batch: the longest
+    assert len({len(s["input_ids"]) for s in pair}) == 2  # one of them padded
+
+    def hf_losses(samples: list) -> tuple:
+        x, y = collate(samples, 128)
+        mask = torch.zeros_like(x)
+        for row, s in enumerate(samples):
+            mask[row, :min(len(s["input_ids"]), 128) - 1] = 1
+        with torch.no_grad():
+            out = hf(x, attention_mask=mask, output_router_logits=True)
+        ce = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        return ce.item(), out.aux_loss.item()
+
+    row = read_metrics(tmp_path / "aux")[0]
+    ce, aux = hf_losses(pair)
+    assert float(row["aux_loss"]) == pytest.approx(aux, rel=1e-5)
+    assert float(row["loss"]) == pytest.approx(ce, rel=1e-5) == float(read_metrics(tmp_path / "none")[0]["loss"])
+    each = [hf_losses([s])[1] for s in pair]
+    assert float(read_metrics(tmp_path / "aux 2x1")[0]["aux_loss"]) == pytest.approx(sum(each) / 2, rel=1e-5)
+    assert abs(sum(each) / 2 - aux) > 1e-6  # the micro-batches' mean, not the whole batch's aux
+    with_aux, without = (torch.load(tmp_path / n / "lit_model_lora_finetuned.pth", weights_only=True)
+                         for n in ("aux", "none"))
+    assert any(not torch.equal(with_aux[k], without[k]) for k in without)
+    assert all(torch.equal(with_aux[k], without[k]) for k in without if k.startswith("lm_head"))  # after the routers
+
+    proc = finetune(base, tiny_data, tmp_path / "padded", *args, "--router_aux_loss_coef", 0.01, "--padding_free",
+                    "false", check=False)
+    assert proc.returncode == 1 and "--router_aux_loss_coef needs --padding_free true" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "padded").exists()

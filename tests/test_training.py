@@ -181,8 +181,8 @@ HP = TrainArgs(learning_rate=1e-3, lr_schedule="cosine", warmup_fraction=0.1, mi
                micro_batch_size=2, micro_batch_tokens=None, max_iters=100, epochs=None, weight_decay=0.0,
                grad_clip=1.0, max_seq_length=None, eval_interval=10, eval_iters=1, save_interval=10, log_interval=1,
                lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_query=True, lora_key=True, lora_value=True,
-               lora_projection=True, lora_mlp=True, lora_head=True, lora_experts=True, padding_free=True,
-               pad_multiple=32, activation_checkpointing=False, seed=1)
+               lora_projection=True, lora_mlp=True, lora_head=True, lora_experts=True, router_aux_loss_coef=0.0,
+               padding_free=True, pad_multiple=32, activation_checkpointing=False, seed=1)
 
 
 def test_learning_rate_schedules(tiny_checkpoint, tiny_data, tmp_path):  # noqa: F811
