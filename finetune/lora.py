@@ -48,7 +48,7 @@ HYPERPARAMETERS = TrainArgs(
     lora_mlp=True,
     lora_head=True,
     lora_experts=True,  # mixture-of-experts models: the expert tensors too
-    router_aux_loss_coef=0.0,  # mixture-of-experts models: weight of the routers' load-balancing loss (e.g. 0.001)
+    router_aux_loss_coef=None,  # mixture-of-experts models: the load-balancing loss weight (None: the model's)
     # lay the examples of a micro-batch end to end, each attending to itself only: no compute is spent on padding
     # (measured on CPU: benchmarks/finetune.py --parts data); False pads each micro-batch to its longest
     padding_free=True,

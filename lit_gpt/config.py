@@ -101,6 +101,7 @@ class Config:
     moe_interleaved: bool = False
     moe_bias: bool = False
     moe_shared_intermediate_size: int = 0  # a gated shared expert every token goes through (Qwen3.5-MoE); 0: none
+    router_aux_loss_coef: float = 0.0  # config.json's weight of the load-balancing loss: finetuning's default
     mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP", "GemmaMLP"] = "GptNeoxMLP"  # GemmaMLP: LLaMAMLP with GELU
     gelu_approximate: str = "none"
     intermediate_size: Optional[int] = None
@@ -326,7 +327,8 @@ class Config:
                            moe_intermediate_size=hf["moe_intermediate_size"],
                            moe_sparse_step=hf.get("decoder_sparse_step") or 1,
                            moe_dense_layers=sorted(hf.get("mlp_only_layers") or []),
-                           norm_topk_prob=bool(hf.get("norm_topk_prob", False)))
+                           norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+                           router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))  # transformers' default
             if model_type in ("qwen2", "qwen3", "qwen3_moe") and hf.get("use_sliding_window"):
                 refuse("use_sliding_window")
             if model_type in ("mistral", "phi3", "gemma3_text", "gemma4_text") and hf.get("sliding_window"):

@@ -454,7 +454,7 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
             hf.update(num_experts=c.n_expert, num_experts_per_tok=c.n_expert_per_token,
                       moe_intermediate_size=c.moe_intermediate_size, decoder_sparse_step=c.moe_sparse_step,
                       mlp_only_layers=list(c.moe_dense_layers), norm_topk_prob=c.norm_topk_prob,
-                      output_router_logits=False)
+                      output_router_logits=False, router_aux_loss_coef=c.router_aux_loss_coef)
         elif fam in ("mistral", "phi3"):
             hf.update(sliding_window=c.sliding_window)
         if fam == "phi3":

@@ -13,7 +13,7 @@ import torch.utils.checkpoint
 from lit_gpt.config import Config
 from lit_gpt.deltanet import DeltaNetState, GatedDeltaNet
 from lit_gpt.folded import FOLDED_ATTENTION_MAX_SCORES, folded_attention
-from lit_gpt.moe import MoE
+from lit_gpt.moe import MoE, sequence_counts
 from lit_gpt.rope import rope_frequencies
 
 
@@ -38,6 +38,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight
         self.max_seq_length = config.block_size
         self.activation_checkpointing = False  # recompute each block in backward: less memory, ~30% more compute
+        self.router_weights: Optional[torch.Tensor] = None  # MoE: each token's weight in the router statistics
 
     @property
     def max_seq_length(self) -> int:
@@ -121,6 +122,8 @@ class GPT(nn.Module):
                 cache = (input_pos, length)
             inputs = self.layer_inputs(pos, key_pos, mask)
         inputs["linear"] = (None, None, lengths, None)  # linear attention: the packed examples' lengths, if any
+        if self.config.n_expert and torch.is_grad_enabled():  # a shared prompt counts once per answer, as in rows
+            self.router_weights = None if lengths is None else sequence_counts(lengths, idx.device)
         x = self.embed(idx)  # (B, T, n_embd)
         per_layer = self.per_layer_inputs(idx, x) if self.config.per_layer_embd else None
         shared = {} if self.config.kv_shared_layers else None  # layer index -> the keys and values others reuse

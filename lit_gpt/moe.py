@@ -60,8 +60,8 @@ class MoE(nn.Module):
         B, T, D = x.shape
         x = x.reshape(B * T, D)
         logits, weights, chosen = self.route(x if router_x is None else router_x.reshape(B * T, D))
-        # kept for the load-balancing loss of training forwards only: not a reference model's or a generation's
-        self.router_logits = logits if torch.is_grad_enabled() else None
+        if torch.is_grad_enabled():  # for the load-balancing loss: kept past a reference model's forward in no_grad
+            self.router_logits = logits
         k = chosen.size(1)
         flat = chosen.flatten()  # (B T k,): the expert of each (token, slot)
         order = flat.argsort(stable=True)
@@ -239,6 +239,14 @@ def router_logits(model: nn.Module) -> List[torch.Tensor]:
     return [m.router_logits for m in model.modules() if isinstance(m, MoE) and m.router_logits is not None]
 
 
+def sequence_counts(lengths: list, device: torch.device) -> torch.Tensor:
+    """(T,): how many sequences each token of a packed row (`GPT.forward` lengths) is in: 1, and for a prompt that
+    answers share (p, a_1, ..., a_n), n. As weights of `load_balancing_loss`, the statistics of the rows that repeat
+    the prompt for each answer (transformers' and TRL's padded batches)."""
+    counts = [[1] * n if isinstance(n, int) else [len(n) - 1] * n[0] + [1] * sum(n[1:]) for n in lengths]
+    return torch.tensor([c for row in counts for c in row], dtype=torch.float32, device=device)
+
+
 def load_balancing_loss(logits: Sequence[torch.Tensor], top_k: int, mask: Optional[torch.Tensor] = None
                         ) -> torch.Tensor:
     """The Switch Transformer's auxiliary loss as transformers computes it over all layers together:
@@ -247,7 +255,8 @@ def load_balancing_loss(logits: Sequence[torch.Tensor], top_k: int, mask: Option
                                     P_e = the mean softmax probability of expert e
 
     both averaged over every layer's tokens (`logits`: (N, n_expert) per layer); mask (N,) or (B, T): 1 for the tokens
-    to count (padding 0). A training loop adds `router_aux_loss_coef * load_balancing_loss(router_logits(model), k)`.
+    to count (padding 0), or each token's weight (`sequence_counts`). A training loop adds
+    `router_aux_loss_coef * load_balancing_loss(router_logits(model), k, model.router_weights)`.
     """
     n_expert = logits[0].size(-1)
     chosen_sum = prob_sum = rows = 0

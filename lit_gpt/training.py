@@ -96,10 +96,11 @@ class TrainArgs:
             target_parameters; no dropout there); the router stays frozen.
         router_aux_loss_coef: Mixture-of-experts models: add this times the routers' load-balancing loss (the Switch
             Transformer's, as transformers computes it over all layers: n_expert * sum_e f_e P_e) to each training
-            micro-batch's loss, over the tokens of its forward pass; the step's is the mean of its micro-batches'
-            (one micro-batch: transformers' `loss + router_aux_loss_coef * aux_loss` exactly). The routers stay frozen
-            (as PEFT leaves them): it trains the adapter through the routers' inputs. Needs padding_free (padding would
-            count as tokens). Printed as aux_loss, apart from loss. 0: off.
+            micro-batch's loss, a prompt that answers share counted once per answer (as in TRL's rows); the step's is
+            the mean of its micro-batches' (one micro-batch: transformers' `loss + router_aux_loss_coef * aux_loss`).
+            The routers stay frozen (as PEFT leaves them): it trains the adapter through the routers' inputs. Needs
+            padding_free (padding would count as tokens). Printed as aux_loss, apart from loss. None: the model's
+            config.json value (transformers' default, as TRL); 0: off.
         padding_free: Run each micro-batch as one row of its examples laid end to end (positions and attention
             restart at each example, no padding); false pads the examples to the longest of the micro-batch.
         pad_multiple: Without padding_free, on GPUs: pad micro-batches to a multiple of this length (few distinct
@@ -134,7 +135,7 @@ class TrainArgs:
     lora_mlp: bool
     lora_head: bool
     lora_experts: bool
-    router_aux_loss_coef: float
+    router_aux_loss_coef: Optional[float]
     padding_free: bool
     pad_multiple: int
     activation_checkpointing: bool
@@ -233,12 +234,16 @@ def prepare_run(checkpoint_dir: Path, data_dir: Path, data_config: dict, out_dir
         fail("--strategy fsdp does not shard bitsandbytes 4-bit/int8 weights: use --strategy ddp with --quantize "
              "(each process holds the quantized base), or --strategy fsdp without it")
     config = Config.from_checkpoint(checkpoint_dir)
-    if hp.router_aux_loss_coef < 0:
-        fail(f"--router_aux_loss_coef must be at least 0, got {hp.router_aux_loss_coef}")
-    if hp.router_aux_loss_coef and not any(config.is_sparse(i) for i in range(config.n_layer)):
-        fail(f"--router_aux_loss_coef: {config.name!r} has no mixture-of-experts layers; leave it at 0")
+    coef = hp.router_aux_loss_coef
+    if coef is not None and coef < 0:
+        fail(f"--router_aux_loss_coef must be at least 0, got {coef}")
+    if coef and not any(config.is_sparse(i) for i in range(config.n_layer)):
+        fail(f"--router_aux_loss_coef: {config.name!r} has no mixture-of-experts layers; leave it unset")
+    hp = dataclasses.replace(hp, router_aux_loss_coef=config.router_aux_loss_coef if coef is None else coef)
     if hp.router_aux_loss_coef and not hp.padding_free:
-        fail("--router_aux_loss_coef needs --padding_free true: padded rows would count their padding as routed tokens")
+        fail(f"--padding_free false: the routers' load-balancing loss (--router_aux_loss_coef "
+             f"{hp.router_aux_loss_coef}{', the model default' if coef is None else ''}) would count the padding as "
+             "tokens; keep --padding_free true or set --router_aux_loss_coef 0")
     record = {"objective": objective, "checkpoint_dir": str(Path(checkpoint_dir).resolve()),
               "model": config.to_dict(), "lora": hp.lora_config().to_dict(),
               "prompt_style": data_config["prompt_style"],
@@ -473,7 +478,8 @@ class Trainer:
                     loss, metrics = objective.loss(self.model, batch)
                     total = loss
                     if aux_weight:  # the routers of the objective's forward with gradients (not the reference's)
-                        aux = load_balancing_loss(router_logits(self.raw_model), top_k)
+                        raw = self.raw_model
+                        aux = load_balancing_loss(router_logits(raw), top_k, raw.router_weights)
                         total = loss + hp.router_aux_loss_coef * aux_weight * aux
                         metrics = {**metrics, "aux_loss": aux.item() * aux_weight}
                     fabric.backward(total * (fabric.world_size / n))  # DDP averages the gradients of the ranks

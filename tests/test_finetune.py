@@ -243,19 +243,21 @@ def test_help():
 def test_router_aux_loss_is_transformers(tiny_data, smollm2_dir, tmp_path):
     """--router_aux_loss_coef on a tiny Qwen3-MoE (a dense first layer): the first step's aux_loss is transformers'
     `aux_loss` of Qwen3MoeForCausalLM(output_router_logits=True) on the step's examples (right-padded, attention mask),
-    its loss the cross-entropy alone; with 2 micro-batches, the mean of each example's. It reaches the adapter; it
-    is refused with padding."""
+    its loss the cross-entropy alone; with 2 micro-batches, the mean of each example's. It reaches the adapter; unset,
+    it is the model's; a shared prompt counts as in rows that repeat it; with padding it is refused."""
     import transformers
     from test_merge import make_checkpoint, tiny_config
 
     from lit_gpt.convert import lit_to_hf
     from lit_gpt.data import collate, load_prepared
+    from lit_gpt.moe import load_balancing_loss, router_logits
 
-    base = make_checkpoint(tmp_path / "base", tiny_config("qwen3_moe", block_size=256), smollm2_dir)
+    base = make_checkpoint(tmp_path / "base", tiny_config("qwen3_moe", block_size=256, router_aux_loss_coef=0.002),
+                           smollm2_dir)
     args = ["--precision", "32-true", "--max_iters", 1, "--batch_size", 2, "--lora_dropout", 0.0, "--eval_interval", 1,
             "--save_interval", 1, "--learning_rate", 0.01]
     for name, extra in {"aux": ["--router_aux_loss_coef", 10], "aux 2x1": ["--router_aux_loss_coef", 10,
-                        "--micro_batch_size", 1], "none": []}.items():
+                        "--micro_batch_size", 1], "none": ["--router_aux_loss_coef", 0], "default": []}.items():
         finetune(base, tiny_data, tmp_path / name, *args, *extra)
     hf = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(**json.loads((base / "config.json").read_text())))
     config = Config.from_checkpoint(base)
@@ -286,7 +288,30 @@ def test_router_aux_loss_is_transformers(tiny_data, smollm2_dir, tmp_path):
     assert any(not torch.equal(with_aux[k], without[k]) for k in without)
     assert all(torch.equal(with_aux[k], without[k]) for k in without if k.startswith("lm_head"))  # after the routers
 
-    proc = finetune(base, tiny_data, tmp_path / "padded", *args, "--router_aux_loss_coef", 0.01, "--padding_free",
-                    "false", check=False)
-    assert proc.returncode == 1 and "--router_aux_loss_coef needs --padding_free true" in proc.stderr
-    assert proc.stderr.count("\n") == 1 and not (tmp_path / "padded").exists()
+    # unset: the model's coefficient (its config's router_aux_loss_coef), as TRL's
+    assert json.loads((tmp_path / "default" / "lora_config.json").read_text())["train"]["router_aux_loss_coef"] == 0.002
+    assert float(read_metrics(tmp_path / "default")[0]["aux_loss"]) == pytest.approx(aux, rel=1e-5)
+    assert "aux_loss" not in read_metrics(tmp_path / "none")[0]
+
+    # a preference pair as one packed row, its prompt shared (p, c, r): the statistics of TRL's two padded rows
+    model = GPT(config)
+    model.load_state_dict(torch.load(base / "lit_model.pth", weights_only=True))
+    prompt, chosen, rejected = (torch.randint(0, 1000, (n,)) for n in (5, 7, 3))
+    model(torch.cat([prompt, chosen, rejected])[None], lengths=[(5, 7, 3)])
+    ours = load_balancing_loss(router_logits(model), config.n_expert_per_token, model.router_weights)
+    rows = torch.zeros(2, 12, dtype=torch.long)
+    rows[0], rows[1, :8] = torch.cat([prompt, chosen]), torch.cat([prompt, rejected])
+    with torch.no_grad():
+        theirs = hf(rows, attention_mask=(torch.arange(12) < torch.tensor([[12], [8]])).long(),
+                    output_router_logits=True).aux_loss
+    torch.testing.assert_close(ours.detach(), theirs)
+    with torch.no_grad():  # a forward without gradients (a reference model's, a generation's) keeps no statistics
+        model(rows)
+    assert model.router_weights is not None and router_logits(model)[0].size(0) == 15
+
+    for flags in (["--router_aux_loss_coef", 0.01], []):
+        proc = finetune(base, tiny_data, tmp_path / "padded", *args, *flags, "--padding_free", "false", check=False)
+        assert proc.returncode == 1 and "would count the padding as tokens" in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and not (tmp_path / "padded").exists()
+    assert ", the model default)" in proc.stderr
+    finetune(base, tiny_data, tmp_path / "padded", *args, "--router_aux_loss_coef", 0, "--padding_free", "false")
