@@ -2,7 +2,7 @@
 
 Architectures (`general.architecture`): llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3,
 smollm3, mistral3 (Ministral 3), olmo2 (OLMo 2; with a sliding window, OLMo 3), qwen35 (Qwen3.5 dense), gemma4
-(Gemma 4's text decoder).
+(Gemma 4's text decoder), qwen3moe (Qwen3-MoE).
 The dir holds our GPT's weights (dequantized), `lit_config.json`, the Hugging Face `config.json`, a `tokenizer.json`
 rebuilt from the GGUF's own vocabulary, `tokenizer_config.json`, `generation_config.json` and, for chat models,
 `prompt_style.json`. Where transformers' GGUF loader and llama.cpp disagree, we follow llama.cpp: it is what the file
@@ -34,6 +34,9 @@ What llama.cpp's converter (convert_hf_to_gguf.py) does to a model, undone here:
   value norm and which layers the last `shared_kv_layers` reuse (window layers the second before them, global ones
   the one before them); without `final_logit_softcapping` it caps the logits at 30. Its converter keeps the unused
   keys and values of the reusing layers: skipped.
+- qwen3moe: Qwen3's attention, every layer's MLP experts (llama.cpp's qwen3moe has no dense layers): the router as
+  `ffn_gate_inp`, the experts as 3-D `ffn_gate_exps`, `ffn_up_exps` (our gate_up_proj's two halves) and
+  `ffn_down_exps`; llama.cpp always renormalises the top k weights (norm_topk_prob).
 - YaRN (olmo2, mistral3): ggml multiplies cos and sin by 1 + 0.1 ln(factor) and `rope.scaling.attn_factor`; mistral3
   reads the betas and `yarn_log_multiplier` (Ministral 3's mscale_all_dim, as HF's ratio of magnitudes), olmo2 neither
   (its betas are 32 and 1).
@@ -58,7 +61,7 @@ SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
 # GGUF architecture -> transformers model_type (Config.hf_model_type); olmo2 with a sliding window is OLMo 3
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3",
                  "smollm3": "smollm3", "mistral3": "ministral3", "olmo2": "olmo2", "qwen35": "qwen3_5_text",
-                 "gemma4": "gemma4_text"}
+                 "gemma4": "gemma4_text", "qwen3moe": "qwen3_moe"}
 INTERLEAVED = ("llama", "smollm3", "mistral3")  # their RoPE kernel rotates adjacent rows: q/k rows interleaved
 SMOLLM3_NOPE_EVERY = 4  # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a constant, not a key
 YARN_ARCHITECTURES = ("olmo2", "mistral3")  # whose YaRN llama.cpp computes as we do (the checks in gguf_export.py)
@@ -119,6 +122,9 @@ TENSOR_NAMES = {
     "transformer.h.{}.per_layer_proj.weight": "blk.{}.proj.weight",
     "transformer.h.{}.per_layer_norm.weight": "blk.{}.post_norm.weight",
     "transformer.wte_per_layer.weight": "per_layer_token_embd.weight",
+    # Qwen3-MoE: the router and the experts' down projections (gate_up_proj is stored as two halves)
+    "transformer.h.{}.mlp.router.weight": "blk.{}.ffn_gate_inp.weight",
+    "transformer.h.{}.mlp.experts.down_proj": "blk.{}.ffn_down_exps.weight",
     "transformer.per_layer_proj.weight": "per_layer_model_proj.weight",
     "transformer.per_layer_norm.weight": "per_layer_proj_norm.weight",
 }
@@ -247,7 +253,7 @@ class GGUFFile:
             moe = " (a mixture of experts)" if "moe" in str(self.arch) else ""
             fail(f"{self.where} holds a {self.arch!r} model{moe}, which cannot be converted. Supported architectures: "
                  "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3, smollm3, mistral3, "
-                 "olmo2 (OLMo 2/3), qwen35, gemma4")
+                 "olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe")
         bad = sorted({t.tensor_type.name for t in self.reader.tensors} - set(SUPPORTED_TYPES))
         if bad:
             fail(f"{self.where} has tensors of type {', '.join(bad)}, which cannot be converted. "
@@ -284,8 +290,8 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     missing = [f"{arch}.{k}" for k in required if key(k) is None]
     if missing:
         fail(f"{where} lacks the metadata {', '.join(missing)}: it is not a complete {arch} GGUF")
-    if key("expert_count", 0):
-        fail(f"{where} is a mixture-of-experts model, which cannot be converted")
+    if key("expert_count", 0) and arch != "qwen3moe":
+        fail(f"{where} is a mixture-of-experts {arch} model, which cannot be converted (of those: qwen3moe)")
     for k in ("attn_logit_softcapping", "final_logit_softcapping"):
         if key(k) and (arch, k) != ("gemma4", "final_logit_softcapping"):  # Gemma 4's is ours
             fail(f"{where} soft-caps its logits ({arch}.{k}={key(k)}), which our model does not support")
@@ -316,7 +322,7 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         qkv_bias=arch == "qwen2", tie_embeddings="output.weight" not in gguf.tensors, norm_class_name="RMSNorm",
         norm_eps=_float32(key("attention.layer_norm_rms_epsilon", 1e-5)), mlp_class_name="LLaMAMLP",
         intermediate_size=key("feed_forward_length"), hf_model_type=ARCHITECTURES[arch],
-        norm_qk=arch in ("qwen3", "olmo2", "qwen35"))
+        norm_qk=arch in ("qwen3", "olmo2", "qwen35", "qwen3moe"))
     unstored = {"hf_model_type"}  # what a matching preset decides (Mistral's is "mistral", llama.cpp's "llama")
     if arch == "gemma3":
         # llama.cpp: 1 / sqrt(head size) scales the queries, 1 / sqrt(n_embd / n_head) for the 62-layer 27B
@@ -342,6 +348,8 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         fields.update(query_scale_beta=_float32(key("attention.temperature_scale", 0.0)))
     elif arch == "gemma4":
         fields.update(_gemma4(gguf, fields, window))
+    elif arch == "qwen3moe":
+        fields.update(_qwen3moe(gguf, fields))
     elif arch == "qwen35":  # Gated DeltaNet layers, a gated full-attention layer every full_attention_interval-th
         ssm = {k: key(f"ssm.{k}") for k in ("conv_kernel", "inner_size", "state_size", "time_step_rank", "group_count")}
         if None in ssm.values() or gguf.get(f"{arch}.attention.recurrent_layers") is not None:
@@ -430,6 +438,20 @@ def _gemma4(gguf: GGUFFile, fields: dict, window: Optional[int]) -> dict:
         final_logit_softcapping=_float32(cap) if cap else None)
 
 
+def _qwen3moe(gguf: GGUFFile, fields: dict) -> dict:
+    """The experts of a qwen3moe file: in every layer (llama.cpp's qwen3moe has no dense ones), the top k of a softmax
+    renormalised (it hardcodes that); their width `expert_feed_forward_length`, else llama.cpp's n_ff / k."""
+    key, where = gguf.hparam, gguf.where
+    n_expert, used = key("expert_count", 0), key("expert_used_count", 0)
+    if not n_expert or not isinstance(used, int) or not 0 < used <= n_expert:
+        fail(f"{where} lacks qwen3moe.expert_count or has an expert_used_count other than one number of at most it "
+             f"({used!r}), which cannot be converted")
+    if key("expert_group_count", 0) > 1:  # llama.cpp routes by groups then, in any architecture
+        fail(f"{where} routes its experts in groups (qwen3moe.expert_group_count), which our model does not support")
+    width = key("expert_feed_forward_length") or fields["intermediate_size"] // used
+    return dict(n_expert=n_expert, n_expert_per_token=used, moe_intermediate_size=width, norm_topk_prob=True)
+
+
 def _stem(gguf: GGUFFile) -> str:
     return re.sub(r"[.\-_](I?Q\d\w*|F16|F32|BF16)$", "", gguf.path.stem, flags=re.IGNORECASE)
 
@@ -445,7 +467,8 @@ def _find_preset(gguf: GGUFFile, config: Config) -> Optional[dict]:
         return re.sub(r"[^0-9a-z.]", "", s.lower())
 
     shape = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "vocab_size",
-             "rope_n_elem", "norm_qk", "post_norms", "qkv_bias", "mlp_class_name")
+             "rope_n_elem", "norm_qk", "post_norms", "qkv_bias", "mlp_class_name", "n_expert", "n_expert_per_token",
+             "moe_intermediate_size")
     presets = {norm(name): preset for name, preset in name_to_config.items()}
     for candidate in filter(None, candidates):
         preset = presets.get(norm(candidate))
@@ -616,6 +639,10 @@ def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
         if arch == "phi3":
             attention = {"attn_output.weight": (q, e), "attn_qkv.weight": (e, q + 2 * kv)}
             mlp = {"ffn_down.weight": (f, e), "ffn_up.weight": (e, 2 * f)}
+        if c.is_sparse(i):  # (columns, rows, experts)
+            E, m = c.n_expert, c.moe_intermediate_size
+            mlp = {"ffn_gate_inp.weight": (e, E), "ffn_gate_exps.weight": (e, m, E), "ffn_up_exps.weight": (e, m, E),
+                   "ffn_down_exps.weight": (m, e, E)}
         if c.qkv_bias:
             attention.update({f"{QKV_NAMES[p]}.bias": (n,) for p, n in parts.items()})
         if c.norm_qk:
@@ -684,6 +711,9 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
         if gguf.arch == "phi3":  # rows [gate | up], as Hugging Face's gate_up_proj
             gate, up = gguf.tensor(b + "ffn_up.weight").chunk(2)
             state[p + "mlp.fc_1.weight"], state[p + "mlp.fc_2.weight"] = gate.to(dtype), up.to(dtype)
+        if c.is_sparse(i):  # (E, 2 I, D): each expert's gate rows, then its up rows
+            state[p + "mlp.experts.gate_up_proj"] = torch.cat(
+                [gguf.tensor(f"{b}ffn_{part}_exps.weight") for part in ("gate", "up")], dim=1).to(dtype)
     unused = unused_tensors(c)
     for ours, name in tensor_names(gguf.arch).items():
         for i in range(c.n_layer) if "{}" in ours else [None]:

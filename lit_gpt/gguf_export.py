@@ -16,6 +16,9 @@ converter (convert_hf_to_gguf.py) lays out the same model, so llama.cpp, Ollama 
   1e30 for the others: they stand still); no `attn_v` where the values are the keys' projection, no keys and values in
   the layers that reuse them; the per-layer inputs, the layer scalars, the final logit softcapping (0 for none: without
   the key llama.cpp caps at 30). llama.cpp hardcodes the attention scale 1, the value norm and the layers reused.
+- qwen3moe (Qwen3-MoE): Qwen3's attention; the router `ffn_gate_inp` (F32, as llama.cpp's converter keeps it), the
+  experts 3-D `ffn_gate_exps` / `ffn_up_exps` (our gate_up_proj's halves) and `ffn_down_exps`. Every layer must be
+  sparse and the top k renormalised (norm_topk_prob): llama.cpp's qwen3moe has no dense layers and hardcodes that.
 - qwen2, qwen3, gemma3, phi3: q/k rows as ours. Gemma's norms stored as 1 + weight; Phi-3's q/k/v and gate/up fused;
   its LongRoPE factors as `rope_factors_long/short` tensors (llama.cpp picks one set per context size, not per
   position as we do: the long factors when the context exceeds the original one).
@@ -29,6 +32,9 @@ tensor of the base GGUF, scaled by llama.cpp with `adapter.lora.alpha` / r: our 
 per attn_q/attn_k/attn_v (lora_b rows interleaved like the base's for llama, smollm3, mistral3). Phi-3's fused attn_qkv
 and ffn_up take one pair of rank k * r (A stacked, B block-diagonal and multiplied by k, as llama.cpp divides by the
 rank it sees). Qwen3.5's DeltaNet adapters keep their pairs, the value heads of B's rows (ssm_out: A's columns) tiled.
+Expert adapters (PEFT's target_parameters layout, A (E r, in), B (out, r E)) become 3-D pairs, which llama.cpp applies
+per expert with the experts' own matmul: lora_a (E, r, in), lora_b (E, out, r); gate_up's pair is one for
+ffn_gate_exps and one for ffn_up_exps, the same A with B's gate rows and B's up rows.
 """
 
 import json
@@ -87,10 +93,11 @@ def gguf_architecture(config: Config, what: str) -> str:
     arch = GGUF_ARCHITECTURES.get(config.hf_model_type)
     if arch is None:
         fail(f"{what} is a {config.hf_model_type} model, which has no llama.cpp architecture we export. Exported: "
-             "llama, qwen2, qwen3, gemma3, phi3, smollm3, mistral3, olmo2 (OLMo 2/3), qwen35, gemma4")
+             "llama, qwen2, qwen3, gemma3, phi3, smollm3, mistral3, olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe")
     c, scaling = config, config.rope_scaling or {}
     kind, every = scaling.get("type"), c.nope_layer_every
-    rope_kinds = {"llama": ("linear", "llama3"), "qwen2": ("linear",), "qwen3": ("linear",), "gemma3": ("linear",),
+    rope_kinds = {"llama": ("linear", "llama3"), "qwen2": ("linear",), "qwen3": ("linear",), "qwen3moe": ("linear",),
+                  "gemma3": ("linear",),
                   "phi3": ("linear", "longrope"), "olmo2": ("yarn",), "mistral3": ("yarn",),
                   "gemma4": ("proportional",)}
     problems = {
@@ -100,7 +107,7 @@ def gguf_architecture(config: Config, what: str) -> str:
         "RoPE on part of each head": c.rope_n_elem != c.head_size and arch not in ("phi3", "qwen35"),
         # what only some architectures have, and those require (Gemma's (1 + w) norms are stored as 1 + w: any can)
         "q/k norms" if c.norm_qk else "no q/k norms":
-            c.norm_qk != (arch in ("qwen3", "gemma3", "olmo2", "qwen35", "gemma4")),
+            c.norm_qk != (arch in ("qwen3", "gemma3", "olmo2", "qwen35", "gemma4", "qwen3moe")),
         "q/k norms over all heads" if c.norm_qk_all_heads else "q/k norms per head":
             c.norm_qk and c.norm_qk_all_heads != (arch == "olmo2"),
         "norms after the attention and MLP" if c.post_norms else "no norms after the attention and MLP":
@@ -117,6 +124,7 @@ def gguf_architecture(config: Config, what: str) -> str:
             every != (SMOLLM3_NOPE_EVERY if arch == "smollm3" else 0),
         "query scaling": c.query_scale_beta and arch != "mistral3",
         "an attention scalar": c.attention_scalar not in (None, c.head_size) and arch not in ("gemma3", "gemma4"),
+        "experts" if c.n_expert else "no experts": bool(c.n_expert) != (arch == "qwen3moe"),
     }
     if arch != "gemma4":  # what Gemma 4 alone has
         problems.update({
@@ -157,7 +165,15 @@ def gguf_architecture(config: Config, what: str) -> str:
         problems.update({"linear-attention key and value heads of different sizes":
                              c.linear_key_head_size != c.linear_value_head_size,
                          "only linear-attention layers": c.global_layer_every == 0})
-    if arch in ("smollm3", "mistral3", "qwen35", "qwen3", "qwen2") and c.sliding_window is not None:
+    if arch == "qwen3moe" and c.n_expert:  # llama.cpp: experts in every layer, the top k of a softmax renormalised
+        problems.update({
+            f"dense layers {[i for i in range(c.n_layer) if not c.is_sparse(i)]} (decoder_sparse_step, "
+            "mlp_only_layers)": not all(c.is_sparse(i) for i in range(c.n_layer)),
+            "the top k expert weights not renormalised (norm_topk_prob false)": not c.norm_topk_prob,
+            "another router or expert layout than Qwen3-MoE's": c.router_bias or c.router_norm
+            or c.router_scoring != "softmax_topk" or c.moe_activation != "silu" or c.moe_transposed
+            or c.moe_interleaved or c.moe_bias or bool(c.moe_shared_intermediate_size)})
+    if arch in ("smollm3", "mistral3", "qwen35", "qwen3", "qwen2", "qwen3moe") and c.sliding_window is not None:
         problems["a sliding window"] = True
     if c.query_scale_beta and arch == "mistral3" and not scaling.get("original_max_position_embeddings"):
         problems["query scaling without YaRN's original context"] = True
@@ -215,7 +231,7 @@ def model_metadata(config: Config, arch: str) -> dict:
         meta["rope.dimension_count"] = c.rope_n_elem
     if arch in INTERLEAVED:
         meta["vocab_size"] = c.padded_vocab_size
-    if arch in ("qwen3", "gemma3", "qwen35") or c.head_size != c.n_embd // c.n_head:
+    if arch in ("qwen3", "gemma3", "qwen35", "qwen3moe") or c.head_size != c.n_embd // c.n_head:
         meta.update({"attention.key_length": c.head_size, "attention.value_length": c.head_size})
     scaling = c.rope_scaling or {}
     if scaling.get("type") == "linear":
@@ -252,6 +268,9 @@ def model_metadata(config: Config, arch: str) -> dict:
             c.rope_local_base if c.rope_local_base is not None else c.rope_base)})
     if arch == "gemma4":
         meta.update(gemma4_metadata(c))
+    if arch == "qwen3moe":
+        meta.update({"expert_count": c.n_expert, "expert_used_count": c.n_expert_per_token,
+                     "expert_feed_forward_length": c.moe_intermediate_size})
     if arch == "phi3":
         meta["attention.sliding_window"] = c.sliding_window or 0
     return meta
@@ -311,6 +330,12 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
                 shape = tuple(state[key].shape[:1]) + tuple(state[key].shape[2 if ours == "conv.weight" else 1:])
                 add(b + name, lambda key=key, ours=ours: deltanet_to_gguf(ours, state[key].float(), c), shape)
             continue
+        if c.is_sparse(i):  # gate_up_proj (E, 2 I, D): each expert's gate rows, then its up rows
+            E, m = c.n_expert, c.moe_intermediate_size
+            for j, part in enumerate(("gate", "up")):
+                add(f"{b}ffn_{part}_exps.weight",
+                    lambda p=p, j=j: state[p + "mlp.experts.gate_up_proj"][:, j * m:(j + 1) * m].float(),
+                    (E, m, c.n_embd))
         if arch == "phi3":
             add(b + "attn_qkv.weight", rows(p + "attn.qkv.weight", 0, q + 2 * kv), (q + 2 * kv, c.n_embd))
             add(b + "ffn_up.weight", lambda p=p: torch.cat([state[f"{p}mlp.fc_{j}.weight"].float() for j in (1, 2)]),
@@ -342,15 +367,16 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
 
 def write_gguf(out: Path, arch: str, metadata: dict, tensors: List[Tuple[str, Tuple[int, ...], Callable]],
                qtype: str, file_type: str) -> None:
-    """Streams the tensors into `out` one at a time: 2-D weights in `qtype` (F16 where a row does not fill whole
-    quantization blocks, as llama.cpp's converter does), the rest in F32. Written to a temporary file next to `out`,
-    renamed onto it at the end; nothing is left behind on an error."""
+    """Streams the tensors into `out` one at a time: 2-D and 3-D (experts) weights in `qtype` (F16 where a row does not
+    fill whole quantization blocks, as llama.cpp's converter does), the rest and the router in F32. Written to a
+    temporary file next to `out`, renamed onto it at the end; nothing is left behind on an error."""
     import gguf
     from gguf.constants import GGML_QUANT_SIZES
 
     types = []
     for name, shape, _ in tensors:
-        kind = gguf.GGMLQuantizationType[qtype if len(shape) == 2 else "F32"]
+        weight = len(shape) in (2, 3) and not name.endswith("ffn_gate_inp.weight")
+        kind = gguf.GGMLQuantizationType[qtype if weight else "F32"]
         if shape[-1] % GGML_QUANT_SIZES[kind][0]:
             kind = gguf.GGMLQuantizationType.F16
         types.append(kind)
@@ -581,6 +607,26 @@ def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: s
         else:
             name = tensor_names(arch)[(module + ".weight").replace(f".{i}.", ".{}.") if i else module + ".weight"]
             yield from lora_pair(name.format(i), *pairs[""])
+    yield from expert_lora_tensors(adapter, config)
+
+
+def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:
+    """The experts' adapters as 3-D pairs: lora_a (E, r, in), lora_b (E, out, r), scaled by llama.cpp with alpha / r
+    as ours; gate_up's A shared by the ffn_gate_exps and ffn_up_exps pairs, B split in its gate and up rows."""
+    E, m = config.n_expert, config.moe_intermediate_size
+    for module in dict.fromkeys(k.rsplit(".lora_A_", 1)[0] for k in adapter if ".experts.lora_A_" in k):
+        i = module.split(".")[2]
+        for tensor in ("gate_up", "down"):
+            if f"{module}.lora_A_{tensor}" not in adapter:
+                continue
+            A, B = adapter[f"{module}.lora_A_{tensor}"].float(), adapter[f"{module}.lora_B_{tensor}"].float()
+            r = A.size(0) // E
+            A, B = A.view(E, r, A.size(1)), B.view(B.size(0), r, E).permute(2, 0, 1)  # B's columns rank-major
+            if tensor == "down":
+                yield from lora_pair(f"blk.{i}.ffn_down_exps.weight", A, B)
+            else:
+                for j, part in enumerate(("gate", "up")):
+                    yield from lora_pair(f"blk.{i}.ffn_{part}_exps.weight", A, B[:, j * m:(j + 1) * m])
 
 
 def adapter_pair(adapter: Dict[str, torch.Tensor], module: str) -> Tuple[torch.Tensor, torch.Tensor]:

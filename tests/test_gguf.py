@@ -375,8 +375,11 @@ def test_tiny_sentencepiece_tokenizer_matches_sentencepiece_and_transformers(tmp
 REFUSED = {
     "gpt2_arch": (dict(arch="gpt2"), "holds a 'gpt2' model, which cannot be converted"),
     "bert_arch": (dict(arch="bert"), "holds a 'bert' model"),
-    "qwen3moe_arch": (dict(arch="qwen3moe"), "holds a 'qwen3moe' model \\(a mixture of experts\\)"),
-    "moe": (dict(metadata={"llama.expert_count": 8}), "is a mixture-of-experts model"),
+    "qwen2moe_arch": (dict(arch="qwen2moe"), "holds a 'qwen2moe' model \\(a mixture of experts\\)"),
+    "moe": (dict(metadata={"llama.expert_count": 8}), "is a mixture-of-experts llama model, .* \\(of those: qwen3moe"),
+    "qwen3moe_no_experts": (dict(arch="qwen3moe"), "lacks qwen3moe.expert_count"),
+    "qwen3moe_groups": (dict(arch="qwen3moe", metadata={"qwen3moe.expert_count": 8, "qwen3moe.expert_used_count": 2,
+                                                        "qwen3moe.expert_group_count": 2}), "routes its experts in"),
     "yarn": (dict(metadata={"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0}),
              "RoPE scaling of type 'yarn'"),
     "rope_freqs": (dict(extra_tensors={"rope_freqs.weight": np.linspace(1, 3, 8) ** 2}),

@@ -256,6 +256,10 @@ FAMILIES = {
                                                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                                                final_logit_softcapping=3.0, rope_parameters=GEMMA4_ROPE,
                                                tie_word_embeddings=False)),
+    # Qwen3-MoE as llama.cpp's qwen3moe runs it: experts in every layer, the top k renormalised
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
+                                         num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                                         tie_word_embeddings=False)),
 }
 
 
@@ -411,6 +415,31 @@ def test_gemma4_export_is_what_llama_cpps_converter_writes(tmp_path):
                 "blk.0.post_norm.weight": (64,)}
 
 
+def test_qwen3moe_export_is_what_llama_cpps_converter_writes(tmp_path):
+    """Qwen3-MoE's keys as llama.cpp's converter (Qwen2MoeModel's) writes them, and its tensors: the router
+    `ffn_gate_inp` (E rows) kept in F32, the experts 3-D in the outtype, gate_up_proj as its gate and up halves;
+    converted back, the same weights."""
+    _, checkpoint_dir = family_dir(tmp_path, "qwen3_moe")
+    fields, tensors = gguf_contents(export_gguf(checkpoint_dir, tmp_path / "out.gguf", "f16"))
+    key = {k.removeprefix("qwen3moe."): v for k, v in fields.items()}
+    assert {k: key[k] for k in ("expert_count", "expert_used_count", "expert_feed_forward_length",
+                                "feed_forward_length", "attention.key_length")} == {
+        "expert_count": (["UINT32"], 8), "expert_used_count": (["UINT32"], 2),
+        "expert_feed_forward_length": (["UINT32"], 32), "feed_forward_length": (["UINT32"], 128),
+        "attention.key_length": (["UINT32"], 16)}
+    assert {n: t[:2] for n, t in tensors.items() if n.startswith("blk.1.ffn")} == {
+        "blk.1.ffn_norm.weight": ("F32", (64,)), "blk.1.ffn_gate_inp.weight": ("F32", (64, 8)),
+        "blk.1.ffn_gate_exps.weight": ("F16", (64, 32, 8)), "blk.1.ffn_up_exps.weight": ("F16", (64, 32, 8)),
+        "blk.1.ffn_down_exps.weight": ("F16", (32, 64, 8))}
+    state = lazy_load(checkpoint_dir / "lit_model.pth")
+    gate_up = state["transformer.h.1.mlp.experts.gate_up_proj"]
+    np.testing.assert_array_equal(tensors["blk.1.ffn_up_exps.weight"][2], gate_up[:, 32:].half().float().numpy())
+    back = lazy_load(convert_gguf(tmp_path / "out.gguf", tmp_path / "back") / "lit_model.pth")
+    assert back.keys() == state.keys()
+    torch.testing.assert_close(back["transformer.h.1.mlp.experts.gate_up_proj"], gate_up.half().float())
+    torch.testing.assert_close(back["transformer.h.1.mlp.router.weight"], state["transformer.h.1.mlp.router.weight"])
+
+
 def test_gemma4_import_reads_llama_cpps_defaults_and_skips_unused_tensors(tmp_path):
     """A Gemma 4 GGUF as llama.cpp's converter writes it from a transformers checkpoint keeps the (unused) keys, values
     and key norms of the layers that reuse an earlier layer's: they are skipped. Without layer_output_scale tensors
@@ -483,6 +512,12 @@ FAMILY_REFUSALS = {
                     "RoPE scaling 'yarn'"),
     "softcapping-elsewhere": ("olmo2", dict(final_logit_softcapping=30.0), "final logit softcapping"),
     "value-norm-elsewhere": ("ministral3", dict(norm_v=True), "a value norm"),
+    # llama.cpp's qwen3moe: experts in every layer, the top k renormalised, a plain softmax router
+    "qwen3moe-dense-layer": ("qwen3_moe", dict(moe_dense_layers=[0]), "dense layers \\[0\\]"),
+    "qwen3moe-sparse-step": ("qwen3_moe", dict(moe_sparse_step=2), "dense layers \\[0\\] \\(decoder_sparse_step"),
+    "qwen3moe-unnormalised": ("qwen3_moe", dict(norm_topk_prob=False), "the top k expert weights not renormalised"),
+    "qwen3moe-router": ("qwen3_moe", dict(router_scoring="topk_softmax"), "another router or expert layout"),
+    "experts-elsewhere": ("qwen3_5", dict(n_expert=4, n_expert_per_token=2, moe_intermediate_size=8), "experts"),
 }
 
 
@@ -545,7 +580,8 @@ def test_tiny_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, 
             assert max(abs(lp - ours[t, i].item()) for i, lp in top.items()) < 1e-3  # measured: 4e-4 (Gemma)
 
 
-@pytest.mark.parametrize("family", ["smollm3", "olmo3", "qwen3_5", "ministral3", "gemma4", "gemma4-k_eq_v"])
+@pytest.mark.parametrize("family", ["smollm3", "olmo3", "qwen3_5", "ministral3", "gemma4", "gemma4-k_eq_v",
+                                    "qwen3_moe"])
 def test_family_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, family):
     """Every linear adapted (Qwen3.5's DeltaNet projections too, their value heads tiled as the base's; Gemma 4's
     queries alone in the layers reusing keys and values, no value adapter where v = k; the head where it is not tied):
@@ -568,6 +604,34 @@ def test_family_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path
                 worst = max(worst, *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
     print(f"{family} LoRA: llama.cpp vs our merged model, max |log-prob difference| {worst:.1e}")
     assert worst < TOLERANCES.get(family, 1e-4)
+
+
+def test_expert_lora_gguf_is_3d_and_applied_by_llama_cpp(tmp_path):
+    """Qwen3-MoE with only the experts adapted (PEFT's target_parameters layout): 3-D pairs, lora_a (in, r, E) and
+    lora_b (r, out, E) in GGUF order, gate_up's as one pair for ffn_gate_exps and one for ffn_up_exps; llama.cpp
+    applies them per expert (its experts' matmul) and decodes as our merged model (measured: log-probs within
+    2.3e-6), not as the base."""
+    _, checkpoint_dir = family_dir(tmp_path, "qwen3_moe")
+    lora = LoRAConfig(r=3, alpha=6, query=False, key=False, value=False, projection=False, mlp=False, head=False)
+    merged = finetune_out_dir(tmp_path / "lora", checkpoint_dir, lora)
+    base = export_gguf(checkpoint_dir, tmp_path / "base.gguf", "f32")
+    adapter = export_lora_gguf(load_lora_run(tmp_path / "lora"), tmp_path / "adapter.gguf")
+    tensors = gguf_contents(adapter, values=False)[1]
+    assert {n: s for n, (_, s, _) in tensors.items() if n.startswith("blk.0.")} == {
+        "blk.0.ffn_gate_exps.weight.lora_a": (64, 3, 8), "blk.0.ffn_gate_exps.weight.lora_b": (3, 32, 8),
+        "blk.0.ffn_up_exps.weight.lora_a": (64, 3, 8), "blk.0.ffn_up_exps.weight.lora_b": (3, 32, 8),
+        "blk.0.ffn_down_exps.weight.lora_a": (32, 3, 8), "blk.0.ffn_down_exps.weight.lora_b": (3, 64, 8)}
+    banned, worst = banned_ids(checkpoint_dir), 0.0
+    with_lora, without = LlamaCpp(base, banned, lora=adapter), load(checkpoint_dir)
+    for ids in ([5, 17, 42, 99], [200, 3, 3, 7, 150, 11]):
+        expected = ours_greedy(merged, ids, 24, banned)
+        assert with_lora.greedy(ids, 24) == expected, ids
+        assert ours_greedy(without, ids, 24, banned) != expected
+        ours = ours_logprobs(merged, ids + expected, len(ids))
+        for t, top in enumerate(with_lora.logprobs(ids + expected, len(ids))):
+            worst = max(worst, *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
+    print(f"Qwen3-MoE expert LoRA: llama.cpp vs our merged model, max |log-prob difference| {worst:.1e}")
+    assert worst < 1e-4
 
 
 def test_lora_on_a_tied_lm_head_is_refused(tmp_path):
