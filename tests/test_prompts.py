@@ -2197,7 +2197,8 @@ def test_harmony_answers_are_parsed_as_the_template_reads_them() -> None:
     assert harmony_answer("<|channel|>final<|message|>81.") == ("", "81.")
     assert harmony_answer(" It is 81. ") == ("", " It is 81. ")
     assert harmony_answer("<|channel|>analysis<|message|>9 * 9 is") == ("9 * 9 is", "")
-    with pytest.raises(TemplateError, match=re.escape("<|channel|> tags in the content field")):  # why answers are parsed
+    # why the style parses answers: the template refuses channels in a message's content
+    with pytest.raises(TemplateError, match=re.escape("<|channel|> tags in the content field")):
         transformers_render(GPT_OSS_CHAT_TEMPLATE, chat_messages([("Hi", HARMONY_ANSWER)], "Hi"))
 
 
