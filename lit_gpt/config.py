@@ -814,13 +814,23 @@ for (_size, _n_layer, _n_embd, _n_head, _groups, _global_groups, _inter, _window
                             per_layer_embd=_per_layer, kv_shared_layers=_shared, double_wide_mlp=_size == "E2B"))
 
 ############
-# Qwen3-MoE (lit_gpt/moe.py): Qwen3's attention, every layer's MLP 128 experts of 768 of which 8 per token (the
-# top 8 of a softmax, renormalised); config.json of Qwen/Qwen3-30B-A3B (no dense layers: its intermediate_size 6144
-# is unused)
+# Qwen3-MoE (lit_gpt/moe.py): Qwen3's attention (q/k norms, head_size 128, 4 kv heads), every layer's MLP 128 experts
+# of which 8 per token (the top 8 of a softmax, renormalised), untied; no dense layers, so intermediate_size is unused.
+# config.json of Qwen/Qwen3-30B-A3B and -235B-A22B: 40K context, RoPE base 1M. The 2507 updates (Instruct: no
+# thinking; Thinking: always) are their base's architecture with a 256K context and RoPE base 10M (30B-A3B, read
+# from Thinking-2507's config.json) or 5M (235B-A22B, from a copy of a 2507 config.json)
 ############
-configs.append(dict(_llama, name="Qwen3-30B-A3B", hf_config=dict(org="Qwen", name="Qwen3-30B-A3B"), block_size=40960,
-                    vocab_size=151936, padding_multiple=1, n_layer=48, n_embd=2048, n_head=32, n_query_groups=4,
-                    head_size=128, intermediate_size=6144, rope_base=1000000, norm_eps=1e-6, norm_qk=True,
-                    n_expert=128, n_expert_per_token=8, moe_intermediate_size=768, hf_model_type="qwen3_moe"))
+for _size, _n_layer, _n_embd, _n_head, _inter, _moe_inter, _rope_2507 in [
+    ("30B-A3B", 48, 2048, 32, 6144, 768, 10000000),
+    ("235B-A22B", 94, 4096, 64, 12288, 1536, 5000000),
+]:
+    for _kind in ("", "-Instruct-2507", "-Thinking-2507"):
+        _name = f"Qwen3-{_size}{_kind}"
+        configs.append(dict(_llama, name=_name, hf_config=dict(org="Qwen", name=_name),
+                            block_size=262144 if _kind else 40960, vocab_size=151936, padding_multiple=1,
+                            n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head, n_query_groups=4, head_size=128,
+                            intermediate_size=_inter, rope_base=_rope_2507 if _kind else 1000000, norm_eps=1e-6,
+                            norm_qk=True, n_expert=128, n_expert_per_token=8, moe_intermediate_size=_moe_inter,
+                            hf_model_type="qwen3_moe"))
 
 name_to_config = {c["name"]: c for c in configs}

@@ -188,6 +188,14 @@ def _split_reasoning(answer: str) -> Tuple[str, str]:
             answer.split("</think>")[-1].lstrip("\n"))
 
 
+class Qwen3Instruct2507(ChatML):
+    """Qwen3-*-Instruct-2507 (the non-thinking 2507 models): ChatML without a default system turn, every message as it
+    is (the template neither strips nor parses "<think>"); the answer ends with <|im_end|> (the tokenizer's eos)."""
+
+    name = "qwen3-instruct-2507"
+    system = ""
+
+
 class Qwen3(ChatML):
     """Qwen3 (the hybrid thinking models): ChatML without a default system turn, rendered as the template does by
     default (thinking enabled): the prompt ends with "<|im_start|>assistant\n" and the model writes
@@ -564,6 +572,78 @@ class OLMo3Think32B(OLMo3Think):
     system = "You are a helpful AI assistant."
 
 
+def harmony_answer(text: str) -> Tuple[str, str]:
+    """(reasoning, final text) of an answer in the harmony format: the final text follows the last
+    "<|channel|>final<|message|>", the reasoning is that of the "<|channel|>analysis<|message|>" message before it
+    (up to its "<|end|>"). An answer cut off in its reasoning has no final text; one without channels (plain answers
+    in training data) is all final text."""
+    final, analysis = "<|channel|>final<|message|>", "<|channel|>analysis<|message|>"
+    if final in text:
+        before, _, text = text.rpartition(final)
+    elif analysis in text:
+        before, text = text, ""
+    else:
+        return "", text
+    _, found, reasoning = before.partition(analysis)
+    return (reasoning.partition("<|end|>")[0] if found else ""), text
+
+
+class GptOss(ChatStyle):
+    """gpt-oss-20b / -120b (OpenAI's harmony format, as their chat template writes it): messages
+    "<|start|>{role}<|message|>{text}<|end|>", the texts as they are, after a system message the template always
+    writes (the model identity, "Knowledge cutoff: 2024-06", the current date, "Reasoning: medium", the valid
+    channels). A system message becomes the developer message "# Instructions\\n\\n{text}\\n\\n". The prompt for an
+    answer ends with "<|start|>assistant"; the model writes its reasoning as
+    "<|channel|>analysis<|message|>...<|end|><|start|>assistant", then "<|channel|>final<|message|>{answer}" and
+    <|return|>. Earlier answers keep only their final text (`harmony_answer`), ended by <|end|>; the final answer of a
+    finished conversation keeps its reasoning and ends with <|return|>. Plain answers (training data) get the final
+    channel (response_prefix). The template dates the prompt with the current day: this style writes 2025-08-05 (the
+    release), so a prompt does not change with the day. No BOS."""
+
+    name = "gpt-oss"
+    date = "2025-08-05"
+    reasoning = "medium"  # the template's default reasoning_effort
+    response_prefix = "<|channel|>final<|message|>"
+    answer_end = "<|return|>"
+    # <|return|> ends the answer, <|call|> a tool call; <|end|> only ends a message (the reasoning), so it is no stop
+    stop_strings = ("<|return|>", "<|call|>")
+
+    def conversation_pieces(self, turns: Sequence[Tuple[str, str]], message: Optional[str] = None,
+                            system: Optional[str] = None) -> list[str]:
+        head = ("<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+                f"Knowledge cutoff: 2024-06\nCurrent date: {self.date}\n\nReasoning: {self.reasoning}\n\n"
+                "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>")
+        if system:
+            head += f"<|start|>developer<|message|># Instructions\n\n{system}\n\n<|end|>"
+        last = len(turns) - 1 if message is None else None  # the answer the template writes whole, with <|return|>
+        answers = []
+        for i, (_, answer) in enumerate(turns):
+            reasoning, text = harmony_answer(answer)
+            final = f"{self.response_prefix}{text}"
+            if i != last:
+                answers.append(final + "<|end|>")
+            elif reasoning:
+                answers.append(f"<|channel|>analysis<|message|>{reasoning}<|end|><|start|>assistant{final}<|return|>")
+            else:
+                answers.append(final + "<|return|>")
+        return _join_turns(head, [f"<|start|>user<|message|>{user}<|end|><|start|>assistant"
+                                  for user in _users(turns, message)], answers, "")
+
+
+class GptOssLow(GptOss):
+    """gpt-oss with the template's reasoning_effort="low": "Reasoning: low" in the system message."""
+
+    name = "gpt-oss-low"
+    reasoning = "low"
+
+
+class GptOssHigh(GptOss):
+    """gpt-oss with the template's reasoning_effort="high": "Reasoning: high" in the system message."""
+
+    name = "gpt-oss-high"
+    reasoning = "high"
+
+
 class FalconInstruct(PromptStyle):
     """falcon-7b-instruct: TII publishes no prompt format; this style uses "User: ...\\nFalcon:" turns. The model
     seldom emits eos, so a new "\\nUser:" line also ends an answer."""
@@ -577,14 +657,16 @@ class FalconInstruct(PromptStyle):
 
 
 prompt_styles = {cls.name: cls for cls in (Alpaca, QA, ChatML, Llama2Chat, TinyLlamaChat, FalconInstruct, Llama31,
-                                            Qwen25, Qwen3, Qwen3NoThink, Qwen35, Qwen35NoThink, Gemma3, Gemma4,
-                                            Gemma4Think, Gemma4NoThink, Phi3, Phi4Mini, MistralNemo, SmolLM3,
-                                            SmolLM3NoThink, OLMo2, OLMo3, OLMo31, OLMo3Think, OLMo3Think32B)}
+                                            Qwen25, Qwen3, Qwen3NoThink, Qwen3Instruct2507, Qwen35, Qwen35NoThink,
+                                            Gemma3, Gemma4, Gemma4Think, Gemma4NoThink, Phi3, Phi4Mini, MistralNemo,
+                                            SmolLM3, SmolLM3NoThink, OLMo2, OLMo3, OLMo31, OLMo3Think, OLMo3Think32B,
+                                            GptOss, GptOssLow, GptOssHigh)}
 # for script flags (jsonargparse shows the choices in --help)
 PromptStyleName = Literal["alpaca", "qa", "chatml", "llama2-chat", "tinyllama-chat", "falcon-instruct", "llama3.1",
-                          "qwen2.5", "qwen3", "qwen3-nothink", "qwen3.5", "qwen3.5-nothink", "gemma3", "gemma4",
-                          "gemma4-think", "gemma4-nothink", "phi3", "phi4-mini", "mistral-nemo", "smollm3",
-                          "smollm3-nothink", "olmo2", "olmo3", "olmo3.1", "olmo3-think", "olmo3-32b-think"]
+                          "qwen2.5", "qwen3", "qwen3-nothink", "qwen3-instruct-2507", "qwen3.5", "qwen3.5-nothink",
+                          "gemma3", "gemma4", "gemma4-think", "gemma4-nothink", "phi3", "phi4-mini", "mistral-nemo",
+                          "smollm3", "smollm3-nothink", "olmo2", "olmo3", "olmo3.1", "olmo3-think", "olmo3-32b-think",
+                          "gpt-oss", "gpt-oss-low", "gpt-oss-high"]
 assert list(get_args(PromptStyleName)) == list(prompt_styles)
 
 # chat presets (lit_gpt/config.py names) -> the template they were trained with; every other model gets "alpaca"
@@ -596,6 +678,8 @@ _chat_models = [
     (r"Llama-3\.[123]-[0-9.]+B-Instruct", "llama3.1"),
     (r"Qwen2\.5-[0-9.]+B-Instruct", "qwen2.5"),
     (r"Qwen3-[0-9.]+B(-A[0-9.]+B)?", "qwen3"),  # hybrid thinking models; the base ones are "Qwen3-*B-Base"
+    (r"Qwen3-[0-9.]+B(-A[0-9.]+B)?-Instruct-2507", "qwen3-instruct-2507"),
+    # Qwen3-*-Thinking-2507: not mapped, their template (the prompt opens "<think>") was not found verbatim
     (r"Qwen3\.5-(0\.8|2)B", "qwen3.5-nothink"),  # their template thinks only when asked to
     (r"Qwen3\.5-[0-9.]+B(-A[0-9.]+B)?", "qwen3.5"),  # the base ones are "Qwen3.5-*B-Base"
     (r"gemma-3-[0-9]+[mb]-it", "gemma3"),
@@ -610,6 +694,7 @@ _chat_models = [
     (r"Olmo-3\.1-32B-Instruct", "olmo3.1"),
     (r"Olmo-3-7B-Think", "olmo3-think"),
     (r"Olmo-3-32B-Think", "olmo3-32b-think"),  # Olmo-3.1-32B-Think's template is not known: not mapped
+    (r"gpt-oss-[0-9]+b", "gpt-oss"),
 ]
 
 

@@ -37,9 +37,9 @@ PUBLISHED = {
     **{f"Qwen3-{size}": sizes for size, sizes in (
         ("0.6B", ("0.6B", "0.44B")), ("1.7B", ("1.7B", "1.4B")), ("4B", ("4.0B", "3.6B")),
         ("8B", ("8.2B", "6.95B")), ("14B", ("14.8B", "13.2B")), ("32B", ("32.8B", "31.2B")))},
-    # card: 30.5B in total, 29.9B non-embedding; its "3.3B activated" is 3.35B by our count (the total less the 120
-    # unused experts' weights per layer): the card truncates, `matches` would not accept it
-    "Qwen3-30B-A3B": ("30.5B", "29.9B"),
+    # Qwen3-MoE cards ("30.5B in total", "Non-Embedding: 29.9B"; "235B in total", "234B"), the 2507 ones as their base's
+    **{f"Qwen3-{size}{kind}": sizes for kind in ("", "-Instruct-2507", "-Thinking-2507")
+       for size, sizes in (("30B-A3B", ("30.5B", "29.9B")), ("235B-A22B", ("235B", "234B")))},
     # Gemma 3: 270m HF and card; the others the Gemma 3 technical report (table 1), whose 4b/12b/27b totals
     # include the vision encoder
     "gemma-3-270m": ("268M", "100M"), "gemma-3-270m-it": ("268M", "100M"),
@@ -79,6 +79,12 @@ ENCODERS = {f"gemma-4-{size}{kind}": ("150M", "300M") for size in ("E2B", "E4B")
 NOT_PUBLISHED = {"stablelm-base-alpha-3b", "stablelm-base-alpha-7b", "pythia-14m", "pythia-31m"}
 
 
+# mixture-of-experts preset -> the activated parameters its model card states ("... and 3.3B activated")
+ACTIVE = {f"Qwen3-{size}{kind}": active for kind in ("", "-Instruct-2507", "-Thinking-2507")
+          for size, active in (("30B-A3B", "3.3B"), ("235B-A22B", "22B"))}
+# cards whose figure is our count cut to its digits, not rounded: Qwen3-30B-A3B's "3.3B" of 3,353,032,704
+CUT = {name for name in ACTIVE if name.startswith("Qwen3-30B-A3B")}
+
 SCALE = {"M": 1e6, "B": 1e9}
 
 
@@ -91,6 +97,24 @@ def matches(count: float, published: str) -> bool:
     """`count` agrees with a published "8.03B" or "268M": within 1% or half a unit of its last digit."""
     unit = 10.0 ** -len(published[:-1].partition(".")[2]) * SCALE[published[-1]]
     return abs(count - value(published)) <= max(0.01 * value(published), unit / 2)
+
+
+def cut_to(count: float, published: str) -> bool:
+    """`count` cut (not rounded) to the digits of a published "3.3B" is that figure."""
+    unit = 10.0 ** -len(published[:-1].partition(".")[2]) * SCALE[published[-1]]
+    return int(count // unit) == round(value(published) / unit)
+
+
+def active_parameters(model: GPT) -> int:
+    """The parameters one token goes through: all but, in each mixture-of-experts layer, the weights of the experts
+    the router does not pick (the shared expert and the router count)."""
+    k, unused = model.config.n_expert_per_token, 0
+    for module in model.modules():
+        experts = getattr(module, "gate_up_proj", None)
+        if isinstance(experts, torch.nn.Parameter):
+            n_expert = experts.shape[0]
+            unused += sum(p.numel() for p in module.parameters(recurse=False)) * (n_expert - k) // n_expert
+    return num_parameters(model) - unused
 
 
 def meta_model(name: str) -> GPT:
@@ -116,6 +140,24 @@ def test_parameter_count_matches_the_published_size(name: str) -> None:
         (non_embedding, published_non_embedding)
 
 
+def test_every_mixture_of_experts_preset_has_a_published_active_size() -> None:
+    assert {name for name, c in name_to_config.items() if c.get("n_expert")} == set(ACTIVE)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_active_parameter_count_matches_the_published_size(name: str) -> None:
+    active, published = active_parameters(meta_model(name)), ACTIVE[name]
+    assert cut_to(active, published) if name in CUT else matches(active, published), (active, published)
+
+
+def test_active_parameters_of_qwen3_30b_a3b() -> None:
+    """The total less 48 layers x 120 unused experts x 3 x 2048 x 768 weights; the card's 3.3B is that cut, 3.4B
+    rounded (`matches` refuses it), and the cut of a count past 3.4B is not 3.3B."""
+    model = meta_model("Qwen3-30B-A3B")
+    assert active_parameters(model) == num_parameters(model) - 48 * 120 * 3 * 2048 * 768 == 3_353_032_704
+    assert not matches(3_353_032_704, "3.3B") and cut_to(3_353_032_704, "3.3B") and not cut_to(3.41e9, "3.3B")
+
+
 @pytest.mark.parametrize("name, published", [
     # exact counts of the safetensors metadata (total_size / 2 bytes of bfloat16), catching what 1% cannot:
     # q/k/v biases (Qwen2.5), q/k norms and four norms per block (Gemma 3), the Llama 3.2 and Phi-3 layouts
@@ -139,6 +181,31 @@ def test_preset_is_its_published_config_json(name: str, config_json: str) -> Non
     ignore = {"name", "hf_config"}  # config.json names no repo (the OLMo one: "allenai/open_instruct_dev")
     converted = {k: v for k, v in Config.from_hf_config(hf).to_dict().items() if k not in ignore}
     assert {k: v for k, v in Config.from_name(name).to_dict().items() if k not in ignore} == converted
+
+
+# Qwen/Qwen3-30B-A3B-Thinking-2507's config as transformers 5.7 printed it on loading (a model report of the checkpoint,
+# found by the library search; the Hub was out of reach)
+QWEN3_30B_A3B_THINKING_2507 = {
+    "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643,
+    "decoder_sparse_step": 1, "dtype": "bfloat16", "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu",
+    "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 6144, "max_position_embeddings": 262144,
+    "max_window_layers": 48, "mlp_only_layers": [], "model_type": "qwen3_moe", "moe_intermediate_size": 768,
+    "norm_topk_prob": True, "num_attention_heads": 32, "num_experts_per_tok": 8, "num_hidden_layers": 48,
+    "num_key_value_heads": 4, "num_local_experts": 128, "output_router_logits": False, "pad_token_id": None,
+    "rms_norm_eps": 1e-06, "rope_parameters": {"rope_theta": 10000000, "rope_type": "default"},
+    "router_aux_loss_coef": 0.001, "sliding_window": None, "tie_word_embeddings": False,
+    "transformers_version": "5.7.0", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+}
+
+
+def test_qwen3_2507_preset_is_its_config() -> None:
+    """Field by field; the Instruct-2507 preset is taken to be the same architecture (its card gives the same layout,
+    counts and 262,144 context; no config.json of its own was read)."""
+    ignore = {"name", "hf_config"}
+    converted = {k: v for k, v in Config.from_hf_config(QWEN3_30B_A3B_THINKING_2507).to_dict().items()
+                 if k not in ignore}
+    for name in ("Qwen3-30B-A3B-Thinking-2507", "Qwen3-30B-A3B-Instruct-2507"):
+        assert {k: v for k, v in Config.from_name(name).to_dict().items() if k not in ignore} == converted
 
 
 def test_gemma_3_270m_is_mostly_embeddings() -> None:

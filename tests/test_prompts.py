@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 from jinja2 import nodes
+from jinja2.exceptions import TemplateError
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -14,6 +16,7 @@ from lit_gpt.config import Config, name_to_config
 from lit_gpt.prompts import (
     PromptStyle,
     default_prompt_style,
+    harmony_answer,
     has_prompt_style,
     load_prompt_style,
     prompt_styles,
@@ -23,6 +26,7 @@ from lit_gpt.prompts import (
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError
 
+TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
 EXAMPLES = [("What is 7 times 8?", ""), ("Summarize the text.", "Cats sleep a lot.\nDogs too."),
             ("  Padded instruction  ", "")]
 
@@ -165,7 +169,10 @@ CHAT_PRESETS = {
     "falcon-7b-instruct": "falcon-instruct", "Llama-3.2-1B-Instruct": "llama3.1", "Llama-3.2-3B-Instruct": "llama3.1",
     "Llama-3.1-8B-Instruct": "llama3.1", "Llama-3.3-70B-Instruct": "llama3.1",
     **{f"Qwen2.5-{size}-Instruct": "qwen2.5" for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")},
-    **{f"Qwen3-{size}": "qwen3" for size in ("0.6B", "1.7B", "4B", "8B", "14B", "32B", "30B-A3B")},  # hybrid
+    # the hybrid thinking models
+    **{f"Qwen3-{size}": "qwen3" for size in ("0.6B", "1.7B", "4B", "8B", "14B", "32B", "30B-A3B", "235B-A22B")},
+    **{f"Qwen3-{size}-Instruct-2507": "qwen3-instruct-2507" for size in ("4B", "30B-A3B", "235B-A22B")},
+    "gpt-oss-20b": "gpt-oss", "gpt-oss-120b": "gpt-oss",
     **{f"gemma-3-{size}-it": "gemma3" for size in ("270m", "1b", "4b", "12b", "27b")},
     "Phi-3-mini-4k-instruct": "phi3", "Phi-4-mini-instruct": "phi4-mini", "Mistral-Nemo-Instruct-2407": "mistral-nemo",
     **{f"Qwen3.5-{size}": "qwen3.5-nothink" for size in ("0.8B", "2B")},  # instruct; their template thinks when asked
@@ -1805,12 +1812,24 @@ OLMO3_32B_THINK_CHAT_TEMPLATE = OLMO3_THINK_CHAT_TEMPLATE.replace(
     "<functions></functions>", "You are a helpful AI assistant.")
 
 
+# Templates stored verbatim in tests/data/chat_templates (the copies read are named in brackets, their SHA-256 pinned in
+# test_stored_templates_are_the_published_files):
+# openai/gpt-oss-120b's chat_template.jinja [trl 1.16's chat_templates/gptoss.jinja, "Original GPT-OSS chat template";
+# the same bytes as llama.cpp's models/templates/openai-gpt-oss-120b.jinja, whose Git LFS pointer names its SHA-256],
+# taken to be gpt-oss-20b's too
+GPT_OSS_CHAT_TEMPLATE = (TEMPLATES / "gpt-oss.jinja").read_text(encoding="utf-8")
+# Qwen/Qwen3-4B-Instruct-2507's [trl 1.16's chat_templates/qwen3_instruct_2507.jinja, "as shipped by
+# Qwen/Qwen3-4B-Instruct-2507"], taken to be that of the other Instruct-2507 models (30B-A3B, 235B-A22B)
+QWEN3_INSTRUCT_2507_CHAT_TEMPLATE = (TEMPLATES / "Qwen3-Instruct-2507.jinja").read_text(encoding="utf-8")
+
+
 def on_day(day: datetime) -> Any:
     """A `strftime_now` for templates that date the prompt, fixed to `day`."""
     return lambda format: day.strftime(format)
 
 
 SMOLLM3_DAY = on_day(datetime(2025, 7, 8))  # the date the smollm3 styles write
+GPT_OSS_DAY = on_day(datetime(2025, 8, 5))  # the date the gpt-oss styles write
 
 # a conversation whose texts have newlines and leading/trailing spaces (some templates strip them, others do not)
 TURNS = [("  What is 7 times 8?\nShow your work. ", "\n7 times 8 is 56.\n"), (" And 9 times 9?", " It is 81. \n")]
@@ -1841,6 +1860,12 @@ CHAT_FAMILIES = [
     ("gemma4-think", GEMMA4_CHAT_TEMPLATE, dict(bos_token="<bos>", enable_thinking=True), "<bos>", "<turn|>"),
     ("gemma4-think", GEMMA4_LARGE_CHAT_TEMPLATE, dict(bos_token="<bos>", enable_thinking=True), "<bos>", "<turn|>"),
     ("gemma4-nothink", GEMMA4_LARGE_CHAT_TEMPLATE, dict(bos_token="<bos>"), "<bos>", "<turn|>"),
+    ("qwen3-instruct-2507", QWEN3_INSTRUCT_2507_CHAT_TEMPLATE, {}, "", "<|im_end|>"),
+    # the last answer of a finished conversation ends with <|return|>, the earlier ones with <|end|>
+    ("gpt-oss", GPT_OSS_CHAT_TEMPLATE, dict(strftime_now=GPT_OSS_DAY), "", "<|return|>"),
+    ("gpt-oss-low", GPT_OSS_CHAT_TEMPLATE, dict(strftime_now=GPT_OSS_DAY, reasoning_effort="low"), "", "<|return|>"),
+    ("gpt-oss-high", GPT_OSS_CHAT_TEMPLATE, dict(strftime_now=GPT_OSS_DAY, reasoning_effort="high"), "",
+     "<|return|>"),
 ]
 # the OLMo 3 templates end a finished conversation's last answer with eos_token and the earlier ones with <|im_end|>
 # (transformers passes tools=None, which their system turn reads)
@@ -1851,7 +1876,8 @@ OLMO3_FAMILIES = [
     ("olmo3-think", OLMO3_THINK_CHAT_TEMPLATE, OLMO3_VARIABLES, "", "<|endoftext|>"),
     ("olmo3-32b-think", OLMO3_32B_THINK_CHAT_TEMPLATE, OLMO3_VARIABLES, "", "<|endoftext|>"),
 ]
-EARLIER_ANSWERS_END = {family[0]: "<|im_end|>" for family in OLMO3_FAMILIES}
+EARLIER_ANSWERS_END = {**{family[0]: "<|im_end|>" for family in OLMO3_FAMILIES},
+                       **{name: "<|end|>" for name in ("gpt-oss", "gpt-oss-low", "gpt-oss-high")}}
 # what a style's prompt for an answer ends with that its template leaves out of a finished conversation's answers
 DROPPED_FROM_HISTORY = {"gemma4-nothink": "<|channel>thought\n<channel|>", "olmo3-think": "<think>",
                         "olmo3-32b-think": "<think>"}
@@ -2104,3 +2130,111 @@ def test_plain_styles_chain_turns_after_a_system_paragraph() -> None:
         assert style.apply_conversation(CONVERSATION, "Add them.", system="Be brief.") == (
             "Be brief.\n\n" + style.apply_conversation(CONVERSATION, "Add them."))
         assert style.conversation_pieces(CONVERSATION)[1::2] == [style.response_prefix + a for _, a in CONVERSATION]
+
+
+def test_stored_templates_are_the_published_files() -> None:
+    """tests/data/chat_templates holds the templates byte for byte: gpt-oss's is the file whose SHA-256 and size
+    llama.cpp's Git LFS pointer of openai-gpt-oss-120b.jinja names."""
+    for name, sha256, size in [
+        ("gpt-oss.jinja", "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146", 16738),
+        ("Qwen3-Instruct-2507.jinja", "64f85b198065d0fba2a81f37e10ed68161ce2c19a754c7100e67e0ca2ee9c326", 2630),
+    ]:
+        data = (TEMPLATES / name).read_bytes()
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (sha256, size), name
+
+
+def transformers_render(template: str, messages: list, add_generation_prompt: bool = True, **variables: Any) -> str:
+    """transformers' own rendering (apply_chat_template's), which dates the prompt with today."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template([messages], chat_template=template,
+                                        add_generation_prompt=add_generation_prompt, **variables)
+    return rendered[0]
+
+
+# an answer as gpt-oss writes it: reasoning in the analysis channel, then the final one
+HARMONY_ANSWER = "<|channel|>analysis<|message|>9 * 9 = 81<|end|><|start|>assistant<|channel|>final<|message|> 81. \n"
+
+
+def harmony_messages(turns: list, message: str = None, system: str = None) -> list:
+    """The template's messages for a conversation: an answer's final text as content, its reasoning as thinking."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for user, answer in turns:
+        reasoning, text = harmony_answer(answer)
+        messages += [{"role": "user", "content": user},
+                     {"role": "assistant", "content": text, **({"thinking": reasoning} if reasoning else {})}]
+    return messages + ([{"role": "user", "content": message}] if message is not None else [])
+
+
+@pytest.mark.parametrize("name, effort", [("gpt-oss", None), ("gpt-oss-low", "low"), ("gpt-oss-high", "high")])
+def test_gpt_oss_is_transformers_rendering_of_its_template(name: str, effort: str) -> None:
+    """The harmony prompt is transformers' apply_chat_template rendering of gpt-oss's template (its default reasoning
+    effort medium, or the one given), today's date there where the style writes 2025-08-05: the system header, a
+    system message as the developer message, user turns, earlier answers' final channel without their reasoning, and
+    the generation prompt "<|start|>assistant". A finished conversation keeps the last answer's reasoning and ends it
+    with <|return|>."""
+    style, today = PromptStyle.from_name(name), datetime.now().strftime("%Y-%m-%d")
+    variables = dict(reasoning_effort=effort) if effort else {}
+    turns = [TURNS[0], (TURNS[1][0], HARMONY_ANSWER)]
+    for system in (None, SYSTEM):
+        prompt = style.apply_conversation(turns, MESSAGE, system=system)
+        assert prompt.replace("2025-08-05", today) == transformers_render(
+            GPT_OSS_CHAT_TEMPLATE, harmony_messages(turns, MESSAGE, system), **variables)
+        assert "9 * 9" not in prompt and prompt.endswith(f"<|start|>user<|message|>{MESSAGE}<|end|><|start|>assistant")
+        finished = "".join(style.conversation_pieces(turns, system=system))
+        assert finished.replace("2025-08-05", today) == transformers_render(
+            GPT_OSS_CHAT_TEMPLATE, harmony_messages(turns, system=system), False, **variables)
+        assert finished.endswith("<|channel|>analysis<|message|>9 * 9 = 81<|end|><|start|>assistant"
+                                 "<|channel|>final<|message|> 81. \n<|return|>")
+    assert f"Reasoning: {effort or 'medium'}\n\n# Valid channels: analysis, commentary, final." in prompt
+    assert "<|start|>developer<|message|># Instructions\n\n" + SYSTEM + "\n\n<|end|>" in prompt
+
+
+def test_harmony_answers_are_parsed_as_the_template_reads_them() -> None:
+    """The final text is what follows the last final channel, the reasoning that of the analysis message before it;
+    a plain answer is all final text, one cut off while reasoning has none."""
+    assert harmony_answer(HARMONY_ANSWER) == ("9 * 9 = 81", " 81. \n")
+    assert harmony_answer("<|channel|>final<|message|>81.") == ("", "81.")
+    assert harmony_answer(" It is 81. ") == ("", " It is 81. ")
+    assert harmony_answer("<|channel|>analysis<|message|>9 * 9 is") == ("9 * 9 is", "")
+    # why the style parses answers: the template refuses channels in a message's content
+    with pytest.raises(TemplateError, match=re.escape("<|channel|> tags in the content field")):
+        transformers_render(GPT_OSS_CHAT_TEMPLATE, chat_messages([("Hi", HARMONY_ANSWER)], "Hi"))
+
+
+def test_gpt_oss_stops_at_return_and_call_not_at_end(tmp_path: Path) -> None:
+    """Generation stops at <|return|> (the answer's end, what finetuning appends) and <|call|> (a tool call), not at
+    <|end|>, which ends the reasoning message before the final one; the training text of an instruction is the prompt,
+    the final channel, the answer and <|return|>."""
+    from tokenizers import AddedToken, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from lit_gpt.data import prepare_sample
+
+    special = ["<|endoftext|>", "<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>", "<|call|>"]
+    words = ["<unk>", *special, "final", "assistant", "hello", "there"]
+    hf = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in special])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    # as gpt-oss's tokenizer_config.json and generation_config.json name them
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|return|>",
+                                                                "pad_token": "<|endoftext|>"}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [words.index("<|return|>"),
+                                                                                  words.index("<|endoftext|>"),
+                                                                                  words.index("<|call|>")]}))
+    tokenizer, style = Tokenizer(tmp_path), PromptStyle.from_name("gpt-oss")
+    stops = style.stop_tokens(tokenizer)
+    assert [words[i] for i, in stops] == ["<|return|>", "<|endoftext|>", "<|call|>"]
+    sample = prepare_sample({"instruction": "hi", "output": "hello there"}, tokenizer, style, max_seq_length=256)
+    assert [words[i] for i in sample["input_ids"][-8:].tolist()] == [
+        "<|start|>", "assistant", "<|channel|>", "final", "<|message|>", "hello", "there", "<|return|>"]
+
+
+def test_qwen3_instruct_2507_keeps_answers_as_they_are() -> None:
+    """The Instruct-2507 template writes every answer as it is (no reasoning to drop, unlike Qwen3's) and no system
+    turn of its own (unlike Qwen2.5's)."""
+    turns = [("What is 7 times 8?", "<think>\n7 * 8 = 56\n</think>\n\n56."), ("And 9 times 9?", "\n\n81.\n")]
+    prompt = PromptStyle.from_name("qwen3-instruct-2507").apply_conversation(turns, "Add them.")
+    assert prompt == transformers_render(QWEN3_INSTRUCT_2507_CHAT_TEMPLATE, chat_messages(turns, "Add them."))
+    assert prompt.startswith("<|im_start|>user\n") and "<|im_start|>assistant\n<think>\n7 * 8 = 56" in prompt
