@@ -15,6 +15,7 @@ from lit_gpt.deltanet import DeltaNetState, GatedDeltaNet
 from lit_gpt.folded import FOLDED_ATTENTION_MAX_SCORES, folded_attention
 from lit_gpt.moe import MoE
 from lit_gpt.rope import rope_frequencies
+from lit_gpt.sinks import sink_attention
 
 
 class GPT(nn.Module):
@@ -308,6 +309,8 @@ class CausalSelfAttention(nn.Module):
             self.norm_q = build_norm(config, heads[0] * config.head_size)
             if kv_source is None:
                 self.norm_k = build_norm(config, heads[1] * config.head_size)
+        # gpt-oss: per head a learned logit that joins each query's softmax (lit_gpt/sinks.py)
+        self.sinks = nn.Parameter(torch.zeros(config.n_head)) if config.attention_sinks else None
         self.kv_cache: Optional[KVCache] = None
         self.rope = config.has_rope(index)
         self.index, self.kv_source = index, kv_source
@@ -384,7 +387,9 @@ class CausalSelfAttention(nn.Module):
         T = q.size(2)
         if (mask is None and 1 < T == k.size(2) and q.device.type == "cpu" and torch.is_grad_enabled()
                 and q.numel() // q.size(3) * T <= FOLDED_ATTENTION_MAX_SCORES):
-            return folded_attention(q, k, v, scale)
+            return folded_attention(q, k, v, scale, self.sinks)
+        if self.sinks is not None:
+            return sink_attention(q, k, v, self.sinks, mask, scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                               scale=scale, enable_gqa=self.config.n_query_groups != self.config.n_head)
 
