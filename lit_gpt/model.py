@@ -12,7 +12,7 @@ import torch.utils.checkpoint
 
 from lit_gpt.config import Config
 from lit_gpt.deltanet import DeltaNetState, GatedDeltaNet
-from lit_gpt.folded import FOLDED_ATTENTION_MAX_SCORES, folded_attention
+from lit_gpt.folded import FOLDED_ATTENTION_MAX_SCORES, FOLDED_SINK_ATTENTION_MAX_SCORES, folded_attention
 from lit_gpt.moe import MoE
 from lit_gpt.rope import rope_frequencies
 from lit_gpt.sinks import sink_attention
@@ -385,8 +385,9 @@ class CausalSelfAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
                scale: Optional[float]) -> torch.Tensor:
         T = q.size(2)
+        limit = FOLDED_ATTENTION_MAX_SCORES if self.sinks is None else FOLDED_SINK_ATTENTION_MAX_SCORES
         if (mask is None and 1 < T == k.size(2) and q.device.type == "cpu" and torch.is_grad_enabled()
-                and q.numel() // q.size(3) * T <= FOLDED_ATTENTION_MAX_SCORES):
+                and q.numel() // q.size(3) * T <= limit):
             return folded_attention(q, k, v, scale, self.sinks)
         if self.sinks is not None:
             return sink_attention(q, k, v, self.sinks, mask, scale)

@@ -64,7 +64,7 @@ def test_sink_attention_matches_transformers_eager(case: str, path: str) -> None
         expected = transformers_attention(q, k, v, sinks, theirs, scale)
         torch.testing.assert_close(out, expected)
         if dtype == torch.float64:  # the gradients of every input, the sinks' too
-            grad = torch.randn_like(out)
+            grad = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(3))
             ours = torch.autograd.grad(out, (q, k, v, sinks), grad)
             reference = torch.autograd.grad(expected, (q, k, v, sinks), grad)
             for name, a, b in zip("q k v sinks".split(), ours, reference):
@@ -79,7 +79,7 @@ def test_folded_attention_with_sinks_matches_transformers_eager() -> None:
         expected = transformers_attention(q, k, v, sinks, causal(13, 13), HS ** -0.5)
         torch.testing.assert_close(out, expected)
         if dtype == torch.float64:
-            grad = torch.randn_like(out)
+            grad = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(3))
             for a, b in zip(torch.autograd.grad(out, (q, k, v, sinks), grad),
                             torch.autograd.grad(expected, (q, k, v, sinks), grad)):
                 torch.testing.assert_close(a, b)
@@ -92,3 +92,29 @@ def test_sink_attention_in_bfloat16_is_near_float32() -> None:
     out = sink_attention(*(t.bfloat16() for t in (q, k, v, sinks)), mask, None)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=0.02, atol=0.02)
+
+
+def test_gpt_oss_training_gradients_match_transformers() -> None:
+    """The tiny gpt-oss of test_model in training (the folded sink attention in its full layer, the CPU flash one in
+    its window layers), float64: the loss and the gradient of every weight, the sinks' included, are transformers'
+    (to 1e-6: both round the norms to float32, the weight multiply theirs in float64, ours in float32; max 1.8e-7)."""
+    from test_model import SIZES, lit_model_from_hf, tiny_hf_model
+
+    from lit_gpt.convert import lit_to_hf
+
+    hf_model = tiny_hf_model("gpt_oss").double()
+    hf_model.set_experts_implementation("eager")  # its default, torch._grouped_mm, takes no float64
+    model = lit_model_from_hf(hf_model).double()
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(0, SIZES["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(2))
+    loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+    expected = torch.nn.functional.cross_entropy(hf_model(idx).logits.flatten(0, 1), targets.flatten())
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    ours = lit_to_hf({name: p.grad for name, p in model.named_parameters()}, model.config)
+    theirs = {name: p.grad for name, p in hf_model.named_parameters()}
+    assert ours.keys() == theirs.keys()
+    for name, grad in theirs.items():
+        torch.testing.assert_close(ours[name], grad, rtol=1e-6, atol=1e-6, msg=name)
+    assert all(theirs[f"model.layers.{i}.self_attn.sinks"].abs().min() > 0 for i in range(3))
