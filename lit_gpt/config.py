@@ -53,7 +53,7 @@ class Config:
     norm_unit_offset: bool = False  # RMSNorm scales by (1 + weight) (Gemma)
     norm_qk: bool = False  # per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3)
     norm_qk_all_heads: bool = False  # with norm_qk: one norm over all the heads' queries (and one over keys) (OLMo 2)
-    norm_upcast: bool = False  # RMSNorm multiplies by its weight in float32, then casts (OLMo 2/3)
+    norm_upcast: bool = False  # RMSNorm multiplies by its weight in float32, then casts (OLMo 2/3, gpt-oss)
     pre_norms: bool = True  # norms before the attention and the MLP; False: after them only (OLMo 2/3)
     post_norms: bool = False  # norms after the attention and MLP outputs too, four per block (Gemma 3)
     attention_scalar: Optional[float] = None  # scores scaled by attention_scalar ** -0.5 (default: head_size)

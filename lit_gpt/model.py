@@ -425,8 +425,8 @@ class LLaMAMLP(nn.Module):
 
 class RMSNorm(nn.Module):
     """Normalizes in float32, like the reference Llama implementation, then scales in the input dtype. Gemma's
-    variant (`unit_offset`) scales by (1 + weight) in float32, then casts, as its reference does; `upcast` (OLMo)
-    scales by the weight in float32, then casts."""
+    variant (`unit_offset`) scales by (1 + weight) in float32, then casts, as its reference does; `upcast` (OLMo,
+    gpt-oss) scales by the weight in float32, then casts."""
 
     def __init__(self, size: int, eps: float = 1e-5, unit_offset: bool = False, upcast: bool = False) -> None:
         super().__init__()
