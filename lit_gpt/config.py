@@ -53,10 +53,11 @@ class Config:
     norm_unit_offset: bool = False  # RMSNorm scales by (1 + weight) (Gemma)
     norm_qk: bool = False  # per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3)
     norm_qk_all_heads: bool = False  # with norm_qk: one norm over all the heads' queries (and one over keys) (OLMo 2)
-    norm_upcast: bool = False  # RMSNorm multiplies by its weight in float32, then casts (OLMo 2/3)
+    norm_upcast: bool = False  # RMSNorm multiplies by its weight in float32, then casts (OLMo 2/3, gpt-oss)
     pre_norms: bool = True  # norms before the attention and the MLP; False: after them only (OLMo 2/3)
     post_norms: bool = False  # norms after the attention and MLP outputs too, four per block (Gemma 3)
     attention_scalar: Optional[float] = None  # scores scaled by attention_scalar ** -0.5 (default: head_size)
+    attention_sinks: bool = False  # a learned logit per head joins each query's softmax as one more column (gpt-oss)
     # Gated DeltaNet linear attention (lit_gpt/deltanet.py) in every layer but each global_layer_every-th (Qwen3.5)
     linear_attention: bool = False
     linear_n_key_heads: int = 0
@@ -329,6 +330,8 @@ class Config:
                            moe_dense_layers=sorted(hf.get("mlp_only_layers") or []),
                            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
                            router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))  # transformers' default
+            if model_type == "gpt_oss":
+                cfg.update(_gpt_oss(hf, name))
             if model_type in ("qwen2", "qwen3", "qwen3_moe") and hf.get("use_sliding_window"):
                 refuse("use_sliding_window")
             if model_type in ("mistral", "phi3", "gemma3_text", "gemma4_text") and hf.get("sliding_window"):
@@ -371,8 +374,8 @@ class Config:
 
 # the causal-LM families read by `Config.from_hf_config`; vision-language model_type -> that of its text model
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3", "ministral3", "olmo2", "olmo3",
-               "qwen3_5_text", "gemma4_text", "qwen3_moe")
-_MOE = ("qwen3_moe",)  # the mixture-of-experts families
+               "qwen3_5_text", "gemma4_text", "qwen3_moe", "gpt_oss")
+_MOE = ("qwen3_moe", "gpt_oss")  # the mixture-of-experts families
 _TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3", "qwen3_5": "qwen3_5_text", "gemma4": "gemma4_text"}
 
 
@@ -469,6 +472,35 @@ def _gemma4(hf: dict, name: str) -> dict:
                 attention_k_eq_v=k_eq_v, kv_shared_layers=shared, double_wide_mlp=bool(hf.get("use_double_wide_mlp")),
                 per_layer_embd=per_layer, layer_scalar=True,
                 per_layer_vocab_size=hf.get("vocab_size_per_layer_input", hf["vocab_size"]) if per_layer else None)
+
+
+def _gpt_oss(hf: dict, name: str) -> dict:
+    """The `Config` fields of gpt-oss beyond the Llama layout: attention sinks, biases on q/k/v and o
+    (`attention_bias`), norms multiplying by their weight in float32, sliding-window layers alternating with full ones
+    (`layer_types`), and in every layer experts of `intermediate_size`: a biased router softmaxing its top k logits,
+    the clamped SwiGLU, transformers' transposed, interleaved, biased layout. The published MXFP4 checkpoints
+    (`quantization_config`) are dequantized while converting; other quantizations are refused."""
+    quant = hf.get("quantization_config")
+    if quant and (not isinstance(quant, dict) or quant.get("quant_method") != "mxfp4"):
+        raise ValueError(f"{name!r}: config.json has quantization_config={quant!r}: gpt-oss converts from its "
+                         "published MXFP4 weights or from unquantized ones only")
+    k, k_old = hf.get("num_experts_per_tok"), hf.get("experts_per_token")  # the published config.json says both
+    if k and k_old and k != k_old:
+        raise ValueError(f"{name!r}: config.json has num_experts_per_tok={k} but experts_per_token={k_old}")
+    bias = bool(hf.get("attention_bias", True))
+    fields = dict(attention_sinks=True, bias=bias, qkv_bias=bias, norm_upcast=True,
+                  n_expert=hf.get("num_local_experts") or hf["num_experts"], n_expert_per_token=k or k_old,
+                  moe_intermediate_size=hf["intermediate_size"], router_bias=True, router_scoring="topk_softmax",
+                  moe_activation="clamped_swiglu", swiglu_limit=float(hf.get("swiglu_limit", 7.0)),
+                  swiglu_alpha=float(hf.get("swiglu_alpha", 1.702)), moe_transposed=True, moe_interleaved=True,
+                  moe_bias=True, router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))  # transformers' default
+    every = _global_layer_every(hf, name, default=2)  # transformers' default: layer 0 sliding, 1 full, ...
+    if every != 1:
+        if not hf.get("sliding_window"):
+            raise ValueError(f"{name!r}: config.json has sliding-attention layers but sliding_window="
+                             f"{hf.get('sliding_window')!r}")
+        fields.update(sliding_window=hf["sliding_window"], global_layer_every=every)
+    return fields
 
 
 def _global_layer_every(hf: dict, name: str, default: int = 6, other: str = "sliding_attention") -> int:
@@ -831,6 +863,6 @@ for _size, _n_layer, _n_embd, _n_head, _inter, _moe_inter, _rope_2507 in [
                             n_layer=_n_layer, n_embd=_n_embd, n_head=_n_head, n_query_groups=4, head_size=128,
                             intermediate_size=_inter, rope_base=_rope_2507 if _kind else 1000000, norm_eps=1e-6,
                             norm_qk=True, n_expert=128, n_expert_per_token=8, moe_intermediate_size=_moe_inter,
-                            hf_model_type="qwen3_moe"))
+                            router_aux_loss_coef=0.001, hf_model_type="qwen3_moe"))
 
 name_to_config = {c["name"]: c for c in configs}

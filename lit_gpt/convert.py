@@ -69,6 +69,15 @@ _NAMES["qwen3_moe"] = {**_NAMES["qwen3"], "model.layers.{}.mlp.gate.weight": "tr
                        "model.layers.{}.mlp.experts.gate_up_proj": "transformer.h.{}.mlp.experts.gate_up_proj",
                        "model.layers.{}.mlp.experts.down_proj": "transformer.h.{}.mlp.experts.down_proj"}
 _EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+# gpt-oss: biases on q/k/v and o, a sink per head, a biased router, the experts as transformers' (E, in, out) tensors
+# with biases; its published checkpoints store the two expert tensors as MXFP4 blocks and scales (`dequantize_mxfp4`)
+_NAMES["gpt_oss"] = {**{k: v for k, v in _NAMES["llama"].items() if ".mlp." not in k},
+                     "model.layers.{}.self_attn.sinks": "transformer.h.{}.attn.sinks",
+                     "model.layers.{}.mlp.router.weight": "transformer.h.{}.mlp.router.weight",
+                     "model.layers.{}.mlp.router.bias": "transformer.h.{}.mlp.router.bias",
+                     **{f"model.layers.{{}}.mlp.experts.{t}": f"transformer.h.{{}}.mlp.experts.{t}" for t in (
+                         "gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias")}}
+_MXFP4 = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)_(blocks|scales)")
 # Gemma's post_attention_layernorm is a norm after the attention, before the residual add
 _NAMES["gemma3_text"] = {**_NAMES["llama"], **_QK_NORMS,
                          "model.layers.{}.post_attention_layernorm.weight":
@@ -99,7 +108,7 @@ _NAMES["gemma4_text"] = {**_NAMES["gemma3_text"], "model.layers.{}.layer_scalar"
 _NAMES["phi3"] = {**{k: v for k, v in _NAMES["llama"].items() if ".mlp.gate_proj" not in k and ".mlp.up_proj" not in k},
                   "model.layers.{}.self_attn.qkv_proj.weight": "transformer.h.{}.attn.qkv.weight"}
 _SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3", "ministral3", "olmo2", "olmo3",
-                 "qwen3_5_text", "gemma4_text", "qwen3_moe")
+                 "qwen3_5_text", "gemma4_text", "qwen3_moe", "gpt_oss")
 _LLAMA_QKV = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 _PHI3_GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"  # rows [gate | up] = our fc_1, fc_2
 # a vision-language checkpoint (Gemma 3, Mistral 3): its text model's weights under a prefix (transformers 4 / 5); the
@@ -245,6 +254,7 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
     fam, out = family(config), {}
     pending: Dict[str, Dict[str, torch.Tensor]] = {}  # q/k/v waiting for their siblings
     experts: Dict[str, Dict[tuple, torch.Tensor]] = {}  # a layer's per-expert weights waiting for the others
+    packed: Dict[tuple, Dict[str, torch.Tensor]] = {}  # MXFP4 blocks waiting for their scales, or the other way
     for hf_name, tensor in hf_items:
         if _IGNORED.match(hf_name) or _NOT_TEXT.match(hf_name):
             continue
@@ -262,6 +272,16 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
                     [torch.cat([parts[e, "gate_proj"], parts[e, "up_proj"]]) for e in E])
                 out[f"transformer.h.{layer}.mlp.experts.down_proj"] = torch.stack([parts[e, "down_proj"] for e in E])
                 del experts[layer]
+            continue
+        mxfp4 = _MXFP4.fullmatch(hf_name) if fam == "gpt_oss" else None
+        if mxfp4:  # dequantized once both its blocks and its scales are there
+            layer, proj, kind = mxfp4.groups()
+            pair = packed.setdefault((layer, proj), {})
+            pair[kind] = tensor
+            if len(pair) == 2:
+                name = f"transformer.h.{layer}.mlp.experts.{proj}"
+                out[name] = dequantize_mxfp4(pair["blocks"], pair["scales"], dtype or torch.bfloat16, hf_name)
+                del packed[layer, proj]
             continue
         pattern, layer = _split_layer(hf_name)
         if layer is not None and _UNUSED_KV.fullmatch(pattern) and config.kv_source(int(layer)) is not None:
@@ -293,6 +313,9 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
     if experts:
         raise ValueError(f"Incomplete experts in layers {sorted(experts, key=int)}: each needs gate_proj, up_proj "
                          f"and down_proj of all {config.n_expert} experts")
+    if packed:
+        raise ValueError(f"MXFP4 expert tensors without their blocks or scales: "
+                         f"{_few([f'model.layers.{layer}.mlp.experts.{proj}' for layer, proj in sorted(packed)])}")
     shapes = expected_shapes(config)
     for name in ("transformer.wte.weight", "lm_head.weight"):  # vocabulary rows padded up to padded_vocab_size
         if name in out and out[name].shape[0] < shapes[name][0] and out[name].shape[1:] == shapes[name][1:]:
@@ -306,6 +329,30 @@ def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
                          f"{_few(unexpected)}")
     for name, t in out.items():
         _check_shape(name, t, shapes[name])
+    return out
+
+
+# the 16 values of an FP4 (e2m1) code: sign bit, two exponent bits, one mantissa bit
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
+                     name: str = "experts") -> torch.Tensor:
+    """An expert tensor of a gpt-oss checkpoint from its MXFP4 `*_blocks` and `*_scales`, in transformers' layout
+    (E, in, out): blocks (E, out, in / 32, 16) uint8 hold two FP4 codes a byte (the low nibble first) of 32 values
+    along `in` per block, scales (E, out, in / 32) uint8 one exponent per block: value = FP4_VALUES[code] *
+    2 ** (scale - 127), exact in bfloat16 (two significant bits). Expert by expert: the temporaries are one expert's."""
+    if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8 or blocks.dim() != 4 or \
+            blocks.shape[:-1] != scales.shape:
+        raise ValueError(f"{name!r}: MXFP4 blocks {blocks.dtype} {tuple(blocks.shape)} and scales {scales.dtype} "
+                         f"{tuple(scales.shape)} are not uint8 (E, out, in / 32, 16) and (E, out, in / 32)")
+    E, rows, groups, width = blocks.shape
+    table = torch.tensor(FP4_VALUES, dtype=dtype)
+    out = torch.empty(E, groups * width * 2, rows, dtype=dtype)
+    for e in range(E):
+        codes = torch.stack([blocks[e] & 0x0F, blocks[e] >> 4], dim=-1).view(rows, groups, 2 * width)
+        values = torch.ldexp(table[codes.int()], scales[e, ..., None].int() - 127)  # (out, in / 32, 32)
+        out[e] = values.view(rows, -1).t()
     return out
 
 
@@ -336,7 +383,8 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", 
                   "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
                   "smollm3": "SmolLM3ForCausalLM", "ministral3": "Ministral3ForCausalLM",
                   "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "qwen3_5_text": "Qwen3_5ForCausalLM",
-                  "gemma4_text": "Gemma4ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+                  "gemma4_text": "Gemma4ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+                  "gpt_oss": "GptOssForCausalLM"}
 # the layout each decoder family has in transformers (fields not listed are free: sizes, RoPE, tied embeddings)
 _LAYOUTS = {
     "llama": dict(norm_qk=False, post_norms=False, norm_unit_offset=False, scale_embeddings=False,
@@ -346,10 +394,14 @@ _LAYOUTS = {
                   global_head_size=None, global_n_query_groups=None, attention_k_eq_v=False, norm_v=False,
                   kv_shared_layers=0, double_wide_mlp=False, per_layer_embd=0, layer_scalar=False, n_expert=0,
                   router_bias=False, router_scoring="softmax_topk", router_norm=False, moe_activation="silu",
-                  moe_transposed=False, moe_interleaved=False, moe_bias=False, moe_shared_intermediate_size=0),
+                  moe_transposed=False, moe_interleaved=False, moe_bias=False, moe_shared_intermediate_size=0,
+                  attention_sinks=False),
     "qwen2": dict(bias=False, qkv_bias=True),
     "qwen3": dict(bias=False, qkv_bias=False, norm_qk=True),
     "qwen3_moe": dict(bias=False, qkv_bias=False, norm_qk=True),  # the expert counts and sizes free
+    "gpt_oss": dict(norm_upcast=True, attention_sinks=True, router_bias=True, router_scoring="topk_softmax",
+                    moe_activation="clamped_swiglu", moe_transposed=True, moe_interleaved=True, moe_bias=True,
+                    moe_sparse_step=1, moe_dense_layers=[]),  # attention_bias (bias = qkv_bias) free
     "mistral": dict(bias=False, qkv_bias=False, global_layer_every=0),
     "phi3": dict(bias=False, qkv_bias=False, global_layer_every=0),
     "gemma3_text": dict(bias=False, qkv_bias=False, norm_qk=True, post_norms=True, norm_unit_offset=True,
@@ -393,13 +445,14 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
         problems.append("lm_head_bias=True")
     if fam in _ARCHITECTURES:
         layout = {**_LAYOUTS["llama"], **(_LAYOUTS[fam] if fam not in ("llama", "smollm3") else dict(qkv_bias=c.bias))}
-        for key, families in (("sliding_window", ("mistral", "phi3", "gemma3_text", "olmo3", "gemma4_text")),
+        for key, families in (("sliding_window", ("mistral", "phi3", "gemma3_text", "olmo3", "gemma4_text",
+                                                  "gpt_oss")),
                               ("linear_attention", ("qwen3_5_text",)), ("rotary_percentage", ("qwen3_5_text",)),
                               ("rope_local_base", ("gemma3_text", "olmo3", "gemma4_text")),
                               ("nope_layer_every", ("smollm3",)), ("query_scale_beta", ("ministral3",))):
             if fam in families:
                 layout.pop(key)
-        if fam == "qwen3_moe":
+        if fam in ("qwen3_moe", "gpt_oss"):
             layout.pop("n_expert")
         if fam == "gemma4_text":
             for key in ("global_head_size", "global_n_query_groups", "attention_k_eq_v", "kv_shared_layers",
@@ -457,6 +510,15 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                       output_router_logits=False, router_aux_loss_coef=c.router_aux_loss_coef)
         elif fam in ("mistral", "phi3"):
             hf.update(sliding_window=c.sliding_window)
+        if fam == "gpt_oss":
+            if c.bias != c.qkv_bias or not c.n_expert:
+                problems.append("biases on q/k/v but not o (or the other way) or no experts in a gpt-oss model")
+            hf.update(intermediate_size=c.moe_intermediate_size, num_local_experts=c.n_expert,
+                      num_experts_per_tok=c.n_expert_per_token, swiglu_limit=c.swiglu_limit,
+                      swiglu_alpha=c.swiglu_alpha, attention_bias=c.bias, sliding_window=c.sliding_window,
+                      layer_types=["sliding_attention" if c.is_sliding(i) else "full_attention"
+                                   for i in range(c.n_layer)], output_router_logits=False,
+                      router_aux_loss_coef=c.router_aux_loss_coef)
         if fam == "phi3":
             del hf["head_dim"]  # transformers' Phi-3 derives it
             if c.head_size * c.n_head != c.n_embd:
@@ -517,9 +579,10 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                   rope_theta=c.rope_base, rope_parameters=rope, rope_scaling=rope_scaling,
                   ffn_hidden_size=c.intermediate_size, activation="gelu", attention_dropout=0.0, hidden_dropout=0.0)
     if fam in ("gpt_neox", "falcon") and (c.norm_qk or c.post_norms or c.norm_unit_offset or c.scale_embeddings or
-                                          c.sliding_window is not None or c.attention_scalar is not None):
-        problems.append(f"q/k norms, post norms, Gemma norms or embeddings, a sliding window or an attention "
-                        f"scalar in a {fam} model")
+                                          c.sliding_window is not None or c.attention_scalar is not None or
+                                          c.attention_sinks):
+        problems.append(f"q/k norms, post norms, Gemma norms or embeddings, a sliding window, an attention "
+                        f"scalar or sinks in a {fam} model")
     if problems:
         raise ValueError(f"transformers has no model for {c.name!r}: {'; '.join(problems)}")
     hf.update({k: v for k, v in token_ids.items() if v is not None})

@@ -12,9 +12,10 @@ import torch.utils.checkpoint
 
 from lit_gpt.config import Config
 from lit_gpt.deltanet import DeltaNetState, GatedDeltaNet
-from lit_gpt.folded import FOLDED_ATTENTION_MAX_SCORES, folded_attention
+from lit_gpt.folded import FOLDED_ATTENTION_MAX_SCORES, FOLDED_SINK_ATTENTION_MAX_SCORES, folded_attention
 from lit_gpt.moe import MoE, sequence_counts
 from lit_gpt.rope import rope_frequencies
+from lit_gpt.sinks import sink_attention
 
 
 class GPT(nn.Module):
@@ -311,6 +312,8 @@ class CausalSelfAttention(nn.Module):
             self.norm_q = build_norm(config, heads[0] * config.head_size)
             if kv_source is None:
                 self.norm_k = build_norm(config, heads[1] * config.head_size)
+        # gpt-oss: per head a learned logit that joins each query's softmax (lit_gpt/sinks.py)
+        self.sinks = nn.Parameter(torch.zeros(config.n_head)) if config.attention_sinks else None
         self.kv_cache: Optional[KVCache] = None
         self.rope = config.has_rope(index)
         self.index, self.kv_source = index, kv_source
@@ -385,9 +388,12 @@ class CausalSelfAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
                scale: Optional[float]) -> torch.Tensor:
         T = q.size(2)
+        limit = FOLDED_ATTENTION_MAX_SCORES if self.sinks is None else FOLDED_SINK_ATTENTION_MAX_SCORES
         if (mask is None and 1 < T == k.size(2) and q.device.type == "cpu" and torch.is_grad_enabled()
-                and q.numel() // q.size(3) * T <= FOLDED_ATTENTION_MAX_SCORES):
-            return folded_attention(q, k, v, scale)
+                and q.numel() // q.size(3) * T <= limit):
+            return folded_attention(q, k, v, scale, self.sinks)
+        if self.sinks is not None:
+            return sink_attention(q, k, v, self.sinks, mask, scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                               scale=scale, enable_gqa=self.config.n_query_groups != self.config.n_head)
 
@@ -422,8 +428,8 @@ class LLaMAMLP(nn.Module):
 
 class RMSNorm(nn.Module):
     """Normalizes in float32, like the reference Llama implementation, then scales in the input dtype. Gemma's
-    variant (`unit_offset`) scales by (1 + weight) in float32, then casts, as its reference does; `upcast` (OLMo)
-    scales by the weight in float32, then casts."""
+    variant (`unit_offset`) scales by (1 + weight) in float32, then casts, as its reference does; `upcast` (OLMo,
+    gpt-oss) scales by the weight in float32, then casts."""
 
     def __init__(self, size: int, eps: float = 1e-5, unit_offset: bool = False, upcast: bool = False) -> None:
         super().__init__()

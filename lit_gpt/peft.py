@@ -17,8 +17,9 @@ lora_alpha / r (per module: `rank_pattern` / `alpha_pattern`): the math of our `
   `LoRALinear.stacked_lora`; rows in HF's layout: per head [q, k, v] for GPT-NeoX and multi-head Falcon, ours for
   multi-query Falcon and Phi-3), and rank_pattern / alpha_pattern give the module k*r and k*alpha, so alpha / r is
   unchanged: the same update, exactly. Importing, PEFT's A becomes every part's A and B's rows are split by part.
-- Qwen3-MoE's expert tensors are PEFT's `target_parameters` (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`,
-  matched as dotted suffixes of the parameter names), in our `Experts` layout already: A (E r, in), B (out, r E).
+- Qwen3-MoE's and gpt-oss's expert tensors are PEFT's `target_parameters` (`mlp.experts.gate_up_proj`,
+  `mlp.experts.down_proj`, matched as dotted suffixes of the parameter names), in our `Experts` layout already:
+  A (E r, in), B (out, r E) (gpt-oss's (E, in, out) tensors: PEFT reads their `is_transposed`).
   PEFT wraps each targeted tensor of a module in a ParamWrapper, nested in parameter order, so with both targeted
   gate_up_proj's adapter is `...mlp.experts.base_layer.lora_A.weight` and down_proj's `...mlp.experts.lora_A.weight`;
   with one targeted, it is `...mlp.experts.lora_A.weight`. PEFT refuses dropout there, and a config has one

@@ -1,6 +1,7 @@
 """HF <-> lit conversion: state dicts, config.json, the convert scripts end to end, bad inputs, download.py."""
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def save_hf(kind: str, path: Path, fmt: str) -> torch.nn.Module:
                                                     ("qwen3-head_dim", "safetensors", False),
                                                     ("gemma3", "safetensors", True),
                                                     ("phi3-longrope", "bin", False),
-                                                    ("mistral-head_dim-sliding", "safetensors", False)])
+                                                    ("mistral-head_dim-sliding", "safetensors", False),
+                                                    ("gpt_oss", "sharded", False)])
 def test_round_trip(tmp_path: Path, kind: str, fmt: str, via_scripts: bool) -> None:
     """HF dir -> convert_hf_checkpoint -> convert_lit_checkpoint -> HF dir: same tensors, same logits."""
     from safetensors.torch import load_file
@@ -354,6 +356,15 @@ HF_CONFIGS = Path(__file__).parent / "data" / "hf_configs"  # published config.j
                           hf_model_type="qwen3_5_text")),
     ("OLMo-2-1124-7B-Instruct", dict(n_layer=32, n_embd=4096, pre_norms=False, post_norms=True, norm_qk_all_heads=True,
                                      tie_embeddings=False, hf_model_type="olmo2")),
+    # gpt-oss-20b (its MXFP4 quantization_config: dequantized while converting): 32 experts of 2880, 4 per token,
+    # windows of 128 in the even layers, YaRN x32 of 4096 (untruncated, attention factor 0.1 ln 32 + 1), sinks, biases
+    ("gpt-oss-20b", dict(n_layer=24, n_embd=2880, n_head=64, n_query_groups=8, head_size=64, n_expert=32,
+                         n_expert_per_token=4, moe_intermediate_size=2880, sliding_window=128, global_layer_every=2,
+                         attention_sinks=True, bias=True, qkv_bias=True, norm_upcast=True, rope_base=150000,
+                         rope_scaling=dict(type="yarn", factor=32.0, original_max_position_embeddings=4096,
+                                           beta_fast=32.0, beta_slow=1.0, truncate=False,
+                                           attention_factor=0.1 * math.log(32) + 1),
+                         swiglu_limit=7.0, block_size=131072, vocab_size=201088, hf_model_type="gpt_oss")),
 ])
 def test_published_configs_convert_and_round_trip(name: str, expected: dict) -> None:
     hf = json.loads((HF_CONFIGS / f"{name}.json").read_text())
@@ -376,6 +387,12 @@ def test_published_configs_convert_and_round_trip(name: str, expected: dict) -> 
     ("gemma4-ple-shared-kv", "num_kv_shared_layers", 6, "some layer must compute keys and values"),
     ("gemma4-k_eq_v", "per_layer_config", {"2": {"head_dim": 16}, "1": {"head_dim": 8}}, "per-layer overrides"),
     ("gemma4-k_eq_v", "use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
+    ("gpt_oss", "quantization_config", {"quant_method": "gptq", "bits": 4}, "published MXFP4 weights or from "
+     "unquantized ones only"),
+    ("gpt_oss", "experts_per_token", 3, "num_experts_per_tok=2 but experts_per_token=3"),
+    ("gpt_oss", "layer_types", ["full_attention", "sliding_attention", "sliding_attention"],
+     "layer_types puts full attention at layers"),
+    ("gpt_oss", "sliding_window", None, "sliding-attention layers but sliding_window=None"),
 ])
 def test_new_family_configs_we_would_not_reproduce_are_refused(kind: str, key: str, value, match: str) -> None:
     hf = tiny_hf_model(kind).config.to_dict()
@@ -449,3 +466,75 @@ def test_per_expert_checkpoint_stacks_into_the_fused_experts() -> None:
     incomplete = [(k, v) for k, v in items if ".experts.3." not in k]
     with pytest.raises(ValueError, match="Incomplete experts in layers"):
         hf_to_lit(iter(incomplete), config)
+
+
+def test_mxfp4_dequantizes_as_transformers() -> None:
+    """gpt-oss's MXFP4 expert tensors (uint8 blocks of two FP4 codes a byte, one exponent per 32 values) as the
+    checkpoints store them, random: ours == transformers' own dequantization, bit for bit, in bfloat16 and float32
+    (also for exponents that overflow); one byte worked by hand."""
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from lit_gpt.convert import dequantize_mxfp4
+
+    gen = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (3, 10, 2, 16), dtype=torch.uint8, generator=gen)  # (E, out, in / 32, 16)
+    for low, high in ((110, 140), (0, 256)):
+        scales = torch.randint(low, high, (3, 10, 2), dtype=torch.uint8, generator=gen)
+        for dtype in (torch.bfloat16, torch.float32):
+            ours = dequantize_mxfp4(blocks, scales, dtype)
+            theirs = convert_moe_packed_tensors(blocks, scales, dtype=dtype)
+            assert ours.shape == theirs.shape == (3, 64, 10) and ours.dtype == dtype
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+    blocks[1, 4, 1, 3], scales[1, 4, 1] = 0x2F, 128  # codes 0xF (-6) then 0x2 (1), times 2 ** (128 - 127)
+    ours = dequantize_mxfp4(blocks, scales, torch.float32)
+    assert ours[1, 32 + 6, 4].item() == -12.0 and ours[1, 32 + 7, 4].item() == 2.0
+    with pytest.raises(ValueError, match="are not uint8"):
+        dequantize_mxfp4(blocks, scales[:, :, :1])
+
+
+def test_mxfp4_checkpoint_converts_to_the_model_transformers_loads(tmp_path: Path) -> None:
+    """A tiny gpt-oss dir stored as the published ones: its expert tensors MXFP4 blocks and scales, the rest as is,
+    quantization_config mxfp4. It converts to the model transformers loads from it (dequantize=True): the same
+    tensors (the experts in bfloat16, exact), the same logits; blocks without their scales are refused."""
+    import transformers
+    from safetensors.torch import save_file
+
+    _, kwargs = TINY["gpt_oss"]
+    hf_config = transformers.GptOssConfig(**{**SIZES, **kwargs, "intermediate_size": 64})  # 32 | n_embd, 64
+    torch.manual_seed(0)
+    hf_model = transformers.GptOssForCausalLM(hf_config)
+    gen = torch.Generator().manual_seed(1)
+    state_dict = {}
+    for name, t in hf_model.state_dict().items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):  # (E, in, out) as (E, out, in / 32, 16)
+            shape = (t.size(0), t.size(2), t.size(1) // 32)
+            state_dict[f"{name}_blocks"] = torch.randint(0, 256, (*shape, 16), dtype=torch.uint8, generator=gen)
+            state_dict[f"{name}_scales"] = torch.randint(120, 125, shape, dtype=torch.uint8, generator=gen)
+        else:
+            state_dict[name] = torch.randn(t.shape, generator=gen) * (0.5 if t.dim() == 1 else 0.2) + (
+                1.0 if "norm" in name else 0.0)
+    hf_dir = tmp_path / "gpt-oss-tiny"
+    hf_dir.mkdir()
+    save_file(state_dict, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
+    (hf_dir / "config.json").write_text(json.dumps({**hf_config.to_dict(), "quantization_config": {
+        "quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn", "lm_head"]}}))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        hf_dir, dtype=torch.float32, quantization_config=transformers.Mxfp4Config(dequantize=True)).eval()
+
+    config = convert_hf_checkpoint(hf_dir)
+    converted = torch.load(hf_dir / "lit_model.pth", weights_only=True)
+    expected = hf_to_lit(iter(reference.state_dict().items()), config)
+    assert converted.keys() == expected.keys()
+    for name, t in converted.items():
+        assert t.dtype == (torch.bfloat16 if name.endswith(("gate_up_proj", "down_proj")) else torch.float32), name
+        assert torch.equal(t.float(), expected[name]), name
+    model = GPT(config)
+    model.load_state_dict(converted)
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 13), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(idx), reference(idx).logits)
+
+    del state_dict["model.layers.1.mlp.experts.down_proj_scales"]
+    with pytest.raises(ValueError, match=r"MXFP4 expert tensors without their blocks or scales: "
+                                         r"model.layers.1.mlp.experts.down_proj$"):
+        hf_to_lit(iter(state_dict.items()), config)

@@ -38,7 +38,8 @@ def alone(model, request: Request) -> list:
     return out
 
 
-@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "qwen3_5-hybrid", "gemma4-ple-shared-kv", "qwen3_moe"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "qwen3_5-hybrid", "gemma4-ple-shared-kv", "qwen3_moe",
+                                  "gpt_oss"])
 @pytest.mark.parametrize("rows", [3, 16])
 def test_batched_rows_equal_each_request_alone(kind, rows):
     """3 rows for 11 samples: rows are refilled as answers end (continuous batching); 16: all at once."""
@@ -97,7 +98,8 @@ def test_streaming_gives_the_completions_ids_in_order():
     assert all(got[key] == c.tokens for key, c in done.items())
 
 
-@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "qwen3_5-hybrid", "gemma4-ple-shared-kv", "qwen3_moe"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "gemma3", "qwen3_5-hybrid", "gemma4-ple-shared-kv", "qwen3_moe",
+                                  "gpt_oss"])
 def test_greedy_equals_transformers_generate(kind):
     """Rows of different prompt lengths, budgets and stop ids, decoded together, each equal to transformers'
     greedy `generate` of that prompt alone (gemma3: windows of 5 on two of its layers, sequences up to 30)."""

@@ -92,7 +92,7 @@ def test_finetune_end_to_end(tiny_checkpoint, tiny_data, tmp_path, precision, qu
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("kind", ["qwen3_5-hybrid", "gemma4", "qwen3_moe"])
+@pytest.mark.parametrize("kind", ["qwen3_5-hybrid", "gemma4", "qwen3_moe", "gpt_oss"])
 def test_new_family_model_finetunes_merges_and_generates(kind, tiny_data, smollm2_dir, tmp_path, capsys):
     """A tiny Qwen3.5 (a Gated DeltaNet layer, a gated full-attention one) and a tiny Gemma 4 (per-layer inputs, layers
     reusing keys and values, k = v), with the SmolLM2 tokenizer the data was prepared with: a few LoRA steps,

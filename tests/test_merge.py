@@ -40,6 +40,15 @@ CONFIGS = {
     # Qwen3-MoE: a dense first layer, 4 experts of 24 (2 per token) with their adapters
     "qwen3_moe": dict(LLAMA, n_layer=3, n_head=4, n_query_groups=2, head_size=8, norm_qk=True, n_expert=4,
                       n_expert_per_token=2, moe_intermediate_size=24, moe_dense_layers=[0], hf_model_type="qwen3_moe"),
+    # gpt-oss: sinks, biases on q/k/v/o, a window of 4 and a full layer, YaRN, 4 transposed experts of 24 with biases
+    # (2 per token) and their adapters
+    "gpt_oss": dict(LLAMA, n_head=4, n_query_groups=2, head_size=8, bias=True, qkv_bias=True, norm_upcast=True,
+                    attention_sinks=True, sliding_window=4, global_layer_every=2, rope_base=150000,
+                    rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=16, beta_fast=32.0,
+                                      beta_slow=1.0, truncate=False, attention_factor=1.1386),
+                    n_expert=4, n_expert_per_token=2, moe_intermediate_size=24, router_bias=True,
+                    router_scoring="topk_softmax", moe_activation="clamped_swiglu", moe_transposed=True,
+                    moe_interleaved=True, moe_bias=True, hf_model_type="gpt_oss"),
     # Gemma 4: per-layer inputs, the last two layers reusing keys and values, global layers of their own head size
     # with k = v, proportional RoPE, softcapping
     "gemma4": dict(LLAMA, mlp_class_name="GemmaMLP", gelu_approximate="tanh", n_layer=4, n_head=4, n_query_groups=2,

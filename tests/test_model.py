@@ -98,6 +98,13 @@ TINY = {
     "qwen3_moe": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=3,
                                          num_experts=6, num_experts_per_tok=2, moe_intermediate_size=16,
                                          mlp_only_layers=[0], norm_topk_prob=True, tie_word_embeddings=False)),
+    # gpt-oss: sinks, biases on q/k/v/o, windows of 4 (layers 0 and 2) and a full layer, YaRN, 6 experts of which 2
+    # per token through the clamped SwiGLU (a limit the perturbed weights reach); transformers' eager attention
+    "gpt_oss": ("GptOssConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=3,
+                                     num_local_experts=6, num_experts_per_tok=2, sliding_window=4, swiglu_limit=1.5,
+                                     rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0,
+                                                          original_max_position_embeddings=16, beta_fast=32.0,
+                                                          beta_slow=1.0, truncate=False))),
 }
 SIZES = dict(vocab_size=120, hidden_size=32, intermediate_size=56, num_hidden_layers=2, max_position_embeddings=64)
 
@@ -113,8 +120,9 @@ def tiny_hf_model(kind: str, seed: int = 0) -> torch.nn.Module:
                      max_position_embeddings=64, ffn_hidden_size=sizes["intermediate_size"])
     hf_config = getattr(transformers, class_name)(**{**sizes, **kwargs})
     torch.manual_seed(seed)
-    # sdpa, as ours: eager attention differs from it by float error (1e-5 on the tiny Gemma 3)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa").eval()
+    # sdpa, as ours: eager attention differs from it by float error (1e-5 on the tiny Gemma 3); gpt-oss has no sdpa
+    attention = "eager" if class_name == "GptOssConfig" else "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 1 else 0.2) + (1.0 if "norm" in name and
@@ -154,7 +162,7 @@ def test_logits_match_transformers(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like", "gemma3", "phi3-partial-sliding",
                                   "mistral-head_dim-sliding", "qwen3-head_dim", "ministral3-yarn",
                                   "olmo3-yarn-sliding", "smollm3-nope", "qwen3_5-hybrid", "gemma4-ple-shared-kv",
-                                  "gemma4-k_eq_v", "qwen3_moe"])
+                                  "gemma4-k_eq_v", "qwen3_moe", "gpt_oss"])
 def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
     # float64: the paths differ only in float error, which the Gemma-like weights make ~1e-5 in float32
     model = lit_model_from_hf(tiny_hf_model(kind, seed=2)).double()

@@ -13,7 +13,7 @@ from lit_gpt.utils import response_loss
 # the others not: each keeps its own factors), parallel residual, GQA, q/k norms
 KINDS = ["llama-gqa", "gemma3", "phi3-partial-sliding", "phi3-longrope", "gpt_neox-parallel", "qwen3-head_dim",
          "qwen3_5-hybrid", "olmo3-yarn-sliding", "gemma4-ple-shared-kv", "gemma4-k_eq_v",
-         "qwen3_moe"]
+         "qwen3_moe", "gpt_oss"]
 LENGTHS = [9, 3, 17, 1, 6]  # tokens read by the model (the samples are one longer)
 
 

@@ -277,6 +277,10 @@ EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]  # PEFT's target
     ("qwen3_moe", LoRAConfig(r=2, alpha=6, mlp=False),
      dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"], target_parameters=EXPERTS,
           lora_dropout=0.0)),
+    # gpt-oss: biased q/k/v/o projections, sinks, windows of 4; the experts' (E, in, out) tensors
+    ("gpt_oss", LoRAConfig(r=2, alpha=6, mlp=False),
+     dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"], target_parameters=EXPERTS,
+          lora_dropout=0.0)),
 ])
 def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, tmp_path, smollm2_dir):
     model, base = hf_base(kind, tmp_path, smollm2_dir)
@@ -305,7 +309,7 @@ def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, 
             (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value)
             or (m == "k_proj" and not lora.key))])
         assert peft_config["rank_pattern"] == {}
-    assert peft_config["target_parameters"] == (EXPERTS if kind == "qwen3_moe" else None)
+    assert peft_config["target_parameters"] == (EXPERTS if kind in ("qwen3_moe", "gpt_oss") else None)
 
     # import: our model with the imported adapter gives the logits of `peft`'s model
     peft_model = peft_adapter(model, tmp_path / "peft", r=4, lora_alpha=8, **lora_kwargs)
