@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from test_prompts import SYSTEM_FAMILIES, render
+from test_prompts import EARLIER_ANSWERS_END, SYSTEM_FAMILIES, render
 
 from conftest import REPO, run_script
 from lit_gpt.data import IGNORE_INDEX, load_prepared, prepare_conversation
@@ -106,7 +106,8 @@ def check_chat_labels(name: str, template: str, variables: dict, bos: str, end: 
     end = " </s>" if name == "llama2-chat" else end
     for i, ((start, stop), (_, answer)) in enumerate(zip(runs, TURNS)):
         prefix = style.response_prefix if name not in ("qwen3", "qwen3.5") or i == 2 else ""  # Qwen: think on the last
-        assert tokenizer.decode(ids[start:stop]) == prefix + answer + end, name
+        ends = end if i == len(TURNS) - 1 else EARLIER_ANSWERS_END.get(name, end)  # gpt-oss: <|end|> before the last
+        assert tokenizer.decode(ids[start:stop]) == prefix + answer + ends, name
     last = prepare_conversation(conversation, tokenizer, style, 1000, train_on="last")
     assert label_runs(last["labels"]) == runs[-1:] and torch.equal(last["input_ids"], ids)
     assert torch.equal(prepare_conversation(conversation, tokenizer, style, 1000, train_on="all")["labels"], ids)
