@@ -865,4 +865,25 @@ for _size, _n_layer, _n_embd, _n_head, _inter, _moe_inter, _rope_2507 in [
                             norm_qk=True, n_expert=128, n_expert_per_token=8, moe_intermediate_size=_moe_inter,
                             router_aux_loss_coef=0.001, hf_model_type="qwen3_moe"))
 
+############
+# gpt-oss (lit_gpt/moe.py, lit_gpt/sinks.py): openai/gpt-oss-20b's config.json (tests/data/hf_configs) and -120b's
+# (transformers' GptOssConfig defaults, "similar to GPT-OSS-120B": 36 layers of 128 experts, the rest as the 20b's).
+# Attention sinks, biased q/k/v/o, 64 heads of 64 over 8 kv heads, 128-token windows alternating with full layers,
+# YaRN x32 of a 4096 context (attention factor 0.1 ln 32 + 1, as transformers computes it), every layer's MLP the top
+# 4 experts (a biased router's logits, softmaxed) with the clamped SwiGLU; untied, 201088 embedding rows
+############
+for _size, _n_layer, _n_expert in [("20b", 24, 32), ("120b", 36, 128)]:
+    _name = f"gpt-oss-{_size}"
+    configs.append(dict(_llama, name=_name, hf_config=dict(org="openai", name=_name), block_size=131072,
+                        vocab_size=201088, padding_multiple=1, n_layer=_n_layer, n_embd=2880, n_head=64,
+                        n_query_groups=8, head_size=64, intermediate_size=2880, rope_base=150000,
+                        rope_scaling=dict(type="yarn", factor=32.0, original_max_position_embeddings=4096,
+                                          beta_fast=32.0, beta_slow=1.0, truncate=False,
+                                          attention_factor=0.1 * math.log(32.0) + 1.0),
+                        sliding_window=128, global_layer_every=2, bias=True, norm_upcast=True,
+                        attention_sinks=True, n_expert=_n_expert, n_expert_per_token=4, moe_intermediate_size=2880,
+                        router_bias=True, router_scoring="topk_softmax", moe_activation="clamped_swiglu",
+                        moe_transposed=True, moe_interleaved=True, moe_bias=True, router_aux_loss_coef=0.9,
+                        hf_model_type="gpt_oss"))
+
 name_to_config = {c["name"]: c for c in configs}

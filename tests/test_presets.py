@@ -40,6 +40,8 @@ PUBLISHED = {
     # Qwen3-MoE cards ("30.5B in total", "Non-Embedding: 29.9B"; "235B in total", "234B"), the 2507 ones as their base's
     **{f"Qwen3-{size}{kind}": sizes for kind in ("", "-Instruct-2507", "-Thinking-2507")
        for size, sizes in (("30B-A3B", ("30.5B", "29.9B")), ("235B-A22B", ("235B", "234B")))},
+    # gpt-oss: OpenAI's gpt-oss model card (arXiv 2508.10925), table 1 ("Total": 20.91B, 116.83B)
+    "gpt-oss-20b": ("20.91B", None), "gpt-oss-120b": ("116.83B", None),
     # Gemma 3: 270m HF and card; the others the Gemma 3 technical report (table 1), whose 4b/12b/27b totals
     # include the vision encoder
     "gemma-3-270m": ("268M", "100M"), "gemma-3-270m-it": ("268M", "100M"),
@@ -82,8 +84,12 @@ NOT_PUBLISHED = {"stablelm-base-alpha-3b", "stablelm-base-alpha-7b", "pythia-14m
 # mixture-of-experts preset -> the activated parameters its model card states ("... and 3.3B activated")
 ACTIVE = {f"Qwen3-{size}{kind}": active for kind in ("", "-Instruct-2507", "-Thinking-2507")
           for size, active in (("30B-A3B", "3.3B"), ("235B-A22B", "22B"))}
+# gpt-oss's model card, table 1 ("Active Parameters"; its HF cards: 3.6B, 5.1B)
+ACTIVE.update({"gpt-oss-20b": "3.61B", "gpt-oss-120b": "5.13B"})
 # cards whose figure is our count cut to its digits, not rounded: Qwen3-30B-A3B's "3.3B" of 3,353,032,704
 CUT = {name for name in ACTIVE if name.startswith("Qwen3-30B-A3B")}
+# cards that do not count the embedding matrix as active (a lookup, no compute): gpt-oss's (its unembedding counts)
+ACTIVE_LESS_EMBEDDING = {"gpt-oss-20b", "gpt-oss-120b"}
 
 SCALE = {"M": 1e6, "B": 1e9}
 
@@ -146,7 +152,10 @@ def test_every_mixture_of_experts_preset_has_a_published_active_size() -> None:
 
 @pytest.mark.parametrize("name", sorted(ACTIVE))
 def test_active_parameter_count_matches_the_published_size(name: str) -> None:
-    active, published = active_parameters(meta_model(name)), ACTIVE[name]
+    model = meta_model(name)
+    active, published = active_parameters(model), ACTIVE[name]
+    if name in ACTIVE_LESS_EMBEDDING:
+        active -= model.transformer.wte.weight.numel()
     assert cut_to(active, published) if name in CUT else matches(active, published), (active, published)
 
 
@@ -174,6 +183,7 @@ def test_exact_parameter_count(name: str, published: int) -> None:
 @pytest.mark.parametrize("name, config_json", [
     ("Qwen3.5-0.8B", "Qwen3.5-0.8B.json"),
     ("OLMo-2-1124-7B-Instruct", "OLMo-2-1124-7B-Instruct.json"),
+    ("gpt-oss-20b", "gpt-oss-20b.json"),
 ])
 def test_preset_is_its_published_config_json(name: str, config_json: str) -> None:
     """The preset is what `Config.from_hf_config` reads from the repo's config.json, field by field."""
