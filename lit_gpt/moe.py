@@ -114,6 +114,7 @@ class Experts(nn.Module):
         # `lit_gpt.lora.reference_model`: the adapters off, or this frozen copy of them ({name: (A, B)})
         self.as_reference, self.reference = False, None
 
+    @torch.compiler.disable  # the per-expert row counts are data: torch.compile runs the model around this eagerly
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x (M, n_embd) rows sorted by expert, counts (n_expert,) the rows of each -> (M, n_embd)."""
         gate_up, down = self.per_expert("gate_up"), self.per_expert("down")

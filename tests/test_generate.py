@@ -4,6 +4,7 @@ sequences, streaming text) and the generate scripts end to end, plus one SmolLM2
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,17 @@ def test_compiled_decoding_matches_eager():
         torch.testing.assert_close(sampled[1], sampled[0], rtol=0, atol=0)
     assert counts[0] > 0 and counts[-1] == counts[0]  # the later lengths reused the first compilation
     assert all(block.attn.kv_cache is None for block in model.transformer.h)
+
+
+def test_compiled_decoding_of_a_mixture_of_experts():
+    """The experts' data-dependent row counts run eagerly inside the compiled step (no fallback to eager decoding),
+    and the tokens are the eager ones."""
+    model = tiny_model(n_layer=1, n_expert=4, n_expert_per_token=2, moe_intermediate_size=16)
+    prompt = torch.arange(1, 6)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")
+        compiled = generate(model, prompt, 8, temperature=0.0, compile=True)
+    torch.testing.assert_close(compiled, generate(model, prompt, 8, temperature=0.0), rtol=0, atol=0)
 
 
 def test_generation_continues_from_the_engines_kept_kv_cache():
