@@ -440,7 +440,8 @@ def _gemma4(gguf: GGUFFile, fields: dict, window: Optional[int]) -> dict:
 
 def _qwen3moe(gguf: GGUFFile, fields: dict) -> dict:
     """The experts of a qwen3moe file: in every layer (llama.cpp's qwen3moe has no dense ones), the top k of a softmax
-    renormalised (it hardcodes that); their width `expert_feed_forward_length`, else llama.cpp's n_ff / k."""
+    renormalised (it hardcodes that); their width `expert_feed_forward_length`, else llama.cpp's n_ff / k. A GGUF
+    keeps no training settings: the load-balancing coefficient is transformers' Qwen3-MoE default, 0.001."""
     key, where = gguf.hparam, gguf.where
     n_expert, used = key("expert_count", 0), key("expert_used_count", 0)
     if not n_expert or not isinstance(used, int) or not 0 < used <= n_expert:
@@ -449,7 +450,8 @@ def _qwen3moe(gguf: GGUFFile, fields: dict) -> dict:
     if key("expert_group_count", 0) > 1:  # llama.cpp routes by groups then, in any architecture
         fail(f"{where} routes its experts in groups (qwen3moe.expert_group_count), which our model does not support")
     width = key("expert_feed_forward_length") or fields["intermediate_size"] // used
-    return dict(n_expert=n_expert, n_expert_per_token=used, moe_intermediate_size=width, norm_topk_prob=True)
+    return dict(n_expert=n_expert, n_expert_per_token=used, moe_intermediate_size=width, norm_topk_prob=True,
+                router_aux_loss_coef=0.001)
 
 
 def _stem(gguf: GGUFFile) -> str:
