@@ -2,7 +2,7 @@
 
 Architectures (`general.architecture`): llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3,
 smollm3, mistral3 (Ministral 3), olmo2 (OLMo 2; with a sliding window, OLMo 3), qwen35 (Qwen3.5 dense), gemma4
-(Gemma 4's text decoder), qwen3moe (Qwen3-MoE).
+(Gemma 4's text decoder), qwen3moe (Qwen3-MoE), gpt-oss.
 The dir holds our GPT's weights (dequantized), `lit_config.json`, the Hugging Face `config.json`, a `tokenizer.json`
 rebuilt from the GGUF's own vocabulary, `tokenizer_config.json`, `generation_config.json` and, for chat models,
 `prompt_style.json`. Where transformers' GGUF loader and llama.cpp disagree, we follow llama.cpp: it is what the file
@@ -37,9 +37,14 @@ What llama.cpp's converter (convert_hf_to_gguf.py) does to a model, undone here:
 - qwen3moe: Qwen3's attention, every layer's MLP experts (llama.cpp's qwen3moe has no dense layers): the router as
   `ffn_gate_inp`, the experts as 3-D `ffn_gate_exps`, `ffn_up_exps` (our gate_up_proj's two halves) and
   `ffn_down_exps`; llama.cpp always renormalises the top k weights (norm_topk_prob).
-- YaRN (olmo2, mistral3): ggml multiplies cos and sin by 1 + 0.1 ln(factor) and `rope.scaling.attn_factor`; mistral3
-  reads the betas and `yarn_log_multiplier` (Ministral 3's mscale_all_dim, as HF's ratio of magnitudes), olmo2 neither
-  (its betas are 32 and 1).
+- gpt-oss: sinks (`attn_sinks`), q/k/v/o biases, `post_attention_norm` before the experts, a window but in every
+  `sliding_window_pattern`-th layer (2 without the key); the experts with biases, back to gpt-oss's (E, in, out)
+  tensors with gate and up interleaved (`experts_from_gguf`). llama.cpp hardcodes the router (the top k logits
+  softmaxed), the clamped SwiGLU (alpha 1.702, limit 7) and YaRN's betas 32 and 1; it rounds YaRN's ramp bounds
+  (truncate), which a file named after our gpt-oss presets takes from them (gpt-oss's own are not rounded).
+- YaRN (olmo2, mistral3, gpt-oss): ggml multiplies cos and sin by 1 + 0.1 ln(factor) and `rope.scaling.attn_factor`;
+  mistral3 reads the betas and `yarn_log_multiplier` (Ministral 3's mscale_all_dim, as HF's ratio of magnitudes),
+  olmo2 and gpt-oss neither (their betas are 32 and 1).
 """
 
 import json
@@ -61,15 +66,17 @@ SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
 # GGUF architecture -> transformers model_type (Config.hf_model_type); olmo2 with a sliding window is OLMo 3
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3",
                  "smollm3": "smollm3", "mistral3": "ministral3", "olmo2": "olmo2", "qwen35": "qwen3_5_text",
-                 "gemma4": "gemma4_text", "qwen3moe": "qwen3_moe"}
+                 "gemma4": "gemma4_text", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss"}
 INTERLEAVED = ("llama", "smollm3", "mistral3")  # their RoPE kernel rotates adjacent rows: q/k rows interleaved
 SMOLLM3_NOPE_EVERY = 4  # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a constant, not a key
-YARN_ARCHITECTURES = ("olmo2", "mistral3")  # whose YaRN llama.cpp computes as we do (the checks in gguf_export.py)
+# whose YaRN llama.cpp computes as we do (the checks in gguf_export.py)
+YARN_ARCHITECTURES = ("olmo2", "mistral3", "gpt-oss")
 # those that read rope.scaling.yarn_beta_fast/slow and yarn_log_multiplier; olmo2 takes 32 and 1 whatever the file
 YARN_BETAS = ("mistral3",)
 CONTROL, USER_DEFINED, UNKNOWN, BYTE = 3, 4, 2, 6  # llama.cpp token types (the sentencepiece ones)
 GEMMA4_SOFTCAPPING = 30.0  # llama.cpp caps a gemma4 file's logits at 30 unless final_logit_softcapping says (0: none)
 STILL = 1e20  # Gemma 4's rope_freqs: frequencies divided by more than this stand still (its converter: 1e30)
+GPT_OSS_SWIGLU = (1.702, 7.0)  # the clamped SwiGLU's alpha and limit, which llama.cpp's gpt-oss hardcodes
 LLAMA3_ORIGINAL_CONTEXT = 8192  # the one llama.cpp's converter computes `rope_freqs` with (only ratios to it matter)
 
 # llama.cpp's pre-tokenizer regexes (src/llama-vocab.cpp, `llm_tokenizer_bpe`), applied one after the other, each
@@ -101,7 +108,8 @@ NO_CLEAN_SPACES = {"smollm", "command-r", "qwen2", "deepseek-r1-qwen", "megrez"}
 
 
 # Our parameter name -> llama.cpp's tensor name ("{}": the layer), for the tensors stored one to one. Stored apart: our
-# fused attn.qkv (llama.cpp's attn_q/attn_k/attn_v, Phi-3's attn_qkv; biases likewise) and Phi-3's fc_1 + fc_2 (ffn_up).
+# fused attn.qkv (llama.cpp's attn_q/attn_k/attn_v, Phi-3's attn_qkv; biases likewise), Phi-3's fc_1 + fc_2 (ffn_up),
+# the experts (ffn_gate_exps, ffn_up_exps, ffn_down_exps and gpt-oss's biases).
 TENSOR_NAMES = {
     "transformer.wte.weight": "token_embd.weight",
     "transformer.ln_f.weight": "output_norm.weight",
@@ -122,9 +130,11 @@ TENSOR_NAMES = {
     "transformer.h.{}.per_layer_proj.weight": "blk.{}.proj.weight",
     "transformer.h.{}.per_layer_norm.weight": "blk.{}.post_norm.weight",
     "transformer.wte_per_layer.weight": "per_layer_token_embd.weight",
-    # Qwen3-MoE: the router and the experts' down projections (gate_up_proj is stored as two halves)
+    # mixtures of experts: the router (the experts are stored apart, `experts_to_gguf`); gpt-oss's sinks and biases
     "transformer.h.{}.mlp.router.weight": "blk.{}.ffn_gate_inp.weight",
-    "transformer.h.{}.mlp.experts.down_proj": "blk.{}.ffn_down_exps.weight",
+    "transformer.h.{}.mlp.router.bias": "blk.{}.ffn_gate_inp.bias",
+    "transformer.h.{}.attn.sinks": "blk.{}.attn_sinks.weight",
+    "transformer.h.{}.attn.proj.bias": "blk.{}.attn_output.bias",
     "transformer.per_layer_proj.weight": "per_layer_model_proj.weight",
     "transformer.per_layer_norm.weight": "per_layer_proj_norm.weight",
 }
@@ -136,12 +146,46 @@ LINEAR_NAMES = {"qkv.weight": "attn_qkv.weight", "gate.weight": "attn_gate.weigh
 
 
 def tensor_names(arch: str) -> Dict[str, str]:
-    """TENSOR_NAMES for `arch`: qwen35 calls its norm before the MLP (our norm_2) `post_attention_norm`."""
-    if arch != "qwen35":
+    """TENSOR_NAMES for `arch`: qwen35 and gpt-oss call the norm before the MLP (our norm_2) `post_attention_norm`."""
+    if arch not in ("qwen35", "gpt-oss"):
         return TENSOR_NAMES
     names = {k: v for k, v in TENSOR_NAMES.items() if ".post_attention_norm." not in v}
     names["transformer.h.{}.norm_2.weight"] = "blk.{}.post_attention_norm.weight"
     return names
+
+
+def experts_to_gguf(tensors: Dict[str, torch.Tensor], config: Config) -> Dict[str, torch.Tensor]:
+    """One layer's expert tensors ({"gate_up_proj": ..., "down_proj": ..., and gpt-oss's biases}) as llama.cpp stores
+    them: {"gate": (E, I, D), "up": (E, I, D), "down": (E, D, I)} and the biases {"gate_bias": (E, I), "up_bias",
+    "down_bias": (E, D)}. Ours are rows [gate | up] (Qwen3-MoE), or gpt-oss's (E, in, out) with gate and up columns
+    interleaved."""
+    m, w = config.moe_intermediate_size, tensors["gate_up_proj"]
+    if config.moe_transposed:
+        w = w.transpose(1, 2)  # (E, 2 I, D)
+    out = ({"gate": w[:, 0::2], "up": w[:, 1::2]} if config.moe_interleaved else {"gate": w[:, :m], "up": w[:, m:]})
+    out["down"] = tensors["down_proj"].transpose(1, 2) if config.moe_transposed else tensors["down_proj"]
+    if "gate_up_proj_bias" in tensors:
+        b = tensors["gate_up_proj_bias"]
+        gate, up = (b[:, 0::2], b[:, 1::2]) if config.moe_interleaved else (b[:, :m], b[:, m:])
+        out.update(gate_bias=gate, up_bias=up, down_bias=tensors["down_proj_bias"])
+    return out
+
+
+def experts_from_gguf(parts: Dict[str, torch.Tensor], config: Config) -> Dict[str, torch.Tensor]:
+    """The inverse of `experts_to_gguf`."""
+    E, m = config.n_expert, config.moe_intermediate_size
+
+    def join(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # along dim 1
+        if config.moe_interleaved:
+            return torch.stack([gate, up], dim=2).reshape(E, 2 * m, *gate.shape[2:])
+        return torch.cat([gate, up], dim=1)
+
+    w, down = join(parts["gate"], parts["up"]), parts["down"]
+    out = {"gate_up_proj": w.transpose(1, 2) if config.moe_transposed else w,
+           "down_proj": down.transpose(1, 2) if config.moe_transposed else down}
+    if "gate_bias" in parts:
+        out.update(gate_up_proj_bias=join(parts["gate_bias"], parts["up_bias"]), down_proj_bias=parts["down_bias"])
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 def interleave_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -253,7 +297,7 @@ class GGUFFile:
             moe = " (a mixture of experts)" if "moe" in str(self.arch) else ""
             fail(f"{self.where} holds a {self.arch!r} model{moe}, which cannot be converted. Supported architectures: "
                  "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3, smollm3, mistral3, "
-                 "olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe")
+                 "olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe, gpt-oss")
         bad = sorted({t.tensor_type.name for t in self.reader.tensors} - set(SUPPORTED_TYPES))
         if bad:
             fail(f"{self.where} has tensors of type {', '.join(bad)}, which cannot be converted. "
@@ -290,8 +334,8 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     missing = [f"{arch}.{k}" for k in required if key(k) is None]
     if missing:
         fail(f"{where} lacks the metadata {', '.join(missing)}: it is not a complete {arch} GGUF")
-    if key("expert_count", 0) and arch != "qwen3moe":
-        fail(f"{where} is a mixture-of-experts {arch} model, which cannot be converted (of those: qwen3moe)")
+    if key("expert_count", 0) and arch not in ("qwen3moe", "gpt-oss"):
+        fail(f"{where} is a mixture-of-experts {arch} model, which cannot be converted (of those: qwen3moe, gpt-oss)")
     for k in ("attn_logit_softcapping", "final_logit_softcapping"):
         if key(k) and (arch, k) != ("gemma4", "final_logit_softcapping"):  # Gemma 4's is ours
             fail(f"{where} soft-caps its logits ({arch}.{k}={key(k)}), which our model does not support")
@@ -323,7 +367,8 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         norm_eps=_float32(key("attention.layer_norm_rms_epsilon", 1e-5)), mlp_class_name="LLaMAMLP",
         intermediate_size=key("feed_forward_length"), hf_model_type=ARCHITECTURES[arch],
         norm_qk=arch in ("qwen3", "olmo2", "qwen35", "qwen3moe"))
-    unstored = {"hf_model_type"}  # what a matching preset decides (Mistral's is "mistral", llama.cpp's "llama")
+    # what a matching preset decides (Mistral's is "mistral", llama.cpp's "llama"; the finetuning's load-balancing)
+    unstored = {"hf_model_type", "router_aux_loss_coef"}
     if arch == "gemma3":
         # llama.cpp: 1 / sqrt(head size) scales the queries, 1 / sqrt(n_embd / n_head) for the 62-layer 27B
         scalar = n_embd // n_head if fields["n_layer"] == 62 else head_size
@@ -350,6 +395,8 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         fields.update(_gemma4(gguf, fields, window))
     elif arch == "qwen3moe":
         fields.update(_qwen3moe(gguf, fields))
+    elif arch == "gpt-oss":
+        fields.update(_gpt_oss(gguf, fields, window))
     elif arch == "qwen35":  # Gated DeltaNet layers, a gated full-attention layer every full_attention_interval-th
         ssm = {k: key(f"ssm.{k}") for k in ("conv_kernel", "inner_size", "state_size", "time_step_rank", "group_count")}
         if None in ssm.values() or gguf.get(f"{arch}.attention.recurrent_layers") is not None:
@@ -451,7 +498,30 @@ def _qwen3moe(gguf: GGUFFile, fields: dict) -> dict:
         fail(f"{where} routes its experts in groups (qwen3moe.expert_group_count), which our model does not support")
     width = key("expert_feed_forward_length") or fields["intermediate_size"] // used
     return dict(n_expert=n_expert, n_expert_per_token=used, moe_intermediate_size=width, norm_topk_prob=True,
-                router_aux_loss_coef=0.001)
+                router_aux_loss_coef=0.001)  # not in the file: transformers' default (or a matching preset's)
+
+
+def _gpt_oss(gguf: GGUFFile, fields: dict, window: Optional[int]) -> dict:
+    """A gpt-oss file: q/k/v/o biases, sinks, a window but in every N-th layer (`sliding_window_pattern`, which
+    llama.cpp reads as that period: 2 unless given; 1: no window layers, 0: no global ones), experts in every layer
+    as gpt-oss's (E, in, out) tensors with biases, gate and up interleaved. llama.cpp hardcodes the router (its top
+    k logits softmaxed) and the clamped SwiGLU's alpha 1.702 and limit 7. The file does not keep the load-balancing
+    loss's weight: transformers' default (0.001), or a matching preset's."""
+    key, where = gguf.hparam, gguf.where
+    n_expert, used, width = key("expert_count", 0), key("expert_used_count", 0), key("expert_feed_forward_length")
+    if not n_expert or not isinstance(used, int) or not 0 < used <= n_expert or not width:
+        fail(f"{where} lacks gpt-oss.expert_count or expert_feed_forward_length, or has an expert_used_count other "
+             f"than one number of at most the experts ({used!r}), which cannot be converted")
+    every = key("attention.sliding_window_pattern", 2)
+    if not window or not isinstance(every, int):
+        fail(f"{where} has no gpt-oss.attention.sliding_window or lists its window layers one by one "
+             f"(sliding_window_pattern {every!r}), which cannot be converted")
+    return dict(bias=True, qkv_bias=True, attention_sinks=True, norm_upcast=True,
+                sliding_window=window if every != 1 else None, global_layer_every=every if every != 1 else 0,
+                n_expert=n_expert, n_expert_per_token=used, moe_intermediate_size=width,
+                router_bias=True, router_scoring="topk_softmax", moe_activation="clamped_swiglu",
+                swiglu_limit=GPT_OSS_SWIGLU[1], swiglu_alpha=GPT_OSS_SWIGLU[0], moe_transposed=True,
+                moe_interleaved=True, moe_bias=True, router_aux_loss_coef=0.001)  # transformers' default
 
 
 def _stem(gguf: GGUFFile) -> str:
@@ -524,13 +594,17 @@ def _rope_scaling(gguf: GGUFFile, fields: dict, preset: Optional[dict]) -> Optio
             fail(f"{where} has both {arch}.rope.scaling.yarn_log_multiplier and attn_factor, which cannot be converted")
         attention = (yarn_magnitude(factor) / yarn_magnitude(factor, _float32(log_mul)) if log_mul
                      else _float32(1.0 if attention is None else attention) * yarn_magnitude(factor))
+        # ggml rounds the ramp's bounds outwards (truncate); gpt-oss's own do not: a preset's YaRN says so
+        own = (preset or {}).get("rope_scaling") or {}
+        same = own.get("type") == "yarn" and (own.get("factor"), own.get("original_max_position_embeddings")) == (
+            factor, original)
         return dict(type="yarn", factor=factor, original_max_position_embeddings=original,
                     beta_fast=_float32(key("rope.scaling.yarn_beta_fast", 32.0)) if read else 32.0,
-                    beta_slow=_float32(key("rope.scaling.yarn_beta_slow", 1.0)) if read else 1.0, truncate=True,
-                    attention_factor=attention)
+                    beta_slow=_float32(key("rope.scaling.yarn_beta_slow", 1.0)) if read else 1.0,
+                    truncate=own.get("truncate", True) if same else True, attention_factor=attention)
     if kind != "none":
         fail(f"{where} uses RoPE scaling of type {kind!r}, which our model does not support (supported: linear, "
-             "Llama 3's rope_freqs, Phi-3's LongRoPE factors, YaRN in olmo2 and mistral3)")
+             "Llama 3's rope_freqs, Phi-3's LongRoPE factors, YaRN in olmo2, mistral3 and gpt-oss)")
     return None
 
 
@@ -620,7 +694,7 @@ def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
                        (e, n), "per_layer_proj_norm.weight": (c.per_layer_embd,)})
     layer = {}
     if c.pre_norms:
-        layer.update({"attn_norm.weight": (e,), ("post_attention_norm.weight" if arch == "qwen35" else
+        layer.update({"attn_norm.weight": (e,), ("post_attention_norm.weight" if arch in ("qwen35", "gpt-oss") else
                                                  "ffn_norm.weight"): (e,)})
     if c.post_norms:
         layer.update({"post_attention_norm.weight": (e,), "post_ffw_norm.weight": (e,)})
@@ -645,8 +719,16 @@ def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
             E, m = c.n_expert, c.moe_intermediate_size
             mlp = {"ffn_gate_inp.weight": (e, E), "ffn_gate_exps.weight": (e, m, E), "ffn_up_exps.weight": (e, m, E),
                    "ffn_down_exps.weight": (m, e, E)}
+            if c.router_bias:
+                mlp["ffn_gate_inp.bias"] = (E,)
+            if c.moe_bias:
+                mlp.update({"ffn_gate_exps.bias": (m, E), "ffn_up_exps.bias": (m, E), "ffn_down_exps.bias": (e, E)})
         if c.qkv_bias:
             attention.update({f"{QKV_NAMES[p]}.bias": (n,) for p, n in parts.items()})
+        if c.bias:  # gpt-oss's output projection
+            attention["attn_output.bias"] = (e,)
+        if c.attention_sinks:
+            attention["attn_sinks.weight"] = (c.n_head,)
         if c.norm_qk:
             attention["attn_q_norm.weight"] = (q if c.norm_qk_all_heads else hs,)
             if "key" in parts:
@@ -713,9 +795,13 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
         if gguf.arch == "phi3":  # rows [gate | up], as Hugging Face's gate_up_proj
             gate, up = gguf.tensor(b + "ffn_up.weight").chunk(2)
             state[p + "mlp.fc_1.weight"], state[p + "mlp.fc_2.weight"] = gate.to(dtype), up.to(dtype)
-        if c.is_sparse(i):  # (E, 2 I, D): each expert's gate rows, then its up rows
-            state[p + "mlp.experts.gate_up_proj"] = torch.cat(
-                [gguf.tensor(f"{b}ffn_{part}_exps.weight") for part in ("gate", "up")], dim=1).to(dtype)
+        if c.is_sparse(i):  # our layout of the experts (`experts_from_gguf`)
+            parts = {part: gguf.tensor(f"{b}ffn_{part}_exps.weight") for part in ("gate", "up", "down")}
+            if c.moe_bias:
+                parts.update({f"{part}_bias": gguf.tensor(f"{b}ffn_{part}_exps.bias")
+                              for part in ("gate", "up", "down")})
+            state.update({f"{p}mlp.experts.{k}": v.to(dtype) for k, v in experts_from_gguf(parts, c).items()})
+            del parts
     unused = unused_tensors(c)
     for ours, name in tensor_names(gguf.arch).items():
         for i in range(c.n_layer) if "{}" in ours else [None]:

@@ -19,6 +19,13 @@ converter (convert_hf_to_gguf.py) lays out the same model, so llama.cpp, Ollama 
 - qwen3moe (Qwen3-MoE): Qwen3's attention; the router `ffn_gate_inp` (F32, as llama.cpp's converter keeps it), the
   experts 3-D `ffn_gate_exps` / `ffn_up_exps` (our gate_up_proj's halves) and `ffn_down_exps`. Every layer must be
   sparse and the top k renormalised (norm_topk_prob): llama.cpp's qwen3moe has no dense layers and hardcodes that.
+- gpt-oss: `attn_sinks`, q/k/v/o biases, the norm before the experts as `post_attention_norm`, the router with its
+  bias, the experts from our (E, in, out) tensors with gate and up columns interleaved to ffn_gate_exps / ffn_up_exps
+  (E, I, D) and ffn_down_exps (E, D, I), their biases (in F32, as every bias); `attention.sliding_window`, and
+  `sliding_window_pattern` (the period of the global layers) only when it is not llama.cpp's default 2. llama.cpp
+  hardcodes the router (its top k logits softmaxed), the clamped SwiGLU (alpha 1.702, limit 7) and YaRN's betas (32,
+  1), and needs a window layer and `output.weight`. It rounds YaRN's ramp bounds, which gpt-oss's own do not
+  (truncate: false): written with a note, as llama.cpp's converter writes every gpt-oss.
 - qwen2, qwen3, gemma3, phi3: q/k rows as ours. Gemma's norms stored as 1 + weight; Phi-3's q/k/v and gate/up fused;
   its LongRoPE factors as `rope_factors_long/short` tensors (llama.cpp picks one set per context size, not per
   position as we do: the long factors when the context exceeds the original one).
@@ -34,7 +41,7 @@ and ffn_up take one pair of rank k * r (A stacked, B block-diagonal and multipli
 rank it sees). Qwen3.5's DeltaNet adapters keep their pairs, the value heads of B's rows (ssm_out: A's columns) tiled.
 Expert adapters (PEFT's target_parameters layout, A (E r, in), B (out, r E)) become 3-D pairs, which llama.cpp applies
 per expert with the experts' own matmul: lora_a (E, r, in), lora_b (E, out, r); gate_up's pair is one for
-ffn_gate_exps and one for ffn_up_exps, the same A with B's gate rows and B's up rows.
+ffn_gate_exps and one for ffn_up_exps, the same A with B's gate rows and B's up rows (gpt-oss's interleaved ones).
 """
 
 import json
@@ -51,6 +58,7 @@ from lit_gpt.gguf import (
     ARCHITECTURES,
     BYTE,
     CONTROL,
+    GPT_OSS_SWIGLU,
     INTERLEAVED,
     LINEAR_NAMES,
     NO_CLEAN_SPACES,
@@ -61,6 +69,7 @@ from lit_gpt.gguf import (
     USER_DEFINED,
     YARN_BETAS,
     deltanet_to_gguf,
+    experts_to_gguf,
     interleave_heads,
     llama3_divisors,
     tensor_names,
@@ -72,6 +81,7 @@ if TYPE_CHECKING:
     from lit_gpt.load import LoRARun
 
 NORMAL, UNUSED = 1, 5  # llama.cpp token types besides the importer's
+EXPERT_TENSORS = ("gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias")
 # our hf_model_type -> llama.cpp architecture (GPT-NeoX and Falcon have none we export)
 GGUF_ARCHITECTURES = {**{hf: arch for arch, hf in ARCHITECTURES.items()}, "mistral": "llama", "olmo3": "olmo2"}
 # outtype -> (tensor type of the 2-D weights, general.file_type), for the types the gguf package can write
@@ -93,16 +103,18 @@ def gguf_architecture(config: Config, what: str) -> str:
     arch = GGUF_ARCHITECTURES.get(config.hf_model_type)
     if arch is None:
         fail(f"{what} is a {config.hf_model_type} model, which has no llama.cpp architecture we export. Exported: "
-             "llama, qwen2, qwen3, gemma3, phi3, smollm3, mistral3, olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe")
+             "llama, qwen2, qwen3, gemma3, phi3, smollm3, mistral3, olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe, "
+             "gpt-oss")
     c, scaling = config, config.rope_scaling or {}
     kind, every = scaling.get("type"), c.nope_layer_every
     rope_kinds = {"llama": ("linear", "llama3"), "qwen2": ("linear",), "qwen3": ("linear",), "qwen3moe": ("linear",),
                   "gemma3": ("linear",),
                   "phi3": ("linear", "longrope"), "olmo2": ("yarn",), "mistral3": ("yarn",),
-                  "gemma4": ("proportional",)}
+                  "gemma4": ("proportional",), "gpt-oss": ("yarn",)}
     problems = {
         "parallel residual blocks": c.parallel_residual, "LayerNorm": c.norm_class_name != "RMSNorm",
-        "biases other than Qwen2's q/k/v": c.bias or c.lm_head_bias or (c.qkv_bias and arch != "qwen2"),
+        "biases other than Qwen2's q/k/v and gpt-oss's q/k/v/o": c.lm_head_bias or (
+            (c.bias or c.qkv_bias) and arch != "gpt-oss" and (c.bias or arch != "qwen2")),
         f"RoPE scaling {kind!r}": kind not in (None, *rope_kinds.get(arch, ())),
         "RoPE on part of each head": c.rope_n_elem != c.head_size and arch not in ("phi3", "qwen35"),
         # what only some architectures have, and those require (Gemma's (1 + w) norms are stored as 1 + w: any can)
@@ -124,7 +136,8 @@ def gguf_architecture(config: Config, what: str) -> str:
             every != (SMOLLM3_NOPE_EVERY if arch == "smollm3" else 0),
         "query scaling": c.query_scale_beta and arch != "mistral3",
         "an attention scalar": c.attention_scalar not in (None, c.head_size) and arch not in ("gemma3", "gemma4"),
-        "experts" if c.n_expert else "no experts": bool(c.n_expert) != (arch == "qwen3moe"),
+        "experts" if c.n_expert else "no experts": bool(c.n_expert) != (arch in ("qwen3moe", "gpt-oss")),
+        "attention sinks" if c.attention_sinks else "no attention sinks": c.attention_sinks != (arch == "gpt-oss"),
     }
     if arch != "gemma4":  # what Gemma 4 alone has
         problems.update({
@@ -133,8 +146,8 @@ def gguf_architecture(config: Config, what: str) -> str:
             or c.global_n_query_groups not in (None, c.n_query_groups),
             "layers reusing keys and values": c.kv_shared_layers, "per-layer inputs": c.per_layer_embd,
             "layer scalars": c.layer_scalar, "final logit softcapping": c.final_logit_softcapping is not None})
-    if kind == "yarn":  # ggml's YaRN rounds the bounds of its ramp outwards
-        problems.update({"YaRN without truncated ramp bounds": not scaling.get("truncate", True),
+    if kind == "yarn":  # ggml's YaRN rounds the bounds of its ramp outwards (gpt-oss's own do not: a note on export)
+        problems.update({"YaRN without truncated ramp bounds": not scaling.get("truncate", True) and arch != "gpt-oss",
                          f"YaRN betas {scaling['beta_fast']} and {scaling['beta_slow']} (llama.cpp: 32 and 1)":
                              arch not in YARN_BETAS and (scaling["beta_fast"], scaling["beta_slow"]) != (32, 1)})
     if arch == "gemma3":  # llama.cpp hardcodes these
@@ -173,6 +186,17 @@ def gguf_architecture(config: Config, what: str) -> str:
             "another router or expert layout than Qwen3-MoE's": c.router_bias or c.router_norm
             or c.router_scoring != "softmax_topk" or c.moe_activation != "silu" or c.moe_transposed
             or c.moe_interleaved or c.moe_bias or bool(c.moe_shared_intermediate_size)})
+    if arch == "gpt-oss":  # llama.cpp: q/k/v/o biases, experts in every layer, its router, SwiGLU and window pattern
+        problems.update({
+            "no biases on q/k/v and o": not (c.bias and c.qkv_bias),
+            f"dense layers {[i for i in range(c.n_layer) if not c.is_sparse(i)]}":
+                not all(c.is_sparse(i) for i in range(c.n_layer)),
+            "another router or expert layout than gpt-oss's": not c.router_bias or c.router_norm
+            or c.router_scoring != "topk_softmax" or c.moe_activation != "clamped_swiglu" or not c.moe_transposed
+            or not c.moe_interleaved or not c.moe_bias or bool(c.moe_shared_intermediate_size),
+            f"a clamped SwiGLU of alpha {c.swiglu_alpha} and limit {c.swiglu_limit} (llama.cpp: "
+            f"{GPT_OSS_SWIGLU[0]} and {GPT_OSS_SWIGLU[1]})": (c.swiglu_alpha, c.swiglu_limit) != GPT_OSS_SWIGLU,
+            "no window layers": not any(c.is_sliding(i) for i in range(c.n_layer))})  # llama.cpp aborts then
     if arch in ("smollm3", "mistral3", "qwen35", "qwen3", "qwen2", "qwen3moe") and c.sliding_window is not None:
         problems["a sliding window"] = True
     if c.query_scale_beta and arch == "mistral3" and not scaling.get("original_max_position_embeddings"):
@@ -197,6 +221,12 @@ def export_gguf(checkpoint_dir: Union[str, Path], out: Union[str, Path], outtype
     if config.sliding_window and arch == "llama":
         print(f"note: llama.cpp's llama architecture has no sliding window: past {config.sliding_window} tokens it "
               f"attends further back than {config.name} does")
+    scaling = config.rope_scaling or {}
+    if scaling.get("type") == "yarn" and not scaling.get("truncate", True):  # gpt-oss (else refused)
+        low, high = yarn_bounds(config)
+        print(f"note: llama.cpp rounds the bounds of YaRN's ramp outwards ({low:.2f} and {high:.2f} to "
+              f"{max(math.floor(low), 0)} and {min(math.ceil(high), config.rope_n_elem - 1)}), {config.name} does not "
+              "(truncate: false): the RoPE frequencies between them differ a little, as in every gpt-oss GGUF")
     state = lazy_load(checkpoint_dir / "lit_model.pth")
     tensors = model_tensors(state.get("model", state), config, arch)
     metadata = {**model_metadata(config, arch), **tokenizer}
@@ -231,7 +261,7 @@ def model_metadata(config: Config, arch: str) -> dict:
         meta["rope.dimension_count"] = c.rope_n_elem
     if arch in INTERLEAVED:
         meta["vocab_size"] = c.padded_vocab_size
-    if arch in ("qwen3", "gemma3", "qwen35", "qwen3moe") or c.head_size != c.n_embd // c.n_head:
+    if arch in ("qwen3", "gemma3", "qwen35", "qwen3moe", "gpt-oss") or c.head_size != c.n_embd // c.n_head:
         meta.update({"attention.key_length": c.head_size, "attention.value_length": c.head_size})
     scaling = c.rope_scaling or {}
     if scaling.get("type") == "linear":
@@ -268,12 +298,25 @@ def model_metadata(config: Config, arch: str) -> dict:
             c.rope_local_base if c.rope_local_base is not None else c.rope_base)})
     if arch == "gemma4":
         meta.update(gemma4_metadata(c))
-    if arch == "qwen3moe":
+    if arch in ("qwen3moe", "gpt-oss"):
         meta.update({"expert_count": c.n_expert, "expert_used_count": c.n_expert_per_token,
                      "expert_feed_forward_length": c.moe_intermediate_size})
+    if arch == "gpt-oss":  # llama.cpp reads the pattern as its period (every N-th layer global; 2 without the key,
+        # which its converter never writes; 0: none is)
+        meta["attention.sliding_window"] = c.sliding_window
+        if c.global_layer_every != 2:
+            meta["attention.sliding_window_pattern"] = c.global_layer_every
     if arch == "phi3":
         meta["attention.sliding_window"] = c.sliding_window or 0
     return meta
+
+
+def yarn_bounds(config: Config) -> Tuple[float, float]:
+    """The dimensions where YaRN's ramp starts and ends, before ggml rounds them (as lit_gpt.rope computes them)."""
+    s, n, base = config.rope_scaling, config.rope_n_elem, config.rope_base
+    low, high = (n * math.log(s["original_max_position_embeddings"] / (turns * 2 * math.pi)) / (2 * math.log(base))
+                 for turns in (s["beta_fast"], s["beta_slow"]))
+    return low, high
 
 
 def gemma4_metadata(config: Config) -> dict:
@@ -317,8 +360,8 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
             if key not in state or (arch == "phi3" and ".fc_" in key) or (i is not None and c.is_linear(i) and
                                                                           ".attn." in key):
                 continue  # not in this model, fused below, or a Gated DeltaNet layer's (below)
-            if key == "lm_head.weight" and c.tie_embeddings and arch != "olmo2":
-                continue  # tied: llama.cpp uses the embedding (its olmo2 needs output.weight)
+            if key == "lm_head.weight" and c.tie_embeddings and arch not in ("olmo2", "gpt-oss"):
+                continue  # tied: llama.cpp uses the embedding (its olmo2 and gpt-oss need output.weight)
             shift = offset if name_i.endswith("norm.weight") else 0.0
             add(name_i, lambda key=key, shift=shift: state[key].float() + shift, state[key].shape)
     q, kv = c.n_head * c.head_size, c.n_query_groups * c.head_size
@@ -330,12 +373,17 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
                 shape = tuple(state[key].shape[:1]) + tuple(state[key].shape[2 if ours == "conv.weight" else 1:])
                 add(b + name, lambda key=key, ours=ours: deltanet_to_gguf(ours, state[key].float(), c), shape)
             continue
-        if c.is_sparse(i):  # gate_up_proj (E, 2 I, D): each expert's gate rows, then its up rows
-            E, m = c.n_expert, c.moe_intermediate_size
-            for j, part in enumerate(("gate", "up")):
-                add(f"{b}ffn_{part}_exps.weight",
-                    lambda p=p, j=j: state[p + "mlp.experts.gate_up_proj"][:, j * m:(j + 1) * m].float(),
-                    (E, m, c.n_embd))
+        if c.is_sparse(i):  # gate and up (E, I, D) each, down (E, D, I), their biases (`experts_to_gguf`)
+            E, m, e = c.n_expert, c.moe_intermediate_size, c.n_embd
+            shapes = {"gate": (E, m, e), "up": (E, m, e), "down": (E, e, m), "gate_bias": (E, m), "up_bias": (E, m),
+                      "down_bias": (E, e)}
+            for part, shape in shapes.items():
+                if part.endswith("bias") and not c.moe_bias:
+                    continue
+                name = f"{b}ffn_{part.split('_')[0]}_exps.{'bias' if part.endswith('bias') else 'weight'}"
+                add(name, lambda p=p, part=part: experts_to_gguf(
+                    {k: state[f"{p}mlp.experts.{k}"] for k in EXPERT_TENSORS if f"{p}mlp.experts.{k}" in state},
+                    c)[part].float(), shape)
         if arch == "phi3":
             add(b + "attn_qkv.weight", rows(p + "attn.qkv.weight", 0, q + 2 * kv), (q + 2 * kv, c.n_embd))
             add(b + "ffn_up.weight", lambda p=p: torch.cat([state[f"{p}mlp.fc_{j}.weight"].float() for j in (1, 2)]),
@@ -368,14 +416,15 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
 def write_gguf(out: Path, arch: str, metadata: dict, tensors: List[Tuple[str, Tuple[int, ...], Callable]],
                qtype: str, file_type: str) -> None:
     """Streams the tensors into `out` one at a time: 2-D and 3-D (experts) weights in `qtype` (F16 where a row does not
-    fill whole quantization blocks, as llama.cpp's converter does), the rest and the router in F32. Written to a
-    temporary file next to `out`, renamed onto it at the end; nothing is left behind on an error."""
+    fill whole quantization blocks, as llama.cpp's converter does), the rest (biases, norms) and the router in F32.
+    Written to a temporary file next to `out`, renamed onto it at the end; nothing is left behind on an error."""
     import gguf
     from gguf.constants import GGML_QUANT_SIZES
 
     types = []
-    for name, shape, _ in tensors:
-        weight = len(shape) in (2, 3) and not name.endswith("ffn_gate_inp.weight")
+    for name, shape, _ in tensors:  # as llama.cpp's converter: biases (gpt-oss's experts' are 2-D) in F32
+        weight = len(shape) in (2, 3) and name.endswith((".weight", ".lora_a", ".lora_b")) and not name.endswith(
+            "ffn_gate_inp.weight")
         kind = gguf.GGMLQuantizationType[qtype if weight else "F32"]
         if shape[-1] % GGML_QUANT_SIZES[kind][0]:
             kind = gguf.GGMLQuantizationType.F16
@@ -612,7 +661,8 @@ def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: s
 
 def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:
     """The experts' adapters as 3-D pairs: lora_a (E, r, in), lora_b (E, out, r), scaled by llama.cpp with alpha / r
-    as ours; gate_up's A shared by the ffn_gate_exps and ffn_up_exps pairs, B split in its gate and up rows."""
+    as ours; gate_up's A shared by the ffn_gate_exps and ffn_up_exps pairs, B split in its gate and up rows (its
+    halves, or gpt-oss's interleaved rows: PEFT's A and B are (in, out) whatever the tensor's layout)."""
     E, m = config.n_expert, config.moe_intermediate_size
     for module in dict.fromkeys(k.rsplit(".lora_A_", 1)[0] for k in adapter if ".experts.lora_A_" in k):
         i = module.split(".")[2]
@@ -626,7 +676,8 @@ def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Ite
                 yield from lora_pair(f"blk.{i}.ffn_down_exps.weight", A, B)
             else:
                 for j, part in enumerate(("gate", "up")):
-                    yield from lora_pair(f"blk.{i}.ffn_{part}_exps.weight", A, B[:, j * m:(j + 1) * m])
+                    rows = B[:, j::2] if config.moe_interleaved else B[:, j * m:(j + 1) * m]
+                    yield from lora_pair(f"blk.{i}.ffn_{part}_exps.weight", A, rows)
 
 
 def adapter_pair(adapter: Dict[str, torch.Tensor], module: str) -> Tuple[torch.Tensor, torch.Tensor]:

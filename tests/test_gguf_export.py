@@ -260,6 +260,15 @@ FAMILIES = {
     "qwen3_moe": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
                                          num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
                                          tie_word_embeddings=False)),
+    # gpt-oss as llama.cpp's gpt-oss runs it: sinks, q/k/v/o biases, windows (5) in every other layer, experts of
+    # 32 with biases (gate and up interleaved) through the clamped SwiGLU of limit 7 (`family_dir` widens the weights
+    # until both clamps act), YaRN with its ramp bounds truncated (as ggml's)
+    "gpt_oss": ("GptOssConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=4,
+                                     num_local_experts=8, num_experts_per_tok=2, intermediate_size=32, sliding_window=5,
+                                     rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0,
+                                                          original_max_position_embeddings=1024, beta_fast=32.0,
+                                                          beta_slow=1.0, truncate=True),
+                                     tie_word_embeddings=False)),
 }
 
 
@@ -297,7 +306,8 @@ def family_dir(tmp_path: Path, family: str) -> tuple:
         sizes["vocab_size_per_layer_input"] = sizes["vocab_size"]
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(getattr(transformers, class_name)(**{**sizes, **kwargs}),
-                                                       attn_implementation="sdpa").eval()
+                                                       attn_implementation="eager" if family == "gpt_oss" else "sdpa"
+                                                       ).eval()
     unit_offset = family == "qwen3_5"  # its norms scale by 1 + weight (but the gated one of its linear layers)
     with torch.no_grad():
         for name, p in hf.named_parameters():
@@ -305,6 +315,8 @@ def family_dir(tmp_path: Path, family: str) -> tuple:
             p.copy_(torch.randn_like(p) * (0.2 if p.dim() == 1 else 0.1) + (1.0 if one else 0.0))
             if family.startswith("gemma4") and name.endswith(("q_norm.weight", "k_norm.weight")):
                 p.mul_(0.5)  # Gemma 4 does not scale its scores: with unit q/k norms the tiny attention is one-hot
+            if name.endswith("experts.gate_up_proj"):  # gpt-oss: gate and up past its clamps at +-7
+                p.mul_(8.0)
         for name, b in hf.named_buffers():  # Gemma 4's stored layer scalars
             if name.endswith("layer_scalar"):
                 b.copy_(torch.rand_like(b) + 0.5)
@@ -339,9 +351,9 @@ TOLERANCES = {"gemma4": 2e-3, "gemma4-k_eq_v": 2e-3}
 def test_family_export_runs_in_llama_cpp_as_ours_and_converts_back(tmp_path, family):
     """Our f32 GGUF of each family: llama.cpp's greedy continuations equal ours (24 tokens, 3 prompts), and its
     log-probs of its top 5 tokens, teacher-forced along them and along a 100-token sequence, ours within 1e-4
-    (measured: 2.2e-6 to 2.7e-6, Qwen3.5 1.0e-5); Gemma 4's, ours with ggml's float16 GELU, within 2e-3 (measured:
-    5.0e-4, k = v 1.6e-4). Converted back, the dir's model gives the transformers source's logits, with the config we
-    converted it from."""
+    (measured: 2.2e-6 to 2.7e-6, gpt-oss 4.8e-6, Qwen3.5 1.0e-5); Gemma 4's, ours with ggml's float16 GELU, within
+    2e-3 (measured: 5.0e-4, k = v 1.6e-4). Converted back, the dir's model gives the transformers source's logits,
+    with the config we converted it from."""
     hf, checkpoint_dir = family_dir(tmp_path, family)
     out = export_gguf(checkpoint_dir, tmp_path / "out.gguf", "f32")
     model, banned = load(checkpoint_dir), banned_ids(checkpoint_dir)
@@ -440,6 +452,91 @@ def test_qwen3moe_export_is_what_llama_cpps_converter_writes(tmp_path):
     torch.testing.assert_close(back["transformer.h.1.mlp.router.weight"], state["transformer.h.1.mlp.router.weight"])
 
 
+def test_gpt_oss_export_is_what_llama_cpps_converter_writes(tmp_path):
+    """gpt-oss's keys as llama.cpp's converter (GptOssModel) writes them: the window, the experts' width, YaRN (no
+    window pattern: llama.cpp's default, every other layer); its tensors: `post_attention_norm` before the experts,
+    the sinks, biases and router in F32 whatever the outtype, gate and up de-interleaved from gate_up_proj's columns
+    and transposed as down_proj is. Converted back from f32, every tensor as it was; from f16 and bf16, rounded."""
+    _, checkpoint_dir = family_dir(tmp_path, "gpt_oss")
+    fields, tensors = gguf_contents(export_gguf(checkpoint_dir, tmp_path / "f16.gguf", "f16"))
+    key = {k.removeprefix("gpt-oss."): v for k, v in fields.items()}
+    assert fields["general.architecture"][1] == "gpt-oss" and "attention.sliding_window_pattern" not in key
+    assert {k: key[k] for k in ("expert_count", "expert_used_count", "expert_feed_forward_length",
+                                "feed_forward_length", "attention.key_length", "attention.value_length",
+                                "attention.sliding_window", "rope.scaling.type", "rope.scaling.factor",
+                                "rope.scaling.original_context_length", "rope.freq_base")} == {
+        "expert_count": (["UINT32"], 8), "expert_used_count": (["UINT32"], 2),
+        "expert_feed_forward_length": (["UINT32"], 32), "feed_forward_length": (["UINT32"], 32),
+        "attention.key_length": (["UINT32"], 16), "attention.value_length": (["UINT32"], 16),
+        "attention.sliding_window": (["UINT32"], 5), "rope.scaling.type": (["STRING"], "yarn"),
+        "rope.scaling.factor": (["FLOAT32"], 4.0), "rope.scaling.original_context_length": (["UINT32"], 1024),
+        "rope.freq_base": (["FLOAT32"], 150000.0)}
+    assert "rope.scaling.attn_factor" not in key  # transformers' 1 + 0.1 ln(factor) is ggml's own
+    assert {n: t[:2] for n, t in tensors.items() if n.startswith("blk.1.")} == {
+        "blk.1.attn_norm.weight": ("F32", (64,)), "blk.1.post_attention_norm.weight": ("F32", (64,)),
+        "blk.1.attn_sinks.weight": ("F32", (4,)),
+        "blk.1.attn_q.weight": ("F16", (64, 64)), "blk.1.attn_q.bias": ("F32", (64,)),
+        "blk.1.attn_k.weight": ("F16", (64, 32)), "blk.1.attn_k.bias": ("F32", (32,)),
+        "blk.1.attn_v.weight": ("F16", (64, 32)), "blk.1.attn_v.bias": ("F32", (32,)),
+        "blk.1.attn_output.weight": ("F16", (64, 64)), "blk.1.attn_output.bias": ("F32", (64,)),
+        "blk.1.ffn_gate_inp.weight": ("F32", (64, 8)), "blk.1.ffn_gate_inp.bias": ("F32", (8,)),
+        "blk.1.ffn_gate_exps.weight": ("F16", (64, 32, 8)), "blk.1.ffn_gate_exps.bias": ("F32", (32, 8)),
+        "blk.1.ffn_up_exps.weight": ("F16", (64, 32, 8)), "blk.1.ffn_up_exps.bias": ("F32", (32, 8)),
+        "blk.1.ffn_down_exps.weight": ("F16", (32, 64, 8)), "blk.1.ffn_down_exps.bias": ("F32", (64, 8))}
+    assert tensors["output.weight"][:2] == ("F16", (64, 400))
+    state = lazy_load(checkpoint_dir / "lit_model.pth")
+    p = "transformer.h.1.mlp.experts."
+    gate_up, bias, down = state[p + "gate_up_proj"], state[p + "gate_up_proj_bias"], state[p + "down_proj"]
+    np.testing.assert_array_equal(tensors["blk.1.ffn_up_exps.weight"][2],
+                                  gate_up[:, :, 1::2].transpose(1, 2).half().float().numpy())
+    np.testing.assert_array_equal(tensors["blk.1.ffn_gate_exps.bias"][2], bias[:, ::2].numpy())
+    np.testing.assert_array_equal(tensors["blk.1.ffn_down_exps.weight"][2],
+                                  down.transpose(1, 2).half().float().numpy())
+    for outtype, rounded in (("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)):
+        path = tmp_path / f"{outtype}.gguf"
+        if outtype != "f16":
+            export_gguf(checkpoint_dir, path, outtype)
+        back = lazy_load(convert_gguf(path, tmp_path / f"back-{outtype}") / "lit_model.pth")
+        assert back.keys() == state.keys()
+        for name, w in state.items():  # the weights rounded to the outtype, F32 ones (norms, biases, ...) as they are
+            kind = "F32" if w.dim() == 1 or name.endswith(("bias", "router.weight")) or outtype == "f32" else outtype
+            expected = w if kind == "F32" else w.to(rounded).float()
+            assert torch.equal(back[name], expected), (outtype, name)
+
+
+def test_gpt_oss_window_pattern_and_untruncated_yarn(tmp_path, capsys):
+    """Global layers other than every other one: `sliding_window_pattern` (its period), which llama.cpp reads (its
+    converter never writes it); llama.cpp decodes as ours and the file converts back to that pattern. gpt-oss's own
+    YaRN does not round its ramp's bounds (truncate: false), ggml's does: exported with a note, llama.cpp's log-probs
+    then differ from ours (measured here: up to 1.3e-2 over the first 40 tokens, 1.4 past them, where the RoPE change
+    flips a token's choice of experts); converted back, the file's model is llama.cpp's (truncated)."""
+    _, checkpoint_dir = family_dir(tmp_path, "gpt_oss")
+    config = json.loads((checkpoint_dir / "lit_config.json").read_text())
+    banned = banned_ids(checkpoint_dir)
+    long = torch.randint(3, config["vocab_size"], (60,), generator=torch.Generator().manual_seed(0)).tolist()
+    worst = {}
+    for case, changes in (("pattern", dict(global_layer_every=3)),
+                          ("untruncated", dict(rope_scaling={**config["rope_scaling"], "truncate": False}))):
+        (checkpoint_dir / "lit_config.json").write_text(json.dumps({**config, **changes}))
+        out = export_gguf(checkpoint_dir, tmp_path / f"{case}.gguf", "f32")
+        model, llama = load(checkpoint_dir), LlamaCpp(out, banned)
+        ours, worst[case] = ours_logprobs(model, long, 1), 0.0
+        for t, top in enumerate(llama.logprobs(long, 1, cache=False)):
+            worst[case] = max(worst[case], *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
+        del llama
+        back = Config.from_checkpoint(convert_gguf(out, tmp_path / f"back-{case}"))
+        if case == "pattern":
+            assert gguf_contents(out, values=False)[0]["gpt-oss.attention.sliding_window_pattern"][1] == 3
+            assert back.global_layer_every == 3 and back.sliding_window == 5
+            assert ours_greedy(model, [5, 17, 42, 99], 24, banned) == LlamaCpp(out, banned).greedy([5, 17, 42, 99], 24)
+        else:
+            assert "note: llama.cpp rounds the bounds of YaRN's ramp outwards (1.09 and 3.42 to 1 and 4)" in (
+                capsys.readouterr().out)
+            assert back.rope_scaling["truncate"] is True
+    print(f"gpt-oss: llama.cpp vs ours, max |log-prob difference| {worst}")
+    assert worst["pattern"] < 1e-4 and worst["untruncated"] > 1e-3
+
+
 def test_gemma4_import_reads_llama_cpps_defaults_and_skips_unused_tensors(tmp_path):
     """A Gemma 4 GGUF as llama.cpp's converter writes it from a transformers checkpoint keeps the (unused) keys, values
     and key norms of the layers that reuse an earlier layer's: they are skipped. Without layer_output_scale tensors
@@ -518,6 +615,22 @@ FAMILY_REFUSALS = {
     "qwen3moe-unnormalised": ("qwen3_moe", dict(norm_topk_prob=False), "the top k expert weights not renormalised"),
     "qwen3moe-router": ("qwen3_moe", dict(router_scoring="topk_softmax"), "another router or expert layout"),
     "experts-elsewhere": ("qwen3_5", dict(n_expert=4, n_expert_per_token=2, moe_intermediate_size=8), "experts"),
+    # llama.cpp's gpt-oss: the SwiGLU's alpha 1.702 and limit 7, its router, YaRN's betas 32 and 1 (it reads no others),
+    # q/k/v/o biases, experts in every layer, at least one window layer (else it aborts)
+    "gpt-oss-swiglu-limit": ("gpt_oss", dict(swiglu_limit=1.5), "a clamped SwiGLU of alpha 1.702 and limit 1.5 "
+                             r"\(llama.cpp: 1.702 and 7.0\)"),
+    "gpt-oss-swiglu-alpha": ("gpt_oss", dict(swiglu_alpha=1.0), "a clamped SwiGLU of alpha 1.0 and limit 7.0"),
+    "gpt-oss-router": ("gpt_oss", dict(router_scoring="softmax_topk"), "another router or expert layout"),
+    "gpt-oss-silu": ("gpt_oss", dict(moe_activation="silu"), "another router or expert layout"),
+    "gpt-oss-betas": ("gpt_oss", dict(rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=1024,
+                                                        beta_fast=8.0, beta_slow=0.5, truncate=True,
+                                                        attention_factor=1.0)),
+                      r"YaRN betas 8.0 and 0.5 \(llama.cpp: 32 and 1\)"),
+    "gpt-oss-no-biases": ("gpt_oss", dict(bias=False, qkv_bias=False), "no biases on q/k/v and o"),
+    "gpt-oss-dense-layer": ("gpt_oss", dict(moe_dense_layers=[0]), r"dense layers \[0\]"),
+    "gpt-oss-no-window": ("gpt_oss", dict(sliding_window=None), "no window layers"),
+    "gpt-oss-all-global": ("gpt_oss", dict(global_layer_every=1), "no window layers"),
+    "sinks-elsewhere": ("qwen3_moe", dict(attention_sinks=True), "attention sinks"),
 }
 
 
@@ -581,12 +694,12 @@ def test_tiny_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, 
 
 
 @pytest.mark.parametrize("family", ["smollm3", "olmo3", "qwen3_5", "ministral3", "gemma4", "gemma4-k_eq_v",
-                                    "qwen3_moe"])
+                                    "qwen3_moe", "gpt_oss"])
 def test_family_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, family):
     """Every linear adapted (Qwen3.5's DeltaNet projections too, their value heads tiled as the base's; Gemma 4's
     queries alone in the layers reusing keys and values, no value adapter where v = k; the head where it is not tied):
     llama.cpp with the LoRA GGUF on the base GGUF decodes as our merged model, log-probs within 1e-4 (measured: 2e-6,
-    Qwen3.5 9e-6); Gemma 4's, with ggml's float16 GELU, within 2e-3 (measured: 7.2e-4, k = v 9.8e-5)."""
+    gpt-oss 5.5e-6, Qwen3.5 9e-6); Gemma 4's, with ggml's float16 GELU, within 2e-3 (measured: 7.2e-4, k = v 9.8e-5)."""
     _, checkpoint_dir = family_dir(tmp_path, family)
     tied = Config.from_checkpoint(checkpoint_dir).tie_embeddings
     merged = finetune_out_dir(tmp_path / "lora", checkpoint_dir, LoRAConfig(r=4, alpha=8, head=not tied))
@@ -606,12 +719,13 @@ def test_family_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path
     assert worst < TOLERANCES.get(family, 1e-4)
 
 
-def test_expert_lora_gguf_is_3d_and_applied_by_llama_cpp(tmp_path):
-    """Qwen3-MoE with only the experts adapted (PEFT's target_parameters layout): 3-D pairs, lora_a (in, r, E) and
-    lora_b (r, out, E) in GGUF order, gate_up's as one pair for ffn_gate_exps and one for ffn_up_exps; llama.cpp
-    applies them per expert (its experts' matmul) and decodes as our merged model (measured: log-probs within
-    2.3e-6), not as the base."""
-    _, checkpoint_dir = family_dir(tmp_path, "qwen3_moe")
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])
+def test_expert_lora_gguf_is_3d_and_applied_by_llama_cpp(tmp_path, family):
+    """Qwen3-MoE and gpt-oss with only the experts adapted (PEFT's target_parameters layout, whatever the experts'):
+    3-D pairs, lora_a (in, r, E) and lora_b (r, out, E) in GGUF order, gate_up's as one pair for ffn_gate_exps and one
+    for ffn_up_exps (B's halves, gpt-oss's interleaved rows); llama.cpp applies them per expert (its experts' matmul)
+    and decodes as our merged model (measured: log-probs within 2.3e-6, gpt-oss 3.3e-6), not as the base."""
+    _, checkpoint_dir = family_dir(tmp_path, family)
     lora = LoRAConfig(r=3, alpha=6, query=False, key=False, value=False, projection=False, mlp=False, head=False)
     merged = finetune_out_dir(tmp_path / "lora", checkpoint_dir, lora)
     base = export_gguf(checkpoint_dir, tmp_path / "base.gguf", "f32")
@@ -630,7 +744,7 @@ def test_expert_lora_gguf_is_3d_and_applied_by_llama_cpp(tmp_path):
         ours = ours_logprobs(merged, ids + expected, len(ids))
         for t, top in enumerate(with_lora.logprobs(ids + expected, len(ids))):
             worst = max(worst, *(abs(lp - ours[t, i].item()) for i, lp in top.items()))
-    print(f"Qwen3-MoE expert LoRA: llama.cpp vs our merged model, max |log-prob difference| {worst:.1e}")
+    print(f"{family} expert LoRA: llama.cpp vs our merged model, max |log-prob difference| {worst:.1e}")
     assert worst < 1e-4
 
 
