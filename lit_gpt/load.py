@@ -33,7 +33,14 @@ from lit_gpt.lora import (
 from lit_gpt.model import GPT
 from lit_gpt.moe import Experts
 from lit_gpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, resolve_prompt_style
-from lit_gpt.quantize import check_quantize, precision_dtype, quantizable_weights, quantize_weight, replace_parameters
+from lit_gpt.quantize import (
+    check_quantize,
+    precision_dtype,
+    quantizable_weights,
+    quantize_experts,
+    quantize_weight,
+    replace_parameters,
+)
 from lit_gpt.utils import (
     UserError,
     check_valid_checkpoint_dir,
@@ -146,11 +153,12 @@ def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true"
     """Builds the `GPT` of a checkpoint dir on `device`, in eval mode, optionally quantized and with LoRA.
 
     The model is created on the meta device; then `lit_model.pth` is memory-mapped and each tensor is moved to
-    `device`, cast to the precision's dtype and, for linear weights, quantized before the next one is read, so peak
-    memory stays near the final model's size. New LoRA parameters are initialized (A random, B zero) in the same
-    dtype; `lora_path` (what `load_lora_run` reads, or the `LoRARun` it returned) then fills them, with the LoRA
-    settings of its run record unless `lora_config` is given. The RoPE cache is float32 on `device`. Parameters
-    keep `requires_grad=True` (quantized weights: False); call `mark_only_lora_as_trainable`.
+    `device`, cast to the precision's dtype and, for linear weights and expert tensors (expert by expert), quantized
+    before the next one is read, so peak memory stays near the final model's size. New LoRA parameters are
+    initialized (A random, B zero) in the same dtype; `lora_path` (what `load_lora_run` reads, or the `LoRARun` it
+    returned) then fills them, with the LoRA settings of its run record unless `lora_config` is given. The RoPE cache
+    is float32 on `device`. Parameters keep `requires_grad=True` (quantized weights: False); call
+    `mark_only_lora_as_trainable`.
 
     With Fabric: `fabric = L.Fabric(precision=precision)`, then `load_model(..., precision=precision,
     device=fabric.device)` and `fabric.setup_module(model)`: a "-true" precision finds the weights already in its
@@ -174,6 +182,8 @@ def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true"
         if lora_config is not None:
             add_lora(model, lora_config)
     to_quantize = quantizable_weights(model) if quantize else {}
+    experts = {id(p): m.transposed for m in model.modules() if isinstance(m, Experts) and quantize
+               for p in (m.gate_up_proj, m.down_proj)}  # quantized expert by expert; id -> transposed
     state_dict = lazy_load(checkpoint_dir / "lit_model.pth")
     check_base_state_dict(model, state_dict, source=repr(str(checkpoint_dir / "lit_model.pth")))
     if run is not None:
@@ -191,6 +201,8 @@ def load_model(checkpoint_dir: Union[str, Path], *, precision: str = "bf16-true"
                 new[key] = nn.Parameter(torch.empty(param.shape, device=device, dtype=dtype))
             elif key in to_quantize:
                 new[key] = quantize_weight(stored, quantize, device=device, dtype=dtype)
+            elif key in experts:
+                new[key] = quantize_experts(stored, quantize, experts[key], device=device, dtype=dtype)
             else:
                 new[key] = nn.Parameter(stored.to(device=device, dtype=dtype, copy=True),
                                         requires_grad=param.requires_grad)

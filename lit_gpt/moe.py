@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lit_gpt.quantize import dequantize_experts, linear, quantize_experts, quantize_mode, weight_dtype
+
 
 class MoE(nn.Module):
     """The sparse feed-forward of a block: router, experts and the optional shared expert."""
@@ -141,7 +143,8 @@ class Experts(nn.Module):
         """Expert by expert (weight, bias, A, B) of `name` ("gate_up" or "down"), A and B None without an adapter.
         `unbind` once: indexing the parameters per expert would make autograd add a full-size gradient per expert."""
         E = self.gate_up_proj.size(0)
-        weights = getattr(self, f"{name}_proj").unbind(0)
+        weight = getattr(self, f"{name}_proj")
+        weights = weight.experts if hasattr(weight, "experts") else weight.unbind(0)  # quantized: (out, in) each
         bias = getattr(self, f"{name}_proj_bias")
         biases = [None] * E if bias is None else bias.unbind(0)
         A, B = getattr(self, f"lora_A_{name}", None), getattr(self, f"lora_B_{name}", None)
@@ -156,7 +159,10 @@ class Experts(nn.Module):
     def project(self, h: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], A: Optional[torch.Tensor],
                 B: Optional[torch.Tensor]) -> torch.Tensor:
         """One expert's linear map of h (n, in) -> (n, out): weight w, bias b, adapter A (r, in), B (out, r)."""
-        y = h @ w if self.transposed else F.linear(h, w)
+        if not w.is_floating_point():  # one expert of `quantize_experts`: dequantized for this matmul
+            y = linear(h, w, None)
+        else:
+            y = h @ w if self.transposed else F.linear(h, w)
         if b is not None:
             y = y + b
         if A is not None:
@@ -174,11 +180,12 @@ class Experts(nn.Module):
             if not on:
                 continue
             w = getattr(self, f"{name}_proj")
-            n_in, n_out = (w.shape[1], w.shape[2]) if self.transposed else (w.shape[2], w.shape[1])
+            shape, dtype = getattr(w, "expert_shape", w.shape), weight_dtype(w)
+            n_in, n_out = (shape[1], shape[2]) if self.transposed else (shape[2], shape[1])
             self.register_parameter(f"lora_A_{name}", nn.Parameter(torch.empty(E * r, n_in, device=w.device,
-                                                                               dtype=w.dtype)))
+                                                                               dtype=dtype)))
             self.register_parameter(f"lora_B_{name}", nn.Parameter(torch.empty(n_out, r * E, device=w.device,
-                                                                               dtype=w.dtype)))
+                                                                               dtype=dtype)))
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
@@ -199,14 +206,21 @@ class Experts(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Adds the adapters into the expert tensors, once; afterwards `forward` ignores them."""
+        """Adds the adapters into the expert tensors, once; afterwards `forward` ignores them. Quantized experts are
+        dequantized, updated and quantized again the same way."""
         if self.merged:
             return
         for name in ("gate_up", "down"):
             delta = self.delta_weight(name)
-            if delta is not None:
-                w = getattr(self, f"{name}_proj")
+            if delta is None:
+                continue
+            w = getattr(self, f"{name}_proj")
+            mode = quantize_mode(w)
+            if mode is None:
                 w.copy_((w.to(delta.dtype) + delta).to(w.dtype))
+            else:
+                merged = (dequantize_experts(w).to(delta.dtype) + delta).to(weight_dtype(w))
+                setattr(self, f"{name}_proj", quantize_experts(merged, mode, self.transposed))
         self.merged = True
 
 

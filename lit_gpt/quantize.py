@@ -2,14 +2,17 @@
 tensor by tensor while loading it, so that a quantized model never exists in full precision.
 
 What is quantized: the weight of every linear layer (attention qkv and proj, the MLP linears, and `lm_head` unless
-it is tied to the embedding, which has to stay a float matrix). Embeddings, norms, biases and the LoRA adapters stay
-in the precision's dtype. Quantizing `lm_head` too (as lit-gpt does; QLoRA/PEFT keep it in 16 bits) saves
-vocab_size x n_embd x 1.5 bytes, the largest single matrix of small models.
+it is tied to the embedding, which has to stay a float matrix), and the 3-D expert tensors of mixture-of-experts
+layers expert by expert (`quantize_experts`: each expert's matrix as a linear weight, dequantized per matmul).
+Embeddings, norms, biases, routers and the LoRA adapters stay in the precision's dtype. Quantizing `lm_head` too (as
+lit-gpt does; QLoRA/PEFT keep it in 16 bits) saves vocab_size x n_embd x 1.5 bytes, the largest single matrix of small
+models.
 
 Modes: "bnb.nf4" / "bnb.fp4" (4-bit, blocks of 64, `-dq`: double quantization of the block scales) and "bnb.int8"
 (LLM.int8 row-wise; on CPU bitsandbytes dequantizes and runs a float matmul). They run on CPU and CUDA.
 """
 
+import copy
 import logging
 import math
 from typing import Optional, Union
@@ -119,8 +122,62 @@ def quantize_weight(weight: torch.Tensor, mode: str, device: Optional[torch.devi
                              compress_statistics=double, quant_type=quant_type, bnb_quantized=True)
 
 
+def quantize_experts(weight: torch.Tensor, mode: str, transposed: bool, device: Optional[torch.device] = None,
+                     dtype: Optional[torch.dtype] = None) -> nn.Parameter:
+    """A frozen 3-D expert tensor (E, out, in), or (E, in, out) when `transposed`, quantized expert by expert: each
+    expert's (out, in) matrix as `quantize_weight` quantizes a linear weight (its own block scales, and with "-dq"
+    its own double quantization), so `linear` runs one expert at a time on it.
+
+    The Parameter holds the experts' packed bytes (E, ...), filled one expert at a time (peak: the result and one
+    expert's temporaries); `.experts` are the E quantized weights, views of it, and `.expert_shape` the float shape.
+    """
+    E, parts, packed = weight.size(0), [], None
+    for e in range(E):
+        part = quantize_weight(weight[e].T if transposed else weight[e], mode, device=device, dtype=dtype)
+        if packed is None:
+            packed = torch.empty((E, *part.data.shape), dtype=part.dtype, device=part.device)
+        packed[e].copy_(part.data)
+        part.data = packed[e]
+        if getattr(part, "CB", None) is not None:  # int8 keeps its matrix twice otherwise
+            part.CB = part.data
+        parts.append(part)
+    return QuantizedExperts(packed, parts, tuple(weight.shape), transposed)
+
+
+class QuantizedExperts(nn.Parameter):
+    """`quantize_experts`' Parameter: the packed bytes (E, ...), the E quantized weights viewing them (`experts`), the
+    float shape and layout. A Parameter subclass so that `copy.deepcopy` keeps them (a Parameter's drops attributes)."""
+
+    def __new__(cls, packed: torch.Tensor, experts: list, expert_shape: tuple, transposed: bool):
+        param = super().__new__(cls, packed, requires_grad=False)
+        param.experts, param.expert_shape, param.expert_transposed = experts, expert_shape, transposed
+        return param
+
+    def __deepcopy__(self, memo: dict) -> "QuantizedExperts":
+        if id(self) not in memo:
+            packed, experts = self.data.clone(), [copy.deepcopy(w, memo) for w in self.experts]
+            for e, w in enumerate(experts):
+                w.data = packed[e]
+                if getattr(w, "CB", None) is not None:
+                    w.CB = w.data
+            memo[id(self)] = QuantizedExperts(packed, experts, self.expert_shape, self.expert_transposed)
+        return memo[id(self)]
+
+
+def dequantize_experts(weight: torch.Tensor) -> torch.Tensor:
+    """The float 3-D tensor of `quantize_experts`' result, in its layout (a float tensor as it is)."""
+    experts = getattr(weight, "experts", None)
+    if experts is None:
+        return weight.detach()
+    return torch.stack([dequantize_weight(w).T if weight.expert_transposed else dequantize_weight(w)
+                        for w in experts])
+
+
 def quantize_mode(weight: torch.Tensor) -> Optional[str]:
     """The mode a weight was quantized with ("bnb.nf4-dq", ...), None for a float weight."""
+    experts = getattr(weight, "experts", None)
+    if experts is not None:
+        return quantize_mode(experts[0])
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is not None:
         return f"bnb.{quant_state.quant_type}{'-dq' if quant_state.nested else ''}"
@@ -133,6 +190,9 @@ def weight_dtype(weight: torch.Tensor) -> torch.dtype:
     """The float dtype a weight computes in: its own, or for a quantized weight the dtype it dequantizes to."""
     if weight.is_floating_point():
         return weight.dtype
+    experts = getattr(weight, "experts", None)
+    if experts is not None:
+        return weight_dtype(experts[0])
     quant_state = getattr(weight, "quant_state", None)
     return quant_state.dtype if quant_state is not None else torch.get_default_dtype()
 

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -240,14 +241,16 @@ def check_valid_checkpoint_dir(checkpoint_dir: Union[str, Path], model_filename:
 
 
 def num_parameters(module: nn.Module, requires_grad: Optional[bool] = None) -> int:
-    """Counts parameters (each shared tensor once); bitsandbytes 4-bit weights count as their unpacked size."""
+    """Counts parameters (each shared tensor once); bitsandbytes 4-bit weights (and quantized experts) count as their
+    unpacked size."""
     total, seen = 0, set()
     for p in module.parameters():
         if id(p) in seen or (requires_grad is not None and p.requires_grad != requires_grad):
             continue
         seen.add(id(p))
-        quant_state = getattr(p, "quant_state", None)
-        total += quant_state.shape.numel() if quant_state is not None else p.numel()
+        quant_state, shape = getattr(p, "quant_state", None), getattr(p, "expert_shape", None)
+        total += (math.prod(shape) if shape is not None else quant_state.shape.numel() if quant_state is not None
+                  else p.numel())
     return total
 
 

@@ -122,6 +122,41 @@ def test_new_family_model_finetunes_merges_and_generates(kind, tiny_data, smollm
     assert texts["merged"].strip()
 
 
+@pytest.mark.parametrize(("kind", "quantize", "experts"), [("qwen3_moe", "bnb.nf4", True),
+                                                           ("gpt_oss", "bnb.nf4-dq", True),
+                                                           ("qwen3_moe", "bnb.nf4", False)])
+def test_mixture_of_experts_qlora_finetunes_merges_and_generates(kind, quantize, experts, tiny_data, smollm2_dir,
+                                                                 tmp_path, capsys):
+    """QLoRA on a tiny MoE: the experts quantized expert by expert, LoRA on them (or not: --lora_experts false);
+    merge_lora.py merges into the float base; generate/lora.py on the 4-bit base with the adapter and generate/base.py
+    on the merged dir both answer, the merged model unlike the base model."""
+    from test_merge import make_checkpoint, script, tiny_config
+
+    base = make_checkpoint(tmp_path / "base", tiny_config(kind, block_size=256), smollm2_dir)
+    out = tmp_path / "out"
+    finetune(base, tiny_data, out, "--precision", "bf16-true", "--quantize", quantize, "--max_iters", 2,
+             "--learning_rate", 0.01, "--eval_interval", 2, "--lora_experts", str(experts).lower())
+    run = json.loads((out / "lora_config.json").read_text())
+    assert run["quantize"] == quantize and run["lora"]["experts"] is experts
+    adapter = torch.load(out / "lit_model_lora_finetuned.pth", weights_only=True)
+    trained = {k for k, v in adapter.items() if "lora_B" in k and v.abs().sum() > 0}
+    assert any(".attn.qkv." in k for k in trained)
+    assert any(".mlp.experts.lora_B_" in k for k in trained) is experts
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in read_metrics(out))
+    script("scripts/merge_lora.py").main(lora_path=out, out_dir=tmp_path / "merged")
+    capsys.readouterr()
+    greedy = dict(prompt="What is 2 + 3?", max_new_tokens=12, temperature=0.0, precision="bf16-true", stream=False)
+    style = json.loads((out / "prompt_style.json").read_text())["name"]
+    texts = {}
+    for name, run in [("lora", lambda: script("generate/lora.py").main(lora_path=out, quantize=quantize, **greedy)),
+                      ("merged", lambda: script("generate/base.py").main(checkpoint_dir=tmp_path / "merged", **greedy)),
+                      ("base", lambda: script("generate/base.py").main(checkpoint_dir=base, prompt_style=style,
+                                                                       **greedy))]:
+        run()
+        texts[name] = capsys.readouterr().out
+    assert texts["merged"] != texts["base"] and texts["lora"].strip() and texts["merged"].strip(), texts
+
+
 def test_loss_goes_down(tiny_checkpoint, tiny_data, tmp_path):
     out = tmp_path / "out"
     finetune(tiny_checkpoint, tiny_data, out, "--precision", "32-true", "--max_iters", 12, "--learning_rate", 0.01,

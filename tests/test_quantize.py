@@ -25,13 +25,16 @@ from lit_gpt.lora import (
     trainable_report,
 )
 from lit_gpt.model import GPT, build_rope_cache
+from lit_gpt.moe import Experts
 from lit_gpt.quantize import (
     QUANTIZE_MODES,
     Linear,
     check_quantize,
+    dequantize_experts,
     dequantize_weight,
     linear,
     quantizable_weights,
+    quantize_experts,
     quantize_mode,
     quantize_weight,
     replace_parameters,
@@ -42,9 +45,15 @@ from lit_gpt.utils import UserError, atomic_save, atomic_write_text
 
 @torch.no_grad()
 def quantize_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """The reference for load_model's quantization: a materialized model's linear weights quantized in place."""
+    """The reference for load_model's quantization: a materialized model's linear weights and expert tensors
+    quantized in place."""
     weights = quantizable_weights(model)
     replace_parameters(model, {key: w if quantize_mode(w) else quantize_weight(w, mode) for key, w in weights.items()})
+    for module in model.modules():
+        if isinstance(module, Experts):
+            for name in ("gate_up_proj", "down_proj"):
+                if not quantize_mode(getattr(module, name)):
+                    setattr(module, name, quantize_experts(getattr(module, name), mode, module.transposed))
     return model
 
 
@@ -77,12 +86,17 @@ def bf16_lora_model(std: float = 0.01, **config_kwargs) -> GPT:
     return model
 
 
-def dequantized_copy(model: GPT) -> GPT:
-    """The same model with every quantized weight replaced by its dequantized float matrix (the oracle)."""
+def dequantized_copy(model: GPT, dtype: torch.dtype = torch.bfloat16) -> GPT:
+    """The same model with every quantized weight replaced by its dequantized float matrix in `dtype` (the oracle)."""
     model = copy.deepcopy(model)
     for module in model.modules():
         if isinstance(module, Linear) and quantize_mode(module.weight):
-            module.weight = torch.nn.Parameter(dequantize_weight(module.weight).to(torch.bfloat16), requires_grad=False)
+            module.weight = torch.nn.Parameter(dequantize_weight(module.weight).to(dtype), requires_grad=False)
+        if isinstance(module, Experts):
+            for name in ("gate_up_proj", "down_proj"):
+                if quantize_mode(getattr(module, name)):
+                    float_weight = dequantize_experts(getattr(module, name)).to(dtype)
+                    setattr(module, name, torch.nn.Parameter(float_weight, requires_grad=False))
     return model
 
 
@@ -147,6 +161,95 @@ def test_merge_into_quantized_weight_requantizes(mode):
     weights = {n: p.clone() for n, p in model.named_parameters()}
     merge_lora_weights(model)
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
+def moe_lora_model(kind: str, dtype: torch.dtype = torch.bfloat16) -> GPT:
+    """A tiny Qwen3-MoE (a dense layer, 4 experts of which 2) or gpt-oss (transposed, interleaved experts with
+    biases) with random LoRA on attention and the experts."""
+    from test_merge import CONFIGS
+
+    torch.manual_seed(0)
+    config = Config(**{**CONFIGS[kind], "name": f"tiny-{kind}", "n_layer": 3 if kind == "qwen3_moe" else 2,
+                       "n_embd": 64, "moe_intermediate_size": 32, "vocab_size": 100, "padding_multiple": 64,
+                       "block_size": 64})
+    model = add_lora(GPT(config), LoRAConfig(r=4, alpha=8)).to(dtype).eval()
+    randomize_lora(model, 0.02)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["qwen3_moe", "gpt_oss"])
+@pytest.mark.parametrize("mode", QUANTIZE_MODES)
+def test_quantized_experts_forward_backward_and_merge(kind, mode):
+    """Expert tensors quantized expert by expert: each expert's bytes and scales as `quantize_weight` gives for that
+    expert's (out, in) matrix alone; the forward (each expert's matmul on its dequantized matrix) and the LoRA
+    gradients as the dequantized float model's (in float32, where they agree to rounding); merging re-quantizes the
+    merged experts."""
+    model = moe_lora_model(kind, torch.float32)
+    x = tokens()
+    with torch.no_grad():  # a forward with gradients keeps the router logits, which deepcopy refuses
+        reference = model(x)
+    quantized = quantize_model(copy.deepcopy(model), mode)
+    experts = quantized.transformer.h[-1].mlp.experts
+    float_experts = model.transformer.h[-1].mlp.experts
+    for name in ("gate_up_proj", "down_proj"):
+        weight, float_weight = getattr(experts, name), getattr(float_experts, name)
+        assert quantize_mode(weight) == mode and weight.expert_shape == tuple(float_weight.shape)
+        assert weight.dtype in (torch.uint8, torch.int8) and not weight.requires_grad
+        for e in (0, 3):
+            alone = quantize_weight(float_weight[e].T if experts.transposed else float_weight[e], mode)
+            assert torch.equal(weight.experts[e].data, alone.data)
+            assert torch.equal(weight[e], alone.data.view_as(weight[e]))  # the views of the packed bytes
+        assert relative_error(dequantize_experts(weight), float_weight) < (0.02 if mode == "bnb.int8" else 0.15)
+    size = sum(getattr(experts, n).numel() * getattr(experts, n).element_size() for n in ("gate_up_proj", "down_proj"))
+    assert size < (0.3 if mode == "bnb.int8" else 0.15) * 4 * sum(
+        getattr(float_experts, n).numel() for n in ("gate_up_proj", "down_proj"))
+    assert trainable_report(quantized).split("||")[1] == trainable_report(model).split("||")[1]  # unpacked count
+
+    oracle = dequantized_copy(quantized, torch.float32)
+    with torch.no_grad():
+        out = quantized(x)
+        torch.testing.assert_close(out, oracle(x))
+    assert relative_error(out, reference) < (0.05 if mode == "bnb.int8" else 0.3)
+
+    for m in (quantized, oracle):
+        mark_only_lora_as_trainable(m)
+        m.train()
+        torch.manual_seed(0)  # the same LoRA dropout masks
+        F.cross_entropy(m(x).flatten(0, 1).float(), x.flatten()).backward()
+    oracle_grads = dict(oracle.named_parameters())
+    for name, param in quantized.named_parameters():
+        if lora_filter(name):
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+            assert relative_error(param.grad, oracle_grads[name].grad) < 1e-4, name
+        else:
+            assert param.grad is None, name
+
+    quantized.eval()
+    with torch.no_grad():
+        unmerged = quantized(x)
+        expected = dequantize_experts(experts.down_proj).float() + experts.delta_weight("down")
+        merge_lora_weights(quantized)
+        assert experts.merged and quantize_mode(experts.down_proj) == mode
+        requantized = quantize_experts(expected, mode, experts.transposed)
+        assert torch.equal(experts.down_proj, requantized)
+        assert relative_error(quantized(x), unmerged) < 0.1
+
+
+@pytest.mark.parametrize("kind", ["qwen3_moe", "gpt_oss"])
+def test_load_model_quantizes_experts_as_the_loaded_model(kind, tmp_path):
+    base = moe_lora_model(kind)
+    config = base.config
+    float_model = GPT(config)
+    float_model.load_state_dict({k: v for k, v in base.state_dict().items() if not lora_filter(k)}, strict=False)
+    write_checkpoint(tmp_path / "ckpt", config, {k: v for k, v in base.state_dict().items() if not lora_filter(k)})
+    model = load_model(tmp_path / "ckpt", precision="bf16-true", quantize="bnb.nf4-dq",
+                       lora_config=LoRAConfig(r=4, alpha=8))
+    assert quantize_mode(model.transformer.h[-1].mlp.experts.gate_up_proj) == "bnb.nf4-dq"
+    assert model.transformer.h[-1].mlp.experts.lora_A_gate_up.dtype == torch.bfloat16
+    expected = quantize_model(add_lora(copy.deepcopy(float_model), LoRAConfig(r=4, alpha=8)).to(torch.bfloat16),
+                              "bnb.nf4-dq").eval()
+    x = tokens()
+    assert torch.equal(model(x), expected(x))  # LoRA B is zero in both
 
 
 def test_tied_head_stays_float_and_shared():
