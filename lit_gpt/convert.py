@@ -11,6 +11,7 @@ Conversions stream: one tensor (one layer's q/k/v for Llama) is transformed at a
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -245,13 +246,15 @@ def expected_shapes(config: Config) -> Dict[str, torch.Size]:
 
 
 def hf_to_lit(hf_items: Iterable[Tuple[str, torch.Tensor]], config: Config,
-              dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
-    """Our state dict from (HF name, tensor) pairs, consumed one at a time (a generator keeps memory flat).
+              dtype: Optional[torch.dtype] = None, out: Optional[Dict[str, torch.Tensor]] = None
+              ) -> Dict[str, torch.Tensor]:
+    """Our state dict from (HF name, tensor) pairs, consumed one at a time (a generator keeps memory flat), into
+    `out` (default: a new dict; `convert_hf_checkpoint` passes a `SpilledDict`, which keeps each tensor on disk).
 
     Tied embeddings: a missing `lm_head.weight` is the embedding. Raises ValueError naming unknown, missing or
     misshapen weights.
     """
-    fam, out = family(config), {}
+    fam, out = family(config), {} if out is None else out
     pending: Dict[str, Dict[str, torch.Tensor]] = {}  # q/k/v waiting for their siblings
     experts: Dict[str, Dict[tuple, torch.Tensor]] = {}  # a layer's per-expert weights waiting for the others
     packed: Dict[tuple, Dict[str, torch.Tensor]] = {}  # MXFP4 blocks waiting for their scales, or the other way
@@ -710,17 +713,40 @@ def convert_hf_checkpoint(checkpoint_dir: Union[str, Path], model_name: Optional
                 continue
             yield name, tensor
 
-    try:
-        state_dict = hf_to_lit(text_weights(), config, dtype)
-    except ValueError as e:
-        fail(f"{str(checkpoint_dir)!r}: {e}")
-    if skipped:
-        print(f"Converted the text decoder only; skipped {sum(skipped.values())} weights of "
-              f"{', '.join(f'{m} ({n})' for m, n in sorted(skipped.items()))}")
-    with atomic_path(checkpoint_dir / "lit_model.pth") as tmp:
-        torch.save(state_dict, tmp)
-        config.save(checkpoint_dir / "lit_config.json")
+    with tempfile.TemporaryDirectory(prefix=".lit_model.", suffix=".spill", dir=checkpoint_dir) as spill:
+        try:
+            state_dict = hf_to_lit(text_weights(), config, dtype, out=SpilledDict(spill))
+        except ValueError as e:
+            fail(f"{str(checkpoint_dir)!r}: {e}")
+        if skipped:
+            print(f"Converted the text decoder only; skipped {sum(skipped.values())} weights of "
+                  f"{', '.join(f'{m} ({n})' for m, n in sorted(skipped.items()))}")
+        with atomic_path(checkpoint_dir / "lit_model.pth") as tmp:
+            torch.save(dict(state_dict), tmp)  # a plain dict: weights_only loading refuses other classes
+            config.save(checkpoint_dir / "lit_config.json")
+        del state_dict  # its maps, before their files go
     return config
+
+
+class SpilledDict(dict):
+    """A state dict whose tensors of 1 MiB and more live in files of `spill_dir`, each mapped back into memory as
+    soon as it is set: the converted model is never in memory at once (its pages are the page cache's, which the
+    kernel drops when memory runs short), and `torch.save` reads the maps tensor by tensor. It costs the model's size
+    again in disk space while converting. Setting a tensor already held (a tied head) keeps one copy."""
+
+    def __init__(self, spill_dir: Path) -> None:
+        super().__init__()
+        self.spill_dir, self.held = Path(spill_dir), set()
+
+    def __setitem__(self, name: str, tensor: torch.Tensor) -> None:
+        if id(tensor) not in self.held and tensor.numel() * tensor.element_size() >= 2**20:
+            flat = tensor.detach().contiguous().reshape(-1)
+            path = self.spill_dir / f"{len(self.held)}.bin"
+            with open(path, "wb") as f:
+                f.write(memoryview(flat.view(torch.uint8).numpy()))
+            tensor = torch.from_file(str(path), shared=False, size=flat.numel(), dtype=flat.dtype).view(tensor.shape)
+            self.held.add(id(tensor))
+        super().__setitem__(name, tensor)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",

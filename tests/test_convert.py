@@ -538,3 +538,46 @@ def test_mxfp4_checkpoint_converts_to_the_model_transformers_loads(tmp_path: Pat
     with pytest.raises(ValueError, match=r"MXFP4 expert tensors without their blocks or scales: "
                                          r"model.layers.1.mlp.experts.down_proj$"):
         hf_to_lit(iter(state_dict.items()), config)
+
+
+def test_conversion_never_holds_the_converted_model(tmp_path: Path) -> None:
+    """convert_hf_checkpoint of a ~60M-parameter bf16 safetensors checkpoint into float32 (every tensor a new one):
+    each converted tensor goes to disk as soon as it is made (`SpilledDict`), so peak anonymous memory stays far below
+    the converted model's size; lit_model.pth holds the weights, and no spill file is left."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    config = Config(name="mid", n_layer=8, n_head=12, n_query_groups=4, n_embd=768, vocab_size=8192,
+                    padding_multiple=64, block_size=256, rotary_percentage=1.0, parallel_residual=False, bias=False,
+                    norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", intermediate_size=2048,
+                    hf_model_type="llama")
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(s, generator=generator, dtype=torch.bfloat16) for k, s in shapes.items()}
+    size = sum(t.numel() * 4 for t in state.values())  # in float32
+    checkpoint_dir = tmp_path / "mid"
+    checkpoint_dir.mkdir()
+    hf_state_dict = {k: v.contiguous() for k, v in lit_to_hf(state, config).items()}
+    save_file(hf_state_dict, str(checkpoint_dir / "model.safetensors"))
+    (checkpoint_dir / "config.json").write_text(json.dumps(hf_config_from_lit(config, torch.bfloat16)))
+    code = f"""
+import ctypes, sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # -3: M_MMAP_THRESHOLD: freed large blocks go back at once
+from test_quantize import peak_memory_increase
+from lit_gpt.convert import convert_hf_checkpoint
+print(peak_memory_increase(lambda: convert_hf_checkpoint({str(checkpoint_dir)!r}, dtype=torch.float32))[1])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peak = int(proc.stdout.split()[-1])
+    print(f"model {size / 2**20:.0f} MiB, peak anonymous memory while converting {peak / 2**20:.0f} MiB")
+    assert peak < 0.2 * size  # a tensor or a layer's q/k/v at a time, not the ~240 MiB converted model
+    converted = torch.load(checkpoint_dir / "lit_model.pth", weights_only=True)
+    assert converted.keys() == state.keys() and all(torch.equal(converted[k], v.float()) for k, v in state.items())
+    assert sorted(p.name for p in checkpoint_dir.iterdir()) == ["config.json", "lit_config.json", "lit_model.pth",
+                                                               "model.safetensors"]
