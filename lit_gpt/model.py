@@ -255,8 +255,13 @@ class Block(nn.Module):
             self.norm_2 = None
         if config.double_wide_mlp and kv_source is not None:
             config = replace(config, intermediate_size=2 * config.intermediate_size)
-        self.mlp = (MoE(config) if config.is_sparse(index) else GptNeoxMLP(config)
+        sparse = config.is_sparse(index)
+        self.mlp = (MoE(config) if sparse and not config.moe_with_mlp else GptNeoxMLP(config)
                     if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config))
+        # Gemma 4 26B-A4B: experts beside the MLP, routed by the residual stream, fed by a norm of their own
+        self.moe = MoE(config) if sparse and config.moe_with_mlp else None
+        if self.moe is not None:
+            self.norm_moe, self.post_dense_norm, self.post_moe_norm = (build_norm(config) for _ in range(3))
         # Gemma 3 normalizes the attention and MLP outputs too, before adding them to the residual stream
         self.post_attention_norm = build_norm(config) if config.post_norms else nn.Identity()
         self.post_mlp_norm = build_norm(config) if config.post_norms else nn.Identity()
@@ -290,9 +295,14 @@ class Block(nn.Module):
         if self.parallel_residual:
             n_2 = n_1 if self.norm_2 is None else self.norm_2(x)
             x = x + h + self.post_mlp_norm(self.mlp(n_2))
-        else:
+        elif self.moe is None:
             x = x + h
             x = x + self.post_mlp_norm(self.mlp(self.norm_2(x)))
+        else:
+            x = x + h
+            dense = self.post_dense_norm(self.mlp(self.norm_2(x)))
+            sparse = self.post_moe_norm(self.moe(self.norm_moe(x), router_x=x))
+            x = x + self.post_mlp_norm(dense + sparse)
         if per_layer is not None:
             gated = F.gelu(self.per_layer_gate(x), approximate=self.gelu) * per_layer
             x = x + self.per_layer_norm(self.per_layer_proj(gated))

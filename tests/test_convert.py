@@ -89,7 +89,9 @@ def save_hf(kind: str, path: Path, fmt: str) -> torch.nn.Module:
                                                     ("gemma3", "safetensors", True),
                                                     ("phi3-longrope", "bin", False),
                                                     ("mistral-head_dim-sliding", "safetensors", False),
-                                                    ("gpt_oss", "sharded", False)])
+                                                    ("gpt_oss", "sharded", False),
+                                                    ("qwen3_5_moe", "sharded", False),
+                                                    ("gemma4-moe", "safetensors", False)])
 def test_round_trip(tmp_path: Path, kind: str, fmt: str, via_scripts: bool) -> None:
     """HF dir -> convert_hf_checkpoint -> convert_lit_checkpoint -> HF dir: same tensors, same logits."""
     from safetensors.torch import load_file
@@ -383,7 +385,6 @@ def test_published_configs_convert_and_round_trip(name: str, expected: dict) -> 
     ("qwen3_5-hybrid", "attention_bias", True, "attention_bias=True"),
     ("olmo3-yarn-sliding", "rope_parameters", dict(rope_type="yarn", rope_theta=5e5, factor=8.0,
                                                    original_max_position_embeddings=8), "one RoPE for all layer types"),
-    ("gemma4-ple-shared-kv", "enable_moe_block", True, "enable_moe_block=True"),
     ("gemma4-ple-shared-kv", "num_kv_shared_layers", 6, "some layer must compute keys and values"),
     ("gemma4-k_eq_v", "per_layer_config", {"2": {"head_dim": 16}, "1": {"head_dim": 8}}, "per-layer overrides"),
     ("gemma4-k_eq_v", "use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
@@ -442,12 +443,22 @@ def test_gemma4_vision_language_checkpoint_converts_its_text_decoder(tmp_path: P
         torch.testing.assert_close(model.eval()(idx), hf_model(input_ids=idx).logits)
 
 
-def test_per_expert_checkpoint_stacks_into_the_fused_experts() -> None:
-    """The Hub's Qwen3-MoE checkpoints store each expert's gate_proj / up_proj / down_proj (transformers 5 fuses them
-    while loading): they convert to the same tensors as transformers' fused ones, in any order."""
-    hf_model = tiny_hf_model("qwen3_moe")
+@pytest.mark.parametrize("kind", ["qwen3_moe", "qwen3_5_moe"])
+def test_per_expert_checkpoint_stacks_into_the_fused_experts(kind: str) -> None:
+    """The Hub's Qwen3-MoE and Qwen3.5-MoE checkpoints store each expert's gate_proj / up_proj / down_proj
+    (transformers 5 fuses them while loading): they convert to the same tensors as transformers' fused ones, in any
+    order. Qwen3.5-MoE's are vision-language checkpoints: the text model under model.language_model, a vision tower
+    and a multi-token-prediction layer beside it (skipped), the text config under text_config."""
+    import transformers
+
+    hf_model = tiny_hf_model(kind)
     config = Config.from_hf_config(hf_model.config.to_dict())
     fused = hf_model.state_dict()
+    if kind == "qwen3_5_moe":
+        wrapper = transformers.Qwen3_5MoeConfig(text_config=hf_model.config.to_dict()).to_dict()
+        assert Config.from_hf_config(wrapper).to_dict() == config.to_dict()
+        fused = {k.replace("model.", "model.language_model.", 1): v for k, v in fused.items()}
+        fused.update({"model.visual.blocks.0.attn.qkv.weight": torch.zeros(3, 3), "mtp.fc.weight": torch.zeros(3)})
     per_expert = {}
     for name, t in fused.items():
         if name.endswith("experts.gate_up_proj"):
