@@ -885,6 +885,40 @@ for _size, _n_layer, _n_embd, _n_head, _inter, _moe_inter, _rope_2507 in [
                             router_aux_loss_coef=0.001, hf_model_type="qwen3_moe"))
 
 ############
+# Qwen3.5-MoE (the text decoder of `qwen3_5_moe`'s vision-language checkpoints, without its multi-token-prediction
+# layer; lit_gpt/moe.py): Qwen3.5's layers (three Gated DeltaNet to one gated full-attention layer, 2 kv heads of 256,
+# RoPE on a quarter of each head, base 10M, 262144 context, untied) with, in every layer, experts of which the top k of
+# a softmax (renormalised) and a shared expert behind a sigmoid gate. Layouts from copies of the config.json files
+# found by the library search (35B-A3B: also transformers' Qwen3_5MoeTextConfig defaults, "Qwen3.5-35B-A3B style";
+# the 122B-A10B's 32 query heads are inferred from its parameter count); -Base: the pretrained 35B-A3B
+############
+for _names, _n_layer, _n_embd, _n_head, _value_heads, _n_expert, _k, _moe_inter in [
+    (("35B-A3B", "35B-A3B-Base"), 40, 2048, 16, 32, 256, 8, 512),
+    (("122B-A10B",), 48, 3072, 32, 64, 256, 8, 1024),
+    (("397B-A17B",), 60, 4096, 32, 64, 512, 10, 1024),
+]:
+    for _size in _names:
+        _name = f"Qwen3.5-{_size}"
+        configs.append(dict(_qwen35, name=_name, hf_config=dict(org="Qwen", name=_name), n_layer=_n_layer,
+                            n_embd=_n_embd, n_head=_n_head, n_query_groups=2, linear_n_value_heads=_value_heads,
+                            intermediate_size=_moe_inter, n_expert=_n_expert, n_expert_per_token=_k,
+                            moe_intermediate_size=_moe_inter, moe_shared_intermediate_size=_moe_inter,
+                            router_aux_loss_coef=0.001, hf_model_type="qwen3_5_moe_text"))
+
+############
+# Gemma 4 26B-A4B (copies of its config.json's text_config found by the library search): the 31B's layout (k = v in
+# the global layers, 2 kv heads there, 8 in the window layers of 1024, 256K context) at 30 layers of 2816 with 16
+# heads, and in every layer 128 experts of 704 (the top 8 of a normalised router) beside a dense MLP of 2112
+############
+for _kind in ("", "-it"):
+    _name = f"gemma-4-26B-A4B{_kind}"
+    configs.append(dict(_gemma4_text, name=_name, hf_config=dict(org="google", name=_name), block_size=262144,
+                        n_layer=30, n_embd=2816, n_head=16, n_query_groups=8, global_n_query_groups=2,
+                        attention_k_eq_v=True, intermediate_size=2112, sliding_window=1024, global_layer_every=6,
+                        n_expert=128, n_expert_per_token=8, moe_intermediate_size=704, router_norm=True,
+                        moe_activation="gelu", moe_with_mlp=True))
+
+############
 # gpt-oss (lit_gpt/moe.py, lit_gpt/sinks.py): openai/gpt-oss-20b's config.json (tests/data/hf_configs) and -120b's
 # (transformers' GptOssConfig defaults, "similar to GPT-OSS-120B": 36 layers of 128 experts, the rest as the 20b's).
 # Attention sinks, biased q/k/v/o, 64 heads of 64 over 8 kv heads, 128-token windows alternating with full layers,
