@@ -1,6 +1,7 @@
 """A compact GPT: GPT-NeoX (Pythia, StableLM), Llama (Llama 2/3, TinyLlama, Mistral, SmolLM2, SmolLM3, Ministral 3),
-Qwen2.5, Qwen3, Qwen3.5 (with lit_gpt/deltanet.py), Gemma 3 and 4, Phi-3, OLMo 2/3 and Falcon, one code path driven by
-`Config` fields."""
+Qwen2.5, Qwen3, Qwen3.5 (with lit_gpt/deltanet.py), Gemma 3 and 4, Phi-3, OLMo 2/3 and Falcon, and the mixtures of
+experts Qwen3-MoE, Qwen3.5-MoE, gpt-oss and Gemma 4 26B-A4B (with lit_gpt/moe.py), one code path driven by `Config`
+fields."""
 
 from dataclasses import replace
 from typing import Any, Optional, Tuple

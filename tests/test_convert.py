@@ -385,6 +385,8 @@ def test_published_configs_convert_and_round_trip(name: str, expected: dict) -> 
     ("qwen3_5-hybrid", "attention_bias", True, "attention_bias=True"),
     ("olmo3-yarn-sliding", "rope_parameters", dict(rope_type="yarn", rope_theta=5e5, factor=8.0,
                                                    original_max_position_embeddings=8), "one RoPE for all layer types"),
+    ("qwen3_5_moe", "shared_expert_intermediate_size", 0, "shared_expert_intermediate_size=0"),
+    ("qwen3_5_moe", "attention_bias", True, "attention_bias=True"),
     ("gemma4-ple-shared-kv", "num_kv_shared_layers", 6, "some layer must compute keys and values"),
     ("gemma4-k_eq_v", "per_layer_config", {"2": {"head_dim": 16}, "1": {"head_dim": 8}}, "per-layer overrides"),
     ("gemma4-k_eq_v", "use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
