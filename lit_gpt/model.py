@@ -296,14 +296,12 @@ class Block(nn.Module):
         if self.parallel_residual:
             n_2 = n_1 if self.norm_2 is None else self.norm_2(x)
             x = x + h + self.post_mlp_norm(self.mlp(n_2))
-        elif self.moe is None:
-            x = x + h
-            x = x + self.post_mlp_norm(self.mlp(self.norm_2(x)))
         else:
             x = x + h
-            dense = self.post_dense_norm(self.mlp(self.norm_2(x)))
-            sparse = self.post_moe_norm(self.moe(self.norm_moe(x), router_x=x))
-            x = x + self.post_mlp_norm(dense + sparse)
+            y = self.mlp(self.norm_2(x))
+            if self.moe is not None:  # Gemma 4 26B-A4B: the experts' output beside the MLP's, each normed
+                y = self.post_dense_norm(y) + self.post_moe_norm(self.moe(self.norm_moe(x), router_x=x))
+            x = x + self.post_mlp_norm(y)
         if per_layer is not None:
             gated = F.gelu(self.per_layer_gate(x), approximate=self.gelu) * per_layer
             x = x + self.per_layer_norm(self.per_layer_proj(gated))
