@@ -445,6 +445,33 @@ def test_gemma4_vision_language_checkpoint_converts_its_text_decoder(tmp_path: P
         torch.testing.assert_close(model.eval()(idx), hf_model(input_ids=idx).logits)
 
 
+def test_qwen3_5_moe_vision_language_checkpoint_converts_its_text_decoder(tmp_path: Path, capsys) -> None:
+    """A Qwen3_5MoeForConditionalGeneration dir (the published layout: the text model under model.language_model, a
+    vision tower under model.visual, the experts saved one by one, as transformers writes them): its text decoder
+    converts and gives transformers' logits on text."""
+    import transformers
+
+    _, kwargs = TINY["qwen3_5_moe"]
+    text = transformers.Qwen3_5MoeTextConfig(**{**SIZES, **kwargs})
+    vision = transformers.Qwen3_5MoeVisionConfig(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                                                 out_hidden_size=32, patch_size=4, num_position_embeddings=16)
+    torch.manual_seed(0)
+    hf_model = transformers.Qwen3_5MoeForConditionalGeneration(transformers.Qwen3_5MoeConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict())).eval()
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    hf_model.save_pretrained(tmp_path / "qwen3_5_moe-tiny")
+    capsys.readouterr()
+    config = convert_hf_checkpoint(tmp_path / "qwen3_5_moe-tiny")
+    assert "model.visual" in capsys.readouterr().out and config.moe_shared_intermediate_size == 24
+    model = GPT(config)
+    model.load_state_dict(torch.load(tmp_path / "qwen3_5_moe-tiny" / "lit_model.pth", weights_only=True))
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(idx), hf_model(input_ids=idx).logits)
+
+
 @pytest.mark.parametrize("kind", ["qwen3_moe", "qwen3_5_moe"])
 def test_per_expert_checkpoint_stacks_into_the_fused_experts(kind: str) -> None:
     """The Hub's Qwen3-MoE and Qwen3.5-MoE checkpoints store each expert's gate_proj / up_proj / down_proj
