@@ -102,6 +102,9 @@ class Config:
     moe_interleaved: bool = False
     moe_bias: bool = False
     moe_shared_intermediate_size: int = 0  # a gated shared expert every token goes through (Qwen3.5-MoE); 0: none
+    # the sparse layers keep their dense MLP, the experts beside it: both branches normed after, the experts' input by a
+    # norm of its own, the router reading the residual stream (Gemma 4 26B-A4B)
+    moe_with_mlp: bool = False
     router_aux_loss_coef: float = 0.0  # config.json's weight of the load-balancing loss: finetuning's default
     mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP", "GemmaMLP"] = "GptNeoxMLP"  # GemmaMLP: LLaMAMLP with GELU
     gelu_approximate: str = "none"
@@ -126,6 +129,8 @@ class Config:
             if self.mlp_class_name != "GptNeoxMLP":
                 raise ValueError(f"{self.name!r}: the LLaMAMLP needs `intermediate_size`")
             self.intermediate_size = 4 * self.n_embd
+        if self.moe_with_mlp and (self.parallel_residual or not self.post_norms):
+            raise ValueError(f"{self.name!r}: moe_with_mlp needs a sequential block with post_norms (Gemma 4's)")
         self.rope_n_elem = int(self.rotary_percentage * self.head_size)
         if self.per_layer_embd and self.per_layer_vocab_size is None:
             self.per_layer_vocab_size = self.padded_vocab_size
@@ -257,7 +262,9 @@ class Config:
                        parallel_residual=False, bias=False,
                        tie_embeddings=hf.get("tie_word_embeddings", model_type == "smollm3"),
                        norm_class_name="RMSNorm", norm_eps=hf["rms_norm_eps"], mlp_class_name="LLaMAMLP",
-                       intermediate_size=hf["intermediate_size"])
+                       # Qwen3.5-MoE has no dense MLP: the experts' size stands in for the unused dense one
+                       intermediate_size=hf["moe_intermediate_size" if model_type == "qwen3_5_moe_text"
+                                            else "intermediate_size"])
             act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
             if model_type in ("gemma3_text", "gemma4_text"):
                 if act not in ("gelu_pytorch_tanh", "gelu"):
@@ -291,7 +298,7 @@ class Config:
                 if hf.get("sliding_window"):
                     refuse("sliding_window")
                 cfg.update(query_scale_beta=beta)
-            if model_type == "qwen3_5_text":
+            if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):
                 if hf.get("attention_bias"):
                     refuse("attention_bias")
                 every = _global_layer_every(hf, name, default=4, other="linear_attention")
@@ -301,6 +308,13 @@ class Config:
                            linear_key_head_size=hf["linear_key_head_dim"],
                            linear_value_head_size=hf["linear_value_head_dim"],
                            linear_conv_kernel=hf["linear_conv_kernel_dim"])
+            if model_type == "qwen3_5_moe_text":  # every layer's MLP experts with a gated shared expert
+                if not hf.get("shared_expert_intermediate_size"):
+                    refuse("shared_expert_intermediate_size")
+                cfg.update(n_expert=hf["num_experts"], n_expert_per_token=hf["num_experts_per_tok"],
+                           moe_intermediate_size=hf["moe_intermediate_size"],
+                           moe_shared_intermediate_size=hf["shared_expert_intermediate_size"], norm_topk_prob=True,
+                           router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))  # transformers' default
             if model_type in ("olmo2", "olmo3"):
                 if hf.get("clip_qkv"):
                     refuse("clip_qkv")
@@ -374,9 +388,10 @@ class Config:
 
 # the causal-LM families read by `Config.from_hf_config`; vision-language model_type -> that of its text model
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3", "ministral3", "olmo2", "olmo3",
-               "qwen3_5_text", "gemma4_text", "qwen3_moe", "gpt_oss")
-_MOE = ("qwen3_moe", "gpt_oss")  # the mixture-of-experts families
-_TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3", "qwen3_5": "qwen3_5_text", "gemma4": "gemma4_text"}
+               "qwen3_5_text", "gemma4_text", "qwen3_moe", "gpt_oss", "qwen3_5_moe_text")
+_MOE = ("qwen3_moe", "gpt_oss", "qwen3_5_moe_text", "gemma4_text")  # the mixture-of-experts families
+_TEXT_MODELS = {"gemma3": "gemma3_text", "mistral3": "ministral3", "qwen3_5": "qwen3_5_text", "gemma4": "gemma4_text",
+                "qwen3_5_moe": "qwen3_5_moe_text"}
 
 
 def _hf_rope(hf: dict, name: str, layer_type: str) -> tuple:
@@ -445,9 +460,8 @@ def _gemma4(hf: dict, name: str) -> dict:
     scale 1, the global layers' head size and key/value heads (`per_layer_config`, as transformers saves them, or the
     published `global_head_dim` / `num_global_key_value_heads`), k = v, shared keys and values, per-layer inputs."""
     n_layer, k_eq_v = hf["num_hidden_layers"], bool(hf.get("attention_k_eq_v"))
-    for key in ("enable_moe_block", "attention_bias"):
-        if hf.get(key):
-            raise ValueError(f"{name!r}: config.json has {key}={hf[key]!r}, which is not supported")
+    if hf.get("attention_bias"):
+        raise ValueError(f"{name!r}: config.json has attention_bias={hf['attention_bias']!r}, which is not supported")
     shared = hf.get("num_kv_shared_layers") or 0
     if shared >= n_layer:
         raise ValueError(f"{name!r}: config.json has num_kv_shared_layers={shared} of {n_layer} layers: some layer "
@@ -467,7 +481,12 @@ def _gemma4(hf: dict, name: str) -> dict:
                          "num_key_value_heads) for exactly the full-attention layers, which is not supported")
     one = json.loads(values.pop()) if values else {}
     per_layer = hf.get("hidden_size_per_layer_input") or 0
-    return dict(norm_unit_offset=False, norm_upcast=True, norm_v=True, attention_scalar=1.0,
+    moe = {}
+    if hf.get("enable_moe_block"):  # every layer: experts beside the dense MLP, a normalised router, GeGLU experts
+        moe = dict(n_expert=hf["num_experts"], n_expert_per_token=hf["top_k_experts"],
+                   moe_intermediate_size=hf["moe_intermediate_size"], router_norm=True, norm_topk_prob=True,
+                   moe_activation="gelu", moe_with_mlp=True)
+    return dict(moe, norm_unit_offset=False, norm_upcast=True, norm_v=True, attention_scalar=1.0,
                 global_head_size=one.get("head_dim"), global_n_query_groups=one.get("num_key_value_heads"),
                 attention_k_eq_v=k_eq_v, kv_shared_layers=shared, double_wide_mlp=bool(hf.get("use_double_wide_mlp")),
                 per_layer_embd=per_layer, layer_scalar=True,
@@ -864,6 +883,40 @@ for _size, _n_layer, _n_embd, _n_head, _inter, _moe_inter, _rope_2507 in [
                             intermediate_size=_inter, rope_base=_rope_2507 if _kind else 1000000, norm_eps=1e-6,
                             norm_qk=True, n_expert=128, n_expert_per_token=8, moe_intermediate_size=_moe_inter,
                             router_aux_loss_coef=0.001, hf_model_type="qwen3_moe"))
+
+############
+# Qwen3.5-MoE (the text decoder of `qwen3_5_moe`'s vision-language checkpoints, without its multi-token-prediction
+# layer; lit_gpt/moe.py): Qwen3.5's layers (three Gated DeltaNet to one gated full-attention layer, 2 kv heads of 256,
+# RoPE on a quarter of each head, base 10M, 262144 context, untied) with, in every layer, experts of which the top k of
+# a softmax (renormalised) and a shared expert behind a sigmoid gate. Layouts from copies of the config.json files
+# found by the library search (35B-A3B: also transformers' Qwen3_5MoeTextConfig defaults, "Qwen3.5-35B-A3B style";
+# the 122B-A10B's 32 query heads are inferred from its parameter count); -Base: the pretrained 35B-A3B
+############
+for _names, _n_layer, _n_embd, _n_head, _value_heads, _n_expert, _k, _moe_inter in [
+    (("35B-A3B", "35B-A3B-Base"), 40, 2048, 16, 32, 256, 8, 512),
+    (("122B-A10B",), 48, 3072, 32, 64, 256, 8, 1024),
+    (("397B-A17B",), 60, 4096, 32, 64, 512, 10, 1024),
+]:
+    for _size in _names:
+        _name = f"Qwen3.5-{_size}"
+        configs.append(dict(_qwen35, name=_name, hf_config=dict(org="Qwen", name=_name), n_layer=_n_layer,
+                            n_embd=_n_embd, n_head=_n_head, n_query_groups=2, linear_n_value_heads=_value_heads,
+                            intermediate_size=_moe_inter, n_expert=_n_expert, n_expert_per_token=_k,
+                            moe_intermediate_size=_moe_inter, moe_shared_intermediate_size=_moe_inter,
+                            router_aux_loss_coef=0.001, hf_model_type="qwen3_5_moe_text"))
+
+############
+# Gemma 4 26B-A4B (copies of its config.json's text_config found by the library search): the 31B's layout (k = v in
+# the global layers, 2 kv heads there, 8 in the window layers of 1024, 256K context) at 30 layers of 2816 with 16
+# heads, and in every layer 128 experts of 704 (the top 8 of a normalised router) beside a dense MLP of 2112
+############
+for _kind in ("", "-it"):
+    _name = f"gemma-4-26B-A4B{_kind}"
+    configs.append(dict(_gemma4_text, name=_name, hf_config=dict(org="google", name=_name), block_size=262144,
+                        n_layer=30, n_embd=2816, n_head=16, n_query_groups=8, global_n_query_groups=2,
+                        attention_k_eq_v=True, intermediate_size=2112, sliding_window=1024, global_layer_every=6,
+                        n_expert=128, n_expert_per_token=8, moe_intermediate_size=704, router_norm=True,
+                        moe_activation="gelu", moe_with_mlp=True))
 
 ############
 # gpt-oss (lit_gpt/moe.py, lit_gpt/sinks.py): openai/gpt-oss-20b's config.json (tests/data/hf_configs) and -120b's

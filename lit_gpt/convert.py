@@ -98,6 +98,15 @@ _NAMES["qwen3_5_text"] = {**_NAMES["llama"], **_QK_NORMS, **{
         ("in_proj_qkv.weight", "qkv.weight"), ("in_proj_z.weight", "gate.weight"), ("in_proj_b.weight", "beta.weight"),
         ("in_proj_a.weight", "decay.weight"), ("conv1d.weight", "conv.weight"), ("dt_bias", "dt_bias"),
         ("A_log", "A_log"), ("norm.weight", "norm.weight"), ("out_proj.weight", "proj.weight"))}}
+# Qwen3.5-MoE: Qwen3.5's attention and Gated DeltaNet layers, in every layer Qwen3-MoE's router and experts (the Hub's
+# checkpoints store them per expert) and a shared expert with its sigmoid gate
+_NAMES["qwen3_5_moe_text"] = {**{k: v for k, v in _NAMES["qwen3_5_text"].items() if ".mlp." not in k},
+                              **{k: v for k, v in _NAMES["qwen3_moe"].items() if ".mlp." in k},
+                              **{f"model.layers.{{}}.mlp.shared_expert.{hf}.weight":
+                                 f"transformer.h.{{}}.mlp.shared_expert.{lit}.weight"
+                                 for hf, lit in (("gate_proj", "fc_1"), ("up_proj", "fc_2"), ("down_proj", "proj"))},
+                              "model.layers.{}.mlp.shared_expert_gate.weight":
+                                  "transformer.h.{}.mlp.shared_expert.gate.weight"}
 # Gemma 4: Gemma 3's names, plain norms, a stored scalar per layer and the per-layer inputs (E2B / E4B)
 _NAMES["gemma4_text"] = {**_NAMES["gemma3_text"], "model.layers.{}.layer_scalar": "transformer.h.{}.layer_scalar",
                          "model.layers.{}.per_layer_input_gate.weight": "transformer.h.{}.per_layer_gate.weight",
@@ -105,11 +114,21 @@ _NAMES["gemma4_text"] = {**_NAMES["gemma3_text"], "model.layers.{}.layer_scalar"
                          "model.layers.{}.post_per_layer_input_norm.weight": "transformer.h.{}.per_layer_norm.weight",
                          "model.embed_tokens_per_layer.weight": "transformer.wte_per_layer.weight",
                          "model.per_layer_model_projection.weight": "transformer.per_layer_proj.weight",
-                         "model.per_layer_projection_norm.weight": "transformer.per_layer_norm.weight"}
+                         "model.per_layer_projection_norm.weight": "transformer.per_layer_norm.weight",
+                         # 26B-A4B: the router and experts beside the MLP, with three more norms
+                         "model.layers.{}.router.proj.weight": "transformer.h.{}.moe.router.weight",
+                         "model.layers.{}.router.scale": "transformer.h.{}.moe.router_scale",
+                         "model.layers.{}.router.per_expert_scale": "transformer.h.{}.moe.per_expert_scale",
+                         "model.layers.{}.experts.gate_up_proj": "transformer.h.{}.moe.experts.gate_up_proj",
+                         "model.layers.{}.experts.down_proj": "transformer.h.{}.moe.experts.down_proj",
+                         "model.layers.{}.pre_feedforward_layernorm_2.weight": "transformer.h.{}.norm_moe.weight",
+                         "model.layers.{}.post_feedforward_layernorm_1.weight":
+                             "transformer.h.{}.post_dense_norm.weight",
+                         "model.layers.{}.post_feedforward_layernorm_2.weight": "transformer.h.{}.post_moe_norm.weight"}
 _NAMES["phi3"] = {**{k: v for k, v in _NAMES["llama"].items() if ".mlp.gate_proj" not in k and ".mlp.up_proj" not in k},
                   "model.layers.{}.self_attn.qkv_proj.weight": "transformer.h.{}.attn.qkv.weight"}
 _SEPARATE_QKV = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3", "ministral3", "olmo2", "olmo3",
-                 "qwen3_5_text", "gemma4_text", "qwen3_moe", "gpt_oss")
+                 "qwen3_5_text", "gemma4_text", "qwen3_moe", "gpt_oss", "qwen3_5_moe_text")
 _LLAMA_QKV = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 _PHI3_GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"  # rows [gate | up] = our fc_1, fc_2
 # a vision-language checkpoint (Gemma 3, Mistral 3): its text model's weights under a prefix (transformers 4 / 5); the
@@ -387,7 +406,7 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", 
                   "smollm3": "SmolLM3ForCausalLM", "ministral3": "Ministral3ForCausalLM",
                   "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "qwen3_5_text": "Qwen3_5ForCausalLM",
                   "gemma4_text": "Gemma4ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-                  "gpt_oss": "GptOssForCausalLM"}
+                  "gpt_oss": "GptOssForCausalLM", "qwen3_5_moe_text": "Qwen3_5MoeForCausalLM"}
 # the layout each decoder family has in transformers (fields not listed are free: sizes, RoPE, tied embeddings)
 _LAYOUTS = {
     "llama": dict(norm_qk=False, post_norms=False, norm_unit_offset=False, scale_embeddings=False,
@@ -398,7 +417,7 @@ _LAYOUTS = {
                   kv_shared_layers=0, double_wide_mlp=False, per_layer_embd=0, layer_scalar=False, n_expert=0,
                   router_bias=False, router_scoring="softmax_topk", router_norm=False, moe_activation="silu",
                   moe_transposed=False, moe_interleaved=False, moe_bias=False, moe_shared_intermediate_size=0,
-                  attention_sinks=False),
+                  moe_with_mlp=False, attention_sinks=False),
     "qwen2": dict(bias=False, qkv_bias=True),
     "qwen3": dict(bias=False, qkv_bias=False, norm_qk=True),
     "qwen3_moe": dict(bias=False, qkv_bias=False, norm_qk=True),  # the expert counts and sizes free
@@ -416,6 +435,9 @@ _LAYOUTS = {
     "olmo3": dict(bias=False, qkv_bias=False, norm_qk=True, norm_qk_all_heads=True, norm_upcast=True,
                   pre_norms=False, post_norms=True),
     "qwen3_5_text": dict(bias=False, qkv_bias=False, norm_qk=True, norm_unit_offset=True, attention_output_gate=True),
+    # the expert counts and sizes free; the shared expert's size free but not 0
+    "qwen3_5_moe_text": dict(bias=False, qkv_bias=False, norm_qk=True, norm_unit_offset=True,
+                             attention_output_gate=True, norm_topk_prob=True, moe_sparse_step=1, moe_dense_layers=[]),
     "gemma4_text": dict(bias=False, qkv_bias=False, norm_qk=True, post_norms=True, scale_embeddings=True,
                         mlp_class_name="GemmaMLP", norm_upcast=True, norm_v=True, layer_scalar=True,
                         attention_scalar=1.0),
@@ -450,17 +472,23 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
         layout = {**_LAYOUTS["llama"], **(_LAYOUTS[fam] if fam not in ("llama", "smollm3") else dict(qkv_bias=c.bias))}
         for key, families in (("sliding_window", ("mistral", "phi3", "gemma3_text", "olmo3", "gemma4_text",
                                                   "gpt_oss")),
-                              ("linear_attention", ("qwen3_5_text",)), ("rotary_percentage", ("qwen3_5_text",)),
+                              ("linear_attention", ("qwen3_5_text", "qwen3_5_moe_text")),
+                              ("rotary_percentage", ("qwen3_5_text", "qwen3_5_moe_text")),
                               ("rope_local_base", ("gemma3_text", "olmo3", "gemma4_text")),
                               ("nope_layer_every", ("smollm3",)), ("query_scale_beta", ("ministral3",))):
             if fam in families:
                 layout.pop(key)
-        if fam in ("qwen3_moe", "gpt_oss"):
+        if fam in ("qwen3_moe", "gpt_oss", "qwen3_5_moe_text"):
             layout.pop("n_expert")
+        if fam == "qwen3_5_moe_text":
+            layout.pop("moe_shared_intermediate_size")
         if fam == "gemma4_text":
             for key in ("global_head_size", "global_n_query_groups", "attention_k_eq_v", "kv_shared_layers",
-                        "double_wide_mlp", "per_layer_embd"):
+                        "double_wide_mlp", "per_layer_embd", "n_expert"):
                 layout.pop(key)
+            if c.n_expert:  # enable_moe_block: in every layer, experts beside the MLP
+                layout.update(router_norm=True, norm_topk_prob=True, moe_activation="gelu", moe_with_mlp=True,
+                              moe_sparse_step=1, moe_dense_layers=[])
         elif c.final_logit_softcapping is not None:
             problems.append(f"final_logit_softcapping in a {fam} model")
         if fam in ("phi3", "gemma3_text"):
@@ -488,7 +516,7 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
             hf.update(sliding_window=None, rope_parameters=dict(rope, llama_4_scaling_beta=c.query_scale_beta))
         if fam in ("olmo2", "olmo3"):
             hf.update(attention_bias=False)
-        if fam == "qwen3_5_text":
+        if fam in ("qwen3_5_text", "qwen3_5_moe_text"):
             if c.global_layer_every and not c.linear_attention:
                 problems.append("global_layer_every without linear attention in a Qwen3.5 model")
             hf.update(attention_bias=False, rope_parameters=dict(rope, partial_rotary_factor=c.rotary_percentage),
@@ -513,6 +541,14 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                       output_router_logits=False, router_aux_loss_coef=c.router_aux_loss_coef)
         elif fam in ("mistral", "phi3"):
             hf.update(sliding_window=c.sliding_window)
+        if fam == "qwen3_5_moe_text":
+            if not c.n_expert or not c.moe_shared_intermediate_size:
+                problems.append("no experts or no shared expert in a Qwen3.5-MoE model")
+            hf.update(num_experts=c.n_expert, num_experts_per_tok=c.n_expert_per_token,
+                      moe_intermediate_size=c.moe_intermediate_size,
+                      shared_expert_intermediate_size=c.moe_shared_intermediate_size, output_router_logits=False,
+                      router_aux_loss_coef=c.router_aux_loss_coef)
+            del hf["intermediate_size"]  # no dense MLP
         if fam == "gpt_oss":
             if c.bias != c.qkv_bias or not c.n_expert:
                 problems.append("biases on q/k/v but not o (or the other way) or no experts in a gpt-oss model")
@@ -556,7 +592,9 @@ def hf_config_from_lit(config: Config, dtype: torch.dtype = torch.float32, **tok
                       attention_k_eq_v=c.attention_k_eq_v, num_kv_shared_layers=c.kv_shared_layers,
                       use_double_wide_mlp=c.double_wide_mlp, hidden_size_per_layer_input=c.per_layer_embd,
                       vocab_size_per_layer_input=c.per_layer_vocab_size or c.padded_vocab_size,
-                      enable_moe_block=False, use_bidirectional_attention=None)
+                      enable_moe_block=bool(c.n_expert), num_experts=c.n_expert or None,
+                      top_k_experts=c.n_expert_per_token or None, moe_intermediate_size=c.moe_intermediate_size or None,
+                      use_bidirectional_attention=None)
             del hf["hidden_act"], hf["rope_theta"], hf["rope_scaling"]
     elif fam == "gpt_neox":
         if c.norm_class_name != "LayerNorm" or c.head_size * c.n_head != c.n_embd:

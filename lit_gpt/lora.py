@@ -227,14 +227,14 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
                 attn.qkv = LoRALinear.from_linear(attn.qkv, config, {p: n for p, n in parts.items() if n}, adapted)
         if config.projection:
             attn.proj = LoRALinear.from_linear(attn.proj, config)
-        if isinstance(block.mlp, MoE):  # the router stays frozen; a shared expert's linears are MLP linears
-            if config.experts:
-                block.mlp.experts.add_lora(config.r, config.alpha)
-            shared = block.mlp.shared_expert
+        for moe in (m for m in (block.mlp, block.moe) if isinstance(m, MoE)):  # Gemma 4: experts beside the MLP
+            if config.experts:  # the router stays frozen; a shared expert's linears are MLP linears
+                moe.experts.add_lora(config.r, config.alpha)
+            shared = moe.shared_expert
             if config.mlp and shared is not None:
                 for name in ("fc_1", "fc_2", "proj"):
                     setattr(shared, name, LoRALinear.from_linear(getattr(shared, name), config))
-        elif config.mlp:
+        if config.mlp and not isinstance(block.mlp, MoE):
             for name, child in list(block.mlp.named_children()):
                 if hasattr(child, "weight"):
                     setattr(block.mlp, name, LoRALinear.from_linear(child, config))

@@ -1,6 +1,7 @@
 """A compact GPT: GPT-NeoX (Pythia, StableLM), Llama (Llama 2/3, TinyLlama, Mistral, SmolLM2, SmolLM3, Ministral 3),
-Qwen2.5, Qwen3, Qwen3.5 (with lit_gpt/deltanet.py), Gemma 3 and 4, Phi-3, OLMo 2/3 and Falcon, one code path driven by
-`Config` fields."""
+Qwen2.5, Qwen3, Qwen3.5 (with lit_gpt/deltanet.py), Gemma 3 and 4, Phi-3, OLMo 2/3 and Falcon, and the mixtures of
+experts Qwen3-MoE, Qwen3.5-MoE, gpt-oss and Gemma 4 26B-A4B (with lit_gpt/moe.py), one code path driven by `Config`
+fields."""
 
 from dataclasses import replace
 from typing import Any, Optional, Tuple
@@ -255,8 +256,13 @@ class Block(nn.Module):
             self.norm_2 = None
         if config.double_wide_mlp and kv_source is not None:
             config = replace(config, intermediate_size=2 * config.intermediate_size)
-        self.mlp = (MoE(config) if config.is_sparse(index) else GptNeoxMLP(config)
+        sparse = config.is_sparse(index)
+        self.mlp = (MoE(config) if sparse and not config.moe_with_mlp else GptNeoxMLP(config)
                     if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config))
+        # Gemma 4 26B-A4B: experts beside the MLP, routed by the residual stream, fed by a norm of their own
+        self.moe = MoE(config) if sparse and config.moe_with_mlp else None
+        if self.moe is not None:
+            self.norm_moe, self.post_dense_norm, self.post_moe_norm = (build_norm(config) for _ in range(3))
         # Gemma 3 normalizes the attention and MLP outputs too, before adding them to the residual stream
         self.post_attention_norm = build_norm(config) if config.post_norms else nn.Identity()
         self.post_mlp_norm = build_norm(config) if config.post_norms else nn.Identity()
@@ -292,7 +298,10 @@ class Block(nn.Module):
             x = x + h + self.post_mlp_norm(self.mlp(n_2))
         else:
             x = x + h
-            x = x + self.post_mlp_norm(self.mlp(self.norm_2(x)))
+            y = self.mlp(self.norm_2(x))
+            if self.moe is not None:  # Gemma 4 26B-A4B: the experts' output beside the MLP's, each normed
+                y = self.post_dense_norm(y) + self.post_moe_norm(self.moe(self.norm_moe(x), router_x=x))
+            x = x + self.post_mlp_norm(y)
         if per_layer is not None:
             gated = F.gelu(self.per_layer_gate(x), approximate=self.gelu) * per_layer
             x = x + self.per_layer_norm(self.per_layer_proj(gated))

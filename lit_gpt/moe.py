@@ -6,8 +6,10 @@ output is their outputs weighted by the router's scores. The experts are stored 
     gate_up_proj (E, D, 2 I), down_proj (E, I, D)      columns gate, up, gate, up, ... and biases (E, 2 I), (E, D)
                                                        (gpt-oss: `moe_transposed`, `moe_interleaved`, `moe_bias`)
 
-Routing sorts the (token, slot) pairs by expert and runs one matmul per expert over its tokens. The router's logits of
-the last forward stay in `MoE.router_logits` for the load-balancing loss (`load_balancing_loss`).
+A block's MLP is this module in its sparse layers, or, with `moe_with_mlp` (Gemma 4 26B-A4B), the dense MLP stays and
+this module runs beside it (`Block.moe`). Routing sorts the (token, slot) pairs by expert and runs one matmul per
+expert over its tokens. The router's logits of the last forward stay in `MoE.router_logits` for the load-balancing
+loss (`load_balancing_loss`).
 
 The fields read from the config (proposed `Config` fields):
     n_embd, n_expert, n_expert_per_token, moe_intermediate_size

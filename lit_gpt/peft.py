@@ -25,8 +25,10 @@ lora_alpha / r (per module: `rank_pattern` / `alpha_pattern`): the math of our `
   with one targeted, it is `...mlp.experts.lora_A.weight`. PEFT refuses dropout there, and a config has one
   lora_dropout: exports with expert adapters say 0 (dropout only acts in training). The router is never adapted:
   importing, target_parameters that name it (PEFT adds `gate.weight` for target_modules="all-linear") are refused.
-  PEFT on transformers 5 takes target_modules gate_proj/up_proj/down_proj of these models for the experts'
-  transformers 4 names (and adapts the fused tensors instead), so adapters on dense layers' MLPs are not exported.
+  PEFT on transformers 5 takes target_modules gate_proj/up_proj/down_proj of Qwen3-MoE for the experts'
+  transformers 4 names (and adapts the fused tensors instead), so adapters on its dense layers' MLPs are not exported;
+  Qwen3.5-MoE's shared expert (`mlp.shared_expert.gate_proj` ...) and Gemma 4's dense MLP beside its experts are
+  plain modules PEFT adapts as such.
 
 Importing also takes adapters on a subset of modules or layers (the rest get A = B = 0: no change, and zero
 gradients keep them zero if training resumes) and per-module ranks (padded with zeros up to the largest rank; a
@@ -185,7 +187,7 @@ def to_peft(adapter: Dict[str, torch.Tensor], lora: LoRAConfig, config: Config, 
             tensors[f"{PREFIX}{module}.lora_A.weight"] = A.contiguous()
             tensors[f"{PREFIX}{module}.lora_B.weight"] = B.contiguous()
             targets.add(module.rsplit(".", 1)[-1])
-    if config.n_expert and targets & {"gate_proj", "up_proj", "down_proj"}:
+    if family(config) == "qwen3_moe" and targets & {"gate_proj", "up_proj", "down_proj"}:
         fail(f"PEFT on transformers 5 takes target_modules gate_proj/up_proj/down_proj of {family(config)} for its "
              f"experts, so the dense layers' MLP adapters ({next(n for n in layers if '.mlp.' in n)}, ...) would not "
              "load: finetune with --lora_mlp false, or merge (scripts/merge_lora.py)")

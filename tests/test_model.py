@@ -94,10 +94,28 @@ TINY = {
         sliding_window=5, hidden_size_per_layer_input=0, final_logit_softcapping=3.0, tie_word_embeddings=False,
         rope_parameters=dict(full_attention=dict(rope_type="proportional", partial_rotary_factor=0.25, rope_theta=1e6),
                              sliding_attention=dict(rope_type="default", rope_theta=10000.0)))),
+    # Gemma 4 26B-A4B's layout: in every layer 6 experts (2 per token) beside the dense MLP; windows of 5
+    "gemma4-moe": ("Gemma4TextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, global_head_dim=16, num_global_key_value_heads=1,
+        attention_k_eq_v=True, num_hidden_layers=3, layer_types=["sliding_attention", "sliding_attention",
+                                                                 "full_attention"],
+        sliding_window=5, hidden_size_per_layer_input=0, final_logit_softcapping=3.0, enable_moe_block=True,
+        num_experts=6, top_k_experts=2, moe_intermediate_size=16,
+        rope_parameters=dict(full_attention=dict(rope_type="proportional", partial_rotary_factor=0.25, rope_theta=1e6),
+                             sliding_attention=dict(rope_type="default", rope_theta=10000.0)))),
     # mixtures of experts: Qwen3-MoE with a dense first layer, 6 experts of which 2 per token, renormalised
     "qwen3_moe": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=3,
                                          num_experts=6, num_experts_per_tok=2, moe_intermediate_size=16,
                                          mlp_only_layers=[0], norm_topk_prob=True, tie_word_embeddings=False)),
+    # Qwen3.5-MoE: Qwen3.5's Gated DeltaNet and gated full-attention layers, each with 6 experts of which 2 per token
+    # and a shared expert behind its sigmoid gate
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                                 layer_types=["linear_attention", "full_attention"],
+                                                 num_hidden_layers=2, linear_num_key_heads=2,
+                                                 linear_num_value_heads=4, linear_key_head_dim=8,
+                                                 linear_value_head_dim=12, max_position_embeddings=256,
+                                                 num_experts=6, num_experts_per_tok=2, moe_intermediate_size=16,
+                                                 shared_expert_intermediate_size=24, tie_word_embeddings=False)),
     # gpt-oss: sinks, biases on q/k/v/o, windows of 4 (layers 0 and 2) and a full layer, YaRN, 6 experts of which 2
     # per token through the clamped SwiGLU (a limit the perturbed weights reach); transformers' eager attention
     "gpt_oss": ("GptOssConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=3,
@@ -162,7 +180,7 @@ def test_logits_match_transformers(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["llama-gqa", "gpt_neox-parallel", "falcon-7b-like", "gemma3", "phi3-partial-sliding",
                                   "mistral-head_dim-sliding", "qwen3-head_dim", "ministral3-yarn",
                                   "olmo3-yarn-sliding", "smollm3-nope", "qwen3_5-hybrid", "gemma4-ple-shared-kv",
-                                  "gemma4-k_eq_v", "qwen3_moe", "gpt_oss"])
+                                  "gemma4-k_eq_v", "qwen3_moe", "gpt_oss", "qwen3_5_moe", "gemma4-moe"])
 def test_kv_cache_decoding_matches_full_forward(kind: str) -> None:
     # float64: the paths differ only in float error, which the Gemma-like weights make ~1e-5 in float32
     model = lit_model_from_hf(tiny_hf_model(kind, seed=2)).double()

@@ -249,6 +249,7 @@ def test_import_via_cli_and_export_round_trip(tmp_path, smollm2_dir, capsys):
 
 SEPARATE = ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj", "v_proj"]
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]  # PEFT's target_parameters of Qwen3-MoE's experts
+GEMMA4_EXPERTS = ["experts.gate_up_proj", "experts.down_proj"]  # Gemma 4's, beside its MLP
 
 
 @pytest.mark.parametrize("kind, lora, lora_kwargs", [
@@ -272,11 +273,19 @@ EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]  # PEFT's target
     # Gemma 4: layers without k/v projections (reused) or without v_proj (k = v); per-layer inputs left frozen
     ("gemma4-ple-shared-kv", LoRAConfig(r=2, alpha=6), dict(target_modules=SEPARATE)),
     ("gemma4-k_eq_v", LoRAConfig(r=2, alpha=6, key=False), dict(target_modules=SEPARATE)),
+    # Gemma 4 26B-A4B's layout: the experts as target_parameters, the dense MLP beside them as gate/up/down_proj
+    ("gemma4-moe", LoRAConfig(r=2, alpha=6),
+     dict(target_modules=SEPARATE, target_parameters=GEMMA4_EXPERTS, lora_dropout=0.0)),
     # Qwen3-MoE: the experts as target_parameters (no dropout there); the dense first layer's MLP left out (PEFT on
     # transformers 5 takes gate_proj/up_proj/down_proj for the experts' v4 names)
     ("qwen3_moe", LoRAConfig(r=2, alpha=6, mlp=False),
      dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"], target_parameters=EXPERTS,
           lora_dropout=0.0)),
+    # Qwen3.5-MoE: Gated DeltaNet projections, the experts as target_parameters, the shared expert's linears as
+    # gate_proj/up_proj/down_proj (PEFT does not take those for the experts here); its sigmoid gate left frozen
+    ("qwen3_5_moe", LoRAConfig(r=2, alpha=6),
+     dict(target_modules=SEPARATE + ["in_proj_a", "in_proj_b", "in_proj_qkv", "in_proj_z", "out_proj"],
+          target_parameters=EXPERTS, lora_dropout=0.0)),
     # gpt-oss: biased q/k/v/o projections, sinks, windows of 4; the experts' (E, in, out) tensors
     ("gpt_oss", LoRAConfig(r=2, alpha=6, mlp=False),
      dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"], target_parameters=EXPERTS,
@@ -309,7 +318,8 @@ def test_every_family_exports_to_and_imports_from_peft(kind, lora, lora_kwargs, 
             (m in ("down_proj", "gate_proj", "up_proj") and not lora.mlp) or (m == "v_proj" and not lora.value)
             or (m == "k_proj" and not lora.key))])
         assert peft_config["rank_pattern"] == {}
-    assert peft_config["target_parameters"] == (EXPERTS if kind in ("qwen3_moe", "gpt_oss") else None)
+    assert peft_config["target_parameters"] == (EXPERTS if kind in ("qwen3_moe", "gpt_oss", "qwen3_5_moe") else
+                                                GEMMA4_EXPERTS if kind == "gemma4-moe" else None)
 
     # import: our model with the imported adapter gives the logits of `peft`'s model
     peft_model = peft_adapter(model, tmp_path / "peft", r=4, lora_alpha=8, **lora_kwargs)

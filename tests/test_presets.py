@@ -72,7 +72,11 @@ PUBLISHED = {
     # decoder (its safetensors hold 31.27B with the vision encoder); the E2B's and E4B's totals count their encoders,
     # which ENCODERS adds to these text-decoder presets' counts
     **{f"gemma-4-{size}{kind}": (total, None) for kind in ("", "-it")
-       for size, total in (("E2B", "5.1B"), ("E4B", "8B"), ("31B", "30.7B"))},
+       for size, total in (("E2B", "5.1B"), ("E4B", "8B"), ("31B", "30.7B"), ("26B-A4B", "25.2B"))},
+    # Qwen3.5-MoE cards ("35B in total and 3B activated", ...; the language model, without the multi-token-prediction
+    # layer)
+    **{f"Qwen3.5-{size}": (size.split("-")[0], None)
+       for size in ("35B-A3B", "35B-A3B-Base", "122B-A10B", "397B-A17B")},
 }
 # parameters a published total counts beyond the model the preset builds: Gemma 4 E2B's and E4B's vision and audio
 # encoders, as their cards give them
@@ -86,6 +90,10 @@ ACTIVE = {f"Qwen3-{size}{kind}": active for kind in ("", "-Instruct-2507", "-Thi
           for size, active in (("30B-A3B", "3.3B"), ("235B-A22B", "22B"))}
 # gpt-oss's model card, table 1 ("Active Parameters"; its HF cards: 3.6B, 5.1B)
 ACTIVE.update({"gpt-oss-20b": "3.61B", "gpt-oss-120b": "5.13B"})
+# the Qwen3.5-MoE cards (their names' A3B, A10B, A17B) and Gemma 4's ("26B A4B": 25.2B total, 3.8B active)
+ACTIVE.update({f"Qwen3.5-{size}": size.split("-A")[1].removesuffix("-Base")
+               for size in ("35B-A3B", "35B-A3B-Base", "122B-A10B", "397B-A17B")})
+ACTIVE.update({"gemma-4-26B-A4B": "3.8B", "gemma-4-26B-A4B-it": "3.8B"})
 # cards whose figure is our count cut to its digits, not rounded: Qwen3-30B-A3B's "3.3B" of 3,353,032,704
 CUT = {name for name in ACTIVE if name.startswith("Qwen3-30B-A3B")}
 # cards that do not count the embedding matrix as active (a lookup, no compute): gpt-oss's (its unembedding counts)
@@ -175,6 +183,9 @@ def test_active_parameters_of_qwen3_30b_a3b() -> None:
     ("gemma-3-1b-pt", 999_885_952),
     ("Llama-3.2-1B", 1_235_814_400),
     ("Phi-3-mini-4k-instruct", 3_821_079_552),
+    # the text model of Qwen3.5-122B-A10B's BF16 checkpoint (without vision tower and multi-token prediction), as a
+    # training project's checkpoint validation script expects it: 48 layers of 256 experts, 32 query heads
+    ("Qwen3.5-122B-A10B", 122_111_526_912),
 ])
 def test_exact_parameter_count(name: str, published: int) -> None:
     assert num_parameters(meta_model(name)) == published
@@ -240,3 +251,39 @@ def test_matches_reads_the_precision_of_the_published_figure() -> None:
     assert matches(8_030_261_248, "8.03B") and not matches(8_200_000_000, "8.03B")
     assert matches(6_738_415_616, "7B") and not matches(6_738_415_616, "7.0B")
 
+
+
+# the text_config of google/gemma-4-26B-A4B's config.json and of Qwen/Qwen3.5-35B-A3B's, as copies of them found by the
+# library search give their fields (test fixtures of inference engines; the Hub was out of reach), in their
+# vision-language wrappers
+GEMMA_4_26B_A4B = {"model_type": "gemma4", "tie_word_embeddings": True, "text_config": {
+    "model_type": "gemma4_text", "vocab_size": 262144, "hidden_size": 2816, "intermediate_size": 2112,
+    "num_hidden_layers": 30, "num_attention_heads": 16, "num_key_value_heads": 8, "num_global_key_value_heads": 2,
+    "head_dim": 256, "global_head_dim": 512, "attention_k_eq_v": True, "sliding_window": 1024,
+    "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(30)],
+    "max_position_embeddings": 262144, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
+    "final_logit_softcapping": 30.0, "enable_moe_block": True, "num_experts": 128, "top_k_experts": 8,
+    "moe_intermediate_size": 704, "hidden_size_per_layer_input": 0, "num_kv_shared_layers": 0,
+    "use_double_wide_mlp": False, "attention_bias": False, "use_bidirectional_attention": "vision",
+    "tie_word_embeddings": True, "rope_parameters": {
+        "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+        "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}}}
+QWEN3_5_35B_A3B = {"model_type": "qwen3_5_moe", "tie_word_embeddings": False, "text_config": {
+    "model_type": "qwen3_5_moe_text", "vocab_size": 248320, "hidden_size": 2048, "num_hidden_layers": 40,
+    "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 262144, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+    "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512, "num_experts": 256, "num_experts_per_tok": 8,
+    "router_aux_loss_coef": 0.001, "full_attention_interval": 4, "attention_bias": False,
+    "layer_types": ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(40)],
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000, "partial_rotary_factor": 0.25,
+                        "mrope_interleaved": True, "mrope_section": [11, 11, 10]}}}
+
+
+@pytest.mark.parametrize("names, hf", [(("gemma-4-26B-A4B", "gemma-4-26B-A4B-it"), GEMMA_4_26B_A4B),
+                                       (("Qwen3.5-35B-A3B", "Qwen3.5-35B-A3B-Base"), QWEN3_5_35B_A3B)])
+def test_moe_presets_are_their_config(names: tuple, hf: dict) -> None:
+    ignore = {"name", "hf_config"}
+    converted = {k: v for k, v in Config.from_hf_config(hf).to_dict().items() if k not in ignore}
+    for name in names:
+        assert {k: v for k, v in Config.from_name(name).to_dict().items() if k not in ignore} == converted, name
