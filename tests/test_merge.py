@@ -173,7 +173,9 @@ def test_merged_equals_unmerged_float32(kind, tmp_path, smollm2_dir):
     x = tokens()
     expected = lora_logits(base, out, x)
     merged = base_logits(tmp_path / "merged", x)
-    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
+    # float32 rounding of (W + B A) x against W x + B (A x), grown through the layers: up to 1.5e-5 (Gemma 4, on an
+    # AMX Xeon; the kernels' summation order differs between CPUs)
+    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=3e-5)
     assert (expected - base_logits(base, x)).abs().max() > 0.1  # the adapter changes the output
     state = torch.load(tmp_path / "merged" / "lit_model.pth", weights_only=True)
     assert not any(lora_filter(k) for k in state) and all(t.dtype == torch.float32 for t in state.values())
