@@ -164,8 +164,8 @@ def test_merge_into_quantized_weight_requantizes(mode):
 
 
 def moe_lora_model(kind: str, dtype: torch.dtype = torch.bfloat16) -> GPT:
-    """A tiny Qwen3-MoE (a dense layer, 4 experts of which 2) or gpt-oss (transposed, interleaved experts with
-    biases) with random LoRA on attention and the experts."""
+    """A tiny Qwen3-MoE (a dense layer, 4 experts of which 2), gpt-oss (transposed, interleaved experts with biases),
+    Qwen3.5-MoE (a shared expert) or Gemma 4 with experts beside its MLP, with random LoRA on attention and experts."""
     from test_merge import CONFIGS
 
     torch.manual_seed(0)
@@ -177,8 +177,8 @@ def moe_lora_model(kind: str, dtype: torch.dtype = torch.bfloat16) -> GPT:
     return model
 
 
-@pytest.mark.parametrize("kind", ["qwen3_moe", "gpt_oss"])
-@pytest.mark.parametrize("mode", QUANTIZE_MODES)
+@pytest.mark.parametrize(("kind", "mode"), [*((k, m) for k in ("qwen3_moe", "gpt_oss") for m in QUANTIZE_MODES),
+                                            ("qwen3_5_moe", "bnb.nf4"), ("gemma4-moe", "bnb.nf4-dq")])
 def test_quantized_experts_forward_backward_and_merge(kind, mode):
     """Expert tensors quantized expert by expert: each expert's bytes and scales as `quantize_weight` gives for that
     expert's (out, in) matrix alone; the forward (each expert's matmul on its dequantized matrix) and the LoRA
@@ -189,8 +189,9 @@ def test_quantized_experts_forward_backward_and_merge(kind, mode):
     with torch.no_grad():  # a forward with gradients keeps the router logits, which deepcopy refuses
         reference = model(x)
     quantized = quantize_model(copy.deepcopy(model), mode)
-    experts = quantized.transformer.h[-1].mlp.experts
-    float_experts = model.transformer.h[-1].mlp.experts
+    moe = "moe" if kind == "gemma4-moe" else "mlp"  # Gemma 4's experts beside its MLP
+    experts = getattr(quantized.transformer.h[-1], moe).experts
+    float_experts = getattr(model.transformer.h[-1], moe).experts
     for name in ("gate_up_proj", "down_proj"):
         weight, float_weight = getattr(experts, name), getattr(float_experts, name)
         assert quantize_mode(weight) == mode and weight.expert_shape == tuple(float_weight.shape)
@@ -204,6 +205,8 @@ def test_quantized_experts_forward_backward_and_merge(kind, mode):
     assert size < (0.3 if mode == "bnb.int8" else 0.15) * 4 * sum(
         getattr(float_experts, n).numel() for n in ("gate_up_proj", "down_proj"))
     assert trainable_report(quantized).split("||")[1] == trainable_report(model).split("||")[1]  # unpacked count
+    if kind == "qwen3_5_moe":  # the shared expert's linears too
+        assert quantize_mode(quantized.transformer.h[-1].mlp.shared_expert.fc_1.weight) == mode
 
     oracle = dequantized_copy(quantized, torch.float32)
     with torch.no_grad():
