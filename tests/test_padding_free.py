@@ -13,7 +13,7 @@ from lit_gpt.utils import response_loss
 # the others not: each keeps its own factors), parallel residual, GQA, q/k norms
 KINDS = ["llama-gqa", "gemma3", "phi3-partial-sliding", "phi3-longrope", "gpt_neox-parallel", "qwen3-head_dim",
          "qwen3_5-hybrid", "olmo3-yarn-sliding", "gemma4-ple-shared-kv", "gemma4-k_eq_v",
-         "qwen3_moe", "gpt_oss"]
+         "qwen3_moe", "gpt_oss", "qwen3_5_moe", "gemma4-moe"]
 LENGTHS = [9, 3, 17, 1, 6]  # tokens read by the model (the samples are one longer)
 
 
@@ -49,9 +49,12 @@ def test_packed_equals_one_at_a_time(kind: str) -> None:
         input_ids, targets, lengths = pack(batch)
         assert lengths == LENGTHS and input_ids.shape == (1, sum(LENGTHS))
         packed = model(input_ids, lengths=lengths)[0].split(lengths)
+        # Qwen3.5-MoE: float32 rounding of the DeltaNet (its gated norm is float32 in any dtype) differs between the
+        # row's shapes and grows through the routers' softmax: up to 2.7e-5 on logits of up to 9
+        atol = 5e-5 if kind == "qwen3_5_moe" else 1e-5
         for sample, logits in zip(batch, packed):
             alone = model(sample["input_ids"][None, :-1])[0]
-            torch.testing.assert_close(logits, alone, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(logits, alone, rtol=1e-5, atol=atol)
 
     def loss_and_grads(batches: list) -> tuple:
         model.zero_grad(set_to_none=True)
