@@ -252,3 +252,23 @@ def test_lora_starts_as_identity_and_merges():
             assert (y - y0).abs().max() > 1e-2
             moe.experts.merge()
             torch.testing.assert_close(moe(x), y)
+
+
+@pytest.mark.parametrize("kind", ["qwen3_moe", "qwen3_5_moe", "gpt_oss"])
+def test_load_balancing_loss_of_a_whole_model_is_transformers(kind):
+    """`load_balancing_loss` over a tiny model's routers == transformers' `aux_loss` (output_router_logits=True),
+    without and with an attention mask (a padded row's padding not counted)."""
+    from test_model import lit_model_from_hf, tiny_hf_model
+
+    hf = tiny_hf_model(kind)
+    ours = lit_model_from_hf(hf)
+    x = torch.randint(0, 100, (2, 11), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(x)
+    mask[1, 7:] = 0
+    for attention_mask in (None, mask):
+        with torch.no_grad():
+            expected = hf(x, attention_mask=attention_mask, output_router_logits=True).aux_loss
+        ours(x)  # with gradients: the routers keep their logits
+        k = ours.config.n_expert_per_token
+        actual = load_balancing_loss(router_logits(ours), k, None if attention_mask is None else attention_mask)
+        torch.testing.assert_close(actual, expected)
