@@ -269,6 +269,13 @@ FAMILIES = {
                                                           original_max_position_embeddings=1024, beta_fast=32.0,
                                                           beta_slow=1.0, truncate=True),
                                      tie_word_embeddings=False)),
+    # Qwen3.5-MoE as llama.cpp's qwen35moe runs it: Qwen3.5's layers (key and value heads of one size), in every layer
+    # 8 experts of which 2 per token, renormalised, and the shared expert behind its sigmoid gate
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                                 num_hidden_layers=4, linear_num_key_heads=2, linear_num_value_heads=4,
+                                                 linear_key_head_dim=16, linear_value_head_dim=16, num_experts=8,
+                                                 num_experts_per_tok=2, moe_intermediate_size=32,
+                                                 shared_expert_intermediate_size=48, tie_word_embeddings=False)),
 }
 
 
@@ -308,7 +315,7 @@ def family_dir(tmp_path: Path, family: str) -> tuple:
     hf = transformers.AutoModelForCausalLM.from_config(getattr(transformers, class_name)(**{**sizes, **kwargs}),
                                                        attn_implementation="eager" if family == "gpt_oss" else "sdpa"
                                                        ).eval()
-    unit_offset = family == "qwen3_5"  # its norms scale by 1 + weight (but the gated one of its linear layers)
+    unit_offset = family.startswith("qwen3_5")  # its norms scale by 1 + weight (but the gated one of its linear layers)
     with torch.no_grad():
         for name, p in hf.named_parameters():
             one = name.endswith("norm.weight") and (not unit_offset or ".linear_attn." in name)
