@@ -358,9 +358,9 @@ TOLERANCES = {"gemma4": 2e-3, "gemma4-k_eq_v": 2e-3}
 def test_family_export_runs_in_llama_cpp_as_ours_and_converts_back(tmp_path, family):
     """Our f32 GGUF of each family: llama.cpp's greedy continuations equal ours (24 tokens, 3 prompts), and its
     log-probs of its top 5 tokens, teacher-forced along them and along a 100-token sequence, ours within 1e-4
-    (measured: 2.2e-6 to 2.7e-6, gpt-oss 4.8e-6, Qwen3.5 1.0e-5); Gemma 4's, ours with ggml's float16 GELU, within
-    2e-3 (measured: 5.0e-4, k = v 1.6e-4). Converted back, the dir's model gives the transformers source's logits,
-    with the config we converted it from."""
+    (measured: 2.2e-6 to 2.7e-6, gpt-oss 4.8e-6, Qwen3.5 1.0e-5, Qwen3.5-MoE 1.3e-5); Gemma 4's, ours with ggml's
+    float16 GELU, within 2e-3 (measured: 5.0e-4, k = v 1.6e-4). Converted back, the dir's model gives the transformers
+    source's logits, with the config we converted it from."""
     hf, checkpoint_dir = family_dir(tmp_path, family)
     out = export_gguf(checkpoint_dir, tmp_path / "out.gguf", "f32")
     model, banned = load(checkpoint_dir), banned_ids(checkpoint_dir)
@@ -622,6 +622,12 @@ FAMILY_REFUSALS = {
     "qwen3moe-unnormalised": ("qwen3_moe", dict(norm_topk_prob=False), "the top k expert weights not renormalised"),
     "qwen3moe-router": ("qwen3_moe", dict(router_scoring="topk_softmax"), "another router or expert layout"),
     "experts-elsewhere": ("qwen3_5", dict(n_expert=4, n_expert_per_token=2, moe_intermediate_size=8), "experts"),
+    # llama.cpp's qwen35moe: as qwen3moe's, and the shared expert in every layer (its tensors are required)
+    "qwen35moe-dense-layer": ("qwen3_5_moe", dict(moe_dense_layers=[1]), "dense layers \\[1\\]"),
+    "qwen35moe-unnormalised": ("qwen3_5_moe", dict(norm_topk_prob=False), "the top k expert weights not renormalised"),
+    "qwen35moe-router": ("qwen3_5_moe", dict(router_scoring="topk_softmax"), "another router or expert layout"),
+    "qwen35moe-no-shared-expert": ("qwen3_5_moe", dict(moe_shared_intermediate_size=0), "no shared expert"),
+    "shared-expert-elsewhere": ("qwen3_moe", dict(moe_shared_intermediate_size=16), "a shared expert"),
     # llama.cpp's gpt-oss: the SwiGLU's alpha 1.702 and limit 7, its router, YaRN's betas 32 and 1 (it reads no others),
     # q/k/v/o biases, experts in every layer, at least one window layer (else it aborts)
     "gpt-oss-swiglu-limit": ("gpt_oss", dict(swiglu_limit=1.5), "a clamped SwiGLU of alpha 1.702 and limit 1.5 "
@@ -701,17 +707,21 @@ def test_tiny_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, 
 
 
 @pytest.mark.parametrize("family", ["smollm3", "olmo3", "qwen3_5", "ministral3", "gemma4", "gemma4-k_eq_v",
-                                    "qwen3_moe", "gpt_oss"])
+                                    "qwen3_moe", "gpt_oss", "qwen3_5_moe"])
 def test_family_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path, family):
     """Every linear adapted (Qwen3.5's DeltaNet projections too, their value heads tiled as the base's; Gemma 4's
-    queries alone in the layers reusing keys and values, no value adapter where v = k; the head where it is not tied):
-    llama.cpp with the LoRA GGUF on the base GGUF decodes as our merged model, log-probs within 1e-4 (measured: 2e-6,
-    gpt-oss 5.5e-6, Qwen3.5 9e-6); Gemma 4's, with ggml's float16 GELU, within 2e-3 (measured: 7.2e-4, k = v 9.8e-5)."""
+    queries alone in the layers reusing keys and values, no value adapter where v = k; Qwen3.5-MoE's shared expert as
+    ffn_*_shexp pairs; the head where it is not tied): llama.cpp with the LoRA GGUF on the base GGUF decodes as our
+    merged model, log-probs within 1e-4 (measured: 2e-6, gpt-oss 5.5e-6, Qwen3.5 9e-6, Qwen3.5-MoE 5.4e-6); Gemma 4's,
+    with ggml's float16 GELU, within 2e-3 (measured: 7.2e-4, k = v 9.8e-5)."""
     _, checkpoint_dir = family_dir(tmp_path, family)
     tied = Config.from_checkpoint(checkpoint_dir).tie_embeddings
     merged = finetune_out_dir(tmp_path / "lora", checkpoint_dir, LoRAConfig(r=4, alpha=8, head=not tied))
     base = export_gguf(checkpoint_dir, tmp_path / "base.gguf", "f32")
     adapter = export_lora_gguf(load_lora_run(tmp_path / "lora"), tmp_path / "adapter.gguf")
+    if family == "qwen3_5_moe":  # the shared expert's linears adapted as an MLP's (its gate, as the router, is not)
+        assert {f"blk.0.ffn_{p}_shexp.weight.lora_{x}" for p in ("gate", "up", "down") for x in "ab"} <= set(
+            gguf_contents(adapter, values=False)[1])
     banned = banned_ids(checkpoint_dir)
     with_lora, without, worst = LlamaCpp(base, banned, lora=adapter), load(checkpoint_dir), 0.0
     with ggml_gelu() if family in TOLERANCES else nullcontext():
@@ -726,12 +736,13 @@ def test_family_lora_gguf_applied_by_llama_cpp_matches_our_merged_model(tmp_path
     assert worst < TOLERANCES.get(family, 1e-4)
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss", "qwen3_5_moe"])
 def test_expert_lora_gguf_is_3d_and_applied_by_llama_cpp(tmp_path, family):
-    """Qwen3-MoE and gpt-oss with only the experts adapted (PEFT's target_parameters layout, whatever the experts'):
-    3-D pairs, lora_a (in, r, E) and lora_b (r, out, E) in GGUF order, gate_up's as one pair for ffn_gate_exps and one
-    for ffn_up_exps (B's halves, gpt-oss's interleaved rows); llama.cpp applies them per expert (its experts' matmul)
-    and decodes as our merged model (measured: log-probs within 2.3e-6, gpt-oss 3.3e-6), not as the base."""
+    """Qwen3-MoE, gpt-oss and Qwen3.5-MoE with only the experts adapted (PEFT's target_parameters layout, whatever
+    the experts'): 3-D pairs, lora_a (in, r, E) and lora_b (r, out, E) in GGUF order, gate_up's as one pair for
+    ffn_gate_exps and one for ffn_up_exps (B's halves, gpt-oss's interleaved rows); llama.cpp applies them per expert
+    (its experts' matmul) and decodes as our merged model (measured: log-probs within 2.3e-6, gpt-oss 3.3e-6,
+    Qwen3.5-MoE 5.8e-6), not as the base."""
     _, checkpoint_dir = family_dir(tmp_path, family)
     lora = LoRAConfig(r=3, alpha=6, query=False, key=False, value=False, projection=False, mlp=False, head=False)
     merged = finetune_out_dir(tmp_path / "lora", checkpoint_dir, lora)
