@@ -144,6 +144,19 @@ TENSOR_NAMES = {
     "transformer.per_layer_proj.weight": "per_layer_model_proj.weight",
     "transformer.per_layer_norm.weight": "per_layer_proj_norm.weight",
 }
+# Gemma 4's experts beside its MLP (26B-A4B, our `Block.moe`), one to one: the router, its input's scale and the
+# per-expert scales, the experts (gate_up_proj (E, 2 I, D) rows [gate | up], as llama.cpp's ffn_gate_up_exps), and the
+# norms before the experts and after the MLP and the experts
+GEMMA4_MOE_NAMES = {
+    "transformer.h.{}.moe.router.weight": "blk.{}.ffn_gate_inp.weight",
+    "transformer.h.{}.moe.router_scale": "blk.{}.ffn_gate_inp.scale",
+    "transformer.h.{}.moe.per_expert_scale": "blk.{}.ffn_down_exps.scale",
+    "transformer.h.{}.moe.experts.gate_up_proj": "blk.{}.ffn_gate_up_exps.weight",
+    "transformer.h.{}.moe.experts.down_proj": "blk.{}.ffn_down_exps.weight",
+    "transformer.h.{}.norm_moe.weight": "blk.{}.pre_ffw_norm_2.weight",
+    "transformer.h.{}.post_dense_norm.weight": "blk.{}.post_ffw_norm_1.weight",
+    "transformer.h.{}.post_moe_norm.weight": "blk.{}.post_ffw_norm_2.weight",
+}
 QKV_NAMES = {"query": "attn_q", "key": "attn_k", "value": "attn_v"}  # the parts of our attn.qkv
 # a Gated DeltaNet layer's (lit_gpt/deltanet.py) "transformer.h.{}.attn.<ours>" -> "blk.{}.<llama.cpp's>" (qwen35)
 LINEAR_NAMES = {"qkv.weight": "attn_qkv.weight", "gate.weight": "attn_gate.weight", "beta.weight": "ssm_beta.weight",
@@ -153,7 +166,9 @@ LINEAR_NAMES = {"qkv.weight": "attn_qkv.weight", "gate.weight": "attn_gate.weigh
 
 def tensor_names(arch: str) -> Dict[str, str]:
     """TENSOR_NAMES for `arch`: qwen35(moe) and gpt-oss call the norm before the MLP (our norm_2)
-    `post_attention_norm`."""
+    `post_attention_norm`; gemma4's router and experts are those beside its MLP."""
+    if arch == "gemma4":
+        return {**{k: v for k, v in TENSOR_NAMES.items() if ".mlp.router." not in k}, **GEMMA4_MOE_NAMES}
     if arch not in (*QWEN35, "gpt-oss"):
         return TENSOR_NAMES
     names = {k: v for k, v in TENSOR_NAMES.items() if ".post_attention_norm." not in v}
@@ -341,9 +356,9 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     missing = [f"{arch}.{k}" for k in required if key(k) is None]
     if missing:
         fail(f"{where} lacks the metadata {', '.join(missing)}: it is not a complete {arch} GGUF")
-    if key("expert_count", 0) and arch not in ("qwen3moe", "gpt-oss", "qwen35moe"):
+    if key("expert_count", 0) and arch not in ("qwen3moe", "gpt-oss", "qwen35moe", "gemma4"):
         fail(f"{where} is a mixture-of-experts {arch} model, which cannot be converted (of those: qwen3moe, gpt-oss, "
-             "qwen35moe)")
+             "qwen35moe, gemma4)")
     for k in ("attn_logit_softcapping", "final_logit_softcapping"):
         if key(k) and (arch, k) != ("gemma4", "final_logit_softcapping"):  # Gemma 4's is ours
             fail(f"{where} soft-caps its logits ({arch}.{k}={key(k)}), which our model does not support")
@@ -481,8 +496,16 @@ def _gemma4(gguf: GGUFFile, fields: dict, window: Optional[int]) -> dict:
     per_layer = key("embedding_length_per_layer_input", 0)
     table = gguf.tensors.get("per_layer_token_embd.weight")
     cap = key("final_logit_softcapping", GEMMA4_SOFTCAPPING)
+    moe, n_expert, used = {}, key("expert_count", 0), key("expert_used_count", 0)
+    if n_expert:  # 26B-A4B: experts beside the MLP in the layers with a router, GeGLU, its normalised router
+        if not key("expert_feed_forward_length") or not isinstance(used, int) or not 0 < used <= n_expert:
+            fail(f"{where} lacks gemma4.expert_feed_forward_length or has an expert_used_count other than one number "
+                 f"of at most the experts ({used!r}), which cannot be converted")
+        moe = dict(n_expert=n_expert, n_expert_per_token=used, moe_intermediate_size=key("expert_feed_forward_length"),
+                   router_norm=True, norm_topk_prob=True, moe_activation="gelu", moe_with_mlp=True,
+                   moe_dense_layers=[i for i in range(n_layer) if f"blk.{i}.ffn_gate_inp.weight" not in gguf.tensors])
     return dict(
-        mlp_class_name="GemmaMLP", gelu_approximate="tanh", norm_upcast=True, norm_qk=True, norm_v=True,
+        moe, mlp_class_name="GemmaMLP", gelu_approximate="tanh", norm_upcast=True, norm_qk=True, norm_v=True,
         post_norms=True, scale_embeddings=True, attention_scalar=1.0, layer_scalar=True, head_size=head,
         global_head_size=fields["head_size"] if every else None, n_query_groups=groups,
         global_n_query_groups=global_groups, attention_k_eq_v=bool(no_values), kv_shared_layers=shared,
@@ -726,8 +749,12 @@ def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
         if arch == "phi3":
             attention = {"attn_output.weight": (q, e), "attn_qkv.weight": (e, q + 2 * kv)}
             mlp = {"ffn_down.weight": (f, e), "ffn_up.weight": (e, 2 * f)}
-        if c.is_sparse(i):  # (columns, rows, experts)
-            E, m = c.n_expert, c.moe_intermediate_size
+        E, m = c.n_expert, c.moe_intermediate_size
+        if c.is_sparse(i) and c.moe_with_mlp:  # Gemma 4: beside the MLP; (columns, rows, experts)
+            mlp.update({"ffn_gate_inp.weight": (e, E), "ffn_gate_inp.scale": (e,), "ffn_down_exps.scale": (E,),
+                        "ffn_gate_up_exps.weight": (e, 2 * m, E), "ffn_down_exps.weight": (m, e, E),
+                        "pre_ffw_norm_2.weight": (e,), "post_ffw_norm_1.weight": (e,), "post_ffw_norm_2.weight": (e,)})
+        elif c.is_sparse(i):  # (columns, rows, experts)
             mlp = {"ffn_gate_inp.weight": (e, E), "ffn_gate_exps.weight": (e, m, E), "ffn_up_exps.weight": (e, m, E),
                    "ffn_down_exps.weight": (m, e, E)}
             if c.router_bias:
@@ -791,7 +818,7 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
     state = {}
     for i in range(c.n_layer):
         b, p = f"blk.{i}.", f"transformer.h.{i}."
-        if c.is_sparse(i):  # our layout of the experts (`experts_from_gguf`)
+        if c.is_sparse(i) and not c.moe_with_mlp:  # our layout of the experts (`experts_from_gguf`; Gemma 4's below)
             parts = {part: gguf.tensor(f"{b}ffn_{part}_exps.weight") for part in ("gate", "up", "down")}
             if c.moe_bias:
                 parts.update({f"{part}_bias": gguf.tensor(f"{b}ffn_{part}_exps.bias")

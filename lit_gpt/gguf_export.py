@@ -137,7 +137,10 @@ def gguf_architecture(config: Config, what: str) -> str:
             every != (SMOLLM3_NOPE_EVERY if arch == "smollm3" else 0),
         "query scaling": c.query_scale_beta and arch != "mistral3",
         "an attention scalar": c.attention_scalar not in (None, c.head_size) and arch not in ("gemma3", "gemma4"),
-        "experts" if c.n_expert else "no experts": bool(c.n_expert) != (arch in ("qwen3moe", "gpt-oss", "qwen35moe")),
+        "experts" if c.n_expert else "no experts":  # gemma4's are optional, beside its MLP
+            bool(c.n_expert) != (arch in ("qwen3moe", "gpt-oss", "qwen35moe")) and arch != "gemma4",
+        "experts beside the MLP" if c.moe_with_mlp else "experts in place of the MLP":
+            bool(c.n_expert) and c.moe_with_mlp != (arch == "gemma4"),
         "a shared expert" if c.moe_shared_intermediate_size else "no shared expert":
             bool(c.moe_shared_intermediate_size) != (arch == "qwen35moe"),
         "attention sinks" if c.attention_sinks else "no attention sinks": c.attention_sinks != (arch == "gpt-oss"),
@@ -169,6 +172,9 @@ def gguf_architecture(config: Config, what: str) -> str:
                 c.per_layer_embd and c.per_layer_vocab_size != c.padded_vocab_size,
             f"proportional RoPE of factor {scaling.get('factor')}": kind == "proportional" and scaling["factor"] != 1,
             "RoPE scaling in the window layers": c.rope_local_base is None and kind is not None,
+            "another router or expert layout than Gemma 4's": c.n_expert and (
+                not c.router_norm or c.router_bias or c.router_scoring != "softmax_topk" or not c.norm_topk_prob
+                or c.moe_activation != "gelu" or c.moe_transposed or c.moe_interleaved or c.moe_bias),
             f"layers {first}+ reusing the keys and values of layers {reused} (llama.cpp: {expected}, the window and "
             "global layers right before them)": reused != expected})
     if arch == "olmo2":  # its window layers: RoPE unscaled, with the global base
@@ -302,7 +308,7 @@ def model_metadata(config: Config, arch: str) -> dict:
             c.rope_local_base if c.rope_local_base is not None else c.rope_base)})
     if arch == "gemma4":
         meta.update(gemma4_metadata(c))
-    if arch in ("qwen3moe", "gpt-oss", "qwen35moe"):
+    if arch in ("qwen3moe", "gpt-oss", "qwen35moe") or c.n_expert:
         meta.update({"expert_count": c.n_expert, "expert_used_count": c.n_expert_per_token,
                      "expert_feed_forward_length": c.moe_intermediate_size})
     if arch == "qwen35moe":
@@ -373,7 +379,8 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
     q, kv = c.n_head * c.head_size, c.n_query_groups * c.head_size
     for i in range(c.n_layer):  # the parts of our fused q/k/v, Phi-3's fused gate/up, Gated DeltaNet layers
         p, b = f"transformer.h.{i}.", f"blk.{i}."
-        if c.is_sparse(i):  # gate and up (E, I, D) each, down (E, D, I), their biases (`experts_to_gguf`)
+        if c.is_sparse(i) and not c.moe_with_mlp:  # gate and up (E, I, D) each, down (E, D, I), their biases
+            # (`experts_to_gguf`); Gemma 4's beside its MLP are one to one (GEMMA4_MOE_NAMES)
             E, m, e = c.n_expert, c.moe_intermediate_size, c.n_embd
             shapes = {"gate": (E, m, e), "up": (E, m, e), "down": (E, e, m), "gate_bias": (E, m), "up_bias": (E, m),
                       "down_bias": (E, e)}
@@ -668,7 +675,8 @@ def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: s
 def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:
     """The experts' adapters as 3-D pairs: lora_a (E, r, in), lora_b (E, out, r), scaled by llama.cpp with alpha / r
     as ours; gate_up's A shared by the ffn_gate_exps and ffn_up_exps pairs, B split in its gate and up rows (its
-    halves, or gpt-oss's interleaved rows: PEFT's A and B are (in, out) whatever the tensor's layout)."""
+    halves, or gpt-oss's interleaved rows: PEFT's A and B are (in, out) whatever the tensor's layout); Gemma 4's one
+    pair for its ffn_gate_up_exps."""
     E, m = config.n_expert, config.moe_intermediate_size
     for module in dict.fromkeys(k.rsplit(".lora_A_", 1)[0] for k in adapter if ".experts.lora_A_" in k):
         i = module.split(".")[2]
@@ -678,8 +686,8 @@ def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Ite
             A, B = adapter[f"{module}.lora_A_{tensor}"].float(), adapter[f"{module}.lora_B_{tensor}"].float()
             r = A.size(0) // E
             A, B = A.view(E, r, A.size(1)), B.view(B.size(0), r, E).permute(2, 0, 1)  # B's columns rank-major
-            if tensor == "down":
-                yield from lora_pair(f"blk.{i}.ffn_down_exps.weight", A, B)
+            if tensor == "down" or config.moe_with_mlp:  # Gemma 4's gate_up as one (its ffn_gate_up_exps)
+                yield from lora_pair(f"blk.{i}.ffn_{tensor}_exps.weight", A, B)
             else:
                 for j, part in enumerate(("gate", "up")):
                     rows = B[:, j::2] if config.moe_interleaved else B[:, j * m:(j + 1) * m]

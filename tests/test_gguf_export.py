@@ -256,6 +256,14 @@ FAMILIES = {
                                                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                                                final_logit_softcapping=3.0, rope_parameters=GEMMA4_ROPE,
                                                tie_word_embeddings=False)),
+    # Gemma 4 26B-A4B's layout: in every layer 8 experts (2 per token) beside the dense MLP
+    "gemma4-moe": ("Gemma4TextConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                            global_head_dim=32, num_global_key_value_heads=1, attention_k_eq_v=True,
+                                            num_hidden_layers=3, sliding_window=5, hidden_size_per_layer_input=0,
+                                            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                            final_logit_softcapping=3.0, enable_moe_block=True, num_experts=8,
+                                            top_k_experts=2, moe_intermediate_size=32, rope_parameters=GEMMA4_ROPE,
+                                            tie_word_embeddings=False)),
     # Qwen3-MoE as llama.cpp's qwen3moe runs it: experts in every layer, the top k renormalised
     "qwen3_moe": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
                                          num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
@@ -324,6 +332,8 @@ def family_dir(tmp_path: Path, family: str) -> tuple:
                 p.mul_(0.5)  # Gemma 4 does not scale its scores: with unit q/k norms the tiny attention is one-hot
             if name.endswith("experts.gate_up_proj"):  # gpt-oss: gate and up past its clamps at +-7
                 p.mul_(8.0)
+            if name.endswith(("router.scale", "router.per_expert_scale")):  # Gemma 4's: around 1
+                p.add_(1.0)
         for name, b in hf.named_buffers():  # Gemma 4's stored layer scalars
             if name.endswith("layer_scalar"):
                 b.copy_(torch.rand_like(b) + 0.5)
@@ -351,7 +361,7 @@ def ggml_gelu():
 # what the families' log-probs may differ by: Gemma 4's GELU comes from ggml's float16 table (`ggml_gelu`), whose
 # roundings float32 differences flip here and there (our own Gemma 4 with that GELU differs by up to 1.9e-3 between
 # float32 and float64 on the 100-token sequence; against our exact GELU llama.cpp differs by up to 2.3e-3)
-TOLERANCES = {"gemma4": 2e-3, "gemma4-k_eq_v": 2e-3}
+TOLERANCES = {"gemma4": 2e-3, "gemma4-k_eq_v": 2e-3, "gemma4-moe": 2e-3}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
