@@ -631,16 +631,27 @@ def export_lora_gguf(run: "LoRARun", out: Union[str, Path], outtype: str = "f32"
     if outtype.lower() not in ("f32", "f16"):
         fail(f"--outtype {outtype!r} for an adapter: llama.cpp applies f32 or f16 LoRA tensors")
     qtype, file_type = OUTTYPES[outtype.lower()]
-    tensors = [(name, tuple(t.shape), lambda t=t: t) for name, t in lora_tensors(run.adapter, config, run.lora, arch)]
+    scales = {}
+    if config.moe_with_mlp and any(k.endswith(".experts.lora_A_down") for k in run.adapter):  # Gemma 4's
+        base = run.checkpoint_dir / "lit_model.pth"
+        if not base.is_file():
+            fail(f"The adapter {where} adapts Gemma 4's experts, whose per-expert scales the LoRA GGUF needs from the "
+                 f"base checkpoint {str(base)!r}, which is not there: put the base checkpoint back there")
+        state = lazy_load(base)
+        state = state.get("model", state)
+        scales = {k: state[k].float() for k in state if k.endswith(".moe.per_expert_scale")}
+    tensors = [(name, tuple(t.shape), lambda t=t: t) for name, t in lora_tensors(run.adapter, config, run.lora, arch,
+                                                                                  scales)]
     metadata = {"general.name": f"{config.name} LoRA", "general.type": "adapter", "adapter.type": "lora",
                 "adapter.lora.alpha": float(run.lora.alpha)}
     write_gguf(Path(out), arch, metadata, tensors, qtype, file_type)
     return Path(out)
 
 
-def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: str
-                 ) -> Iterator[Tuple[str, torch.Tensor]]:
-    """(llama.cpp name, tensor) of every lora_a / lora_b, scaled by alpha / (the rank llama.cpp sees)."""
+def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: str,
+                 scales: Optional[Dict[str, torch.Tensor]] = None) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(llama.cpp name, tensor) of every lora_a / lora_b, scaled by alpha / (the rank llama.cpp sees); `scales`:
+    Gemma 4's per-expert scales by our name (`expert_lora_tensors`)."""
     from lit_gpt.peft import lora_layers
 
     c = config
@@ -669,14 +680,17 @@ def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: s
         else:
             name = tensor_names(arch)[(module + ".weight").replace(f".{i}.", ".{}.") if i else module + ".weight"]
             yield from lora_pair(name.format(i), *pairs[""])
-    yield from expert_lora_tensors(adapter, config)
+    yield from expert_lora_tensors(adapter, config, scales or {})
 
 
-def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:
+def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, scales: Dict[str, torch.Tensor]
+                        ) -> Iterator[Tuple[str, torch.Tensor]]:
     """The experts' adapters as 3-D pairs: lora_a (E, r, in), lora_b (E, out, r), scaled by llama.cpp with alpha / r
     as ours; gate_up's A shared by the ffn_gate_exps and ffn_up_exps pairs, B split in its gate and up rows (its
     halves, or gpt-oss's interleaved rows: PEFT's A and B are (in, out) whatever the tensor's layout); Gemma 4's one
-    pair for its ffn_gate_up_exps."""
+    pair for its ffn_gate_up_exps. llama.cpp multiplies Gemma 4's down projection by the per-expert scale before it
+    adds the adapter's product (its build_lora_mm_id), where ours scales both: down's B is multiplied here by the
+    scales (`scales`: "transformer.h.{i}.moe.per_expert_scale" -> (E,)), expert by expert."""
     E, m = config.n_expert, config.moe_intermediate_size
     for module in dict.fromkeys(k.rsplit(".lora_A_", 1)[0] for k in adapter if ".experts.lora_A_" in k):
         i = module.split(".")[2]
@@ -686,6 +700,8 @@ def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Ite
             A, B = adapter[f"{module}.lora_A_{tensor}"].float(), adapter[f"{module}.lora_B_{tensor}"].float()
             r = A.size(0) // E
             A, B = A.view(E, r, A.size(1)), B.view(B.size(0), r, E).permute(2, 0, 1)  # B's columns rank-major
+            if tensor == "down" and config.moe_with_mlp:
+                B = B * scales[f"{module.rsplit('.', 1)[0]}.per_expert_scale"][:, None, None]
             if tensor == "down" or config.moe_with_mlp:  # Gemma 4's gate_up as one (its ffn_gate_up_exps)
                 yield from lora_pair(f"blk.{i}.ffn_{tensor}_exps.weight", A, B)
             else:
