@@ -469,6 +469,48 @@ def test_qwen3moe_export_is_what_llama_cpps_converter_writes(tmp_path):
     torch.testing.assert_close(back["transformer.h.1.mlp.router.weight"], state["transformer.h.1.mlp.router.weight"])
 
 
+# (architecture, extra keys, layer 0's feed-forward tensors: (type, GGUF shape)) of the f16 GGUF
+EXPERT_LAYOUTS = {
+    "qwen3_5_moe": ("qwen35moe", {"expert_shared_feed_forward_length": (["UINT32"], 48)}, {
+        "ffn_gate_inp.weight": ("F32", (64, 8)), "ffn_gate_exps.weight": ("F16", (64, 32, 8)),
+        "ffn_up_exps.weight": ("F16", (64, 32, 8)), "ffn_down_exps.weight": ("F16", (32, 64, 8)),
+        "ffn_gate_inp_shexp.weight": ("F32", (64, 1)), "ffn_gate_shexp.weight": ("F16", (64, 48)),
+        "ffn_up_shexp.weight": ("F16", (64, 48)), "ffn_down_shexp.weight": ("F16", (48, 64))}),
+    "gemma4-moe": ("gemma4", {}, {
+        "ffn_norm.weight": ("F32", (64,)), "ffn_gate.weight": ("F16", (64, 128)), "ffn_up.weight": ("F16", (64, 128)),
+        "ffn_down.weight": ("F16", (128, 64)), "ffn_gate_inp.weight": ("F32", (64, 8)),
+        "ffn_gate_inp.scale": ("F32", (64,)), "ffn_gate_up_exps.weight": ("F16", (64, 64, 8)),
+        "ffn_down_exps.weight": ("F16", (32, 64, 8)), "ffn_down_exps.scale": ("F32", (8,)),
+        "pre_ffw_norm_2.weight": ("F32", (64,)), "post_ffw_norm_1.weight": ("F32", (64,)),
+        "post_ffw_norm_2.weight": ("F32", (64,))}),
+}
+
+
+@pytest.mark.parametrize("family", list(EXPERT_LAYOUTS))
+def test_qwen35moe_and_gemma4_experts_export_as_llama_cpp_reads_them(tmp_path, family):
+    """Qwen3.5-MoE's experts in its DeltaNet layers too, its shared expert as ffn_*_shexp (the gate, one row, in F32
+    as the router) of `expert_shared_feed_forward_length`; Gemma 4's experts beside its MLP: the router with its input
+    scale `ffn_gate_inp.scale` and the per-expert scales `ffn_down_exps.scale` (F32), gate_up_proj as one
+    ffn_gate_up_exps, the three norms; converted back from f16, the same weights."""
+    arch, keys, layer = EXPERT_LAYOUTS[family]
+    _, checkpoint_dir = family_dir(tmp_path, family)
+    out = export_gguf(checkpoint_dir, tmp_path / "out.gguf", "f16")
+    fields, tensors = gguf_contents(out)
+    key = {k.removeprefix(f"{arch}."): v for k, v in fields.items()}
+    expected = {"expert_count": (["UINT32"], 8), "expert_used_count": (["UINT32"], 2),
+                "expert_feed_forward_length": (["UINT32"], 32), **keys}
+    assert {k: key[k] for k in expected} == expected
+    assert {n: tensors[f"blk.0.{n}"][:2] for n in layer if f"blk.0.{n}" in tensors} == layer
+    assert not {n for n in tensors if n.startswith("blk.0.ffn") and n[6:] not in layer}
+    state = lazy_load(checkpoint_dir / "lit_model.pth")
+    back = lazy_load(convert_gguf(out, tmp_path / "back") / "lit_model.pth")
+    assert back.keys() == state.keys()
+    kept = ("router.weight", "shared_expert.gate.weight")  # in F32, as the 1-D tensors
+    for k in state:
+        torch.testing.assert_close(back[k], state[k] if state[k].dim() < 2 or k.endswith(kept) else
+                                   state[k].half().float(), msg=k)
+
+
 def test_gpt_oss_export_is_what_llama_cpps_converter_writes(tmp_path):
     """gpt-oss's keys as llama.cpp's converter (GptOssModel) writes them: the window, the experts' width, YaRN (no
     window pattern: llama.cpp's default, every other layer); its tensors: `post_attention_norm` before the experts,
