@@ -2,7 +2,7 @@
 
 Architectures (`general.architecture`): llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3,
 smollm3, mistral3 (Ministral 3), olmo2 (OLMo 2; with a sliding window, OLMo 3), qwen35 (Qwen3.5 dense), gemma4
-(Gemma 4's text decoder), qwen3moe (Qwen3-MoE), gpt-oss.
+(Gemma 4's text decoder, with experts beside its MLP too), qwen3moe (Qwen3-MoE), gpt-oss, qwen35moe (Qwen3.5-MoE).
 The dir holds our GPT's weights (dequantized), `lit_config.json`, the Hugging Face `config.json`, a `tokenizer.json`
 rebuilt from the GGUF's own vocabulary, `tokenizer_config.json`, `generation_config.json` and, for chat models,
 `prompt_style.json`. Where transformers' GGUF loader and llama.cpp disagree, we follow llama.cpp: it is what the file
@@ -37,6 +37,10 @@ What llama.cpp's converter (convert_hf_to_gguf.py) does to a model, undone here:
 - qwen3moe: Qwen3's attention, every layer's MLP experts (llama.cpp's qwen3moe has no dense layers): the router as
   `ffn_gate_inp`, the experts as 3-D `ffn_gate_exps`, `ffn_up_exps` (our gate_up_proj's two halves) and
   `ffn_down_exps`; llama.cpp always renormalises the top k weights (norm_topk_prob).
+- qwen35moe: qwen35's layers with qwen3moe's experts in every layer and the shared expert (`ffn_*_shexp`, its gate
+  `ffn_gate_inp_shexp`) of `expert_shared_feed_forward_length` (else llama.cpp's feed_forward_length).
+- gemma4 with `expert_count` (26B-A4B): experts beside the MLP in the layers with a router (`GEMMA4_MOE_NAMES`), GeGLU,
+  the normalised softmax router with its scales, as llama.cpp hardcodes.
 - gpt-oss: sinks (`attn_sinks`), q/k/v/o biases, `post_attention_norm` before the experts, a window but in every
   `sliding_window_pattern`-th layer (2 without the key); the experts with biases, back to gpt-oss's (E, in, out)
   tensors with gate and up interleaved (`experts_from_gguf`). llama.cpp hardcodes the router (the top k logits

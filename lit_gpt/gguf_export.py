@@ -19,6 +19,13 @@ converter (convert_hf_to_gguf.py) lays out the same model, so llama.cpp, Ollama 
 - qwen3moe (Qwen3-MoE): Qwen3's attention; the router `ffn_gate_inp` (F32, as llama.cpp's converter keeps it), the
   experts 3-D `ffn_gate_exps` / `ffn_up_exps` (our gate_up_proj's halves) and `ffn_down_exps`. Every layer must be
   sparse and the top k renormalised (norm_topk_prob): llama.cpp's qwen3moe has no dense layers and hardcodes that.
+- qwen35moe (Qwen3.5-MoE): qwen35's layers with qwen3moe's experts (the DeltaNet layers' too) and the shared expert
+  `ffn_gate_shexp` / `ffn_up_shexp` / `ffn_down_shexp` behind its gate `ffn_gate_inp_shexp` (one row, F32 as the
+  router), `expert_shared_feed_forward_length`; llama.cpp requires the shared expert in every layer.
+- gemma4 with experts beside its MLP (26B-A4B, `moe_with_mlp`): the router `ffn_gate_inp`, its input's scale
+  `ffn_gate_inp.scale`, the per-expert scales `ffn_down_exps.scale`, gate_up_proj as one `ffn_gate_up_exps`,
+  `ffn_down_exps`, the norms `pre_ffw_norm_2` (the experts' input), `post_ffw_norm_1` / `_2` (the MLP's and the
+  experts' outputs); llama.cpp hardcodes the normalised softmax router and the GeGLU experts.
 - gpt-oss: `attn_sinks`, q/k/v/o biases, the norm before the experts as `post_attention_norm`, the router with its
   bias, the experts from our (E, in, out) tensors with gate and up columns interleaved to ffn_gate_exps / ffn_up_exps
   (E, I, D) and ffn_down_exps (E, D, I), their biases (in F32, as every bias); `attention.sliding_window`, and
@@ -41,7 +48,9 @@ and ffn_up take one pair of rank k * r (A stacked, B block-diagonal and multipli
 rank it sees). Qwen3.5's DeltaNet adapters keep their pairs, the value heads of B's rows (ssm_out: A's columns) tiled.
 Expert adapters (PEFT's target_parameters layout, A (E r, in), B (out, r E)) become 3-D pairs, which llama.cpp applies
 per expert with the experts' own matmul: lora_a (E, r, in), lora_b (E, out, r); gate_up's pair is one for
-ffn_gate_exps and one for ffn_up_exps, the same A with B's gate rows and B's up rows (gpt-oss's interleaved ones).
+ffn_gate_exps and one for ffn_up_exps, the same A with B's gate rows and B's up rows (gpt-oss's interleaved ones);
+Gemma 4's one pair for ffn_gate_up_exps, its down pair's B times the per-expert scales (read from the base
+checkpoint: llama.cpp scales the experts' product alone). Qwen3.5-MoE's shared expert adapters are ffn_*_shexp pairs.
 """
 
 import json
