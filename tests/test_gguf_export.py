@@ -828,6 +828,18 @@ def test_expert_lora_gguf_is_3d_and_applied_by_llama_cpp(tmp_path, family):
     assert worst < TOLERANCES.get(family, 1e-4)
 
 
+def test_gemma4_expert_lora_gguf_needs_the_base_checkpoint(tmp_path):
+    """Gemma 4's down adapter is written times the base's per-expert scales: without the base checkpoint, one line
+    naming it, and nothing written."""
+    _, checkpoint_dir = family_dir(tmp_path, "gemma4-moe")
+    lora = LoRAConfig(r=2, alpha=4, query=False, key=False, value=False, projection=False, mlp=False, head=False)
+    finetune_out_dir(tmp_path / "lora", checkpoint_dir, lora)
+    (checkpoint_dir / "lit_model.pth").rename(tmp_path / "moved.pth")
+    with pytest.raises(UserError, match="per-expert scales .* base checkpoint .*lit_model.pth") as info:
+        export_lora_gguf(load_lora_run(tmp_path / "lora"), tmp_path / "adapter.gguf")
+    assert "\n" not in str(info.value) and not (tmp_path / "adapter.gguf").exists()
+
+
 def test_lora_on_a_tied_lm_head_is_refused(tmp_path):
     """llama.cpp finds no `output.weight` in a GGUF with tied embeddings to apply the head's adapter to (it refuses
     such an adapter: "LoRA tensor 'output.weight' does not exist in base model"): we refuse to write one."""
