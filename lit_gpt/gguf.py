@@ -2,7 +2,7 @@
 
 Architectures (`general.architecture`): llama (Llama 2/3, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3,
 smollm3, mistral3 (Ministral 3), olmo2 (OLMo 2; with a sliding window, OLMo 3), qwen35 (Qwen3.5 dense), gemma4
-(Gemma 4's text decoder), qwen3moe (Qwen3-MoE), gpt-oss.
+(Gemma 4's text decoder, with experts beside its MLP too), qwen3moe (Qwen3-MoE), gpt-oss, qwen35moe (Qwen3.5-MoE).
 The dir holds our GPT's weights (dequantized), `lit_config.json`, the Hugging Face `config.json`, a `tokenizer.json`
 rebuilt from the GGUF's own vocabulary, `tokenizer_config.json`, `generation_config.json` and, for chat models,
 `prompt_style.json`. Where transformers' GGUF loader and llama.cpp disagree, we follow llama.cpp: it is what the file
@@ -37,6 +37,10 @@ What llama.cpp's converter (convert_hf_to_gguf.py) does to a model, undone here:
 - qwen3moe: Qwen3's attention, every layer's MLP experts (llama.cpp's qwen3moe has no dense layers): the router as
   `ffn_gate_inp`, the experts as 3-D `ffn_gate_exps`, `ffn_up_exps` (our gate_up_proj's two halves) and
   `ffn_down_exps`; llama.cpp always renormalises the top k weights (norm_topk_prob).
+- qwen35moe: qwen35's layers with qwen3moe's experts in every layer and the shared expert (`ffn_*_shexp`, its gate
+  `ffn_gate_inp_shexp`) of `expert_shared_feed_forward_length` (else llama.cpp's feed_forward_length).
+- gemma4 with `expert_count` (26B-A4B): experts beside the MLP in the layers with a router (`GEMMA4_MOE_NAMES`), GeGLU,
+  the normalised softmax router with its scales, as llama.cpp hardcodes.
 - gpt-oss: sinks (`attn_sinks`), q/k/v/o biases, `post_attention_norm` before the experts, a window but in every
   `sliding_window_pattern`-th layer (2 without the key); the experts with biases, back to gpt-oss's (E, in, out)
   tensors with gate and up interleaved (`experts_from_gguf`). llama.cpp hardcodes the router (the top k logits
@@ -66,7 +70,9 @@ SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
 # GGUF architecture -> transformers model_type (Config.hf_model_type); olmo2 with a sliding window is OLMo 3
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3",
                  "smollm3": "smollm3", "mistral3": "ministral3", "olmo2": "olmo2", "qwen35": "qwen3_5_text",
-                 "gemma4": "gemma4_text", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss"}
+                 "gemma4": "gemma4_text", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss",
+                 "qwen35moe": "qwen3_5_moe_text"}
+QWEN35 = ("qwen35", "qwen35moe")  # Qwen3.5's layers: Gated DeltaNet and gated attention (qwen35moe: with experts)
 INTERLEAVED = ("llama", "smollm3", "mistral3")  # their RoPE kernel rotates adjacent rows: q/k rows interleaved
 SMOLLM3_NOPE_EVERY = 4  # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a constant, not a key
 # whose YaRN llama.cpp computes as we do (the checks in gguf_export.py)
@@ -133,10 +139,27 @@ TENSOR_NAMES = {
     # mixtures of experts: the router (the experts are stored apart, `experts_to_gguf`); gpt-oss's sinks and biases
     "transformer.h.{}.mlp.router.weight": "blk.{}.ffn_gate_inp.weight",
     "transformer.h.{}.mlp.router.bias": "blk.{}.ffn_gate_inp.bias",
+    "transformer.h.{}.mlp.shared_expert.fc_1.weight": "blk.{}.ffn_gate_shexp.weight",  # Qwen3.5-MoE's shared expert
+    "transformer.h.{}.mlp.shared_expert.fc_2.weight": "blk.{}.ffn_up_shexp.weight",
+    "transformer.h.{}.mlp.shared_expert.proj.weight": "blk.{}.ffn_down_shexp.weight",
+    "transformer.h.{}.mlp.shared_expert.gate.weight": "blk.{}.ffn_gate_inp_shexp.weight",  # (1, n_embd)
     "transformer.h.{}.attn.sinks": "blk.{}.attn_sinks.weight",
     "transformer.h.{}.attn.proj.bias": "blk.{}.attn_output.bias",
     "transformer.per_layer_proj.weight": "per_layer_model_proj.weight",
     "transformer.per_layer_norm.weight": "per_layer_proj_norm.weight",
+}
+# Gemma 4's experts beside its MLP (26B-A4B, our `Block.moe`), one to one: the router, its input's scale and the
+# per-expert scales, the experts (gate_up_proj (E, 2 I, D) rows [gate | up], as llama.cpp's ffn_gate_up_exps), and the
+# norms before the experts and after the MLP and the experts
+GEMMA4_MOE_NAMES = {
+    "transformer.h.{}.moe.router.weight": "blk.{}.ffn_gate_inp.weight",
+    "transformer.h.{}.moe.router_scale": "blk.{}.ffn_gate_inp.scale",
+    "transformer.h.{}.moe.per_expert_scale": "blk.{}.ffn_down_exps.scale",
+    "transformer.h.{}.moe.experts.gate_up_proj": "blk.{}.ffn_gate_up_exps.weight",
+    "transformer.h.{}.moe.experts.down_proj": "blk.{}.ffn_down_exps.weight",
+    "transformer.h.{}.norm_moe.weight": "blk.{}.pre_ffw_norm_2.weight",
+    "transformer.h.{}.post_dense_norm.weight": "blk.{}.post_ffw_norm_1.weight",
+    "transformer.h.{}.post_moe_norm.weight": "blk.{}.post_ffw_norm_2.weight",
 }
 QKV_NAMES = {"query": "attn_q", "key": "attn_k", "value": "attn_v"}  # the parts of our attn.qkv
 # a Gated DeltaNet layer's (lit_gpt/deltanet.py) "transformer.h.{}.attn.<ours>" -> "blk.{}.<llama.cpp's>" (qwen35)
@@ -146,8 +169,11 @@ LINEAR_NAMES = {"qkv.weight": "attn_qkv.weight", "gate.weight": "attn_gate.weigh
 
 
 def tensor_names(arch: str) -> Dict[str, str]:
-    """TENSOR_NAMES for `arch`: qwen35 and gpt-oss call the norm before the MLP (our norm_2) `post_attention_norm`."""
-    if arch not in ("qwen35", "gpt-oss"):
+    """TENSOR_NAMES for `arch`: qwen35(moe) and gpt-oss call the norm before the MLP (our norm_2)
+    `post_attention_norm`; gemma4's router and experts are those beside its MLP."""
+    if arch == "gemma4":
+        return {**{k: v for k, v in TENSOR_NAMES.items() if ".mlp.router." not in k}, **GEMMA4_MOE_NAMES}
+    if arch not in (*QWEN35, "gpt-oss"):
         return TENSOR_NAMES
     names = {k: v for k, v in TENSOR_NAMES.items() if ".post_attention_norm." not in v}
     names["transformer.h.{}.norm_2.weight"] = "blk.{}.post_attention_norm.weight"
@@ -297,7 +323,7 @@ class GGUFFile:
             moe = " (a mixture of experts)" if "moe" in str(self.arch) else ""
             fail(f"{self.where} holds a {self.arch!r} model{moe}, which cannot be converted. Supported architectures: "
                  "llama (Llama, Mistral, SmolLM2, TinyLlama ...), qwen2, qwen3, gemma3, phi3, smollm3, mistral3, "
-                 "olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe, gpt-oss")
+                 "olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe, gpt-oss, qwen35moe")
         bad = sorted({t.tensor_type.name for t in self.reader.tensors} - set(SUPPORTED_TYPES))
         if bad:
             fail(f"{self.where} has tensors of type {', '.join(bad)}, which cannot be converted. "
@@ -334,8 +360,9 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     missing = [f"{arch}.{k}" for k in required if key(k) is None]
     if missing:
         fail(f"{where} lacks the metadata {', '.join(missing)}: it is not a complete {arch} GGUF")
-    if key("expert_count", 0) and arch not in ("qwen3moe", "gpt-oss"):
-        fail(f"{where} is a mixture-of-experts {arch} model, which cannot be converted (of those: qwen3moe, gpt-oss)")
+    if key("expert_count", 0) and arch not in ("qwen3moe", "gpt-oss", "qwen35moe", "gemma4"):
+        fail(f"{where} is a mixture-of-experts {arch} model, which cannot be converted (of those: qwen3moe, gpt-oss, "
+             "qwen35moe, gemma4)")
     for k in ("attn_logit_softcapping", "final_logit_softcapping"):
         if key(k) and (arch, k) != ("gemma4", "final_logit_softcapping"):  # Gemma 4's is ours
             fail(f"{where} soft-caps its logits ({arch}.{k}={key(k)}), which our model does not support")
@@ -350,9 +377,9 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
     rope_dims = key("rope.dimension_count", head_size)
     if key("attention.value_length", head_size) != head_size:
         fail(f"{where}: key and value sizes differ, which our model does not support")
-    if rope_dims != head_size and (arch not in ("phi3", "qwen35") or rope_dims > head_size or rope_dims % 2):
+    if rope_dims != head_size and (arch not in ("phi3", *QWEN35) or rope_dims > head_size or rope_dims % 2):
         fail(f"{where}: RoPE on {rope_dims} of each head's {head_size} features, which our model supports for phi3 "
-             "and qwen35 alone")
+             "and qwen35(moe) alone")
     tokens = gguf.get("tokenizer.ggml.tokens")
     if tokens is None:
         fail(f"{where} has no tokenizer (no 'tokenizer.ggml.tokens'), so it cannot make a checkpoint dir")
@@ -366,7 +393,7 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         qkv_bias=arch == "qwen2", tie_embeddings="output.weight" not in gguf.tensors, norm_class_name="RMSNorm",
         norm_eps=_float32(key("attention.layer_norm_rms_epsilon", 1e-5)), mlp_class_name="LLaMAMLP",
         intermediate_size=key("feed_forward_length"), hf_model_type=ARCHITECTURES[arch],
-        norm_qk=arch in ("qwen3", "olmo2", "qwen35", "qwen3moe"))
+        norm_qk=arch in ("qwen3", "olmo2", "qwen3moe", *QWEN35))
     # what a matching preset decides (Mistral's is "mistral", llama.cpp's "llama"; the finetuning's load-balancing)
     unstored = {"hf_model_type", "router_aux_loss_coef"}
     if arch == "gemma3":
@@ -393,11 +420,11 @@ def config_from_gguf(gguf: GGUFFile) -> Config:
         fields.update(query_scale_beta=_float32(key("attention.temperature_scale", 0.0)))
     elif arch == "gemma4":
         fields.update(_gemma4(gguf, fields, window))
-    elif arch == "qwen3moe":
+    elif arch in ("qwen3moe", "qwen35moe"):
         fields.update(_qwen3moe(gguf, fields))
     elif arch == "gpt-oss":
         fields.update(_gpt_oss(gguf, fields, window))
-    elif arch == "qwen35":  # Gated DeltaNet layers, a gated full-attention layer every full_attention_interval-th
+    if arch in QWEN35:  # Gated DeltaNet layers, a gated full-attention layer every full_attention_interval-th
         ssm = {k: key(f"ssm.{k}") for k in ("conv_kernel", "inner_size", "state_size", "time_step_rank", "group_count")}
         if None in ssm.values() or gguf.get(f"{arch}.attention.recurrent_layers") is not None:
             fail(f"{where} lacks one of the keys {arch}.ssm.* or lists its linear-attention layers one by one, "
@@ -473,8 +500,16 @@ def _gemma4(gguf: GGUFFile, fields: dict, window: Optional[int]) -> dict:
     per_layer = key("embedding_length_per_layer_input", 0)
     table = gguf.tensors.get("per_layer_token_embd.weight")
     cap = key("final_logit_softcapping", GEMMA4_SOFTCAPPING)
+    moe, n_expert, used = {}, key("expert_count", 0), key("expert_used_count", 0)
+    if n_expert:  # 26B-A4B: experts beside the MLP in the layers with a router, GeGLU, its normalised router
+        if not key("expert_feed_forward_length") or not isinstance(used, int) or not 0 < used <= n_expert:
+            fail(f"{where} lacks gemma4.expert_feed_forward_length or has an expert_used_count other than one number "
+                 f"of at most the experts ({used!r}), which cannot be converted")
+        moe = dict(n_expert=n_expert, n_expert_per_token=used, moe_intermediate_size=key("expert_feed_forward_length"),
+                   router_norm=True, norm_topk_prob=True, moe_activation="gelu", moe_with_mlp=True,
+                   moe_dense_layers=[i for i in range(n_layer) if f"blk.{i}.ffn_gate_inp.weight" not in gguf.tensors])
     return dict(
-        mlp_class_name="GemmaMLP", gelu_approximate="tanh", norm_upcast=True, norm_qk=True, norm_v=True,
+        moe, mlp_class_name="GemmaMLP", gelu_approximate="tanh", norm_upcast=True, norm_qk=True, norm_v=True,
         post_norms=True, scale_embeddings=True, attention_scalar=1.0, layer_scalar=True, head_size=head,
         global_head_size=fields["head_size"] if every else None, n_query_groups=groups,
         global_n_query_groups=global_groups, attention_k_eq_v=bool(no_values), kv_shared_layers=shared,
@@ -486,18 +521,21 @@ def _gemma4(gguf: GGUFFile, fields: dict, window: Optional[int]) -> dict:
 
 
 def _qwen3moe(gguf: GGUFFile, fields: dict) -> dict:
-    """The experts of a qwen3moe file: in every layer (llama.cpp's qwen3moe has no dense ones), the top k of a softmax
-    renormalised (it hardcodes that); their width `expert_feed_forward_length`, else llama.cpp's n_ff / k. A GGUF
-    keeps no training settings: the load-balancing coefficient is transformers' Qwen3-MoE default, 0.001."""
-    key, where = gguf.hparam, gguf.where
+    """The experts of a qwen3moe or qwen35moe file: in every layer (llama.cpp's have no dense ones), the top k of a
+    softmax renormalised (it hardcodes that); their width `expert_feed_forward_length`, else llama.cpp's n_ff / k;
+    qwen35moe's shared expert of `expert_shared_feed_forward_length` (else llama.cpp's n_ff). A GGUF keeps no
+    training settings: the load-balancing coefficient is transformers' default, 0.001."""
+    key, where, arch = gguf.hparam, gguf.where, gguf.arch
     n_expert, used = key("expert_count", 0), key("expert_used_count", 0)
     if not n_expert or not isinstance(used, int) or not 0 < used <= n_expert:
-        fail(f"{where} lacks qwen3moe.expert_count or has an expert_used_count other than one number of at most it "
+        fail(f"{where} lacks {arch}.expert_count or has an expert_used_count other than one number of at most it "
              f"({used!r}), which cannot be converted")
     if key("expert_group_count", 0) > 1:  # llama.cpp routes by groups then, in any architecture
-        fail(f"{where} routes its experts in groups (qwen3moe.expert_group_count), which our model does not support")
+        fail(f"{where} routes its experts in groups ({arch}.expert_group_count), which our model does not support")
     width = key("expert_feed_forward_length") or fields["intermediate_size"] // used
+    shared = key("expert_shared_feed_forward_length") or fields["intermediate_size"] if arch == "qwen35moe" else 0
     return dict(n_expert=n_expert, n_expert_per_token=used, moe_intermediate_size=width, norm_topk_prob=True,
+                moe_shared_intermediate_size=shared,
                 router_aux_loss_coef=0.001)  # not in the file: transformers' default (or a matching preset's)
 
 
@@ -694,7 +732,7 @@ def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
                        (e, n), "per_layer_proj_norm.weight": (c.per_layer_embd,)})
     layer = {}
     if c.pre_norms:
-        layer.update({"attn_norm.weight": (e,), ("post_attention_norm.weight" if arch in ("qwen35", "gpt-oss") else
+        layer.update({"attn_norm.weight": (e,), ("post_attention_norm.weight" if arch in (*QWEN35, "gpt-oss") else
                                                  "ffn_norm.weight"): (e,)})
     if c.post_norms:
         layer.update({"post_attention_norm.weight": (e,), "post_ffw_norm.weight": (e,)})
@@ -715,14 +753,22 @@ def _tensor_shapes(gguf: GGUFFile, config: Config) -> Dict[str, tuple]:
         if arch == "phi3":
             attention = {"attn_output.weight": (q, e), "attn_qkv.weight": (e, q + 2 * kv)}
             mlp = {"ffn_down.weight": (f, e), "ffn_up.weight": (e, 2 * f)}
-        if c.is_sparse(i):  # (columns, rows, experts)
-            E, m = c.n_expert, c.moe_intermediate_size
+        E, m = c.n_expert, c.moe_intermediate_size
+        if c.is_sparse(i) and c.moe_with_mlp:  # Gemma 4: beside the MLP; (columns, rows, experts)
+            mlp.update({"ffn_gate_inp.weight": (e, E), "ffn_gate_inp.scale": (e,), "ffn_down_exps.scale": (E,),
+                        "ffn_gate_up_exps.weight": (e, 2 * m, E), "ffn_down_exps.weight": (m, e, E),
+                        "pre_ffw_norm_2.weight": (e,), "post_ffw_norm_1.weight": (e,), "post_ffw_norm_2.weight": (e,)})
+        elif c.is_sparse(i):  # (columns, rows, experts)
             mlp = {"ffn_gate_inp.weight": (e, E), "ffn_gate_exps.weight": (e, m, E), "ffn_up_exps.weight": (e, m, E),
                    "ffn_down_exps.weight": (m, e, E)}
             if c.router_bias:
                 mlp["ffn_gate_inp.bias"] = (E,)
             if c.moe_bias:
                 mlp.update({"ffn_gate_exps.bias": (m, E), "ffn_up_exps.bias": (m, E), "ffn_down_exps.bias": (e, E)})
+            if c.moe_shared_intermediate_size:
+                s = c.moe_shared_intermediate_size
+                mlp.update({"ffn_gate_inp_shexp.weight": (e, 1), "ffn_gate_shexp.weight": (e, s),
+                            "ffn_up_shexp.weight": (e, s), "ffn_down_shexp.weight": (s, e)})
         if c.qkv_bias:
             attention.update({f"{QKV_NAMES[p]}.bias": (n,) for p, n in parts.items()})
         if c.bias:  # gpt-oss's output projection
@@ -776,6 +822,13 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
     state = {}
     for i in range(c.n_layer):
         b, p = f"blk.{i}.", f"transformer.h.{i}."
+        if c.is_sparse(i) and not c.moe_with_mlp:  # our layout of the experts (`experts_from_gguf`; Gemma 4's below)
+            parts = {part: gguf.tensor(f"{b}ffn_{part}_exps.weight") for part in ("gate", "up", "down")}
+            if c.moe_bias:
+                parts.update({f"{part}_bias": gguf.tensor(f"{b}ffn_{part}_exps.bias")
+                              for part in ("gate", "up", "down")})
+            state.update({f"{p}mlp.experts.{k}": v.to(dtype) for k, v in experts_from_gguf(parts, c).items()})
+            del parts
         if c.is_linear(i):  # a Gated DeltaNet layer: value heads back in grouped order
             for ours, name in LINEAR_NAMES.items():
                 state[p + "attn." + ours] = deltanet_from_gguf(ours, gguf.tensor(b + name), c).to(dtype)
@@ -795,13 +848,6 @@ def load_gguf_weights(gguf: GGUFFile, config: Config, dtype: torch.dtype = torch
         if gguf.arch == "phi3":  # rows [gate | up], as Hugging Face's gate_up_proj
             gate, up = gguf.tensor(b + "ffn_up.weight").chunk(2)
             state[p + "mlp.fc_1.weight"], state[p + "mlp.fc_2.weight"] = gate.to(dtype), up.to(dtype)
-        if c.is_sparse(i):  # our layout of the experts (`experts_from_gguf`)
-            parts = {part: gguf.tensor(f"{b}ffn_{part}_exps.weight") for part in ("gate", "up", "down")}
-            if c.moe_bias:
-                parts.update({f"{part}_bias": gguf.tensor(f"{b}ffn_{part}_exps.bias")
-                              for part in ("gate", "up", "down")})
-            state.update({f"{p}mlp.experts.{k}": v.to(dtype) for k, v in experts_from_gguf(parts, c).items()})
-            del parts
     unused = unused_tensors(c)
     for ours, name in tensor_names(gguf.arch).items():
         for i in range(c.n_layer) if "{}" in ours else [None]:

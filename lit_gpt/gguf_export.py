@@ -19,6 +19,13 @@ converter (convert_hf_to_gguf.py) lays out the same model, so llama.cpp, Ollama 
 - qwen3moe (Qwen3-MoE): Qwen3's attention; the router `ffn_gate_inp` (F32, as llama.cpp's converter keeps it), the
   experts 3-D `ffn_gate_exps` / `ffn_up_exps` (our gate_up_proj's halves) and `ffn_down_exps`. Every layer must be
   sparse and the top k renormalised (norm_topk_prob): llama.cpp's qwen3moe has no dense layers and hardcodes that.
+- qwen35moe (Qwen3.5-MoE): qwen35's layers with qwen3moe's experts (the DeltaNet layers' too) and the shared expert
+  `ffn_gate_shexp` / `ffn_up_shexp` / `ffn_down_shexp` behind its gate `ffn_gate_inp_shexp` (one row, F32 as the
+  router), `expert_shared_feed_forward_length`; llama.cpp requires the shared expert in every layer.
+- gemma4 with experts beside its MLP (26B-A4B, `moe_with_mlp`): the router `ffn_gate_inp`, its input's scale
+  `ffn_gate_inp.scale`, the per-expert scales `ffn_down_exps.scale`, gate_up_proj as one `ffn_gate_up_exps`,
+  `ffn_down_exps`, the norms `pre_ffw_norm_2` (the experts' input), `post_ffw_norm_1` / `_2` (the MLP's and the
+  experts' outputs); llama.cpp hardcodes the normalised softmax router and the GeGLU experts.
 - gpt-oss: `attn_sinks`, q/k/v/o biases, the norm before the experts as `post_attention_norm`, the router with its
   bias, the experts from our (E, in, out) tensors with gate and up columns interleaved to ffn_gate_exps / ffn_up_exps
   (E, I, D) and ffn_down_exps (E, D, I), their biases (in F32, as every bias); `attention.sliding_window`, and
@@ -41,7 +48,9 @@ and ffn_up take one pair of rank k * r (A stacked, B block-diagonal and multipli
 rank it sees). Qwen3.5's DeltaNet adapters keep their pairs, the value heads of B's rows (ssm_out: A's columns) tiled.
 Expert adapters (PEFT's target_parameters layout, A (E r, in), B (out, r E)) become 3-D pairs, which llama.cpp applies
 per expert with the experts' own matmul: lora_a (E, r, in), lora_b (E, out, r); gate_up's pair is one for
-ffn_gate_exps and one for ffn_up_exps, the same A with B's gate rows and B's up rows (gpt-oss's interleaved ones).
+ffn_gate_exps and one for ffn_up_exps, the same A with B's gate rows and B's up rows (gpt-oss's interleaved ones);
+Gemma 4's one pair for ffn_gate_up_exps, its down pair's B times the per-expert scales (read from the base
+checkpoint: llama.cpp scales the experts' product alone). Qwen3.5-MoE's shared expert adapters are ffn_*_shexp pairs.
 """
 
 import json
@@ -64,6 +73,7 @@ from lit_gpt.gguf import (
     NO_CLEAN_SPACES,
     PRE_TOKENIZERS,
     QKV_NAMES,
+    QWEN35,
     SMOLLM3_NOPE_EVERY,
     UNKNOWN,
     USER_DEFINED,
@@ -104,7 +114,7 @@ def gguf_architecture(config: Config, what: str) -> str:
     if arch is None:
         fail(f"{what} is a {config.hf_model_type} model, which has no llama.cpp architecture we export. Exported: "
              "llama, qwen2, qwen3, gemma3, phi3, smollm3, mistral3, olmo2 (OLMo 2/3), qwen35, gemma4, qwen3moe, "
-             "gpt-oss")
+             "gpt-oss, qwen35moe")
     c, scaling = config, config.rope_scaling or {}
     kind, every = scaling.get("type"), c.nope_layer_every
     rope_kinds = {"llama": ("linear", "llama3"), "qwen2": ("linear",), "qwen3": ("linear",), "qwen3moe": ("linear",),
@@ -116,10 +126,10 @@ def gguf_architecture(config: Config, what: str) -> str:
         "biases other than Qwen2's q/k/v and gpt-oss's q/k/v/o": c.lm_head_bias or (
             (c.bias or c.qkv_bias) and arch != "gpt-oss" and (c.bias or arch != "qwen2")),
         f"RoPE scaling {kind!r}": kind not in (None, *rope_kinds.get(arch, ())),
-        "RoPE on part of each head": c.rope_n_elem != c.head_size and arch not in ("phi3", "qwen35"),
+        "RoPE on part of each head": c.rope_n_elem != c.head_size and arch not in ("phi3", *QWEN35),
         # what only some architectures have, and those require (Gemma's (1 + w) norms are stored as 1 + w: any can)
         "q/k norms" if c.norm_qk else "no q/k norms":
-            c.norm_qk != (arch in ("qwen3", "gemma3", "olmo2", "qwen35", "gemma4", "qwen3moe")),
+            c.norm_qk != (arch in ("qwen3", "gemma3", "olmo2", "gemma4", "qwen3moe", *QWEN35)),
         "q/k norms over all heads" if c.norm_qk_all_heads else "q/k norms per head":
             c.norm_qk and c.norm_qk_all_heads != (arch == "olmo2"),
         "norms after the attention and MLP" if c.post_norms else "no norms after the attention and MLP":
@@ -129,14 +139,19 @@ def gguf_architecture(config: Config, what: str) -> str:
         "Gemma's MLP and embeddings":
             (c.mlp_class_name == "GemmaMLP" or c.scale_embeddings) != (arch in ("gemma3", "gemma4")),
         "Gated DeltaNet layers" if c.linear_attention else "no Gated DeltaNet layers":
-            c.linear_attention != (arch == "qwen35"),
+            c.linear_attention != (arch in QWEN35),
         "an output gate" if c.attention_output_gate else "no output gate":
-            c.attention_output_gate != (arch == "qwen35"),
+            c.attention_output_gate != (arch in QWEN35),
         f"no RoPE in every {every}-th layer" if every else "RoPE in every layer":  # smollm3: none in every 4th
             every != (SMOLLM3_NOPE_EVERY if arch == "smollm3" else 0),
         "query scaling": c.query_scale_beta and arch != "mistral3",
         "an attention scalar": c.attention_scalar not in (None, c.head_size) and arch not in ("gemma3", "gemma4"),
-        "experts" if c.n_expert else "no experts": bool(c.n_expert) != (arch in ("qwen3moe", "gpt-oss")),
+        "experts" if c.n_expert else "no experts":  # gemma4's are optional, beside its MLP
+            bool(c.n_expert) != (arch in ("qwen3moe", "gpt-oss", "qwen35moe")) and arch != "gemma4",
+        "experts beside the MLP" if c.moe_with_mlp else "experts in place of the MLP":
+            bool(c.n_expert) and c.moe_with_mlp != (arch == "gemma4"),
+        "a shared expert" if c.moe_shared_intermediate_size else "no shared expert":
+            bool(c.moe_shared_intermediate_size) != (arch == "qwen35moe"),
         "attention sinks" if c.attention_sinks else "no attention sinks": c.attention_sinks != (arch == "gpt-oss"),
     }
     if arch != "gemma4":  # what Gemma 4 alone has
@@ -166,6 +181,9 @@ def gguf_architecture(config: Config, what: str) -> str:
                 c.per_layer_embd and c.per_layer_vocab_size != c.padded_vocab_size,
             f"proportional RoPE of factor {scaling.get('factor')}": kind == "proportional" and scaling["factor"] != 1,
             "RoPE scaling in the window layers": c.rope_local_base is None and kind is not None,
+            "another router or expert layout than Gemma 4's": c.n_expert and (
+                not c.router_norm or c.router_bias or c.router_scoring != "softmax_topk" or not c.norm_topk_prob
+                or c.moe_activation != "gelu" or c.moe_transposed or c.moe_interleaved or c.moe_bias),
             f"layers {first}+ reusing the keys and values of layers {reused} (llama.cpp: {expected}, the window and "
             "global layers right before them)": reused != expected})
     if arch == "olmo2":  # its window layers: RoPE unscaled, with the global base
@@ -174,18 +192,19 @@ def gguf_architecture(config: Config, what: str) -> str:
                          "a sliding window in every layer": c.sliding_window and c.global_layer_every < 2,
                          "another RoPE in the window layers than the global one unscaled":
                              c.sliding_window and local != c.rope_base})
-    if arch == "qwen35":
+    if arch in QWEN35:
         problems.update({"linear-attention key and value heads of different sizes":
                              c.linear_key_head_size != c.linear_value_head_size,
                          "only linear-attention layers": c.global_layer_every == 0})
-    if arch == "qwen3moe" and c.n_expert:  # llama.cpp: experts in every layer, the top k of a softmax renormalised
+    if arch in ("qwen3moe", "qwen35moe") and c.n_expert:  # llama.cpp: experts in every layer, the top k of a softmax
+        # renormalised
         problems.update({
             f"dense layers {[i for i in range(c.n_layer) if not c.is_sparse(i)]} (decoder_sparse_step, "
             "mlp_only_layers)": not all(c.is_sparse(i) for i in range(c.n_layer)),
             "the top k expert weights not renormalised (norm_topk_prob false)": not c.norm_topk_prob,
             "another router or expert layout than Qwen3-MoE's": c.router_bias or c.router_norm
             or c.router_scoring != "softmax_topk" or c.moe_activation != "silu" or c.moe_transposed
-            or c.moe_interleaved or c.moe_bias or bool(c.moe_shared_intermediate_size)})
+            or c.moe_interleaved or c.moe_bias})
     if arch == "gpt-oss":  # llama.cpp: q/k/v/o biases, experts in every layer, its router, SwiGLU and window pattern
         problems.update({
             "no biases on q/k/v and o": not (c.bias and c.qkv_bias),
@@ -193,11 +212,11 @@ def gguf_architecture(config: Config, what: str) -> str:
                 not all(c.is_sparse(i) for i in range(c.n_layer)),
             "another router or expert layout than gpt-oss's": not c.router_bias or c.router_norm
             or c.router_scoring != "topk_softmax" or c.moe_activation != "clamped_swiglu" or not c.moe_transposed
-            or not c.moe_interleaved or not c.moe_bias or bool(c.moe_shared_intermediate_size),
+            or not c.moe_interleaved or not c.moe_bias,
             f"a clamped SwiGLU of alpha {c.swiglu_alpha} and limit {c.swiglu_limit} (llama.cpp: "
             f"{GPT_OSS_SWIGLU[0]} and {GPT_OSS_SWIGLU[1]})": (c.swiglu_alpha, c.swiglu_limit) != GPT_OSS_SWIGLU,
             "no window layers": not any(c.is_sliding(i) for i in range(c.n_layer))})  # llama.cpp aborts then
-    if arch in ("smollm3", "mistral3", "qwen35", "qwen3", "qwen2", "qwen3moe") and c.sliding_window is not None:
+    if arch in ("smollm3", "mistral3", "qwen3", "qwen2", "qwen3moe", *QWEN35) and c.sliding_window is not None:
         problems["a sliding window"] = True
     if c.query_scale_beta and arch == "mistral3" and not scaling.get("original_max_position_embeddings"):
         problems["query scaling without YaRN's original context"] = True
@@ -257,11 +276,11 @@ def model_metadata(config: Config, arch: str) -> dict:
             "attention.layer_norm_rms_epsilon": float(c.norm_eps), "rope.freq_base": float(c.rope_base)}
     if c.hf_config.get("org"):
         meta["general.organization"] = c.hf_config["org"]
-    if arch in (*INTERLEAVED, "phi3", "qwen35"):
+    if arch in (*INTERLEAVED, "phi3", *QWEN35):
         meta["rope.dimension_count"] = c.rope_n_elem
     if arch in INTERLEAVED:
         meta["vocab_size"] = c.padded_vocab_size
-    if arch in ("qwen3", "gemma3", "qwen35", "qwen3moe", "gpt-oss") or c.head_size != c.n_embd // c.n_head:
+    if arch in ("qwen3", "gemma3", "qwen3moe", "gpt-oss", *QWEN35) or c.head_size != c.n_embd // c.n_head:
         meta.update({"attention.key_length": c.head_size, "attention.value_length": c.head_size})
     scaling = c.rope_scaling or {}
     if scaling.get("type") == "linear":
@@ -283,7 +302,7 @@ def model_metadata(config: Config, arch: str) -> dict:
     if arch == "olmo2" and c.sliding_window:
         meta.update({"attention.sliding_window": c.sliding_window, "attention.sliding_window_pattern":
                      c.global_layer_every, "rope.freq_base_swa": float(c.rope_base)})
-    if arch == "qwen35":  # text positions are the same in every M-RoPE section: any split of the frequencies will do
+    if arch in QWEN35:  # text positions are the same in every M-RoPE section: any split of the frequencies will do
         pairs = c.rope_n_elem // 2
         meta.update({"full_attention_interval": c.global_layer_every, "ssm.conv_kernel": c.linear_conv_kernel,
                      "ssm.state_size": c.linear_key_head_size, "ssm.group_count": c.linear_n_key_heads,
@@ -298,9 +317,11 @@ def model_metadata(config: Config, arch: str) -> dict:
             c.rope_local_base if c.rope_local_base is not None else c.rope_base)})
     if arch == "gemma4":
         meta.update(gemma4_metadata(c))
-    if arch in ("qwen3moe", "gpt-oss"):
+    if arch in ("qwen3moe", "gpt-oss", "qwen35moe") or c.n_expert:
         meta.update({"expert_count": c.n_expert, "expert_used_count": c.n_expert_per_token,
                      "expert_feed_forward_length": c.moe_intermediate_size})
+    if arch == "qwen35moe":
+        meta["expert_shared_feed_forward_length"] = c.moe_shared_intermediate_size
     if arch == "gpt-oss":  # llama.cpp reads the pattern as its period (every N-th layer global; 2 without the key,
         # which its converter never writes; 0: none is)
         meta["attention.sliding_window"] = c.sliding_window
@@ -367,13 +388,8 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
     q, kv = c.n_head * c.head_size, c.n_query_groups * c.head_size
     for i in range(c.n_layer):  # the parts of our fused q/k/v, Phi-3's fused gate/up, Gated DeltaNet layers
         p, b = f"transformer.h.{i}.", f"blk.{i}."
-        if c.is_linear(i):
-            for ours, name in LINEAR_NAMES.items():
-                key = f"{p}attn.{ours}"
-                shape = tuple(state[key].shape[:1]) + tuple(state[key].shape[2 if ours == "conv.weight" else 1:])
-                add(b + name, lambda key=key, ours=ours: deltanet_to_gguf(ours, state[key].float(), c), shape)
-            continue
-        if c.is_sparse(i):  # gate and up (E, I, D) each, down (E, D, I), their biases (`experts_to_gguf`)
+        if c.is_sparse(i) and not c.moe_with_mlp:  # gate and up (E, I, D) each, down (E, D, I), their biases
+            # (`experts_to_gguf`); Gemma 4's beside its MLP are one to one (GEMMA4_MOE_NAMES)
             E, m, e = c.n_expert, c.moe_intermediate_size, c.n_embd
             shapes = {"gate": (E, m, e), "up": (E, m, e), "down": (E, e, m), "gate_bias": (E, m), "up_bias": (E, m),
                       "down_bias": (E, e)}
@@ -384,6 +400,12 @@ def model_tensors(state: Dict[str, torch.Tensor], config: Config, arch: str
                 add(name, lambda p=p, part=part: experts_to_gguf(
                     {k: state[f"{p}mlp.experts.{k}"] for k in EXPERT_TENSORS if f"{p}mlp.experts.{k}" in state},
                     c)[part].float(), shape)
+        if c.is_linear(i):
+            for ours, name in LINEAR_NAMES.items():
+                key = f"{p}attn.{ours}"
+                shape = tuple(state[key].shape[:1]) + tuple(state[key].shape[2 if ours == "conv.weight" else 1:])
+                add(b + name, lambda key=key, ours=ours: deltanet_to_gguf(ours, state[key].float(), c), shape)
+            continue
         if arch == "phi3":
             add(b + "attn_qkv.weight", rows(p + "attn.qkv.weight", 0, q + 2 * kv), (q + 2 * kv, c.n_embd))
             add(b + "ffn_up.weight", lambda p=p: torch.cat([state[f"{p}mlp.fc_{j}.weight"].float() for j in (1, 2)]),
@@ -424,7 +446,7 @@ def write_gguf(out: Path, arch: str, metadata: dict, tensors: List[Tuple[str, Tu
     types = []
     for name, shape, _ in tensors:  # as llama.cpp's converter: biases (gpt-oss's experts' are 2-D) in F32
         weight = len(shape) in (2, 3) and name.endswith((".weight", ".lora_a", ".lora_b")) and not name.endswith(
-            "ffn_gate_inp.weight")
+            ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight"))
         kind = gguf.GGMLQuantizationType[qtype if weight else "F32"]
         if shape[-1] % GGML_QUANT_SIZES[kind][0]:
             kind = gguf.GGMLQuantizationType.F16
@@ -618,16 +640,27 @@ def export_lora_gguf(run: "LoRARun", out: Union[str, Path], outtype: str = "f32"
     if outtype.lower() not in ("f32", "f16"):
         fail(f"--outtype {outtype!r} for an adapter: llama.cpp applies f32 or f16 LoRA tensors")
     qtype, file_type = OUTTYPES[outtype.lower()]
-    tensors = [(name, tuple(t.shape), lambda t=t: t) for name, t in lora_tensors(run.adapter, config, run.lora, arch)]
+    scales = {}
+    if config.moe_with_mlp and any(k.endswith(".experts.lora_A_down") for k in run.adapter):  # Gemma 4's
+        base = run.checkpoint_dir / "lit_model.pth"
+        if not base.is_file():
+            fail(f"The adapter {where} adapts Gemma 4's experts, whose per-expert scales the LoRA GGUF needs from the "
+                 f"base checkpoint {str(base)!r}, which is not there: put the base checkpoint back there")
+        state = lazy_load(base)
+        state = state.get("model", state)
+        scales = {k: state[k].float() for k in state if k.endswith(".moe.per_expert_scale")}
+    tensors = [(name, tuple(t.shape), lambda t=t: t) for name, t in lora_tensors(run.adapter, config, run.lora, arch,
+                                                                                  scales)]
     metadata = {"general.name": f"{config.name} LoRA", "general.type": "adapter", "adapter.type": "lora",
                 "adapter.lora.alpha": float(run.lora.alpha)}
     write_gguf(Path(out), arch, metadata, tensors, qtype, file_type)
     return Path(out)
 
 
-def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: str
-                 ) -> Iterator[Tuple[str, torch.Tensor]]:
-    """(llama.cpp name, tensor) of every lora_a / lora_b, scaled by alpha / (the rank llama.cpp sees)."""
+def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: str,
+                 scales: Optional[Dict[str, torch.Tensor]] = None) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(llama.cpp name, tensor) of every lora_a / lora_b, scaled by alpha / (the rank llama.cpp sees); `scales`:
+    Gemma 4's per-expert scales by our name (`expert_lora_tensors`)."""
     from lit_gpt.peft import lora_layers
 
     c = config
@@ -656,13 +689,17 @@ def lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, lora, arch: s
         else:
             name = tensor_names(arch)[(module + ".weight").replace(f".{i}.", ".{}.") if i else module + ".weight"]
             yield from lora_pair(name.format(i), *pairs[""])
-    yield from expert_lora_tensors(adapter, config)
+    yield from expert_lora_tensors(adapter, config, scales or {})
 
 
-def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:
+def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config, scales: Dict[str, torch.Tensor]
+                        ) -> Iterator[Tuple[str, torch.Tensor]]:
     """The experts' adapters as 3-D pairs: lora_a (E, r, in), lora_b (E, out, r), scaled by llama.cpp with alpha / r
     as ours; gate_up's A shared by the ffn_gate_exps and ffn_up_exps pairs, B split in its gate and up rows (its
-    halves, or gpt-oss's interleaved rows: PEFT's A and B are (in, out) whatever the tensor's layout)."""
+    halves, or gpt-oss's interleaved rows: PEFT's A and B are (in, out) whatever the tensor's layout); Gemma 4's one
+    pair for its ffn_gate_up_exps. llama.cpp multiplies Gemma 4's down projection by the per-expert scale before it
+    adds the adapter's product (its build_lora_mm_id), where ours scales both: down's B is multiplied here by the
+    scales (`scales`: "transformer.h.{i}.moe.per_expert_scale" -> (E,)), expert by expert."""
     E, m = config.n_expert, config.moe_intermediate_size
     for module in dict.fromkeys(k.rsplit(".lora_A_", 1)[0] for k in adapter if ".experts.lora_A_" in k):
         i = module.split(".")[2]
@@ -672,8 +709,10 @@ def expert_lora_tensors(adapter: Dict[str, torch.Tensor], config: Config) -> Ite
             A, B = adapter[f"{module}.lora_A_{tensor}"].float(), adapter[f"{module}.lora_B_{tensor}"].float()
             r = A.size(0) // E
             A, B = A.view(E, r, A.size(1)), B.view(B.size(0), r, E).permute(2, 0, 1)  # B's columns rank-major
-            if tensor == "down":
-                yield from lora_pair(f"blk.{i}.ffn_down_exps.weight", A, B)
+            if tensor == "down" and config.moe_with_mlp:
+                B = B * scales[f"{module.rsplit('.', 1)[0]}.per_expert_scale"][:, None, None]
+            if tensor == "down" or config.moe_with_mlp:  # Gemma 4's gate_up as one (its ffn_gate_up_exps)
+                yield from lora_pair(f"blk.{i}.ffn_{tensor}_exps.weight", A, B)
             else:
                 for j, part in enumerate(("gate", "up")):
                     rows = B[:, j::2] if config.moe_interleaved else B[:, j * m:(j + 1) * m]
