@@ -414,6 +414,17 @@ def test_gemma4_global_layers_like_the_others_save_no_overrides() -> None:
     assert config.layer(2).head_size == config.layer(0).head_size == 8 and config.global_head_size is None
 
 
+def save_perturbed(build, path: Path) -> torch.nn.Module:
+    """The transformers model `build()` makes (seeded), every weight perturbed (norms around 1), saved to `path`."""
+    torch.manual_seed(0)
+    hf_model = build().eval()
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    hf_model.save_pretrained(path)
+    return hf_model
+
+
 def test_gemma4_vision_language_checkpoint_converts_its_text_decoder(tmp_path: Path, capsys) -> None:
     """A Gemma4ForConditionalGeneration dir (the layout of the published gemma-4 repos: the text model under
     model.language_model, a vision tower beside it): its text decoder converts, gives transformers' logits on text,
@@ -427,13 +438,8 @@ def test_gemma4_vision_language_checkpoint_converts_its_text_decoder(tmp_path: P
     vision = transformers.Gemma4VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, num_key_value_heads=2, head_dim=8, patch_size=4,
                                              position_embedding_size=64)
-    torch.manual_seed(0)
-    hf_model = transformers.Gemma4ForConditionalGeneration(transformers.Gemma4Config(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), audio_config=None)).eval()
-    with torch.no_grad():
-        for name, p in hf_model.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
-    hf_model.save_pretrained(tmp_path / "gemma4-tiny")
+    hf_model = save_perturbed(lambda: transformers.Gemma4ForConditionalGeneration(transformers.Gemma4Config(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), audio_config=None)), tmp_path / "gemma4-tiny")
     capsys.readouterr()
     config = convert_hf_checkpoint(tmp_path / "gemma4-tiny")
     note = capsys.readouterr().out
@@ -455,13 +461,8 @@ def test_qwen3_5_moe_vision_language_checkpoint_converts_its_text_decoder(tmp_pa
     text = transformers.Qwen3_5MoeTextConfig(**{**SIZES, **kwargs})
     vision = transformers.Qwen3_5MoeVisionConfig(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
                                                  out_hidden_size=32, patch_size=4, num_position_embeddings=16)
-    torch.manual_seed(0)
-    hf_model = transformers.Qwen3_5MoeForConditionalGeneration(transformers.Qwen3_5MoeConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict())).eval()
-    with torch.no_grad():
-        for name, p in hf_model.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
-    hf_model.save_pretrained(tmp_path / "qwen3_5_moe-tiny")
+    hf_model = save_perturbed(lambda: transformers.Qwen3_5MoeForConditionalGeneration(transformers.Qwen3_5MoeConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict())), tmp_path / "qwen3_5_moe-tiny")
     capsys.readouterr()
     config = convert_hf_checkpoint(tmp_path / "qwen3_5_moe-tiny")
     assert "model.visual" in capsys.readouterr().out and config.moe_shared_intermediate_size == 24
