@@ -210,8 +210,8 @@ def test_quantized_experts_forward_backward_and_merge(kind, mode):
 
     oracle = dequantized_copy(quantized, torch.float32)
     with torch.no_grad():
-        out = quantized(x)
-        torch.testing.assert_close(out, oracle(x))
+        out = quantized(x)  # bitsandbytes' CPU kernels may fuse dequantizing and the product (another rounding)
+        torch.testing.assert_close(out, oracle(x), rtol=1e-4, atol=1e-4)
     assert relative_error(out, reference) < (0.05 if mode == "bnb.int8" else 0.3)
 
     for m in (quantized, oracle):
