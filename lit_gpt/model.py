@@ -15,7 +15,8 @@ from lit_gpt.config import Config
 from lit_gpt.deltanet import DeltaNetState, GatedDeltaNet
 from lit_gpt.folded import FOLDED_ATTENTION_MAX_SCORES, FOLDED_SINK_ATTENTION_MAX_SCORES, folded_attention
 from lit_gpt.moe import MoE, sequence_counts
-from lit_gpt.rope import rope_frequencies
+from lit_gpt.norms import build_norm, rms_norm
+from lit_gpt.rope import apply_rope, build_rope_cache
 from lit_gpt.sinks import sink_attention
 
 
@@ -435,40 +436,6 @@ class LLaMAMLP(nn.Module):
         return self.proj(gate * self.fc_2(x))
 
 
-class RMSNorm(nn.Module):
-    """Normalizes in float32, like the reference Llama implementation, then scales in the input dtype. Gemma's
-    variant (`unit_offset`) scales by (1 + weight) in float32, then casts, as its reference does; `upcast` (OLMo,
-    gpt-oss) scales by the weight in float32, then casts."""
-
-    def __init__(self, size: int, eps: float = 1e-5, unit_offset: bool = False, upcast: bool = False) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(size) if unit_offset else torch.ones(size))
-        self.eps = eps
-        self.unit_offset = unit_offset
-        self.upcast = upcast
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = rms_norm(x.float(), self.eps)
-        if self.unit_offset:
-            return (x32 * (1.0 + self.weight.float())).to(x.dtype)
-        if self.upcast:
-            return (x32 * self.weight.float()).to(x.dtype)
-        return self.weight * x32.to(x.dtype)
-
-
-def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x divided by the root mean square of its last dimension, computed in float32, in x's dtype."""
-    x32 = x.float()
-    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def build_norm(config: Config, size: Optional[int] = None) -> nn.Module:
-    size = size or config.n_embd
-    if config.norm_class_name == "RMSNorm":
-        return RMSNorm(size, eps=config.norm_eps, unit_offset=config.norm_unit_offset, upcast=config.norm_upcast)
-    return nn.LayerNorm(size, eps=config.norm_eps)
-
-
 class KVCache(nn.Module):
     """Keys and values of `rows` sequences, `slots` positions each. A batch of B rows uses cache rows
     first_row .. first_row + B - 1 (`first_row` is set by whoever fills rows independently, e.g. the engine)."""
@@ -497,27 +464,3 @@ class KVCache(nn.Module):
             cache_k[b, :, input_pos] = k.transpose(1, 2).to(cache_k.dtype)  # indexes (B, T, n_query_groups, hs)
             cache_v[b, :, input_pos] = v.transpose(1, 2).to(cache_v.dtype)
         return cache_k, cache_v
-
-
-def build_rope_cache(seq_len: int, n_elem: int, base: float, scaling: Optional[dict] = None,
-                     device: Optional[torch.device] = None, long: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (seq_len, n_elem), in float32, in the rotate-half layout of Hugging Face models; the
-    frequencies (and their scaling, `Config.rope_scaling`) from `lit_gpt.rope.rope_frequencies`."""
-    inv_freq, scale = rope_frequencies(n_elem, base, scaling, device, long)
-    t = torch.arange(seq_len, device=device, dtype=torch.int64).float()
-    freqs = torch.outer(t, inv_freq)  # (seq_len, n_elem / 2)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos() * scale, emb.sin() * scale
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates the first `cos.size(-1)` features of x (B, nh, T, hs); the rest pass through (partial rotary)."""
-    n_elem = cos.size(-1)
-    if n_elem == 0:
-        return x
-    rot, rest = x[..., :n_elem], x[..., n_elem:]
-    x1, x2 = rot.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    roped = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-    return torch.cat((roped, rest), dim=-1) if rest.size(-1) else roped
-

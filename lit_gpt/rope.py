@@ -1,4 +1,5 @@
-"""RoPE frequencies: the plain ones, and the rescaled ones of the long-context variants (`Config.rope_scaling`)."""
+"""RoPE: the frequencies, plain or rescaled as the long-context variants do (`Config.rope_scaling`), their cos / sin
+tables and the rotation."""
 
 import math
 from typing import Optional, Tuple
@@ -56,3 +57,26 @@ def rope_frequencies(n_elem: int, base: float, scaling: Optional[dict] = None, d
     elif kind is not None:
         raise ValueError(f"Unknown rope_scaling type {kind!r}: known are linear, llama3, longrope, yarn, proportional")
     return inv_freq, scale
+
+
+def build_rope_cache(seq_len: int, n_elem: int, base: float, scaling: Optional[dict] = None,
+                     device: Optional[torch.device] = None, long: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (seq_len, n_elem), in float32, in the rotate-half layout of Hugging Face models; the
+    frequencies (and their scaling, `Config.rope_scaling`) from `rope_frequencies`."""
+    inv_freq, scale = rope_frequencies(n_elem, base, scaling, device, long)
+    t = torch.arange(seq_len, device=device, dtype=torch.int64).float()
+    freqs = torch.outer(t, inv_freq)  # (seq_len, n_elem / 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos() * scale, emb.sin() * scale
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates the first `cos.size(-1)` features of x (B, nh, T, hs); the rest pass through (partial rotary)."""
+    n_elem = cos.size(-1)
+    if n_elem == 0:
+        return x
+    rot, rest = x[..., :n_elem], x[..., n_elem:]
+    x1, x2 = rot.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    roped = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat((roped, rest), dim=-1) if rest.size(-1) else roped

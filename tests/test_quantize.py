@@ -24,7 +24,7 @@ from lit_gpt.lora import (
     merge_lora_weights,
     trainable_report,
 )
-from lit_gpt.model import GPT, build_rope_cache
+from lit_gpt.model import GPT
 from lit_gpt.moe import Experts
 from lit_gpt.quantize import (
     QUANTIZE_MODES,
@@ -40,6 +40,7 @@ from lit_gpt.quantize import (
     replace_parameters,
     weight_dtype,
 )
+from lit_gpt.rope import build_rope_cache
 from lit_gpt.utils import UserError, atomic_save, atomic_write_text
 
 
