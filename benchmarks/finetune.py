@@ -584,19 +584,9 @@ def peak_rss(pid: str = "self") -> float:
 
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of the model's parameters (shared ones once), 4-bit weights (experts too) packed, with their scales."""
-    total, seen = 0, set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel() * p.element_size()
-        for w in getattr(p, "experts", [p]):  # quantized experts: each expert's scales
-            state = getattr(w, "quant_state", None)
-            if state is not None:
-                total += state.absmax.numel() * state.absmax.element_size()
-                if state.state2 is not None:
-                    total += state.state2.absmax.numel() * state.state2.absmax.element_size()
-    return total
+    from lit_gpt.quantize import stored_bytes
+
+    return sum(stored_bytes(p) for p in model.parameters())
 
 
 def timed_steps(model: torch.nn.Module, loss_of, batches: list, warmup: int, load_time: float) -> dict:

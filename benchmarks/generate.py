@@ -35,6 +35,7 @@ import torch
 from lit_gpt.generate import Engine, Request, generate
 from lit_gpt.load import load_model
 from lit_gpt.prompts import PromptStyle
+from lit_gpt.quantize import stored_bytes
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import check_valid_checkpoint_dir, cli, fail, inference_precision, pick_device
 
@@ -320,13 +321,7 @@ def bytes_read_per_token(model: torch.nn.Module) -> int:
         if param is embedding and not model.config.tie_embeddings:
             total += param[0].numel() * param.element_size()
             continue
-        total += param.numel() * param.element_size()
-        quant_state = getattr(param, "quant_state", None)
-        if quant_state is not None:
-            absmax = quant_state.absmax
-            total += absmax.numel() * absmax.element_size()
-            if quant_state.nested:
-                total += quant_state.state2.absmax.numel() * quant_state.state2.absmax.element_size()
+        total += stored_bytes(param)
     return total
 
 

@@ -67,7 +67,7 @@ sys.path.insert(0, {root!r})
 ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD: freed blocks of 64 KiB and more go back at once
 from lit_gpt.load import load_model
 from lit_gpt.lora import LoRAConfig
-from lit_gpt.quantize import check_quantize
+from lit_gpt.quantize import check_quantize, stored_bytes
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -92,15 +92,7 @@ finally:
     stop.set()
     thread.join()
 seconds = time.perf_counter() - t0
-size = 0
-for p in model.parameters():
-    size += p.numel() * p.element_size()
-    for w in getattr(p, "experts", [p]):
-        state = getattr(w, "quant_state", None)
-        if state is not None:
-            size += state.absmax.numel() * state.absmax.element_size()
-            if state.state2 is not None:
-                size += state.state2.absmax.numel() * state.state2.absmax.element_size()
+size = sum(stored_bytes(p) for p in model.parameters())
 print(json.dumps(dict(anon=max(peak[0], status("RssAnon")) - start, hwm=status("VmHWM"), size=size,
                       seconds=seconds)))
 """

@@ -137,11 +137,16 @@ def quantize_experts(weight: torch.Tensor, mode: str, transposed: bool, device: 
         if packed is None:
             packed = torch.empty((E, *part.data.shape), dtype=part.dtype, device=part.device)
         packed[e].copy_(part.data)
-        part.data = packed[e]
-        if getattr(part, "CB", None) is not None:  # int8 keeps its matrix twice otherwise
-            part.CB = part.data
+        _view(part, packed[e])
         parts.append(part)
     return QuantizedExperts(packed, parts, tuple(weight.shape), transposed)
+
+
+def _view(weight: torch.Tensor, row: torch.Tensor) -> None:
+    """Makes a quantized weight's data `row`, a row of the packed bytes (int8's matrix, kept twice, too)."""
+    weight.data = row
+    if getattr(weight, "CB", None) is not None:
+        weight.CB = weight.data
 
 
 class QuantizedExperts(nn.Parameter):
@@ -157,9 +162,7 @@ class QuantizedExperts(nn.Parameter):
         if id(self) not in memo:
             packed, experts = self.data.clone(), [copy.deepcopy(w, memo) for w in self.experts]
             for e, w in enumerate(experts):
-                w.data = packed[e]
-                if getattr(w, "CB", None) is not None:
-                    w.CB = w.data
+                _view(w, packed[e])
             memo[id(self)] = QuantizedExperts(packed, experts, self.expert_shape, self.expert_transposed)
         return memo[id(self)]
 
@@ -184,6 +187,19 @@ def quantize_mode(weight: torch.Tensor) -> Optional[str]:
     if weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:
         return "bnb.int8"
     return None
+
+
+def stored_bytes(weight: torch.Tensor) -> int:
+    """The bytes a weight takes in memory: its data (4-bit weights packed) and the block scales of a 4-bit weight (of
+    each expert of `quantize_experts`)."""
+    total = weight.numel() * weight.element_size()
+    for w in getattr(weight, "experts", [weight]):
+        state = getattr(w, "quant_state", None)
+        if state is not None:
+            total += state.absmax.numel() * state.absmax.element_size()
+            if state.state2 is not None:
+                total += state.state2.absmax.numel() * state.state2.absmax.element_size()
+    return total
 
 
 def weight_dtype(weight: torch.Tensor) -> torch.dtype:

@@ -38,6 +38,7 @@ from lit_gpt.quantize import (
     quantize_mode,
     quantize_weight,
     replace_parameters,
+    stored_bytes,
     weight_dtype,
 )
 from lit_gpt.rope import build_rope_cache
@@ -202,6 +203,8 @@ def test_quantized_experts_forward_backward_and_merge(kind, mode):
             assert torch.equal(weight.experts[e].data, alone.data)
             assert torch.equal(weight[e], alone.data.view_as(weight[e]))  # the views of the packed bytes
         assert relative_error(dequantize_experts(weight), float_weight) < (0.02 if mode == "bnb.int8" else 0.15)
+        assert stored_bytes(weight) == sum(stored_bytes(quantize_weight(w.T if experts.transposed else w, mode))
+                                           for w in float_weight)  # bytes and each expert's scales
     size = sum(getattr(experts, n).numel() * getattr(experts, n).element_size() for n in ("gate_up_proj", "down_proj"))
     assert size < (0.3 if mode == "bnb.int8" else 0.15) * 4 * sum(
         getattr(float_experts, n).numel() for n in ("gate_up_proj", "down_proj"))
