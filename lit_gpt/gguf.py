@@ -186,13 +186,15 @@ def experts_to_gguf(tensors: Dict[str, torch.Tensor], config: Config) -> Dict[st
     "down_bias": (E, D)}. Ours are rows [gate | up] (Qwen3-MoE), or gpt-oss's (E, in, out) with gate and up columns
     interleaved."""
     m, w = config.moe_intermediate_size, tensors["gate_up_proj"]
-    if config.moe_transposed:
-        w = w.transpose(1, 2)  # (E, 2 I, D)
-    out = ({"gate": w[:, 0::2], "up": w[:, 1::2]} if config.moe_interleaved else {"gate": w[:, :m], "up": w[:, m:]})
-    out["down"] = tensors["down_proj"].transpose(1, 2) if config.moe_transposed else tensors["down_proj"]
+
+    def split(t: torch.Tensor) -> tuple:  # along dim 1: gpt-oss's interleaved gate and up, else the halves
+        return (t[:, 0::2], t[:, 1::2]) if config.moe_interleaved else (t[:, :m], t[:, m:])
+
+    gate, up = split(w.transpose(1, 2) if config.moe_transposed else w)  # (E, 2 I, D)
+    out = {"gate": gate, "up": up,
+           "down": tensors["down_proj"].transpose(1, 2) if config.moe_transposed else tensors["down_proj"]}
     if "gate_up_proj_bias" in tensors:
-        b = tensors["gate_up_proj_bias"]
-        gate, up = (b[:, 0::2], b[:, 1::2]) if config.moe_interleaved else (b[:, :m], b[:, m:])
+        gate, up = split(tensors["gate_up_proj_bias"])
         out.update(gate_bias=gate, up_bias=up, down_bias=tensors["down_proj_bias"])
     return out
 
